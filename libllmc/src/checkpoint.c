@@ -1,0 +1,291 @@
+/*
+ * checkpoint.c: model files in llm.c's format and llmc's AdamW state files.
+ *
+ * Model file: 256 int32 header (magic 20240326; version 3 = fp32, 5 = bf16;
+ * max_seq_len, vocab_size, num_layers, num_heads, channels,
+ * padded_vocab_size), then the 16 tensors in llm.c's order.
+ * Optimizer file: 256 int32 header (magic 20261121, version 1, the same six
+ * shape fields, step as two int32 halves), then the first and second
+ * moments as fp32 vectors.
+ * Writes go to a temporary file that is fsynced and renamed over the
+ * target, so a crash leaves either the old file or the new one.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "checkpoint.h"
+#include "config.h"
+
+#define HEADER_INTS 256
+#define HEADER_BYTES (HEADER_INTS * sizeof(int32_t))
+#define MODEL_MAGIC 20240326
+#define MODEL_VERSION_FP32 3
+#define MODEL_VERSION_BF16 5
+#define OPTIMIZER_MAGIC 20261121
+#define OPTIMIZER_VERSION 1
+#define CHUNK_FLOATS ((size_t)1 << 20)
+
+static void header_put_config(int32_t *h, const llmc_config *c) {
+    h[2] = c->max_seq_len;
+    h[3] = c->vocab_size;
+    h[4] = c->num_layers;
+    h[5] = c->num_heads;
+    h[6] = c->channels;
+    h[7] = c->padded_vocab_size;
+}
+
+static llmc_config header_get_config(const int32_t *h) {
+    llmc_config c = {h[2], h[3], h[7], h[4], h[5], h[6]};
+    return c;
+}
+
+/* ---- reading -------------------------------------------------------------- */
+
+static llmc_status open_for_read(const char *path, FILE **f, size_t *size) {
+    *f = fopen(path, "rb");
+    if (*f == NULL)
+        return llmc_error(LLMC_ERR_IO, "cannot open '%s': %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fileno(*f), &st) != 0 || !S_ISREG(st.st_mode)) {
+        fclose(*f);
+        return llmc_error(LLMC_ERR_IO, "'%s' is not a regular file", path);
+    }
+    *size = (size_t)st.st_size;
+    return LLMC_OK;
+}
+
+static llmc_status read_header(FILE *f, const char *path, size_t file_size, int32_t *h) {
+    if (file_size < HEADER_BYTES || fread(h, sizeof(int32_t), HEADER_INTS, f) != HEADER_INTS)
+        return llmc_error(LLMC_ERR_FORMAT, "'%s' is %zu bytes, too short for a %zu-byte header",
+                          path, file_size, (size_t)HEADER_BYTES);
+    return LLMC_OK;
+}
+
+static llmc_status read_floats(FILE *f, const char *path, float *dst, size_t n) {
+    if (fread(dst, sizeof(float), n, f) != n)
+        return llmc_error(LLMC_ERR_IO, "'%s': read failed: %s", path,
+                          ferror(f) ? strerror(errno) : "unexpected end of file");
+    return LLMC_OK;
+}
+
+static float bf16_to_float(uint16_t b) {
+    uint32_t bits = (uint32_t)b << 16;
+    float x;
+    memcpy(&x, &bits, sizeof x);
+    return x;
+}
+
+static uint16_t float_to_bf16(float x) { /* round to nearest even; NaN stays NaN */
+    uint32_t bits;
+    memcpy(&bits, &x, sizeof bits);
+    if ((bits & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((bits >> 16) | 0x40);
+    bits += 0x7fffu + ((bits >> 16) & 1u);
+    return (uint16_t)(bits >> 16);
+}
+
+static llmc_status read_bf16(FILE *f, const char *path, float *dst, size_t n) {
+    uint16_t *chunk = malloc(CHUNK_FLOATS * sizeof(uint16_t));
+    if (chunk == NULL) return llmc_error(LLMC_ERR_OUT_OF_MEMORY, "out of host memory reading '%s'", path);
+    for (size_t done = 0; done < n;) {
+        size_t k = n - done < CHUNK_FLOATS ? n - done : CHUNK_FLOATS;
+        if (fread(chunk, sizeof(uint16_t), k, f) != k) {
+            free(chunk);
+            return llmc_error(LLMC_ERR_IO, "'%s': read failed: %s", path,
+                              ferror(f) ? strerror(errno) : "unexpected end of file");
+        }
+        for (size_t i = 0; i < k; i++) dst[done + i] = bf16_to_float(chunk[i]);
+        done += k;
+    }
+    free(chunk);
+    return LLMC_OK;
+}
+
+llmc_status llmc_read_model_file(const char *path, llmc_config *config, float **params_out) {
+    *params_out = NULL;
+    FILE *f;
+    size_t file_size;
+    llmc_status st = open_for_read(path, &f, &file_size);
+    if (st != LLMC_OK) return st;
+    int32_t h[HEADER_INTS];
+    if ((st = read_header(f, path, file_size, h)) != LLMC_OK) goto done;
+    if (h[0] != MODEL_MAGIC) {
+        st = llmc_error(LLMC_ERR_FORMAT, "'%s' is not an llm.c model file: magic %d, expected %d",
+                        path, h[0], MODEL_MAGIC);
+        goto done;
+    }
+    if (h[1] != MODEL_VERSION_FP32 && h[1] != MODEL_VERSION_BF16) {
+        st = llmc_error(LLMC_ERR_FORMAT, "'%s': model file version %d, expected 3 (fp32) or 5 (bf16)",
+                        path, h[1]);
+        goto done;
+    }
+    *config = header_get_config(h);
+    if (config->padded_vocab_size == 0) { /* zero would mean "choose one" to llmc_config_check */
+        st = llmc_error(LLMC_ERR_FORMAT, "'%s': padded_vocab_size = 0 in the header", path);
+        goto done;
+    }
+    if ((st = llmc_config_check(config, path, LLMC_ERR_FORMAT)) != LLMC_OK) goto done;
+    size_t sizes[LLMC_NUM_PARAM_TENSORS], offsets[LLMC_NUM_PARAM_TENSORS], n;
+    llmc_param_layout(config, sizes, offsets, &n);
+    size_t bytes_per = h[1] == MODEL_VERSION_FP32 ? 4 : 2;
+    size_t expected = HEADER_BYTES + n * bytes_per;
+    if (file_size != expected) {
+        st = llmc_error(LLMC_ERR_FORMAT,
+                        "'%s' is %zu bytes but its header (L=%d, C=%d, V=%d, maxT=%d, %s) needs %zu "
+                        "(truncated or corrupted?)", path, file_size, config->num_layers,
+                        config->channels, config->padded_vocab_size, config->max_seq_len,
+                        bytes_per == 4 ? "fp32" : "bf16", expected);
+        goto done;
+    }
+    float *params = malloc(n * sizeof(float));
+    if (params == NULL) {
+        st = llmc_error(LLMC_ERR_OUT_OF_MEMORY, "out of host memory for %zu parameters of '%s'", n, path);
+        goto done;
+    }
+    st = bytes_per == 4 ? read_floats(f, path, params, n) : read_bf16(f, path, params, n);
+    if (st != LLMC_OK) free(params);
+    else *params_out = params;
+done:
+    fclose(f);
+    return st;
+}
+
+llmc_status llmc_read_optimizer_file(const char *path, const llmc_config *config, size_t n,
+                                     int64_t *step, float *mom1, float *mom2) {
+    FILE *f;
+    size_t file_size;
+    llmc_status st = open_for_read(path, &f, &file_size);
+    if (st != LLMC_OK) return st;
+    int32_t h[HEADER_INTS];
+    if ((st = read_header(f, path, file_size, h)) != LLMC_OK) goto done;
+    if (h[0] != OPTIMIZER_MAGIC || h[1] != OPTIMIZER_VERSION) {
+        st = llmc_error(LLMC_ERR_FORMAT,
+                        "'%s' is not an llmc optimizer file: magic %d version %d, expected %d version %d",
+                        path, h[0], h[1], OPTIMIZER_MAGIC, OPTIMIZER_VERSION);
+        goto done;
+    }
+    llmc_config c = header_get_config(h);
+    if (memcmp(&c, config, sizeof c) != 0) {
+        st = llmc_error(LLMC_ERR_FORMAT,
+                        "'%s' holds optimizer state for L=%d H=%d C=%d V=%d maxT=%d, but the model is "
+                        "L=%d H=%d C=%d V=%d maxT=%d", path, c.num_layers, c.num_heads, c.channels,
+                        c.padded_vocab_size, c.max_seq_len, config->num_layers, config->num_heads,
+                        config->channels, config->padded_vocab_size, config->max_seq_len);
+        goto done;
+    }
+    size_t expected = HEADER_BYTES + 2 * n * sizeof(float);
+    if (file_size != expected) {
+        st = llmc_error(LLMC_ERR_FORMAT, "'%s' is %zu bytes, expected %zu (truncated or corrupted?)",
+                        path, file_size, expected);
+        goto done;
+    }
+    *step = (int64_t)(((uint64_t)(uint32_t)h[9] << 32) | (uint32_t)h[8]);
+    if (*step < 0) {
+        st = llmc_error(LLMC_ERR_FORMAT, "'%s': negative step count %lld", path, (long long)*step);
+        goto done;
+    }
+    if ((st = read_floats(f, path, mom1, n)) != LLMC_OK) goto done;
+    st = read_floats(f, path, mom2, n);
+done:
+    fclose(f);
+    return st;
+}
+
+/* ---- atomic writing ------------------------------------------------------- */
+
+typedef struct {
+    FILE *f;
+    char tmp[4096];
+    const char *path;
+} atomic_file;
+
+static llmc_status atomic_open(atomic_file *a, const char *path) {
+    a->path = path;
+    int len = snprintf(a->tmp, sizeof a->tmp, "%s.tmp.%ld", path, (long)getpid());
+    if (len < 0 || (size_t)len >= sizeof a->tmp)
+        return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "path too long: '%s'", path);
+    a->f = fopen(a->tmp, "wb");
+    if (a->f == NULL)
+        return llmc_error(LLMC_ERR_IO, "cannot write '%s': %s", a->tmp, strerror(errno));
+    return LLMC_OK;
+}
+
+static llmc_status atomic_write(atomic_file *a, const void *data, size_t size, size_t count) {
+    if (fwrite(data, size, count, a->f) != count)
+        return llmc_error(LLMC_ERR_IO, "writing '%s' failed: %s", a->tmp, strerror(errno));
+    return LLMC_OK;
+}
+
+/* On success the data is durable under a->path; on failure (or when status
+ * is already a failure) the temporary file is removed and the target is
+ * untouched. */
+static llmc_status atomic_close(atomic_file *a, llmc_status status) {
+    if (status == LLMC_OK && (fflush(a->f) != 0 || fsync(fileno(a->f)) != 0))
+        status = llmc_error(LLMC_ERR_IO, "writing '%s' failed: %s", a->tmp, strerror(errno));
+    if (fclose(a->f) != 0 && status == LLMC_OK)
+        status = llmc_error(LLMC_ERR_IO, "writing '%s' failed: %s", a->tmp, strerror(errno));
+    if (status == LLMC_OK && rename(a->tmp, a->path) != 0)
+        status = llmc_error(LLMC_ERR_IO, "cannot rename '%s' to '%s': %s", a->tmp, a->path,
+                            strerror(errno));
+    if (status != LLMC_OK) {
+        unlink(a->tmp);
+        return status;
+    }
+    /* make the rename itself durable */
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", a->path);
+    int fd = open(dirname(dir), O_RDONLY);
+    if (fd >= 0) {
+        fsync(fd);
+        close(fd);
+    }
+    return LLMC_OK;
+}
+
+llmc_status llmc_write_model_file(const char *path, const llmc_config *config, const float *params,
+                                  size_t n, llmc_dtype dtype) {
+    int32_t h[HEADER_INTS] = {0};
+    h[0] = MODEL_MAGIC;
+    h[1] = dtype == LLMC_DTYPE_BF16 ? MODEL_VERSION_BF16 : MODEL_VERSION_FP32;
+    header_put_config(h, config);
+    atomic_file a;
+    llmc_status st = atomic_open(&a, path);
+    if (st != LLMC_OK) return st;
+    st = atomic_write(&a, h, sizeof(int32_t), HEADER_INTS);
+    if (st == LLMC_OK && dtype == LLMC_DTYPE_FP32) {
+        st = atomic_write(&a, params, sizeof(float), n);
+    } else if (st == LLMC_OK) {
+        uint16_t *chunk = malloc(CHUNK_FLOATS * sizeof(uint16_t));
+        if (chunk == NULL) st = llmc_error(LLMC_ERR_OUT_OF_MEMORY, "out of host memory writing '%s'", path);
+        for (size_t done = 0; st == LLMC_OK && done < n;) {
+            size_t k = n - done < CHUNK_FLOATS ? n - done : CHUNK_FLOATS;
+            for (size_t i = 0; i < k; i++) chunk[i] = float_to_bf16(params[done + i]);
+            st = atomic_write(&a, chunk, sizeof(uint16_t), k);
+            done += k;
+        }
+        free(chunk);
+    }
+    return atomic_close(&a, st);
+}
+
+llmc_status llmc_write_optimizer_file(const char *path, const llmc_config *config, int64_t step,
+                                      const float *mom1, const float *mom2, size_t n) {
+    int32_t h[HEADER_INTS] = {0};
+    h[0] = OPTIMIZER_MAGIC;
+    h[1] = OPTIMIZER_VERSION;
+    header_put_config(h, config);
+    h[8] = (int32_t)(uint32_t)((uint64_t)step & 0xffffffffu);
+    h[9] = (int32_t)(uint32_t)((uint64_t)step >> 32);
+    atomic_file a;
+    llmc_status st = atomic_open(&a, path);
+    if (st != LLMC_OK) return st;
+    st = atomic_write(&a, h, sizeof(int32_t), HEADER_INTS);
+    if (st == LLMC_OK) st = atomic_write(&a, mom1, sizeof(float), n);
+    if (st == LLMC_OK) st = atomic_write(&a, mom2, sizeof(float), n);
+    return atomic_close(&a, st);
+}

@@ -1,0 +1,100 @@
+/*
+ * model.h: the handle behind llmc_model and the interface every backend
+ * (CPU, CUDA) implements. Internal; not installed.
+ *
+ * The API layer (api.c) validates every argument, owns the config, options,
+ * step counter and file I/O, and calls a backend only with values that are
+ * in range. A backend owns its memory (weights, gradients, AdamW moments,
+ * activations planned for options.max_batch_size x options.max_seq_len).
+ */
+#ifndef LLMC_MODEL_H
+#define LLMC_MODEL_H
+
+#include "llmc.h"
+
+#define LLMC_NUM_PARAM_TENSORS 16
+
+/* llm.c's tensor order; every weight is (out, in), each tensor whole across layers. */
+enum {
+    P_WTE,      /* (Vp, C) */
+    P_WPE,      /* (maxT, C) */
+    P_LN1W,     /* (L, C) */
+    P_LN1B,     /* (L, C) */
+    P_QKVW,     /* (L, 3C, C) */
+    P_QKVB,     /* (L, 3C) */
+    P_ATTPROJW, /* (L, C, C) */
+    P_ATTPROJB, /* (L, C) */
+    P_LN2W,     /* (L, C) */
+    P_LN2B,     /* (L, C) */
+    P_FCW,      /* (L, 4C, C) */
+    P_FCB,      /* (L, 4C) */
+    P_FCPROJW,  /* (L, C, 4C) */
+    P_FCPROJB,  /* (L, C) */
+    P_LNFW,     /* (C) */
+    P_LNFB,     /* (C) */
+};
+
+typedef struct llmc_backend llmc_backend;
+
+struct llmc_model {
+    llmc_config config;           /* padded_vocab_size always set */
+    llmc_options options;         /* max_seq_len always set (<= config.max_seq_len) */
+    const llmc_backend *backend;
+    void *impl;                   /* the backend's own state */
+    size_t param_sizes[LLMC_NUM_PARAM_TENSORS]; /* floats per tensor */
+    size_t param_offsets[LLMC_NUM_PARAM_TENSORS];
+    size_t num_params;
+    int64_t step;                 /* optimizer steps taken */
+    int has_grads;                /* gradients of a finished backward are held */
+};
+
+/* Fills param_sizes/offsets/num_params from config. */
+void llmc_param_layout(const llmc_config *c, size_t sizes[LLMC_NUM_PARAM_TENSORS],
+                       size_t offsets[LLMC_NUM_PARAM_TENSORS], size_t *total);
+/* 1 for the tensors AdamW decays (the 2-D weights), else 0. */
+int llmc_param_is_decayed(int tensor);
+
+struct llmc_backend {
+    const char *name;
+    /* Allocate all memory for m->config and m->options into m->impl. */
+    llmc_status (*create)(llmc_model *m);
+    void (*destroy)(llmc_model *m);
+
+    /* Whole fp32 parameter vector in llm.c order (num_params floats). */
+    llmc_status (*set_params)(llmc_model *m, const float *params);
+    llmc_status (*get_params)(llmc_model *m, float *out);
+    llmc_status (*get_grads)(llmc_model *m, float *out);
+    /* AdamW moments, num_params floats each. set_opt_state is called after
+     * m->step has been restored. */
+    llmc_status (*set_opt_state)(llmc_model *m, const float *mom1, const float *mom2);
+    llmc_status (*get_opt_state)(llmc_model *m, float *mom1, float *mom2);
+
+    /* Zero the gradients, then for each micro-step run forward and backward
+     * with dloss = loss_scale for every target != -1, accumulating gradients.
+     * *loss_sum gets the sum of the counted per-token losses. */
+    llmc_status (*backward)(llmc_model *m, const int32_t *inputs, const int32_t *targets,
+                            int micro_steps, int B, int T, float loss_scale, double *loss_sum);
+    /* Global gradient norm of the current gradients (before clipping). */
+    llmc_status (*grad_norm)(llmc_model *m, float *norm);
+    /* One AdamW update with gradients scaled by grad_scale (clipping), bias
+     * correction for step t (1-based; m->step == t after this returns). */
+    llmc_status (*update)(llmc_model *m, const llmc_adamw *hp, float grad_scale, int64_t t);
+    /* Per-token losses (B*T floats, 0 where target == -1), no gradients. */
+    llmc_status (*eval)(llmc_model *m, const int32_t *inputs, const int32_t *targets, int B, int T,
+                        float *per_token_losses);
+    /* Logits over vocab_size columns: B*T rows, or B rows if last_only. */
+    llmc_status (*logits)(llmc_model *m, const int32_t *inputs, int B, int T, int last_only,
+                          float *out);
+    size_t (*memory_bytes)(const llmc_model *m);
+};
+
+extern const llmc_backend llmc_cpu_backend;
+/* NULL when the library was built without CUDA. */
+const llmc_backend *llmc_cuda_backend_get(void);
+
+/* Sets the thread-local message and returns status, so that callers can
+ * write `return llmc_error(LLMC_ERR_IO, "cannot open %s", path);`. */
+llmc_status llmc_error(llmc_status status, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+#endif /* LLMC_MODEL_H */

@@ -1,0 +1,188 @@
+"""ctypes declarations of libllmc's C API (libllmc/include/llmc.h).
+
+Every function's signature is declared here once; `call` turns a failed
+status into the matching Python exception carrying the library's message.
+"""
+import ctypes
+import os
+from pathlib import Path
+
+ABI_VERSION = 1  # must equal LLMC_ABI_VERSION in llmc.h
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+# ---------------------------------------------------------------------------
+# exceptions
+
+class LlmcError(RuntimeError):
+    """A call into libllmc failed; .status is the llmc_status code."""
+
+    def __init__(self, message, status=None):
+        super().__init__(message)
+        self.status = status
+
+
+class InvalidArgumentError(LlmcError, ValueError):
+    pass
+
+
+class LlmcIOError(LlmcError, OSError):
+    pass
+
+
+class FileFormatError(LlmcError, ValueError):
+    pass
+
+
+class OutOfMemoryError(LlmcError, MemoryError):
+    pass
+
+
+class UnsupportedError(LlmcError):
+    pass
+
+
+class DeviceError(LlmcError):
+    pass
+
+
+class NumericError(LlmcError, FloatingPointError):
+    pass
+
+
+_ERRORS = {
+    1: InvalidArgumentError,
+    2: LlmcIOError,
+    3: FileFormatError,
+    4: OutOfMemoryError,
+    5: UnsupportedError,
+    6: DeviceError,
+    7: NumericError,
+}
+
+
+# ---------------------------------------------------------------------------
+# structs (field for field as in llmc.h)
+
+class ConfigStruct(ctypes.Structure):
+    _fields_ = [
+        ("max_seq_len", ctypes.c_int32),
+        ("vocab_size", ctypes.c_int32),
+        ("padded_vocab_size", ctypes.c_int32),
+        ("num_layers", ctypes.c_int32),
+        ("num_heads", ctypes.c_int32),
+        ("channels", ctypes.c_int32),
+    ]
+
+
+class OptionsStruct(ctypes.Structure):
+    _fields_ = [
+        ("device", ctypes.c_int),
+        ("device_index", ctypes.c_int32),
+        ("max_batch_size", ctypes.c_int32),
+        ("max_seq_len", ctypes.c_int32),
+        ("seed", ctypes.c_uint64),
+        ("num_threads", ctypes.c_int32),
+        ("recompute", ctypes.c_int32),
+        ("reserved", ctypes.c_int32 * 8),
+    ]
+
+
+class AdamWStruct(ctypes.Structure):
+    _fields_ = [
+        ("lr", ctypes.c_float),
+        ("beta1", ctypes.c_float),
+        ("beta2", ctypes.c_float),
+        ("eps", ctypes.c_float),
+        ("weight_decay", ctypes.c_float),
+        ("grad_clip", ctypes.c_float),
+    ]
+
+
+DEVICES = {"cpu": 0, "cuda": 1}
+DTYPES = {"fp32": 0, "bf16": 1}
+
+# ---------------------------------------------------------------------------
+# the library
+
+_p = ctypes.POINTER
+_i32p = _p(ctypes.c_int32)
+_f32p = _p(ctypes.c_float)
+_model = ctypes.c_void_p
+_status = ctypes.c_int
+
+_SIGNATURES = {
+    "llmc_abi_version": (ctypes.c_int, []),
+    "llmc_last_error": (ctypes.c_char_p, []),
+    "llmc_cuda_available": (ctypes.c_int, []),
+    "llmc_default_options": (OptionsStruct, []),
+    "llmc_default_adamw": (AdamWStruct, []),
+    "llmc_config_preset": (_status, [ctypes.c_char_p, _p(ConfigStruct)]),
+    "llmc_init": (_status, [_p(ConfigStruct), _p(OptionsStruct), _p(_model)]),
+    "llmc_init_from_file": (_status, [ctypes.c_char_p, _p(OptionsStruct), _p(_model)]),
+    "llmc_free": (None, [_model]),
+    "llmc_get_config": (_status, [_model, _p(ConfigStruct)]),
+    "llmc_get_options": (_status, [_model, _p(OptionsStruct)]),
+    "llmc_num_parameters": (ctypes.c_size_t, [_model]),
+    "llmc_step_count": (ctypes.c_int64, [_model]),
+    "llmc_step": (_status, [_model, _i32p, _i32p, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                            _p(AdamWStruct), _f32p, _f32p]),
+    "llmc_backward": (_status, [_model, _i32p, _i32p, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                                _f32p]),
+    "llmc_update": (_status, [_model, _p(AdamWStruct), _f32p]),
+    "llmc_eval": (_status, [_model, _i32p, _i32p, ctypes.c_int, ctypes.c_int, _f32p, _f32p]),
+    "llmc_logits": (_status, [_model, _i32p, ctypes.c_int, ctypes.c_int, ctypes.c_int, _f32p]),
+    "llmc_get_parameters": (_status, [_model, _f32p]),
+    "llmc_set_parameters": (_status, [_model, _f32p]),
+    "llmc_get_gradients": (_status, [_model, _f32p]),
+    "llmc_save": (_status, [_model, ctypes.c_char_p, ctypes.c_int]),
+    "llmc_save_optimizer": (_status, [_model, ctypes.c_char_p]),
+    "llmc_load_optimizer": (_status, [_model, ctypes.c_char_p]),
+    "llmc_memory_bytes": (ctypes.c_size_t, [_model]),
+}
+
+
+def _library_path():
+    if os.environ.get("LLMC_LIB"):
+        return Path(os.environ["LLMC_LIB"])
+    return REPO_ROOT / "build" / "libllmc.so"
+
+
+def _load():
+    path = _library_path()
+    if not path.exists():
+        raise ImportError(f"libllmc not found at {path}: run `make` in {REPO_ROOT} first "
+                          "(or point LLMC_LIB at a built libllmc.so)")
+    lib = ctypes.CDLL(str(path))
+    for name, (restype, argtypes) in _SIGNATURES.items():
+        fn = getattr(lib, name)
+        fn.restype = restype
+        fn.argtypes = argtypes
+    found = lib.llmc_abi_version()
+    if found != ABI_VERSION:
+        raise ImportError(f"{path} has ABI version {found}, but pyllmc expects {ABI_VERSION}: "
+                          "rebuild with `make` (or update pyllmc)")
+    return lib
+
+
+class _Library:
+    """libllmc, loaded (and its ABI version checked) on first use, so that the
+    pure-Python parts of pyllmc (tokenizer, shards) work before `make`."""
+    _cdll = None
+
+    def __getattr__(self, name):
+        if _Library._cdll is None:
+            _Library._cdll = _load()
+        return getattr(_Library._cdll, name)
+
+
+lib = _Library()
+
+
+def call(name, *args):
+    """Calls lib.<name>(*args) and raises the matching LlmcError on failure."""
+    status = getattr(lib, name)(*args)
+    if status != 0:
+        message = lib.llmc_last_error().decode("utf-8", "replace")
+        raise _ERRORS.get(status, LlmcError)(message, status)

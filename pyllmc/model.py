@@ -1,0 +1,246 @@
+"""pyllmc.Model: a GPT-2 held by libllmc, trained and evaluated from numpy."""
+import ctypes
+import dataclasses
+import os
+
+import numpy as np
+
+from . import _lib
+from ._lib import call, lib
+
+lib.llmc_abi_version()  # load libllmc now: a missing or stale build fails at import
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """GPT-2 shape; the fields of llm.c's checkpoint header."""
+    max_seq_len: int = 1024
+    vocab_size: int = 50257
+    num_layers: int = 12
+    num_heads: int = 12
+    channels: int = 768
+    padded_vocab_size: int = 0  # 0: vocab_size rounded up to a multiple of 128
+
+    @classmethod
+    def preset(cls, name):
+        """d12, d24, d36, d48: GPT-2 124M, 350M, 774M, 1558M."""
+        c = _lib.ConfigStruct()
+        call("llmc_config_preset", name.encode(), ctypes.byref(c))
+        return cls._from_struct(c)
+
+    @classmethod
+    def _from_struct(cls, c):
+        return cls(**{f.name: getattr(c, f.name) for f in dataclasses.fields(cls)})
+
+    def _to_struct(self):
+        return _lib.ConfigStruct(**dataclasses.asdict(self))
+
+
+def _as_tokens(array, name):
+    """An int32 C-contiguous copy (or view) of an integer array."""
+    a = np.asarray(array)
+    if a.dtype.kind not in "iu":
+        raise _lib.InvalidArgumentError(f"{name} must be an integer array, got dtype {a.dtype}")
+    if a.size and (a.max() > np.iinfo(np.int32).max or a.min() < np.iinfo(np.int32).min):
+        raise _lib.InvalidArgumentError(f"{name} holds values outside int32: {a.min()}..{a.max()}")
+    return np.ascontiguousarray(a, dtype=np.int32)
+
+
+def _i32(a):
+    return a.ctypes.data_as(ctypes.POINTER(ctypes.c_int32))
+
+
+def _f32(a):
+    return a.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+
+
+def _path(path):
+    return os.fsencode(os.fspath(path))
+
+
+class Model:
+    """A GPT-2 model in libllmc. Create with Model.from_config or Model.load."""
+
+    def __init__(self, handle):
+        self._handle = ctypes.c_void_p(handle)
+        c = _lib.ConfigStruct()
+        call("llmc_get_config", self._handle, ctypes.byref(c))
+        self.config = Config._from_struct(c)
+        o = _lib.OptionsStruct()
+        call("llmc_get_options", self._handle, ctypes.byref(o))
+        self.device = {v: k for k, v in _lib.DEVICES.items()}[o.device]
+        self.max_batch_size = o.max_batch_size
+        self.max_seq_len = o.max_seq_len
+        self.num_parameters = lib.llmc_num_parameters(self._handle)
+
+    # ---- creation --------------------------------------------------------
+
+    @staticmethod
+    def _options(device, max_batch_size, max_seq_len, seed, num_threads, recompute):
+        if device not in _lib.DEVICES:
+            raise _lib.InvalidArgumentError(f"device {device!r}, expected one of {sorted(_lib.DEVICES)}")
+        o = lib.llmc_default_options()
+        o.device = _lib.DEVICES[device]
+        o.max_batch_size = max_batch_size
+        o.max_seq_len = max_seq_len or 0
+        o.seed = seed
+        o.num_threads = num_threads
+        o.recompute = recompute
+        return o
+
+    @classmethod
+    def from_config(cls, config, device="cpu", max_batch_size=4, max_seq_len=None, seed=42,
+                    num_threads=0, recompute=0):
+        """A freshly initialised model; config is a Config or a preset name."""
+        if isinstance(config, str):
+            config = Config.preset(config)
+        options = cls._options(device, max_batch_size, max_seq_len, seed, num_threads, recompute)
+        handle = ctypes.c_void_p()
+        call("llmc_init", ctypes.byref(config._to_struct()), ctypes.byref(options),
+             ctypes.byref(handle))
+        return cls(handle.value)
+
+    @classmethod
+    def load(cls, path, device="cpu", max_batch_size=4, max_seq_len=None, seed=42, num_threads=0,
+             recompute=0):
+        """A model from an llm.c-format file (fp32 version 3 or bf16 version 5)."""
+        options = cls._options(device, max_batch_size, max_seq_len, seed, num_threads, recompute)
+        handle = ctypes.c_void_p()
+        call("llmc_init_from_file", _path(path), ctypes.byref(options), ctypes.byref(handle))
+        return cls(handle.value)
+
+    def close(self):
+        if self._handle:
+            lib.llmc_free(self._handle)
+            self._handle = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        self.close()
+
+    def _h(self):
+        if not self._handle:
+            raise _lib.InvalidArgumentError("this Model has been closed")
+        return self._handle
+
+    # ---- training --------------------------------------------------------
+
+    def _batch(self, inputs, targets):
+        """(micro_steps, B, T) int32 arrays from (B, T) or (micro_steps, B, T) ones."""
+        x, y = _as_tokens(inputs, "inputs"), _as_tokens(targets, "targets")
+        if x.shape != y.shape:
+            raise _lib.InvalidArgumentError(f"inputs have shape {x.shape} but targets {y.shape}: "
+                                            "expected equal shapes")
+        if x.ndim == 2:
+            x, y = x[None], y[None]
+        if x.ndim != 3:
+            raise _lib.InvalidArgumentError(f"inputs have shape {x.shape}: expected (B, T) or "
+                                            "(micro_steps, B, T)")
+        return x, y
+
+    @property
+    def step_count(self):
+        """Optimizer steps taken so far."""
+        return lib.llmc_step_count(self._h())
+
+    def step(self, inputs, targets, lr, weight_decay=0.0, beta1=0.9, beta2=0.95, eps=1e-8,
+             grad_clip=1.0):
+        """One AdamW step over (B, T) or (micro_steps, B, T) tokens (targets -1 are ignored).
+
+        Returns (loss before the update, gradient norm before clipping)."""
+        loss = self.backward(inputs, targets)
+        return loss, self.update(lr, weight_decay, beta1, beta2, eps, grad_clip)
+
+    def backward(self, inputs, targets):
+        """Gradients of the mean loss, without an update; returns the loss."""
+        x, y = self._batch(inputs, targets)
+        loss = ctypes.c_float()
+        call("llmc_backward", self._h(), _i32(x), _i32(y), x.shape[0], x.shape[1], x.shape[2],
+             ctypes.byref(loss))
+        return loss.value
+
+    def update(self, lr, weight_decay=0.0, beta1=0.9, beta2=0.95, eps=1e-8, grad_clip=1.0):
+        """AdamW update from the last backward; returns the gradient norm.
+
+        Raises NumericError, changing nothing, if the norm is not finite."""
+        hp = _lib.AdamWStruct(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
+                              grad_clip=grad_clip)
+        norm = ctypes.c_float()
+        call("llmc_update", self._h(), ctypes.byref(hp), ctypes.byref(norm))
+        return norm.value
+
+    # ---- inference -------------------------------------------------------
+
+    def eval(self, inputs, targets, per_token=False):
+        """Mean loss over targets != -1; with per_token, also the (B, T) losses."""
+        x, y = self._batch(inputs, targets)
+        if x.shape[0] != 1:
+            raise _lib.InvalidArgumentError(f"eval takes (B, T) arrays, got shape {x.shape[1:]} "
+                                            f"x {x.shape[0]} micro-steps")
+        B, T = x.shape[1:]
+        losses = np.empty((B, T), dtype=np.float32) if per_token else None
+        mean = ctypes.c_float()
+        call("llmc_eval", self._h(), _i32(x), _i32(y), B, T, ctypes.byref(mean),
+             _f32(losses) if per_token else None)
+        return (mean.value, losses) if per_token else mean.value
+
+    def logits(self, inputs, last_only=False):
+        """float32 logits (B, T, vocab_size), or (B, vocab_size) of the last position."""
+        x = _as_tokens(inputs, "inputs")
+        if x.ndim == 1:
+            x = x[None]
+        if x.ndim != 2:
+            raise _lib.InvalidArgumentError(f"inputs have shape {x.shape}: expected (B, T)")
+        B, T = x.shape
+        V = self.config.vocab_size
+        out = np.empty((B, V) if last_only else (B, T, V), dtype=np.float32)
+        call("llmc_logits", self._h(), _i32(x), B, T, int(last_only), _f32(out))
+        return out
+
+    # ---- parameters and files --------------------------------------------
+
+    def parameters(self):
+        """All parameters as one float32 vector in llm.c's order (fp32 masters on CUDA)."""
+        out = np.empty(self.num_parameters, dtype=np.float32)
+        call("llmc_get_parameters", self._h(), _f32(out))
+        return out
+
+    def set_parameters(self, params):
+        p = np.ascontiguousarray(params, dtype=np.float32)
+        if p.shape != (self.num_parameters,):
+            raise _lib.InvalidArgumentError(f"parameters have shape {p.shape}, expected "
+                                            f"({self.num_parameters},)")
+        call("llmc_set_parameters", self._h(), _f32(p))
+
+    def gradients(self):
+        """Gradients of the last backward, one float32 vector in llm.c's order."""
+        out = np.empty(self.num_parameters, dtype=np.float32)
+        call("llmc_get_gradients", self._h(), _f32(out))
+        return out
+
+    def save(self, path, dtype="fp32"):
+        """Writes an llm.c-format model file atomically (dtype "fp32" or "bf16")."""
+        if dtype not in _lib.DTYPES:
+            raise _lib.InvalidArgumentError(f"dtype {dtype!r}, expected 'fp32' or 'bf16'")
+        call("llmc_save", self._h(), _path(path), _lib.DTYPES[dtype])
+
+    def save_optimizer(self, path):
+        """Writes the AdamW moments and step count atomically."""
+        call("llmc_save_optimizer", self._h(), _path(path))
+
+    def load_optimizer(self, path):
+        call("llmc_load_optimizer", self._h(), _path(path))
+
+    @property
+    def memory_bytes(self):
+        return lib.llmc_memory_bytes(self._h())
+
+    def __repr__(self):
+        c = self.config
+        return (f"Model(L={c.num_layers}, H={c.num_heads}, C={c.channels}, V={c.vocab_size}, "
+                f"maxT={c.max_seq_len}, params={self.num_parameters:,}, device={self.device!r})")
