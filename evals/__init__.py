@@ -1,0 +1,1 @@
+"""Evaluations of llmc checkpoints (HellaSwag: evals.hellaswag)."""
