@@ -13,6 +13,18 @@ CPU_SRC := $(wildcard libllmc/src/*.c) $(wildcard libllmc/src/cpu/*.c)
 CPU_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(CPU_SRC))
 HEADERS := $(wildcard libllmc/include/*.h libllmc/src/*.h libllmc/src/cpu/*.h)
 
+# The CPU backend's matrix products go through OpenBLAS from the
+# scipy-openblas32 wheel (requirements.txt): a tuned GEMM for every x86/ARM
+# core, no system package needed. Its paths are asked from the installed
+# wheel, once `deps` has installed it; the library finds it at run time
+# through an rpath to the wheel's lib directory.
+ifneq ($(MAKECMDGOALS),clean)
+include $(BUILD)/blas.mk
+endif
+# -fno-math-errno: errno is never read, and without it sqrtf cannot vectorise.
+$(BUILD)/libllmc/src/cpu/%.o: CFLAGS += -I$(BLAS_INC) -fno-math-errno
+$(BUILD)/libllmc.so: LDLIBS += -L$(BLAS_LIB) -lscipy_openblas -Wl,-rpath,$(BLAS_LIB)
+
 .PHONY: all lib deps test clean
 all: deps lib
 lib: $(BUILD)/libllmc.so
@@ -23,6 +35,9 @@ $(BUILD)/%.o: %.c $(HEADERS) | $(BUILD)/.dirs
 
 $(BUILD)/libllmc.so: $(CPU_OBJ)
 	$(CC) -shared -o $@ $^ $(LDLIBS) -Wl,-rpath,'$$ORIGIN'
+
+$(BUILD)/blas.mk: $(BUILD)/.deps
+	$(PYTHON) -c 'import scipy_openblas32 as b; print("BLAS_INC :=", b.get_include_dir()); print("BLAS_LIB :=", b.get_lib_dir())' > $@
 
 $(BUILD)/.dirs:
 	@mkdir -p $(BUILD)

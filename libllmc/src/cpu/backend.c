@@ -1,0 +1,425 @@
+/*
+ * backend.c: the CPU fp32 backend: memory, the GPT-2 forward and backward
+ * passes over the kernels of layers.h, and the optimizer step.
+ *
+ * Memory is planned from options.max_batch_size x options.max_seq_len and
+ * allocated in tiers, as llm.c does, so that a model used only for
+ * evaluation never pays for training state:
+ *   - at create: the parameters and the activations of one block, reused by
+ *     every block, which is all that eval and logits need;
+ *   - at the first backward (or optimizer-state load): the gradients, the
+ *     activations of every block (kept for the backward pass) and one
+ *     block's activation gradients;
+ *   - at the first update (or optimizer-state load): the AdamW moments.
+ * The classifier's logits exist for CLASSIFIER_CHUNK_ROWS rows at a time.
+ *
+ * Threads: each entry point sets the calling thread's OpenMP thread count to
+ * options.num_threads (0 = every core) before any kernel runs.
+ */
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../model.h"
+#include "layers.h"
+
+/* Activations of one transformer block for the planned batch (N = B*T rows). */
+typedef struct {
+    float *ln1, *ln1_mean, *ln1_rstd; /* (N, C), (N), (N) */
+    float *qkv;                       /* (N, 3C) */
+    float *att;                       /* (B, NH, T, T) softmax probabilities */
+    float *atty;                      /* (N, C) the heads' outputs */
+    float *res2;                      /* (N, C) residual stream after attention */
+    float *ln2, *ln2_mean, *ln2_rstd;
+    float *fch, *fch_gelu;            /* (N, 4C) */
+    float *res3;                      /* (N, C) residual stream after the MLP */
+} block_acts;
+
+/* One aligned allocation carved into named buffers. */
+typedef struct {
+    float *mem;
+    size_t bytes;
+} arena;
+
+typedef struct {
+    int threads;
+
+    arena params_mem;
+    float *param[LLMC_NUM_PARAM_TENSORS]; /* each tensor inside params_mem */
+
+    /* forward activations */
+    arena acts_mem;
+    int stored_blocks;    /* 1 (shared by every block) before training, L after */
+    block_acts *blocks;   /* stored_blocks of them */
+    float *encoded;       /* (N, C) */
+    float *lnf, *lnf_mean, *lnf_rstd;
+    float *losses;        /* (N) */
+    float *logits;        /* (chunk rows, V) */
+
+    /* training state */
+    arena grads_mem;
+    float *grad[LLMC_NUM_PARAM_TENSORS];
+    float *dres, *dln, *datty, *dqkv, *dfch; /* one block's activation gradients */
+    float *att_scratch;                      /* T*T floats per thread */
+    arena moments_mem;
+    float *mom1, *mom2;
+} cpu_state;
+
+/* ---- memory ---------------------------------------------------------------- */
+
+typedef struct {
+    float **ptr;
+    size_t count;
+} buffer;
+
+static size_t padded(size_t count) { return (count + 15) & ~(size_t)15; } /* 64 bytes */
+
+/* Allocates the buffers (zeroed) in one block; LLMC_ERR_OUT_OF_MEMORY naming
+ * `what` when the host has no room. */
+static llmc_status arena_alloc(arena *a, buffer *bufs, int n, const char *what) {
+    size_t total = 0;
+    for (int i = 0; i < n; i++) total += padded(bufs[i].count);
+    float *mem = aligned_alloc(64, (total ? total : 16) * sizeof(float));
+    if (mem == NULL)
+        return llmc_error(LLMC_ERR_OUT_OF_MEMORY, "out of host memory for the %s (%.2f GiB)", what,
+                          (double)total * sizeof(float) / (1 << 30));
+    memset(mem, 0, total * sizeof(float));
+    size_t offset = 0;
+    for (int i = 0; i < n; i++) {
+        *bufs[i].ptr = mem + offset;
+        offset += padded(bufs[i].count);
+    }
+    a->mem = mem;
+    a->bytes = total * sizeof(float);
+    return LLMC_OK;
+}
+
+static void arena_free(arena *a) {
+    free(a->mem);
+    a->mem = NULL;
+    a->bytes = 0;
+}
+
+/* Points tensors[i] at the i-th parameter tensor inside base. */
+static void split_tensors(const llmc_model *m, float *base, float *tensors[LLMC_NUM_PARAM_TENSORS]) {
+    for (int i = 0; i < LLMC_NUM_PARAM_TENSORS; i++) tensors[i] = base + m->param_offsets[i];
+}
+
+/* Forward activations with `blocks` blocks stored; on failure the old ones stay. */
+static llmc_status alloc_activations(llmc_model *m, int blocks) {
+    cpu_state *s = m->impl;
+    const size_t B = m->options.max_batch_size, T = m->options.max_seq_len, N = B * T;
+    const size_t C = m->config.channels, NH = m->config.num_heads, V = m->config.vocab_size;
+    const size_t chunk_rows = N < CLASSIFIER_CHUNK_ROWS ? N : CLASSIFIER_CHUNK_ROWS;
+    block_acts *ba = calloc(blocks, sizeof *ba);
+    if (ba == NULL) return llmc_error(LLMC_ERR_OUT_OF_MEMORY, "out of host memory");
+    float *ln1, *ln1_mean, *ln1_rstd, *qkv, *att, *atty, *res2, *ln2, *ln2_mean, *ln2_rstd, *fch,
+        *fch_gelu, *res3;
+    const size_t L = blocks;
+    buffer bufs[] = {
+        {&ln1, L * N * C},          {&ln1_mean, L * N},  {&ln1_rstd, L * N},
+        {&qkv, L * N * 3 * C},      {&att, L * B * NH * T * T},
+        {&atty, L * N * C},         {&res2, L * N * C},  {&ln2, L * N * C},
+        {&ln2_mean, L * N},         {&ln2_rstd, L * N},  {&fch, L * N * 4 * C},
+        {&fch_gelu, L * N * 4 * C}, {&res3, L * N * C},
+        {&s->encoded, N * C},       {&s->lnf, N * C},    {&s->lnf_mean, N},
+        {&s->lnf_rstd, N},          {&s->losses, N},     {&s->logits, chunk_rows * V},
+    };
+    arena mem;
+    /* the buffers above are written only if the allocation succeeds */
+    llmc_status st = arena_alloc(&mem, bufs, sizeof bufs / sizeof bufs[0], "activations");
+    if (st != LLMC_OK) {
+        free(ba);
+        return st;
+    }
+    for (size_t l = 0; l < L; l++) {
+        ba[l] = (block_acts){
+            .ln1 = ln1 + l * N * C,         .ln1_mean = ln1_mean + l * N,
+            .ln1_rstd = ln1_rstd + l * N,   .qkv = qkv + l * N * 3 * C,
+            .att = att + l * B * NH * T * T, .atty = atty + l * N * C,
+            .res2 = res2 + l * N * C,       .ln2 = ln2 + l * N * C,
+            .ln2_mean = ln2_mean + l * N,   .ln2_rstd = ln2_rstd + l * N,
+            .fch = fch + l * N * 4 * C,     .fch_gelu = fch_gelu + l * N * 4 * C,
+            .res3 = res3 + l * N * C,
+        };
+    }
+    arena_free(&s->acts_mem);
+    free(s->blocks);
+    s->acts_mem = mem;
+    s->blocks = ba;
+    s->stored_blocks = blocks;
+    return LLMC_OK;
+}
+
+/* Gradients, every block's activations and the activation gradients. */
+static llmc_status ensure_training_state(llmc_model *m) {
+    cpu_state *s = m->impl;
+    if (s->grads_mem.mem) return LLMC_OK;
+    const size_t N = (size_t)m->options.max_batch_size * m->options.max_seq_len;
+    const size_t C = m->config.channels, T = m->options.max_seq_len;
+    float *grads = NULL;
+    buffer bufs[] = {
+        {&grads, m->num_params},   {&s->dres, N * C},     {&s->dln, N * C},
+        {&s->datty, N * C},        {&s->dqkv, N * 3 * C}, {&s->dfch, N * 4 * C},
+        {&s->att_scratch, (size_t)s->threads * T * T},
+    };
+    llmc_status st = arena_alloc(&s->grads_mem, bufs, sizeof bufs / sizeof bufs[0], "gradients");
+    if (st != LLMC_OK) return st;
+    split_tensors(m, grads, s->grad);
+    if (s->stored_blocks < m->config.num_layers) {
+        st = alloc_activations(m, m->config.num_layers);
+        if (st != LLMC_OK) {
+            arena_free(&s->grads_mem);
+            return st;
+        }
+    }
+    return LLMC_OK;
+}
+
+static llmc_status ensure_moments(llmc_model *m) {
+    cpu_state *s = m->impl;
+    if (s->moments_mem.mem) return LLMC_OK;
+    buffer bufs[] = {{&s->mom1, m->num_params}, {&s->mom2, m->num_params}};
+    return arena_alloc(&s->moments_mem, bufs, 2, "AdamW moments");
+}
+
+static llmc_status cpu_create(llmc_model *m) {
+    cpu_state *s = calloc(1, sizeof *s);
+    if (s == NULL) return llmc_error(LLMC_ERR_OUT_OF_MEMORY, "out of host memory");
+    m->impl = s;
+    s->threads = m->options.num_threads > 0 ? m->options.num_threads : omp_get_num_procs();
+    cpu_blas_init();
+    float *params = NULL;
+    buffer bufs[] = {{&params, m->num_params}};
+    llmc_status st = arena_alloc(&s->params_mem, bufs, 1, "parameters");
+    if (st == LLMC_OK) st = alloc_activations(m, 1);
+    if (st != LLMC_OK) {
+        arena_free(&s->params_mem);
+        free(s);
+        m->impl = NULL;
+        return st;
+    }
+    split_tensors(m, params, s->param);
+    return LLMC_OK;
+}
+
+static void cpu_destroy(llmc_model *m) {
+    cpu_state *s = m->impl;
+    if (s == NULL) return;
+    arena_free(&s->params_mem);
+    arena_free(&s->acts_mem);
+    arena_free(&s->grads_mem);
+    arena_free(&s->moments_mem);
+    free(s->blocks);
+    free(s);
+    m->impl = NULL;
+}
+
+static size_t cpu_memory_bytes(const llmc_model *m) {
+    const cpu_state *s = m->impl;
+    return s->params_mem.bytes + s->acts_mem.bytes + s->grads_mem.bytes + s->moments_mem.bytes +
+           (size_t)s->stored_blocks * sizeof(block_acts);
+}
+
+/* Every entry point starts here. */
+static cpu_state *enter(llmc_model *m) {
+    cpu_state *s = m->impl;
+    omp_set_num_threads(s->threads);
+    return s;
+}
+
+/* ---- parameters and optimizer state ------------------------------------------ */
+
+static llmc_status cpu_set_params(llmc_model *m, const float *params) {
+    cpu_state *s = enter(m);
+    memcpy(s->params_mem.mem, params, m->num_params * sizeof(float));
+    return LLMC_OK;
+}
+
+static llmc_status cpu_get_params(llmc_model *m, float *out) {
+    cpu_state *s = enter(m);
+    memcpy(out, s->params_mem.mem, m->num_params * sizeof(float));
+    return LLMC_OK;
+}
+
+static llmc_status cpu_get_grads(llmc_model *m, float *out) {
+    cpu_state *s = enter(m);
+    if (s->grads_mem.mem) memcpy(out, s->grad[0], m->num_params * sizeof(float));
+    else memset(out, 0, m->num_params * sizeof(float));
+    return LLMC_OK;
+}
+
+static llmc_status cpu_set_opt_state(llmc_model *m, const float *mom1, const float *mom2) {
+    cpu_state *s = enter(m);
+    llmc_status st = ensure_moments(m);
+    if (st != LLMC_OK) return st;
+    memcpy(s->mom1, mom1, m->num_params * sizeof(float));
+    memcpy(s->mom2, mom2, m->num_params * sizeof(float));
+    return LLMC_OK;
+}
+
+static llmc_status cpu_get_opt_state(llmc_model *m, float *mom1, float *mom2) {
+    cpu_state *s = enter(m);
+    if (s->moments_mem.mem) {
+        memcpy(mom1, s->mom1, m->num_params * sizeof(float));
+        memcpy(mom2, s->mom2, m->num_params * sizeof(float));
+    } else { /* no update yet: the moments are still zero */
+        memset(mom1, 0, m->num_params * sizeof(float));
+        memset(mom2, 0, m->num_params * sizeof(float));
+    }
+    return LLMC_OK;
+}
+
+/* ---- forward and backward ------------------------------------------------------- */
+
+static const block_acts *block_at(const cpu_state *s, int l) {
+    return &s->blocks[s->stored_blocks == 1 ? 0 : l];
+}
+
+/* The residual stream entering block l. */
+static const float *block_input(const cpu_state *s, int l) {
+    return l == 0 ? s->encoded : block_at(s, l - 1)->res3;
+}
+
+/* Up to the final LayerNorm (s->lnf), for B x T tokens. */
+static void forward(llmc_model *m, const int32_t *tokens, int B, int T) {
+    cpu_state *s = m->impl;
+    const int L = m->config.num_layers, C = m->config.channels, NH = m->config.num_heads;
+    const int N = B * T;
+    float **p = s->param;
+    encoder_forward(s->encoded, tokens, p[P_WTE], p[P_WPE], B, T, C);
+    for (int l = 0; l < L; l++) {
+        const block_acts *a = block_at(s, l);
+        /* with one stored block, the input is a->res3 of the block before:
+         * consumed by ln1 and the attention residual before res3 is rewritten */
+        const float *x = block_input(s, l);
+        const size_t lC = (size_t)l * C;
+        layernorm_forward(a->ln1, a->ln1_mean, a->ln1_rstd, x, p[P_LN1W] + lC, p[P_LN1B] + lC, N, C);
+        matmul_forward(a->qkv, a->ln1, p[P_QKVW] + lC * 3 * C, p[P_QKVB] + 3 * lC, NULL, N, C, 3 * C);
+        attention_forward(a->atty, a->att, a->qkv, B, T, C, NH);
+        matmul_forward(a->res2, a->atty, p[P_ATTPROJW] + lC * C, p[P_ATTPROJB] + lC, x, N, C, C);
+        layernorm_forward(a->ln2, a->ln2_mean, a->ln2_rstd, a->res2, p[P_LN2W] + lC, p[P_LN2B] + lC,
+                          N, C);
+        matmul_forward(a->fch, a->ln2, p[P_FCW] + lC * 4 * C, p[P_FCB] + 4 * lC, NULL, N, C, 4 * C);
+        gelu_forward(a->fch_gelu, a->fch, (size_t)N * 4 * C);
+        matmul_forward(a->res3, a->fch_gelu, p[P_FCPROJW] + lC * 4 * C, p[P_FCPROJB] + lC, a->res2,
+                       N, 4 * C, C);
+    }
+    layernorm_forward(s->lnf, s->lnf_mean, s->lnf_rstd, block_input(s, L), p[P_LNFW], p[P_LNFB], N, C);
+}
+
+/* Backward of one micro-batch, gradients accumulating; returns the loss sum. */
+static double backward_micro(llmc_model *m, const int32_t *tokens, const int32_t *targets, int B,
+                             int T, float dloss) {
+    cpu_state *s = m->impl;
+    const int L = m->config.num_layers, C = m->config.channels, NH = m->config.num_heads;
+    const int N = B * T, V = m->config.vocab_size;
+    float **p = s->param, **g = s->grad;
+    forward(m, tokens, B, T);
+    /* the LM head's input gradient goes to dln, its weight gradient into wte's */
+    classifier_forward_backward(s->losses, s->dln, g[P_WTE], s->logits, s->lnf, p[P_WTE], targets,
+                                N, C, V, dloss);
+    double loss_sum = 0.0;
+    for (int i = 0; i < N; i++) loss_sum += s->losses[i];
+
+    /* dres is the gradient of the residual stream, carried down the blocks */
+    memset(s->dres, 0, (size_t)N * C * sizeof(float));
+    layernorm_backward(s->dres, g[P_LNFW], g[P_LNFB], s->dln, block_input(s, L), p[P_LNFW],
+                       s->lnf_mean, s->lnf_rstd, N, C);
+    for (int l = L - 1; l >= 0; l--) {
+        const block_acts *a = block_at(s, l);
+        const size_t lC = (size_t)l * C;
+        /* res3 = res2 + fcproj(gelu(fc(ln2(res2)))) */
+        matmul_backward(s->dfch, g[P_FCPROJW] + lC * 4 * C, g[P_FCPROJB] + lC, s->dres, a->fch_gelu,
+                        p[P_FCPROJW] + lC * 4 * C, N, 4 * C, C);
+        gelu_backward(s->dfch, a->fch, s->dfch, (size_t)N * 4 * C);
+        matmul_backward(s->dln, g[P_FCW] + lC * 4 * C, g[P_FCB] + 4 * lC, s->dfch, a->ln2,
+                        p[P_FCW] + lC * 4 * C, N, C, 4 * C);
+        layernorm_backward(s->dres, g[P_LN2W] + lC, g[P_LN2B] + lC, s->dln, a->res2, p[P_LN2W] + lC,
+                           a->ln2_mean, a->ln2_rstd, N, C);
+        /* res2 = x + attproj(attention(qkv(ln1(x)))) */
+        matmul_backward(s->datty, g[P_ATTPROJW] + lC * C, g[P_ATTPROJB] + lC, s->dres, a->atty,
+                        p[P_ATTPROJW] + lC * C, N, C, C);
+        attention_backward(s->dqkv, s->att_scratch, s->datty, a->qkv, a->att, B, T, C, NH);
+        matmul_backward(s->dln, g[P_QKVW] + lC * 3 * C, g[P_QKVB] + 3 * lC, s->dqkv, a->ln1,
+                        p[P_QKVW] + lC * 3 * C, N, C, 3 * C);
+        layernorm_backward(s->dres, g[P_LN1W] + lC, g[P_LN1B] + lC, s->dln, block_input(s, l),
+                           p[P_LN1W] + lC, a->ln1_mean, a->ln1_rstd, N, C);
+    }
+    encoder_backward(g[P_WTE], g[P_WPE], s->dres, tokens, B, T, C);
+    return loss_sum;
+}
+
+static llmc_status cpu_backward(llmc_model *m, const int32_t *inputs, const int32_t *targets,
+                                int micro_steps, int B, int T, float loss_scale, double *loss_sum) {
+    cpu_state *s = enter(m);
+    llmc_status st = ensure_training_state(m);
+    if (st != LLMC_OK) return st;
+    memset(s->grad[0], 0, m->num_params * sizeof(float));
+    double sum = 0.0;
+    const size_t tokens = (size_t)B * T;
+    for (int i = 0; i < micro_steps; i++)
+        sum += backward_micro(m, inputs + i * tokens, targets + i * tokens, B, T, loss_scale);
+    *loss_sum = sum;
+    return LLMC_OK;
+}
+
+static llmc_status cpu_grad_norm(llmc_model *m, float *norm) {
+    cpu_state *s = enter(m);
+    *norm = s->grads_mem.mem ? (float)sqrt(sum_squares(s->grad[0], m->num_params)) : 0.0f;
+    return LLMC_OK;
+}
+
+static llmc_status cpu_update(llmc_model *m, const llmc_adamw *hp, float grad_scale, int64_t t) {
+    cpu_state *s = enter(m);
+    llmc_status st = ensure_moments(m);
+    if (st != LLMC_OK) return st;
+    if (s->grads_mem.mem == NULL)
+        return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "update without gradients");
+    for (int i = 0; i < LLMC_NUM_PARAM_TENSORS; i++) {
+        const size_t off = m->param_offsets[i];
+        adamw_update(s->param[i], s->grad[i], s->mom1 + off, s->mom2 + off, m->param_sizes[i], hp->lr,
+                     hp->beta1, hp->beta2, hp->eps, llmc_param_is_decayed(i) ? hp->weight_decay : 0.0f,
+                     grad_scale, t);
+    }
+    return LLMC_OK;
+}
+
+static llmc_status cpu_eval(llmc_model *m, const int32_t *inputs, const int32_t *targets, int B,
+                            int T, float *per_token_losses) {
+    cpu_state *s = enter(m);
+    forward(m, inputs, B, T);
+    classifier_forward_backward(per_token_losses, NULL, NULL, s->logits, s->lnf, s->param[P_WTE],
+                                targets, B * T, m->config.channels, m->config.vocab_size, 0.0f);
+    return LLMC_OK;
+}
+
+static llmc_status cpu_logits(llmc_model *m, const int32_t *inputs, int B, int T, int last_only,
+                              float *out) {
+    cpu_state *s = enter(m);
+    const int C = m->config.channels, V = m->config.vocab_size;
+    forward(m, inputs, B, T);
+    if (last_only) /* row T-1 of each sequence: a stride of T rows */
+        gemm(0, 1, B, V, C, 1.0f, s->lnf + (size_t)(T - 1) * C, T * C, s->param[P_WTE], C, 0.0f, out, V);
+    else
+        gemm(0, 1, B * T, V, C, 1.0f, s->lnf, C, s->param[P_WTE], C, 0.0f, out, V);
+    return LLMC_OK;
+}
+
+const llmc_backend llmc_cpu_backend = {
+    .name = "cpu",
+    .create = cpu_create,
+    .destroy = cpu_destroy,
+    .set_params = cpu_set_params,
+    .get_params = cpu_get_params,
+    .get_grads = cpu_get_grads,
+    .set_opt_state = cpu_set_opt_state,
+    .get_opt_state = cpu_get_opt_state,
+    .backward = cpu_backward,
+    .grad_norm = cpu_grad_norm,
+    .update = cpu_update,
+    .eval = cpu_eval,
+    .logits = cpu_logits,
+    .memory_bytes = cpu_memory_bytes,
+};

@@ -1,0 +1,40 @@
+/*
+ * encoder.c: token embedding plus learned position embedding.
+ */
+#include <omp.h>
+#include <string.h>
+
+#include "layers.h"
+
+void encoder_forward(float *out, const int32_t *tokens, const float *wte, const float *wpe, int B,
+                     int T, int C) {
+#pragma omp parallel for
+    for (int bt = 0; bt < B * T; bt++) {
+        const float *te = wte + (size_t)tokens[bt] * C;
+        const float *pe = wpe + (size_t)(bt % T) * C;
+        float *o = out + (size_t)bt * C;
+        for (int c = 0; c < C; c++) o[c] = te[c] + pe[c];
+    }
+}
+
+void encoder_backward(float *dwte, float *dwpe, const float *dout, const int32_t *tokens, int B,
+                      int T, int C) {
+    /* A token can appear many times, so rows of dwte take several updates.
+     * Each thread owns a slice of channels and walks the tokens in order:
+     * no two threads touch the same float, and every sum runs in token
+     * order whatever the thread count. */
+#pragma omp parallel
+    {
+        int id = omp_get_thread_num(), nt = omp_get_num_threads();
+        int c0 = (int)((long)C * id / nt), c1 = (int)((long)C * (id + 1) / nt);
+        for (int bt = 0; bt < B * T; bt++) {
+            float *dte = dwte + (size_t)tokens[bt] * C;
+            float *dpe = dwpe + (size_t)(bt % T) * C;
+            const float *d = dout + (size_t)bt * C;
+            for (int c = c0; c < c1; c++) {
+                dte[c] += d[c];
+                dpe[c] += d[c];
+            }
+        }
+    }
+}

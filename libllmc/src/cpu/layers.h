@@ -1,0 +1,133 @@
+/*
+ * layers.h: the CPU backend's fp32 kernels, one file per layer family.
+ * Internal to libllmc/src/cpu.
+ *
+ * Conventions: activations are row-major (N rows = B*T tokens, C columns);
+ * weights are (out, in) as in llm.c's files. Kernels parallelise with
+ * OpenMP over the thread count the backend set for the calling thread.
+ * Every reduction runs in an order that depends only on the shapes, never
+ * on the thread count, so training is bit-identical for a seed whatever
+ * num_threads is. Gradients of parameters accumulate (+=); see each kernel
+ * for its activation gradient.
+ */
+#ifndef LLMC_CPU_LAYERS_H
+#define LLMC_CPU_LAYERS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- vector maths ----------------------------------------------------------
+ * e^x written so that GCC vectorises it inside `omp simd` loops (glibc's expf
+ * is scalar without -ffast-math, and the classifier's softmax alone takes
+ * B*T*V exponentials). Cody-Waite range reduction x = n ln2 + r with
+ * |r| <= ln2/2, a degree-7 Taylor polynomial for e^r (truncation error
+ * below 1e-8 relative), then 2^n put into the exponent bits: about 1 ulp.
+ * Inputs below -87.3 give 0; inputs above 88 saturate at e^88 (callers only
+ * need e^x for x <= 0, or for 1/(1 + e^x) where the saturation is exact in
+ * fp32). */
+static inline float vec_expf(float x) {
+    const float lo = -87.33654f, hi = 88.0f;
+    const float xc = x < lo ? lo : (x > hi ? hi : x);
+    /* round(xc / ln2) by adding 1.5 * 2^23: the low mantissa bits then hold n */
+    const float shifter = 12582912.0f;
+    union { float f; int32_t i; } t = {xc * 1.44269504088896341f + shifter};
+    const float n = t.f - shifter;
+    const int32_t ni = t.i - 0x4B400000;
+    const float r = (xc - n * 0.693145751953125f) - n * 1.428606765330187045e-06f;
+    float p = 1.0f / 5040.0f;
+    p = p * r + 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    union { int32_t i; float f; } scale = {(ni + 127) << 23};
+    return x < lo ? 0.0f : p * scale.f;
+}
+
+/* ---- matmul.c ------------------------------------------------------------- */
+
+/* Prepares the BLAS for use from OpenMP threads (single-threaded calls). */
+void cpu_blas_init(void);
+
+/* C = alpha * op(A) op(B) + beta * C, row-major; op transposes where the flag
+ * is set. M x N output, inner dimension K. gemm_serial runs on the calling
+ * thread (for use inside parallel regions); gemm splits the output among the
+ * OpenMP threads at boundaries that do not depend on the thread count's
+ * effect on any single element, so each element is computed the same way
+ * whatever the thread count. */
+void gemm_serial(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A,
+                 int lda, const float *B, int ldb, float beta, float *C, int ldc);
+void gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
+          const float *B, int ldb, float beta, float *C, int ldc);
+
+/* out (N, OC) = residual + inp (N, C) @ weight^T + bias; residual may be NULL. */
+void matmul_forward(float *out, const float *inp, const float *weight, const float *bias,
+                    const float *residual, int N, int C, int OC);
+/* dinp = dout @ weight (overwritten); dweight += dout^T @ inp; dbias += column sums of dout. */
+void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
+                     const float *weight, int N, int C, int OC);
+/* dst[c] += sum over rows of src (N, C), summed row by row in order. */
+void column_sums_add(float *dst, const float *src, int N, int C);
+
+/* ---- encoder.c ------------------------------------------------------------ */
+
+/* out (B, T, C) = wte[tokens] + wpe[0..T). */
+void encoder_forward(float *out, const int32_t *tokens, const float *wte, const float *wpe, int B,
+                     int T, int C);
+void encoder_backward(float *dwte, float *dwpe, const float *dout, const int32_t *tokens, int B,
+                      int T, int C);
+
+/* ---- layernorm.c ---------------------------------------------------------- */
+
+void layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *weight,
+                       const float *bias, int N, int C);
+/* dinp += gradient through the normalisation (accumulates: it is the residual stream). */
+void layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                        const float *inp, const float *weight, const float *mean,
+                        const float *rstd, int N, int C);
+
+/* ---- attention.c ---------------------------------------------------------- */
+
+/* Causal multi-head attention. qkv (B, T, 3C) holds q, k, v for NH heads;
+ * att (B, NH, T, T) receives the softmax probabilities (zero above the
+ * diagonal), out (B, T, C) the heads' outputs side by side. */
+void attention_forward(float *out, float *att, const float *qkv, int B, int T, int C, int NH);
+/* dqkv (overwritten) from dout; scratch holds T*T floats per OpenMP thread. */
+void attention_backward(float *dqkv, float *scratch, const float *dout, const float *qkv,
+                        const float *att, int B, int T, int C, int NH);
+
+/* ---- gelu.c --------------------------------------------------------------- */
+
+/* GELU, tanh approximation, as GPT-2. */
+void gelu_forward(float *out, const float *inp, size_t n);
+/* dinp = dout * gelu'(inp); dinp may be dout. */
+void gelu_backward(float *dinp, const float *inp, const float *dout, size_t n);
+
+/* ---- crossentropy.c ------------------------------------------------------- */
+
+/* Rows of the LM head processed at a time: the logits of one chunk are the
+ * only vocabulary-sized activation the backend keeps. */
+#define CLASSIFIER_CHUNK_ROWS 256
+
+/* The LM head (tied to wte, first V rows) with softmax cross-entropy, over
+ * N rows of x (N, C), CLASSIFIER_CHUNK_ROWS at a time through logits_buf
+ * (CLASSIFIER_CHUNK_ROWS * V floats). losses[i] gets row i's loss (0 where
+ * targets[i] == -1). With dx != NULL also the backward pass for a loss
+ * weighted dloss per counted row: dx (N, C) is overwritten, dwte += . */
+void classifier_forward_backward(float *losses, float *dx, float *dwte, float *logits_buf,
+                                 const float *x, const float *wte, const int32_t *targets, int N,
+                                 int C, int V, float dloss);
+
+/* ---- adamw.c -------------------------------------------------------------- */
+
+/* Sum of squares of x in double, in an order fixed by n alone. */
+double sum_squares(const float *x, size_t n);
+/* One AdamW step (torch.optim.AdamW's formulation) on n parameters whose
+ * gradients are multiplied by grad_scale first; t is the 1-based step. */
+void adamw_update(float *params, const float *grads, float *mom1, float *mom2, size_t n, float lr,
+                  float beta1, float beta2, float eps, float weight_decay, float grad_scale,
+                  int64_t t);
+
+#endif /* LLMC_CPU_LAYERS_H */

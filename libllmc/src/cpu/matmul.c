@@ -1,0 +1,93 @@
+/*
+ * matmul.c: matrix products through OpenBLAS (the scipy-openblas32 wheel),
+ * and the linear layers built on them.
+ *
+ * OpenBLAS runs single-threaded and we split each product among our own
+ * OpenMP threads: one pool of threads instead of two fighting over the
+ * cores, and the attention kernels can call it from inside their parallel
+ * loops. Each thread computes a block of whole output elements with the full
+ * inner dimension, so no element's sum depends on the thread count.
+ */
+#include <omp.h>
+#include <string.h>
+
+#include <cblas.h>
+
+#include "layers.h"
+
+void cpu_blas_init(void) { scipy_openblas_set_num_threads(1); }
+
+void gemm_serial(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A,
+                 int lda, const float *B, int ldb, float beta, float *C, int ldc) {
+    scipy_cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
+                      trans_b ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, lda, B, ldb, beta,
+                      C, ldc);
+}
+
+/* Output blocks are whole multiples of this many rows or columns, so that the
+ * BLAS kernels' tail handling falls on the same elements for any split. */
+#define GEMM_SPLIT_ALIGN 64
+
+void gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
+          const float *B, int ldb, float beta, float *C, int ldc) {
+    int split_rows = M > N; /* split the longer side of the output */
+    int extent = split_rows ? M : N;
+    int blocks = (extent + GEMM_SPLIT_ALIGN - 1) / GEMM_SPLIT_ALIGN;
+    int threads = omp_get_max_threads();
+    if (threads > blocks) threads = blocks;
+    if (threads <= 1) {
+        gemm_serial(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+#pragma omp parallel num_threads(threads)
+    {
+        int id = omp_get_thread_num(), nt = omp_get_num_threads();
+        int start = (int)((long)blocks * id / nt) * GEMM_SPLIT_ALIGN;
+        int end = (int)((long)blocks * (id + 1) / nt) * GEMM_SPLIT_ALIGN;
+        if (end > extent) end = extent;
+        if (end > start) {
+            if (split_rows) {
+                /* rows of op(A) are rows of A, or columns of A when transposed */
+                const float *a = trans_a ? A + start : A + (size_t)start * lda;
+                gemm_serial(trans_a, trans_b, end - start, N, K, alpha, a, lda, B, ldb, beta,
+                            C + (size_t)start * ldc, ldc);
+            } else {
+                const float *b = trans_b ? B + (size_t)start * ldb : B + start;
+                gemm_serial(trans_a, trans_b, M, end - start, K, alpha, A, lda, b, ldb, beta,
+                            C + start, ldc);
+            }
+        }
+    }
+}
+
+void matmul_forward(float *out, const float *inp, const float *weight, const float *bias,
+                    const float *residual, int N, int C, int OC) {
+    /* start from residual + bias, then let the product accumulate onto it */
+#pragma omp parallel for
+    for (int n = 0; n < N; n++) {
+        float *o = out + (size_t)n * OC;
+        const float *r = residual ? residual + (size_t)n * OC : NULL;
+        for (int j = 0; j < OC; j++) o[j] = (r ? r[j] : 0.0f) + bias[j];
+    }
+    gemm(0, 1, N, OC, C, 1.0f, inp, C, weight, C, 1.0f, out, OC);
+}
+
+void column_sums_add(float *dst, const float *src, int N, int C) {
+    /* each thread owns a slice of columns and walks every row in order */
+#pragma omp parallel
+    {
+        int id = omp_get_thread_num(), nt = omp_get_num_threads();
+        int c0 = (int)((long)C * id / nt), c1 = (int)((long)C * (id + 1) / nt);
+        for (int n = 0; n < N; n++) {
+            const float *row = src + (size_t)n * C;
+            for (int c = c0; c < c1; c++) dst[c] += row[c];
+        }
+    }
+}
+
+void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
+                     const float *weight, int N, int C, int OC) {
+    gemm(0, 0, N, C, OC, 1.0f, dout, OC, weight, C, 0.0f, dinp, C);
+    gemm(1, 0, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f, dweight, C);
+    column_sums_add(dbias, dout, N, OC);
+}
