@@ -1,0 +1,118 @@
+"""
+Training speed of the CUDA backend: ms/step, tokens/s, MFU and GPU memory.
+
+    python bench/gpu_bench.py                      # the default set below, a table last
+    python bench/gpu_bench.py --run d12,64,1024,8,1 --steps 10
+
+A run is preset,B,T,micro_steps,recompute; each runs in its own process so
+that its memory is its own. Steps are timed from the host around whole
+optimizer steps (the API returns once the step's work on the GPU is done,
+so this is the GPU time plus the Python and host share), after warm-up
+steps, median over the timed steps. MFU uses llm.c's convention: FLOPs per
+token = 6*N + 6*L*C*T against the H100's 988.8 TFLOP/s bf16 peak. Memory:
+the library's own allocations (model.memory_bytes) and what nvidia-smi shows
+the process using (CUDA context, cuBLAS/cuDNN internals included).
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import pyllmc  # noqa: E402
+
+DEFAULT_RUNS = ["d12,64,1024,8,0", "d12,64,1024,8,1", "d12,64,1024,8,2", "d24,32,1024,16,1"]
+PEAK_FLOPS = 988.8e12
+# llm.c on the same H100 (../shared/GPU.md): ms/step, peak GB
+LLMC = {"d12": (1064, 29.6, "llm.c -r 0 -ge 2 (its fastest)"),
+        "d24": (2804, 28.3, "llm.c d24 B=32")}
+
+
+def gpu_memory_used_mb():
+    """This process's GPU memory as nvidia-smi reports it (MiB), or -1."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory",
+                              "--format=csv,noheader,nounits"], capture_output=True, text=True,
+                             timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return -1
+    for line in out.splitlines():
+        pid, used = [s.strip() for s in line.split(",")]
+        if int(pid) == os.getpid():
+            return int(used)
+    return -1
+
+
+def run_one(spec, steps, warmup):
+    preset, B, T, micro, recompute = spec.split(",")
+    B, T, micro, recompute = int(B), int(T), int(micro), int(recompute)
+    t0 = time.perf_counter()
+    m = pyllmc.Model.from_config(preset, device="cuda", max_batch_size=B, max_seq_len=T,
+                                 recompute=recompute, seed=0)
+    create_s = time.perf_counter() - t0
+    cfg = m.config
+    rng = np.random.default_rng(0)
+    batches = [rng.integers(0, cfg.vocab_size, size=(micro, B, T + 1), dtype=np.int32)
+               for _ in range(2)]
+    batches = [(b[..., :-1].copy(), b[..., 1:].copy()) for b in batches]
+    times, losses = [], []
+    for i in range(warmup + steps):
+        x, y = batches[i % 2]
+        t = time.perf_counter()
+        loss, norm = m.step(x, y, lr=6e-4, weight_decay=0.1, grad_clip=1.0)
+        dt = time.perf_counter() - t
+        losses.append(loss)
+        if i >= warmup:
+            times.append(dt)
+    ms = 1000 * float(np.median(times))
+    tokens = micro * B * T
+    flops_per_token = 6 * m.num_parameters + 6 * cfg.num_layers * cfg.channels * T
+    tok_s = tokens / (ms / 1000)
+    return {"run": spec, "preset": preset, "B": B, "T": T, "micro_steps": micro,
+            "recompute": recompute, "ms_per_step": ms, "ms_min": 1000 * min(times),
+            "ms_max": 1000 * max(times), "tokens_per_s": tok_s,
+            "mfu": flops_per_token * tok_s / PEAK_FLOPS, "library_gb": m.memory_bytes / 1e9,
+            "process_gb": gpu_memory_used_mb() * 1048576 / 1e9, "create_s": create_s,
+            "losses": [round(float(v), 4) for v in losses]}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", action="append", help="preset,B,T,micro_steps,recompute (repeatable)")
+    p.add_argument("--steps", type=int, default=8, help="timed steps per run")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--json", help="write the results here")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        print(json.dumps(run_one(args.run[0], args.steps, args.warmup)))
+        return
+    results = []
+    for spec in args.run or DEFAULT_RUNS:
+        cmd = [sys.executable, __file__, "--child", "--run", spec, "--steps", str(args.steps),
+               "--warmup", str(args.warmup)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            print(f"{spec}: failed\n{proc.stdout}{proc.stderr}", flush=True)
+            continue
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        results.append(r)
+        print(json.dumps(r), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    print(f"\n{'run (preset,B,T,micro,recompute)':34} {'ms/step':>8} {'tok/s':>9} {'MFU':>6} "
+          f"{'lib GB':>7} {'proc GB':>8}  vs llm.c")
+    for r in results:
+        ref = LLMC.get(r["preset"])
+        vs = f"{ref[0] / r['ms_per_step']:.2f}x of {ref[0]} ms ({ref[2]})" if ref else ""
+        print(f"{r['run']:34} {r['ms_per_step']:8.1f} {r['tokens_per_s'] / 1e3:8.1f}k "
+              f"{100 * r['mfu']:5.1f}% {r['library_gb']:7.2f} {r['process_gb']:8.2f}  {vs}")
+
+
+if __name__ == "__main__":
+    main()

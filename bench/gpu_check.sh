@@ -1,0 +1,37 @@
+#!/bin/bash
+# One call on a GPU machine: build the CUDA backend, run its tests against the
+# CPU backend, then the benchmarks; the short table comes last.
+#   bash bench/gpu_check.sh [quick]     (quick: tests and one d12 benchmark)
+# Needs, carried beside the tree when the machine has no network:
+#   .carry/cudnn-frontend/include  the cudnn-frontend headers (pip nvidia-cudnn-frontend)
+#   .carry/whl/*.whl               wheels the machine lacks (scipy-openblas32)
+# Logs go to $OUT (or /tmp/gpu_check).
+set -o pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/gpu_check}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,driver_version,memory.total,power.limit --format=csv,noheader
+
+if ls .carry/whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps .carry/whl/*.whl || exit 1
+    mkdir -p build && touch build/.dirs build/.deps   # requirements already met offline
+fi
+start=$(date +%s)
+make -j"$(nproc)" lib > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
+grep -E "^CUDA backend" "$OUT/build.log"
+echo "build: $(( $(date +%s) - start )) s"
+
+python3 -m pytest -q -rs tests/test_cuda.py -s 2>&1 | tee "$OUT/tests.log" | grep -vE "^\s*$" | tail -25
+tests_rc=$?
+
+if [ "$1" = quick ]; then
+    python3 bench/gpu_bench.py --run d12,64,1024,8,1 --steps 5 --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
+else
+    if [ -f bench/hellaswag_bench.py ]; then
+        timeout 150 python3 bench/hellaswag_bench.py --preset d12 --device cuda 2>&1 | tail -8 | tee "$OUT/hellaswag.log"
+    fi
+    python3 bench/gpu_bench.py --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
+fi
+echo "tests: $(grep -E "passed|failed" "$OUT/tests.log" | tail -1)"
+exit $tests_rc

@@ -1,0 +1,98 @@
+/*
+ * common.cuh: what every CUDA source of the backend shares: the bf16 type,
+ * 16-byte vector access, the random hash behind stochastic rounding, and the
+ * turning of CUDA errors into llmc_status values (the backend never aborts).
+ */
+#ifndef LLMC_CUDA_COMMON_CUH
+#define LLMC_CUDA_COMMON_CUH
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <stddef.h>
+#include <stdint.h>
+
+extern "C" {
+#include "model.h"
+}
+
+typedef __nv_bfloat16 bf16;
+
+/* 16 bytes of T: 8 bf16 or 4 floats, loaded and stored in one instruction. */
+template <class T>
+struct alignas(16) Vec16 {
+    static constexpr int n = 16 / sizeof(T);
+    T v[n];
+};
+
+template <class T>
+__device__ __forceinline__ Vec16<T> load16(const T *p) {
+    return *reinterpret_cast<const Vec16<T> *>(p);
+}
+template <class T>
+__device__ __forceinline__ void store16(T *p, const Vec16<T> &x) {
+    *reinterpret_cast<Vec16<T> *>(p) = x;
+}
+
+/* A well-mixed 32-bit hash of two words (a murmur-style finalizer), so that
+ * random bits come from (seed, index) alone: deterministic and stateless. */
+__host__ __device__ __forceinline__ uint32_t hash2(uint32_t a, uint32_t b) {
+    uint32_t h = a * 0x9E3779B1u ^ (b + 0x7F4A7C15u + (a << 6) + (a >> 2));
+    h ^= h >> 16;
+    h *= 0x85EBCA6Bu;
+    h ^= h >> 13;
+    h *= 0xC2B2AE35u;
+    h ^= h >> 16;
+    return h;
+}
+
+/* The seed of the stochastic rounding after optimizer step `step`. */
+static inline uint32_t rounding_seed(uint64_t seed, int64_t step) {
+    return hash2(hash2((uint32_t)seed, (uint32_t)(seed >> 32)), (uint32_t)step);
+}
+
+/* fp32 -> bf16 rounding up with probability equal to the dropped fraction:
+ * unbiased, so that small AdamW updates are not lost to round-to-nearest. */
+__device__ __forceinline__ bf16 bf16_stochastic(float x, uint32_t random) {
+    uint32_t bits = __float_as_uint(x);
+    if ((bits & 0x7F800000u) == 0x7F800000u) return __float2bfloat16(x);  // inf, nan
+    bits = (bits + (random & 0xFFFFu)) & 0xFFFF0000u;
+    return __ushort_as_bfloat16((unsigned short)(bits >> 16));
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xFFFFFFFFu, v, o);
+    return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xFFFFFFFFu, v, o));
+    return v;
+}
+
+static inline int ceil_div(long a, long b) { return (int)((a + b - 1) / b); }
+
+/* CUDA error -> llmc_status with a message naming the call and place. */
+static inline llmc_status cuda_status(cudaError_t e, const char *what, const char *file, int line) {
+    cudaGetLastError();  // clear a non-sticky error so that the handle stays usable
+    if (e == cudaErrorMemoryAllocation)
+        return llmc_error(LLMC_ERR_OUT_OF_MEMORY, "CUDA out of memory (%s at %s:%d)", what, file,
+                          line);
+    return llmc_error(LLMC_ERR_DEVICE, "CUDA error %s: %s (%s at %s:%d)", cudaGetErrorName(e),
+                      cudaGetErrorString(e), what, file, line);
+}
+
+#define CUDA_TRY(call)                                                        \
+    do {                                                                      \
+        cudaError_t e_ = (call);                                              \
+        if (e_ != cudaSuccess) return cuda_status(e_, #call, __FILE__, __LINE__); \
+    } while (0)
+
+/* After a series of kernel launches: reports a bad launch configuration. */
+#define CUDA_CHECK_LAUNCH() CUDA_TRY(cudaGetLastError())
+
+#define TRY(call)                               \
+    do {                                        \
+        llmc_status s_ = (call);                \
+        if (s_ != LLMC_OK) return s_;           \
+    } while (0)
+
+#endif

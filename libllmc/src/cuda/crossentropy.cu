@@ -1,0 +1,83 @@
+/*
+ * crossentropy.cu: softmax + cross-entropy over bf16 logits rows, writing the
+ * logits' gradient in place. The classifier runs it over chunks of rows, so
+ * the full (B*T, Vp) logits never exist at once, in any precision.
+ */
+#include <math_constants.h>
+
+#include "kernels.cuh"
+
+#define CE_THREADS 512
+
+/* Running softmax normalizer: sum of exp(x - max). */
+struct MaxSum {
+    float max, sum;
+};
+
+__device__ __forceinline__ MaxSum combine(MaxSum a, MaxSum b) {
+    if (b.max == -CUDART_INF_F) return a;
+    if (a.max == -CUDART_INF_F) return b;
+    const float m = fmaxf(a.max, b.max);
+    return {m, a.sum * __expf(a.max - m) + b.sum * __expf(b.max - m)};
+}
+
+__global__ void __launch_bounds__(CE_THREADS)
+    crossentropy_kernel(bf16 *logits, float *losses, const int *targets, int V, int Vp, float dloss,
+                        int write_grad) {
+    __shared__ MaxSum shared[CE_THREADS / 32];
+    const int row = blockIdx.x;
+    const int target = targets[row];
+    bf16 *x = logits + (size_t)row * Vp;
+    if (target < 0) {  // ignored position: no loss, no gradient
+        if (write_grad)
+            for (int c = threadIdx.x * 8; c < Vp; c += CE_THREADS * 8) store16(x + c, Vec16<bf16>{});
+        if (threadIdx.x == 0) losses[row] = 0.0f;
+        return;
+    }
+    MaxSum ms = {-CUDART_INF_F, 0.0f};
+    for (int c = threadIdx.x * 8; c < V; c += CE_THREADS * 8) {
+        Vec16<bf16> v = load16(x + c);
+        float vals[8], m = -CUDART_INF_F;
+        for (int k = 0; k < 8; k++) {
+            vals[k] = c + k < V ? __bfloat162float(v.v[k]) : -CUDART_INF_F;
+            m = fmaxf(m, vals[k]);
+        }
+        float s = 0.0f;
+        for (int k = 0; k < 8; k++) s += __expf(vals[k] - m);
+        ms = combine(ms, {m, s});
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        MaxSum other = {__shfl_xor_sync(0xFFFFFFFFu, ms.max, o),
+                        __shfl_xor_sync(0xFFFFFFFFu, ms.sum, o)};
+        ms = combine(ms, other);
+    }
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (lane == 0) shared[warp] = ms;
+    __syncthreads();
+    ms = shared[0];
+    for (int w = 1; w < CE_THREADS / 32; w++) ms = combine(ms, shared[w]);
+    const float lse = ms.max + logf(ms.sum);
+    if (threadIdx.x == 0) losses[row] = lse - __bfloat162float(x[target]);
+    if (!write_grad) return;
+    __syncthreads();  // everyone has read x[target] before it is overwritten
+    const float inv_sum = 1.0f / ms.sum;
+    for (int c = threadIdx.x * 8; c < Vp; c += CE_THREADS * 8) {
+        Vec16<bf16> v = load16(x + c), g;
+        for (int k = 0; k < 8; k++) {
+            const int j = c + k;
+            float d = 0.0f;
+            if (j < V) {
+                const float p = __expf(__bfloat162float(v.v[k]) - ms.max) * inv_sum;
+                d = (p - (j == target ? 1.0f : 0.0f)) * dloss;
+            }
+            g.v[k] = __float2bfloat16(d);
+        }
+        store16(x + c, g);
+    }
+}
+
+void crossentropy_forward_backward(bf16 *logits, float *losses, const int *targets, int rows,
+                                   int V, int Vp, float dloss, int write_grad, cudaStream_t s) {
+    crossentropy_kernel<<<rows, CE_THREADS, 0, s>>>(logits, losses, targets, V, Vp, dloss,
+                                                    write_grad);
+}

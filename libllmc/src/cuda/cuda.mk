@@ -1,0 +1,82 @@
+# ---- CUDA plugin: build/libllmc_cuda.so ------------------------------------
+# Included by the top-level Makefile. Built beside libllmc.so when nvcc,
+# cuBLASLt, cuDNN and the cudnn-frontend headers are all found; otherwise
+# skipped with a message, and the CPU library is unaffected.
+# Looked for in order: nvcc on PATH, $(CUDA_HOME)/bin, /usr/local/cuda/bin;
+# headers and libraries in the toolkit, the system (cuDNN), a carried
+# .carry/cudnn-frontend/include, and the pip wheels nvidia-cublas,
+# nvidia-cudnn-cu13, nvidia-cudnn-frontend and nvidia-cuda-nvrtc.
+# `make CUDA_ARCH=80` builds for Ampere instead of Hopper (sm_90).
+CUDA_ARCH ?= 90
+NVCC ?= $(firstword $(shell command -v nvcc 2>/dev/null) $(wildcard $(CUDA_HOME)/bin/nvcc /usr/local/cuda/bin/nvcc))
+
+ifneq ($(NVCC),)
+CUDA_ROOTS := $(CUDA_HOME) $(abspath $(dir $(NVCC))..) /usr/local/cuda
+PY_SITE := $(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' 2>/dev/null)
+CUDA_INC_DIRS := $(foreach r,$(CUDA_ROOTS),$(r)/include $(r)/targets/x86_64-linux/include)
+CUDA_LIB_DIRS := $(foreach r,$(CUDA_ROOTS),$(r)/lib64 $(r)/lib $(r)/targets/x86_64-linux/lib)
+PIP_NV := $(PY_SITE)/nvidia
+# first directory of $(2) holding file $(1)
+cuda_find_dir = $(patsubst %/$(1),%,$(firstword $(wildcard $(addsuffix /$(1),$(2)))))
+cuda_find_file = $(firstword $(wildcard $(foreach d,$(2),$(addprefix $(d)/,$(1)))))
+
+CUDART_INC  := $(call cuda_find_dir,cuda_runtime.h,$(CUDA_INC_DIRS))
+CUBLAS_INC  := $(call cuda_find_dir,cublasLt.h,$(CUDA_INC_DIRS) $(PIP_NV)/cu13/include $(PIP_NV)/cublas/include)
+NVRTC_INC   := $(call cuda_find_dir,nvrtc.h,$(CUDA_INC_DIRS) $(PIP_NV)/cu13/include $(PIP_NV)/cuda_nvrtc/include)
+CUDNN_INC   := $(call cuda_find_dir,cudnn.h,/usr/include/x86_64-linux-gnu /usr/include $(CUDA_INC_DIRS) $(PIP_NV)/cudnn/include)
+CUDNN_FE_INC := $(call cuda_find_dir,cudnn_frontend.h,$(CUDNN_FRONTEND_INCLUDE) .carry/cudnn-frontend/include $(PY_SITE)/include /usr/include /usr/local/include)
+CUBLASLT_LIB := $(call cuda_find_file,libcublasLt.so libcublasLt.so.[0-9]*,$(CUDA_LIB_DIRS) $(PIP_NV)/cu13/lib $(PIP_NV)/cublas/lib)
+NVRTC_LIB   := $(call cuda_find_file,libnvrtc.so libnvrtc.so.[0-9]*,$(CUDA_LIB_DIRS) $(PIP_NV)/cu13/lib $(PIP_NV)/cuda_nvrtc/lib)
+CUDNN_LIB   := $(call cuda_find_file,libcudnn.so libcudnn.so.[0-9],/usr/lib/x86_64-linux-gnu /usr/lib64 $(CUDA_LIB_DIRS) $(PIP_NV)/cudnn/lib)
+CUDA_MISSING := $(if $(CUDART_INC),,cuda_runtime.h) $(if $(CUBLAS_INC),,cublasLt.h) \
+    $(if $(NVRTC_INC),,nvrtc.h) $(if $(CUDNN_INC),,cudnn.h) \
+    $(if $(CUDNN_FE_INC),,cudnn_frontend.h) $(if $(CUBLASLT_LIB),,libcublasLt.so) \
+    $(if $(CUDNN_LIB),,libcudnn.so) $(if $(NVRTC_LIB),,libnvrtc.so)
+else
+CUDA_MISSING := nvcc
+endif
+
+ifeq ($(strip $(CUDA_MISSING)),)
+CUDA_PLUGIN := $(BUILD)/libllmc_cuda.so
+CUDA_INCS := -Ilibllmc/include -Ilibllmc/src $(addprefix -I,$(sort $(CUDART_INC) $(CUBLAS_INC) $(NVRTC_INC) $(CUDNN_INC)))
+CUDA_RPATHS := $(sort $(dir $(CUBLASLT_LIB) $(CUDNN_LIB) $(NVRTC_LIB)))
+cuda_comma := ,
+NVCCFLAGS := -std=c++17 -O3 -gencode arch=compute_$(CUDA_ARCH),code=sm_$(CUDA_ARCH) \
+    -Xcompiler -fPIC,-fvisibility=hidden,-Wall $(CUDA_INCS)
+# The frontend calls NVRTC for some engines, hence libnvrtc.
+# cudnn-frontend is header-only and slow to compile: its one unit is built by
+# the host compiler, without the frontend's JSON serialisation, and depends on
+# attention.h alone so that it is rebuilt rarely.
+CUDNN_FE_FLAGS := -std=c++17 -O2 -fPIC -fvisibility=hidden -DCUDNN_FRONTEND_SKIP_JSON_LIB \
+    $(CUDA_INCS) -I$(CUDNN_FE_INC)
+CUDA_CU  := $(wildcard libllmc/src/cuda/*.cu)
+CUDA_OBJ := $(patsubst %.cu,$(BUILD)/%.o,$(CUDA_CU)) $(BUILD)/libllmc/src/cuda/attention_cudnn.o
+CUDA_HDR := $(wildcard libllmc/src/cuda/*.cuh) libllmc/src/cuda/attention.h \
+    libllmc/include/llmc.h libllmc/src/model.h
+ifeq ($(filter clean,$(MAKECMDGOALS)),)
+$(info CUDA backend: nvcc $(NVCC), sm_$(CUDA_ARCH); cuBLASLt $(CUBLASLT_LIB); cuDNN $(CUDNN_LIB) \
+    (headers $(CUDNN_INC)); cudnn-frontend $(CUDNN_FE_INC))
+endif
+
+$(BUILD)/libllmc/src/cuda/%.o: libllmc/src/cuda/%.cu $(CUDA_HDR) | $(BUILD)/.dirs
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -c $< -o $@
+
+$(BUILD)/libllmc/src/cuda/attention_cudnn.o: libllmc/src/cuda/attention_cudnn.cpp \
+        libllmc/src/cuda/attention.h | $(BUILD)/.dirs
+	@mkdir -p $(dir $@)
+	$(CXX) $(CUDNN_FE_FLAGS) -c $< -o $@
+
+$(CUDA_PLUGIN): $(CUDA_OBJ) $(BUILD)/libllmc.so
+	$(NVCC) -shared -o $@ $(CUDA_OBJ) -L$(BUILD) -lllmc \
+	    $(foreach f,$(CUBLASLT_LIB) $(CUDNN_LIB) $(NVRTC_LIB),-L$(dir $(f)) -l:$(notdir $(f))) \
+	    -Xlinker -rpath,'$$ORIGIN' $(addprefix -Xlinker -rpath$(cuda_comma),$(CUDA_RPATHS))
+else
+CUDA_PLUGIN :=
+ifeq ($(filter clean,$(MAKECMDGOALS)),)
+$(info CUDA backend skipped (CPU only): not found: $(strip $(CUDA_MISSING)))
+endif
+endif
+
+.PHONY: cuda
+cuda: $(CUDA_PLUGIN)

@@ -1,0 +1,68 @@
+/*
+ * kernels.cuh: the launchers of the backend's own kernels, one source file
+ * per family. All run on the given stream and are deterministic: reductions
+ * go through per-block partial sums added in a fixed order, never atomics.
+ * Rows are tokens (N = B*T); C is the channel count, a multiple of 8.
+ */
+#ifndef LLMC_CUDA_KERNELS_CUH
+#define LLMC_CUDA_KERNELS_CUH
+
+#include "common.cuh"
+
+/* Blocks used by the two-pass column reductions; partial buffers hold
+ * REDUCE_BLOCKS rows of the reduced width. */
+#define REDUCE_BLOCKS 256
+
+/* encoder.cu: token + position embeddings, and their gradients.
+ * The wte gradient is gathered per distinct token: `order` lists the rows
+ * sorted by token, bucket_start[i]..bucket_start[i+1] those of bucket_token[i]. */
+void encoder_forward(bf16 *out, const int *tokens, const bf16 *wte, const bf16 *wpe, int B, int T,
+                     int C, cudaStream_t s);
+void encoder_backward(float *dwte, float *dwpe, const bf16 *dout, const int *order,
+                      const int *bucket_start, const int *bucket_token, int num_buckets, int B,
+                      int T, int C, cudaStream_t s);
+
+/* layernorm.cu. mean/rstd are saved per row for the backward pass. */
+void layernorm_forward(bf16 *out, float *mean, float *rstd, const bf16 *inp, const bf16 *w,
+                       const bf16 *b, int N, int C, cudaStream_t s);
+/* res_out = res_in + branch, out = LayerNorm(res_out). */
+void residual_layernorm_forward(bf16 *res_out, bf16 *out, float *mean, float *rstd,
+                                const bf16 *res_in, const bf16 *branch, const bf16 *w,
+                                const bf16 *b, int N, int C, cudaStream_t s);
+/* dinp += dLN/dinp; dw, db += (fp32). partial: REDUCE_BLOCKS * 2C floats. */
+void layernorm_backward(bf16 *dinp, float *dw, float *db, float *partial, const bf16 *dout,
+                        const bf16 *inp, const bf16 *w, const float *mean, const float *rstd,
+                        int N, int C, cudaStream_t s);
+
+/* reduce.cu: out0[c] += sum over REDUCE_BLOCKS rows of partial (width n) for c < split,
+ * out1[c - split] for the rest. */
+void add_partials(float *out0, float *out1, const float *partial, int n, int split, cudaStream_t s);
+/* reduce.cu: dbias += column sums of dout (N, OC). partial: REDUCE_BLOCKS * OC floats. */
+void bias_backward(float *dbias, float *partial, const bf16 *dout, int N, int OC, cudaStream_t s);
+
+/* gelu.cu: GELU (tanh form), for recomputing the MLP activation in backward. */
+void gelu_forward(bf16 *out, const bf16 *inp, size_t n, cudaStream_t s);
+
+/* crossentropy.cu: softmax cross-entropy over the first V of Vp columns of
+ * bf16 logits rows. losses[r] gets each row's loss (0 where target < 0). With
+ * write_grad, the logits are overwritten by dloss * (softmax - onehot), zero in
+ * padded columns and in ignored rows. */
+void crossentropy_forward_backward(bf16 *logits, float *losses, const int *targets, int rows,
+                                   int V, int Vp, float dloss, int write_grad, cudaStream_t s);
+
+/* adamw.cu: one AdamW step over n floats; the bf16 copy is written with
+ * stochastic rounding seeded by (seed, element index). */
+void adamw_update(float *master, bf16 *param, float *m, float *v, const float *grad, size_t n,
+                  float lr, float beta1, float beta2, float bias_corr1, float bias_corr2,
+                  float eps, float weight_decay, float grad_scale, uint32_t seed, size_t index0,
+                  cudaStream_t s);
+/* param = stochastic_round(master), with the same random bits as adamw_update. */
+void round_params(bf16 *param, const float *master, size_t n, uint32_t seed, size_t index0,
+                  cudaStream_t s);
+
+/* reduce.cu: *out = sum of squares of x (n floats). partial: REDUCE_BLOCKS floats. */
+void sum_squares(float *out, float *partial, const float *x, size_t n, cudaStream_t s);
+/* *out = sum of x in double, in a fixed order. */
+void sum_losses(double *out, const float *x, size_t n, cudaStream_t s);
+
+#endif

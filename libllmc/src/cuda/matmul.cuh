@@ -1,0 +1,32 @@
+/*
+ * matmul.cuh: the linear layers through cuBLASLt, row-major view.
+ * Activations are (N, IC) rows, weights (OC, IC) as in llm.c's files.
+ * bf16 inputs, fp32 accumulation; weight gradients accumulate in fp32.
+ */
+#ifndef LLMC_CUDA_MATMUL_CUH
+#define LLMC_CUDA_MATMUL_CUH
+
+#include "common.cuh"
+
+typedef struct mm_ctx mm_ctx;
+
+llmc_status mm_create(mm_ctx **out, cudaStream_t s);
+void mm_destroy(mm_ctx *ctx);
+size_t mm_memory_bytes(const mm_ctx *ctx);
+
+/* out (N, OC) = inp @ w^T + bias (bias may be NULL). inp rows are inp_stride
+ * elements apart (IC for packed rows). With gelu_pre non-NULL the output is
+ * GELU of the result and gelu_pre receives the result before GELU. */
+llmc_status matmul_forward(mm_ctx *ctx, bf16 *out, const bf16 *inp, int inp_stride, const bf16 *w,
+                           const bf16 *bias, int N, int IC, int OC, bf16 *gelu_pre);
+/* The same product written as fp32 (logits for the API), no bias. */
+llmc_status matmul_forward_fp32(mm_ctx *ctx, float *out, const bf16 *inp, int inp_stride,
+                                const bf16 *w, int N, int IC, int OC);
+/* dinp (N, IC) = dout @ w; with gelu_pre non-NULL, times GELU'(gelu_pre). */
+llmc_status matmul_backward_input(mm_ctx *ctx, bf16 *dinp, const bf16 *dout, const bf16 *w, int N,
+                                  int IC, int OC, const bf16 *gelu_pre);
+/* dw (OC, IC) += dout^T @ inp, fp32. */
+llmc_status matmul_backward_weight(mm_ctx *ctx, float *dw, const bf16 *dout, const bf16 *inp,
+                                   int N, int IC, int OC);
+
+#endif

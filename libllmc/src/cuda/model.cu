@@ -1,0 +1,597 @@
+/*
+ * model.cu: the CUDA backend's llmc_backend: memory plan, GPT-2 forward and
+ * backward over the kernels of this folder, the fused classifier + loss, and
+ * AdamW. Built as the plugin build/libllmc_cuda.so, which api.c loads when a
+ * model asks for LLMC_DEVICE_CUDA.
+ *
+ * Precision: bf16 weights, activations and activation gradients; fp32 weight
+ * gradients (accumulated across micro-steps), fp32 master weights and AdamW
+ * moments. Every reduction is ordered, so a run repeats bit for bit.
+ *
+ * Parameters live in llm.c's tensor order, each tensor starting on a 64-element
+ * boundary so that every kernel and cuBLASLt sees aligned pointers; the API's
+ * packed fp32 vector is converted tensor by tensor on the way in and out.
+ */
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <new>
+#include <vector>
+
+#include "attention.h"
+#include "kernels.cuh"
+#include "matmul.cuh"
+
+#define PARAM_ALIGN 64             // elements
+#define CLASSIFIER_CHUNK_ROWS 4096 // rows of logits that exist at once
+
+namespace {
+
+struct Cuda {
+    cudaStream_t stream = nullptr;
+    mm_ctx *mm = nullptr;
+    attn_ctx *attn = nullptr;
+    int Bmax = 0, Tmax = 0, L = 0, C = 0, NH = 0, V = 0, Vp = 0;
+    size_t Nmax = 0;  // Bmax * Tmax rows
+    int recompute = 0;
+    uint64_t seed = 0;
+
+    /* Parameters (bf16 working copy, fp32 master, AdamW moments, fp32 gradients),
+     * all in the same padded layout. */
+    size_t off[LLMC_NUM_PARAM_TENSORS] = {}, size[LLMC_NUM_PARAM_TENSORS] = {}, total = 0;
+    bf16 *params = nullptr;
+    float *master = nullptr, *mom1 = nullptr, *mom2 = nullptr, *grads = nullptr;
+
+    /* Activations kept for backward; a per-layer array unless recomputed, in
+     * which case the name points at one shared buffer. */
+    bf16 *encoded = nullptr, *lnf = nullptr;
+    bf16 *ln1 = nullptr, *ln2 = nullptr, *qkv = nullptr, *atty = nullptr, *res2 = nullptr,
+         *res3 = nullptr, *fch = nullptr, *fch_gelu = nullptr;
+    float *ln1_mean = nullptr, *ln1_rstd = nullptr, *ln2_mean = nullptr, *ln2_rstd = nullptr,
+          *lnf_mean = nullptr, *lnf_rstd = nullptr, *lse = nullptr;
+    size_t ln_stride = 0, gelu_stride = 0;  // 0 when the buffer is shared (recomputed)
+
+    /* Scratch: gradient of the residual stream, a C-wide and a 4C-wide buffer,
+     * one chunk of logits, reduction partials, device scalars. */
+    bf16 *dres = nullptr, *dC = nullptr, *d4C = nullptr, *logits = nullptr;
+    float *partial = nullptr, *norm = nullptr;
+    double *loss = nullptr;
+
+    /* Token staging, grown to the largest call seen. */
+    int *tokens = nullptr, *tokens_host = nullptr;
+    size_t tokens_cap = 0;
+    float *losses = nullptr;
+    size_t losses_cap = 0;
+    std::vector<int> next;  // counting sort of tokens, Vp entries
+
+    std::vector<void *> allocations;
+    size_t bytes = 0;
+};
+
+Cuda *impl(const llmc_model *m) { return (Cuda *)m->impl; }
+
+llmc_status dev_alloc(Cuda *g, void **p, size_t bytes, const char *what) {
+    *p = nullptr;
+    cudaError_t e = cudaMalloc(p, bytes);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        if (e == cudaErrorMemoryAllocation) {
+            size_t free_b = 0, total_b = 0;
+            cudaMemGetInfo(&free_b, &total_b);
+            return llmc_error(LLMC_ERR_OUT_OF_MEMORY,
+                              "CUDA out of memory allocating %s (%.2f GB; %.2f GB free of %.2f "
+                              "GB; planned so far %.2f GB): lower max_batch_size or max_seq_len, "
+                              "or set recompute",
+                              what, bytes / 1e9, free_b / 1e9, total_b / 1e9, g->bytes / 1e9);
+        }
+        return cuda_status(e, what, __FILE__, __LINE__);
+    }
+    g->allocations.push_back(*p);
+    g->bytes += bytes;
+    return LLMC_OK;
+}
+
+template <class T>
+llmc_status alloc_n(Cuda *g, T **p, size_t n, const char *what) {
+    return dev_alloc(g, (void **)p, std::max<size_t>(n, 1) * sizeof(T), what);
+}
+
+/* Offset of layer l's slice of parameter tensor i (wte, wpe, lnfw, lnfb are whole). */
+size_t slice(const Cuda *g, int i, int l) {
+    const bool per_layer = i >= P_LN1W && i <= P_FCPROJB;
+    return g->off[i] + (per_layer ? (size_t)l * (g->size[i] / g->L) : 0);
+}
+bf16 *P(Cuda *g, int i, int l = 0) { return g->params + slice(g, i, l); }
+float *G(Cuda *g, int i, int l = 0) { return g->grads + slice(g, i, l); }
+
+void free_all(Cuda *g) {
+    if (g->attn) attn_destroy(g->attn);
+    if (g->mm) mm_destroy(g->mm);
+    for (void *p : g->allocations) cudaFree(p);
+    if (g->tokens_host) cudaFreeHost(g->tokens_host);
+    if (g->stream) cudaStreamDestroy(g->stream);
+    delete g;
+}
+
+llmc_status set_device(const llmc_model *m) {
+    CUDA_TRY(cudaSetDevice(m->options.device_index));
+    return LLMC_OK;
+}
+
+llmc_status attn_status(int rc, const char *err) {
+    return rc == 0 ? LLMC_OK : llmc_error((llmc_status)rc, "%s", err);
+}
+
+llmc_status plan(llmc_model *m, Cuda *g) {
+    const llmc_config &c = m->config;
+    g->L = c.num_layers;
+    g->C = c.channels;
+    g->NH = c.num_heads;
+    g->V = c.vocab_size;
+    g->Vp = c.padded_vocab_size;
+    g->Bmax = m->options.max_batch_size;
+    g->Tmax = m->options.max_seq_len;
+    g->Nmax = (size_t)g->Bmax * g->Tmax;
+    g->recompute = m->options.recompute;
+    g->seed = m->options.seed;
+    const int HS = g->C / g->NH;
+    if (g->C % 8 || HS % 8 || HS > 128 || g->Vp % 8)
+        return llmc_error(LLMC_ERR_UNSUPPORTED,
+                          "the CUDA backend needs channels and head size multiples of 8, head "
+                          "size <= 128 and padded_vocab_size a multiple of 8 (got C=%d, head "
+                          "size %d, padded vocab %d)",
+                          g->C, HS, g->Vp);
+    if (g->recompute < 0 || g->recompute > 2)
+        return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "recompute must be 0, 1 or 2 (got %d)",
+                          g->recompute);
+
+    CUDA_TRY(cudaStreamCreateWithFlags(&g->stream, cudaStreamNonBlocking));
+    TRY(mm_create(&g->mm, g->stream));
+
+    size_t pos = 0;
+    for (int i = 0; i < LLMC_NUM_PARAM_TENSORS; i++) {
+        g->off[i] = pos;
+        g->size[i] = m->param_sizes[i];
+        pos += (g->size[i] + PARAM_ALIGN - 1) / PARAM_ALIGN * PARAM_ALIGN;
+    }
+    g->total = pos;
+    TRY(alloc_n(g, &g->params, g->total, "bf16 weights"));
+    TRY(alloc_n(g, &g->master, g->total, "fp32 master weights"));
+    TRY(alloc_n(g, &g->mom1, g->total, "AdamW first moments"));
+    TRY(alloc_n(g, &g->mom2, g->total, "AdamW second moments"));
+    TRY(alloc_n(g, &g->grads, g->total, "gradients"));
+    CUDA_TRY(cudaMemsetAsync(g->params, 0, g->total * sizeof(bf16), g->stream));
+    for (float *p : {g->master, g->mom1, g->mom2, g->grads})
+        CUDA_TRY(cudaMemsetAsync(p, 0, g->total * sizeof(float), g->stream));
+
+    const size_t N = g->Nmax, C = g->C, L = g->L;
+    const size_t ln_layers = g->recompute >= 2 ? 1 : L;
+    const size_t gelu_layers = g->recompute >= 1 ? 1 : L;
+    g->ln_stride = ln_layers == 1 ? 0 : N * C;
+    g->gelu_stride = gelu_layers == 1 ? 0 : N * 4 * C;
+    TRY(alloc_n(g, &g->encoded, N * C, "activations (embeddings)"));
+    TRY(alloc_n(g, &g->lnf, N * C, "activations (final LayerNorm)"));
+    TRY(alloc_n(g, &g->ln1, ln_layers * N * C, "activations (LayerNorm 1)"));
+    TRY(alloc_n(g, &g->ln2, ln_layers * N * C, "activations (LayerNorm 2)"));
+    TRY(alloc_n(g, &g->qkv, L * N * 3 * C, "activations (QKV)"));
+    TRY(alloc_n(g, &g->atty, L * N * C, "activations (attention)"));
+    TRY(alloc_n(g, &g->res2, L * N * C, "activations (residual)"));
+    TRY(alloc_n(g, &g->res3, L * N * C, "activations (residual)"));
+    TRY(alloc_n(g, &g->fch, L * N * 4 * C, "activations (MLP)"));
+    TRY(alloc_n(g, &g->fch_gelu, gelu_layers * N * 4 * C, "activations (GELU)"));
+    TRY(alloc_n(g, &g->ln1_mean, L * N, "LayerNorm statistics"));
+    TRY(alloc_n(g, &g->ln1_rstd, L * N, "LayerNorm statistics"));
+    TRY(alloc_n(g, &g->ln2_mean, L * N, "LayerNorm statistics"));
+    TRY(alloc_n(g, &g->ln2_rstd, L * N, "LayerNorm statistics"));
+    TRY(alloc_n(g, &g->lnf_mean, N, "LayerNorm statistics"));
+    TRY(alloc_n(g, &g->lnf_rstd, N, "LayerNorm statistics"));
+    TRY(alloc_n(g, &g->lse, L * N * g->NH, "attention statistics"));
+    TRY(alloc_n(g, &g->dres, N * C, "gradient scratch"));
+    TRY(alloc_n(g, &g->dC, N * C, "gradient scratch"));
+    TRY(alloc_n(g, &g->d4C, N * 4 * C, "gradient scratch"));
+    /* at least two rows: logits() reuses it for one row of fp32 */
+    TRY(alloc_n(g, &g->logits, std::max<size_t>(2, std::min<size_t>(N, CLASSIFIER_CHUNK_ROWS)) * g->Vp,
+                "logits chunk"));
+    TRY(alloc_n(g, &g->partial, (size_t)REDUCE_BLOCKS * 4 * C, "reduction scratch"));
+    TRY(alloc_n(g, &g->norm, 1, "scalars"));
+    TRY(alloc_n(g, &g->loss, 1, "scalars"));
+    g->next.assign(g->Vp, 0);
+
+    char err[512] = "";
+    TRY(attn_status(attn_create(&g->attn, g->Bmax, g->Tmax, g->NH, HS, g->stream, err, sizeof err), err));
+    CUDA_TRY(cudaStreamSynchronize(g->stream));
+    return LLMC_OK;
+}
+
+llmc_status cuda_create(llmc_model *m) {
+    m->impl = nullptr;
+    TRY(set_device(m));
+    Cuda *g = new (std::nothrow) Cuda;
+    if (!g) return llmc_error(LLMC_ERR_OUT_OF_MEMORY, "out of host memory");
+    llmc_status st = plan(m, g);
+    if (st != LLMC_OK) {
+        free_all(g);
+        return st;
+    }
+    m->impl = g;
+    return LLMC_OK;
+}
+
+void cuda_destroy(llmc_model *m) {
+    if (!m->impl) return;
+    cudaSetDevice(m->options.device_index);
+    cudaStreamSynchronize(impl(m)->stream);
+    free_all(impl(m));
+    m->impl = nullptr;
+}
+
+/* ---- token staging ---------------------------------------------------- */
+
+/* Per micro-step: inputs, targets, then (with buckets) the rows sorted by
+ * token, bucket starts and bucket tokens for the deterministic wte gradient. */
+size_t staging_ints(size_t N, bool buckets) { return (buckets ? 5 * N + 1 : 2 * N) + 3 & ~(size_t)3; }
+
+void dev_free(Cuda *g, void *p, size_t bytes) {
+    if (!p) return;
+    cudaFree(p);
+    g->allocations.erase(std::find(g->allocations.begin(), g->allocations.end(), p));
+    g->bytes -= bytes;
+}
+
+llmc_status reserve_tokens(Cuda *g, size_t ints, size_t losses) {
+    if (ints > g->tokens_cap) {
+        CUDA_TRY(cudaStreamSynchronize(g->stream));
+        dev_free(g, g->tokens, g->tokens_cap * sizeof(int));
+        if (g->tokens_host) cudaFreeHost(g->tokens_host);
+        g->tokens = g->tokens_host = nullptr;
+        g->tokens_cap = 0;
+        CUDA_TRY(cudaMallocHost(&g->tokens_host, ints * sizeof(int)));
+        TRY(alloc_n(g, &g->tokens, ints, "token buffers"));
+        g->tokens_cap = ints;
+    }
+    if (losses > g->losses_cap) {
+        CUDA_TRY(cudaStreamSynchronize(g->stream));
+        dev_free(g, g->losses, g->losses_cap * sizeof(float));
+        g->losses = nullptr;
+        g->losses_cap = 0;
+        TRY(alloc_n(g, &g->losses, losses, "per-token losses"));
+        g->losses_cap = losses;
+    }
+    return LLMC_OK;
+}
+
+/* Counting sort of one micro-step's tokens; returns the number of buckets. */
+int sort_tokens(Cuda *g, const int32_t *tok, int N, int *order, int *start, int *token) {
+    std::vector<int> &next = g->next;
+    for (int r = 0; r < N; r++) next[tok[r]]++;
+    int nb = 0, pos = 0;
+    for (int v = 0; v < g->Vp; v++) {
+        if (!next[v]) continue;
+        start[nb] = pos;
+        token[nb] = v;
+        nb++;
+        const int count = next[v];
+        next[v] = pos;
+        pos += count;
+    }
+    start[nb] = pos;
+    for (int r = 0; r < N; r++) order[next[tok[r]]++] = r;
+    for (int b = 0; b < nb; b++) next[token[b]] = 0;
+    return nb;
+}
+
+/* ---- forward ---------------------------------------------------------- */
+
+struct Layer {
+    bf16 *ln1, *ln2, *qkv, *atty, *res2, *res3, *fch, *fch_gelu;
+    float *ln1_mean, *ln1_rstd, *ln2_mean, *ln2_rstd, *lse;
+};
+
+Layer layer(Cuda *g, int l) {
+    const size_t N = g->Nmax, C = g->C;
+    return {g->ln1 + l * g->ln_stride,  g->ln2 + l * g->ln_stride,  g->qkv + l * N * 3 * C,
+            g->atty + l * N * C,        g->res2 + l * N * C,        g->res3 + l * N * C,
+            g->fch + l * N * 4 * C,     g->fch_gelu + l * g->gelu_stride,
+            g->ln1_mean + l * N,        g->ln1_rstd + l * N,        g->ln2_mean + l * N,
+            g->ln2_rstd + l * N,        g->lse + l * N * g->NH};
+}
+
+llmc_status forward(Cuda *g, const int *tokens, int B, int T, bool training) {
+    const int N = B * T, C = g->C, L = g->L;
+    cudaStream_t s = g->stream;
+    char err[512] = "";
+    encoder_forward(g->encoded, tokens, P(g, P_WTE), P(g, P_WPE), B, T, C, s);
+    Layer first = layer(g, 0);
+    layernorm_forward(first.ln1, first.ln1_mean, first.ln1_rstd, g->encoded, P(g, P_LN1W),
+                      P(g, P_LN1B), N, C, s);
+    for (int l = 0; l < L; l++) {
+        Layer a = layer(g, l);
+        const bf16 *res_in = l == 0 ? g->encoded : layer(g, l - 1).res3;
+        TRY(matmul_forward(g->mm, a.qkv, a.ln1, C, P(g, P_QKVW, l), P(g, P_QKVB, l), N, C, 3 * C,
+                           nullptr));
+        TRY(attn_status(attn_forward(g->attn, a.atty, training ? a.lse : nullptr, a.qkv, B, T, err,
+                                     sizeof err), err));
+        TRY(matmul_forward(g->mm, g->dC, a.atty, C, P(g, P_ATTPROJW, l), P(g, P_ATTPROJB, l), N, C,
+                           C, nullptr));
+        residual_layernorm_forward(a.res2, a.ln2, a.ln2_mean, a.ln2_rstd, res_in, g->dC,
+                                   P(g, P_LN2W, l), P(g, P_LN2B, l), N, C, s);
+        TRY(matmul_forward(g->mm, a.fch_gelu, a.ln2, C, P(g, P_FCW, l), P(g, P_FCB, l), N, C,
+                           4 * C, a.fch));
+        TRY(matmul_forward(g->mm, g->dC, a.fch_gelu, 4 * C, P(g, P_FCPROJW, l), P(g, P_FCPROJB, l),
+                           N, 4 * C, C, nullptr));
+        if (l + 1 < L) {
+            Layer b = layer(g, l + 1);
+            residual_layernorm_forward(a.res3, b.ln1, b.ln1_mean, b.ln1_rstd, a.res2, g->dC,
+                                       P(g, P_LN1W, l + 1), P(g, P_LN1B, l + 1), N, C, s);
+        } else {
+            residual_layernorm_forward(a.res3, g->lnf, g->lnf_mean, g->lnf_rstd, a.res2, g->dC,
+                                       P(g, P_LNFW), P(g, P_LNFB), N, C, s);
+        }
+    }
+    CUDA_CHECK_LAUNCH();
+    return LLMC_OK;
+}
+
+/* Loss of every row (and with dloss != 0, the gradient of the final
+ * LayerNorm's output into dC and the classifier's into wte's gradient),
+ * CLASSIFIER_CHUNK_ROWS rows of logits at a time. */
+llmc_status classifier(Cuda *g, const int *targets, float *losses, int N, float dloss,
+                       bool backward) {
+    const int C = g->C, chunk = (int)std::min<size_t>(g->Nmax, CLASSIFIER_CHUNK_ROWS);
+    for (int r0 = 0; r0 < N; r0 += chunk) {
+        const int rows = std::min(chunk, N - r0);
+        const bf16 *x = g->lnf + (size_t)r0 * C;
+        TRY(matmul_forward(g->mm, g->logits, x, C, P(g, P_WTE), nullptr, rows, C, g->Vp, nullptr));
+        crossentropy_forward_backward(g->logits, losses + r0, targets + r0, rows, g->V, g->Vp,
+                                      dloss, backward, g->stream);
+        if (!backward) continue;
+        TRY(matmul_backward_input(g->mm, g->dC + (size_t)r0 * C, g->logits, P(g, P_WTE), rows, C,
+                                  g->Vp, nullptr));
+        TRY(matmul_backward_weight(g->mm, G(g, P_WTE), g->logits, x, rows, C, g->Vp));
+    }
+    CUDA_CHECK_LAUNCH();
+    return LLMC_OK;
+}
+
+/* ---- backward --------------------------------------------------------- */
+
+llmc_status backward_layers(Cuda *g, const int *staged, int num_buckets, int B, int T) {
+    const int N = B * T, C = g->C, L = g->L;
+    cudaStream_t s = g->stream;
+    char err[512] = "";
+    CUDA_TRY(cudaMemsetAsync(g->dres, 0, (size_t)N * C * sizeof(bf16), s));
+    layernorm_backward(g->dres, G(g, P_LNFW), G(g, P_LNFB), g->partial, g->dC,
+                       layer(g, L - 1).res3, P(g, P_LNFW), g->lnf_mean, g->lnf_rstd, N, C, s);
+    for (int l = L - 1; l >= 0; l--) {
+        Layer a = layer(g, l);
+        const bf16 *res_in = l == 0 ? g->encoded : layer(g, l - 1).res3;
+        /* MLP */
+        if (g->recompute >= 1) gelu_forward(a.fch_gelu, a.fch, (size_t)N * 4 * C, s);
+        TRY(matmul_backward_weight(g->mm, G(g, P_FCPROJW, l), g->dres, a.fch_gelu, N, 4 * C, C));
+        bias_backward(G(g, P_FCPROJB, l), g->partial, g->dres, N, C, s);
+        TRY(matmul_backward_input(g->mm, g->d4C, g->dres, P(g, P_FCPROJW, l), N, 4 * C, C, a.fch));
+        if (g->recompute >= 2)
+            layernorm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, a.res2, P(g, P_LN2W, l),
+                              P(g, P_LN2B, l), N, C, s);
+        TRY(matmul_backward_weight(g->mm, G(g, P_FCW, l), g->d4C, a.ln2, N, C, 4 * C));
+        bias_backward(G(g, P_FCB, l), g->partial, g->d4C, N, 4 * C, s);
+        TRY(matmul_backward_input(g->mm, g->dC, g->d4C, P(g, P_FCW, l), N, C, 4 * C, nullptr));
+        layernorm_backward(g->dres, G(g, P_LN2W, l), G(g, P_LN2B, l), g->partial, g->dC, a.res2,
+                           P(g, P_LN2W, l), a.ln2_mean, a.ln2_rstd, N, C, s);
+        /* attention */
+        TRY(matmul_backward_weight(g->mm, G(g, P_ATTPROJW, l), g->dres, a.atty, N, C, C));
+        bias_backward(G(g, P_ATTPROJB, l), g->partial, g->dres, N, C, s);
+        TRY(matmul_backward_input(g->mm, g->dC, g->dres, P(g, P_ATTPROJW, l), N, C, C, nullptr));
+        bf16 *dqkv = g->d4C;
+        TRY(attn_status(attn_backward(g->attn, dqkv, g->dC, a.qkv, a.atty, a.lse, B, T, err,
+                                      sizeof err), err));
+        if (g->recompute >= 2)
+            layernorm_forward(a.ln1, a.ln1_mean, a.ln1_rstd, res_in, P(g, P_LN1W, l),
+                              P(g, P_LN1B, l), N, C, s);
+        TRY(matmul_backward_weight(g->mm, G(g, P_QKVW, l), dqkv, a.ln1, N, C, 3 * C));
+        bias_backward(G(g, P_QKVB, l), g->partial, dqkv, N, 3 * C, s);
+        TRY(matmul_backward_input(g->mm, g->dC, dqkv, P(g, P_QKVW, l), N, C, 3 * C, nullptr));
+        layernorm_backward(g->dres, G(g, P_LN1W, l), G(g, P_LN1B, l), g->partial, g->dC, res_in,
+                           P(g, P_LN1W, l), a.ln1_mean, a.ln1_rstd, N, C, s);
+    }
+    const int *order = staged + 2 * N, *start = staged + 3 * N, *token = staged + 4 * N + 1;
+    encoder_backward(G(g, P_WTE), G(g, P_WPE), g->dres, order, start, token, num_buckets, B, T, C,
+                     s);
+    CUDA_CHECK_LAUNCH();
+    return LLMC_OK;
+}
+
+/* ---- entry points ----------------------------------------------------- */
+
+llmc_status cuda_backward(llmc_model *m, const int32_t *inputs, const int32_t *targets,
+                          int micro_steps, int B, int T, float loss_scale, double *loss_sum) {
+    TRY(set_device(m));
+    Cuda *g = impl(m);
+    const size_t N = (size_t)B * T, per = staging_ints(N, true);
+    TRY(reserve_tokens(g, per * micro_steps, N * micro_steps));
+    /* Sort every micro-step's tokens on the host, then one copy up. */
+    std::vector<int> buckets(micro_steps);
+    for (int k = 0; k < micro_steps; k++) {
+        int *h = g->tokens_host + k * per;
+        memcpy(h, inputs + k * N, N * sizeof(int));
+        memcpy(h + N, targets + k * N, N * sizeof(int));
+        buckets[k] = sort_tokens(g, inputs + k * N, (int)N, h + 2 * N, h + 3 * N, h + 4 * N + 1);
+    }
+    CUDA_TRY(cudaMemcpyAsync(g->tokens, g->tokens_host, per * micro_steps * sizeof(int),
+                             cudaMemcpyHostToDevice, g->stream));
+    CUDA_TRY(cudaMemsetAsync(g->grads, 0, g->total * sizeof(float), g->stream));
+    for (int k = 0; k < micro_steps; k++) {
+        const int *staged = g->tokens + k * per;
+        TRY(forward(g, staged, B, T, true));
+        TRY(classifier(g, staged + N, g->losses + k * N, (int)N, loss_scale, true));
+        TRY(backward_layers(g, staged, buckets[k], B, T));
+    }
+    sum_losses(g->loss, g->losses, N * micro_steps, g->stream);
+    CUDA_CHECK_LAUNCH();
+    CUDA_TRY(cudaMemcpyAsync(loss_sum, g->loss, sizeof(double), cudaMemcpyDeviceToHost, g->stream));
+    CUDA_TRY(cudaStreamSynchronize(g->stream));
+    return LLMC_OK;
+}
+
+llmc_status cuda_grad_norm(llmc_model *m, float *norm) {
+    TRY(set_device(m));
+    Cuda *g = impl(m);
+    float sq = 0.0f;
+    sum_squares(g->norm, g->partial, g->grads, g->total, g->stream);
+    CUDA_CHECK_LAUNCH();
+    CUDA_TRY(cudaMemcpyAsync(&sq, g->norm, sizeof(float), cudaMemcpyDeviceToHost, g->stream));
+    CUDA_TRY(cudaStreamSynchronize(g->stream));
+    *norm = sqrtf(sq);
+    return LLMC_OK;
+}
+
+llmc_status cuda_update(llmc_model *m, const llmc_adamw *hp, float grad_scale, int64_t t) {
+    TRY(set_device(m));
+    Cuda *g = impl(m);
+    const float bias_corr1 = (float)(1.0 - pow((double)hp->beta1, (double)t));
+    const float bias_corr2 = (float)(1.0 - pow((double)hp->beta2, (double)t));
+    const uint32_t seed = rounding_seed(g->seed, t);
+    for (int i = 0; i < LLMC_NUM_PARAM_TENSORS; i++) {
+        const size_t o = g->off[i];
+        adamw_update(g->master + o, g->params + o, g->mom1 + o, g->mom2 + o, g->grads + o,
+                     g->size[i], hp->lr, hp->beta1, hp->beta2, bias_corr1, bias_corr2, hp->eps,
+                     llmc_param_is_decayed(i) ? hp->weight_decay : 0.0f, grad_scale, seed, o,
+                     g->stream);
+    }
+    CUDA_CHECK_LAUNCH();
+    CUDA_TRY(cudaStreamSynchronize(g->stream));
+    return LLMC_OK;  // api.c advances m->step to t
+}
+
+/* Uploads one batch's inputs (and targets) for eval/logits. */
+llmc_status stage_batch(Cuda *g, const int32_t *inputs, const int32_t *targets, size_t N) {
+    TRY(reserve_tokens(g, staging_ints(N, false), N));
+    memcpy(g->tokens_host, inputs, N * sizeof(int));
+    if (targets) memcpy(g->tokens_host + N, targets, N * sizeof(int));
+    CUDA_TRY(cudaMemcpyAsync(g->tokens, g->tokens_host, (targets ? 2 : 1) * N * sizeof(int),
+                             cudaMemcpyHostToDevice, g->stream));
+    return LLMC_OK;
+}
+
+llmc_status cuda_eval(llmc_model *m, const int32_t *inputs, const int32_t *targets, int B, int T,
+                      float *per_token_losses) {
+    TRY(set_device(m));
+    Cuda *g = impl(m);
+    const size_t N = (size_t)B * T;
+    TRY(stage_batch(g, inputs, targets, N));
+    TRY(forward(g, g->tokens, B, T, false));
+    TRY(classifier(g, g->tokens + N, g->losses, (int)N, 0.0f, false));
+    CUDA_TRY(cudaMemcpyAsync(per_token_losses, g->losses, N * sizeof(float),
+                             cudaMemcpyDeviceToHost, g->stream));
+    CUDA_TRY(cudaStreamSynchronize(g->stream));
+    return LLMC_OK;
+}
+
+llmc_status cuda_logits(llmc_model *m, const int32_t *inputs, int B, int T, int last_only,
+                        float *out) {
+    TRY(set_device(m));
+    Cuda *g = impl(m);
+    const size_t N = (size_t)B * T;
+    const int C = g->C;
+    TRY(stage_batch(g, inputs, nullptr, N));
+    TRY(forward(g, g->tokens, B, T, false));
+    /* fp32 logits in the bf16 chunk buffer: half as many rows at a time. */
+    const int chunk = (int)std::max<size_t>(2, std::min<size_t>(g->Nmax, CLASSIFIER_CHUNK_ROWS)) / 2;
+    const int rows_total = last_only ? B : (int)N;
+    const int stride = last_only ? T * C : C;  // between consecutive rows of lnf
+    const bf16 *first = g->lnf + (last_only ? (size_t)(T - 1) * C : 0);
+    float *buf = (float *)g->logits;
+    for (int r0 = 0; r0 < rows_total; r0 += chunk) {
+        const int rows = std::min(chunk, rows_total - r0);
+        TRY(matmul_forward_fp32(g->mm, buf, first + (size_t)r0 * stride, stride, P(g, P_WTE), rows,
+                                C, g->Vp));
+        CUDA_TRY(cudaMemcpy2DAsync(out + (size_t)r0 * g->V, g->V * sizeof(float), buf,
+                                   g->Vp * sizeof(float), g->V * sizeof(float), rows,
+                                   cudaMemcpyDeviceToHost, g->stream));
+        CUDA_TRY(cudaStreamSynchronize(g->stream));  // buf is reused by the next chunk
+    }
+    return LLMC_OK;
+}
+
+/* Copies between the API's packed fp32 vector and a padded device array. */
+llmc_status copy_params(Cuda *g, const llmc_model *m, float *dev, const float *host_in,
+                        float *host_out) {
+    for (int i = 0; i < LLMC_NUM_PARAM_TENSORS; i++) {
+        const size_t bytes = g->size[i] * sizeof(float);
+        if (host_in)
+            CUDA_TRY(cudaMemcpyAsync(dev + g->off[i], host_in + m->param_offsets[i], bytes,
+                                     cudaMemcpyHostToDevice, g->stream));
+        else
+            CUDA_TRY(cudaMemcpyAsync(host_out + m->param_offsets[i], dev + g->off[i], bytes,
+                                     cudaMemcpyDeviceToHost, g->stream));
+    }
+    CUDA_TRY(cudaStreamSynchronize(g->stream));
+    return LLMC_OK;
+}
+
+/* bf16 weights from the masters with the rounding of the current step. */
+llmc_status rederive_bf16(llmc_model *m) {
+    Cuda *g = impl(m);
+    round_params(g->params, g->master, g->total, rounding_seed(g->seed, m->step), 0, g->stream);
+    CUDA_CHECK_LAUNCH();
+    CUDA_TRY(cudaStreamSynchronize(g->stream));
+    return LLMC_OK;
+}
+
+llmc_status cuda_set_params(llmc_model *m, const float *params) {
+    TRY(set_device(m));
+    TRY(copy_params(impl(m), m, impl(m)->master, params, nullptr));
+    return rederive_bf16(m);
+}
+
+llmc_status cuda_get_params(llmc_model *m, float *out) {
+    TRY(set_device(m));
+    return copy_params(impl(m), m, impl(m)->master, nullptr, out);
+}
+
+llmc_status cuda_get_grads(llmc_model *m, float *out) {
+    TRY(set_device(m));
+    return copy_params(impl(m), m, impl(m)->grads, nullptr, out);
+}
+
+llmc_status cuda_set_opt_state(llmc_model *m, const float *mom1, const float *mom2) {
+    TRY(set_device(m));
+    TRY(copy_params(impl(m), m, impl(m)->mom1, mom1, nullptr));
+    TRY(copy_params(impl(m), m, impl(m)->mom2, mom2, nullptr));
+    return rederive_bf16(m);
+}
+
+llmc_status cuda_get_opt_state(llmc_model *m, float *mom1, float *mom2) {
+    TRY(set_device(m));
+    TRY(copy_params(impl(m), m, impl(m)->mom1, nullptr, mom1));
+    return copy_params(impl(m), m, impl(m)->mom2, nullptr, mom2);
+}
+
+size_t cuda_memory_bytes(const llmc_model *m) {
+    const Cuda *g = impl(m);
+    return g ? g->bytes + mm_memory_bytes(g->mm) + attn_memory_bytes(g->attn) : 0;
+}
+
+}  // namespace
+
+extern "C" {
+
+LLMC_API extern const llmc_backend llmc_cuda_backend;
+const llmc_backend llmc_cuda_backend = {
+    "cuda",          cuda_create,        cuda_destroy,       cuda_set_params,
+    cuda_get_params, cuda_get_grads,     cuda_set_opt_state, cuda_get_opt_state,
+    cuda_backward,   cuda_grad_norm,     cuda_update,        cuda_eval,
+    cuda_logits,     cuda_memory_bytes,
+};
+
+/* Visible GPUs, 0 on any error (no driver, no device). */
+LLMC_API int llmc_cuda_device_count(void) {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        cudaGetLastError();
+        return 0;
+    }
+    return n;
+}
+
+}  // extern "C"

@@ -1,0 +1,229 @@
+"""The CUDA backend against the CPU fp32 backend, on the same weights and batches.
+
+Skipped without a GPU (run on one by bench/gpu_check.sh). Both backends get
+weights that bf16 represents exactly, so the differences below come from the
+CUDA backend's bf16 activations and activation gradients alone. Tolerances:
+
+- logits: ||gpu - cpu|| / ||cpu|| < 2e-2
+- mean loss: |gpu - cpu| < 1e-2; per-token losses: max |gpu - cpu| < 5e-2
+- every parameter tensor's gradient: ||gpu - cpu|| / ||cpu|| < 5e-2
+- 20 AdamW steps: every loss within 0.1 of the CPU run's (losses ~4-6)
+- same seed, same batches: bit-identical losses, norms and weights; a run
+  resumed from a checkpoint repeats the uninterrupted one bit for bit.
+"""
+import numpy as np
+import pytest
+
+import pyllmc
+
+pytestmark = pytest.mark.skipif(not pyllmc.cuda_available(), reason="no CUDA GPU visible")
+
+SMALL = pyllmc.Config(max_seq_len=64, vocab_size=512, num_layers=2, num_heads=4, channels=128)
+ODD = pyllmc.Config(max_seq_len=32, vocab_size=777, num_layers=2, num_heads=5, channels=80)
+NAMES = ["wte", "wpe", "ln1w", "ln1b", "qkvw", "qkvb", "attprojw", "attprojb", "ln2w", "ln2b",
+         "fcw", "fcb", "fcprojw", "fcprojb", "lnfw", "lnfb"]
+
+
+def tensor_slices(cfg):
+    """name -> slice of the flat parameter vector (llm.c's order)."""
+    L, C, Vp = cfg.num_layers, cfg.channels, cfg.padded_vocab_size
+    sizes = [Vp * C, cfg.max_seq_len * C, L * C, L * C, L * 3 * C * C, L * 3 * C, L * C * C, L * C,
+             L * C, L * C, L * 4 * C * C, L * 4 * C, L * 4 * C * C, L * C, C, C]
+    bounds = np.cumsum([0] + sizes)
+    return {n: slice(bounds[i], bounds[i + 1]) for i, n in enumerate(NAMES)}
+
+
+def bf16_exact(x):
+    """x truncated to values bf16 holds exactly (stochastic rounding keeps them)."""
+    return (np.ascontiguousarray(x, np.float32).view(np.uint32) & 0xFFFF0000).view(np.float32)
+
+
+def rel(a, b):
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+def batch(cfg, B, T, seed=0):
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(0, cfg.vocab_size, size=(B, T + 1))
+    return tokens[:, :-1].copy(), tokens[:, 1:].copy()
+
+
+def patterned_batches(cfg, n, B, T, seed=0):
+    """Batches cut from one repeating random sequence, so that the loss can fall."""
+    rng = np.random.default_rng(seed)
+    corpus = np.tile(rng.integers(0, cfg.vocab_size, size=97), 1 + (n * B * (T + 1)) // 97 + 8)
+    out = []
+    for i in range(n):
+        starts = rng.integers(0, len(corpus) - T - 1, size=B)
+        rows = np.stack([corpus[s:s + T + 1] for s in starts])
+        out.append((rows[:, :-1].copy(), rows[:, 1:].copy()))
+    return out
+
+
+def pair(cfg, B, T, seed=1, **kw):
+    """A CPU and a CUDA model holding the same (bf16-exact) weights."""
+    cpu = pyllmc.Model.from_config(cfg, device="cpu", max_batch_size=B, max_seq_len=T, seed=seed)
+    gpu = pyllmc.Model.from_config(cfg, device="cuda", max_batch_size=B, max_seq_len=T, seed=seed,
+                                   **kw)
+    p = bf16_exact(cpu.parameters())
+    cpu.set_parameters(p)
+    gpu.set_parameters(p)
+    return cpu, gpu
+
+
+@pytest.mark.parametrize("cfg,B,T", [(SMALL, 4, 64), (ODD, 3, 29)], ids=["small", "odd"])
+def test_forward_backward_match_cpu(cfg, B, T):
+    cpu, gpu = pair(cfg, B, T)
+    cfg = gpu.config
+    x, y = batch(cfg, B, T)
+    y[0, :3] = -1  # ignored positions
+
+    lc, lg = cpu.logits(x), gpu.logits(x)
+    assert lg.shape == lc.shape and np.isfinite(lg).all()
+    assert rel(lg, lc) < 2e-2, rel(lg, lc)
+    assert rel(gpu.logits(x, last_only=True), lc[:, -1]) < 2e-2
+
+    loss_c, loss_g = cpu.backward(x, y), gpu.backward(x, y)
+    assert abs(loss_g - loss_c) < 1e-2, (loss_g, loss_c)
+    gc, gg = cpu.gradients(), gpu.gradients()
+    errors = {}
+    for name, sl in tensor_slices(cfg).items():
+        if np.linalg.norm(gc[sl]) == 0:
+            errors[name] = float(np.abs(gg[sl]).max())
+        else:
+            errors[name] = rel(gg[sl], gc[sl])
+    print("gradient relative errors:", {k: f"{v:.2e}" for k, v in errors.items()})
+    bad = {k: v for k, v in errors.items() if not v < 5e-2}
+    assert not bad, bad
+
+    # eval on a shorter batch than planned (another attention graph)
+    mc, pc = cpu.eval(x[:, :T - 5], y[:, :T - 5], per_token=True)
+    mg, pg = gpu.eval(x[:, :T - 5], y[:, :T - 5], per_token=True)
+    assert abs(mg - mc) < 1e-2
+    assert np.abs(pg - pc).max() < 5e-2
+    assert (pg[0, :3] == 0).all()
+
+
+def test_training_tracks_cpu():
+    B, T = 4, 64
+    cpu, gpu = pair(SMALL, B, T)
+    hp = dict(lr=1e-3, weight_decay=0.1, grad_clip=1.0)
+    diffs, losses = [], []
+    for x, y in patterned_batches(SMALL, 20, B, T):
+        lc, nc = cpu.step(x, y, **hp)
+        lg, ng = gpu.step(x, y, **hp)
+        diffs.append(abs(lg - lc))
+        losses.append((lc, lg))
+        assert abs(ng - nc) < 0.05 * nc + 1e-3, (ng, nc)
+    print("losses (cpu, gpu):", [(round(a, 4), round(b, 4)) for a, b in losses])
+    assert max(diffs) < 0.1, max(diffs)
+    assert losses[-1][1] < losses[0][1] - 1.0  # it learns
+    assert gpu.step_count == 20
+
+
+def train(model, batches, **hp):
+    out = []
+    for x, y in batches:
+        out.append(model.step(x, y, lr=1e-3, weight_decay=0.1, grad_clip=1.0, **hp))
+    return out
+
+
+def test_deterministic():
+    B, T = 2, 32
+    batches = [(np.stack([x, x2]), np.stack([y, y2])) for (x, y), (x2, y2) in
+               zip(patterned_batches(SMALL, 5, B, T, seed=1), patterned_batches(SMALL, 5, B, T, seed=2))]
+    runs = []
+    for _ in range(2):
+        m = pyllmc.Model.from_config(SMALL, device="cuda", max_batch_size=B, max_seq_len=T, seed=7)
+        runs.append((train(m, batches), m.parameters(), m.gradients()))
+        m.close()
+    assert runs[0][0] == runs[1][0]
+    assert np.array_equal(runs[0][1], runs[1][1])
+    assert np.array_equal(runs[0][2], runs[1][2])
+
+
+def test_resume_is_bit_identical(tmp_path):
+    B, T = 2, 32
+    batches = patterned_batches(SMALL, 6, B, T, seed=3)
+    a = pyllmc.Model.from_config(SMALL, device="cuda", max_batch_size=B, max_seq_len=T, seed=11)
+    train(a, batches[:3])
+    a.save(tmp_path / "model.bin")
+    a.save_optimizer(tmp_path / "optim.bin")
+    rest_a = train(a, batches[3:])
+    b = pyllmc.Model.load(tmp_path / "model.bin", device="cuda", max_batch_size=B, max_seq_len=T,
+                          seed=11)
+    b.load_optimizer(tmp_path / "optim.bin")
+    assert b.step_count == 3
+    rest_b = train(b, batches[3:])
+    assert rest_a == rest_b
+    assert np.array_equal(a.parameters(), b.parameters())
+
+
+def test_master_weights_round_trip():
+    m = pyllmc.Model.from_config(ODD, device="cuda", max_batch_size=2, max_seq_len=16, seed=3)
+    p = np.random.default_rng(0).normal(0, 0.05, size=m.num_parameters).astype(np.float32)
+    m.set_parameters(p)
+    assert np.array_equal(m.parameters(), p)  # fp32 masters exactly
+    x, y = batch(m.config, 2, 16)
+    m.step(x, y, lr=1e-3)
+    q = m.parameters()
+    assert not np.array_equal(q, p) and np.isfinite(q).all()
+    # the bf16 copy follows the masters: logits match a CPU model holding the masters
+    cpu = pyllmc.Model.from_config(ODD, device="cpu", max_batch_size=2, max_seq_len=16, seed=3)
+    cpu.set_parameters(q)
+    assert rel(m.logits(x), cpu.logits(x)) < 3e-2
+
+
+@pytest.mark.parametrize("recompute", [1, 2])
+def test_recompute_matches(recompute):
+    B, T = 2, 64
+    batches = patterned_batches(SMALL, 3, B, T, seed=4)
+    runs = []
+    for r in (0, recompute):
+        m = pyllmc.Model.from_config(SMALL, device="cuda", max_batch_size=B, max_seq_len=T, seed=5,
+                                     recompute=r)
+        runs.append([loss for loss, _ in train(m, batches)])
+        m.close()
+    assert np.abs(np.subtract(*runs)).max() < 1e-2, runs
+
+
+def test_micro_steps_accumulate():
+    B, T = 4, 32
+    cpu, gpu = pair(SMALL, B, T)
+    x, y = batch(SMALL, B, T, seed=9)
+    whole = gpu.backward(x, y)
+    g_whole = gpu.gradients()
+    split = gpu.backward(x.reshape(2, 2, T), y.reshape(2, 2, T))
+    assert abs(whole - split) < 1e-3
+    assert rel(gpu.gradients(), g_whole) < 2e-2
+
+
+def test_bad_input_leaves_model_usable():
+    B, T = 2, 16
+    m = pyllmc.Model.from_config(SMALL, device="cuda", max_batch_size=B, max_seq_len=T, seed=1)
+    x, y = batch(SMALL, B, T)
+    bad = x.copy()
+    bad[1, 3] = SMALL.vocab_size
+    with pytest.raises(pyllmc.InvalidArgumentError):
+        m.step(bad, y, lr=1e-3)
+    bad[1, 3] = -1
+    with pytest.raises(pyllmc.InvalidArgumentError):
+        m.eval(bad, y)
+    with pytest.raises(pyllmc.InvalidArgumentError):  # B beyond the plan
+        m.step(np.concatenate([x, x]), np.concatenate([y, y]), lr=1e-3)
+    with pytest.raises(pyllmc.InvalidArgumentError):  # T beyond the plan
+        m.logits(np.zeros((1, T + 1), dtype=np.int32))
+    loss, norm = m.step(x, y, lr=1e-3)
+    assert np.isfinite(loss) and np.isfinite(norm) and m.step_count == 1
+
+
+def test_out_of_gpu_memory_is_an_error():
+    cfg = pyllmc.Config(max_seq_len=1024, vocab_size=50257, num_layers=12, num_heads=12,
+                        channels=768)
+    with pytest.raises(pyllmc.OutOfMemoryError) as info:
+        pyllmc.Model.from_config(cfg, device="cuda", max_batch_size=4096, max_seq_len=1024)
+    assert "memory" in str(info.value)
+    # everything was given back: a model still fits and trains
+    m = pyllmc.Model.from_config(SMALL, device="cuda", max_batch_size=2, max_seq_len=16)
+    x, y = batch(SMALL, 2, 16)
+    assert np.isfinite(m.step(x, y, lr=1e-3)[0])
