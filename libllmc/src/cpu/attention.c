@@ -58,7 +58,7 @@ void attention_backward(float *dqkv, float *scratch, const float *dout, const fl
             float *dk = dq + C, *dv = dq + 2 * C;
             const float *dy = dout + (size_t)b * T * C + h * hs;
             const float *P = att + ((size_t)b * NH + h) * T * T;
-            float *dS = scratch + (size_t)omp_get_thread_num() * T * T;
+            float *dS = scratch + omp_get_thread_num() * attention_scratch_floats(T);
             gemm_serial(0, 1, T, T, hs, 1.0f, dy, C, v, C3, 0.0f, dS, T); /* dP */
             gemm_serial(1, 0, T, hs, T, 1.0f, P, T, dy, C, 0.0f, dv, C3);
             for (int i = 0; i < T; i++) {

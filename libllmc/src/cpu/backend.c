@@ -7,9 +7,8 @@
  * evaluation never pays for training state:
  *   - at create: the parameters and the activations of one block, reused by
  *     every block, which is all that eval and logits need;
- *   - at the first backward (or optimizer-state load): the gradients, the
- *     activations of every block (kept for the backward pass) and one
- *     block's activation gradients;
+ *   - at the first backward: the gradients, the activations of every block
+ *     (kept for the backward pass) and one block's activation gradients;
  *   - at the first update (or optimizer-state load): the AdamW moments.
  * The classifier's logits exist for CLASSIFIER_CHUNK_ROWS rows at a time.
  *
@@ -61,7 +60,7 @@ typedef struct {
     arena grads_mem;
     float *grad[LLMC_NUM_PARAM_TENSORS];
     float *dres, *dln, *datty, *dqkv, *dfch; /* one block's activation gradients */
-    float *att_scratch;                      /* T*T floats per thread */
+    float *att_scratch;                      /* per thread, see attention_backward */
     arena moments_mem;
     float *mom1, *mom2;
 } cpu_state;
@@ -162,7 +161,7 @@ static llmc_status ensure_training_state(llmc_model *m) {
     buffer bufs[] = {
         {&grads, m->num_params},   {&s->dres, N * C},     {&s->dln, N * C},
         {&s->datty, N * C},        {&s->dqkv, N * 3 * C}, {&s->dfch, N * 4 * C},
-        {&s->att_scratch, (size_t)s->threads * T * T},
+        {&s->att_scratch, s->threads * attention_scratch_floats(T)},
     };
     llmc_status st = arena_alloc(&s->grads_mem, bufs, sizeof bufs / sizeof bufs[0], "gradients");
     if (st != LLMC_OK) return st;

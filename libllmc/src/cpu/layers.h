@@ -51,12 +51,11 @@ static inline float vec_expf(float x) {
 /* Prepares the BLAS for use from OpenMP threads (single-threaded calls). */
 void cpu_blas_init(void);
 
-/* C = alpha * op(A) op(B) + beta * C, row-major; op transposes where the flag
- * is set. M x N output, inner dimension K. gemm_serial runs on the calling
- * thread (for use inside parallel regions); gemm splits the output among the
- * OpenMP threads at boundaries that do not depend on the thread count's
- * effect on any single element, so each element is computed the same way
- * whatever the thread count. */
+/* C = alpha * op(A) op(B) + beta * C, row-major, op transposing where the
+ * flag is set; M x N output, inner dimension K. gemm_serial runs on the
+ * calling thread (for use inside parallel regions); gemm shares the output
+ * among the OpenMP threads in parts fixed by the shape, so that every
+ * element comes out the same whatever the thread count. */
 void gemm_serial(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A,
                  int lda, const float *B, int ldb, float beta, float *C, int ldc);
 void gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
@@ -94,7 +93,13 @@ void layernorm_backward(float *dinp, float *dweight, float *dbias, const float *
  * att (B, NH, T, T) receives the softmax probabilities (zero above the
  * diagonal), out (B, T, C) the heads' outputs side by side. */
 void attention_forward(float *out, float *att, const float *qkv, int B, int T, int C, int NH);
-/* dqkv (overwritten) from dout; scratch holds T*T floats per OpenMP thread. */
+/* dqkv (overwritten) from dout; scratch holds attention_scratch_floats(T)
+ * floats per OpenMP thread. */
+static inline size_t attention_scratch_floats(int T) {
+    /* a multiple of 16 floats, so that every thread's part is 64-byte aligned
+     * like the others and vectorised sums run the same way on any thread */
+    return ((size_t)T * T + 15) & ~(size_t)15;
+}
 void attention_backward(float *dqkv, float *scratch, const float *dout, const float *qkv,
                         const float *att, int B, int T, int C, int NH);
 

@@ -24,38 +24,32 @@ void gemm_serial(int trans_a, int trans_b, int M, int N, int K, float alpha, con
                       C, ldc);
 }
 
-/* Output blocks are whole multiples of this many rows or columns, so that the
- * BLAS kernels' tail handling falls on the same elements for any split. */
-#define GEMM_SPLIT_ALIGN 64
+/* The output is cut into parts that depend on the shape alone (at most
+ * GEMM_MAX_PARTS, each a multiple of GEMM_MIN_PART rows or columns but the
+ * last): the BLAS call for each part, and so every element's rounding, is
+ * the same for any thread count. Threads take parts as they come free,
+ * which also evens out a core slowed by other work. */
+#define GEMM_MAX_PARTS 8
+#define GEMM_MIN_PART 64
 
 void gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
           const float *B, int ldb, float beta, float *C, int ldc) {
-    int split_rows = M > N; /* split the longer side of the output */
-    int extent = split_rows ? M : N;
-    int blocks = (extent + GEMM_SPLIT_ALIGN - 1) / GEMM_SPLIT_ALIGN;
-    int threads = omp_get_max_threads();
-    if (threads > blocks) threads = blocks;
-    if (threads <= 1) {
-        gemm_serial(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-        return;
-    }
-#pragma omp parallel num_threads(threads)
-    {
-        int id = omp_get_thread_num(), nt = omp_get_num_threads();
-        int start = (int)((long)blocks * id / nt) * GEMM_SPLIT_ALIGN;
-        int end = (int)((long)blocks * (id + 1) / nt) * GEMM_SPLIT_ALIGN;
-        if (end > extent) end = extent;
-        if (end > start) {
-            if (split_rows) {
-                /* rows of op(A) are rows of A, or columns of A when transposed */
-                const float *a = trans_a ? A + start : A + (size_t)start * lda;
-                gemm_serial(trans_a, trans_b, end - start, N, K, alpha, a, lda, B, ldb, beta,
-                            C + (size_t)start * ldc, ldc);
-            } else {
-                const float *b = trans_b ? B + (size_t)start * ldb : B + start;
-                gemm_serial(trans_a, trans_b, M, end - start, K, alpha, A, lda, b, ldb, beta,
-                            C + start, ldc);
-            }
+    const int split_rows = M > N; /* split the longer side of the output */
+    const int extent = split_rows ? M : N;
+    int part = (extent + GEMM_MAX_PARTS - 1) / GEMM_MAX_PARTS;
+    part = (part + GEMM_MIN_PART - 1) / GEMM_MIN_PART * GEMM_MIN_PART;
+    const int parts = (extent + part - 1) / part;
+#pragma omp parallel for schedule(dynamic, 1) if (parts > 1)
+    for (int i = 0; i < parts; i++) {
+        const int start = i * part, len = extent - start < part ? extent - start : part;
+        if (split_rows) {
+            /* rows of op(A) are rows of A, or columns of A when transposed */
+            const float *a = trans_a ? A + start : A + (size_t)start * lda;
+            gemm_serial(trans_a, trans_b, len, N, K, alpha, a, lda, B, ldb, beta,
+                        C + (size_t)start * ldc, ldc);
+        } else {
+            const float *b = trans_b ? B + (size_t)start * ldb : B + start;
+            gemm_serial(trans_a, trans_b, M, len, K, alpha, A, lda, b, ldb, beta, C + start, ldc);
         }
     }
 }

@@ -1,0 +1,189 @@
+"""The CPU backend against PyTorch (tests/torch_gpt2.py), fp32, from the same
+weights and batches: logits, losses, every parameter gradient and AdamW
+training, on a small config and on odd sizes; plus determinism."""
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+from pyllmc import Config, Model
+from torch_gpt2 import GPT, GPTConfig
+
+# (config, B, T): T below the model's max_seq_len and B below the planned
+# max_batch_size, so that the backend's use of its planned buffers is tested
+SMALL = (Config(max_seq_len=64, vocab_size=512, num_layers=2, num_heads=4, channels=64), 4, 64)
+ODD = (Config(max_seq_len=40, vocab_size=777, num_layers=2, num_heads=5, channels=80), 3, 29)
+CASES = {"small": SMALL, "odd": ODD}
+# GPT-2's vocabulary, where the LM head's products are large enough to be
+# shared among threads in several parts
+FULL_VOCAB = (Config(max_seq_len=64, vocab_size=50257, num_layers=1, num_heads=2, channels=64), 2, 64)
+
+
+@pytest.fixture(autouse=True)
+def torch_on_one_thread():
+    """The reference models here are tiny: threads only cost PyTorch time."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def rel_err(a, b):
+    """Largest difference relative to the largest reference magnitude."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return np.abs(a - b).max() / max(np.abs(b).max(), 1e-30)
+
+
+def make_pair(config, B, seed=0, num_threads=0):
+    """A model in libllmc (GPT-2 init from seed) and the same weights in PyTorch."""
+    model = Model.from_config(config, max_batch_size=B + 1, seed=seed, num_threads=num_threads)
+    c = model.config
+    ref = GPT(GPTConfig(c.max_seq_len, c.vocab_size, c.padded_vocab_size, c.num_layers,
+                        c.num_heads, c.channels))
+    ref.load_flat(torch.from_numpy(model.parameters()))
+    return model, ref
+
+
+def make_batch(rng, V, B, T, micro_steps=None, ignored=5):
+    """Random inputs, each target a fixed function of its input (so that
+    training has something to learn); the first few targets of the first
+    row are -1 (ignored)."""
+    shape = (B, T) if micro_steps is None else (micro_steps, B, T)
+    x = rng.integers(0, V, shape)
+    y = (7 * x + 3) % V
+    y.reshape(-1, T)[0, :ignored] = -1
+    return x, y
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_logits_and_losses_match_torch(case):
+    config, B, T = CASES[case]
+    model, ref = make_pair(config, B)
+    x, y = make_batch(np.random.default_rng(1), config.vocab_size, B, T)
+    with torch.no_grad():
+        ref_logits, ref_loss = ref(torch.from_numpy(x), torch.from_numpy(y))
+        ref_per_token = F.cross_entropy(ref_logits.flatten(0, 1), torch.from_numpy(y).flatten(),
+                                        ignore_index=-1, reduction="none").view(B, T)
+    logits = model.logits(x)
+    assert logits.shape == (B, T, config.vocab_size)
+    assert rel_err(logits, ref_logits.numpy()) < 1e-5
+    assert rel_err(model.logits(x, last_only=True), logits[:, -1]) < 1e-6
+
+    loss, per_token = model.eval(x, y, per_token=True)
+    assert abs(loss - ref_loss.item()) < 1e-5
+    assert np.abs(per_token - ref_per_token.numpy()).max() < 1e-5
+    assert np.all(per_token[y == -1] == 0)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_every_gradient_matches_torch(case):
+    config, B, T = CASES[case]
+    model, ref = make_pair(config, B)
+    x, y = make_batch(np.random.default_rng(2), config.vocab_size, B, T)
+    loss = model.backward(x, y)
+    _, ref_loss = ref(torch.from_numpy(x), torch.from_numpy(y))
+    ref_loss.backward()
+    assert abs(loss - ref_loss.item()) < 1e-5
+    grads, ref_grads = model.gradients(), ref.flat_grads().numpy()
+    for name, start, end in ref.tensor_slices():
+        assert rel_err(grads[start:end], ref_grads[start:end]) < 1e-4, name
+    # the padded vocabulary rows never see a gradient
+    V, C = config.vocab_size, config.channels
+    assert np.all(grads[V * C: model.config.padded_vocab_size * C] == 0)
+
+
+def test_padded_vocabulary_never_changes_the_loss():
+    config, B, T = ODD
+    model, _ = make_pair(config, B)
+    x, y = make_batch(np.random.default_rng(3), config.vocab_size, B, T)
+    loss, logits = model.eval(x, y), model.logits(x)
+    params = model.parameters()
+    V, Vp, C = config.vocab_size, model.config.padded_vocab_size, config.channels
+    params[V * C: Vp * C] = 1e3 * np.random.default_rng(4).standard_normal((Vp - V) * C)
+    model.set_parameters(params)
+    assert model.eval(x, y) == loss
+    assert np.array_equal(model.logits(x), logits)
+
+
+def torch_train(ref, batches, hp, grad_clip):
+    """What pyllmc's step does, in PyTorch: the mean loss over every counted
+    target of the step's micro-batches, clipping, AdamW."""
+    opt = ref.configure_optimizer(hp["lr"], hp["weight_decay"], (hp["beta1"], hp["beta2"]), hp["eps"])
+    losses, norms = [], []
+    for x, y in batches:
+        counted = int((y != -1).sum())
+        total = 0.0
+        for xm, ym in zip(torch.from_numpy(x), torch.from_numpy(y)):
+            logits, _ = ref(xm)
+            loss = F.cross_entropy(logits.flatten(0, 1), ym.flatten(), ignore_index=-1,
+                                   reduction="sum") / counted
+            loss.backward()
+            total += loss.item()
+        norms.append(torch.nn.utils.clip_grad_norm_(ref.parameters(), grad_clip).item())
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(total)
+    return losses, norms
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_adamw_training_matches_torch(case):
+    """10 steps with weight decay, gradient clipping (which bites in some steps
+    and not in others) and 2 micro-steps of gradient accumulation: the same
+    losses, norms and final parameters."""
+    config, B, T = CASES[case]
+    model, ref = make_pair(config, B)
+    rng = np.random.default_rng(5)
+    batches = [make_batch(rng, config.vocab_size, B, T, micro_steps=2) for _ in range(10)]
+    hp = dict(lr=2e-3, weight_decay=0.1, beta1=0.9, beta2=0.95, eps=1e-8)
+    grad_clip = 1.0
+    results = [model.step(x, y, grad_clip=grad_clip, **hp) for x, y in batches]
+    ref_losses, ref_norms = torch_train(ref, batches, hp, grad_clip)
+
+    losses, norms = zip(*results)
+    assert np.abs(np.array(losses) - ref_losses).max() < 1e-4
+    assert np.allclose(norms, ref_norms, rtol=1e-4)
+    assert min(norms) < grad_clip < max(norms)
+    assert losses[-1] < losses[0] - 0.5  # the model learned
+    # Final parameters, tensor by tensor. One part is left out: the attention
+    # key bias adds the same q.b to every score of a row, which softmax
+    # cancels, so its gradient is zero but for rounding noise, and Adam turns
+    # that noise into steps of +-lr in both implementations alike.
+    params, ref_params = model.parameters(), ref.to_flat().numpy()
+    C, L = config.channels, config.num_layers
+    for name, start, end in ref.tensor_slices():
+        p, r = params[start:end], ref_params[start:end]
+        if name == "qkvb":
+            keep = np.ones((L, 3, C), bool)
+            keep[:, 1] = False
+            p, r = p[keep.ravel()], r[keep.ravel()]
+        assert np.linalg.norm(p - r) / np.linalg.norm(r) < 1e-4, name
+    assert model.step_count == 10
+
+
+def train(config, B, T, num_threads, steps=3):
+    model = Model.from_config(config, max_batch_size=B, seed=11, num_threads=num_threads)
+    rng = np.random.default_rng(6)
+    losses = [model.step(*make_batch(rng, config.vocab_size, B, T), lr=1e-3, weight_decay=0.1)
+              for _ in range(steps)]
+    return losses, model.parameters()
+
+
+@pytest.mark.parametrize("case", ["small", "odd", "full_vocab"])
+def test_training_is_bit_identical_for_any_thread_count(case):
+    config, B, T = {**CASES, "full_vocab": FULL_VOCAB}[case]
+    losses, params = train(config, B, T, num_threads=2)
+    for num_threads in (2, 1, 3):
+        again_losses, again_params = train(config, B, T, num_threads=num_threads)
+        assert again_losses == losses, num_threads
+        assert np.array_equal(again_params, params), num_threads
+
+
+def test_logits_of_the_whole_batch_are_never_held():
+    """The LM head runs a chunk of rows at a time: a training step's memory
+    stays below what B x T x V logits alone would take."""
+    config = Config(max_seq_len=256, vocab_size=50257, num_layers=1, num_heads=2, channels=64)
+    B, T = 8, 256
+    model = Model.from_config(config, max_batch_size=B)
+    model.step(*make_batch(np.random.default_rng(7), config.vocab_size, B, T), lr=1e-3)
+    assert model.memory_bytes < B * T * config.vocab_size * 4
