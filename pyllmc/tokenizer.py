@@ -1,0 +1,108 @@
+"""
+GPT-2's BPE tokenizer, built offline from the rank table this package carries.
+
+gpt2.tiktoken is OpenAI's r50k_base rank table (MIT, see
+gpt2.tiktoken.LICENSE), byte-identical to the file tiktoken downloads, so the
+encoding built here gives exactly the tokens of tiktoken.get_encoding("gpt2")
+without touching the network.
+
+For bulk work (data preparation) ParallelTokenizer encodes many documents on
+all cores at once: tiktoken's Rust core releases the GIL, so plain threads
+run in parallel with no pickling and no worker processes.
+"""
+import base64
+import collections
+import functools
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import tiktoken
+
+RANKS_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gpt2.tiktoken")
+RANKS_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
+# GPT-2's split pattern in the possessive form tiktoken uses for r50k_base/gpt2:
+# the same splits as OpenAI's original regex, found faster.
+GPT2_PATTERN = (r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++"""
+                r"""|\s++$|\s+(?!\S)|\s""")
+EOT = 50256  # <|endoftext|>
+VOCAB_SIZE = 50257
+
+
+def load_ranks(path=RANKS_PATH):
+    """The BPE merge ranks {token bytes: rank} from a .tiktoken file, checked
+    against the known hash so a damaged copy fails loudly."""
+    with open(path, "rb") as f:
+        data = f.read()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != RANKS_SHA256:
+        raise ValueError(f"{path}: sha256 {digest} is not GPT-2's rank table ({RANKS_SHA256}); "
+                         "the file is damaged")
+    ranks = {}
+    for line in data.splitlines():
+        token, rank = line.split()
+        ranks[base64.b64decode(token)] = int(rank)
+    return ranks
+
+
+@functools.lru_cache(maxsize=1)
+def gpt2_encoding():
+    """The GPT-2 tiktoken.Encoding (50,257 tokens, <|endoftext|> = 50256)."""
+    return tiktoken.Encoding("gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=load_ranks(),
+                             special_tokens={"<|endoftext|>": EOT}, explicit_n_vocab=VOCAB_SIZE)
+
+
+def encode(text):
+    """Token ids of text as a list; special tokens are treated as plain text."""
+    return gpt2_encoding().encode_ordinary(text)
+
+
+def decode(tokens):
+    """Text of token ids; bytes that are not valid UTF-8 become U+FFFD."""
+    return gpt2_encoding().decode([int(t) for t in tokens])
+
+
+def encode_documents(texts):
+    """Tokens of documents as they go into a shard: each document prefixed by
+    <|endoftext|>, then its ordinary encoding. Returns (tokens as uint16,
+    number of tokens of each document, its <|endoftext|> included)."""
+    enc = gpt2_encoding()
+    eot = np.array([EOT], dtype=np.uint32)
+    pieces, lengths = [], np.empty(len(texts), dtype=np.int64)
+    for i, text in enumerate(texts):
+        try:
+            # a buffer straight from Rust: no Python list of ints in between
+            ids = enc.encode_to_numpy(text, disallowed_special=())
+        except UnicodeEncodeError:
+            # lone surrogates: tiktoken's encode_ordinary replaces them first
+            ids = np.array(enc.encode_ordinary(text), dtype=np.uint32)
+        pieces += (eot, ids)
+        lengths[i] = 1 + len(ids)
+    tokens = np.concatenate(pieces).astype(np.uint16) if pieces else np.zeros(0, np.uint16)
+    return tokens, lengths
+
+
+class ParallelTokenizer:
+    """encode_documents over a stream of text batches, on num_threads threads,
+    results in input order. At most `lookahead` chunks are in flight, so memory
+    stays flat however long the stream is."""
+
+    def __init__(self, num_threads=None, docs_per_chunk=64):
+        self.num_threads = num_threads or os.cpu_count() or 1
+        self.docs_per_chunk = docs_per_chunk
+        self.lookahead = 4 * self.num_threads
+
+    def map(self, text_batches):
+        """Yield (tokens, document lengths) for consecutive chunks of the
+        documents in text_batches (an iterable of lists of str)."""
+        gpt2_encoding()  # build it once, before the threads start
+        pending = collections.deque()
+        with ThreadPoolExecutor(self.num_threads) as pool:
+            for texts in text_batches:
+                for i in range(0, len(texts), self.docs_per_chunk):
+                    pending.append(pool.submit(encode_documents, texts[i:i + self.docs_per_chunk]))
+                    while len(pending) > self.lookahead:
+                        yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()

@@ -1,0 +1,189 @@
+"""data_prep/fineweb.py on small local files the tests write: the shards hold
+exactly the tokens llm.c's fineweb.py would write, whatever the input format,
+and an interrupted run picks up where it stopped."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "data_prep"))
+import fineweb  # noqa: E402
+from pyllmc.shards import read_shard  # noqa: E402
+from pyllmc.tokenizer import EOT, gpt2_encoding  # noqa: E402
+
+SHARD_SIZE = 1500
+
+
+def make_docs(n=120, seed=0):
+    rng = np.random.default_rng(seed)
+    words = ("the quick brown fox jumps over lazy dogs while 42 engineers write C, "
+             "Python & CUDA; naïve café résumé 東京 emoji 🙂 <|endoftext|> don't it's").split(" ")
+    docs = []
+    for i in range(n):
+        length = int(rng.integers(0, 300)) if i != 7 else 2500  # doc 7 spans shards
+        docs.append(" ".join(rng.choice(words, size=length)) + ("\n\n" if i % 3 else ""))
+    docs[3] = ""  # an empty document still gets its <|endoftext|>
+    return docs
+
+
+def reference_shards(docs, shard_size):
+    """What llm.c's fineweb.py writes: every document as <|endoftext|> then its
+    encode_ordinary tokens, the stream cut into shard_size pieces."""
+    enc = gpt2_encoding()
+    stream = []
+    for doc in docs:
+        stream.append(EOT)
+        stream.extend(enc.encode_ordinary(doc))
+    return [np.array(stream[i:i + shard_size], dtype=np.uint16)
+            for i in range(0, len(stream), shard_size)]
+
+
+def shard_names(name, count):
+    return [f"{name}_{'val' if i == 0 else 'train'}_{i:06d}.bin" for i in range(count)]
+
+
+def assert_shards(out_dir, name, expected):
+    names = shard_names(name, len(expected))
+    assert sorted(f for f in os.listdir(out_dir) if f.endswith(".bin")) == sorted(names)
+    for fname, want in zip(names, expected):
+        np.testing.assert_array_equal(read_shard(os.path.join(out_dir, fname)), want)
+
+
+def write_parquet(folder, docs):
+    os.makedirs(folder, exist_ok=True)
+    half = len(docs) // 2  # two files, several row groups each: order must hold across them
+    for i, part in enumerate([docs[:half], docs[half:]]):
+        table = pa.table({"id": list(range(len(part))), "text": part})
+        pq.write_table(table, os.path.join(folder, f"part{i}.parquet"), row_group_size=16)
+    return folder
+
+
+def write_jsonl(path, docs, field="text"):
+    with open(path, "w", encoding="utf-8") as f:
+        for i, doc in enumerate(docs):
+            f.write(json.dumps({"n": i, field: doc}) + "\n")
+    return path
+
+
+def run(inputs, out_dir, name="t", **kw):
+    builder, files = fineweb.list_local_files(inputs)
+    source = {"kind": "local", "builder": builder, "files": files}
+    return fineweb.prepare(source, str(out_dir), name, kw.pop("shard_size", SHARD_SIZE),
+                           progress=False, **kw)
+
+
+def test_parquet_and_jsonl_give_llmc_shards(tmp_path):
+    docs = make_docs()
+    expected = reference_shards(docs, SHARD_SIZE)
+    assert len(expected) >= 4
+    run([write_parquet(tmp_path / "pq", docs)], tmp_path / "a", num_threads=2)
+    assert_shards(tmp_path / "a", "t", expected)
+    run([write_jsonl(tmp_path / "docs.jsonl", docs)], tmp_path / "b", num_threads=3)
+    assert_shards(tmp_path / "b", "t", expected)
+
+
+def test_text_files_are_one_document_each(tmp_path):
+    docs = make_docs(12, seed=1)
+    folder = tmp_path / "txt"
+    os.makedirs(folder / "sub")
+    for i, doc in enumerate(docs):  # sorted walk order: 00.txt .. 11.txt
+        with open(folder / ("sub" if i > 5 else "") / f"{i:02d}.txt", "w", encoding="utf-8") as f:
+            f.write(doc)
+    run([folder], tmp_path / "out", shard_size=700)
+    assert_shards(tmp_path / "out", "t", reference_shards(docs, 700))
+
+
+def test_resume_after_interruption_skips_finished_shards(tmp_path, monkeypatch):
+    docs = make_docs(150, seed=2)
+    expected = reference_shards(docs, SHARD_SIZE)
+    src = write_parquet(tmp_path / "pq", docs)
+    run([src], tmp_path / "out", max_shards=2)
+    assert_shards(tmp_path / "out", "t", expected[:2])
+
+    # interrupted while writing shard 3: a temp file is left, no progress for it
+    real_write = fineweb.write_shard
+    def failing_write(path, tokens):
+        if path.endswith("_000003.bin"):
+            open(path + ".tmp.1", "wb").write(b"partial")
+            raise KeyboardInterrupt
+        real_write(path, tokens)
+    monkeypatch.setattr(fineweb, "write_shard", failing_write)
+    with pytest.raises(KeyboardInterrupt):
+        run([src], tmp_path / "out")
+    monkeypatch.setattr(fineweb, "write_shard", real_write)
+
+    # the finished shards are not tokenized again
+    written = []
+    monkeypatch.setattr(fineweb, "write_shard", lambda p, t: (written.append(p), real_write(p, t)))
+    run([src], tmp_path / "out")
+    assert [os.path.basename(p) for p in written] == shard_names("t", len(expected))[3:]
+    os.remove(tmp_path / "out" / "t_train_000003.bin.tmp.1")
+    assert_shards(tmp_path / "out", "t", expected)
+    progress = json.load(open(tmp_path / "out" / "t_progress.json"))
+    assert progress["complete"] and len(progress["shards"]) == len(expected)
+
+    # a damaged shard is written again, the ones before it kept
+    with open(tmp_path / "out" / "t_train_000002.bin", "r+b") as f:
+        f.truncate(2000)
+    written.clear()
+    run([src], tmp_path / "out")
+    assert [os.path.basename(p) for p in written] == shard_names("t", len(expected))[2:]
+    assert_shards(tmp_path / "out", "t", expected)
+
+
+def test_hub_path_streams_the_named_sample(tmp_path, monkeypatch):
+    import datasets
+    docs = make_docs(40, seed=3)
+    src = write_parquet(tmp_path / "pq", docs)
+    calls = []
+    real_load = datasets.load_dataset
+    def fake_hub(path, name=None, **kw):
+        calls.append((path, name, kw))
+        return real_load("parquet", data_files=sorted(map(str, src.glob("*.parquet"))), **kw)
+    monkeypatch.setattr(datasets, "load_dataset", fake_hub)
+    out = tmp_path / "hub"
+    fineweb.main(["-t", "edu", "-v", "100B", "-s", "1000", "-o", str(out)])
+    assert calls == [("HuggingFaceFW/fineweb-edu", "sample-100BT",
+                      {"split": "train", "streaming": True})]
+    assert_shards(out, "edu_fineweb", reference_shards(docs, 1000))
+
+
+def test_clear_errors(tmp_path, capsys):
+    docs = make_docs(10)
+    jsonl = write_jsonl(tmp_path / "d.jsonl", docs, field="body")
+    write_parquet(tmp_path / "mixed", docs)
+    write_jsonl(tmp_path / "mixed" / "x.jsonl", docs)
+    cases = [
+        (["--input", str(tmp_path / "nope")], "nope: no such file or folder"),
+        (["--input", str(tmp_path / "mixed")], "inputs mix formats"),
+        (["--input", str(jsonl), "-o", str(tmp_path / "o1")], "no column 'text'"),
+        (["--input", str(tmp_path / "d.jsonl"), "-s", "0"], "--shard-size must be"),
+    ]
+    for argv, message in cases:
+        with pytest.raises(SystemExit):
+            fineweb.main(argv)
+        assert message in capsys.readouterr().err
+    # the same folder asked for another shard size: refuse instead of mixing shards
+    fineweb.main(["--input", str(jsonl), "--text-column", "body", "-o", str(tmp_path / "o2"),
+                  "-s", "500"])
+    with pytest.raises(SystemExit):
+        fineweb.main(["--input", str(jsonl), "--text-column", "body", "-o", str(tmp_path / "o2"),
+                      "-s", "600"])
+    assert "holds shards of another job" in capsys.readouterr().err
+
+
+def test_command_line(tmp_path):
+    docs = make_docs(30, seed=4)
+    jsonl = write_jsonl(tmp_path / "corpus.jsonl", docs)
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "data_prep", "fineweb.py"),
+                           "--input", str(jsonl), "-o", str(out), "-s", "800"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert_shards(out, "corpus", reference_shards(docs, 800))
