@@ -6,8 +6,8 @@ CUDA backend's bf16 activations and activation gradients alone. Tolerances:
 
 - logits: ||gpu - cpu|| / ||cpu|| < 2e-2
 - mean loss: |gpu - cpu| < 1e-2; per-token losses: max |gpu - cpu| < 5e-2
-- every parameter tensor's gradient: ||gpu - cpu|| / ||cpu|| < 5e-2
-- 20 AdamW steps: every loss within 0.1 of the CPU run's (losses ~4-6)
+- every parameter tensor's gradient: ||gpu - cpu|| / ||cpu|| < 2e-2 (seen: 2e-3..7e-3)
+- 20 AdamW steps: every loss within 0.02 of the CPU run's (losses 6 -> 2.7; seen: 2.3e-3)
 - same seed, same batches: bit-identical losses, norms and weights; a run
   resumed from a checkpoint repeats the uninterrupted one bit for bit.
 """
@@ -93,7 +93,7 @@ def test_forward_backward_match_cpu(cfg, B, T):
         else:
             errors[name] = rel(gg[sl], gc[sl])
     print("gradient relative errors:", {k: f"{v:.2e}" for k, v in errors.items()})
-    bad = {k: v for k, v in errors.items() if not v < 5e-2}
+    bad = {k: v for k, v in errors.items() if not v < 2e-2}
     assert not bad, bad
 
     # eval on a shorter batch than planned (another attention graph)
@@ -116,7 +116,7 @@ def test_training_tracks_cpu():
         losses.append((lc, lg))
         assert abs(ng - nc) < 0.05 * nc + 1e-3, (ng, nc)
     print("losses (cpu, gpu):", [(round(a, 4), round(b, 4)) for a, b in losses])
-    assert max(diffs) < 0.1, max(diffs)
+    assert max(diffs) < 0.02, max(diffs)
     assert losses[-1][1] < losses[0][1] - 1.0  # it learns
     assert gpu.step_count == 20
 
@@ -135,7 +135,9 @@ def test_deterministic():
     runs = []
     for _ in range(2):
         m = pyllmc.Model.from_config(SMALL, device="cuda", max_batch_size=B, max_seq_len=T, seed=7)
-        runs.append((train(m, batches), m.parameters(), m.gradients()))
+        losses = train(m, batches)
+        m.backward(*batches[0])
+        runs.append((losses, m.parameters(), m.gradients()))
         m.close()
     assert runs[0][0] == runs[1][0]
     assert np.array_equal(runs[0][1], runs[1][1])
