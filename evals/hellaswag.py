@@ -23,7 +23,6 @@ import json
 import os
 import sys
 import time
-import urllib.error
 import urllib.request
 import warnings
 from concurrent.futures import ThreadPoolExecutor
