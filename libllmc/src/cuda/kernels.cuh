@@ -9,9 +9,14 @@
 
 #include "common.cuh"
 
-/* Blocks used by the two-pass column reductions; partial buffers hold
- * REDUCE_BLOCKS rows of the reduced width. */
-#define REDUCE_BLOCKS 256
+/* The two-pass reductions: a fixed grid writes rows of partial sums, then
+ * add_partials adds them in a fixed order. Blocks of the LayerNorm backward
+ * (2C wide partials), row splits of the bias gradient (OC <= 4C wide), blocks
+ * of the sum of squares; the partial buffer holds PARTIAL_FLOATS(C) floats. */
+#define LN_BACKWARD_BLOCKS 512
+#define BIAS_ROW_SPLITS 128
+#define SUM_SQUARES_BLOCKS 256
+#define PARTIAL_FLOATS(C) ((size_t)1024 * (C))
 
 /* encoder.cu: token + position embeddings, and their gradients.
  * The wte gradient is gathered per distinct token: `order` lists the rows
@@ -29,15 +34,16 @@ void layernorm_forward(bf16 *out, float *mean, float *rstd, const bf16 *inp, con
 void residual_layernorm_forward(bf16 *res_out, bf16 *out, float *mean, float *rstd,
                                 const bf16 *res_in, const bf16 *branch, const bf16 *w,
                                 const bf16 *b, int N, int C, cudaStream_t s);
-/* dinp += dLN/dinp; dw, db += (fp32). partial: REDUCE_BLOCKS * 2C floats. */
+/* dinp += dLN/dinp; dw, db += (fp32). */
 void layernorm_backward(bf16 *dinp, float *dw, float *db, float *partial, const bf16 *dout,
                         const bf16 *inp, const bf16 *w, const float *mean, const float *rstd,
                         int N, int C, cudaStream_t s);
 
-/* reduce.cu: out0[c] += sum over REDUCE_BLOCKS rows of partial (width n) for c < split,
+/* reduce.cu: out0[c] += sum over `rows` rows of partial (width n) for c < split,
  * out1[c - split] for the rest. */
-void add_partials(float *out0, float *out1, const float *partial, int n, int split, cudaStream_t s);
-/* reduce.cu: dbias += column sums of dout (N, OC). partial: REDUCE_BLOCKS * OC floats. */
+void add_partials(float *out0, float *out1, const float *partial, int rows, int n, int split,
+                  cudaStream_t s);
+/* reduce.cu: dbias += column sums of dout (N, OC). */
 void bias_backward(float *dbias, float *partial, const bf16 *dout, int N, int OC, cudaStream_t s);
 
 /* gelu.cu: GELU (tanh form), for recomputing the MLP activation in backward. */
@@ -60,7 +66,7 @@ void adamw_update(float *master, bf16 *param, float *m, float *v, const float *g
 void round_params(bf16 *param, const float *master, size_t n, uint32_t seed, size_t index0,
                   cudaStream_t s);
 
-/* reduce.cu: *out = sum of squares of x (n floats). partial: REDUCE_BLOCKS floats. */
+/* reduce.cu: *out = sum of squares of x (n floats, a multiple of 4). */
 void sum_squares(float *out, float *partial, const float *x, size_t n, cudaStream_t s);
 /* *out = sum of x in double, in a fixed order. */
 void sum_losses(double *out, const float *x, size_t n, cudaStream_t s);

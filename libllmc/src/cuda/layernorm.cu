@@ -139,7 +139,7 @@ void layernorm_backward(bf16 *dinp, float *dw, float *db, float *partial, const 
                              (int)smem);
         smem_set = smem;
     }
-    layernorm_backward_kernel<<<REDUCE_BLOCKS, 32 * ROWS_PER_BLOCK, smem, s>>>(
+    layernorm_backward_kernel<<<LN_BACKWARD_BLOCKS, 32 * ROWS_PER_BLOCK, smem, s>>>(
         dinp, partial, dout, inp, w, mean, rstd, N, C);
-    add_partials(dw, db, partial, 2 * C, C, s);
+    add_partials(dw, db, partial, LN_BACKWARD_BLOCKS, 2 * C, C, s);
 }

@@ -192,7 +192,7 @@ llmc_status plan(llmc_model *m, Cuda *g) {
     /* at least two rows: logits() reuses it for one row of fp32 */
     TRY(alloc_n(g, &g->logits, std::max<size_t>(2, std::min<size_t>(N, CLASSIFIER_CHUNK_ROWS)) * g->Vp,
                 "logits chunk"));
-    TRY(alloc_n(g, &g->partial, (size_t)REDUCE_BLOCKS * 4 * C, "reduction scratch"));
+    TRY(alloc_n(g, &g->partial, PARTIAL_FLOATS(C), "reduction scratch"));
     TRY(alloc_n(g, &g->norm, 1, "scalars"));
     TRY(alloc_n(g, &g->loss, 1, "scalars"));
     g->next.assign(g->Vp, 0);

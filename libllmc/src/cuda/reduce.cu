@@ -1,43 +1,66 @@
 /*
  * reduce.cu: deterministic reductions. Each is two passes: a fixed grid of
- * REDUCE_BLOCKS blocks writes partial sums, then one pass adds them in a fixed
+ * grid of blocks writes partial sums, then one pass adds them in a fixed
  * order. No atomics, so the same inputs always give the same bits.
  */
 #include "kernels.cuh"
 
-__global__ void add_partials_kernel(float *out0, float *out1, const float *partial, int n,
-                                    int split) {
-    const int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= n) return;
+/* out[c] += sum over k < rows of partial[k][c]. Block (32, 8): 32 columns
+ * side by side (coalesced), 8 threads splitting the k range; their 8 sums are
+ * then added in a fixed order. Loads are unrolled so that many are in flight. */
+__global__ void add_partials_kernel(float *out0, float *out1, const float *partial, int rows,
+                                    int n, int split) {
+    __shared__ float sums[8][32];
+    const int c = blockIdx.x * 32 + threadIdx.x;
     float s = 0.0f;
-    for (int k = 0; k < REDUCE_BLOCKS; k++) s += partial[(size_t)k * n + c];
-    if (c < split)
-        out0[c] += s;
-    else
-        out1[c - split] += s;
-}
-
-void add_partials(float *out0, float *out1, const float *partial, int n, int split, cudaStream_t s) {
-    add_partials_kernel<<<ceil_div(n, 256), 256, 0, s>>>(out0, out1, partial, n, split);
-}
-
-/* Column sums of dout (N, OC): each thread sums 8 columns over a fixed
- * stride of rows into its block's partial row. */
-__global__ void bias_backward_kernel(float *partial, const bf16 *dout, int N, int OC) {
-    const int c = (blockIdx.y * blockDim.x + threadIdx.x) * 8;
-    if (c >= OC) return;
-    float acc[8] = {0};
-    for (int row = blockIdx.x; row < N; row += gridDim.x) {
-        Vec16<bf16> d = load16(dout + (size_t)row * OC + c);
-        for (int k = 0; k < 8; k++) acc[k] += __bfloat162float(d.v[k]);
+    if (c < n) {
+#pragma unroll 8
+        for (int k = threadIdx.y; k < rows; k += 8) s += partial[(size_t)k * n + c];
     }
-    for (int k = 0; k < 8; k++) partial[(size_t)blockIdx.x * OC + c + k] = acc[k];
+    sums[threadIdx.y][threadIdx.x] = s;
+    __syncthreads();
+    if (threadIdx.y != 0 || c >= n) return;
+    float t = 0.0f;
+    for (int y = 0; y < 8; y++) t += sums[y][threadIdx.x];
+    if (c < split)
+        out0[c] += t;
+    else
+        out1[c - split] += t;
+}
+
+void add_partials(float *out0, float *out1, const float *partial, int rows, int n, int split,
+                  cudaStream_t s) {
+    add_partials_kernel<<<ceil_div(n, 32), dim3(32, 8), 0, s>>>(out0, out1, partial, rows, n,
+                                                                 split);
+}
+
+/* Column sums of dout (N, OC). Block (32, 8) covers 256 columns (8 per
+ * thread, 16-byte loads) and 8 rows at a time; grid.y = BIAS_ROW_SPLITS
+ * blocks stride down the rows, each writing one row of partial sums. */
+__global__ void bias_backward_kernel(float *partial, const bf16 *dout, int N, int OC) {
+    __shared__ float sums[8][256];
+    const int c = (blockIdx.x * 32 + threadIdx.x) * 8;
+    float acc[8] = {0};
+    if (c < OC) {
+#pragma unroll 4
+        for (int row = blockIdx.y * 8 + threadIdx.y; row < N; row += gridDim.y * 8) {
+            Vec16<bf16> d = load16(dout + (size_t)row * OC + c);
+            for (int k = 0; k < 8; k++) acc[k] += __bfloat162float(d.v[k]);
+        }
+    }
+    for (int k = 0; k < 8; k++) sums[threadIdx.y][threadIdx.x * 8 + k] = acc[k];
+    __syncthreads();
+    const int t = threadIdx.y * 32 + threadIdx.x, col = blockIdx.x * 256 + t;
+    if (col >= OC) return;
+    float s = 0.0f;
+    for (int y = 0; y < 8; y++) s += sums[y][t];
+    partial[(size_t)blockIdx.y * OC + col] = s;
 }
 
 void bias_backward(float *dbias, float *partial, const bf16 *dout, int N, int OC, cudaStream_t s) {
-    dim3 grid(REDUCE_BLOCKS, ceil_div(OC / 8, 128));
-    bias_backward_kernel<<<grid, 128, 0, s>>>(partial, dout, N, OC);
-    add_partials(dbias, dbias, partial, OC, OC, s);
+    bias_backward_kernel<<<dim3(ceil_div(OC, 256), BIAS_ROW_SPLITS), dim3(32, 8), 0, s>>>(
+        partial, dout, N, OC);
+    add_partials(dbias, dbias, partial, BIAS_ROW_SPLITS, OC, OC, s);
 }
 
 __device__ float block_sum(float v, float *shared32) {
@@ -67,12 +90,12 @@ __global__ void sum_squares_kernel(float *partial, const float *x, size_t n) {
 __global__ void sum_partials_kernel(float *out, const float *partial) {
     if (threadIdx.x != 0) return;
     float s = 0.0f;
-    for (int k = 0; k < REDUCE_BLOCKS; k++) s += partial[k];
+    for (int k = 0; k < SUM_SQUARES_BLOCKS; k++) s += partial[k];
     *out = s;
 }
 
 void sum_squares(float *out, float *partial, const float *x, size_t n, cudaStream_t s) {
-    sum_squares_kernel<<<REDUCE_BLOCKS, 512, 0, s>>>(partial, x, n);
+    sum_squares_kernel<<<SUM_SQUARES_BLOCKS, 512, 0, s>>>(partial, x, n);
     sum_partials_kernel<<<1, 32, 0, s>>>(out, partial);
 }
 
