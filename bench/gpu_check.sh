@@ -4,7 +4,7 @@
 #   bash bench/gpu_check.sh [full|quick|profile]
 #     full (default): tests, HellaSwag timing, every benchmark
 #     quick: tests and the two d12 benchmarks
-#     profile: tests, the two d12 benchmarks, and an nsys kernel-time summary of d12
+#     profile: tests and a kernel-time profile of d12 (bench/gpu_profile.py)
 # Needs, carried beside the tree when the machine has no network:
 #   .carry/cudnn-frontend/include  the cudnn-frontend headers (pip nvidia-cudnn-frontend)
 #   .carry/whl/*.whl               wheels the machine lacks (scipy-openblas32)
@@ -34,28 +34,12 @@ if [ "$MODE" = full ]; then
         timeout 150 python3 bench/hellaswag_bench.py --preset d12 --device cuda 2>&1 | tail -8 | tee "$OUT/hellaswag.log"
     fi
     python3 bench/gpu_bench.py --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
-else
+elif [ "$MODE" = quick ]; then
     python3 bench/gpu_bench.py --run d12,64,1024,8,0 --run d12,64,1024,8,1 --steps 5 \
         --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
 fi
 if [ "$MODE" = profile ]; then
-    NSYS=$(command -v nsys || ls /usr/local/cuda/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | head -1)
-    if [ -n "$NSYS" ]; then
-        "$NSYS" profile -t cuda -o /tmp/llmc_prof --force-overwrite true python3 bench/gpu_bench.py \
-            --child --run d12,64,1024,2,0 --steps 1 --warmup 1 > "$OUT/nsys.log" 2>&1
-        "$NSYS" stats -q --report cuda_gpu_kern_sum --format csv /tmp/llmc_prof.nsys-rep \
-            > "$OUT/kernels.csv" 2>>"$OUT/nsys.log"
-        python3 - "$OUT/kernels.csv" <<'PY'
-import csv, sys
-rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 8]
-head, rows = rows[0], rows[1:]
-print("kernel time share (d12, 3 steps of 2 micro-steps):")
-for r in rows[:22]:
-    print(f"{float(r[0]):5.1f}%  {float(r[1]) / 1e6:8.1f} ms  {int(r[2]):6d}x  {r[-1][:90]}")
-PY
-    else
-        echo "nsys not found: no profile"
-    fi
+    python3 bench/gpu_profile.py 2>&1 | tee "$OUT/profile.log"
 fi
 echo "tests: $(grep -E "passed|failed" "$OUT/tests.log" | tail -1)"
 exit $tests_rc
