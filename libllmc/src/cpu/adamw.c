@@ -6,21 +6,30 @@
 
 #include "layers.h"
 
-/* Blocks of a fixed size summed in parallel, then the block sums in order:
- * the result depends on n only, never on the thread count. */
+/* Blocks of a fixed size are summed in parallel, a round of up to
+ * SUM_ROUND_BLOCKS at a time, and their sums then added in order: the result
+ * depends on n only, never on the thread count. */
 #define SUM_BLOCK 65536
+#define SUM_ROUND_BLOCKS 256
 
 double sum_squares(const float *x, size_t n) {
-    const size_t blocks = (n + SUM_BLOCK - 1) / SUM_BLOCK;
     double total = 0.0;
-#pragma omp parallel for ordered schedule(static, 1)
-    for (size_t blk = 0; blk < blocks; blk++) {
-        const size_t start = blk * SUM_BLOCK, end = start + SUM_BLOCK < n ? start + SUM_BLOCK : n;
-        double s = 0.0;
+    for (size_t round = 0; round < n; round += (size_t)SUM_BLOCK * SUM_ROUND_BLOCKS) {
+        const size_t left = n - round;
+        const int blocks = left >= (size_t)SUM_BLOCK * SUM_ROUND_BLOCKS
+                               ? SUM_ROUND_BLOCKS
+                               : (int)((left + SUM_BLOCK - 1) / SUM_BLOCK);
+        double partial[SUM_ROUND_BLOCKS];
+#pragma omp parallel for schedule(static)
+        for (int blk = 0; blk < blocks; blk++) {
+            const size_t start = round + (size_t)blk * SUM_BLOCK;
+            const size_t end = start + SUM_BLOCK < n ? start + SUM_BLOCK : n;
+            double s = 0.0;
 #pragma omp simd reduction(+ : s)
-        for (size_t i = start; i < end; i++) s += (double)x[i] * x[i];
-#pragma omp ordered
-        total += s;
+            for (size_t i = start; i < end; i++) s += (double)x[i] * x[i];
+            partial[blk] = s;
+        }
+        for (int blk = 0; blk < blocks; blk++) total += partial[blk];
     }
     return total;
 }

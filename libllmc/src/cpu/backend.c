@@ -74,16 +74,16 @@ typedef struct {
 
 static size_t padded(size_t count) { return (count + 15) & ~(size_t)15; } /* 64 bytes */
 
-/* Allocates the buffers (zeroed) in one block; LLMC_ERR_OUT_OF_MEMORY naming
- * `what` when the host has no room. */
-static llmc_status arena_alloc(arena *a, buffer *bufs, int n, const char *what) {
+/* Allocates the buffers in one block (zeroed if asked); LLMC_ERR_OUT_OF_MEMORY
+ * naming `what` when the host has no room. */
+static llmc_status arena_alloc(arena *a, buffer *bufs, int n, int zeroed, const char *what) {
     size_t total = 0;
     for (int i = 0; i < n; i++) total += padded(bufs[i].count);
     float *mem = aligned_alloc(64, (total ? total : 16) * sizeof(float));
     if (mem == NULL)
         return llmc_error(LLMC_ERR_OUT_OF_MEMORY, "out of host memory for the %s (%.2f GiB)", what,
                           (double)total * sizeof(float) / (1 << 30));
-    memset(mem, 0, total * sizeof(float));
+    if (zeroed) memset(mem, 0, total * sizeof(float));
     size_t offset = 0;
     for (int i = 0; i < n; i++) {
         *bufs[i].ptr = mem + offset;
@@ -127,7 +127,7 @@ static llmc_status alloc_activations(llmc_model *m, int blocks) {
     };
     arena mem;
     /* the buffers above are written only if the allocation succeeds */
-    llmc_status st = arena_alloc(&mem, bufs, sizeof bufs / sizeof bufs[0], "activations");
+    llmc_status st = arena_alloc(&mem, bufs, sizeof bufs / sizeof bufs[0], 0, "activations");
     if (st != LLMC_OK) {
         free(ba);
         return st;
@@ -163,7 +163,7 @@ static llmc_status ensure_training_state(llmc_model *m) {
         {&s->datty, N * C},        {&s->dqkv, N * 3 * C}, {&s->dfch, N * 4 * C},
         {&s->att_scratch, s->threads * attention_scratch_floats(T)},
     };
-    llmc_status st = arena_alloc(&s->grads_mem, bufs, sizeof bufs / sizeof bufs[0], "gradients");
+    llmc_status st = arena_alloc(&s->grads_mem, bufs, sizeof bufs / sizeof bufs[0], 0, "gradients");
     if (st != LLMC_OK) return st;
     split_tensors(m, grads, s->grad);
     if (s->stored_blocks < m->config.num_layers) {
@@ -180,18 +180,36 @@ static llmc_status ensure_moments(llmc_model *m) {
     cpu_state *s = m->impl;
     if (s->moments_mem.mem) return LLMC_OK;
     buffer bufs[] = {{&s->mom1, m->num_params}, {&s->mom2, m->num_params}};
-    return arena_alloc(&s->moments_mem, bufs, 2, "AdamW moments");
+    return arena_alloc(&s->moments_mem, bufs, 2, 1, "AdamW moments");
+}
+
+/* Floats of the whole training plan, in double: an upper bound for every
+ * buffer size computed later, checked once so that none can wrap around. */
+static double training_plan_floats(const llmc_model *m, int threads) {
+    const double B = m->options.max_batch_size, T = m->options.max_seq_len, N = B * T;
+    const double C = m->config.channels, NH = m->config.num_heads, L = m->config.num_layers;
+    const double per_block = N * (16 * C + 4) + B * NH * T * T;
+    const double others = N * (3 * C + 3) + CLASSIFIER_CHUNK_ROWS * (double)m->config.vocab_size;
+    const double grads = N * 10 * C + threads * (T * T + 16);
+    return 4.0 * m->num_params + L * per_block + others + grads + 1024.0 * 16;
 }
 
 static llmc_status cpu_create(llmc_model *m) {
+    const int threads = m->options.num_threads > 0 ? m->options.num_threads : omp_get_num_procs();
+    const double plan = training_plan_floats(m, threads);
+    if (plan * sizeof(float) > 0x1p60)
+        return llmc_error(LLMC_ERR_OUT_OF_MEMORY,
+                          "max_batch_size %d x max_seq_len %d would need %.3g GiB of host memory",
+                          m->options.max_batch_size, m->options.max_seq_len,
+                          plan * sizeof(float) / (1 << 30));
     cpu_state *s = calloc(1, sizeof *s);
     if (s == NULL) return llmc_error(LLMC_ERR_OUT_OF_MEMORY, "out of host memory");
     m->impl = s;
-    s->threads = m->options.num_threads > 0 ? m->options.num_threads : omp_get_num_procs();
+    s->threads = threads;
     cpu_blas_init();
     float *params = NULL;
     buffer bufs[] = {{&params, m->num_params}};
-    llmc_status st = arena_alloc(&s->params_mem, bufs, 1, "parameters");
+    llmc_status st = arena_alloc(&s->params_mem, bufs, 1, 0, "parameters");
     if (st == LLMC_OK) st = alloc_activations(m, 1);
     if (st != LLMC_OK) {
         arena_free(&s->params_mem);
@@ -217,8 +235,7 @@ static void cpu_destroy(llmc_model *m) {
 
 static size_t cpu_memory_bytes(const llmc_model *m) {
     const cpu_state *s = m->impl;
-    return s->params_mem.bytes + s->acts_mem.bytes + s->grads_mem.bytes + s->moments_mem.bytes +
-           (size_t)s->stored_blocks * sizeof(block_acts);
+    return s->params_mem.bytes + s->acts_mem.bytes + s->grads_mem.bytes + s->moments_mem.bytes;
 }
 
 /* Every entry point starts here. */
