@@ -11,12 +11,12 @@
 
 /* The two-pass reductions: a fixed grid writes rows of partial sums, then
  * add_partials adds them in a fixed order. Blocks of the LayerNorm backward
- * (2C wide partials), row splits of the bias gradient (OC <= 4C wide), blocks
+ * (3C wide partials), row splits of the bias gradient (OC <= 4C wide), blocks
  * of the sum of squares; the partial buffer holds PARTIAL_FLOATS(C) floats. */
 #define LN_BACKWARD_BLOCKS 512
 #define BIAS_ROW_SPLITS 128
 #define SUM_SQUARES_BLOCKS 256
-#define PARTIAL_FLOATS(C) ((size_t)1024 * (C))
+#define PARTIAL_FLOATS(C) ((size_t)LN_BACKWARD_BLOCKS * 3 * (C))
 
 /* encoder.cu: token + position embeddings, and their gradients.
  * The wte gradient is gathered per distinct token: `order` lists the rows
@@ -34,15 +34,18 @@ void layernorm_forward(bf16 *out, float *mean, float *rstd, const bf16 *inp, con
 void residual_layernorm_forward(bf16 *res_out, bf16 *out, float *mean, float *rstd,
                                 const bf16 *res_in, const bf16 *branch, const bf16 *w,
                                 const bf16 *b, int N, int C, cudaStream_t s);
-/* dinp += dLN/dinp; dw, db += (fp32). */
-void layernorm_backward(bf16 *dinp, float *dw, float *db, float *partial, const bf16 *dout,
-                        const bf16 *inp, const bf16 *w, const float *mean, const float *rstd,
-                        int N, int C, cudaStream_t s);
+/* dinp += dLN/dinp; dw, db += (fp32); and when dsum is not NULL, dsum +=
+ * the column sums of the updated dinp: the bias gradient of the projection
+ * whose output joined the residual stream there, at no extra pass. */
+#define LN_MAX_CHANNELS 2048
+void layernorm_backward(bf16 *dinp, float *dw, float *db, float *dsum, float *partial,
+                        const bf16 *dout, const bf16 *inp, const bf16 *w, const float *mean,
+                        const float *rstd, int N, int C, cudaStream_t s);
 
-/* reduce.cu: out0[c] += sum over `rows` rows of partial (width n) for c < split,
- * out1[c - split] for the rest. */
-void add_partials(float *out0, float *out1, const float *partial, int rows, int n, int split,
-                  cudaStream_t s);
+/* reduce.cu: for c < n, out0[c] (c < split) or out1[c - split] += the sum over
+ * k < rows of partial[k * width + c]. */
+void add_partials(float *out0, float *out1, const float *partial, int rows, int width, int n,
+                  int split, cudaStream_t s);
 /* reduce.cu: dbias += column sums of dout (N, OC). */
 void bias_backward(float *dbias, float *partial, const bf16 *dout, int N, int OC, cudaStream_t s);
 

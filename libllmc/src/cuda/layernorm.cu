@@ -3,6 +3,8 @@
  * before it) and backward. One warp per row; each lane owns 8 consecutive
  * channels per 256-channel slice, so that every access is 16 bytes wide.
  */
+#include <algorithm>
+
 #include "kernels.cuh"
 
 #define LN_EPS 1e-5f
@@ -80,66 +82,125 @@ void residual_layernorm_forward(bf16 *res_out, bf16 *out, float *mean, float *rs
         res_out, out, mean, rstd, res_in, branch, w, b, N, C);
 }
 
-/* Each warp takes rows in a fixed stride and keeps its own dw/db sums in
- * shared memory (2C floats per warp); the block then adds its warps' sums in
- * order into partial[blockIdx.x]. */
-__global__ void layernorm_backward_kernel(bf16 *dinp, float *partial, const bf16 *dout,
-                                          const bf16 *inp, const bf16 *w, const float *mean,
-                                          const float *rstd, int N, int C) {
+/* Each warp takes rows in a fixed stride. A lane owns channels
+ * lane*8 + 256*j (+0..7) for j < K and keeps their running dw, db (and
+ * column-sum) terms in registers, so the row loop touches no shared memory;
+ * at the end the block adds its warps' sums in order into
+ * partial[blockIdx.x] (3C wide: dw | db | column sums of the new dinp). */
+template <int K>
+__global__ void __launch_bounds__(32 * ROWS_PER_BLOCK)
+    layernorm_backward_kernel(bf16 *dinp, float *partial, const bf16 *dout, const bf16 *inp,
+                              const bf16 *w, const float *mean, const float *rstd, int N, int C) {
     extern __shared__ float smem[];
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    float *acc = smem + (size_t)warp * 2 * C;  // [dw | db] of this warp
-    for (int c = lane; c < 2 * C; c += 32) acc[c] = 0.0f;
-    __syncwarp();
+    float acc_w[K][8] = {}, acc_b[K][8] = {}, acc_s[K][8] = {};
+    Vec16<bf16> wv[K];
+#pragma unroll
+    for (int j = 0; j < K; j++)
+        if (lane * 8 + j * 256 < C) wv[j] = load16(w + lane * 8 + j * 256);
     for (int row = blockIdx.x * ROWS_PER_BLOCK + warp; row < N; row += gridDim.x * ROWS_PER_BLOCK) {
         const size_t off = (size_t)row * C;
         const float mu = mean[row], rs = rstd[row];
+        Vec16<bf16> x[K], dy[K], d[K];
+#pragma unroll
+        for (int j = 0; j < K; j++) {
+            const int c = lane * 8 + j * 256;
+            if (c < C) {
+                x[j] = load16(inp + off + c);
+                dy[j] = load16(dout + off + c);
+                d[j] = load16(dinp + off + c);
+            }
+        }
         float sum_dn = 0.0f, sum_dn_xhat = 0.0f;
-        for (int c = lane * 8; c < C; c += 256) {
-            Vec16<bf16> x = load16(inp + off + c), dy = load16(dout + off + c), wv = load16(w + c);
+#pragma unroll
+        for (int j = 0; j < K; j++) {
+            if (lane * 8 + j * 256 >= C) continue;
+#pragma unroll
             for (int k = 0; k < 8; k++) {
-                const float xhat = (__bfloat162float(x.v[k]) - mu) * rs;
-                const float g = __bfloat162float(dy.v[k]);
-                const float dn = g * __bfloat162float(wv.v[k]);
+                const float xhat = (__bfloat162float(x[j].v[k]) - mu) * rs;
+                const float g = __bfloat162float(dy[j].v[k]);
+                const float dn = g * __bfloat162float(wv[j].v[k]);
                 sum_dn += dn;
                 sum_dn_xhat += dn * xhat;
-                acc[c + k] += g * xhat;
-                acc[C + c + k] += g;
+                acc_w[j][k] += g * xhat;
+                acc_b[j][k] += g;
             }
         }
         sum_dn = warp_sum(sum_dn) / C;
         sum_dn_xhat = warp_sum(sum_dn_xhat) / C;
-        for (int c = lane * 8; c < C; c += 256) {
-            Vec16<bf16> x = load16(inp + off + c), dy = load16(dout + off + c), wv = load16(w + c),
-                        d = load16(dinp + off + c);
+#pragma unroll
+        for (int j = 0; j < K; j++) {
+            const int c = lane * 8 + j * 256;
+            if (c >= C) continue;
+#pragma unroll
             for (int k = 0; k < 8; k++) {
-                const float xhat = (__bfloat162float(x.v[k]) - mu) * rs;
-                const float dn = __bfloat162float(dy.v[k]) * __bfloat162float(wv.v[k]);
+                const float xhat = (__bfloat162float(x[j].v[k]) - mu) * rs;
+                const float dn = __bfloat162float(dy[j].v[k]) * __bfloat162float(wv[j].v[k]);
                 const float dx = (dn - sum_dn - xhat * sum_dn_xhat) * rs;
-                d.v[k] = __float2bfloat16(__bfloat162float(d.v[k]) + dx);
+                d[j].v[k] = __float2bfloat16(__bfloat162float(d[j].v[k]) + dx);
+                acc_s[j][k] += __bfloat162float(d[j].v[k]);
             }
-            store16(dinp + off + c, d);
+            store16(dinp + off + c, d[j]);
+        }
+    }
+    float *mine = smem + (size_t)warp * 3 * C;
+#pragma unroll
+    for (int j = 0; j < K; j++) {
+        const int c = lane * 8 + j * 256;
+        if (c >= C) continue;
+        for (int k = 0; k < 8; k++) {
+            mine[c + k] = acc_w[j][k];
+            mine[C + c + k] = acc_b[j][k];
+            mine[2 * C + c + k] = acc_s[j][k];
         }
     }
     __syncthreads();
-    for (int c = threadIdx.x; c < 2 * C; c += blockDim.x) {
+    for (int c = threadIdx.x; c < 3 * C; c += blockDim.x) {
         float s = 0.0f;
-        for (int k = 0; k < ROWS_PER_BLOCK; k++) s += smem[(size_t)k * 2 * C + c];
-        partial[(size_t)blockIdx.x * 2 * C + c] = s;
+        for (int k = 0; k < ROWS_PER_BLOCK; k++) s += smem[(size_t)k * 3 * C + c];
+        partial[(size_t)blockIdx.x * 3 * C + c] = s;
     }
 }
 
-void layernorm_backward(bf16 *dinp, float *dw, float *db, float *partial, const bf16 *dout,
-                        const bf16 *inp, const bf16 *w, const float *mean, const float *rstd,
-                        int N, int C, cudaStream_t s) {
-    const size_t smem = (size_t)ROWS_PER_BLOCK * 2 * C * sizeof(float);
-    static size_t smem_set = 48 * 1024;
-    if (smem > smem_set) {
-        cudaFuncSetAttribute(layernorm_backward_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             (int)smem);
-        smem_set = smem;
+/* Launches with as many blocks as fit the GPU at once (at most
+ * LN_BACKWARD_BLOCKS): a fixed number for a given device and C, so the
+ * partial sums, and the result, are always the same. */
+template <int K>
+int launch_layernorm_backward(bf16 *dinp, float *partial, const bf16 *dout, const bf16 *inp,
+                              const bf16 *w, const float *mean, const float *rstd, int N, int C,
+                              cudaStream_t s) {
+    const size_t smem = (size_t)ROWS_PER_BLOCK * 3 * C * sizeof(float);
+    static int blocks = 0, blocks_C = 0;
+    if (C != blocks_C) {
+        const int smem_max = ROWS_PER_BLOCK * 3 * 256 * K * (int)sizeof(float);
+        cudaFuncSetAttribute(layernorm_backward_kernel<K>,
+                             cudaFuncAttributeMaxDynamicSharedMemorySize, smem_max);
+        int device = 0, sms = 0, per_sm = 0;
+        cudaGetDevice(&device);
+        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, layernorm_backward_kernel<K>,
+                                                      32 * ROWS_PER_BLOCK, smem);
+        blocks = std::max(1, std::min(LN_BACKWARD_BLOCKS, sms * per_sm));
+        blocks_C = C;
     }
-    layernorm_backward_kernel<<<LN_BACKWARD_BLOCKS, 32 * ROWS_PER_BLOCK, smem, s>>>(
+    layernorm_backward_kernel<K><<<blocks, 32 * ROWS_PER_BLOCK, smem, s>>>(
         dinp, partial, dout, inp, w, mean, rstd, N, C);
-    add_partials(dw, db, partial, LN_BACKWARD_BLOCKS, 2 * C, C, s);
+    return blocks;
+}
+
+void layernorm_backward(bf16 *dinp, float *dw, float *db, float *dsum, float *partial,
+                        const bf16 *dout, const bf16 *inp, const bf16 *w, const float *mean,
+                        const float *rstd, int N, int C, cudaStream_t s) {
+    int blocks = 0;
+    switch (ceil_div(C, 256)) {
+#define LN_CASE(K)                                                                         \
+    case K:                                                                                \
+        blocks = launch_layernorm_backward<K>(dinp, partial, dout, inp, w, mean, rstd, N, C, s); \
+        break;
+        LN_CASE(1) LN_CASE(2) LN_CASE(3) LN_CASE(4) LN_CASE(5) LN_CASE(6) LN_CASE(7) LN_CASE(8)
+#undef LN_CASE
+        default: return;  // C > LN_MAX_CHANNELS is refused when the model is created
+    }
+    add_partials(dw, db, partial, blocks, 3 * C, 2 * C, C, s);
+    if (dsum) add_partials(dsum, dsum, partial + 2 * C, blocks, 3 * C, C, C, s);
 }

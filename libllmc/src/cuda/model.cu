@@ -135,12 +135,12 @@ llmc_status plan(llmc_model *m, Cuda *g) {
     g->recompute = m->options.recompute;
     g->seed = m->options.seed;
     const int HS = g->C / g->NH;
-    if (g->C % 8 || HS % 8 || HS > 128 || g->Vp % 8)
+    if (g->C % 8 || g->C > LN_MAX_CHANNELS || HS % 8 || HS > 128 || g->Vp % 8)
         return llmc_error(LLMC_ERR_UNSUPPORTED,
-                          "the CUDA backend needs channels and head size multiples of 8, head "
-                          "size <= 128 and padded_vocab_size a multiple of 8 (got C=%d, head "
-                          "size %d, padded vocab %d)",
-                          g->C, HS, g->Vp);
+                          "the CUDA backend needs channels and head size multiples of 8, "
+                          "channels <= %d, head size <= 128 and padded_vocab_size a multiple of "
+                          "8 (got C=%d, head size %d, padded vocab %d)",
+                          LN_MAX_CHANNELS, g->C, HS, g->Vp);
     if (g->recompute < 0 || g->recompute > 2)
         return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "recompute must be 0, 1 or 2 (got %d)",
                           g->recompute);
@@ -360,7 +360,7 @@ llmc_status backward_layers(Cuda *g, const int *staged, int num_buckets, int B, 
     cudaStream_t s = g->stream;
     char err[512] = "";
     CUDA_TRY(cudaMemsetAsync(g->dres, 0, (size_t)N * C * sizeof(bf16), s));
-    layernorm_backward(g->dres, G(g, P_LNFW), G(g, P_LNFB), g->partial, g->dC,
+    layernorm_backward(g->dres, G(g, P_LNFW), G(g, P_LNFB), G(g, P_FCPROJB, L - 1), g->partial, g->dC,
                        layer(g, L - 1).res3, P(g, P_LNFW), g->lnf_mean, g->lnf_rstd, N, C, s);
     for (int l = L - 1; l >= 0; l--) {
         Layer a = layer(g, l);
@@ -368,7 +368,6 @@ llmc_status backward_layers(Cuda *g, const int *staged, int num_buckets, int B, 
         /* MLP */
         if (g->recompute >= 1) gelu_forward(a.fch_gelu, a.fch, (size_t)N * 4 * C, s);
         TRY(matmul_backward_weight(g->mm, G(g, P_FCPROJW, l), g->dres, a.fch_gelu, N, 4 * C, C));
-        bias_backward(G(g, P_FCPROJB, l), g->partial, g->dres, N, C, s);
         TRY(matmul_backward_input(g->mm, g->d4C, g->dres, P(g, P_FCPROJW, l), N, 4 * C, C, a.fch));
         if (g->recompute >= 2)
             layernorm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, a.res2, P(g, P_LN2W, l),
@@ -376,11 +375,11 @@ llmc_status backward_layers(Cuda *g, const int *staged, int num_buckets, int B, 
         TRY(matmul_backward_weight(g->mm, G(g, P_FCW, l), g->d4C, a.ln2, N, C, 4 * C));
         bias_backward(G(g, P_FCB, l), g->partial, g->d4C, N, 4 * C, s);
         TRY(matmul_backward_input(g->mm, g->dC, g->d4C, P(g, P_FCW, l), N, C, 4 * C, nullptr));
-        layernorm_backward(g->dres, G(g, P_LN2W, l), G(g, P_LN2B, l), g->partial, g->dC, a.res2,
+        layernorm_backward(g->dres, G(g, P_LN2W, l), G(g, P_LN2B, l), G(g, P_ATTPROJB, l),
+                           g->partial, g->dC, a.res2,
                            P(g, P_LN2W, l), a.ln2_mean, a.ln2_rstd, N, C, s);
         /* attention */
         TRY(matmul_backward_weight(g->mm, G(g, P_ATTPROJW, l), g->dres, a.atty, N, C, C));
-        bias_backward(G(g, P_ATTPROJB, l), g->partial, g->dres, N, C, s);
         TRY(matmul_backward_input(g->mm, g->dC, g->dres, P(g, P_ATTPROJW, l), N, C, C, nullptr));
         bf16 *dqkv = g->d4C;
         TRY(attn_status(attn_backward(g->attn, dqkv, g->dC, a.qkv, a.atty, a.lse, B, T, err,
@@ -391,7 +390,8 @@ llmc_status backward_layers(Cuda *g, const int *staged, int num_buckets, int B, 
         TRY(matmul_backward_weight(g->mm, G(g, P_QKVW, l), dqkv, a.ln1, N, C, 3 * C));
         bias_backward(G(g, P_QKVB, l), g->partial, dqkv, N, 3 * C, s);
         TRY(matmul_backward_input(g->mm, g->dC, dqkv, P(g, P_QKVW, l), N, C, 3 * C, nullptr));
-        layernorm_backward(g->dres, G(g, P_LN1W, l), G(g, P_LN1B, l), g->partial, g->dC, res_in,
+        layernorm_backward(g->dres, G(g, P_LN1W, l), G(g, P_LN1B, l),
+                           l > 0 ? G(g, P_FCPROJB, l - 1) : nullptr, g->partial, g->dC, res_in,
                            P(g, P_LN1W, l), a.ln1_mean, a.ln1_rstd, N, C, s);
     }
     const int *order = staged + 2 * N, *start = staged + 3 * N, *token = staged + 4 * N + 1;
@@ -409,22 +409,20 @@ llmc_status cuda_backward(llmc_model *m, const int32_t *inputs, const int32_t *t
     Cuda *g = impl(m);
     const size_t N = (size_t)B * T, per = staging_ints(N, true);
     TRY(reserve_tokens(g, per * micro_steps, N * micro_steps));
-    /* Sort every micro-step's tokens on the host, then one copy up. */
-    std::vector<int> buckets(micro_steps);
+    CUDA_TRY(cudaMemsetAsync(g->grads, 0, g->total * sizeof(float), g->stream));
+    /* Each micro-step's tokens are sorted on the host and copied up just
+     * before its work is queued, so the host sorts the next while the GPU runs. */
     for (int k = 0; k < micro_steps; k++) {
         int *h = g->tokens_host + k * per;
+        const int *staged = g->tokens + k * per;
         memcpy(h, inputs + k * N, N * sizeof(int));
         memcpy(h + N, targets + k * N, N * sizeof(int));
-        buckets[k] = sort_tokens(g, inputs + k * N, (int)N, h + 2 * N, h + 3 * N, h + 4 * N + 1);
-    }
-    CUDA_TRY(cudaMemcpyAsync(g->tokens, g->tokens_host, per * micro_steps * sizeof(int),
-                             cudaMemcpyHostToDevice, g->stream));
-    CUDA_TRY(cudaMemsetAsync(g->grads, 0, g->total * sizeof(float), g->stream));
-    for (int k = 0; k < micro_steps; k++) {
-        const int *staged = g->tokens + k * per;
+        const int buckets = sort_tokens(g, inputs + k * N, (int)N, h + 2 * N, h + 3 * N, h + 4 * N + 1);
+        CUDA_TRY(cudaMemcpyAsync((void *)staged, h, per * sizeof(int), cudaMemcpyHostToDevice,
+                                 g->stream));
         TRY(forward(g, staged, B, T, true));
         TRY(classifier(g, staged + N, g->losses + k * N, (int)N, loss_scale, true));
-        TRY(backward_layers(g, staged, buckets[k], B, T));
+        TRY(backward_layers(g, staged, buckets, B, T));
     }
     sum_losses(g->loss, g->losses, N * micro_steps, g->stream);
     CUDA_CHECK_LAUNCH();

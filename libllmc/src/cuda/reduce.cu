@@ -5,17 +5,17 @@
  */
 #include "kernels.cuh"
 
-/* out[c] += sum over k < rows of partial[k][c]. Block (32, 8): 32 columns
+/* out[c] += sum over k < rows of partial[k * width + c]. Block (32, 8): 32 columns
  * side by side (coalesced), 8 threads splitting the k range; their 8 sums are
  * then added in a fixed order. Loads are unrolled so that many are in flight. */
 __global__ void add_partials_kernel(float *out0, float *out1, const float *partial, int rows,
-                                    int n, int split) {
+                                    int width, int n, int split) {
     __shared__ float sums[8][32];
     const int c = blockIdx.x * 32 + threadIdx.x;
     float s = 0.0f;
     if (c < n) {
 #pragma unroll 8
-        for (int k = threadIdx.y; k < rows; k += 8) s += partial[(size_t)k * n + c];
+        for (int k = threadIdx.y; k < rows; k += 8) s += partial[(size_t)k * width + c];
     }
     sums[threadIdx.y][threadIdx.x] = s;
     __syncthreads();
@@ -28,10 +28,10 @@ __global__ void add_partials_kernel(float *out0, float *out1, const float *parti
         out1[c - split] += t;
 }
 
-void add_partials(float *out0, float *out1, const float *partial, int rows, int n, int split,
-                  cudaStream_t s) {
-    add_partials_kernel<<<ceil_div(n, 32), dim3(32, 8), 0, s>>>(out0, out1, partial, rows, n,
-                                                                 split);
+void add_partials(float *out0, float *out1, const float *partial, int rows, int width, int n,
+                  int split, cudaStream_t s) {
+    add_partials_kernel<<<ceil_div(n, 32), dim3(32, 8), 0, s>>>(out0, out1, partial, rows, width,
+                                                                 n, split);
 }
 
 /* Column sums of dout (N, OC). Block (32, 8) covers 256 columns (8 per
@@ -60,7 +60,7 @@ __global__ void bias_backward_kernel(float *partial, const bf16 *dout, int N, in
 void bias_backward(float *dbias, float *partial, const bf16 *dout, int N, int OC, cudaStream_t s) {
     bias_backward_kernel<<<dim3(ceil_div(OC, 256), BIAS_ROW_SPLITS), dim3(32, 8), 0, s>>>(
         partial, dout, N, OC);
-    add_partials(dbias, dbias, partial, BIAS_ROW_SPLITS, OC, OC, s);
+    add_partials(dbias, dbias, partial, BIAS_ROW_SPLITS, OC, OC, OC, s);
 }
 
 __device__ float block_sum(float v, float *shared32) {
