@@ -25,9 +25,12 @@ endif
 $(BUILD)/libllmc/src/cpu/%.o: CFLAGS += -I$(BLAS_INC) -fno-math-errno
 $(BUILD)/libllmc.so: LDLIBS += -L$(BLAS_LIB) -lscipy_openblas -Wl,-rpath,$(BLAS_LIB)
 
+# ---- CUDA plugin (owned by the CUDA backend; see the file) ----------------
+include libllmc/src/cuda/cuda.mk
+
 .PHONY: all lib deps test clean
 all: deps lib
-lib: $(BUILD)/libllmc.so
+lib: $(BUILD)/libllmc.so $(CUDA_PLUGIN)
 
 $(BUILD)/%.o: %.c $(HEADERS) | $(BUILD)/.dirs
 	@mkdir -p $(dir $@)
