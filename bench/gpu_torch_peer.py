@@ -1,0 +1,88 @@
+"""
+The PyTorch peer for bench/gpu_bench.py, measured on the same GPU in the same
+call: the reference GPT-2 of tests/torch_gpt2.py trained as llm.c's
+train_gpt2.py trains it (bf16 autocast, flash SDPA, fused AdamW, gradient
+accumulation, clipping), optionally under torch.compile.
+
+    python bench/gpu_torch_peer.py --preset d12 -B 64 -T 1024 --micro-steps 8 [--compile]
+
+Steps are timed with CUDA events after warm-up steps (the first ones include
+compilation); the median is printed with tokens/s and peak GPU memory
+(torch.cuda.max_memory_allocated, i.e. the caching allocator's peak).
+"""
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from torch_gpt2 import GPT, GPTConfig, init_gpt2_  # noqa: E402
+
+PRESETS = {"d12": (12, 12, 768), "d24": (24, 16, 1024)}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="d12", choices=sorted(PRESETS))
+    p.add_argument("-B", type=int, default=64)
+    p.add_argument("-T", type=int, default=1024)
+    p.add_argument("--micro-steps", type=int, default=8)
+    p.add_argument("--steps", type=int, default=6, help="timed steps")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--json", help="write the result here")
+    args = p.parse_args()
+
+    L, H, C = PRESETS[args.preset]
+    torch.backends.cuda.matmul.allow_tf32 = True
+    model = init_gpt2_(GPT(GPTConfig(num_layers=L, num_heads=H, channels=C))).cuda()
+    optimizer = model.configure_optimizer(lr=6e-4, weight_decay=0.1, betas=(0.9, 0.95), eps=1e-8)
+    for group in optimizer.param_groups:
+        group["fused"] = True
+    forward = torch.compile(model) if args.compile else model
+    g = torch.Generator(device="cuda").manual_seed(0)
+    data = torch.randint(0, 50257, (args.micro_steps, args.B, args.T + 1), device="cuda", generator=g)
+
+    def step():
+        for k in range(args.micro_steps):
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                _, loss = forward(data[k, :, :-1], data[k, :, 1:])
+            (loss / args.micro_steps).backward()
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss, norm
+
+    t0 = time.perf_counter()
+    for _ in range(args.warmup):
+        step()
+    torch.cuda.synchronize()
+    warmup_s = time.perf_counter() - t0
+    times = []
+    for _ in range(args.steps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        step()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    ms = statistics.median(times)
+    tokens = args.micro_steps * args.B * args.T
+    result = {"peer": "pytorch" + (" compile" if args.compile else " eager"), "torch": torch.__version__,
+              "preset": args.preset, "B": args.B, "T": args.T, "micro_steps": args.micro_steps,
+              "ms_per_step": ms, "tokens_per_s": tokens / (ms / 1000),
+              "peak_gb": torch.cuda.max_memory_allocated() / 1e9, "warmup_s": warmup_s}
+    print(json.dumps(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    print(f"{result['peer']:18} {args.preset} B={args.B} T={args.T} x{args.micro_steps}: "
+          f"{ms:8.1f} ms/step {result['tokens_per_s'] / 1e3:7.1f}k tok/s "
+          f"peak {result['peak_gb']:.2f} GB (warm-up {warmup_s:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
