@@ -2,11 +2,10 @@
  * matmul.c: matrix products through OpenBLAS (the scipy-openblas32 wheel),
  * and the linear layers built on them.
  *
- * OpenBLAS runs single-threaded and we split each product among our own
+ * OpenBLAS runs single-threaded and we share each product among our own
  * OpenMP threads: one pool of threads instead of two fighting over the
  * cores, and the attention kernels can call it from inside their parallel
- * loops. Each thread computes a block of whole output elements with the full
- * inner dimension, so no element's sum depends on the thread count.
+ * loops.
  */
 #include <omp.h>
 #include <string.h>
