@@ -55,9 +55,12 @@ def main():
     parser.add_argument("--device", choices=["cpu", "cuda"],
                         default="cuda" if pyllmc.cuda_available() else "cpu")
     parser.add_argument("--batch-size", type=int, help="sequences per forward pass (default: the eval's)")
+    parser.add_argument("--seq-multiple", type=int, default=hellaswag.SEQ_LEN_MULTIPLE,
+                        help="round each pass's sequence length up to a multiple of this")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
     parser.add_argument("--repeat", type=int, default=1, help="score the set this many times (warm timings)")
     args = parser.parse_args()
+    hellaswag.SEQ_LEN_MULTIPLE = args.seq_multiple
 
     with tempfile.TemporaryDirectory() as tmp:
         data = args.data
@@ -98,8 +101,8 @@ def main():
     print(f"data        {t_data - t0:.3f} s  (read + tokenize)")
     print(f"model load  {t_model - t_data:.3f} s")
     print(f"scoring     {score_times[0]:.3f} s first, {best:.3f} s best of {len(score_times)}: "
-          f"{n / best:,.0f} examples/s, {padded / best:,.0f} tokens/s")
-    print(f"end to end  {t_end - t0:.3f} s  ({n / (t_end - t0):,.0f} examples/s)")
+          f"{n / best:,.1f} examples/s, {padded / best:,.0f} tokens/s")
+    print(f"end to end  {t_end - t0:.3f} s  ({n / (t_end - t0):,.1f} examples/s)")
 
 
 if __name__ == "__main__":
