@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from pyllmc import Config, Model
+from pyllmc import Config, Model, OutOfMemoryError
 from torch_gpt2 import GPT, GPTConfig
 
 # (config, B, T): T below the model's max_seq_len and B below the planned
@@ -187,3 +187,16 @@ def test_logits_of_the_whole_batch_are_never_held():
     model = Model.from_config(config, max_batch_size=B)
     model.step(*make_batch(np.random.default_rng(7), config.vocab_size, B, T), lr=1e-3)
     assert model.memory_bytes < B * T * config.vocab_size * 4
+
+
+def test_training_memory_that_does_not_fit_is_an_error_and_eval_still_works():
+    """Evaluation needs one block's activations (2 GiB here, mostly attention
+    probabilities, allocated but barely touched); training would keep all 100
+    blocks' (200 GiB), which no test machine has."""
+    config = Config(max_seq_len=1024, vocab_size=100, num_layers=100, num_heads=1, channels=16)
+    model = Model.from_config(config, max_batch_size=500)
+    x, y = make_batch(np.random.default_rng(8), config.vocab_size, 2, 8)
+    loss = model.eval(x, y)
+    with pytest.raises(OutOfMemoryError, match="out of host memory"):
+        model.step(x, y, lr=1e-3)
+    assert model.eval(x, y) == loss

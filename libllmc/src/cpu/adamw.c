@@ -20,7 +20,7 @@ double sum_squares(const float *x, size_t n) {
                                ? SUM_ROUND_BLOCKS
                                : (int)((left + SUM_BLOCK - 1) / SUM_BLOCK);
         double partial[SUM_ROUND_BLOCKS];
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (blocks > 1)
         for (int blk = 0; blk < blocks; blk++) {
             const size_t start = round + (size_t)blk * SUM_BLOCK;
             const size_t end = start + SUM_BLOCK < n ? start + SUM_BLOCK : n;
@@ -41,7 +41,7 @@ void adamw_update(float *params, const float *grads, float *mom1, float *mom2, s
     const float decay = (float)(1.0 - (double)lr * weight_decay);
     const float step_size = (float)(lr / (1.0 - pow(beta1, (double)t)));
     const float bias_correction2_sqrt = (float)sqrt(1.0 - pow(beta2, (double)t));
-#pragma omp parallel for simd schedule(static)
+#pragma omp parallel for simd schedule(static) if (n >= PARALLEL_MIN_FLOATS)
     for (size_t i = 0; i < n; i++) {
         const float g = grads[i] * grad_scale;
         const float m = mom1[i] + (1.0f - beta1) * (g - mom1[i]); /* lerp toward g */

@@ -18,7 +18,8 @@
 void attention_forward(float *out, float *att, const float *qkv, int B, int T, int C, int NH) {
     const int hs = C / NH, C3 = 3 * C;
     const float scale = 1.0f / sqrtf((float)hs);
-#pragma omp parallel for collapse(2) schedule(dynamic, 1)
+    const double macs = (double)B * T * T * C;
+#pragma omp parallel for collapse(2) schedule(dynamic, 1) if (macs >= PARALLEL_MIN_MACS)
     for (int b = 0; b < B; b++) {
         for (int h = 0; h < NH; h++) {
             const float *q = qkv + (size_t)b * T * C3 + h * hs;
@@ -49,7 +50,8 @@ void attention_backward(float *dqkv, float *scratch, const float *dout, const fl
                         const float *att, int B, int T, int C, int NH) {
     const int hs = C / NH, C3 = 3 * C;
     const float scale = 1.0f / sqrtf((float)hs);
-#pragma omp parallel for collapse(2) schedule(dynamic, 1)
+    const double macs = (double)B * T * T * C;
+#pragma omp parallel for collapse(2) schedule(dynamic, 1) if (macs >= PARALLEL_MIN_MACS)
     for (int b = 0; b < B; b++) {
         for (int h = 0; h < NH; h++) {
             const float *q = qkv + (size_t)b * T * C3 + h * hs;

@@ -41,7 +41,7 @@ void classifier_forward_backward(float *losses, float *dx, float *dwte, float *l
         const int rows = N - r0 < CLASSIFIER_CHUNK_ROWS ? N - r0 : CLASSIFIER_CHUNK_ROWS;
         const float *xc = x + (size_t)r0 * C;
         gemm(0, 1, rows, V, C, 1.0f, xc, C, wte, C, 0.0f, logits_buf, V);
-#pragma omp parallel for schedule(dynamic, 8)
+#pragma omp parallel for schedule(dynamic, 8) if ((size_t)rows * V >= PARALLEL_MIN_FLOATS)
         for (int i = 0; i < rows; i++) {
             float *row = logits_buf + (size_t)i * V;
             const int target = targets[r0 + i];

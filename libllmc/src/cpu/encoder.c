@@ -8,7 +8,7 @@
 
 void encoder_forward(float *out, const int32_t *tokens, const float *wte, const float *wpe, int B,
                      int T, int C) {
-#pragma omp parallel for
+#pragma omp parallel for if ((size_t)B * T * C >= PARALLEL_MIN_FLOATS)
     for (int bt = 0; bt < B * T; bt++) {
         const float *te = wte + (size_t)tokens[bt] * C;
         const float *pe = wpe + (size_t)(bt % T) * C;
@@ -23,7 +23,7 @@ void encoder_backward(float *dwte, float *dwpe, const float *dout, const int32_t
      * Each thread owns a slice of channels and walks the tokens in order:
      * no two threads touch the same float, and every sum runs in token
      * order whatever the thread count. */
-#pragma omp parallel
+#pragma omp parallel if ((size_t)B * T * C >= PARALLEL_MIN_FLOATS)
     {
         int id = omp_get_thread_num(), nt = omp_get_num_threads();
         int c0 = (int)((long)C * id / nt), c1 = (int)((long)C * (id + 1) / nt);

@@ -10,7 +10,7 @@
 #define GELU_CUBIC 0.044715f
 
 void gelu_forward(float *out, const float *inp, size_t n) {
-#pragma omp parallel for simd schedule(static)
+#pragma omp parallel for simd schedule(static) if (n >= PARALLEL_MIN_FLOATS)
     for (size_t i = 0; i < n; i++) {
         const float x = inp[i];
         const float u = GELU_SCALE * (x + GELU_CUBIC * x * x * x);
@@ -20,7 +20,7 @@ void gelu_forward(float *out, const float *inp, size_t n) {
 
 void gelu_backward(float *dinp, const float *inp, const float *dout, size_t n) {
     /* d/dx [x s(2u)] = s + x * 2 s (1 - s) * du/dx, s = sigmoid(2u) */
-#pragma omp parallel for simd schedule(static)
+#pragma omp parallel for simd schedule(static) if (n >= PARALLEL_MIN_FLOATS)
     for (size_t i = 0; i < n; i++) {
         const float x = inp[i];
         const float u = GELU_SCALE * (x + GELU_CUBIC * x * x * x);

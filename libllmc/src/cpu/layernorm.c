@@ -11,7 +11,7 @@
 
 void layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *weight,
                        const float *bias, int N, int C) {
-#pragma omp parallel for
+#pragma omp parallel for if ((size_t)N * C >= PARALLEL_MIN_FLOATS)
     for (int n = 0; n < N; n++) {
         const float *x = inp + (size_t)n * C;
         float *o = out + (size_t)n * C;
@@ -35,7 +35,7 @@ void layernorm_backward(float *dinp, float *dweight, float *dbias, const float *
                         const float *rstd, int N, int C) {
     /* the input gradient, row by row:
      * dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dout * weight */
-#pragma omp parallel for
+#pragma omp parallel for if ((size_t)N * C >= PARALLEL_MIN_FLOATS)
     for (int n = 0; n < N; n++) {
         const float *x = inp + (size_t)n * C, *d = dout + (size_t)n * C;
         float *dx = dinp + (size_t)n * C;
@@ -55,7 +55,7 @@ void layernorm_backward(float *dinp, float *dweight, float *dbias, const float *
     }
     /* the parameter gradients sum over rows: each thread owns a slice of
      * channels and walks the rows in order (thread-count independent) */
-#pragma omp parallel
+#pragma omp parallel if ((size_t)N * C >= PARALLEL_MIN_FLOATS)
     {
         int id = omp_get_thread_num(), nt = omp_get_num_threads();
         int c0 = (int)((long)C * id / nt), c1 = (int)((long)C * (id + 1) / nt);

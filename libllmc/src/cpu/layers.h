@@ -16,6 +16,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* Kernels run on one thread below this much work (floats touched, or
+ * multiply-adds for products): waking the other threads would cost more
+ * than it saves, and far more when other programs keep the cores busy. */
+#define PARALLEL_MIN_FLOATS 32768
+#define PARALLEL_MIN_MACS (1 << 20)
+
 /* ---- vector maths ----------------------------------------------------------
  * e^x written so that GCC vectorises it inside `omp simd` loops (glibc's expf
  * is scalar without -ffast-math, and the classifier's softmax alone takes

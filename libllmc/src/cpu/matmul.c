@@ -38,7 +38,7 @@ void gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const floa
     int part = (extent + GEMM_MAX_PARTS - 1) / GEMM_MAX_PARTS;
     part = (part + GEMM_MIN_PART - 1) / GEMM_MIN_PART * GEMM_MIN_PART;
     const int parts = (extent + part - 1) / part;
-#pragma omp parallel for schedule(dynamic, 1) if (parts > 1)
+#pragma omp parallel for schedule(dynamic, 1) if (parts > 1 && (double)M * N * K >= PARALLEL_MIN_MACS)
     for (int i = 0; i < parts; i++) {
         const int start = i * part, len = extent - start < part ? extent - start : part;
         if (split_rows) {
@@ -56,7 +56,7 @@ void gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const floa
 void matmul_forward(float *out, const float *inp, const float *weight, const float *bias,
                     const float *residual, int N, int C, int OC) {
     /* start from residual + bias, then let the product accumulate onto it */
-#pragma omp parallel for
+#pragma omp parallel for if ((size_t)N * OC >= PARALLEL_MIN_FLOATS)
     for (int n = 0; n < N; n++) {
         float *o = out + (size_t)n * OC;
         const float *r = residual ? residual + (size_t)n * OC : NULL;
@@ -67,7 +67,7 @@ void matmul_forward(float *out, const float *inp, const float *weight, const flo
 
 void column_sums_add(float *dst, const float *src, int N, int C) {
     /* each thread owns a slice of columns and walks every row in order */
-#pragma omp parallel
+#pragma omp parallel if ((size_t)N * C >= PARALLEL_MIN_FLOATS)
     {
         int id = omp_get_thread_num(), nt = omp_get_num_threads();
         int c0 = (int)((long)C * id / nt), c1 = (int)((long)C * (id + 1) / nt);
