@@ -1,0 +1,459 @@
+"""
+Train a GPT-2 with libllmc.
+
+    python -m pyllmc.train                    # small model, built-in corpus, CPU, a few minutes
+    python -m pyllmc.train --model d12 --device cuda \\
+        --train-data "data/edu_fineweb10B/edu_fineweb_train_*.bin" \\
+        --val-data "data/edu_fineweb10B/edu_fineweb_val_*.bin" \\
+        -B 64 -T 1024 --total-batch-size 524288 --lr 6e-4 --warmup-steps 700 \\
+        --steps 18865 --final-lr-frac 0 --weight-decay 0.1 --hellaswag-every 250
+    python -m pyllmc.train --out-dir out --resume   # go on after an interruption
+
+Writes OUT_DIR/main.log (llm.c's lines: `s:N trl:... lr:... norm:...`,
+`s:N tel:...`, `s:N eval:...`), OUT_DIR/main.jsonl (the same as JSON) and
+checkpoints (see pyllmc/checkpoint.py). A resumed run repeats the loss curve
+of an uninterrupted one bit for bit.
+"""
+import argparse
+import collections
+import dataclasses
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+from tqdm import tqdm
+
+from . import checkpoint
+from .sample import sample_text
+from .schedule import SCHEDULES, learning_rate
+from .shards import ShardError, val_batches, write_atomic, DataLoader
+
+MODEL_MAGIC = 20240326  # llm.c model file header
+# dense bf16 peak of GPUs whose name contains the key (first match wins)
+PEAK_TFLOPS = [("H100 PCIe", 756.0), ("H100", 989.4), ("H200", 989.4), ("A100", 312.0)]
+# settings that change the loss curve: a resume with other values is warned about
+TRAJECTORY_ARGS = ("train_data", "model", "num_layers", "num_heads", "channels", "max_seq_len",
+                   "batch_size", "seq_len", "total_batch_size", "lr", "warmup_steps",
+                   "lr_schedule", "final_lr_frac", "wsd_decay_fraction", "weight_decay", "beta1",
+                   "beta2", "grad_clip", "steps", "seed", "shuffle", "skip_bad_updates",
+                   "spike_threshold", "spike_window")
+
+
+class TrainError(Exception):
+    """A problem with the run's settings, data or folder, told in one line."""
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="python -m pyllmc.train", description=__doc__.split("\n\n")[0].strip(),
+        epilog="With no arguments: a 4-layer, 128-channel GPT-2 trained for 300 steps on the "
+               "Python Language Reference (shipped with every CPython), on the CPU.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("data")
+    g.add_argument("--train-data", metavar="PATTERN",
+                   help="training shards: a glob pattern, file or folder of llm.c .bin shards "
+                        "(default: the built-in corpus, tokenized on first use)")
+    g.add_argument("--val-data", metavar="PATTERN",
+                   help="validation shards (default: the built-in corpus' when --train-data "
+                        "is not given, else no validation)")
+    g.add_argument("--shuffle", action="store_true",
+                   help="visit shards and the batches inside them in an order drawn from "
+                        "--seed and the epoch (default: file order, as written)")
+    g = p.add_argument_group("model")
+    g.add_argument("--model", metavar="PRESET_OR_FILE",
+                   help="d12, d24, d36, d48 (GPT-2 124M..1558M, fresh weights) or an llm.c model "
+                        "file to start from (default: the shape given below)")
+    g.add_argument("--num-layers", type=int, default=4, help="layers, without --model")
+    g.add_argument("--num-heads", type=int, default=4, help="attention heads, without --model")
+    g.add_argument("--channels", type=int, default=128, help="embedding width, without --model")
+    g.add_argument("--max-seq-len", type=int, default=1024,
+                   help="positions the model has, without --model")
+    g = p.add_argument_group("batch and optimizer")
+    g.add_argument("-B", "--batch-size", type=int, default=8, help="sequences per micro-batch")
+    g.add_argument("-T", "--seq-len", type=int, default=128, help="tokens per sequence")
+    g.add_argument("--total-batch-size", type=int, default=0,
+                   help="tokens per optimizer step; a multiple of B*T, the rest is made up by "
+                        "gradient accumulation (0: B*T, no accumulation)")
+    g.add_argument("--steps", type=int, default=300, help="optimizer steps to train for")
+    g.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
+    g.add_argument("--warmup-steps", type=int, default=20, help="linear warmup steps")
+    g.add_argument("--lr-schedule", choices=SCHEDULES, default="cosine",
+                   help="decay after warmup (wsd: warmup, stable, decay over the last "
+                        "--wsd-decay-fraction of the steps)")
+    g.add_argument("--final-lr-frac", type=float, default=0.1,
+                   help="final learning rate as a fraction of --lr")
+    g.add_argument("--wsd-decay-fraction", type=float, default=0.2,
+                   help="share of the steps the wsd schedule decays over")
+    g.add_argument("--weight-decay", type=float, default=0.1,
+                   help="AdamW weight decay (2-D weights only)")
+    g.add_argument("--beta1", type=float, default=0.9, help="AdamW beta1")
+    g.add_argument("--beta2", type=float, default=0.95, help="AdamW beta2")
+    g.add_argument("--grad-clip", type=float, default=1.0,
+                   help="clip the global gradient norm to this (0: no clipping)")
+    g.add_argument("--skip-bad-updates", action="store_true",
+                   help="skip the update of a step whose loss is NaN/inf or a spike (see "
+                        "--spike-threshold) instead of stopping or applying it")
+    g.add_argument("--spike-threshold", type=float, default=6.0,
+                   help="a loss this many standard deviations above the recent window's mean "
+                        "is reported as a spike")
+    g.add_argument("--spike-window", type=int, default=100,
+                   help="steps in the recent-loss window (spike checks start once it is full)")
+    g = p.add_argument_group("evaluation and sampling")
+    g.add_argument("--val-every", type=int, default=50,
+                   help="validation loss every N steps, and at the end (0: only at the end)")
+    g.add_argument("--val-steps", type=int, default=20,
+                   help="validation batches (B x T each) per evaluation")
+    g.add_argument("--sample-every", type=int, default=100,
+                   help="print a text sample every N steps, and at the end (0: never)")
+    g.add_argument("--sample-length", type=int, default=64, help="tokens per sample")
+    g.add_argument("--hellaswag-every", type=int, default=0,
+                   help="HellaSwag accuracy every N steps, and at the end (0: never)")
+    g.add_argument("--hellaswag-data", metavar="PATH",
+                   help="local HellaSwag file (jsonl or llm.c .bin; default: evals/hellaswag.py's "
+                        "download)")
+    g.add_argument("--hellaswag-limit", type=int, help="score only the first N examples")
+    g = p.add_argument_group("checkpoints and output")
+    g.add_argument("--out-dir", default="out", help="folder for logs and checkpoints")
+    g.add_argument("--checkpoint-every", type=int, default=200,
+                   help="checkpoint every N steps, and at the end (0: only at the end)")
+    g.add_argument("--keep-last", type=int, default=2,
+                   help="keep the newest N checkpoints (0: all)")
+    g.add_argument("--resume", action="store_true",
+                   help="go on from the newest complete checkpoint in --out-dir")
+    g.add_argument("--print-every", type=int, default=10,
+                   help="print a loss line every N steps (0: never)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = p.add_argument_group("system")
+    g.add_argument("--device", default="cpu", help="cpu or cuda")
+    g.add_argument("--seed", type=int, default=42, help="weight init and data order")
+    g.add_argument("--num-threads", type=int, default=0, help="CPU threads (0: all cores)")
+    g.add_argument("--recompute", type=int, default=0, choices=[0, 1, 2],
+                   help="CUDA activation recompute: 0 none, 1 GELU, 2 GELU and LayerNorm")
+    g.add_argument("--peak-tflops", type=float,
+                   help="the device's peak TFLOP/s for MFU (default: known GPUs only)")
+    return p
+
+
+def check_args(args):
+    positive = ["batch_size", "seq_len", "steps", "val_steps", "sample_length", "spike_window"]
+    for name in positive:
+        if getattr(args, name) < 1:
+            raise TrainError(f"--{name.replace('_', '-')} {getattr(args, name)}: expected 1 or more")
+    never_negative = ["total_batch_size", "warmup_steps", "val_every", "sample_every",
+                      "hellaswag_every", "checkpoint_every", "keep_last", "print_every",
+                      "grad_clip", "weight_decay", "num_threads"]
+    for name in never_negative:
+        if getattr(args, name) < 0:
+            raise TrainError(f"--{name.replace('_', '-')} {getattr(args, name)}: expected 0 or more")
+    if args.lr <= 0:
+        raise TrainError(f"--lr {args.lr}: expected a positive learning rate")
+    tokens = args.batch_size * args.seq_len
+    if args.total_batch_size % tokens:
+        raise TrainError(f"--total-batch-size {args.total_batch_size} is not a multiple of "
+                         f"B*T = {args.batch_size}*{args.seq_len} = {tokens}")
+
+
+# ---- output folder and logs -------------------------------------------------
+
+def prepare_out_dir(out_dir):
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        probe = os.path.join(out_dir, f".write_test.{os.getpid()}")
+        with open(probe, "wb"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        raise TrainError(f"output folder {out_dir} is not writable: {e.strerror}") from None
+
+
+class RunLog:
+    """main.log in llm.c's line format and main.jsonl beside it. A resumed run
+    first drops the lines of steps at or after the one it resumes from (they
+    will be written again, identically)."""
+
+    def __init__(self, out_dir, start_step):
+        self.paths = {"text": os.path.join(out_dir, "main.log"),
+                      "json": os.path.join(out_dir, "main.jsonl")}
+        for kind, path in self.paths.items():
+            kept = []
+            if start_step > 0 and os.path.exists(path):
+                with open(path) as f:
+                    kept = [line for line in f if self._step_of(line, kind) < start_step]
+            write_atomic(path, [line.encode() for line in kept])
+        self.files = {kind: open(path, "a") for kind, path in self.paths.items()}
+
+    @staticmethod
+    def _step_of(line, kind):
+        """The step of a whole line; a line cut short by a kill counts as none."""
+        try:
+            if not line.endswith("\n"):
+                raise ValueError
+            if kind == "json":
+                return int(json.loads(line)["step"])
+            return int(line.split(" ", 1)[0][2:])
+        except (ValueError, KeyError, IndexError):
+            return math.inf
+
+    def write(self, step, text, **record):
+        self.files["text"].write(f"s:{step} {text}\n")
+        clean = {k: (v if not isinstance(v, float) or math.isfinite(v) else None)
+                 for k, v in record.items()}
+        self.files["json"].write(json.dumps({"step": step, **clean}) + "\n")
+        for f in self.files.values():
+            f.flush()
+
+    def close(self):
+        for f in self.files.values():
+            f.close()
+
+
+# ---- model ---------------------------------------------------------------------
+
+def model_file_max_seq_len(path):
+    """max_seq_len from an llm.c model file's header, or None if it is not one
+    (then loading it fails with the library's explanation)."""
+    header = np.fromfile(path, dtype="<i4", count=3) if os.path.isfile(path) else []
+    return int(header[2]) if len(header) == 3 and header[0] == MODEL_MAGIC else None
+
+
+def open_model(args, resume_file=None):
+    import pyllmc
+    plan = dict(device=args.device, max_batch_size=args.batch_size, max_seq_len=args.seq_len,
+                seed=args.seed, num_threads=args.num_threads, recompute=args.recompute)
+    path = resume_file or (args.model if args.model and args.model not in PRESETS else None)
+    if path:
+        max_len = model_file_max_seq_len(path)
+        if max_len is not None and args.seq_len > max_len:
+            raise TrainError(f"-T {args.seq_len} is longer than the {max_len} positions of the "
+                             f"model in {path}")
+        return pyllmc.Model.load(path, **plan)
+    if args.model:
+        config = pyllmc.Config.preset(args.model)
+    else:
+        config = pyllmc.Config(max_seq_len=args.max_seq_len, num_layers=args.num_layers,
+                               num_heads=args.num_heads, channels=args.channels)
+    if args.seq_len > config.max_seq_len:
+        raise TrainError(f"-T {args.seq_len} is longer than the model's {config.max_seq_len} "
+                         "positions (--max-seq-len)")
+    return pyllmc.Model.from_config(config, **plan)
+
+
+PRESETS = ("d12", "d24", "d36", "d48")
+
+
+def peak_flops(args):
+    """The device's peak FLOP/s for MFU, or None where unknown."""
+    if args.peak_tflops:
+        return args.peak_tflops * 1e12
+    if args.device != "cuda":
+        return None
+    try:
+        name = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader", "-i", "0"],
+                              capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return next((tf * 1e12 for key, tf in PEAK_TFLOPS if key in name), None)
+
+
+# ---- evaluation ------------------------------------------------------------------
+
+def val_loss(model, batches):
+    return float(np.mean([model.eval(x, y) for x, y in batches]))
+
+
+def load_hellaswag(args):
+    """evals.hellaswag and its examples (evals/ sits beside pyllmc/)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from evals import hellaswag
+    try:
+        examples = hellaswag.load_examples(args.hellaswag_data)
+    except (hellaswag.DataError, hellaswag.DownloadError) as e:
+        raise TrainError(f"--hellaswag-every needs the HellaSwag data: {e}") from None
+    return hellaswag, examples[:args.hellaswag_limit]
+
+
+# ---- training ----------------------------------------------------------------------
+
+def run(args):
+    check_args(args)
+    prepare_out_dir(args.out_dir)
+    done = checkpoint.complete_steps(args.out_dir)
+    if done and not args.resume:
+        raise TrainError(f"{args.out_dir} already holds a run (checkpoints up to step {done[-1]}): "
+                         "pass --resume to go on with it, or choose another --out-dir")
+    start_step, state = 0, None
+    if args.resume and done:
+        start_step = done[-1]
+        state = checkpoint.load_state(args.out_dir, start_step)
+        changed = [f"--{k.replace('_', '-')} {state['args'].get(k)} -> {getattr(args, k)}"
+                   for k in TRAJECTORY_ARGS if state["args"].get(k) != getattr(args, k)]
+        if changed:
+            print("warning: settings differ from the checkpoint's, the loss curve will differ "
+                  "from an uninterrupted run: " + "; ".join(changed), file=sys.stderr)
+    elif args.resume:
+        print(f"no complete checkpoint in {args.out_dir}: starting from step 0", file=sys.stderr)
+    if start_step >= args.steps:
+        print(f"{args.out_dir}: the run already reached step {start_step} of {args.steps}")
+        return
+    checkpoint.remove_incomplete(args.out_dir)
+
+    # data
+    train_pattern, val_pattern = args.train_data, args.val_data
+    if train_pattern is None:
+        from .default_data import default_shards
+        train_pattern, default_val = default_shards()
+        val_pattern = val_pattern or default_val
+    loader = DataLoader(train_pattern, args.batch_size, args.seq_len, args.shuffle, args.seed)
+    if state:
+        loader.load_state(state["data"])
+    val = val_batches(val_pattern, args.batch_size, args.seq_len, args.val_steps) if val_pattern else None
+    if val is None:
+        print("no --val-data: no validation loss", file=sys.stderr)
+    hellaswag = load_hellaswag(args) if args.hellaswag_every else None
+
+    tokens_per_micro = args.batch_size * args.seq_len
+    micro_steps = max(1, args.total_batch_size // tokens_per_micro)
+    tokens_per_step = micro_steps * tokens_per_micro
+    resume_file = checkpoint.paths(args.out_dir, start_step)["model"] if state else None
+    model = open_model(args, resume_file)
+    if state:
+        model.load_optimizer(checkpoint.paths(args.out_dir, start_step)["optimizer"])
+    cfg = model.config
+    flops_per_token = 6 * model.num_parameters + 6 * cfg.num_layers * cfg.channels * args.seq_len
+    peak = peak_flops(args)
+    print(f"model: {cfg.num_layers} layers, {cfg.num_heads} heads, {cfg.channels} channels, "
+          f"{model.num_parameters:,} parameters, on {model.device}")
+    print(f"data: {len(loader.paths)} training shard(s) from {train_pattern}, "
+          f"{loader.windows_per_epoch:,} batches of {args.batch_size}x{args.seq_len} per epoch; "
+          f"{micro_steps} micro-step(s), {tokens_per_step:,} tokens per step")
+    if start_step:
+        print(f"resuming from step {start_step} ({checkpoint.paths(args.out_dir, start_step)['model']})")
+
+    log = RunLog(args.out_dir, start_step)
+    recent = collections.deque(state["recent_losses"] if state else [], maxlen=args.spike_window)
+    bar = tqdm(total=args.steps, initial=start_step, unit="step", dynamic_ncols=True,
+               disable=True if args.no_progress else None)
+    say = bar.write
+    last_val = None
+    t_start = time.perf_counter()
+
+    def every(n, step):
+        return step == args.steps or (n > 0 and step % n == 0)
+
+    try:
+        for step in range(start_step, args.steps + 1):
+            last = step == args.steps
+            if val and every(args.val_every, step):
+                last_val = val_loss(model, val)
+                log.write(step, f"tel:{last_val:.4f}", val_loss=last_val)
+                say(f"step {step:5d} | val loss {last_val:.4f}")
+            if hellaswag and every(args.hellaswag_every, step):
+                module, examples = hellaswag
+                result = module.evaluate(model, examples)
+                log.write(step, f"eval:{result['acc_norm']:.4f}",
+                          hellaswag_acc_norm=result["acc_norm"], hellaswag_acc=result["acc"])
+                say(f"step {step:5d} | HellaSwag acc_norm {result['acc_norm']:.4f} "
+                    f"({result['num_examples']} examples)")
+            if step > 0 and args.sample_every and every(args.sample_every, step):
+                text = sample_text(model, "", args.sample_length, top_k=40, seed=args.seed + step)
+                say(f"--- sample at step {step} ---\n{text.strip()}\n---")
+            if step > start_step and every(args.checkpoint_every, step):
+                checkpoint.save(model, args.out_dir, step, {
+                    "step": step, "data": loader.state(), "recent_losses": list(recent),
+                    "seed": args.seed, "args": vars(args), "config": dataclasses.asdict(cfg)})
+                checkpoint.prune(args.out_dir, args.keep_last)
+            if last:
+                break
+
+            t0 = time.perf_counter()
+            batches = [loader.next_batch() for _ in range(micro_steps)]
+            inputs = np.stack([x for x, _ in batches])
+            targets = np.stack([y for _, y in batches])
+            lr = learning_rate(step, args.steps, args.lr, args.warmup_steps, args.lr_schedule,
+                               args.final_lr_frac, args.wsd_decay_fraction)
+            loss = model.backward(inputs, targets)
+            norm, problem = math.nan, check_loss(loss, recent, args)
+            skipped = problem is not None and args.skip_bad_updates
+            if not skipped and math.isfinite(loss):  # a spike not skipped is applied
+                norm, problem = apply_update(model, lr, args, problem)
+                skipped = not math.isfinite(norm)
+            if problem:
+                say(f"warning: step {step}: {problem}" + ("; update skipped" if skipped else ""))
+                if not args.skip_bad_updates and (skipped or not math.isfinite(loss)):
+                    raise TrainError(f"step {step}: {problem}; stopping with the model as it was "
+                                     "before this step. Resume from the last checkpoint with "
+                                     "--skip-bad-updates to step over such updates")
+            if not skipped:
+                recent.append(loss)
+            dt = time.perf_counter() - t0
+            tok_s = tokens_per_step / dt
+            log.write(step, f"trl:{loss:.4f} lr:{lr:.6f} norm:{norm:.2f}", train_loss=loss, lr=lr,
+                      grad_norm=norm, skipped=skipped, ms=round(dt * 1000, 2),
+                      tokens_per_s=round(tok_s, 1))
+            postfix = {"loss": f"{loss:.4f}", "tok/s": f"{tok_s:,.0f}"}
+            if peak:
+                postfix["MFU"] = f"{100 * flops_per_token * tok_s / peak:.1f}%"
+            bar.set_postfix(postfix, refresh=False)
+            bar.update(1)
+            if args.print_every and (step + 1) % args.print_every == 0:
+                window = list(recent)[-args.print_every:] or [loss]
+                say(f"step {step + 1:5d}/{args.steps} | loss {loss:.4f} (mean of last "
+                    f"{len(window)}: {np.mean(window):.4f}) | lr {lr:.2e} | norm {norm:.3f} | "
+                    f"{dt * 1000:.0f} ms | {tok_s:,.0f} tok/s")
+    except KeyboardInterrupt:
+        bar.close()
+        kept = checkpoint.complete_steps(args.out_dir)
+        raise TrainError("interrupted" + (f"; --resume goes on from step {kept[-1]}" if kept else ""))
+    finally:
+        log.close()
+    bar.close()
+    final = checkpoint.paths(args.out_dir, args.steps)["model"]
+    minutes = (time.perf_counter() - t_start) / 60
+    print(f"done: {args.steps} steps in {minutes:.1f} min"
+          + (f", val loss {last_val:.4f}" if last_val is not None else "") + f"; model: {final}")
+    print(f"next: python -m pyllmc.sample {final} --prompt \"The\"  |  "
+          f"python evals/hellaswag.py {final}  |  python -m pyllmc.plot {args.out_dir}")
+
+
+def check_loss(loss, recent, args):
+    """Why this loss should not be trusted, or None."""
+    if not math.isfinite(loss):
+        return f"loss is {loss}"
+    if len(recent) == recent.maxlen:
+        mean, std = float(np.mean(recent)), float(np.std(recent))
+        if std > 0 and (loss - mean) / std > args.spike_threshold:
+            return (f"loss spike: {loss:.4f} is {(loss - mean) / std:.1f} standard deviations "
+                    f"above the last {len(recent)} steps' mean {mean:.4f}")
+    return None
+
+
+def apply_update(model, lr, args, problem):
+    """AdamW update; returns (gradient norm, problem). A non-finite gradient
+    norm leaves the model unchanged (norm NaN) and becomes the problem."""
+    import pyllmc
+    try:
+        norm = model.update(lr=lr, weight_decay=args.weight_decay, beta1=args.beta1,
+                            beta2=args.beta2, grad_clip=args.grad_clip)
+        return norm, problem
+    except pyllmc.NumericError as e:
+        return math.nan, f"gradient norm is not finite ({e})"
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    import pyllmc
+    try:
+        run(args)
+    except (TrainError, ShardError, pyllmc.LlmcError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

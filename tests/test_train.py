@@ -1,0 +1,187 @@
+"""python -m pyllmc.train end to end on tiny models: losses fall, a run killed
+at any moment resumes to exactly the same loss curve, and bad settings or
+data get a one-line error."""
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import pyllmc
+from pyllmc import checkpoint
+from pyllmc.shards import write_shard
+from pyllmc.train import check_loss, build_parser
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--num-layers", "1", "--num-heads", "2", "--channels", "32", "--max-seq-len", "64",
+        "-B", "4", "-T", "32", "--lr", "3e-3", "--warmup-steps", "5", "--num-threads", "2",
+        "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """Subprocess environment with the default corpus cached in a temp folder."""
+    e = dict(os.environ, LLMC_CACHE_DIR=str(tmp_path_factory.mktemp("cache")), PYTHONPATH=REPO)
+    return e
+
+
+def train(args, env, check=True, background=False):
+    cmd = [sys.executable, "-m", "pyllmc.train", *TINY, *map(str, args)]
+    if background:
+        return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    if check:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def records(out_dir):
+    with open(os.path.join(out_dir, "main.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def logged_lines(out_dir):
+    try:
+        with open(os.path.join(out_dir, "main.jsonl")) as f:
+            return f.read().count("\n")
+    except FileNotFoundError:
+        return 0
+
+
+def curve(out_dir):
+    """Everything in the logs but the timings."""
+    timing = {"ms", "tokens_per_s"}
+    return [{k: v for k, v in r.items() if k not in timing} for r in records(out_dir)]
+
+
+def test_default_data_run_learns_and_leaves_checkpoints(tmp_path, env):
+    out = tmp_path / "run"
+    proc = train(["--out-dir", out, "--steps", 40, "--val-every", 20, "--val-steps", 8,
+                  "--sample-every", 40, "--sample-length", 8, "--checkpoint-every", 10,
+                  "--keep-last", 2, "--print-every", 10], env)
+    assert "val loss" in proc.stdout and "--- sample at step 40 ---" in proc.stdout
+    val = [r["val_loss"] for r in records(out) if "val_loss" in r]
+    assert len(val) == 3 and val[0] > 10 > val[0] - 1.5 > val[1] > val[2], val
+    train_steps = [r["step"] for r in records(out) if "train_loss" in r]
+    assert train_steps == list(range(40))
+    lines = open(out / "main.log").read().splitlines()
+    assert lines[0].startswith("s:0 tel:") and lines[1].startswith("s:0 trl:")
+    assert " lr:" in lines[1] and " norm:" in lines[1]
+    assert checkpoint.complete_steps(out) == [30, 40]  # --keep-last 2
+    assert sorted(os.listdir(out)) == sorted(
+        ["main.log", "main.jsonl", "model_00000030.bin", "optim_00000030.bin",
+         "state_00000030.json", "DONE_00000030", "model_00000040.bin", "optim_00000040.bin",
+         "state_00000040.json", "DONE_00000040"])
+    with pyllmc.Model.load(out / "model_00000040.bin") as m:  # llm.c format, any reader
+        assert (m.config.num_layers, m.config.channels) == (1, 32)
+    sample = subprocess.run([sys.executable, "-m", "pyllmc.sample", out / "model_00000040.bin",
+                             "--prompt", "The", "--max-new-tokens", "5"],
+                            env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert sample.returncode == 0 and sample.stdout.startswith("The"), sample.stderr
+    # a second run into the same folder must not clobber it
+    again = train(["--out-dir", out, "--steps", 40], env, check=False)
+    assert again.returncode == 1 and "already holds a run" in again.stderr
+    assert checkpoint.complete_steps(out) == [30, 40]
+
+
+RESUME_ARGS = ["--steps", 60, "--val-every", 7, "--val-steps", 3, "--sample-every", 25,
+               "--sample-length", 4, "--checkpoint-every", 5, "--keep-last", 2,
+               "--total-batch-size", 256, "--shuffle"]
+
+
+def test_kill_9_and_resume_gives_the_same_curve(tmp_path, env):
+    straight = tmp_path / "straight"
+    train(["--out-dir", straight, *RESUME_ARGS], env)
+    expected = curve(straight)
+
+    out = tmp_path / "killed"
+    rng = np.random.default_rng(0)
+    # kill -9 three times, each a random moment after the log shows fresh progress
+    # (mid-step, mid-evaluation or mid-checkpoint: checkpoints come every 5 steps)
+    for target in sorted(rng.choice(np.arange(10, len(expected) - 5), 3, replace=False)):
+        proc = train(["--out-dir", out, "--resume", *RESUME_ARGS], env, background=True)
+        while proc.poll() is None and logged_lines(out) < target:
+            time.sleep(0.005)
+        time.sleep(float(rng.uniform(0, 0.05)))
+        assert proc.poll() is None, "the run ended before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    train(["--out-dir", out, "--resume", *RESUME_ARGS], env)
+    assert curve(out) == expected
+    assert (out / "model_00000060.bin").read_bytes() == (straight / "model_00000060.bin").read_bytes()
+
+
+def test_resume_ignores_a_checkpoint_cut_short(tmp_path, env):
+    out = tmp_path / "run"
+    train(["--out-dir", out, *RESUME_ARGS, "--steps", 20], env)
+    expected = curve(out)
+    # as if killed while writing step 20's checkpoint: marker missing, state half-written,
+    # a temp file of the model write left behind
+    paths = checkpoint.paths(out, 20)
+    os.remove(paths["done"])
+    with open(paths["state"], "r+b") as f:
+        f.truncate(10)
+    open(str(paths["model"]) + ".tmp.4242", "wb").write(b"partial")
+    with open(out / "main.log", "a") as f:
+        f.write("s:19 trl:0.12")  # a log line cut short
+    train(["--out-dir", out, *RESUME_ARGS, "--steps", 20, "--resume"], env)
+    assert curve(out) == expected
+    assert not [n for n in os.listdir(out) if ".tmp." in n]
+    assert checkpoint.complete_steps(out) == [15, 20]
+
+
+def test_bad_updates_are_reported_and_skippable(tmp_path, env):
+    # a huge learning rate blows the weights up in the first update: the next loss is not finite
+    args = ["--steps", 6, "--lr", "1e30", "--warmup-steps", 0, "--val-every", 0,
+            "--sample-every", 0, "--checkpoint-every", 1]
+    stop = train(["--out-dir", tmp_path / "stop", *args], env, check=False)
+    assert stop.returncode == 1, stop.stderr
+    assert "error: step 1: loss is nan" in stop.stderr and "--skip-bad-updates" in stop.stderr
+    assert "Traceback" not in stop.stderr
+    assert checkpoint.complete_steps(tmp_path / "stop") == [1]  # nothing lost
+
+    skip = train(["--out-dir", tmp_path / "skip", *args, "--skip-bad-updates"], env)
+    assert "update skipped" in skip.stdout + skip.stderr
+    steps = [r for r in records(tmp_path / "skip") if "train_loss" in r]
+    assert [r["skipped"] for r in steps] == [False] + [True] * 5
+    assert all(r["train_loss"] is None for r in steps[1:])
+
+
+def test_loss_spike_detection():
+    args = build_parser().parse_args([])
+    recent = collections.deque([5.0 + 0.01 * (i % 3) for i in range(args.spike_window)],
+                               maxlen=args.spike_window)
+    assert check_loss(5.02, recent, args) is None
+    assert "loss spike: 9.0000" in check_loss(9.0, recent, args)
+    assert "loss is inf" in check_loss(float("inf"), recent, args)
+    assert check_loss(9.0, collections.deque([5.0, 5.1], maxlen=args.spike_window), args) is None
+
+
+def test_clear_errors(tmp_path, env):
+    short = tmp_path / "short_train_000001.bin"
+    write_shard(short, np.arange(50))
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    cases = [
+        (["--train-data", short], "too little data for one batch of B=4 x T=32"),
+        (["--train-data", tmp_path / "nothing_*.bin"], "no shard files match"),
+        (["-T", 128], "-T 128 is longer than the model's 64 positions"),
+        (["--out-dir", a_file / "sub"], f"output folder {a_file / 'sub'} is not writable"),
+        (["--total-batch-size", 100], "--total-batch-size 100 is not a multiple of B*T = 4*32"),
+        (["--model", tmp_path / "missing.bin"], "missing.bin"),
+        (["--model", short], "short_train_000001.bin"),
+        (["--steps", 0], "--steps 0: expected 1 or more"),
+    ]
+    for args, message in cases:
+        if "--out-dir" not in args:
+            args = ["--out-dir", tmp_path / "out", *args]
+        proc = train(args, env, check=False)
+        assert proc.returncode == 1 and message in proc.stderr, (args, proc.stderr)
+        assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, \
+            proc.stderr
