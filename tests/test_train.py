@@ -185,3 +185,65 @@ def test_clear_errors(tmp_path, env):
         assert proc.returncode == 1 and message in proc.stderr, (args, proc.stderr)
         assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, \
             proc.stderr
+
+
+def test_hellaswag_in_training(tmp_path, env):
+    data = tmp_path / "hellaswag.jsonl"
+    with open(data, "w") as f:
+        for i in range(3):
+            f.write(json.dumps({"ctx": f"A man opens the door number {i} and",
+                                "endings": ["walks in.", "eats it.", "sings a song.", "flies."],
+                                "label": i}) + "\n")
+    out = tmp_path / "run"
+    train(["--out-dir", out, "--steps", 4, "--hellaswag-every", 2, "--hellaswag-data", data,
+           "--val-every", 0, "--sample-every", 0], env)
+    evals = [line for line in open(out / "main.log") if " eval:" in line]
+    assert [line.split()[0] for line in evals] == ["s:0", "s:2", "s:4"]
+    accs = [r["hellaswag_acc_norm"] for r in records(out) if "hellaswag_acc_norm" in r]
+    assert len(accs) == 3 and all(a in (0, 1 / 3, 2 / 3, 1) for a in accs)
+    missing = train(["--out-dir", tmp_path / "r2", "--steps", 2, "--hellaswag-every", 1,
+                     "--hellaswag-data", tmp_path / "none.jsonl"], env, check=False)
+    assert missing.returncode == 1 and "none.jsonl" in missing.stderr
+
+
+def test_schedules():
+    from pyllmc.schedule import learning_rate
+    lr = lambda step, sched, **kw: learning_rate(step, 100, 1.0, warmup_steps=10, schedule=sched,
+                                                 final_lr_frac=0.1, **kw)
+    for sched in ("cosine", "linear", "constant", "wsd"):
+        assert lr(0, sched) == pytest.approx(0.1) and lr(9, sched) == pytest.approx(1.0)
+        assert lr(10, sched) == pytest.approx(1.0)
+    assert lr(55, "cosine") == pytest.approx(0.55)  # half way: mean of max and min
+    assert lr(55, "linear") == pytest.approx(0.55)
+    assert lr(99, "constant") == 1.0
+    assert lr(79, "wsd") == 1.0 and lr(80, "wsd") == 1.0
+    assert lr(85, "wsd") == pytest.approx(0.1 + 0.9 * (1 - 0.25 ** 0.5))
+    cos = [lr(s, "cosine") for s in range(10, 100)]
+    assert all(a > b for a, b in zip(cos, cos[1:])) and cos[-1] > 0.1
+    with pytest.raises(ValueError, match="unknown schedule"):
+        lr(5, "step")
+
+
+def test_plot(tmp_path, monkeypatch):
+    from pyllmc import plot
+    with open(tmp_path / "main.jsonl", "w") as f:
+        for s in range(20):
+            f.write(json.dumps({"step": s, "train_loss": 10 - s * 0.2, "lr": 1e-3, "grad_norm": 1.5,
+                                "skipped": False}) + "\n")
+            if s % 10 == 0:
+                f.write(json.dumps({"step": s, "val_loss": 10.5 - s * 0.2}) + "\n")
+    series = plot.load_log(tmp_path)
+    assert series["val_loss"] == ([0, 10], [10.5, 8.5]) and len(series["train_loss"][0]) == 20
+    assert "skipped" not in series
+    with pytest.raises(FileNotFoundError, match="no training log here"):
+        plot.load_log(tmp_path / "elsewhere")
+    with monkeypatch.context() as m:  # as on a machine without matplotlib
+        m.setitem(sys.modules, "matplotlib", None)
+        with pytest.raises(ImportError, match="pip install matplotlib"):
+            plot.plot(tmp_path)
+    try:
+        import matplotlib  # noqa: F401  (optional: llmc does not install it)
+    except ImportError:
+        return
+    png = plot.plot(tmp_path)
+    assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
