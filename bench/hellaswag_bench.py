@@ -55,12 +55,14 @@ def main():
     parser.add_argument("--device", choices=["cpu", "cuda"],
                         default="cuda" if pyllmc.cuda_available() else "cpu")
     parser.add_argument("--batch-size", type=int, help="sequences per forward pass (default: the eval's)")
-    parser.add_argument("--seq-multiple", type=int, default=hellaswag.SEQ_LEN_MULTIPLE,
-                        help="round each pass's sequence length up to a multiple of this")
+    parser.add_argument("--max-shapes", type=int, default=0,
+                        help="distinct batch shapes (default: the eval's choice for the device; "
+                             "-1: no limit)")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
     parser.add_argument("--repeat", type=int, default=1, help="score the set this many times (warm timings)")
     args = parser.parse_args()
-    hellaswag.SEQ_LEN_MULTIPLE = args.seq_multiple
+    if args.max_shapes:
+        hellaswag.MAX_SHAPES[args.device] = None if args.max_shapes < 0 else args.max_shapes
 
     with tempfile.TemporaryDirectory() as tmp:
         data = args.data
@@ -86,12 +88,13 @@ def main():
             t_end = t_model + score_times[0]
             rows = hellaswag.Rows(examples, model.max_seq_len)
             batch_size = args.batch_size or model.max_batch_size
-            shapes = list(rows.batches(batch_size, model.max_seq_len))
-            padded = sum(len(r) * t for r, t in shapes)
+            max_shapes = hellaswag.MAX_SHAPES[model.device]
+            passes = rows.batches(batch_size, max_shapes)
+            padded = sum((batch_size if max_shapes else len(r)) * t for r, t in passes)
             real = int(rows.length.sum())
             print(f"device      {model.device}  ({model!r})")
             print(f"plan        max_batch_size {model.max_batch_size}, max_seq_len {model.max_seq_len}; "
-                  f"{len(shapes)} forward passes")
+                  f"{len(passes)} forward passes, {len({t for _, t in passes})} sequence lengths")
 
     n = result["num_examples"]
     best = min(score_times)

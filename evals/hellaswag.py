@@ -46,10 +46,14 @@ EVAL_FILE_VERSION = 1
 EVAL_HEADER_INTS = 256
 START_OF_EXAMPLE = 65535
 CHECKPOINT_MAGIC = 20240326
-# Each batch's sequence length is rounded up to a multiple of this, so that a
-# whole evaluation runs with a few dozen distinct shapes (kernel choices and
-# CUDA graphs are per shape) at a cost of ~4% padding.
-SEQ_LEN_MULTIPLE = 8
+# Distinct batch shapes per evaluation, by device (None: no limit). The CUDA
+# backend builds a cuDNN attention plan for every new (B, T), at 50-400 ms
+# each, which the ~20 lengths of sorted HellaSwag batches would multiply; so
+# there every pass has the full number of rows and the passes share at most
+# this many sequence lengths, chosen to pad the fewest tokens (6: ~13% padding
+# on HellaSwag-shaped data). The CPU pays nothing per shape, so each pass is
+# exactly as long as its longest sequence.
+MAX_SHAPES = {"cpu": None, "cuda": 6}
 # Default tokens per forward pass (rows x sequence length) when the CLI plans
 # the model's memory: on CPU larger passes keep the BLAS busier (1.4 GB for
 # d12), on CUDA llm.c's 64 x 1024 training batch.
@@ -302,29 +306,60 @@ class Rows:
     def __len__(self):
         return len(self.length)
 
-    def batches(self, batch_size, max_seq_len):
-        """(rows, seq_len) of each forward pass: longest rows first (any memory
-        trouble shows at once), each pass as long as its longest row rounded
-        up to SEQ_LEN_MULTIPLE."""
+    def batches(self, batch_size, max_shapes=None):
+        """(rows, seq_len) of each forward pass: rows sorted longest first
+        (any memory trouble shows at once), batch_size of them per pass; each
+        pass as long as its longest row, or with max_shapes, as long as
+        fitting_lengths allows."""
         order = np.argsort(-self.length, kind="stable")
-        for start in range(0, len(order), batch_size):
-            rows = order[start:start + batch_size]
-            seq_len = -(-int(self.length[rows[0]]) // SEQ_LEN_MULTIPLE) * SEQ_LEN_MULTIPLE
-            yield rows, min(seq_len, max_seq_len)
+        passes = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        longest = self.length[[rows[0] for rows in passes]]
+        if max_shapes is not None:
+            longest = fitting_lengths(longest, batch_size, max_shapes)
+        return list(zip(passes, longest.tolist()))
 
-    def batch(self, rows, seq_len):
-        """inputs and targets (len(rows), seq_len) for these rows; targets are
-        -1 except at the ending's tokens, and padding is token 0."""
+    def batch(self, rows, seq_len, num_rows=None):
+        """inputs and targets (num_rows, seq_len) for these rows; targets are
+        -1 except at the ending's tokens, and padding (positions after a
+        sequence, and rows after len(rows)) is token 0 with target -1."""
         pos = np.arange(seq_len + 1)
         cs, cl = self.context_start[rows, None], self.context_len[rows, None]
         es, n = self.ending_start[rows, None], self.length[rows, None]
         present = pos <= n
         src = np.where(pos < cl, cs + pos, es + pos - cl)
         seq = np.where(present, self.tokens[np.where(present, src, 0)], 0)
-        inputs = seq[:, :-1]
         scored = (pos[:-1] >= cl - 1) & (pos[:-1] < n)
-        targets = np.where(scored, seq[:, 1:], -1)
-        return np.ascontiguousarray(inputs, dtype=np.int32), targets.astype(np.int32)
+        inputs = np.zeros((num_rows or len(rows), seq_len), dtype=np.int32)
+        targets = np.full((num_rows or len(rows), seq_len), -1, dtype=np.int32)
+        inputs[:len(rows)] = seq[:, :-1]
+        targets[:len(rows)] = np.where(scored, seq[:, 1:], -1)
+        return inputs, targets
+
+
+def fitting_lengths(longest, rows_per_pass, max_shapes):
+    """Sequence length of each pass when at most max_shapes distinct lengths
+    may be used. longest: each pass's longest row, in decreasing order. The
+    passes are split into contiguous groups, each padded to the length of its
+    first pass; dynamic programming picks the split that pads the fewest tokens."""
+    n = len(longest)
+    if n <= max_shapes:
+        return longest
+    # cost[i, j]: tokens of passes i..j-1 all padded to longest[i]
+    start, end = np.arange(n)[:, None], np.arange(n + 1)[None, :]
+    cost = np.where(end > start, longest[:, None] * rows_per_pass * (end - start), np.inf)
+    best = np.full(n + 1, np.inf)  # best[j]: fewest tokens for passes 0..j-1 in k groups
+    best[0] = 0
+    group_starts = []
+    for _ in range(max_shapes):  # k groups can only beat k - 1, so use all of them
+        total = best[:n, None] + cost
+        group_starts.append(total.argmin(0))
+        best = total.min(0)
+    lengths, end = np.empty_like(longest), n
+    for starts in reversed(group_starts):
+        start = starts[end]
+        lengths[start:end] = longest[start]
+        end = start
+    return lengths
 
 
 def score(model, examples, batch_size=None, progress=False):
@@ -341,12 +376,14 @@ def score(model, examples, batch_size=None, progress=False):
     if rows.truncated:
         warnings.warn(f"{rows.truncated} of {len(rows)} sequences are longer than the model's "
                       f"window of {model.max_seq_len} tokens; their contexts were cut from the left")
+    max_shapes = MAX_SHAPES.get(model.device)
+    num_rows = batch_size if max_shapes else None  # a short last pass would be one shape more
     sums = np.zeros(len(rows))
     with tqdm(total=len(rows), unit="seq", desc="hellaswag", disable=not progress) as bar:
-        for batch, seq_len in rows.batches(batch_size, model.max_seq_len):
-            inputs, targets = rows.batch(batch, seq_len)
+        for batch, seq_len in rows.batches(batch_size, max_shapes):
+            inputs, targets = rows.batch(batch, seq_len, num_rows)
             _, losses = model.eval(inputs, targets, per_token=True)
-            sums[batch] = losses.sum(1, dtype=np.float64)  # 0 wherever the target is -1
+            sums[batch] = losses[:len(batch)].sum(1, dtype=np.float64)  # 0 where the target is -1
             bar.update(len(batch))
     return sums.reshape(-1, NUM_ENDINGS), rows.ending_len.reshape(-1, NUM_ENDINGS)
 
@@ -382,9 +419,8 @@ def open_model(checkpoint, examples, device="cpu", batch_size=None, num_threads=
     sequences as long as the longest one (or the model's window), batch_size
     rows per pass (default: TOKEN_BUDGET[device] tokens per pass)."""
     longest = max(len(e.context) + max(map(len, e.endings)) - 1 for e in examples)
-    seq_len = -(-longest // SEQ_LEN_MULTIPLE) * SEQ_LEN_MULTIPLE
-    seq_len = min(seq_len, checkpoint_max_seq_len(checkpoint) or seq_len)
-    batch_size = batch_size or max(1, TOKEN_BUDGET[device] // seq_len)
+    seq_len = min(longest, checkpoint_max_seq_len(checkpoint) or longest)
+    batch_size = batch_size or max(1, min(TOKEN_BUDGET[device] // seq_len, NUM_ENDINGS * len(examples)))
     return pyllmc.Model.load(checkpoint, device=device, max_batch_size=batch_size,
                              max_seq_len=seq_len, num_threads=num_threads)
 

@@ -5,6 +5,7 @@ The fixture is a small set in HellaSwag's jsonl format written here, with its
 twin in llm.c's tokenized eval format written by this file's own writer; the
 model is a tiny GPT-2 trained for a few steps by pyllmc and saved."""
 import http.server
+import itertools
 import json
 import subprocess
 import sys
@@ -38,8 +39,8 @@ RECORDS = [
             "by trees or buildings.", "label": 2,
      "endings": [" [title] Paint the fence blue. [step] Blue is a calming colour.",
                  " [title] Buy a new car.",
-                 " [title] Prepare the soil. [step] Dig the bed to a depth of about a foot and "
-                 "mix in compost so that the roots can grow freely.",
+                 (" [title] Prepare the soil. [step] Dig the bed to a depth of about a foot and "
+                  "mix in compost so that the roots can grow freely."),
                  " [title] Call your grandmother and ask her about the weather in town today."]},
     {"ctx": "Two children are building a sand castle on the beach. The waves", "label": 1,
      "endings": ["sing a song about the moon.", "wash over the walls and the castle collapses.",
@@ -289,15 +290,30 @@ def test_batching_and_padding_do_not_change_scores(data, model, monkeypatch):
     (the BLAS blocks its matmuls by their size, so a row's last bits may move
     with the batch's shape), and so do the predictions."""
     examples = hellaswag.load_examples(data[0])
-    monkeypatch.setattr(hellaswag, "SEQ_LEN_MULTIPLE", 1)  # no padding within a single row
     reference, counts = hellaswag.score(model, examples, batch_size=1)
-    for multiple in (1, 8, 128):  # 128: every pass padded to the whole window
-        monkeypatch.setattr(hellaswag, "SEQ_LEN_MULTIPLE", multiple)
+    for max_shapes in (None, 3, 1):  # 1: every pass padded to the longest sequence, full rows
+        monkeypatch.setitem(hellaswag.MAX_SHAPES, "cpu", max_shapes)
         for batch_size in (2, 3, 8):
             sums, _ = hellaswag.score(model, examples, batch_size)
             assert np.abs(sums - reference).max() < 1e-5
             assert np.array_equal(sums.argmin(1), reference.argmin(1))
             assert np.array_equal((sums / counts).argmin(1), (reference / counts).argmin(1))
+
+
+def test_fitting_lengths_pads_the_fewest_tokens():
+    """Against every way of splitting the passes into contiguous groups."""
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n, max_shapes, rows = int(rng.integers(1, 9)), int(rng.integers(1, 5)), int(rng.integers(1, 5))
+        longest = np.sort(rng.integers(1, 50, size=n))[::-1]
+        lengths = hellaswag.fitting_lengths(longest, rows, max_shapes)
+        assert np.all(lengths >= longest) and np.all(np.diff(lengths) <= 0)
+        assert len(set(lengths.tolist())) <= max_shapes
+        fewest = min(
+            sum(longest[i] * (j - i) for i, j in zip((0, *cuts), (*cuts, n))) * rows
+            for k in range(min(max_shapes, n))
+            for cuts in itertools.combinations(range(1, n), k))
+        assert lengths.sum() * rows == fewest
 
 
 def test_padding_tokens_are_invisible(data, model):
@@ -319,9 +335,9 @@ def test_padding_tokens_are_invisible(data, model):
 def test_long_sequences_lose_context_from_the_left(data, checkpoint):
     examples = hellaswag.load_examples(data[0])
     window = 40
-    with pyllmc.Model.load(checkpoint, max_batch_size=8, max_seq_len=window) as m:
-        with pytest.warns(UserWarning, match="cut from the left"):
-            sums, counts = hellaswag.score(m, examples)
+    with (pyllmc.Model.load(checkpoint, max_batch_size=8, max_seq_len=window) as m,
+          pytest.warns(UserWarning, match="cut from the left")):
+        sums, counts = hellaswag.score(m, examples)
     ref_sums, ref_means = torch_scores(torch_model(checkpoint), as_tuples(examples), window)
     assert np.abs(sums / counts - ref_means).max() < 1e-5
     assert np.all(np.abs(sums - ref_sums) < 1e-5 * counts)
@@ -329,16 +345,16 @@ def test_long_sequences_lose_context_from_the_left(data, checkpoint):
 
 def test_ending_longer_than_the_window(data, checkpoint):
     examples = hellaswag.load_examples(data[0])
-    with pyllmc.Model.load(checkpoint, max_batch_size=4, max_seq_len=8) as m:
-        with pytest.raises(hellaswag.DataError, match="more than the model's window of 8"):
-            hellaswag.score(m, examples)
+    with (pyllmc.Model.load(checkpoint, max_batch_size=4, max_seq_len=8) as m,
+          pytest.raises(hellaswag.DataError, match="more than the model's window of 8")):
+        hellaswag.score(m, examples)
 
 
 def test_tokens_beyond_the_vocabulary(data):
     small = pyllmc.Config(max_seq_len=64, vocab_size=1000, num_layers=1, num_heads=1, channels=8)
-    with pyllmc.Model.from_config(small, max_batch_size=4) as m:
-        with pytest.raises(hellaswag.DataError, match="vocabulary of 1000"):
-            hellaswag.evaluate(m, hellaswag.load_examples(data[0]))
+    with (pyllmc.Model.from_config(small, max_batch_size=4) as m,
+          pytest.raises(hellaswag.DataError, match="vocabulary of 1000")):
+        hellaswag.evaluate(m, hellaswag.load_examples(data[0]))
 
 
 def test_batch_size_beyond_the_plan(data, model):
@@ -372,6 +388,6 @@ def test_cli_as_a_script_reports_bad_data(data, checkpoint, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"ctx": "x", "endings": ["a", "b", "c", "d"], "label": 9}\n')
     run = subprocess.run([sys.executable, str(REPO / "evals" / "hellaswag.py"), str(checkpoint),
-                          "--data", str(bad)], capture_output=True, text=True, timeout=120)
+                          "--data", str(bad)], capture_output=True, text=True, timeout=120, check=False)
     assert run.returncode == 1
     assert "bad.jsonl:1: 'label' is 9" in run.stderr and "Traceback" not in run.stderr
