@@ -78,7 +78,8 @@ def build_parser():
     g.add_argument("--total-batch-size", type=int, default=0,
                    help="tokens per optimizer step; a multiple of B*T, the rest is made up by "
                         "gradient accumulation (0: B*T, no accumulation)")
-    g.add_argument("--steps", type=int, default=300, help="optimizer steps to train for")
+    g.add_argument("--steps", type=int, default=300,
+                   help="optimizer steps to train for (0: one pass over the training data)")
     g.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
     g.add_argument("--warmup-steps", type=int, default=20, help="linear warmup steps")
     g.add_argument("--lr-schedule", choices=SCHEDULES, default="cosine",
@@ -139,11 +140,11 @@ def build_parser():
 
 
 def check_args(args):
-    positive = ["batch_size", "seq_len", "steps", "val_steps", "sample_length", "spike_window"]
+    positive = ["batch_size", "seq_len", "val_steps", "sample_length", "spike_window"]
     for name in positive:
         if getattr(args, name) < 1:
             raise TrainError(f"--{name.replace('_', '-')} {getattr(args, name)}: expected 1 or more")
-    never_negative = ["total_batch_size", "warmup_steps", "val_every", "sample_every",
+    never_negative = ["steps", "total_batch_size", "warmup_steps", "val_every", "sample_every",
                       "hellaswag_every", "checkpoint_every", "keep_last", "print_every",
                       "grad_clip", "weight_decay", "num_threads"]
     for name in never_negative:
@@ -280,30 +281,27 @@ def load_hellaswag(args):
 
 # ---- training ----------------------------------------------------------------------
 
-def run(args):
-    check_args(args)
-    prepare_out_dir(args.out_dir)
+def resume_point(args):
+    """(step to start from, its checkpoint state or None)."""
     done = checkpoint.complete_steps(args.out_dir)
     if done and not args.resume:
         raise TrainError(f"{args.out_dir} already holds a run (checkpoints up to step {done[-1]}): "
                          "pass --resume to go on with it, or choose another --out-dir")
-    start_step, state = 0, None
-    if args.resume and done:
-        start_step = done[-1]
-        state = checkpoint.load_state(args.out_dir, start_step)
-        changed = [f"--{k.replace('_', '-')} {state['args'].get(k)} -> {getattr(args, k)}"
-                   for k in TRAJECTORY_ARGS if state["args"].get(k) != getattr(args, k)]
-        if changed:
-            print("warning: settings differ from the checkpoint's, the loss curve will differ "
-                  "from an uninterrupted run: " + "; ".join(changed), file=sys.stderr)
-    elif args.resume:
-        print(f"no complete checkpoint in {args.out_dir}: starting from step 0", file=sys.stderr)
-    if start_step >= args.steps:
-        print(f"{args.out_dir}: the run already reached step {start_step} of {args.steps}")
-        return
-    checkpoint.remove_incomplete(args.out_dir)
+    if not done:
+        if args.resume:
+            print(f"no complete checkpoint in {args.out_dir}: starting from step 0", file=sys.stderr)
+        return 0, None
+    state = checkpoint.load_state(args.out_dir, done[-1])
+    changed = [f"--{k.replace('_', '-')} {state['args'].get(k)} -> {getattr(args, k)}"
+               for k in TRAJECTORY_ARGS if state["args"].get(k) != getattr(args, k)]
+    if changed:
+        print("warning: settings differ from the checkpoint's, so the loss curve will differ from "
+              "an uninterrupted run's: " + "; ".join(changed), file=sys.stderr)
+    return done[-1], state
 
-    # data
+
+def open_data(args, state):
+    """(training loader at the resumed position, validation batches or None, train pattern)."""
     train_pattern, val_pattern = args.train_data, args.val_data
     if train_pattern is None:
         from .default_data import default_shards
@@ -312,16 +310,56 @@ def run(args):
     loader = DataLoader(train_pattern, args.batch_size, args.seq_len, args.shuffle, args.seed)
     if state:
         loader.load_state(state["data"])
-    val = val_batches(val_pattern, args.batch_size, args.seq_len, args.val_steps) if val_pattern else None
-    if val is None:
+    if val_pattern is None:
         print("no --val-data: no validation loss", file=sys.stderr)
-    hellaswag = load_hellaswag(args) if args.hellaswag_every else None
+        return loader, None, train_pattern
+    return loader, val_batches(val_pattern, args.batch_size, args.seq_len, args.val_steps), train_pattern
 
-    tokens_per_micro = args.batch_size * args.seq_len
-    micro_steps = max(1, args.total_batch_size // tokens_per_micro)
-    tokens_per_step = micro_steps * tokens_per_micro
-    resume_file = checkpoint.paths(args.out_dir, start_step)["model"] if state else None
-    model = open_model(args, resume_file)
+
+def check_loss(loss, recent, args):
+    """Why this loss should not be trusted, or None."""
+    if not math.isfinite(loss):
+        return f"loss is {loss}"
+    if len(recent) == recent.maxlen:
+        mean, std = float(np.mean(recent)), float(np.std(recent))
+        if std > 0 and (loss - mean) / std > args.spike_threshold:
+            return (f"loss spike: {loss:.4f} is {(loss - mean) / std:.1f} standard deviations "
+                    f"above the last {len(recent)} steps' mean {mean:.4f}")
+    return None
+
+
+def train_step(model, inputs, targets, lr, recent, args):
+    """backward, the checks, then the update unless it is to be skipped.
+    Returns (loss, gradient norm or NaN, problem or None, skipped)."""
+    import pyllmc
+    loss = model.backward(inputs, targets)
+    problem = check_loss(loss, recent, args)
+    if problem and args.skip_bad_updates:
+        return loss, math.nan, problem, True
+    if not math.isfinite(loss):
+        return loss, math.nan, problem, False
+    try:  # a spike without --skip-bad-updates is reported and applied
+        norm = model.update(lr=lr, weight_decay=args.weight_decay, beta1=args.beta1,
+                            beta2=args.beta2, grad_clip=args.grad_clip)
+        return loss, norm, problem, False
+    except pyllmc.NumericError as e:  # nothing was updated
+        return loss, math.nan, f"gradient norm is not finite ({e})", args.skip_bad_updates
+
+
+def run(args):
+    check_args(args)
+    prepare_out_dir(args.out_dir)
+    start_step, state = resume_point(args)
+    loader, val, train_pattern = open_data(args, state)
+    micro_steps = max(1, args.total_batch_size // (args.batch_size * args.seq_len))
+    tokens_per_step = micro_steps * args.batch_size * args.seq_len
+    total_steps = args.steps or max(1, loader.windows_per_epoch // micro_steps)
+    if start_step >= total_steps:
+        print(f"{args.out_dir}: the run already reached step {start_step} of {total_steps}")
+        return
+    checkpoint.remove_incomplete(args.out_dir)
+    hellaswag = load_hellaswag(args) if args.hellaswag_every else None
+    model = open_model(args, checkpoint.paths(args.out_dir, start_step)["model"] if state else None)
     if state:
         model.load_optimizer(checkpoint.paths(args.out_dir, start_step)["optimizer"])
     cfg = model.config
@@ -331,61 +369,55 @@ def run(args):
           f"{model.num_parameters:,} parameters, on {model.device}")
     print(f"data: {len(loader.paths)} training shard(s) from {train_pattern}, "
           f"{loader.windows_per_epoch:,} batches of {args.batch_size}x{args.seq_len} per epoch; "
-          f"{micro_steps} micro-step(s), {tokens_per_step:,} tokens per step")
+          f"{micro_steps} micro-step(s), {tokens_per_step:,} tokens per step, {total_steps} steps")
     if start_step:
         print(f"resuming from step {start_step} ({checkpoint.paths(args.out_dir, start_step)['model']})")
 
     log = RunLog(args.out_dir, start_step)
     recent = collections.deque(state["recent_losses"] if state else [], maxlen=args.spike_window)
-    bar = tqdm(total=args.steps, initial=start_step, unit="step", dynamic_ncols=True,
+    bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
                disable=True if args.no_progress else None)
     say = bar.write
     last_val = None
     t_start = time.perf_counter()
 
-    def every(n, step):
-        return step == args.steps or (n > 0 and step % n == 0)
+    def due(every, step):
+        return step == total_steps or (every > 0 and step % every == 0)
 
     try:
-        for step in range(start_step, args.steps + 1):
-            last = step == args.steps
-            if val and every(args.val_every, step):
+        for step in range(start_step, total_steps + 1):
+            if val and due(args.val_every, step):
                 last_val = val_loss(model, val)
                 log.write(step, f"tel:{last_val:.4f}", val_loss=last_val)
                 say(f"step {step:5d} | val loss {last_val:.4f}")
-            if hellaswag and every(args.hellaswag_every, step):
+            if hellaswag and due(args.hellaswag_every, step):
                 module, examples = hellaswag
                 result = module.evaluate(model, examples)
                 log.write(step, f"eval:{result['acc_norm']:.4f}",
                           hellaswag_acc_norm=result["acc_norm"], hellaswag_acc=result["acc"])
                 say(f"step {step:5d} | HellaSwag acc_norm {result['acc_norm']:.4f} "
                     f"({result['num_examples']} examples)")
-            if step > 0 and args.sample_every and every(args.sample_every, step):
+            if step > 0 and args.sample_every and due(args.sample_every, step):
                 text = sample_text(model, "", args.sample_length, top_k=40, seed=args.seed + step)
                 say(f"--- sample at step {step} ---\n{text.strip()}\n---")
-            if step > start_step and every(args.checkpoint_every, step):
+            if step > start_step and due(args.checkpoint_every, step):
                 checkpoint.save(model, args.out_dir, step, {
                     "step": step, "data": loader.state(), "recent_losses": list(recent),
                     "seed": args.seed, "args": vars(args), "config": dataclasses.asdict(cfg)})
                 checkpoint.prune(args.out_dir, args.keep_last)
-            if last:
+            if step == total_steps:
                 break
 
             t0 = time.perf_counter()
             batches = [loader.next_batch() for _ in range(micro_steps)]
-            inputs = np.stack([x for x, _ in batches])
-            targets = np.stack([y for _, y in batches])
-            lr = learning_rate(step, args.steps, args.lr, args.warmup_steps, args.lr_schedule,
+            lr = learning_rate(step, total_steps, args.lr, args.warmup_steps, args.lr_schedule,
                                args.final_lr_frac, args.wsd_decay_fraction)
-            loss = model.backward(inputs, targets)
-            norm, problem = math.nan, check_loss(loss, recent, args)
-            skipped = problem is not None and args.skip_bad_updates
-            if not skipped and math.isfinite(loss):  # a spike not skipped is applied
-                norm, problem = apply_update(model, lr, args, problem)
-                skipped = not math.isfinite(norm)
+            loss, norm, problem, skipped = train_step(
+                model, np.stack([x for x, _ in batches]), np.stack([y for _, y in batches]),
+                lr, recent, args)
             if problem:
                 say(f"warning: step {step}: {problem}" + ("; update skipped" if skipped else ""))
-                if not args.skip_bad_updates and (skipped or not math.isfinite(loss)):
+                if not skipped and not math.isfinite(norm):
                     raise TrainError(f"step {step}: {problem}; stopping with the model as it was "
                                      "before this step. Resume from the last checkpoint with "
                                      "--skip-bad-updates to step over such updates")
@@ -403,46 +435,21 @@ def run(args):
             bar.update(1)
             if args.print_every and (step + 1) % args.print_every == 0:
                 window = list(recent)[-args.print_every:] or [loss]
-                say(f"step {step + 1:5d}/{args.steps} | loss {loss:.4f} (mean of last "
+                say(f"step {step + 1:5d}/{total_steps} | loss {loss:.4f} (mean of last "
                     f"{len(window)}: {np.mean(window):.4f}) | lr {lr:.2e} | norm {norm:.3f} | "
                     f"{dt * 1000:.0f} ms | {tok_s:,.0f} tok/s")
     except KeyboardInterrupt:
-        bar.close()
         kept = checkpoint.complete_steps(args.out_dir)
         raise TrainError("interrupted" + (f"; --resume goes on from step {kept[-1]}" if kept else ""))
     finally:
+        bar.close()
         log.close()
-    bar.close()
-    final = checkpoint.paths(args.out_dir, args.steps)["model"]
+    final = checkpoint.paths(args.out_dir, total_steps)["model"]
     minutes = (time.perf_counter() - t_start) / 60
-    print(f"done: {args.steps} steps in {minutes:.1f} min"
+    print(f"done: {total_steps} steps in {minutes:.1f} min"
           + (f", val loss {last_val:.4f}" if last_val is not None else "") + f"; model: {final}")
     print(f"next: python -m pyllmc.sample {final} --prompt \"The\"  |  "
           f"python evals/hellaswag.py {final}  |  python -m pyllmc.plot {args.out_dir}")
-
-
-def check_loss(loss, recent, args):
-    """Why this loss should not be trusted, or None."""
-    if not math.isfinite(loss):
-        return f"loss is {loss}"
-    if len(recent) == recent.maxlen:
-        mean, std = float(np.mean(recent)), float(np.std(recent))
-        if std > 0 and (loss - mean) / std > args.spike_threshold:
-            return (f"loss spike: {loss:.4f} is {(loss - mean) / std:.1f} standard deviations "
-                    f"above the last {len(recent)} steps' mean {mean:.4f}")
-    return None
-
-
-def apply_update(model, lr, args, problem):
-    """AdamW update; returns (gradient norm, problem). A non-finite gradient
-    norm leaves the model unchanged (norm NaN) and becomes the problem."""
-    import pyllmc
-    try:
-        norm = model.update(lr=lr, weight_decay=args.weight_decay, beta1=args.beta1,
-                            beta2=args.beta2, grad_clip=args.grad_clip)
-        return norm, problem
-    except pyllmc.NumericError as e:
-        return math.nan, f"gradient norm is not finite ({e})"
 
 
 def main(argv=None):

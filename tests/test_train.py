@@ -176,7 +176,7 @@ def test_clear_errors(tmp_path, env):
         (["--total-batch-size", 100], "--total-batch-size 100 is not a multiple of B*T = 4*32"),
         (["--model", tmp_path / "missing.bin"], "missing.bin"),
         (["--model", short], "short_train_000001.bin"),
-        (["--steps", 0], "--steps 0: expected 1 or more"),
+        (["--steps", -1], "--steps -1: expected 0 or more"),
     ]
     for args, message in cases:
         if "--out-dir" not in args:
