@@ -46,7 +46,8 @@ def write_synthetic_set(path, num_examples, seed=0):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     model_arg = parser.add_mutually_exclusive_group(required=True)
     model_arg.add_argument("--checkpoint", help="model file in llm.c's format")
     model_arg.add_argument("--preset", help="d12/d24/d36/d48: a random model of that shape")
@@ -54,12 +55,14 @@ def main():
     parser.add_argument("--examples", type=int, default=10042, help="size of the synthetic set")
     parser.add_argument("--device", choices=["cpu", "cuda"],
                         default="cuda" if pyllmc.cuda_available() else "cpu")
-    parser.add_argument("--batch-size", type=int, help="sequences per forward pass (default: the eval's)")
+    parser.add_argument("--batch-size", type=int,
+                        help="sequences per forward pass (default: the eval's)")
     parser.add_argument("--max-shapes", type=int, default=0,
                         help="distinct batch shapes (default: the eval's choice for the device; "
                              "-1: no limit)")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
-    parser.add_argument("--repeat", type=int, default=1, help="score the set this many times (warm timings)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="score the set this many times (warm timings)")
     args = parser.parse_args()
     if args.max_shapes:
         hellaswag.MAX_SHAPES[args.device] = None if args.max_shapes < 0 else args.max_shapes
@@ -78,7 +81,8 @@ def main():
         t0 = time.perf_counter()
         examples = hellaswag.load_examples(data)
         t_data = time.perf_counter()
-        with hellaswag.open_model(checkpoint, examples, args.device, args.batch_size, args.threads) as model:
+        with hellaswag.open_model(checkpoint, examples, args.device, args.batch_size,
+                                  args.threads) as model:
             t_model = time.perf_counter()
             score_times = []
             for _ in range(args.repeat):

@@ -173,7 +173,8 @@ def parse_record(record, where):
     if isinstance(label, str) and label.isdigit():
         label = int(label)
     if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < NUM_ENDINGS:
-        raise DataError(f"{where}: 'label' is {record['label']!r}; expected an integer in 0..{NUM_ENDINGS - 1}")
+        raise DataError(f"{where}: 'label' is {record['label']!r}; "
+                        f"expected an integer in 0..{NUM_ENDINGS - 1}")
     return ctx, endings, label
 
 
@@ -225,7 +226,8 @@ def read_eval_file(path):
     if num_examples <= 0:
         raise DataError(f"{path}: header says {num_examples} examples; expected at least one")
     if (len(data) - header_bytes) % 2:
-        raise DataError(f"{path}: body of {len(data) - header_bytes} bytes is not a whole number of uint16")
+        raise DataError(f"{path}: body of {len(data) - header_bytes} bytes "
+                        f"is not a whole number of uint16")
     words = np.frombuffer(data, "<u2", offset=header_bytes).tolist()
     examples, pos = [], 0
     for index in range(num_examples):
@@ -233,7 +235,8 @@ def read_eval_file(path):
         if pos + 6 > len(words):
             raise DataError(f"{where}: file ends early; the header promises {num_examples} examples")
         if words[pos] != START_OF_EXAMPLE:
-            raise DataError(f"{where}: starts with {words[pos]}; expected the delimiter {START_OF_EXAMPLE}")
+            raise DataError(f"{where}: starts with {words[pos]}; "
+                            f"expected the delimiter {START_OF_EXAMPLE}")
         size, file_index, label, num_endings = words[pos + 1: pos + 5]
         end = pos + size // 2
         if size % 2 or size < 12 or end > len(words):
@@ -282,9 +285,11 @@ class Rows:
         # all tokens in one array: per example the context, then its endings
         example_len = context_len + ending_len.sum(1)
         parts = (part for e in examples for part in (e.context, *e.endings))
-        self.tokens = np.fromiter(chain.from_iterable(parts), dtype=np.int32, count=int(example_len.sum()))
+        self.tokens = np.fromiter(chain.from_iterable(parts), dtype=np.int32,
+                                  count=int(example_len.sum()))
         example_start = np.cumsum(example_len) - example_len
-        ending_start = example_start[:, None] + context_len[:, None] + np.cumsum(ending_len, 1) - ending_len
+        ending_start = ((example_start + context_len)[:, None]
+                        + np.cumsum(ending_len, 1) - ending_len)
         # one row per (example, ending), example-major
         self.ending_len = ending_len.reshape(-1)
         self.ending_start = ending_start.reshape(-1)
@@ -454,7 +459,8 @@ def run(args):
     print(f"acc       {result['acc']:.4f}")
     print(f"acc_norm  {result['acc_norm']:.4f}")
     print(f"time      {t_end - t0:.2f} s on {device} (data {t_data - t0:.2f} s, model load "
-          f"{t_model - t_data:.2f} s, scoring {t_end - t_model:.2f} s: {n / (t_end - t_model):,.1f} examples/s)")
+          f"{t_model - t_data:.2f} s, scoring {t_end - t_model:.2f} s: "
+          f"{n / (t_end - t_model):,.1f} examples/s)")
     if args.json:
         write_json_atomic(args.json, {**result, "checkpoint": str(args.checkpoint),
                                       "data": str(args.data or VAL_URL), "device": device,
@@ -466,11 +472,14 @@ def main(argv=None):
     parser = argparse.ArgumentParser(
         description="HellaSwag accuracy (completion style, as llm.c) of a GPT-2 checkpoint.")
     parser.add_argument("checkpoint", help="model file in llm.c's format (fp32 or bf16)")
-    parser.add_argument("--data", help="local HellaSwag file: rowanz/hellaswag jsonl or llm.c's tokenized "
-                                       "hellaswag_val.bin (default: the validation set, downloaded once)")
-    parser.add_argument("--cache-dir", help=f"where the downloaded set is kept (default {default_cache_dir()})")
+    parser.add_argument("--data", help="local HellaSwag file: rowanz/hellaswag jsonl or llm.c's "
+                                       "tokenized hellaswag_val.bin (default: the validation set, "
+                                       "downloaded once)")
+    parser.add_argument("--cache-dir",
+                        help=f"where the downloaded set is kept (default {default_cache_dir()})")
     parser.add_argument("--limit", type=int, help="score only the first N examples")
-    parser.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available, else cpu")
+    parser.add_argument("--device", choices=["cpu", "cuda"],
+                        help="default: cuda when available, else cpu")
     parser.add_argument("--batch-size", type=int,
                         help="sequences per forward pass (default: about "
                              f"{TOKEN_BUDGET['cpu']} tokens on cpu, {TOKEN_BUDGET['cuda']} on cuda)")

@@ -217,10 +217,12 @@ def test_offline_without_a_file_says_how_to_give_one(tmp_path):
 
 @pytest.mark.parametrize("line, message", [
     ('{"ctx": "A man", "endings": ["a", "b", "c", "d"], "label": 0', r"x\.jsonl:2: not valid JSON"),
-    ('{"ctx": "A man", "endings": ["a", "b", "c", "d"], "label": 4}', r"x\.jsonl:2: 'label' is 4; expected an integer in 0\.\.3"),
+    ('{"ctx": "A man", "endings": ["a", "b", "c", "d"], "label": 4}',
+     r"x\.jsonl:2: 'label' is 4; expected an integer in 0\.\.3"),
     ('{"ctx": "A man", "endings": ["a", "b", "c", "d"], "label": -1}', r"'label' is -1"),
     ('{"ctx": "A man", "endings": ["a", "b", "c", "d"], "label": "x"}', r"'label' is 'x'"),
-    ('{"ctx": "A man", "endings": ["a", "b", "c"], "label": 0}', r"'endings' .* expected a list of 4 strings"),
+    ('{"ctx": "A man", "endings": ["a", "b", "c"], "label": 0}',
+     r"'endings' .* expected a list of 4 strings"),
     ('{"ctx": "", "endings": ["a", "b", "c", "d"], "label": 0}', r"'ctx' is ''"),
     ('{"endings": ["a", "b", "c", "d"], "label": 0}', r"missing field 'ctx'"),
     ('[1, 2]', r"expected a JSON object, found list"),
@@ -270,7 +272,8 @@ def test_bad_eval_file(data, tmp_path):
 def test_scores_match_pytorch(data, checkpoint, model):
     examples = hellaswag.load_examples(data[0])
     sums, counts = hellaswag.score(model, examples)
-    ref_sums, ref_means = torch_scores(torch_model(checkpoint), as_tuples(examples), model.max_seq_len)
+    ref_sums, ref_means = torch_scores(torch_model(checkpoint), reference_tokens(RECORDS),
+                                       model.max_seq_len)
     assert np.array_equal(counts, [[len(t) for t in e.endings] for e in examples])
     # mean loss within 1e-5; the summed loss adds up the float32 rounding of
     # each token's loss, so it gets 1e-5 per token
@@ -338,7 +341,7 @@ def test_long_sequences_lose_context_from_the_left(data, checkpoint):
     with (pyllmc.Model.load(checkpoint, max_batch_size=8, max_seq_len=window) as m,
           pytest.warns(UserWarning, match="cut from the left")):
         sums, counts = hellaswag.score(m, examples)
-    ref_sums, ref_means = torch_scores(torch_model(checkpoint), as_tuples(examples), window)
+    ref_sums, ref_means = torch_scores(torch_model(checkpoint), reference_tokens(RECORDS), window)
     assert np.abs(sums / counts - ref_means).max() < 1e-5
     assert np.all(np.abs(sums - ref_sums) < 1e-5 * counts)
 
