@@ -24,6 +24,7 @@ import argparse
 import glob
 import multiprocessing as mp
 import os
+import resource
 import shutil
 import statistics
 import sys
@@ -53,6 +54,8 @@ def make_corpus(folder, target_tokens, source_paths, seed=0):
     files, docs, chars, part = [], 0, 0, 0
     while chars < target_tokens * chars_per_token:
         lengths = np.minimum(rng.lognormal(8.0, 0.9, size=20_000).astype(int) + 50, len(text) - 1)
+        needed = target_tokens * chars_per_token - chars
+        lengths = lengths[:max(1, int(np.searchsorted(np.cumsum(lengths), needed)) + 1)]
         starts = rng.integers(0, len(text) - lengths)
         texts = [text[s:s + n] for s, n in zip(starts.tolist(), lengths.tolist())]
         n = len(texts)
@@ -120,6 +123,12 @@ def ours(files, out_dir, shard_size, num_threads):
     fineweb.prepare(source, out_dir, "bench", shard_size, num_threads=num_threads, progress=False)
 
 
+def cpu_seconds():
+    """User + system time of this process and its finished children (pool workers)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def shard_bytes(out_dir):
     return [open(p, "rb").read() for p in sorted(glob.glob(os.path.join(out_dir, "*.bin")))]
 
@@ -149,31 +158,37 @@ def main():
             lambda out: ours(files, out, shard_size, cores),
     }
     times = {name: [] for name in contenders}
+    cpu = {name: [] for name in contenders}
     reference = tokens = None
     for r in range(args.rounds):
         for name, run in contenders.items():
             out = os.path.join(work, "shards")
             shutil.rmtree(out, ignore_errors=True)
             os.makedirs(out)
-            t0 = time.perf_counter()
+            c0, t0 = cpu_seconds(), time.perf_counter()
             run(out)
             times[name].append(time.perf_counter() - t0)
+            cpu[name].append(cpu_seconds() - c0)
             written = shard_bytes(out)
             if reference is None:
                 reference = written
                 tokens = sum((len(b) - 1024) // 2 for b in written)
             assert written == reference, f"{name} wrote different shards"
-            print(f"  round {r + 1}: {name}: {tokens / times[name][-1] / 1e6:.2f} M tok/s",
-                  flush=True)
+            print(f"  round {r + 1}: {name}: {tokens / times[name][-1] / 1e6:.2f} M tok/s, "
+                  f"{cpu[name][-1] / tokens * 1e6:.3f} CPU s per M tokens", flush=True)
     print(f"\n{tokens:,} tokens into {len(reference)} shards; all approaches byte-identical")
-    print(f"{'approach':<48} {'median':>12} {'best':>12}")
+    print(f"{'approach':<48} {'median':>12} {'best':>12} {'CPU s/Mtok':>11}")
     rates = {}
     for name, ts in times.items():
         rates[name] = tokens / statistics.median(ts) / 1e6
-        print(f"{name:<48} {rates[name]:>7.2f} M/s {tokens / min(ts) / 1e6:>7.2f} M/s")
+        print(f"{name:<48} {rates[name]:>7.2f} M/s {tokens / min(ts) / 1e6:>7.2f} M/s "
+              f"{statistics.median(cpu[name]) / tokens * 1e6:>11.3f}")
     names = list(rates)
     best_llmc = max(rates[n] for n in names[:2])
-    print(f"ours vs llm.c's faster variant (median): {rates[names[2]] / best_llmc:.2f}x")
+    print(f"ours vs llm.c's faster variant (median tokens/s): {rates[names[2]] / best_llmc:.2f}x")
+    load = os.getloadavg()
+    print(f"load average during the run: {load[0]:.2f} (1 min), {load[1]:.2f} (5 min); other "
+          "programs running on these cores slow every approach")
     if not args.workdir:
         shutil.rmtree(work)
 
