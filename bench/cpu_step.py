@@ -85,6 +85,9 @@ def main():
         print(f"{name:6s} {ms[name]:8.1f} ms/step  {tokens / ms[name] * 1000:8.0f} tokens/s  "
               f"final loss {losses[name][-1]:.4f}")
     print(f"ratio llmc/torch: {ms['llmc'] / ms['torch']:.2f}x")
+    logits_mib = tokens * c.vocab_size * 4 / 2**20
+    print(f"llmc memory: {model.memory_bytes / 2**20:.0f} MiB in all (weights, gradients, AdamW "
+          f"moments, activations); one fp32 copy of the B*T*V logits alone is {logits_mib:.0f} MiB")
 
 
 if __name__ == "__main__":
