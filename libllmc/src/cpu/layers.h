@@ -27,10 +27,10 @@
  * is scalar without -ffast-math, and the classifier's softmax alone takes
  * B*T*V exponentials). Cody-Waite range reduction x = n ln2 + r with
  * |r| <= ln2/2, a degree-7 Taylor polynomial for e^r (truncation error
- * below 1e-8 relative), then 2^n put into the exponent bits: about 1 ulp.
- * Inputs below -87.3 give 0; inputs above 88 saturate at e^88 (callers only
- * need e^x for x <= 0, or for 1/(1 + e^x) where the saturation is exact in
- * fp32). */
+ * below 1e-8 relative), then 2^n put into the exponent bits: within 1.7 ulp
+ * of e^x over [-87.3, 88] (checked against double exp at every millionth
+ * step). Inputs below -87.3 give 0; inputs above 88 saturate at e^88: callers
+ * need e^x for x <= 0, or 1/(1 + e^x), which is below 1e-38 either way. */
 static inline float vec_expf(float x) {
     const float lo = -87.33654f, hi = 88.0f;
     const float xc = x < lo ? lo : (x > hi ? hi : x);
