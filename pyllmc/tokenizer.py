@@ -89,7 +89,7 @@ class ParallelTokenizer:
     stays flat however long the stream is."""
 
     def __init__(self, num_threads=None, docs_per_chunk=64):
-        self.num_threads = num_threads or os.cpu_count() or 1
+        self.num_threads = num_threads or len(os.sched_getaffinity(0))
         self.docs_per_chunk = docs_per_chunk
         self.lookahead = 4 * self.num_threads
 

@@ -47,12 +47,25 @@ class TrainError(Exception):
     """A problem with the run's settings, data or folder, told in one line."""
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Shows each flag's default, where it has one and its help does not
+    already tell it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" not in text and action.default not in (None, argparse.SUPPRESS) \
+                and action.default is not False:
+            text += " (default: %(default)s)"
+        return text
+
+
 def build_parser():
     p = argparse.ArgumentParser(
-        prog="python -m pyllmc.train", description=__doc__.split("\n\n")[0].strip(),
+        prog="python -m pyllmc.train", usage="%(prog)s [options]",
+        description=__doc__.split("\n\n")[0].strip(),
         epilog="With no arguments: a 4-layer, 128-channel GPT-2 trained for 300 steps on the "
                "Python Language Reference (shipped with every CPython), on the CPU.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--train-data", metavar="PATTERN",
                    help="training shards: a glob pattern, file or folder of llm.c .bin shards "
@@ -136,6 +149,9 @@ def build_parser():
                    help="CUDA activation recompute: 0 none, 1 GELU, 2 GELU and LayerNorm")
     g.add_argument("--peak-tflops", type=float,
                    help="the device's peak TFLOP/s for MFU (default: known GPUs only)")
+    for action in p._actions:  # short placeholders: "--steps N" reads better than "--steps STEPS"
+        if action.metavar is None and action.type in (int, float):
+            action.metavar = "N" if action.type is int else "X"
     return p
 
 
