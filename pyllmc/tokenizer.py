@@ -83,13 +83,20 @@ def encode_documents(texts):
     return tokens, lengths
 
 
+def usable_cores():
+    """Cores this process may run on (fewer than the machine's under a CPU mask)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 class ParallelTokenizer:
     """encode_documents over a stream of text batches, on num_threads threads,
     results in input order. At most `lookahead` chunks are in flight, so memory
     stays flat however long the stream is."""
 
     def __init__(self, num_threads=None, docs_per_chunk=64):
-        self.num_threads = num_threads or len(os.sched_getaffinity(0))
+        self.num_threads = num_threads or usable_cores()
         self.docs_per_chunk = docs_per_chunk
         self.lookahead = 4 * self.num_threads
 
