@@ -120,7 +120,7 @@ void gelu_backward(float *dinp, const float *inp, const float *dout, size_t n);
 
 /* Rows of the LM head processed at a time: the logits of one chunk are the
  * only vocabulary-sized activation the backend keeps. */
-#define CLASSIFIER_CHUNK_ROWS 256
+#define CLASSIFIER_CHUNK_ROWS 512
 
 /* The LM head (tied to wte, first V rows) with softmax cross-entropy, over
  * N rows of x (N, C), CLASSIFIER_CHUNK_ROWS at a time through logits_buf

@@ -29,7 +29,7 @@ void gemm_serial(int trans_a, int trans_b, int M, int N, int K, float alpha, con
  * the same for any thread count. Threads take parts as they come free,
  * which also evens out a core slowed by other work. */
 #define GEMM_MAX_PARTS 8
-#define GEMM_MIN_PART 64
+#define GEMM_MIN_PART 128
 
 void gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
           const float *B, int ldb, float beta, float *C, int ldc) {
