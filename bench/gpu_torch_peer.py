@@ -45,12 +45,13 @@ def main():
         group["fused"] = True
     forward = torch.compile(model) if args.compile else model
     g = torch.Generator(device="cuda").manual_seed(0)
-    data = torch.randint(0, 50257, (args.micro_steps, args.B, args.T + 1), device="cuda", generator=g)
+    tokens = torch.randint(0, 50257, (args.micro_steps, args.B, args.T + 1), device="cuda", generator=g)
+    inputs, targets = tokens[..., :-1].contiguous(), tokens[..., 1:].contiguous()
 
     def step():
         for k in range(args.micro_steps):
             with torch.autocast("cuda", dtype=torch.bfloat16):
-                _, loss = forward(data[k, :, :-1], data[k, :, 1:])
+                _, loss = forward(inputs[k], targets[k])
             (loss / args.micro_steps).backward()
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
