@@ -2,6 +2,7 @@
 # found) and installs the Python packages the tools need; `make test` runs
 # the whole suite.
 PYTHON ?= python3
+.DEFAULT_GOAL := all
 BUILD  := build
 CC     ?= gcc
 CFLAGS := -O3 -march=native -fopenmp -fPIC -std=c11 -Wall -Wextra -Wno-unused-parameter \

@@ -154,7 +154,14 @@ def _load():
     if not path.exists():
         raise ImportError(f"libllmc not found at {path}: run `make` in {REPO_ROOT} first "
                           "(or point LLMC_LIB at a built libllmc.so)")
-    lib = ctypes.CDLL(str(path))
+    # Idle OpenMP threads sleep instead of spinning: spinning costs little on
+    # an idle machine but starves the tokenizer and anything else on a busy one.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError as e:
+        raise ImportError(f"cannot load {path} ({e}): re-run `make` in {REPO_ROOT} (a moved or "
+                          "changed Python environment moves the OpenBLAS it links to)") from e
     for name, (restype, argtypes) in _SIGNATURES.items():
         fn = getattr(lib, name)
         fn.restype = restype

@@ -110,7 +110,7 @@ class Model:
         return cls(handle.value)
 
     def close(self):
-        if self._handle:
+        if getattr(self, "_handle", None):
             lib.llmc_free(self._handle)
             self._handle = None
 
@@ -121,7 +121,10 @@ class Model:
         self.close()
 
     def __del__(self):
-        self.close()
+        try:
+            self.close()
+        except (AttributeError, TypeError):  # interpreter shutdown: modules already torn down
+            pass
 
     def _h(self):
         if not self._handle:

@@ -172,7 +172,9 @@ LLMC_API llmc_status llmc_save(llmc_model *model, const char *path, llmc_dtype d
 LLMC_API llmc_status llmc_save_optimizer(llmc_model *model, const char *path);
 LLMC_API llmc_status llmc_load_optimizer(llmc_model *model, const char *path);
 
-/* Peak device (CUDA) or planned host (CPU) memory in bytes. */
+/* Bytes the model holds now: device memory on CUDA (all planned at init),
+ * host memory on CPU (gradients and activations for training are allocated
+ * by the first llmc_backward, AdamW moments by the first update). */
 LLMC_API size_t llmc_memory_bytes(const llmc_model *model);
 
 #ifdef __cplusplus
