@@ -45,7 +45,6 @@ EVAL_FILE_MAGIC = 20240522
 EVAL_FILE_VERSION = 1
 EVAL_HEADER_INTS = 256
 START_OF_EXAMPLE = 65535
-CHECKPOINT_MAGIC = 20240326
 # Distinct batch shapes per evaluation, by device (None: no limit). The CUDA
 # backend builds a cuDNN attention plan for every new (B, T), at 50-400 ms
 # each, which the ~20 lengths of sorted HellaSwag batches would multiply; so
@@ -407,24 +406,12 @@ def evaluate(model, examples, batch_size=None, progress=False):
 # -----------------------------------------------------------------------------
 # command line
 
-def checkpoint_max_seq_len(path):
-    """max_seq_len from an llm.c model file's header, or None if the file is
-    not one (loading it then fails with the library's own explanation)."""
-    try:
-        header = np.fromfile(path, dtype="<i4", count=3)
-    except OSError:
-        return None
-    if len(header) == 3 and header[0] == CHECKPOINT_MAGIC and header[2] > 0:
-        return int(header[2])
-    return None
-
-
 def open_model(checkpoint, examples, device="cpu", batch_size=None, num_threads=0):
     """Load a checkpoint with memory planned for scoring these examples:
     sequences as long as the longest one (or the model's window), batch_size
     rows per pass (default: TOKEN_BUDGET[device] tokens per pass)."""
     longest = max(len(e.context) + max(map(len, e.endings)) - 1 for e in examples)
-    seq_len = min(longest, checkpoint_max_seq_len(checkpoint) or longest)
+    seq_len = min(longest, pyllmc.Config.from_file(checkpoint).max_seq_len)
     batch_size = batch_size or max(1, min(TOKEN_BUDGET[device] // seq_len, NUM_ENDINGS * len(examples)))
     return pyllmc.Model.load(checkpoint, device=device, max_batch_size=batch_size,
                              max_seq_len=seq_len, num_threads=num_threads)

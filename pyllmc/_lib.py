@@ -7,7 +7,7 @@ import ctypes
 import os
 from pathlib import Path
 
-ABI_VERSION = 1  # must equal LLMC_ABI_VERSION in llmc.h
+ABI_VERSION = 2  # must equal LLMC_ABI_VERSION in llmc.h
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -119,6 +119,7 @@ _SIGNATURES = {
     "llmc_default_options": (OptionsStruct, []),
     "llmc_default_adamw": (AdamWStruct, []),
     "llmc_config_preset": (_status, [ctypes.c_char_p, _p(ConfigStruct)]),
+    "llmc_read_config": (_status, [ctypes.c_char_p, _p(ConfigStruct)]),
     "llmc_init": (_status, [_p(ConfigStruct), _p(OptionsStruct), _p(_model)]),
     "llmc_init_from_file": (_status, [ctypes.c_char_p, _p(OptionsStruct), _p(_model)]),
     "llmc_free": (None, [_model]),

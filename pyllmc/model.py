@@ -29,6 +29,13 @@ class Config:
         return cls._from_struct(c)
 
     @classmethod
+    def from_file(cls, path):
+        """The shape of an llm.c model file, checked as Model.load checks it."""
+        c = _lib.ConfigStruct()
+        call("llmc_read_config", _path(path), ctypes.byref(c))
+        return cls._from_struct(c)
+
+    @classmethod
     def _from_struct(cls, c):
         return cls(**{f.name: getattr(c, f.name) for f in dataclasses.fields(cls)})
 

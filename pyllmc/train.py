@@ -32,7 +32,6 @@ from .sample import sample_text
 from .schedule import SCHEDULES, learning_rate
 from .shards import ShardError, val_batches, write_atomic, DataLoader
 
-MODEL_MAGIC = 20240326  # llm.c model file header
 # dense bf16 peak of GPUs whose name contains the key (first match wins)
 PEAK_TFLOPS = [("H100 PCIe", 756.0), ("H100", 989.4), ("H200", 989.4), ("A100", 312.0)]
 # settings that change the loss curve: a resume with other values is warned about
@@ -230,21 +229,14 @@ class RunLog:
 
 # ---- model ---------------------------------------------------------------------
 
-def model_file_max_seq_len(path):
-    """max_seq_len from an llm.c model file's header, or None if it is not one
-    (then loading it fails with the library's explanation)."""
-    header = np.fromfile(path, dtype="<i4", count=3) if os.path.isfile(path) else []
-    return int(header[2]) if len(header) == 3 and header[0] == MODEL_MAGIC else None
-
-
 def open_model(args, resume_file=None):
     import pyllmc
     plan = dict(device=args.device, max_batch_size=args.batch_size, max_seq_len=args.seq_len,
                 seed=args.seed, num_threads=args.num_threads, recompute=args.recompute)
     path = resume_file or (args.model if args.model and args.model not in PRESETS else None)
     if path:
-        max_len = model_file_max_seq_len(path)
-        if max_len is not None and args.seq_len > max_len:
+        max_len = pyllmc.Config.from_file(path).max_seq_len
+        if args.seq_len > max_len:
             raise TrainError(f"-T {args.seq_len} is longer than the {max_len} positions of the "
                              f"model in {path}")
         return pyllmc.Model.load(path, **plan)

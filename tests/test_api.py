@@ -2,7 +2,6 @@
 
 Every bad input must raise an exception naming the problem and leave the
 process alive and the model usable."""
-import struct
 
 import numpy as np
 import pytest
@@ -278,3 +277,11 @@ def test_closed_model_raises(tmp_path):
     m.close()
     with pytest.raises(pyllmc.InvalidArgumentError, match="closed"):
         m.parameters()
+
+
+def test_config_from_file_reads_only_the_header(model, tmp_path):
+    model.save(tmp_path / "m.bin")
+    assert Config.from_file(tmp_path / "m.bin") == model.config
+    (tmp_path / "cut.bin").write_bytes((tmp_path / "m.bin").read_bytes()[:2000])
+    with pytest.raises(pyllmc.FileFormatError, match="cut.bin"):
+        Config.from_file(tmp_path / "cut.bin")

@@ -39,7 +39,7 @@ extern "C" {
 #endif
 
 /* Bumped whenever a signature or struct below changes; pyllmc checks it. */
-#define LLMC_ABI_VERSION 1
+#define LLMC_ABI_VERSION 2
 
 typedef enum llmc_status {
     LLMC_OK = 0,
@@ -108,6 +108,10 @@ LLMC_API llmc_options llmc_default_options(void);
 LLMC_API llmc_adamw llmc_default_adamw(void);
 /* "d12", "d24", "d36", "d48" (GPT-2 124M, 350M, 774M, 1558M). */
 LLMC_API llmc_status llmc_config_preset(const char *name, llmc_config *out);
+
+/* The shape in a model file's header, checked (with the file's size) as
+ * llmc_init_from_file checks it, without reading the weights. */
+LLMC_API llmc_status llmc_read_config(const char *path, llmc_config *out);
 
 /* A fresh model with GPT-2's random init, deterministic for options->seed. */
 LLMC_API llmc_status llmc_init(const llmc_config *config, const llmc_options *options,

@@ -106,42 +106,54 @@ static llmc_status read_bf16(FILE *f, const char *path, float *dst, size_t n) {
     return LLMC_OK;
 }
 
+/* Checks a model file's header and size; *bytes_per is 4 (fp32) or 2 (bf16). */
+static llmc_status read_model_header(FILE *f, const char *path, size_t file_size, llmc_config *config,
+                                     size_t *num_params, size_t *bytes_per) {
+    int32_t h[HEADER_INTS];
+    llmc_status st = read_header(f, path, file_size, h);
+    if (st != LLMC_OK) return st;
+    if (h[0] != MODEL_MAGIC)
+        return llmc_error(LLMC_ERR_FORMAT, "'%s' is not an llm.c model file: magic %d, expected %d",
+                          path, h[0], MODEL_MAGIC);
+    if (h[1] != MODEL_VERSION_FP32 && h[1] != MODEL_VERSION_BF16)
+        return llmc_error(LLMC_ERR_FORMAT, "'%s': model file version %d, expected 3 (fp32) or 5 (bf16)",
+                          path, h[1]);
+    *config = header_get_config(h);
+    if (config->padded_vocab_size == 0) /* zero would mean "choose one" to llmc_config_check */
+        return llmc_error(LLMC_ERR_FORMAT, "'%s': padded_vocab_size = 0 in the header", path);
+    if ((st = llmc_config_check(config, path, LLMC_ERR_FORMAT)) != LLMC_OK) return st;
+    size_t sizes[LLMC_NUM_PARAM_TENSORS], offsets[LLMC_NUM_PARAM_TENSORS];
+    llmc_param_layout(config, sizes, offsets, num_params);
+    *bytes_per = h[1] == MODEL_VERSION_FP32 ? 4 : 2;
+    size_t expected = HEADER_BYTES + *num_params * *bytes_per;
+    if (file_size != expected)
+        return llmc_error(LLMC_ERR_FORMAT,
+                          "'%s' is %zu bytes but its header (L=%d, C=%d, V=%d, maxT=%d, %s) needs %zu "
+                          "(truncated or corrupted?)", path, file_size, config->num_layers,
+                          config->channels, config->padded_vocab_size, config->max_seq_len,
+                          *bytes_per == 4 ? "fp32" : "bf16", expected);
+    return LLMC_OK;
+}
+
+llmc_status llmc_read_config(const char *path, llmc_config *out) {
+    if (path == NULL || out == NULL)
+        return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "llmc_read_config: NULL argument");
+    FILE *f;
+    size_t file_size = 0, n, bytes_per;
+    llmc_status st = open_for_read(path, &f, &file_size);
+    if (st != LLMC_OK) return st;
+    st = read_model_header(f, path, file_size, out, &n, &bytes_per);
+    fclose(f);
+    return st;
+}
+
 llmc_status llmc_read_model_file(const char *path, llmc_config *config, float **params_out) {
     *params_out = NULL;
     FILE *f;
-    size_t file_size;
+    size_t file_size = 0, n, bytes_per;
     llmc_status st = open_for_read(path, &f, &file_size);
     if (st != LLMC_OK) return st;
-    int32_t h[HEADER_INTS];
-    if ((st = read_header(f, path, file_size, h)) != LLMC_OK) goto done;
-    if (h[0] != MODEL_MAGIC) {
-        st = llmc_error(LLMC_ERR_FORMAT, "'%s' is not an llm.c model file: magic %d, expected %d",
-                        path, h[0], MODEL_MAGIC);
-        goto done;
-    }
-    if (h[1] != MODEL_VERSION_FP32 && h[1] != MODEL_VERSION_BF16) {
-        st = llmc_error(LLMC_ERR_FORMAT, "'%s': model file version %d, expected 3 (fp32) or 5 (bf16)",
-                        path, h[1]);
-        goto done;
-    }
-    *config = header_get_config(h);
-    if (config->padded_vocab_size == 0) { /* zero would mean "choose one" to llmc_config_check */
-        st = llmc_error(LLMC_ERR_FORMAT, "'%s': padded_vocab_size = 0 in the header", path);
-        goto done;
-    }
-    if ((st = llmc_config_check(config, path, LLMC_ERR_FORMAT)) != LLMC_OK) goto done;
-    size_t sizes[LLMC_NUM_PARAM_TENSORS], offsets[LLMC_NUM_PARAM_TENSORS], n;
-    llmc_param_layout(config, sizes, offsets, &n);
-    size_t bytes_per = h[1] == MODEL_VERSION_FP32 ? 4 : 2;
-    size_t expected = HEADER_BYTES + n * bytes_per;
-    if (file_size != expected) {
-        st = llmc_error(LLMC_ERR_FORMAT,
-                        "'%s' is %zu bytes but its header (L=%d, C=%d, V=%d, maxT=%d, %s) needs %zu "
-                        "(truncated or corrupted?)", path, file_size, config->num_layers,
-                        config->channels, config->padded_vocab_size, config->max_seq_len,
-                        bytes_per == 4 ? "fp32" : "bf16", expected);
-        goto done;
-    }
+    if ((st = read_model_header(f, path, file_size, config, &n, &bytes_per)) != LLMC_OK) goto done;
     float *params = malloc(n * sizeof(float));
     if (params == NULL) {
         st = llmc_error(LLMC_ERR_OUT_OF_MEMORY, "out of host memory for %zu parameters of '%s'", n, path);
@@ -158,7 +170,7 @@ done:
 llmc_status llmc_read_optimizer_file(const char *path, const llmc_config *config, size_t n,
                                      int64_t *step, float *mom1, float *mom2) {
     FILE *f;
-    size_t file_size;
+    size_t file_size = 0;
     llmc_status st = open_for_read(path, &f, &file_size);
     if (st != LLMC_OK) return st;
     int32_t h[HEADER_INTS];
