@@ -5,7 +5,8 @@ weights that bf16 represents exactly, so the differences below come from the
 CUDA backend's bf16 activations and activation gradients alone. Tolerances:
 
 - logits: ||gpu - cpu|| / ||cpu|| < 2e-2
-- mean loss: |gpu - cpu| < 1e-2; per-token losses: max |gpu - cpu| < 5e-2
+- mean loss: |gpu - cpu| < 1e-2; per-token losses: max |gpu - cpu| < 5e-2; eval's losses of
+  the rows it scores are bit-identical whatever the other rows' targets
 - every parameter tensor's gradient: ||gpu - cpu|| / ||cpu|| < 2e-2 (seen: 2e-3..7e-3)
 - 20 AdamW steps: every loss within 0.02 of the CPU run's (losses 6 -> 2.7; seen: 2.3e-3)
 - same seed, same batches: bit-identical losses, norms and weights; a run
@@ -102,6 +103,30 @@ def test_forward_backward_match_cpu(cfg, B, T):
     assert abs(mg - mc) < 1e-2
     assert np.abs(pg - pc).max() < 5e-2
     assert (pg[0, :3] == 0).all()
+
+
+@pytest.mark.parametrize("cfg,B,T", [(SMALL, 4, 64), (ODD, 3, 29), (SMALL, 72, 64)],
+                         ids=["small", "odd", "two-chunks"])
+def test_eval_scores_only_counted_rows(cfg, B, T):
+    """eval runs the classifier over the rows with a target only: their losses
+    are bit for bit those of the full computation, the others 0."""
+    m = pyllmc.Model.from_config(cfg, device="cuda", max_batch_size=B, max_seq_len=T, seed=2)
+    rng = np.random.default_rng(3)
+    x0, _ = batch(m.config, B, T)
+    logits = m.logits(x0)
+    for b, t in [(B, T), (B - 1, T - 4)]:
+        x, y = batch(m.config, b, t, seed=b + t)
+        _, full = m.eval(x, y, per_token=True)
+        ignored = rng.random(y.shape) < 0.7  # like HellaSwag: mostly context
+        ignored[-1] = True  # and padding rows
+        sparse_y = np.where(ignored, -1, y)
+        mean, sparse = m.eval(x, sparse_y, per_token=True)
+        assert (sparse[ignored] == 0).all()
+        assert np.array_equal(sparse[~ignored], full[~ignored])
+        assert abs(mean - full[~ignored].mean()) < 1e-5
+    _, none = m.eval(x, np.full_like(y, -1), per_token=True)
+    assert (none == 0).all()
+    assert np.array_equal(m.logits(x0), logits)  # the gathering evals left logits alone
 
 
 def test_training_tracks_cpu():

@@ -59,6 +59,10 @@ void gelu_forward(bf16 *out, const bf16 *inp, size_t n, cudaStream_t s);
 void crossentropy_forward_backward(bf16 *logits, float *losses, const int *targets, int rows,
                                    int V, int Vp, float dloss, int write_grad, cudaStream_t s);
 
+/* gather.cu: out[i] = in[rows[i]] for n rows of C bf16; and out[rows[i]] = in[i]. */
+void gather_rows(bf16 *out, const bf16 *in, const int *rows, int n, int C, cudaStream_t s);
+void scatter_floats(float *out, const float *in, const int *rows, int n, cudaStream_t s);
+
 /* adamw.cu: one AdamW step over n floats; the bf16 copy is written with
  * stochastic rounding seeded by (seed, element index). */
 void adamw_update(float *master, bf16 *param, float *m, float *v, const float *grad, size_t n,

@@ -16,9 +16,13 @@ size_t mm_memory_bytes(const mm_ctx *ctx);
 
 /* out (N, OC) = inp @ w^T + bias (bias may be NULL). inp rows are inp_stride
  * elements apart (IC for packed rows). With gelu_pre non-NULL the output is
- * GELU of the result and gelu_pre receives the result before GELU. */
+ * GELU of the result and gelu_pre receives the result before GELU. With
+ * plan_rows > N, the product runs cuBLASLt's algorithm for plan_rows rows, so
+ * that every row's result is the one it gets in a product of plan_rows rows
+ * (the classifier's chunks: an eval gathers the rows it scores into them). */
 llmc_status matmul_forward(mm_ctx *ctx, bf16 *out, const bf16 *inp, int inp_stride, const bf16 *w,
-                           const bf16 *bias, int N, int IC, int OC, bf16 *gelu_pre);
+                           const bf16 *bias, int N, int IC, int OC, bf16 *gelu_pre,
+                           int plan_rows = 0);
 /* The same product written as fp32 (logits for the API), no bias. */
 llmc_status matmul_forward_fp32(mm_ctx *ctx, float *out, const bf16 *inp, int inp_stride,
                                 const bf16 *w, int N, int IC, int OC);

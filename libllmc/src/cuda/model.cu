@@ -227,9 +227,10 @@ void cuda_destroy(llmc_model *m) {
 
 /* ---- token staging ---------------------------------------------------- */
 
-/* Per micro-step: inputs, targets, then (with buckets) the rows sorted by
- * token, bucket starts and bucket tokens for the deterministic wte gradient. */
-size_t staging_ints(size_t N, bool buckets) { return (buckets ? 5 * N + 1 : 2 * N) + 3 & ~(size_t)3; }
+/* Per training micro-step: inputs, targets, then the rows sorted by token,
+ * bucket starts and bucket tokens for the deterministic wte gradient. For
+ * eval and logits: inputs, then the scored rows and their targets. */
+size_t staging_ints(size_t N, bool buckets) { return (buckets ? 5 * N + 1 : 3 * N) + 3 & ~(size_t)3; }
 
 void dev_free(Cuda *g, void *p, size_t bytes) {
     if (!p) return;
@@ -332,16 +333,19 @@ llmc_status forward(Cuda *g, const int *tokens, int B, int T, bool training) {
     return LLMC_OK;
 }
 
-/* Loss of every row (and with dloss != 0, the gradient of the final
- * LayerNorm's output into dC and the classifier's into wte's gradient),
- * CLASSIFIER_CHUNK_ROWS rows of logits at a time. */
-llmc_status classifier(Cuda *g, const int *targets, float *losses, int N, float dloss,
-                       bool backward) {
+/* Loss of each of the N rows of x, the final LayerNorm's output (and with
+ * backward, the gradient of x into dC and the classifier's into wte's
+ * gradient), CLASSIFIER_CHUNK_ROWS rows of logits at a time. Every chunk
+ * runs the matmul algorithm of a full one, so a row's loss does not depend on
+ * the rows beside it (an eval scores a gather of rows). */
+llmc_status classifier(Cuda *g, const bf16 *lnf, const int *targets, float *losses, int N,
+                       float dloss, bool backward) {
     const int C = g->C, chunk = (int)std::min<size_t>(g->Nmax, CLASSIFIER_CHUNK_ROWS);
     for (int r0 = 0; r0 < N; r0 += chunk) {
         const int rows = std::min(chunk, N - r0);
-        const bf16 *x = g->lnf + (size_t)r0 * C;
-        TRY(matmul_forward(g->mm, g->logits, x, C, P(g, P_WTE), nullptr, rows, C, g->Vp, nullptr));
+        const bf16 *x = lnf + (size_t)r0 * C;
+        TRY(matmul_forward(g->mm, g->logits, x, C, P(g, P_WTE), nullptr, rows, C, g->Vp, nullptr,
+                           chunk));
         crossentropy_forward_backward(g->logits, losses + r0, targets + r0, rows, g->V, g->Vp,
                                       dloss, backward, g->stream);
         if (!backward) continue;
@@ -421,7 +425,7 @@ llmc_status cuda_backward(llmc_model *m, const int32_t *inputs, const int32_t *t
         CUDA_TRY(cudaMemcpyAsync((void *)staged, h, per * sizeof(int), cudaMemcpyHostToDevice,
                                  g->stream));
         TRY(forward(g, staged, B, T, true));
-        TRY(classifier(g, staged + N, g->losses + k * N, (int)N, loss_scale, true));
+        TRY(classifier(g, g->lnf, staged + N, g->losses + k * N, (int)N, loss_scale, true));
         TRY(backward_layers(g, staged, buckets, B, T));
     }
     sum_losses(g->loss, g->losses, N * micro_steps, g->stream);
@@ -461,24 +465,51 @@ llmc_status cuda_update(llmc_model *m, const llmc_adamw *hp, float grad_scale, i
     return LLMC_OK;  // api.c advances m->step to t
 }
 
-/* Uploads one batch's inputs (and targets) for eval/logits. */
-llmc_status stage_batch(Cuda *g, const int32_t *inputs, const int32_t *targets, size_t N) {
-    TRY(reserve_tokens(g, staging_ints(N, false), N));
-    memcpy(g->tokens_host, inputs, N * sizeof(int));
-    if (targets) memcpy(g->tokens_host + N, targets, N * sizeof(int));
-    CUDA_TRY(cudaMemcpyAsync(g->tokens, g->tokens_host, (targets ? 2 : 1) * N * sizeof(int),
+/* Uploads one batch's inputs for eval/logits, and with targets, the rows
+ * whose target is not -1 and those targets (staging_ints' eval layout).
+ * Returns the number of such rows. */
+llmc_status stage_batch(Cuda *g, const int32_t *inputs, const int32_t *targets, size_t N,
+                        int *scored) {
+    TRY(reserve_tokens(g, staging_ints(N, false), 2 * N));
+    int *h = g->tokens_host;
+    memcpy(h, inputs, N * sizeof(int));
+    int M = 0;
+    if (targets) {
+        for (size_t r = 0; r < N; r++)
+            if (targets[r] >= 0) h[N + M++] = (int)r;
+        for (int i = 0; i < M; i++) h[N + M + i] = targets[h[N + i]];
+    }
+    CUDA_TRY(cudaMemcpyAsync(g->tokens, h, (N + 2 * (size_t)M) * sizeof(int),
                              cudaMemcpyHostToDevice, g->stream));
+    if (scored) *scored = M;
     return LLMC_OK;
 }
 
+/* Classifier and loss only for the rows with a target: their final LayerNorm
+ * outputs are gathered into dC (free once the forward is done), their losses
+ * scattered back; the other rows' losses are 0. HellaSwag's batches are
+ * mostly context and padding, whose logits would be wasted work. */
 llmc_status cuda_eval(llmc_model *m, const int32_t *inputs, const int32_t *targets, int B, int T,
                       float *per_token_losses) {
     TRY(set_device(m));
     Cuda *g = impl(m);
     const size_t N = (size_t)B * T;
-    TRY(stage_batch(g, inputs, targets, N));
-    TRY(forward(g, g->tokens, B, T, false));
-    TRY(classifier(g, g->tokens + N, g->losses, (int)N, 0.0f, false));
+    int M = 0;
+    TRY(stage_batch(g, inputs, targets, N, &M));
+    const int *rows = g->tokens + N, *row_targets = g->tokens + N + M;
+    if (M == (int)N) {  // every row scored: no gather needed
+        TRY(forward(g, g->tokens, B, T, false));
+        TRY(classifier(g, g->lnf, row_targets, g->losses, M, 0.0f, false));
+    } else {
+        CUDA_TRY(cudaMemsetAsync(g->losses, 0, N * sizeof(float), g->stream));
+        if (M > 0) {
+            TRY(forward(g, g->tokens, B, T, false));
+            gather_rows(g->dC, g->lnf, rows, M, g->C, g->stream);
+            TRY(classifier(g, g->dC, row_targets, g->losses + N, M, 0.0f, false));
+            scatter_floats(g->losses, g->losses + N, rows, M, g->stream);
+            CUDA_CHECK_LAUNCH();
+        }
+    }
     CUDA_TRY(cudaMemcpyAsync(per_token_losses, g->losses, N * sizeof(float),
                              cudaMemcpyDeviceToHost, g->stream));
     CUDA_TRY(cudaStreamSynchronize(g->stream));
@@ -491,7 +522,7 @@ llmc_status cuda_logits(llmc_model *m, const int32_t *inputs, int B, int T, int 
     Cuda *g = impl(m);
     const size_t N = (size_t)B * T;
     const int C = g->C;
-    TRY(stage_batch(g, inputs, nullptr, N));
+    TRY(stage_batch(g, inputs, nullptr, N, nullptr));
     TRY(forward(g, g->tokens, B, T, false));
     /* fp32 logits in the bf16 chunk buffer: half as many rows at a time. */
     const int chunk = (int)std::max<size_t>(2, std::min<size_t>(g->Nmax, CLASSIFIER_CHUNK_ROWS)) / 2;
