@@ -6,14 +6,19 @@
  *   S = q k^T / sqrt(hs), P = causal softmax(S) (stored), y = P v.
  * Backward: dP = dy v^T, dv = P^T dy, dS = P * (dP - rowsum(P * dP)),
  *   dq = dS k / sqrt(hs), dk = dS^T q / sqrt(hs).
- * The products run over the full T x T square; the upper triangle of P and
- * dS is zero, so it adds nothing.
+ * P and dS are zero above the diagonal, so the products go tile by tile
+ * (ATTENTION_TILE rows of P, or columns for dv and dk) over the keys or
+ * queries a tile can see: about half the square's work at long T. Only the
+ * diagonal tiles multiply zeros, which add nothing. Tiles are cut by the
+ * shape alone, so every element comes out the same for any thread count.
  */
 #include <math.h>
 #include <omp.h>
 #include <string.h>
 
 #include "layers.h"
+
+static int min_int(int a, int b) { return a < b ? a : b; }
 
 void attention_forward(float *out, float *att, const float *qkv, int B, int T, int C, int NH) {
     const int hs = C / NH, C3 = 3 * C;
@@ -25,23 +30,29 @@ void attention_forward(float *out, float *att, const float *qkv, int B, int T, i
             const float *q = qkv + (size_t)b * T * C3 + h * hs;
             const float *k = q + C, *v = q + 2 * C;
             float *P = att + ((size_t)b * NH + h) * T * T;
-            gemm_serial(0, 1, T, T, hs, scale, q, C3, k, C3, 0.0f, P, T);
-            for (int i = 0; i < T; i++) {
-                float *row = P + (size_t)i * T;
-                float max = -INFINITY;
+            for (int i0 = 0; i0 < T; i0 += ATTENTION_TILE) {
+                /* rows i0.. see keys 0..keys-1 at most */
+                const int rows = min_int(ATTENTION_TILE, T - i0), keys = i0 + rows;
+                float *Pt = P + (size_t)i0 * T;
+                gemm_serial(0, 1, rows, keys, hs, scale, q + (size_t)i0 * C3, C3, k, C3, 0.0f, Pt, T);
+                for (int i = i0; i < keys; i++) {
+                    float *row = P + (size_t)i * T;
+                    float max = -INFINITY;
 #pragma omp simd reduction(max : max)
-                for (int j = 0; j <= i; j++) max = row[j] > max ? row[j] : max;
-                float sum = 0.0f;
+                    for (int j = 0; j <= i; j++) max = row[j] > max ? row[j] : max;
+                    float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
-                for (int j = 0; j <= i; j++) {
-                    row[j] = vec_expf(row[j] - max);
-                    sum += row[j];
+                    for (int j = 0; j <= i; j++) {
+                        row[j] = vec_expf(row[j] - max);
+                        sum += row[j];
+                    }
+                    const float inv = 1.0f / sum;
+                    for (int j = 0; j <= i; j++) row[j] *= inv;
+                    memset(row + i + 1, 0, (size_t)(keys - i - 1) * sizeof(float));
                 }
-                const float inv = 1.0f / sum;
-                for (int j = 0; j <= i; j++) row[j] *= inv;
-                memset(row + i + 1, 0, (size_t)(T - i - 1) * sizeof(float));
+                gemm_serial(0, 0, rows, hs, keys, 1.0f, Pt, T, v, C3, 0.0f,
+                            out + ((size_t)b * T + i0) * C + h * hs, C);
             }
-            gemm_serial(0, 0, T, hs, T, 1.0f, P, T, v, C3, 0.0f, out + (size_t)b * T * C + h * hs, C);
         }
     }
 }
@@ -61,19 +72,33 @@ void attention_backward(float *dqkv, float *scratch, const float *dout, const fl
             const float *dy = dout + (size_t)b * T * C + h * hs;
             const float *P = att + ((size_t)b * NH + h) * T * T;
             float *dS = scratch + omp_get_thread_num() * attention_scratch_floats(T);
-            gemm_serial(0, 1, T, T, hs, 1.0f, dy, C, v, C3, 0.0f, dS, T); /* dP */
-            gemm_serial(1, 0, T, hs, T, 1.0f, P, T, dy, C, 0.0f, dv, C3);
-            for (int i = 0; i < T; i++) {
-                const float *p = P + (size_t)i * T;
-                float *d = dS + (size_t)i * T;
-                float dot = 0.0f;
+            /* by rows: dS, then dq = dS k over the keys the rows see */
+            for (int i0 = 0; i0 < T; i0 += ATTENTION_TILE) {
+                const int rows = min_int(ATTENTION_TILE, T - i0), keys = i0 + rows;
+                float *dSt = dS + (size_t)i0 * T;
+                gemm_serial(0, 1, rows, keys, hs, 1.0f, dy + (size_t)i0 * C, C, v, C3, 0.0f, dSt,
+                            T); /* dP */
+                for (int i = i0; i < keys; i++) {
+                    const float *p = P + (size_t)i * T;
+                    float *d = dS + (size_t)i * T;
+                    float dot = 0.0f;
 #pragma omp simd reduction(+ : dot)
-                for (int j = 0; j <= i; j++) dot += p[j] * d[j];
-                for (int j = 0; j <= i; j++) d[j] = p[j] * (d[j] - dot);
-                memset(d + i + 1, 0, (size_t)(T - i - 1) * sizeof(float));
+                    for (int j = 0; j <= i; j++) dot += p[j] * d[j];
+                    for (int j = 0; j <= i; j++) d[j] = p[j] * (d[j] - dot);
+                    memset(d + i + 1, 0, (size_t)(keys - i - 1) * sizeof(float));
+                }
+                gemm_serial(0, 0, rows, hs, keys, scale, dSt, T, k, C3, 0.0f, dq + (size_t)i0 * C3,
+                            C3);
             }
-            gemm_serial(0, 0, T, hs, T, scale, dS, T, k, C3, 0.0f, dq, C3);
-            gemm_serial(1, 0, T, hs, T, scale, dS, T, q, C3, 0.0f, dk, C3);
+            /* by columns: key j gets dv and dk from the queries j.. that see it */
+            for (int j0 = 0; j0 < T; j0 += ATTENTION_TILE) {
+                const int cols = min_int(ATTENTION_TILE, T - j0), queries = T - j0;
+                const size_t corner = (size_t)j0 * T + j0;
+                gemm_serial(1, 0, cols, hs, queries, 1.0f, P + corner, T, dy + (size_t)j0 * C, C,
+                            0.0f, dv + (size_t)j0 * C3, C3);
+                gemm_serial(1, 0, cols, hs, queries, scale, dS + corner, T, q + (size_t)j0 * C3,
+                            C3, 0.0f, dk + (size_t)j0 * C3, C3);
+            }
         }
     }
 }

@@ -55,6 +55,7 @@ typedef struct {
     float *lnf, *lnf_mean, *lnf_rstd;
     float *losses;        /* (N) */
     float *logits;        /* (chunk rows, V) */
+    float *head_rows;     /* (chunk rows, C) counted rows gathered for eval's LM head */
 
     /* training state */
     arena grads_mem;
@@ -124,6 +125,7 @@ static llmc_status alloc_activations(llmc_model *m, int blocks) {
         {&fch_gelu, L * N * 4 * C}, {&res3, L * N * C},
         {&s->encoded, N * C},       {&s->lnf, N * C},    {&s->lnf_mean, N},
         {&s->lnf_rstd, N},          {&s->losses, N},     {&s->logits, chunk_rows * V},
+        {&s->head_rows, chunk_rows * C},
     };
     arena mem;
     /* the buffers above are written only if the allocation succeeds */
@@ -189,7 +191,7 @@ static double training_plan_floats(const llmc_model *m, int threads) {
     const double B = m->options.max_batch_size, T = m->options.max_seq_len, N = B * T;
     const double C = m->config.channels, NH = m->config.num_heads, L = m->config.num_layers;
     const double per_block = N * (16 * C + 4) + B * NH * T * T;
-    const double others = N * (3 * C + 3) + CLASSIFIER_CHUNK_ROWS * (double)m->config.vocab_size;
+    const double others = N * (3 * C + 3) + CLASSIFIER_CHUNK_ROWS * ((double)m->config.vocab_size + C);
     const double grads = N * 10 * C + threads * (T * T + 16);
     return 4.0 * m->num_params + L * per_block + others + grads + 1024.0 * 16;
 }
@@ -406,8 +408,8 @@ static llmc_status cpu_eval(llmc_model *m, const int32_t *inputs, const int32_t 
                             int T, float *per_token_losses) {
     cpu_state *s = enter(m);
     forward(m, inputs, B, T);
-    classifier_forward_backward(per_token_losses, NULL, NULL, s->logits, s->lnf, s->param[P_WTE],
-                                targets, B * T, m->config.channels, m->config.vocab_size, 0.0f);
+    classifier_losses(per_token_losses, s->logits, s->head_rows, s->lnf, s->param[P_WTE], targets,
+                      B * T, m->config.channels, m->config.vocab_size);
     return LLMC_OK;
 }
 

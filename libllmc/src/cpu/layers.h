@@ -95,9 +95,14 @@ void layernorm_backward(float *dinp, float *dweight, float *dbias, const float *
 
 /* ---- attention.c ---------------------------------------------------------- */
 
+/* Rows of the attention matrix handled at a time (see attention.c). */
+#define ATTENTION_TILE 64
+
 /* Causal multi-head attention. qkv (B, T, 3C) holds q, k, v for NH heads;
- * att (B, NH, T, T) receives the softmax probabilities (zero above the
- * diagonal), out (B, T, C) the heads' outputs side by side. */
+ * att (B, NH, T, T) receives the softmax probabilities: row i those of keys
+ * 0..i, then zeros up to the end of its tile of ATTENTION_TILE rows; the
+ * rest of the row is never written nor read. out (B, T, C) gets the heads'
+ * outputs side by side. */
 void attention_forward(float *out, float *att, const float *qkv, int B, int T, int C, int NH);
 /* dqkv (overwritten) from dout; scratch holds attention_scratch_floats(T)
  * floats per OpenMP thread. */
@@ -122,14 +127,20 @@ void gelu_backward(float *dinp, const float *inp, const float *dout, size_t n);
  * only vocabulary-sized activation the backend keeps. */
 #define CLASSIFIER_CHUNK_ROWS 512
 
-/* The LM head (tied to wte, first V rows) with softmax cross-entropy, over
- * N rows of x (N, C), CLASSIFIER_CHUNK_ROWS at a time through logits_buf
- * (CLASSIFIER_CHUNK_ROWS * V floats). losses[i] gets row i's loss (0 where
- * targets[i] == -1). With dx != NULL also the backward pass for a loss
- * weighted dloss per counted row: dx (N, C) is overwritten, dwte += . */
+/* The LM head (tied to wte, first V rows) with softmax cross-entropy and its
+ * backward pass, over N rows of x (N, C), CLASSIFIER_CHUNK_ROWS at a time
+ * through logits_buf (CLASSIFIER_CHUNK_ROWS * V floats). losses[i] gets row
+ * i's loss (0 where targets[i] == -1); for a loss weighted dloss per counted
+ * row, dx (N, C) is overwritten and dwte += . */
 void classifier_forward_backward(float *losses, float *dx, float *dwte, float *logits_buf,
                                  const float *x, const float *wte, const int32_t *targets, int N,
                                  int C, int V, float dloss);
+/* The losses alone, computed for the counted rows only (targets[i] != -1;
+ * the others get 0), gathered CLASSIFIER_CHUNK_ROWS at a time into rows_buf
+ * (CLASSIFIER_CHUNK_ROWS * C floats). A counted row's loss is the same as
+ * classifier_forward_backward's. */
+void classifier_losses(float *losses, float *logits_buf, float *rows_buf, const float *x,
+                       const float *wte, const int32_t *targets, int N, int C, int V);
 
 /* ---- adamw.c -------------------------------------------------------------- */
 
