@@ -243,3 +243,28 @@ def test_training_memory_that_does_not_fit_is_an_error_and_eval_still_works():
     with pytest.raises(OutOfMemoryError, match="out of host memory"):
         model.step(x, y, lr=1e-3)
     assert model.eval(x, y) == loss
+
+
+def test_checkpoint_exported_from_pytorch_loads_with_pytorch_logits(tmp_path):
+    """A PyTorch model written tensor by tensor in llm.c's layout, as an export
+    script does (header, then each of the 16 tensors whole across layers)."""
+    config, B, T = ODD
+    ref = GPT(GPTConfig(config.max_seq_len, config.vocab_size, 896, config.num_layers,
+                        config.num_heads, config.channels))
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.normal_(0.0, 0.05)
+    header = np.zeros(256, dtype=np.int32)
+    header[:8] = [20240326, 3, config.max_seq_len, config.vocab_size, config.num_layers,
+                  config.num_heads, config.channels, 896]
+    path = tmp_path / "from_torch.bin"
+    with open(path, "wb") as f:
+        f.write(header.tobytes())
+        for group in ref.llmc_tensors():
+            f.write(torch.cat([p.detach().reshape(-1) for p in group]).numpy().tobytes())
+    x = np.random.default_rng(4).integers(0, config.vocab_size, (B, T))
+    with Model.load(path, max_batch_size=B) as model, torch.no_grad():
+        assert model.config.padded_vocab_size == 896
+        ref_logits, _ = ref(torch.from_numpy(x))
+        assert rel_err(model.logits(x), ref_logits.numpy()) < 1e-5
