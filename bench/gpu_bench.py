@@ -78,7 +78,7 @@ def run_one(spec, steps, warmup):
             "ms_max": 1000 * max(times), "tokens_per_s": tok_s,
             "mfu": flops_per_token * tok_s / PEAK_FLOPS, "library_gb": m.memory_bytes / 1e9,
             "process_gb": gpu_memory_used_mb() * 1048576 / 1e9, "create_s": create_s,
-            "losses": [round(float(v), 4) for v in losses]}
+            "losses": [float(v) for v in losses]}
 
 
 def main():

@@ -8,6 +8,7 @@ as the tracer here, never by the library. Prints kernels by total GPU time.
 """
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,27 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import pyllmc  # noqa: E402
+
+
+def idle_report(prof, wall_ms):
+    """How much of the profiled step's GPU timeline is idle: the span from
+    the first kernel's start to the last one's end, less the union of kernel
+    and copy intervals. Idle time inside a step is launch gaps or host work."""
+    spans = sorted((e.time_range.start, e.time_range.end) for e in prof.events()
+                   if e.device_type == torch.autograd.DeviceType.CUDA)
+    if not spans:
+        return
+    busy, gaps, end = 0.0, [], spans[0][0]
+    for a, b in spans:
+        if a > end:
+            gaps.append(a - end)
+        busy += max(0.0, b - max(a, end))
+        end = max(end, b)
+    span = end - spans[0][0]
+    big = [g for g in gaps if g > 20]
+    print(f"unprofiled step {wall_ms:.1f} ms; profiled GPU span {span / 1e3:.1f} ms, busy "
+          f"{busy / 1e3:.1f} ms, idle {(span - busy) / 1e3:.1f} ms in {len(gaps)} gaps "
+          f"({len(big)} over 20 us, {sum(big) / 1e3:.1f} ms; largest {max(gaps, default=0):.0f} us)")
 
 
 def main():
@@ -34,8 +56,12 @@ def main():
     tok = rng.integers(0, m.config.vocab_size, size=(a.micro, a.batch, a.seq + 1), dtype=np.int32)
     x, y = tok[..., :-1].copy(), tok[..., 1:].copy()
     m.step(x, y, lr=1e-4)  # warm-up: graphs, heuristics
+    t = time.perf_counter()
+    m.step(x, y, lr=1e-4)
+    wall_ms = 1000 * (time.perf_counter() - t)
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         m.step(x, y, lr=1e-4)
+    idle_report(prof, wall_ms)
     events = [e for e in prof.key_averages() if e.device_time_total > 0]
     events.sort(key=lambda e: -e.device_time_total)
     total = sum(e.device_time_total for e in events)
