@@ -43,24 +43,16 @@ static int fail(char *err, size_t errlen, int code, const char *what, const std:
     return code;
 }
 
+/* A (B, NH, T, HS) view of rows of row_width elements: the heads sit side by
+ * side in each row (row_width = 3C for the packed QKV, C for O and dO). */
 static std::shared_ptr<fe::graph::Tensor_attributes>
-qkv_tensor(fe::graph::Graph &g, const char *name, int64_t uid, int B, int T, int NH, int HS) {
-    const int64_t C = (int64_t)NH * HS;
+head_tensor(fe::graph::Graph &g, const char *name, int64_t uid, int B, int T, int NH, int HS,
+            int64_t row_width) {
     return g.tensor(fe::graph::Tensor_attributes()
                         .set_name(name)
                         .set_uid(uid)
                         .set_dim({B, NH, T, HS})
-                        .set_stride({3 * C * T, HS, 3 * C, 1}));
-}
-
-static std::shared_ptr<fe::graph::Tensor_attributes>
-out_tensor(fe::graph::Graph &g, const char *name, int64_t uid, int B, int T, int NH, int HS) {
-    const int64_t C = (int64_t)NH * HS;
-    return g.tensor(fe::graph::Tensor_attributes()
-                        .set_name(name)
-                        .set_uid(uid)
-                        .set_dim({B, NH, T, HS})
-                        .set_stride({C * T, HS, C, 1}));
+                        .set_stride({row_width * T, HS, row_width, 1}));
 }
 
 static std::shared_ptr<fe::graph::Graph> new_graph() {
@@ -73,9 +65,9 @@ static std::shared_ptr<fe::graph::Graph> new_graph() {
 
 static void define_forward(fe::graph::Graph &g, bool train, int B, int T, int NH, int HS) {
     const int64_t C = (int64_t)NH * HS;
-    auto q = qkv_tensor(g, "Q", Q, B, T, NH, HS);
-    auto k = qkv_tensor(g, "K", K, B, T, NH, HS);
-    auto v = qkv_tensor(g, "V", V, B, T, NH, HS);
+    auto q = head_tensor(g, "Q", Q, B, T, NH, HS, 3 * (int64_t)NH * HS);
+    auto k = head_tensor(g, "K", K, B, T, NH, HS, 3 * (int64_t)NH * HS);
+    auto v = head_tensor(g, "V", V, B, T, NH, HS, 3 * (int64_t)NH * HS);
     auto opts = fe::graph::SDPA_attributes()
                     .set_name("sdpa")
                     .set_generate_stats(train)
@@ -94,11 +86,11 @@ static void define_forward(fe::graph::Graph &g, bool train, int B, int T, int NH
 
 static void define_backward(fe::graph::Graph &g, int B, int T, int NH, int HS, bool deterministic) {
     const int64_t C = (int64_t)NH * HS;
-    auto q = qkv_tensor(g, "Q", Q, B, T, NH, HS);
-    auto k = qkv_tensor(g, "K", K, B, T, NH, HS);
-    auto v = qkv_tensor(g, "V", V, B, T, NH, HS);
-    auto o = out_tensor(g, "O", O, B, T, NH, HS);
-    auto dout = out_tensor(g, "dO", DO, B, T, NH, HS);
+    auto q = head_tensor(g, "Q", Q, B, T, NH, HS, 3 * (int64_t)NH * HS);
+    auto k = head_tensor(g, "K", K, B, T, NH, HS, 3 * (int64_t)NH * HS);
+    auto v = head_tensor(g, "V", V, B, T, NH, HS, 3 * (int64_t)NH * HS);
+    auto o = head_tensor(g, "O", O, B, T, NH, HS, (int64_t)NH * HS);
+    auto dout = head_tensor(g, "dO", DO, B, T, NH, HS, (int64_t)NH * HS);
     auto lse = g.tensor(fe::graph::Tensor_attributes()
                             .set_name("LSE")
                             .set_uid(LSE)
