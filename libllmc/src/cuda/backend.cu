@@ -1,5 +1,5 @@
 /*
- * model.cu: the CUDA backend's llmc_backend: memory plan, GPT-2 forward and
+ * backend.cu: the CUDA backend's llmc_backend: memory plan, GPT-2 forward and
  * backward over the kernels of this folder, the fused classifier + loss, and
  * AdamW. Built as the plugin build/libllmc_cuda.so, which api.c loads when a
  * model asks for LLMC_DEVICE_CUDA.
@@ -27,7 +27,7 @@
 
 namespace {
 
-struct Cuda {
+struct cuda_state {
     cudaStream_t stream = nullptr;
     mm_ctx *mm = nullptr;
     attn_ctx *attn = nullptr;
@@ -68,9 +68,9 @@ struct Cuda {
     size_t bytes = 0;
 };
 
-Cuda *impl(const llmc_model *m) { return (Cuda *)m->impl; }
+cuda_state *impl(const llmc_model *m) { return (cuda_state *)m->impl; }
 
-llmc_status dev_alloc(Cuda *g, void **p, size_t bytes, const char *what) {
+llmc_status dev_alloc(cuda_state *g, void **p, size_t bytes, const char *what) {
     *p = nullptr;
     cudaError_t e = cudaMalloc(p, bytes);
     if (e != cudaSuccess) {
@@ -92,19 +92,19 @@ llmc_status dev_alloc(Cuda *g, void **p, size_t bytes, const char *what) {
 }
 
 template <class T>
-llmc_status alloc_n(Cuda *g, T **p, size_t n, const char *what) {
+llmc_status alloc_n(cuda_state *g, T **p, size_t n, const char *what) {
     return dev_alloc(g, (void **)p, std::max<size_t>(n, 1) * sizeof(T), what);
 }
 
 /* Offset of layer l's slice of parameter tensor i (wte, wpe, lnfw, lnfb are whole). */
-size_t slice(const Cuda *g, int i, int l) {
+size_t slice(const cuda_state *g, int i, int l) {
     const bool per_layer = i >= P_LN1W && i <= P_FCPROJB;
     return g->off[i] + (per_layer ? (size_t)l * (g->size[i] / g->L) : 0);
 }
-bf16 *P(Cuda *g, int i, int l = 0) { return g->params + slice(g, i, l); }
-float *G(Cuda *g, int i, int l = 0) { return g->grads + slice(g, i, l); }
+bf16 *P(cuda_state *g, int i, int l = 0) { return g->params + slice(g, i, l); }
+float *G(cuda_state *g, int i, int l = 0) { return g->grads + slice(g, i, l); }
 
-void free_all(Cuda *g) {
+void free_all(cuda_state *g) {
     if (g->attn) attn_destroy(g->attn);
     if (g->mm) mm_destroy(g->mm);
     for (void *p : g->allocations) cudaFree(p);
@@ -122,7 +122,7 @@ llmc_status attn_status(int rc, const char *err) {
     return rc == 0 ? LLMC_OK : llmc_error((llmc_status)rc, "%s", err);
 }
 
-llmc_status plan(llmc_model *m, Cuda *g) {
+llmc_status plan(llmc_model *m, cuda_state *g) {
     const llmc_config &c = m->config;
     g->L = c.num_layers;
     g->C = c.channels;
@@ -206,7 +206,7 @@ llmc_status plan(llmc_model *m, Cuda *g) {
 llmc_status cuda_create(llmc_model *m) {
     m->impl = nullptr;
     TRY(set_device(m));
-    Cuda *g = new (std::nothrow) Cuda;
+    cuda_state *g = new (std::nothrow) cuda_state;
     if (!g) return llmc_error(LLMC_ERR_OUT_OF_MEMORY, "out of host memory");
     llmc_status st = plan(m, g);
     if (st != LLMC_OK) {
@@ -232,14 +232,14 @@ void cuda_destroy(llmc_model *m) {
  * eval and logits: inputs, then the scored rows and their targets. */
 size_t staging_ints(size_t N, bool buckets) { return (buckets ? 5 * N + 1 : 3 * N) + 3 & ~(size_t)3; }
 
-void dev_free(Cuda *g, void *p, size_t bytes) {
+void dev_free(cuda_state *g, void *p, size_t bytes) {
     if (!p) return;
     cudaFree(p);
     g->allocations.erase(std::find(g->allocations.begin(), g->allocations.end(), p));
     g->bytes -= bytes;
 }
 
-llmc_status reserve_tokens(Cuda *g, size_t ints, size_t losses) {
+llmc_status reserve_tokens(cuda_state *g, size_t ints, size_t losses) {
     if (ints > g->tokens_cap) {
         CUDA_TRY(cudaStreamSynchronize(g->stream));
         dev_free(g, g->tokens, g->tokens_cap * sizeof(int));
@@ -262,7 +262,7 @@ llmc_status reserve_tokens(Cuda *g, size_t ints, size_t losses) {
 }
 
 /* Counting sort of one micro-step's tokens; returns the number of buckets. */
-int sort_tokens(Cuda *g, const int32_t *tok, int N, int *order, int *start, int *token) {
+int sort_tokens(cuda_state *g, const int32_t *tok, int N, int *order, int *start, int *token) {
     std::vector<int> &next = g->next;
     for (int r = 0; r < N; r++) next[tok[r]]++;
     int nb = 0, pos = 0;
@@ -288,7 +288,7 @@ struct Layer {
     float *ln1_mean, *ln1_rstd, *ln2_mean, *ln2_rstd, *lse;
 };
 
-Layer layer(Cuda *g, int l) {
+Layer layer(cuda_state *g, int l) {
     const size_t N = g->Nmax, C = g->C;
     return {g->ln1 + l * g->ln_stride,  g->ln2 + l * g->ln_stride,  g->qkv + l * N * 3 * C,
             g->atty + l * N * C,        g->res2 + l * N * C,        g->res3 + l * N * C,
@@ -297,7 +297,7 @@ Layer layer(Cuda *g, int l) {
             g->ln2_rstd + l * N,        g->lse + l * N * g->NH};
 }
 
-llmc_status forward(Cuda *g, const int *tokens, int B, int T, bool training) {
+llmc_status forward(cuda_state *g, const int *tokens, int B, int T, bool training) {
     const int N = B * T, C = g->C, L = g->L;
     cudaStream_t s = g->stream;
     char err[512] = "";
@@ -338,7 +338,7 @@ llmc_status forward(Cuda *g, const int *tokens, int B, int T, bool training) {
  * gradient), CLASSIFIER_CHUNK_ROWS rows of logits at a time. Every chunk
  * runs the matmul algorithm of a full one, so a row's loss does not depend on
  * the rows beside it (an eval scores a gather of rows). */
-llmc_status classifier(Cuda *g, const bf16 *lnf, const int *targets, float *losses, int N,
+llmc_status classifier(cuda_state *g, const bf16 *lnf, const int *targets, float *losses, int N,
                        float dloss, bool backward) {
     const int C = g->C, chunk = (int)std::min<size_t>(g->Nmax, CLASSIFIER_CHUNK_ROWS);
     for (int r0 = 0; r0 < N; r0 += chunk) {
@@ -359,7 +359,7 @@ llmc_status classifier(Cuda *g, const bf16 *lnf, const int *targets, float *loss
 
 /* ---- backward --------------------------------------------------------- */
 
-llmc_status backward_layers(Cuda *g, const int *staged, int num_buckets, int B, int T) {
+llmc_status backward_layers(cuda_state *g, const int *staged, int num_buckets, int B, int T) {
     const int N = B * T, C = g->C, L = g->L;
     cudaStream_t s = g->stream;
     char err[512] = "";
@@ -410,7 +410,7 @@ llmc_status backward_layers(Cuda *g, const int *staged, int num_buckets, int B, 
 llmc_status cuda_backward(llmc_model *m, const int32_t *inputs, const int32_t *targets,
                           int micro_steps, int B, int T, float loss_scale, double *loss_sum) {
     TRY(set_device(m));
-    Cuda *g = impl(m);
+    cuda_state *g = impl(m);
     const size_t N = (size_t)B * T, per = staging_ints(N, true);
     TRY(reserve_tokens(g, per * micro_steps, N * micro_steps));
     CUDA_TRY(cudaMemsetAsync(g->grads, 0, g->total * sizeof(float), g->stream));
@@ -437,7 +437,7 @@ llmc_status cuda_backward(llmc_model *m, const int32_t *inputs, const int32_t *t
 
 llmc_status cuda_grad_norm(llmc_model *m, float *norm) {
     TRY(set_device(m));
-    Cuda *g = impl(m);
+    cuda_state *g = impl(m);
     float sq = 0.0f;
     sum_squares(g->norm, g->partial, g->grads, g->total, g->stream);
     CUDA_CHECK_LAUNCH();
@@ -449,7 +449,7 @@ llmc_status cuda_grad_norm(llmc_model *m, float *norm) {
 
 llmc_status cuda_update(llmc_model *m, const llmc_adamw *hp, float grad_scale, int64_t t) {
     TRY(set_device(m));
-    Cuda *g = impl(m);
+    cuda_state *g = impl(m);
     const float bias_corr1 = (float)(1.0 - pow((double)hp->beta1, (double)t));
     const float bias_corr2 = (float)(1.0 - pow((double)hp->beta2, (double)t));
     const uint32_t seed = rounding_seed(g->seed, t);
@@ -468,7 +468,7 @@ llmc_status cuda_update(llmc_model *m, const llmc_adamw *hp, float grad_scale, i
 /* Uploads one batch's inputs for eval/logits, and with targets, the rows
  * whose target is not -1 and those targets (staging_ints' eval layout).
  * Returns the number of such rows. */
-llmc_status stage_batch(Cuda *g, const int32_t *inputs, const int32_t *targets, size_t N,
+llmc_status stage_batch(cuda_state *g, const int32_t *inputs, const int32_t *targets, size_t N,
                         int *scored) {
     TRY(reserve_tokens(g, staging_ints(N, false), 2 * N));
     int *h = g->tokens_host;
@@ -492,7 +492,7 @@ llmc_status stage_batch(Cuda *g, const int32_t *inputs, const int32_t *targets, 
 llmc_status cuda_eval(llmc_model *m, const int32_t *inputs, const int32_t *targets, int B, int T,
                       float *per_token_losses) {
     TRY(set_device(m));
-    Cuda *g = impl(m);
+    cuda_state *g = impl(m);
     const size_t N = (size_t)B * T;
     int M = 0;
     TRY(stage_batch(g, inputs, targets, N, &M));
@@ -519,7 +519,7 @@ llmc_status cuda_eval(llmc_model *m, const int32_t *inputs, const int32_t *targe
 llmc_status cuda_logits(llmc_model *m, const int32_t *inputs, int B, int T, int last_only,
                         float *out) {
     TRY(set_device(m));
-    Cuda *g = impl(m);
+    cuda_state *g = impl(m);
     const size_t N = (size_t)B * T;
     const int C = g->C;
     TRY(stage_batch(g, inputs, nullptr, N, nullptr));
@@ -543,7 +543,7 @@ llmc_status cuda_logits(llmc_model *m, const int32_t *inputs, int B, int T, int 
 }
 
 /* Copies between the API's packed fp32 vector and a padded device array. */
-llmc_status copy_params(Cuda *g, const llmc_model *m, float *dev, const float *host_in,
+llmc_status copy_params(cuda_state *g, const llmc_model *m, float *dev, const float *host_in,
                         float *host_out) {
     for (int i = 0; i < LLMC_NUM_PARAM_TENSORS; i++) {
         const size_t bytes = g->size[i] * sizeof(float);
@@ -560,7 +560,7 @@ llmc_status copy_params(Cuda *g, const llmc_model *m, float *dev, const float *h
 
 /* bf16 weights from the masters with the rounding of the current step. */
 llmc_status rederive_bf16(llmc_model *m) {
-    Cuda *g = impl(m);
+    cuda_state *g = impl(m);
     round_params(g->params, g->master, g->total, rounding_seed(g->seed, m->step), 0, g->stream);
     CUDA_CHECK_LAUNCH();
     CUDA_TRY(cudaStreamSynchronize(g->stream));
@@ -597,7 +597,7 @@ llmc_status cuda_get_opt_state(llmc_model *m, float *mom1, float *mom2) {
 }
 
 size_t cuda_memory_bytes(const llmc_model *m) {
-    const Cuda *g = impl(m);
+    const cuda_state *g = impl(m);
     return g ? g->bytes + mm_memory_bytes(g->mm) + attn_memory_bytes(g->attn) : 0;
 }
 
