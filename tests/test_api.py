@@ -266,7 +266,9 @@ def test_ignored_targets(model):
     mean, per_token = model.eval(x, y_masked, per_token=True)
     _, full = model.eval(x, y, per_token=True)
     assert np.all(per_token[:, :4] == 0)
-    assert np.array_equal(per_token[:, 4:], full[:, 4:])
+    # the LM head runs on the counted rows only; OpenBLAS may pick another
+    # kernel for fewer rows, so equal up to rounding
+    np.testing.assert_allclose(per_token[:, 4:], full[:, 4:], rtol=2e-6)
     assert abs(mean - full[:, 4:].mean()) < 1e-6
     with pytest.raises(pyllmc.InvalidArgumentError, match="every target is -1"):
         model.eval(x, np.full_like(y, -1))

@@ -11,6 +11,15 @@
  * Parameters live in llm.c's tensor order, each tensor starting on a 64-element
  * boundary so that every kernel and cuBLASLt sees aligned pointers; the API's
  * packed fp32 vector is converted tensor by tensor on the way in and out.
+ *
+ * Distributed mode (world_size >= 1): during the last micro-step's backward,
+ * each layer's gradients are summed across ranks by NCCL on a stream of
+ * their own as soon as that layer is done (one bucket per layer, then one
+ * for wte, wpe and the final LayerNorm), so the reduction overlaps the rest
+ * of the backward pass. With ZeRO-1 each rank keeps the fp32 masters and
+ * AdamW moments of one shard of the padded parameter vector, updates it and
+ * all-gathers the bf16 weights; the weights and gradients are allocated
+ * padded to whole shards.
  */
 #include <algorithm>
 #include <cmath>
@@ -19,6 +28,7 @@
 #include <vector>
 
 #include "attention.h"
+#include "comm_nccl.cuh"
 #include "kernels.cuh"
 #include "matmul.cuh"
 
@@ -39,6 +49,12 @@ struct cuda_state {
     /* Parameters (bf16 working copy, fp32 master, AdamW moments, fp32 gradients),
      * all in the same padded layout. */
     size_t off[LLMC_NUM_PARAM_TENSORS] = {}, size[LLMC_NUM_PARAM_TENSORS] = {}, total = 0;
+    /* Distributed mode: total padded to world_size shards of `shard`
+     * elements; with ZeRO-1 masters and moments hold [lo, lo + shard) only. */
+    nccl_ctx *comm = nullptr;
+    bool zero1 = false;
+    size_t shard = 0, lo = 0, padded_total = 0;
+    bool dry_run = false;  // llmc_plan_memory: count the bytes, allocate nothing
     bf16 *params = nullptr;
     float *master = nullptr, *mom1 = nullptr, *mom2 = nullptr, *grads = nullptr;
 
@@ -72,6 +88,10 @@ cuda_state *impl(const llmc_model *m) { return (cuda_state *)m->impl; }
 
 llmc_status dev_alloc(cuda_state *g, void **p, size_t bytes, const char *what) {
     *p = nullptr;
+    if (g->dry_run) {
+        g->bytes += bytes;
+        return LLMC_OK;
+    }
     cudaError_t e = cudaMalloc(p, bytes);
     if (e != cudaSuccess) {
         cudaGetLastError();
@@ -105,6 +125,8 @@ bf16 *P(cuda_state *g, int i, int l = 0) { return g->params + slice(g, i, l); }
 float *G(cuda_state *g, int i, int l = 0) { return g->grads + slice(g, i, l); }
 
 void free_all(cuda_state *g) {
+    if (g->stream) cudaStreamSynchronize(g->stream);
+    nccl_destroy(g->comm);
     if (g->attn) attn_destroy(g->attn);
     if (g->mm) mm_destroy(g->mm);
     for (void *p : g->allocations) cudaFree(p);
@@ -145,8 +167,14 @@ llmc_status plan(llmc_model *m, cuda_state *g) {
         return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "recompute must be 0, 1 or 2 (got %d)",
                           g->recompute);
 
-    CUDA_TRY(cudaStreamCreateWithFlags(&g->stream, cudaStreamNonBlocking));
-    TRY(mm_create(&g->mm, g->stream));
+    const llmc_options &o = m->options;
+    if (!g->dry_run) {
+        CUDA_TRY(cudaStreamCreateWithFlags(&g->stream, cudaStreamNonBlocking));
+        /* first, so that every rank meets the others before the long part */
+        if (o.world_size >= 1)
+            TRY(nccl_create(&g->comm, o.nccl_id, o.rank, o.world_size, o.comm_timeout_s, g->stream));
+        TRY(mm_create(&g->mm, g->stream));
+    }
 
     size_t pos = 0;
     for (int i = 0; i < LLMC_NUM_PARAM_TENSORS; i++) {
@@ -154,15 +182,25 @@ llmc_status plan(llmc_model *m, cuda_state *g) {
         g->size[i] = m->param_sizes[i];
         pos += (g->size[i] + PARAM_ALIGN - 1) / PARAM_ALIGN * PARAM_ALIGN;
     }
-    g->total = pos;
-    TRY(alloc_n(g, &g->params, g->total, "bf16 weights"));
-    TRY(alloc_n(g, &g->master, g->total, "fp32 master weights"));
-    TRY(alloc_n(g, &g->mom1, g->total, "AdamW first moments"));
-    TRY(alloc_n(g, &g->mom2, g->total, "AdamW second moments"));
-    TRY(alloc_n(g, &g->grads, g->total, "gradients"));
-    CUDA_TRY(cudaMemsetAsync(g->params, 0, g->total * sizeof(bf16), g->stream));
-    for (float *p : {g->master, g->mom1, g->mom2, g->grads})
-        CUDA_TRY(cudaMemsetAsync(p, 0, g->total * sizeof(float), g->stream));
+    g->total = g->padded_total = pos;
+    if (o.world_size >= 1) {
+        g->shard = llmc_shard_size(g->total, o.world_size);
+        g->padded_total = g->shard * o.world_size;
+        g->lo = (size_t)o.rank * g->shard;
+        g->zero1 = o.zero_stage == 1;
+    }
+    const size_t whole = g->padded_total, owned = g->zero1 ? g->shard : g->total;
+    TRY(alloc_n(g, &g->params, whole, "bf16 weights"));
+    TRY(alloc_n(g, &g->master, owned, "fp32 master weights"));
+    TRY(alloc_n(g, &g->mom1, owned, "AdamW first moments"));
+    TRY(alloc_n(g, &g->mom2, owned, "AdamW second moments"));
+    TRY(alloc_n(g, &g->grads, whole, "gradients"));
+    if (!g->dry_run) {
+        CUDA_TRY(cudaMemsetAsync(g->params, 0, whole * sizeof(bf16), g->stream));
+        CUDA_TRY(cudaMemsetAsync(g->grads, 0, whole * sizeof(float), g->stream));
+        for (float *p : {g->master, g->mom1, g->mom2})
+            CUDA_TRY(cudaMemsetAsync(p, 0, owned * sizeof(float), g->stream));
+    }
 
     const size_t N = g->Nmax, C = g->C, L = g->L;
     const size_t ln_layers = g->recompute >= 2 ? 1 : L;
@@ -195,6 +233,7 @@ llmc_status plan(llmc_model *m, cuda_state *g) {
     TRY(alloc_n(g, &g->partial, PARTIAL_FLOATS(C), "reduction scratch"));
     TRY(alloc_n(g, &g->norm, 1, "scalars"));
     TRY(alloc_n(g, &g->loss, 1, "scalars"));
+    if (g->dry_run) return LLMC_OK;
     g->next.assign(g->Vp, 0);
 
     char err[512] = "";
@@ -208,13 +247,53 @@ llmc_status cuda_create(llmc_model *m) {
     TRY(set_device(m));
     cuda_state *g = new (std::nothrow) cuda_state;
     if (!g) return llmc_error(LLMC_ERR_OUT_OF_MEMORY, "out of host memory");
+    m->impl = g;  // for llmc_agree's all-reduce
     llmc_status st = plan(m, g);
+    if (g->comm) st = llmc_agree(m, st);
     if (st != LLMC_OK) {
         free_all(g);
-        return st;
+        m->impl = nullptr;
     }
-    m->impl = g;
+    return st;
+}
+
+llmc_status cuda_plan_bytes(const llmc_model *m, size_t *bytes) {
+    cuda_state g;
+    g.dry_run = true;
+    TRY(plan(const_cast<llmc_model *>(m), &g));
+    *bytes = g.bytes;
     return LLMC_OK;
+}
+
+/* Waits for the stream's work; with collectives queued, at most the
+ * communicator's timeout. */
+llmc_status sync(cuda_state *g) {
+    if (g->comm) return nccl_sync(g->comm, g->stream);
+    CUDA_TRY(cudaStreamSynchronize(g->stream));
+    return LLMC_OK;
+}
+
+llmc_status cuda_allreduce(llmc_model *m, double *values, size_t n, llmc_reduce_op op) {
+    cuda_state *g = impl(m);
+    if (!g || !g->comm)
+        return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "this model has no communicator");
+    TRY(set_device(m));
+    return nccl_allreduce_host(g->comm, values, n, op, g->stream);
+}
+
+/* Gradient buckets: the slices of layer l (complete once its backward is
+ * done), or with l = -1 the whole-model tensors (after the embeddings'). */
+llmc_status reduce_bucket(cuda_state *g, int l) {
+    float *bufs[LLMC_NUM_PARAM_TENSORS];
+    size_t counts[LLMC_NUM_PARAM_TENSORS];
+    int n = 0;
+    for (int i = 0; i < LLMC_NUM_PARAM_TENSORS; i++) {
+        const bool per_layer = i >= P_LN1W && i <= P_FCPROJB;
+        if (per_layer != (l >= 0)) continue;
+        bufs[n] = G(g, i, l >= 0 ? l : 0);
+        counts[n++] = per_layer ? g->size[i] / g->L : g->size[i];
+    }
+    return nccl_allreduce_group(g->comm, bufs, counts, n, g->stream);
 }
 
 void cuda_destroy(llmc_model *m) {
@@ -359,7 +438,10 @@ llmc_status classifier(cuda_state *g, const bf16 *lnf, const int *targets, float
 
 /* ---- backward --------------------------------------------------------- */
 
-llmc_status backward_layers(cuda_state *g, const int *staged, int num_buckets, int B, int T) {
+/* With reduce, each layer's gradients (then the rest) are summed across
+ * ranks as soon as they are complete. */
+llmc_status backward_layers(cuda_state *g, const int *staged, int num_buckets, int B, int T,
+                            bool reduce) {
     const int N = B * T, C = g->C, L = g->L;
     cudaStream_t s = g->stream;
     char err[512] = "";
@@ -397,11 +479,16 @@ llmc_status backward_layers(cuda_state *g, const int *staged, int num_buckets, i
         layernorm_backward(g->dres, G(g, P_LN1W, l), G(g, P_LN1B, l),
                            l > 0 ? G(g, P_FCPROJB, l - 1) : nullptr, g->partial, g->dC, res_in,
                            P(g, P_LN1W, l), a.ln1_mean, a.ln1_rstd, N, C, s);
+        if (reduce) TRY(reduce_bucket(g, l));
     }
     const int *order = staged + 2 * N, *start = staged + 3 * N, *token = staged + 4 * N + 1;
     encoder_backward(G(g, P_WTE), G(g, P_WPE), g->dres, order, start, token, num_buckets, B, T, C,
                      s);
     CUDA_CHECK_LAUNCH();
+    if (reduce) {
+        TRY(reduce_bucket(g, -1));
+        TRY(nccl_join(g->comm, s));
+    }
     return LLMC_OK;
 }
 
@@ -426,13 +513,12 @@ llmc_status cuda_backward(llmc_model *m, const int32_t *inputs, const int32_t *t
                                  g->stream));
         TRY(forward(g, staged, B, T, true));
         TRY(classifier(g, g->lnf, staged + N, g->losses + k * N, (int)N, loss_scale, true));
-        TRY(backward_layers(g, staged, buckets, B, T));
+        TRY(backward_layers(g, staged, buckets, B, T, g->comm && k == micro_steps - 1));
     }
     sum_losses(g->loss, g->losses, N * micro_steps, g->stream);
     CUDA_CHECK_LAUNCH();
     CUDA_TRY(cudaMemcpyAsync(loss_sum, g->loss, sizeof(double), cudaMemcpyDeviceToHost, g->stream));
-    CUDA_TRY(cudaStreamSynchronize(g->stream));
-    return LLMC_OK;
+    return sync(g);
 }
 
 llmc_status cuda_grad_norm(llmc_model *m, float *norm) {
@@ -453,16 +539,19 @@ llmc_status cuda_update(llmc_model *m, const llmc_adamw *hp, float grad_scale, i
     const float bias_corr1 = (float)(1.0 - pow((double)hp->beta1, (double)t));
     const float bias_corr2 = (float)(1.0 - pow((double)hp->beta2, (double)t));
     const uint32_t seed = rounding_seed(g->seed, t);
+    /* [lo, hi): the elements whose masters this rank holds */
+    const size_t lo = g->zero1 ? g->lo : 0, hi = g->zero1 ? g->lo + g->shard : g->total;
     for (int i = 0; i < LLMC_NUM_PARAM_TENSORS; i++) {
-        const size_t o = g->off[i];
-        adamw_update(g->master + o, g->params + o, g->mom1 + o, g->mom2 + o, g->grads + o,
-                     g->size[i], hp->lr, hp->beta1, hp->beta2, bias_corr1, bias_corr2, hp->eps,
-                     llmc_param_is_decayed(i) ? hp->weight_decay : 0.0f, grad_scale, seed, o,
-                     g->stream);
+        const size_t a = std::max(g->off[i], lo), b = std::min(g->off[i] + g->size[i], hi);
+        if (a >= b) continue;
+        adamw_update(g->master + (a - lo), g->params + a, g->mom1 + (a - lo), g->mom2 + (a - lo),
+                     g->grads + a, b - a, hp->lr, hp->beta1, hp->beta2, bias_corr1, bias_corr2,
+                     hp->eps, llmc_param_is_decayed(i) ? hp->weight_decay : 0.0f, grad_scale, seed,
+                     a, g->stream);
     }
     CUDA_CHECK_LAUNCH();
-    CUDA_TRY(cudaStreamSynchronize(g->stream));
-    return LLMC_OK;  // api.c advances m->step to t
+    if (g->zero1) TRY(nccl_allgather(g->comm, g->params, g->shard, true, g->stream));
+    return sync(g);  // api.c advances m->step to t
 }
 
 /* Uploads one batch's inputs for eval/logits, and with targets, the rows
@@ -554,28 +643,60 @@ llmc_status copy_params(cuda_state *g, const llmc_model *m, float *dev, const fl
             CUDA_TRY(cudaMemcpyAsync(host_out + m->param_offsets[i], dev + g->off[i], bytes,
                                      cudaMemcpyDeviceToHost, g->stream));
     }
-    CUDA_TRY(cudaStreamSynchronize(g->stream));
-    return LLMC_OK;
+    return sync(g);
 }
 
-/* bf16 weights from the masters with the rounding of the current step. */
+/* ZeRO-1: this rank's shard of a whole fp32 vector (padded layout, in the
+ * gradient memory) moves between `whole` and the shard array. */
+llmc_status shard_to_whole(cuda_state *g, const float *shard_arr) {
+    CUDA_TRY(cudaMemcpyAsync(g->grads + g->lo, shard_arr, g->shard * sizeof(float),
+                             cudaMemcpyDeviceToDevice, g->stream));
+    return nccl_allgather(g->comm, g->grads, g->shard, false, g->stream);
+}
+llmc_status whole_to_shard(cuda_state *g, float *shard_arr) {
+    CUDA_TRY(cudaMemcpyAsync(shard_arr, g->grads + g->lo, g->shard * sizeof(float),
+                             cudaMemcpyDeviceToDevice, g->stream));
+    return sync(g);
+}
+
+/* bf16 weights from the masters with the rounding of the current step
+ * (each rank rounds its shard and all-gathers them with ZeRO-1: the same
+ * bits, since the random bits depend on the element's index only). */
 llmc_status rederive_bf16(llmc_model *m) {
     cuda_state *g = impl(m);
-    round_params(g->params, g->master, g->total, rounding_seed(g->seed, m->step), 0, g->stream);
+    const uint32_t seed = rounding_seed(g->seed, m->step);
+    if (!g->zero1) {
+        round_params(g->params, g->master, g->total, seed, 0, g->stream);
+    } else {
+        if (g->lo < g->total)
+            round_params(g->params + g->lo, g->master, std::min(g->shard, g->total - g->lo), seed,
+                         g->lo, g->stream);
+        TRY(nccl_allgather(g->comm, g->params, g->shard, true, g->stream));
+    }
     CUDA_CHECK_LAUNCH();
-    CUDA_TRY(cudaStreamSynchronize(g->stream));
-    return LLMC_OK;
+    return sync(g);
 }
 
 llmc_status cuda_set_params(llmc_model *m, const float *params) {
     TRY(set_device(m));
-    TRY(copy_params(impl(m), m, impl(m)->master, params, nullptr));
-    return rederive_bf16(m);
+    cuda_state *g = impl(m);
+    if (!g->zero1) {
+        TRY(copy_params(g, m, g->master, params, nullptr));
+        return rederive_bf16(m);
+    }
+    TRY(copy_params(g, m, g->grads, params, nullptr));  // every rank has the whole vector
+    round_params(g->params, g->grads, g->total, rounding_seed(g->seed, m->step), 0, g->stream);
+    CUDA_CHECK_LAUNCH();
+    return whole_to_shard(g, g->master);
 }
 
 llmc_status cuda_get_params(llmc_model *m, float *out) {
     TRY(set_device(m));
-    return copy_params(impl(m), m, impl(m)->master, nullptr, out);
+    cuda_state *g = impl(m);
+    if (!g->zero1) return out ? copy_params(g, m, g->master, nullptr, out) : LLMC_OK;
+    TRY(shard_to_whole(g, g->master));
+    if (out) return copy_params(g, m, g->grads, nullptr, out);
+    return sync(g);
 }
 
 llmc_status cuda_get_grads(llmc_model *m, float *out) {
@@ -583,17 +704,37 @@ llmc_status cuda_get_grads(llmc_model *m, float *out) {
     return copy_params(impl(m), m, impl(m)->grads, nullptr, out);
 }
 
+/* The moments arrive on rank 0 only (NULL elsewhere) in distributed mode. */
 llmc_status cuda_set_opt_state(llmc_model *m, const float *mom1, const float *mom2) {
     TRY(set_device(m));
-    TRY(copy_params(impl(m), m, impl(m)->mom1, mom1, nullptr));
-    TRY(copy_params(impl(m), m, impl(m)->mom2, mom2, nullptr));
+    cuda_state *g = impl(m);
+    const float *host[2] = {mom1, mom2};
+    float *dev[2] = {g->mom1, g->mom2};
+    for (int k = 0; k < 2; k++) {
+        float *dst = g->zero1 ? g->grads : dev[k];
+        if (host[k]) TRY(copy_params(g, m, dst, host[k], nullptr));
+        if (g->comm) TRY(nccl_broadcast(g->comm, dst, g->total, 0, g->stream));
+        if (g->zero1) TRY(whole_to_shard(g, dev[k]));
+    }
     return rederive_bf16(m);
 }
 
+/* Onto rank 0 (mom1/mom2 NULL elsewhere). */
 llmc_status cuda_get_opt_state(llmc_model *m, float *mom1, float *mom2) {
     TRY(set_device(m));
-    TRY(copy_params(impl(m), m, impl(m)->mom1, nullptr, mom1));
-    return copy_params(impl(m), m, impl(m)->mom2, nullptr, mom2);
+    cuda_state *g = impl(m);
+    float *host[2] = {mom1, mom2};
+    const float *dev[2] = {g->mom1, g->mom2};
+    for (int k = 0; k < 2; k++) {
+        const float *src = dev[k];
+        if (g->zero1) {
+            TRY(shard_to_whole(g, dev[k]));
+            src = g->grads;
+        }
+        if (host[k]) TRY(copy_params(g, m, const_cast<float *>(src), nullptr, host[k]));
+        else TRY(sync(g));
+    }
+    return LLMC_OK;
 }
 
 size_t cuda_memory_bytes(const llmc_model *m) {
@@ -610,7 +751,7 @@ const llmc_backend llmc_cuda_backend = {
     "cuda",          cuda_create,        cuda_destroy,       cuda_set_params,
     cuda_get_params, cuda_get_grads,     cuda_set_opt_state, cuda_get_opt_state,
     cuda_backward,   cuda_grad_norm,     cuda_update,        cuda_eval,
-    cuda_logits,     cuda_memory_bytes,
+    cuda_logits,     cuda_memory_bytes,  cuda_allreduce,     cuda_plan_bytes,
 };
 
 /* Visible GPUs, 0 on any error (no driver, no device). */

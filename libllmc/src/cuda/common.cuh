@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 extern "C" {
+#include "comm.h"
 #include "model.h"
 }
 

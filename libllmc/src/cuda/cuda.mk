@@ -5,7 +5,8 @@
 # Looked for in order: nvcc on PATH, $(CUDA_HOME)/bin, /usr/local/cuda/bin;
 # headers and libraries in the toolkit, the system (cuDNN), a carried
 # .carry/cudnn-frontend/include, and the pip wheels nvidia-cublas,
-# nvidia-cudnn-cu13, nvidia-cudnn-frontend and nvidia-cuda-nvrtc.
+# nvidia-cudnn-cu13, nvidia-cudnn-frontend and nvidia-cuda-nvrtc; NCCL (optional,
+# for distributed mode) in the system or the nvidia-nccl-cu13 wheel.
 # `make CUDA_ARCH=80` builds for Ampere instead of Hopper (sm_90).
 CUDA_ARCH ?= 90
 NVCC ?= $(firstword $(shell command -v nvcc 2>/dev/null) $(wildcard $(CUDA_HOME)/bin/nvcc /usr/local/cuda/bin/nvcc))
@@ -28,6 +29,9 @@ CUDNN_FE_INC := $(call cuda_find_dir,cudnn_frontend.h,$(CUDNN_FRONTEND_INCLUDE) 
 CUBLASLT_LIB := $(call cuda_find_file,libcublasLt.so libcublasLt.so.[0-9]*,$(CUDA_LIB_DIRS) $(PIP_NV)/cu13/lib $(PIP_NV)/cublas/lib)
 NVRTC_LIB   := $(call cuda_find_file,libnvrtc.so libnvrtc.so.[0-9]*,$(CUDA_LIB_DIRS) $(PIP_NV)/cu13/lib $(PIP_NV)/cuda_nvrtc/lib)
 CUDNN_LIB   := $(call cuda_find_file,libcudnn.so libcudnn.so.[0-9],/usr/lib/x86_64-linux-gnu /usr/lib64 $(CUDA_LIB_DIRS) $(PIP_NV)/cudnn/lib)
+# NCCL is optional: its header for distributed mode, its library opened at run time
+NCCL_INC    := $(call cuda_find_dir,nccl.h,$(NCCL_HOME)/include /usr/include /usr/local/include $(CUDA_INC_DIRS) $(PIP_NV)/nccl/include)
+NCCL_LIB    := $(call cuda_find_file,libnccl.so.2,$(NCCL_HOME)/lib /usr/lib/x86_64-linux-gnu /usr/lib64 $(CUDA_LIB_DIRS) $(PIP_NV)/nccl/lib)
 CUDA_MISSING := $(if $(CUDART_INC),,cuda_runtime.h) $(if $(CUBLAS_INC),,cublasLt.h) \
     $(if $(NVRTC_INC),,nvrtc.h) $(if $(CUDNN_INC),,cudnn.h) \
     $(if $(CUDNN_FE_INC),,cudnn_frontend.h) $(if $(CUBLASLT_LIB),,libcublasLt.so) \
@@ -52,11 +56,14 @@ CUDNN_FE_FLAGS := -std=c++17 -O2 -fPIC -fvisibility=hidden -DCUDNN_FRONTEND_SKIP
 CUDA_CU  := $(wildcard libllmc/src/cuda/*.cu)
 CUDA_OBJ := $(patsubst %.cu,$(BUILD)/%.o,$(CUDA_CU)) $(BUILD)/libllmc/src/cuda/attention_cudnn.o
 CUDA_HDR := $(wildcard libllmc/src/cuda/*.cuh) libllmc/src/cuda/attention.h \
-    libllmc/include/llmc.h libllmc/src/model.h
+    libllmc/include/llmc.h libllmc/src/model.h libllmc/src/comm.h
 ifeq ($(filter clean,$(MAKECMDGOALS)),)
 $(info CUDA backend: nvcc $(NVCC), sm_$(CUDA_ARCH); cuBLASLt $(CUBLASLT_LIB); cuDNN $(CUDNN_LIB) \
-    (headers $(CUDNN_INC)); cudnn-frontend $(CUDNN_FE_INC))
+    (headers $(CUDNN_INC)); cudnn-frontend $(CUDNN_FE_INC); NCCL $(or $(NCCL_INC),none: no distributed mode))
 endif
+
+$(BUILD)/libllmc/src/cuda/comm_nccl.o: NVCCFLAGS += $(if $(NCCL_INC),-I$(NCCL_INC),-DLLMC_NO_NCCL) \
+    $(if $(NCCL_LIB),-DLLMC_NCCL_BUILD_LIB='"$(NCCL_LIB)"')
 
 $(BUILD)/libllmc/src/cuda/%.o: libllmc/src/cuda/%.cu $(CUDA_HDR) | $(BUILD)/.dirs
 	@mkdir -p $(dir $@)
