@@ -35,13 +35,18 @@ def complete_steps(out_dir):
     return [s for s in steps if all(os.path.exists(p) for p in paths(out_dir, s).values())]
 
 
-def save(model, out_dir, step, state):
-    """Write the checkpoint of step: model, optimizer, state, then the marker."""
+def save(model, out_dir, step, state, write_state=True):
+    """Write the checkpoint of step: model, optimizer, state, then the marker.
+
+    In a data-parallel run every rank calls this (the model's files are
+    gathered onto rank 0, which writes them); only rank 0 passes
+    write_state=True."""
     p = paths(out_dir, step)
     model.save(p["model"], dtype="fp32")
     model.save_optimizer(p["optimizer"])
-    write_atomic(p["state"], [json.dumps(state, indent=1).encode()])
-    write_atomic(p["done"], [b""])
+    if write_state:
+        write_atomic(p["state"], [json.dumps(state, indent=1).encode()])
+        write_atomic(p["done"], [b""])
 
 
 def load_state(out_dir, step):

@@ -85,11 +85,12 @@ class Model:
 
     @staticmethod
     def _options(device, max_batch_size, max_seq_len, seed, num_threads, recompute, rank=0,
-                 world_size=0, zero_stage=0, nccl_id=None, comm_timeout_s=0):
+                 world_size=0, zero_stage=0, nccl_id=None, comm_timeout_s=0, device_index=0):
         if device not in _lib.DEVICES:
             raise _lib.InvalidArgumentError(f"device {device!r}, expected one of {sorted(_lib.DEVICES)}")
         o = lib.llmc_default_options()
         o.device = _lib.DEVICES[device]
+        o.device_index = device_index
         o.max_batch_size = max_batch_size
         o.max_seq_len = max_seq_len or 0
         o.seed = seed
@@ -109,9 +110,9 @@ class Model:
                     num_threads=0, recompute=0, **distributed):
         """A freshly initialised model; config is a Config or a preset name.
 
-        distributed: rank, world_size, zero_stage, nccl_id, comm_timeout_s for
-        data-parallel training (llmc.h's "Distributed mode"); every rank
-        makes the same call."""
+        distributed: rank, world_size, zero_stage, nccl_id, comm_timeout_s and
+        device_index (the rank's GPU) for data-parallel training (llmc.h's
+        "Distributed mode"); every rank makes the same call."""
         if isinstance(config, str):
             config = Config.preset(config)
         options = cls._options(device, max_batch_size, max_seq_len, seed, num_threads, recompute,

@@ -8,6 +8,8 @@ Train a GPT-2 with libllmc.
         -B 64 -T 1024 --total-batch-size 524288 --lr 6e-4 --warmup-steps 700 \\
         --steps 18865 --final-lr-frac 0 --weight-decay 0.1 --hellaswag-every 250
     python -m pyllmc.train --out-dir out --resume   # go on after an interruption
+    python -m pyllmc.train --nproc-per-node 8 --zero 1 ...   # 8 local ranks, data parallel
+    mpirun -np 16 python -m pyllmc.train ...   # or srun, or torchrun's RANK/WORLD_SIZE/... variables
 
 Writes OUT_DIR/main.log (llm.c's lines: `s:N trl:... lr:... norm:...`,
 `s:N tel:...`, `s:N eval:...`), OUT_DIR/main.jsonl (the same as JSON) and
@@ -27,7 +29,7 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from . import checkpoint
+from . import checkpoint, distributed
 from .sample import sample_text
 from .schedule import SCHEDULES, learning_rate
 from .shards import ShardError, val_batches, write_atomic, DataLoader
@@ -40,6 +42,9 @@ TRAJECTORY_ARGS = ("train_data", "model", "num_layers", "num_heads", "channels",
                    "lr_schedule", "final_lr_frac", "wsd_decay_fraction", "weight_decay", "beta1",
                    "beta2", "grad_clip", "steps", "seed", "shuffle", "skip_bad_updates",
                    "spike_threshold", "spike_window")
+# settings of the launch itself, not of the run: left out of the check that
+# every rank got the same arguments
+LAUNCH_ARGS = ("nproc_per_node",)
 
 
 class TrainError(Exception):
@@ -148,6 +153,26 @@ def build_parser():
                    help="CUDA activation recompute: 0 none, 1 GELU, 2 GELU and LayerNorm")
     g.add_argument("--peak-tflops", type=float,
                    help="the device's peak TFLOP/s for MFU (default: known GPUs only)")
+    g = p.add_argument_group(
+        "data parallel", "Ranks started by mpirun, srun or torchrun's variables (RANK, WORLD_SIZE, "
+        "LOCAL_RANK, MASTER_ADDR, MASTER_PORT) train one run together: each optimizer step's "
+        "--total-batch-size tokens are the same for any number of ranks, split between them.")
+    g.add_argument("--nproc-per-node", type=int, default=0,
+                   help="start this many local ranks (through mpirun on CPU; on CUDA one per GPU)")
+    g.add_argument("--zero", type=int, default=0, choices=[0, 1],
+                   help="1: ZeRO-1, the fp32 master weights and AdamW moments split across ranks "
+                        "(less memory per GPU; no effect in a one-process run)")
+    g.add_argument("--rendezvous", choices=["auto", "tcp", "fs"], default="auto",
+                   help="how CUDA ranks not started by mpirun share NCCL's id: tcp at "
+                        "MASTER_ADDR:MASTER_PORT, or fs, a file in --rendezvous-path (auto: MPI "
+                        "under mpirun, else tcp)")
+    g.add_argument("--rendezvous-path", metavar="FOLDER",
+                   help="for --rendezvous fs: a folder every rank sees, one per launch")
+    g.add_argument("--rendezvous-timeout", type=float, default=120.0,
+                   help="seconds a rank waits for the others to arrive")
+    g.add_argument("--comm-timeout", type=int, default=300,
+                   help="seconds a collective may make no progress before the run stops (a rank "
+                        "died or hangs)")
     for action in p._actions:  # short placeholders: "--steps N" reads better than "--steps STEPS"
         if action.metavar is None and action.type in (int, float):
             action.metavar = "N" if action.type is int else "X"
@@ -161,16 +186,29 @@ def check_args(args):
             raise TrainError(f"--{name.replace('_', '-')} {getattr(args, name)}: expected 1 or more")
     never_negative = ["steps", "total_batch_size", "warmup_steps", "val_every", "sample_every",
                       "hellaswag_every", "checkpoint_every", "keep_last", "print_every",
-                      "grad_clip", "weight_decay", "num_threads"]
+                      "grad_clip", "weight_decay", "num_threads", "nproc_per_node"]
     for name in never_negative:
         if getattr(args, name) < 0:
             raise TrainError(f"--{name.replace('_', '-')} {getattr(args, name)}: expected 0 or more")
     if args.lr <= 0:
         raise TrainError(f"--lr {args.lr}: expected a positive learning rate")
+    if args.rendezvous_timeout <= 0 or args.comm_timeout < 1:
+        raise TrainError("--rendezvous-timeout and --comm-timeout must be positive")
+    if args.rendezvous == "fs" and not args.rendezvous_path:
+        raise TrainError("--rendezvous fs needs --rendezvous-path FOLDER (seen by every rank)")
+
+
+def micro_steps_per_rank(args, me):
+    """Micro-batches each rank runs per optimizer step: the step's tokens are
+    --total-batch-size whatever the number of ranks (default: one B x T
+    micro-batch per rank)."""
+    ranks = max(1, me.world_size)
     tokens = args.batch_size * args.seq_len
-    if args.total_batch_size % tokens:
-        raise TrainError(f"--total-batch-size {args.total_batch_size} is not a multiple of "
-                         f"B*T = {args.batch_size}*{args.seq_len} = {tokens}")
+    total = args.total_batch_size or tokens * ranks
+    if total % (tokens * ranks):
+        raise TrainError(f"--total-batch-size {total} is not a multiple of B*T*ranks = "
+                         f"{args.batch_size}*{args.seq_len}*{ranks} = {tokens * ranks}")
+    return total // (tokens * ranks)
 
 
 # ---- output folder and logs -------------------------------------------------
@@ -229,10 +267,14 @@ class RunLog:
 
 # ---- model ---------------------------------------------------------------------
 
-def open_model(args, resume_file=None):
+def open_model(args, me, nccl_id, resume_file=None):
     import pyllmc
     plan = dict(device=args.device, max_batch_size=args.batch_size, max_seq_len=args.seq_len,
                 seed=args.seed, num_threads=args.num_threads, recompute=args.recompute)
+    if me.distributed:
+        plan.update(rank=me.rank, world_size=me.world_size, zero_stage=args.zero,
+                    nccl_id=nccl_id, comm_timeout_s=args.comm_timeout,
+                    device_index=me.local_rank if args.device == "cuda" else 0)
     path = resume_file or (args.model if args.model and args.model not in PRESETS else None)
     if path:
         max_len = pyllmc.Config.from_file(path).max_seq_len
@@ -270,8 +312,19 @@ def peak_flops(args):
 
 # ---- evaluation ------------------------------------------------------------------
 
-def val_loss(model, batches):
-    return float(np.mean([model.eval(x, y) for x, y in batches]))
+def val_loss(model, batches, me):
+    """Mean of the batches' losses; each rank evaluates every world_size-th."""
+    mine = [model.eval(x, y) for x, y in batches[me.rank::max(1, me.world_size)]]
+    total, count = model.allreduce([sum(mine), len(mine)])
+    return float(total / count)
+
+
+def hellaswag_accuracy(module, model, examples, me):
+    """HellaSwag over the examples, split between the ranks."""
+    result = module.evaluate(model, examples[me.rank::max(1, me.world_size)])
+    n = result["num_examples"]
+    acc, acc_norm, n = model.allreduce([result["acc"] * n, result["acc_norm"] * n, n])
+    return {"acc": acc / n, "acc_norm": acc_norm / n, "num_examples": int(n)}
 
 
 def load_hellaswag(args):
@@ -289,26 +342,26 @@ def load_hellaswag(args):
 
 # ---- training ----------------------------------------------------------------------
 
-def resume_point(args):
+def resume_point(args, me):
     """(step to start from, its checkpoint state or None)."""
     done = checkpoint.complete_steps(args.out_dir)
     if done and not args.resume:
         raise TrainError(f"{args.out_dir} already holds a run (checkpoints up to step {done[-1]}): "
                          "pass --resume to go on with it, or choose another --out-dir")
     if not done:
-        if args.resume:
+        if args.resume and me.is_root:
             print(f"no complete checkpoint in {args.out_dir}: starting from step 0", file=sys.stderr)
         return 0, None
     state = checkpoint.load_state(args.out_dir, done[-1])
     changed = [f"--{k.replace('_', '-')} {state['args'].get(k)} -> {getattr(args, k)}"
                for k in TRAJECTORY_ARGS if state["args"].get(k) != getattr(args, k)]
-    if changed:
+    if changed and me.is_root:
         print("warning: settings differ from the checkpoint's, so the loss curve will differ from "
               "an uninterrupted run's: " + "; ".join(changed), file=sys.stderr)
     return done[-1], state
 
 
-def open_data(args, state):
+def open_data(args, state, me):
     """(training loader at the resumed position, validation batches or None, train pattern)."""
     train_pattern, val_pattern = args.train_data, args.val_data
     if train_pattern is None:
@@ -319,7 +372,8 @@ def open_data(args, state):
     if state:
         loader.load_state(state["data"])
     if val_pattern is None:
-        print("no --val-data: no validation loss", file=sys.stderr)
+        if me.is_root:
+            print("no --val-data: no validation loss", file=sys.stderr)
         return loader, None, train_pattern
     return loader, val_batches(val_pattern, args.batch_size, args.seq_len, args.val_steps), train_pattern
 
@@ -354,40 +408,114 @@ def train_step(model, inputs, targets, lr, recent, args):
         return loss, math.nan, f"gradient norm is not finite ({e})", args.skip_bad_updates
 
 
+def join_run(args):
+    """(this process's Rank, NCCL id or None, rendezvous or None). Ranks of
+    CUDA runs not started by MPI meet at a rendezvous, which also checks that
+    they agree on the world size and the arguments; under MPI the library
+    does both."""
+    me = distributed.from_environment()
+    if args.nproc_per_node and me.distributed and args.nproc_per_node != me.world_size:
+        raise TrainError(f"--nproc-per-node {args.nproc_per_node} inside a launch of "
+                         f"{me.world_size} ranks: leave it out when a launcher starts the ranks")
+    if not me.distributed or me.launcher == "mpi" or (me.launcher == "slurm" and args.device == "cpu"):
+        return me, None, None
+    import pyllmc
+    settings = distributed.digest({k: v for k, v in vars(args).items() if k not in LAUNCH_ARGS})
+
+    def make_id():
+        if args.device != "cuda":
+            return ""
+        buf = (pyllmc._lib.ctypes.c_uint8 * 128)()
+        pyllmc._lib.call("llmc_nccl_unique_id", buf)
+        return bytes(buf).hex()
+
+    if args.rendezvous == "fs":
+        folder = args.rendezvous_path
+        if os.environ.get("SLURM_JOB_ID"):  # one folder per job step, so no stale file is read
+            folder = os.path.join(folder, f"{os.environ['SLURM_JOB_ID']}.{os.environ.get('SLURM_STEP_ID', 0)}")
+        payload = distributed.file_rendezvous(me, folder, settings, make_id,
+                                              args.rendezvous_timeout)
+        meeting = None
+    else:
+        if not me.master_addr or not me.master_port:
+            raise TrainError(f"rank {me.rank} of {me.world_size} ({me.launcher} launch) needs "
+                             "MASTER_ADDR and MASTER_PORT (rank 0's host and a free port) for the "
+                             "rendezvous, or --rendezvous fs --rendezvous-path FOLDER")
+        meeting = distributed.Rendezvous(me, me.master_addr, me.master_port, settings, make_id,
+                                         args.rendezvous_timeout)
+        payload = meeting.payload
+    if args.device != "cuda":
+        raise TrainError("the CPU backend's ranks talk over MPI: start them with "
+                         "`mpirun -np N python -m pyllmc.train ...`, srun, or --nproc-per-node N")
+    return me, bytes.fromhex(payload), meeting
+
+
+def check_agreement(model, args, me, start_step):
+    """Every rank was given the same arguments and sees the same checkpoint."""
+    if not me.distributed:
+        return
+    settings = int(distributed.digest({k: v for k, v in vars(args).items()
+                                       if k not in LAUNCH_ARGS}), 16)
+    mine = [settings >> 40, settings & (2**40 - 1), start_step]  # exact in float64
+    low, high = model.allreduce(mine, "min"), model.allreduce(mine, "max")
+    if (low[:2] != high[:2]).any():
+        raise TrainError("the ranks were started with different arguments: every rank must get "
+                         "the same command line")
+    if low[2] != high[2]:
+        raise TrainError(f"the ranks see different checkpoints in {args.out_dir} (newest complete "
+                         f"steps {int(low[2])}..{int(high[2])}): it must be one folder on a "
+                         "filesystem every rank shares")
+
+
 def run(args):
     check_args(args)
-    prepare_out_dir(args.out_dir)
-    start_step, state = resume_point(args)
-    loader, val, train_pattern = open_data(args, state)
-    micro_steps = max(1, args.total_batch_size // (args.batch_size * args.seq_len))
-    tokens_per_step = micro_steps * args.batch_size * args.seq_len
-    total_steps = args.steps or max(1, loader.windows_per_epoch // micro_steps)
+    me, nccl_id, meeting = join_run(args)
+    micro_steps = micro_steps_per_rank(args, me)
+    if me.is_root:
+        prepare_out_dir(args.out_dir)
+    start_step, state = resume_point(args, me)
+    loader, val, train_pattern = open_data(args, state, me)
+    ranks = max(1, me.world_size)
+    tokens_per_step = micro_steps * ranks * args.batch_size * args.seq_len
+    total_steps = args.steps or max(1, loader.windows_per_epoch // (micro_steps * ranks))
     if start_step >= total_steps:
-        print(f"{args.out_dir}: the run already reached step {start_step} of {total_steps}")
+        if me.is_root:
+            print(f"{args.out_dir}: the run already reached step {start_step} of {total_steps}")
         return
-    checkpoint.remove_incomplete(args.out_dir)
+    if me.is_root:
+        checkpoint.remove_incomplete(args.out_dir)
     hellaswag = load_hellaswag(args) if args.hellaswag_every else None
-    model = open_model(args, checkpoint.paths(args.out_dir, start_step)["model"] if state else None)
+    model = open_model(args, me, nccl_id,
+                       checkpoint.paths(args.out_dir, start_step)["model"] if state else None)
+    check_agreement(model, args, me, start_step)
+    if meeting:
+        meeting.watch(lost_rank)
     if state:
         model.load_optimizer(checkpoint.paths(args.out_dir, start_step)["optimizer"])
     cfg = model.config
     flops_per_token = 6 * model.num_parameters + 6 * cfg.num_layers * cfg.channels * args.seq_len
     peak = peak_flops(args)
-    print(f"model: {cfg.num_layers} layers, {cfg.num_heads} heads, {cfg.channels} channels, "
-          f"{model.num_parameters:,} parameters, on {model.device}")
-    print(f"data: {len(loader.paths)} training shard(s) from {train_pattern}, "
-          f"{loader.windows_per_epoch:,} batches of {args.batch_size}x{args.seq_len} per epoch; "
-          f"{micro_steps} micro-step(s), {tokens_per_step:,} tokens per step, {total_steps} steps")
+    quiet = not me.is_root  # only rank 0 prints, logs and writes to the out dir
+    report = (lambda *a, **k: None) if quiet else print
+    ranks_text = f" x {me.world_size} ranks (ZeRO-{args.zero})" if me.distributed else ""
+    report(f"model: {cfg.num_layers} layers, {cfg.num_heads} heads, {cfg.channels} channels, "
+           f"{model.num_parameters:,} parameters, on {model.device}{ranks_text}")
+    report(f"data: {len(loader.paths)} training shard(s) from {train_pattern}, "
+           f"{loader.windows_per_epoch:,} batches of {args.batch_size}x{args.seq_len} per epoch; "
+           f"{micro_steps} micro-step(s) per rank, {tokens_per_step:,} tokens per step, "
+           f"{total_steps} steps")
     if start_step:
-        print(f"resuming from step {start_step} ({checkpoint.paths(args.out_dir, start_step)['model']})")
+        report(f"resuming from step {start_step} ({checkpoint.paths(args.out_dir, start_step)['model']})")
 
-    log = RunLog(args.out_dir, start_step)
+    log = None if quiet else RunLog(args.out_dir, start_step)
     recent = collections.deque(state["recent_losses"] if state else [], maxlen=args.spike_window)
     bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
-               disable=True if args.no_progress else None)
-    say = bar.write
+               disable=True if args.no_progress or quiet else None)
+    say = (lambda text: None) if quiet else bar.write
+    write_log = (lambda *a, **k: None) if quiet else log.write
     last_val = None
     t_start = time.perf_counter()
+    mine = slice(me.rank * micro_steps, (me.rank + 1) * micro_steps)
 
     def due(every, step):
         return step == total_steps or (every > 0 and step % every == 0)
@@ -395,29 +523,33 @@ def run(args):
     try:
         for step in range(start_step, total_steps + 1):
             if val and due(args.val_every, step):
-                last_val = val_loss(model, val)
-                log.write(step, f"tel:{last_val:.4f}", val_loss=last_val)
+                last_val = val_loss(model, val, me)
+                write_log(step, f"tel:{last_val:.4f}", val_loss=last_val)
                 say(f"step {step:5d} | val loss {last_val:.4f}")
             if hellaswag and due(args.hellaswag_every, step):
                 module, examples = hellaswag
-                result = module.evaluate(model, examples)
-                log.write(step, f"eval:{result['acc_norm']:.4f}",
+                result = hellaswag_accuracy(module, model, examples, me)
+                write_log(step, f"eval:{result['acc_norm']:.4f}",
                           hellaswag_acc_norm=result["acc_norm"], hellaswag_acc=result["acc"])
                 say(f"step {step:5d} | HellaSwag acc_norm {result['acc_norm']:.4f} "
                     f"({result['num_examples']} examples)")
-            if step > 0 and args.sample_every and due(args.sample_every, step):
+            if step > 0 and args.sample_every and due(args.sample_every, step) and not quiet:
                 text = sample_text(model, "", args.sample_length, top_k=40, seed=args.seed + step)
                 say(f"--- sample at step {step} ---\n{text.strip()}\n---")
             if step > start_step and due(args.checkpoint_every, step):
                 checkpoint.save(model, args.out_dir, step, {
                     "step": step, "data": loader.state(), "recent_losses": list(recent),
-                    "seed": args.seed, "args": vars(args), "config": dataclasses.asdict(cfg)})
-                checkpoint.prune(args.out_dir, args.keep_last)
+                    "seed": args.seed, "args": vars(args), "config": dataclasses.asdict(cfg)},
+                    write_state=me.is_root)
+                if me.is_root:
+                    checkpoint.prune(args.out_dir, args.keep_last)
             if step == total_steps:
                 break
 
             t0 = time.perf_counter()
-            batches = [loader.next_batch() for _ in range(micro_steps)]
+            # every rank reads the whole step's batches (the loader's position
+            # stays the same on all) and trains on its share
+            batches = [loader.next_batch() for _ in range(micro_steps * ranks)][mine]
             lr = learning_rate(step, total_steps, args.lr, args.warmup_steps, args.lr_schedule,
                                args.final_lr_frac, args.wsd_decay_fraction)
             loss, norm, problem, skipped = train_step(
@@ -433,12 +565,12 @@ def run(args):
                 recent.append(loss)
             dt = time.perf_counter() - t0
             tok_s = tokens_per_step / dt
-            log.write(step, f"trl:{loss:.4f} lr:{lr:.6f} norm:{norm:.2f}", train_loss=loss, lr=lr,
+            write_log(step, f"trl:{loss:.4f} lr:{lr:.6f} norm:{norm:.2f}", train_loss=loss, lr=lr,
                       grad_norm=norm, skipped=skipped, ms=round(dt * 1000, 2),
                       tokens_per_s=round(tok_s, 1))
             postfix = {"loss": f"{loss:.4f}", "tok/s": f"{tok_s:,.0f}"}
             if peak:
-                postfix["MFU"] = f"{100 * flops_per_token * tok_s / peak:.1f}%"
+                postfix["MFU"] = f"{100 * flops_per_token * tok_s / (peak * ranks):.1f}%"
             bar.set_postfix(postfix, refresh=False)
             bar.update(1)
             if args.print_every and (step + 1) % args.print_every == 0:
@@ -451,22 +583,55 @@ def run(args):
         raise TrainError("interrupted" + (f"; --resume goes on from step {kept[-1]}" if kept else ""))
     finally:
         bar.close()
-        log.close()
+        if log:
+            log.close()
+    if meeting:
+        meeting.finish()
     final = checkpoint.paths(args.out_dir, total_steps)["model"]
     minutes = (time.perf_counter() - t_start) / 60
-    print(f"done: {total_steps} steps in {minutes:.1f} min"
-          + (f", val loss {last_val:.4f}" if last_val is not None else "") + f"; model: {final}")
-    print(f"next: python -m pyllmc.sample {final} --prompt \"The\"  |  "
-          f"python evals/hellaswag.py {final}  |  python -m pyllmc.plot {args.out_dir}")
+    report(f"done: {total_steps} steps in {minutes:.1f} min"
+           + (f", val loss {last_val:.4f}" if last_val is not None else "") + f"; model: {final}")
+    report(f"next: python -m pyllmc.sample {final} --prompt \"The\"  |  "
+           f"python evals/hellaswag.py {final}  |  python -m pyllmc.plot {args.out_dir}")
+
+
+def lost_rank(message):
+    """Another rank died: stop this one now rather than wait in a collective."""
+    print(f"error: {message}; stopping. --resume goes on from the last checkpoint",
+          file=sys.stderr, flush=True)
+    os._exit(1)
+
+
+def launch_local(args, argv):
+    """--nproc-per-node N: start N ranks of this command on this machine."""
+    rest, skip = [], False
+    for a in argv:  # the same command line without --nproc-per-node
+        if skip:
+            skip = False
+        elif a == "--nproc-per-node":
+            skip = True
+        elif not a.startswith("--nproc-per-node="):
+            rest.append(a)
+    command = ["-m", "pyllmc.train", *rest]
+    if args.device == "cpu":
+        return subprocess.run(distributed.mpirun_command(args.nproc_per_node, command),
+                              env=distributed.mpi_environment()).returncode
+    return distributed.spawn_local(args.nproc_per_node, command)
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     import pyllmc
+    me = distributed.Rank()
     try:
+        me = distributed.from_environment()
+        if args.nproc_per_node and not me.distributed:
+            sys.exit(launch_local(args, argv))
         run(args)
-    except (TrainError, ShardError, pyllmc.LlmcError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (TrainError, ShardError, distributed.DistributedError, pyllmc.LlmcError, OSError) as e:
+        where = f" (rank {me.rank} of {me.world_size})" if me.distributed else ""
+        print(f"error{where}: {e}", file=sys.stderr, flush=True)
         sys.exit(1)
 
 
