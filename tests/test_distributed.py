@@ -1,0 +1,358 @@
+"""Data-parallel training on CPU ranks over MPI (two processes, no GPU): two
+ranks follow one rank's trajectory, checkpoints move between world sizes, a
+dead rank stops the run, and bad launches fail on every rank with one line."""
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import pyllmc
+from pyllmc import checkpoint, distributed
+from pyllmc.shards import write_shard
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--num-layers", "1", "--num-heads", "2", "--channels", "32", "--max-seq-len", "64",
+        "-B", "2", "-T", "32", "--lr", "3e-3", "--warmup-steps", "3", "--num-threads", "1",
+        "--no-progress", "--sample-every", "0", "--print-every", "0", "--val-every", "5",
+        "--val-steps", "3", "--checkpoint-every", "5", "--keep-last", "0",
+        "--total-batch-size", "256", "--steps", "10", "--shuffle"]
+
+needs_mpi = pytest.mark.skipif(
+    distributed.find_mpirun() is None or not os.path.exists(os.path.join(REPO, "build", "libllmc_mpi.so")),
+    reason="no MPI (mpirun and build/libllmc_mpi.so)")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("shards")
+    rng = np.random.default_rng(0)
+    # a few hundred distinct "words" so that the loss can fall
+    words = rng.integers(0, 50257, size=(300, 4))
+    stream = words[rng.integers(0, 300, size=8000)].ravel()
+    write_shard(folder / "tiny_val_000000.bin", stream[:3000])
+    write_shard(folder / "tiny_train_000001.bin", stream[3000:])
+    return ["--train-data", str(folder / "tiny_train_*.bin"),
+            "--val-data", str(folder / "tiny_val_*.bin")]
+
+
+def env_with(**extra):
+    env = distributed.mpi_environment()
+    env["PYTHONPATH"] = REPO
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def train(args, data, nproc=0, check=True, background=False, env=None, timeout=300):
+    cmd = [sys.executable, "-m", "pyllmc.train", *TINY, *data, *map(str, args)]
+    if nproc:
+        cmd += ["--nproc-per-node", str(nproc)]
+    env = env or env_with()
+    if background:
+        return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def losses(out_dir):
+    with open(os.path.join(out_dir, "main.jsonl")) as f:
+        records = [json.loads(line) for line in f]
+    return {(r["step"], k): r[k] for r in records for k in ("train_loss", "val_loss") if k in r}
+
+
+def final_params(out_dir, step=10):
+    with pyllmc.Model.load(os.path.join(out_dir, f"model_{step:08d}.bin")) as m:
+        return m.parameters()
+
+
+def assert_same_trajectory(a, b, rtol=1e-5):
+    la, lb = losses(a), losses(b)
+    assert la.keys() == lb.keys()
+    for key in la:
+        assert abs(la[key] - lb[key]) <= rtol * abs(la[key]), (key, la[key], lb[key])
+    np.testing.assert_allclose(final_params(a), final_params(b), rtol=0, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, data):
+    """Uninterrupted 10-step runs: one rank, two ranks, two ranks with ZeRO-1."""
+    if distributed.find_mpirun() is None:
+        pytest.skip("no mpirun")
+    root = tmp_path_factory.mktemp("runs")
+    out = {"r1": root / "r1", "r2": root / "r2", "r2z": root / "r2z"}
+    train(["--out-dir", out["r1"]], data)
+    train(["--out-dir", out["r2"]], data, nproc=2)
+    train(["--out-dir", out["r2z"], "--zero", "1"], data, nproc=2)
+    return out
+
+
+@needs_mpi
+@pytest.mark.parametrize("run", ["r2", "r2z"])
+def test_two_ranks_follow_one_rank(runs, run):
+    assert_same_trajectory(runs["r1"], runs[run])
+    assert sorted(os.listdir(runs[run])) == sorted(os.listdir(runs["r1"]))  # one set of files
+
+
+@needs_mpi
+def test_zero1_is_bit_identical_to_zero0(runs):
+    assert losses(runs["r2"]) == losses(runs["r2z"])
+    for step in (5, 10):
+        for part in ("model", "optimizer"):
+            a, b = (checkpoint.paths(runs[r], step)[part] for r in ("r2", "r2z"))
+            assert open(a, "rb").read() == open(b, "rb").read(), (step, part)
+
+
+def resume_copy(src, dst):
+    """A copy of a finished run as if it had stopped after step 5's checkpoint."""
+    shutil.copytree(src, dst)
+    checkpoint.remove(dst, 10)
+
+
+@needs_mpi
+@pytest.mark.parametrize("src, nproc, zero", [("r2z", 0, 0), ("r1", 2, 1), ("r2", 2, 1)])
+def test_resume_on_another_world_size(runs, data, tmp_path, src, nproc, zero):
+    out = tmp_path / "resumed"
+    resume_copy(runs[src], out)
+    proc = train(["--out-dir", out, "--resume", "--zero", zero], data, nproc=nproc)
+    assert "resuming from step 5" in proc.stdout
+    assert_same_trajectory(runs[src], out)
+
+
+@needs_mpi
+def test_resume_on_the_same_world_size_is_bit_identical(runs, data, tmp_path):
+    out = tmp_path / "resumed"
+    resume_copy(runs["r2z"], out)
+    train(["--out-dir", out, "--resume", "--zero", "1"], data, nproc=2)
+    assert losses(out) == losses(runs["r2z"])
+    assert (out / "model_00000010.bin").read_bytes() == \
+        (runs["r2z"] / "model_00000010.bin").read_bytes()
+
+
+def rank_pids(out_dir, rank):
+    """Processes of the run writing to out_dir that MPI started as `rank`."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+            environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if str(out_dir).encode() in cmdline and f"OMPI_COMM_WORLD_RANK={rank}".encode() in environ:
+            pids.append(int(pid))
+    return pids
+
+
+@needs_mpi
+def test_a_killed_rank_stops_the_other_and_resume_finishes(data, tmp_path):
+    out = tmp_path / "run"
+    args = ["--out-dir", out, "--steps", 60, "--checkpoint-every", 3, "--keep-last", 2]
+    proc = train(args, data, nproc=2, background=True)
+    deadline = time.monotonic() + 120
+    while not checkpoint.complete_steps(out) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert checkpoint.complete_steps(out), "no checkpoint within 120 s"
+    victims = rank_pids(out, 1)
+    assert victims, "rank 1 not found"
+    os.kill(victims[0], signal.SIGKILL)
+    killed = time.monotonic()
+    proc.wait(timeout=90)
+    assert time.monotonic() - killed < 60
+    assert proc.returncode != 0
+    assert not rank_pids(out, 0), "rank 0 still running"
+    done = train(["--out-dir", out, "--resume", "--steps", 60, "--checkpoint-every", 3,
+                  "--keep-last", 2], data, nproc=2, timeout=600)
+    assert "resuming from step" in done.stdout
+    assert checkpoint.complete_steps(out)[-1] == 60
+
+
+@needs_mpi
+def test_ranks_with_different_arguments_stop(data, tmp_path):
+    common = [sys.executable, "-m", "pyllmc.train", *TINY, *data, "--out-dir", str(tmp_path / "o")]
+    mpirun = distributed.mpirun_command(1, [])[:-1]  # mpirun and its flags, with -np 1
+    cmd = [*mpirun, *common, "--lr", "1e-3", ":", "-np", "1", *common, "--lr", "2e-3"]
+    proc = subprocess.run(cmd, env=env_with(), cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode != 0
+    assert "started with different arguments" in proc.stderr, proc.stderr
+
+
+@needs_mpi
+def test_total_batch_not_divisible_between_ranks(data, tmp_path):
+    proc = train(["--out-dir", tmp_path / "o", "--total-batch-size", 192], data, nproc=2,
+                 check=False)
+    assert proc.returncode != 0
+    assert proc.stderr.count("is not a multiple of B*T*ranks = 2*32*2 = 128") == 2, proc.stderr
+
+
+def test_a_rank_alone_stops_at_the_rendezvous(data, tmp_path):
+    port = distributed.free_port()
+    for rank, expected in ((1, f"could not reach rank 0's rendezvous at 127.0.0.1:{port}"),
+                           (0, f"rendezvous at 127.0.0.1:{port}: rank(s) [1] of 2 did not arrive")):
+        env = env_with(RANK=rank, WORLD_SIZE=2, LOCAL_RANK=rank, MASTER_ADDR="127.0.0.1",
+                       MASTER_PORT=port)
+        started = time.monotonic()
+        proc = train(["--out-dir", tmp_path / "o", "--rendezvous-timeout", 2], data, env=env,
+                     check=False)
+        assert proc.returncode == 1 and expected in proc.stderr, proc.stderr
+        assert proc.stderr.count("\n") == 1 and time.monotonic() - started < 30
+        assert not os.path.exists(tmp_path / "o" / "main.jsonl")  # never trained alone
+
+
+def test_cpu_ranks_without_mpi_refuse_to_train(data, tmp_path):
+    """torchrun's variables on CPU: the ranks meet, then say MPI is needed."""
+    port = distributed.free_port()
+    procs = [train(["--out-dir", tmp_path / "o"], data, background=True,
+                   env=env_with(RANK=r, WORLD_SIZE=2, LOCAL_RANK=r, MASTER_ADDR="127.0.0.1",
+                                MASTER_PORT=port)) for r in (0, 1)]
+    for p in procs:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 1 and "talk over MPI" in err, err
+
+
+# ---- the rendezvous alone (it only moves bytes) --------------------------------------------
+
+def meet(world, digests, payload="cafe", timeout=10, port=None):
+    """Runs Rendezvous for ranks 0..world-1 in threads; returns their results."""
+    port = port or distributed.free_port()
+    results = {}
+
+    def rank(r):
+        me = distributed.Rank(r, world, r, "env", "127.0.0.1", port)
+        try:
+            results[r] = distributed.Rendezvous(me, "127.0.0.1", port, digests[r],
+                                                lambda: payload, timeout)
+        except distributed.DistributedError as e:
+            results[r] = e
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(world)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout + 5)
+    return results
+
+
+def test_rendezvous_hands_rank_0s_bytes_to_every_rank():
+    results = meet(3, ["d"] * 3)
+    assert [results[r].payload for r in range(3)] == ["cafe"] * 3
+    for r in results.values():
+        r.finish()
+
+
+def test_rendezvous_refuses_ranks_that_disagree():
+    results = meet(2, ["d", "other"])
+    for r in (0, 1):
+        assert isinstance(results[r], distributed.DistributedError)
+        assert "rank 1" in str(results[r]) and "other arguments" in str(results[r])
+
+
+def test_rendezvous_refuses_a_world_size_mismatch():
+    port = distributed.free_port()
+    errors = {}
+
+    def rank(r, world):
+        me = distributed.Rank(r, world, r, "env", "127.0.0.1", port)
+        try:
+            distributed.Rendezvous(me, "127.0.0.1", port, "d", lambda: "x", 5)
+        except distributed.DistributedError as e:
+            errors[r] = str(e)
+
+    threads = [threading.Thread(target=rank, args=a) for a in ((0, 2), (1, 3))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert "disagree on the world size" in errors[0] and "disagree on the world size" in errors[1]
+
+
+def test_heartbeat_notices_a_rank_that_dies():
+    results = meet(2, ["d", "d"])
+    lost = threading.Event()
+    results[0].watch(lambda message: lost.set())
+    results[1].peers[0].close()  # rank 1 gone without saying goodbye
+    assert lost.wait(5)
+    calm = meet(2, ["d", "d"])
+    quiet = threading.Event()
+    calm[0].watch(lambda message: quiet.set())
+    calm[1].finish()
+    calm[0].finish()
+    assert not quiet.wait(0.5)
+
+
+def test_file_rendezvous(tmp_path):
+    results = {}
+
+    def rank(r):
+        me = distributed.Rank(r, 2, r, "slurm")
+        results[r] = distributed.file_rendezvous(me, str(tmp_path), "d", lambda: "beef", 10)
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in (1, 0)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(15)
+    assert results == {0: "beef", 1: "beef"}
+    with pytest.raises(distributed.DistributedError, match="other arguments"):
+        distributed.file_rendezvous(distributed.Rank(1, 2, 1, "slurm"), str(tmp_path), "x",
+                                    None, 1)
+
+
+def test_launcher_environments():
+    assert distributed.from_environment({}) == distributed.Rank()
+    mpi = distributed.from_environment({"OMPI_COMM_WORLD_RANK": "3", "OMPI_COMM_WORLD_SIZE": "8",
+                                        "OMPI_COMM_WORLD_LOCAL_RANK": "1"})
+    assert (mpi.rank, mpi.world_size, mpi.local_rank, mpi.launcher) == (3, 8, 1, "mpi")
+    slurm = distributed.from_environment({"SLURM_PROCID": "5", "SLURM_NTASKS": "16",
+                                          "SLURM_LOCALID": "5", "SLURM_STEP_ID": "0"})
+    assert (slurm.rank, slurm.world_size, slurm.launcher) == (5, 16, "slurm")
+    batch_script = {"SLURM_PROCID": "0", "SLURM_NTASKS": "16", "SLURM_LOCALID": "0"}
+    assert not distributed.from_environment(batch_script).distributed
+    env = distributed.from_environment({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1",
+                                        "MASTER_ADDR": "node0", "MASTER_PORT": "29500"})
+    assert (env.rank, env.master_addr, env.master_port, env.launcher) == (1, "node0", 29500, "env")
+    with pytest.raises(distributed.DistributedError, match="RANK=2 and WORLD_SIZE=2"):
+        distributed.from_environment({"RANK": "2", "WORLD_SIZE": "2"})
+
+
+# ---- the library's plan and errors ---------------------------------------------------------
+
+def test_zero1_plans_less_memory_per_rank():
+    config = pyllmc.Config(num_layers=2, num_heads=2, channels=64, max_seq_len=64)
+    whole = pyllmc.Model.plan_memory(config, max_batch_size=2, max_seq_len=64, world_size=2)
+    split = pyllmc.Model.plan_memory(config, max_batch_size=2, max_seq_len=64, world_size=2,
+                                     zero_stage=1)
+    n = 50304 * 64 + 64 * 64 + 2 * 12 * 64 * 64  # about the parameter count
+    assert whole - split >= 0.9 * 4 * n  # half of 2 x 4 bytes of moments per parameter
+    with pytest.raises(pyllmc.InvalidArgumentError, match="zero_stage = 1 shards"):
+        pyllmc.Model.plan_memory(config, zero_stage=1)
+    if pyllmc.cuda_available() or os.path.exists(os.path.join(REPO, "build", "libllmc_cuda.so")):
+        d48 = [pyllmc.Model.plan_memory("d48", device="cuda", max_batch_size=16, max_seq_len=1024,
+                                        recompute=1, world_size=w, zero_stage=z)
+               for w, z in ((1, 0), (8, 0), (8, 1))]
+        assert abs(d48[0] - d48[1]) < 1e6 and d48[1] > d48[2] + 8e9  # 12 of 14 B/param gone
+
+
+def test_distributed_model_without_mpi_plugin_is_a_clear_error(tmp_path):
+    shutil.copy(os.path.join(REPO, "build", "libllmc.so"), tmp_path / "libllmc.so")
+    code = ("import pyllmc\n"
+            "try:\n"
+            "    pyllmc.Model.from_config(pyllmc.Config(num_layers=1, num_heads=2, channels=32,"
+            " max_seq_len=32), world_size=2, rank=0)\n"
+            "except pyllmc.UnsupportedError as e:\n"
+            "    print(e)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=dict(env_with(), LLMC_LIB=str(tmp_path / "libllmc.so")), timeout=60)
+    assert "distributed mode needs MPI" in proc.stdout and "libllmc_mpi.so" in proc.stdout, \
+        proc.stdout + proc.stderr
