@@ -4,7 +4,9 @@ Training speed of the CUDA backend: ms/step, tokens/s, MFU and GPU memory.
     python bench/gpu_bench.py                      # the default set below, a table last
     python bench/gpu_bench.py --run d12,64,1024,8,1 --steps 10
 
-A run is preset,B,T,micro_steps,recompute; each runs in its own process so
+A run is preset,B,T,micro_steps,recompute[,dp|dpz]; dp runs the model in
+distributed mode with one rank (NCCL path: gradient buckets all-reduced during
+the backward), dpz the same with ZeRO-1. Each runs in its own process so
 that its memory is its own. Steps are timed from the host around whole
 optimizer steps (the API returns once the step's work on the GPU is done,
 so this is the GPU time plus the Python and host share), after warm-up
@@ -49,11 +51,12 @@ def gpu_memory_used_mb():
 
 
 def run_one(spec, steps, warmup):
-    preset, B, T, micro, recompute = spec.split(",")
+    preset, B, T, micro, recompute, *mode = spec.split(",")
     B, T, micro, recompute = int(B), int(T), int(micro), int(recompute)
+    dist = {"dp": dict(world_size=1, rank=0), "dpz": dict(world_size=1, rank=0, zero_stage=1)}
     t0 = time.perf_counter()
     m = pyllmc.Model.from_config(preset, device="cuda", max_batch_size=B, max_seq_len=T,
-                                 recompute=recompute, seed=0)
+                                 recompute=recompute, seed=0, **dist.get(mode[0] if mode else "", {}))
     create_s = time.perf_counter() - t0
     cfg = m.config
     rng = np.random.default_rng(0)
@@ -83,7 +86,8 @@ def run_one(spec, steps, warmup):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", action="append", help="preset,B,T,micro_steps,recompute (repeatable)")
+    p.add_argument("--run", action="append",
+                   help="preset,B,T,micro_steps,recompute[,dp|dpz] (repeatable)")
     p.add_argument("--steps", type=int, default=8, help="timed steps per run")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--json", help="write the results here")

@@ -5,6 +5,9 @@
 #     full (default): tests, HellaSwag timing, every benchmark
 #     quick: tests and the two d12 benchmarks
 #     profile: tests and a kernel-time profile of d12 (bench/gpu_profile.py)
+#     dist: tests, one-GPU runs of the trainer's distributed launch paths
+#           (--nproc-per-node 1 with its TCP rendezvous, mpirun -np 1), and
+#           d12 with and without the NCCL path (world size 1), alternated
 # Needs, carried beside the tree when the machine has no network:
 #   .carry/cudnn-frontend/include  the cudnn-frontend headers (pip nvidia-cudnn-frontend)
 #   .carry/whl/*.whl               wheels the machine lacks (scipy-openblas32)
@@ -36,6 +39,32 @@ if [ "$MODE" = full ]; then
     python3 bench/gpu_bench.py --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
 elif [ "$MODE" = quick ]; then
     python3 bench/gpu_bench.py --run d12,64,1024,8,0 --run d12,64,1024,8,1 --steps 5 \
+        --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
+fi
+if [ "$MODE" = dist ]; then
+    export NCCL_NVLS_ENABLE=0 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+    python3 - <<'PY' > "$OUT/tiny.txt"
+import numpy as np
+from pyllmc.shards import write_shard
+rng = np.random.default_rng(0)
+write_shard("/tmp/dist_train_000001.bin", rng.integers(0, 50257, 200000))
+write_shard("/tmp/dist_val_000000.bin", rng.integers(0, 50257, 20000))
+PY
+    TRAIN="-m pyllmc.train --device cuda --train-data /tmp/dist_train_*.bin --val-data /tmp/dist_val_*.bin
+        --num-layers 2 --num-heads 4 --channels 128 -B 4 -T 64 --steps 20 --val-every 10
+        --sample-every 0 --print-every 10 --no-progress --zero 1"
+    python3 $TRAIN --out-dir /tmp/dist_plain 2>&1 | tail -2
+    python3 $TRAIN --out-dir /tmp/dist_nproc --nproc-per-node 1 2>&1 | tail -2
+    mpirun -np 1 python3 $TRAIN --out-dir /tmp/dist_mpi 2>&1 | tail -2
+    python3 - <<'PY'
+import json
+curves = [[json.loads(l).get("train_loss") for l in open(f"/tmp/dist_{k}/main.jsonl")]
+          for k in ("plain", "nproc", "mpi")]
+print("trainer: --nproc-per-node 1 and mpirun -np 1 curves equal to the plain run:",
+      curves[0] == curves[1], curves[0] == curves[2])
+PY
+    python3 bench/gpu_bench.py --run d12,64,1024,8,0 --run d12,64,1024,8,0,dp \
+        --run d12,64,1024,8,0 --run d12,64,1024,8,0,dp --run d12,64,1024,8,1,dpz --steps 6 \
         --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
 fi
 if [ "$MODE" = profile ]; then
