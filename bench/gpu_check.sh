@@ -53,6 +53,7 @@ PY
     TRAIN="-m pyllmc.train --device cuda --train-data /tmp/dist_train_*.bin --val-data /tmp/dist_val_*.bin
         --num-layers 2 --num-heads 4 --channels 128 -B 4 -T 64 --steps 20 --val-every 10
         --sample-every 0 --print-every 10 --no-progress --zero 1"
+    rm -rf /tmp/dist_plain /tmp/dist_nproc /tmp/dist_mpi
     python3 $TRAIN --out-dir /tmp/dist_plain 2>&1 | tail -2
     python3 $TRAIN --out-dir /tmp/dist_nproc --nproc-per-node 1 2>&1 | tail -2
     mpirun -np 1 python3 $TRAIN --out-dir /tmp/dist_mpi 2>&1 | tail -2

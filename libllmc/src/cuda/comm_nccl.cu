@@ -5,7 +5,9 @@
  * build found (LLMC_NCCL_BUILD_LIB, e.g. the nvidia-nccl wheel's).
  */
 #include <dlfcn.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "comm_nccl.cuh"
 

@@ -10,7 +10,8 @@
  * time a shape runs, its first 8 candidates are timed on the product's own
  * operands and the fastest is kept among those whose output is bit for bit
  * the first choice's: which one wins may vary between processes, the
- * numbers do not, so runs and resumed runs stay bit-identical.
+ * numbers do not, so runs and resumed runs stay bit-identical. Products that
+ * accumulate into their output are not timed (see fastest_identical).
  */
 #include <cublasLt.h>
 
@@ -117,12 +118,12 @@ __global__ void fingerprint_kernel(unsigned long long *out, const uint16_t *p, s
     if ((threadIdx.x & 31) == 0) atomicAdd(out, h);
 }
 
-/* Runs candidate algo on p (into D, which is zeroed first when the product
- * accumulates) and returns the fingerprints of D and of the aux output. */
-static bool run_and_fingerprint(mm_ctx *ctx, Descs &ds, const Product &p, void *D,
+/* Runs candidate algo on p and returns the fingerprints of D and of the aux
+ * output. */
+static bool run_and_fingerprint(mm_ctx *ctx, Descs &ds, const Product &p,
                                 const cublasLtMatmulAlgo_t *algo, unsigned long long fp[2]) {
-    const float alpha = 1.0f, beta = p.accumulate ? 1.0f : 0.0f;
-    if (p.accumulate && cudaMemsetAsync(D, 0, p.d_bytes, ctx->stream) != cudaSuccess) return false;
+    const float alpha = 1.0f, beta = 0.0f;
+    void *D = p.D;
     if (cublasLtMatmul(ctx->handle, ds.op, &alpha, p.A, ds.a, p.B, ds.b, &beta, D, ds.d, D, ds.d,
                        algo, ctx->workspace, WORKSPACE_BYTES, ctx->stream) != CUBLAS_STATUS_SUCCESS)
         return false;
@@ -139,9 +140,8 @@ static bool run_and_fingerprint(mm_ctx *ctx, Descs &ds, const Product &p, void *
 }
 
 /* Mean milliseconds of a few runs of algo on p (after a run already made). */
-static float time_algo(mm_ctx *ctx, Descs &ds, const Product &p, void *D,
-                       const cublasLtMatmulAlgo_t *algo) {
-    const float alpha = 1.0f, beta = p.accumulate ? 1.0f : 0.0f;
+static float time_algo(mm_ctx *ctx, Descs &ds, const Product &p, const cublasLtMatmulAlgo_t *algo) {
+    const float alpha = 1.0f, beta = 0.0f;
     const int reps = 3;
     cudaEvent_t e0, e1;
     cudaEventCreate(&e0);
@@ -149,8 +149,8 @@ static float time_algo(mm_ctx *ctx, Descs &ds, const Product &p, void *D,
     cudaEventRecord(e0, ctx->stream);
     bool ok = true;
     for (int r = 0; r < reps; r++)
-        ok &= cublasLtMatmul(ctx->handle, ds.op, &alpha, p.A, ds.a, p.B, ds.b, &beta, D, ds.d, D,
-                             ds.d, algo, ctx->workspace, WORKSPACE_BYTES, ctx->stream) ==
+        ok &= cublasLtMatmul(ctx->handle, ds.op, &alpha, p.A, ds.a, p.B, ds.b, &beta, p.D, ds.d,
+                             p.D, ds.d, algo, ctx->workspace, WORKSPACE_BYTES, ctx->stream) ==
               CUBLAS_STATUS_SUCCESS;
     cudaEventRecord(e1, ctx->stream);
     float ms = -1.0f;
@@ -164,30 +164,24 @@ static float time_algo(mm_ctx *ctx, Descs &ds, const Product &p, void *D,
  * for bit that of its first choice (checked before and after timing, so a
  * candidate that does not repeat itself is out too). Any of them gives the
  * same numbers, so a run is reproducible whichever one the timing picks.
- * A product that accumulates (weight gradients) is probed in a scratch
- * buffer of its output's size, allocated for the probe and freed after it
- * (tuning keeps the first choice if that allocation fails). */
+ * Only products that overwrite their output are timed: for those adding to
+ * it (weight gradients across micro-steps), candidates that agree on one
+ * probe were seen to add the old sum differently on other data (a few
+ * elements of a gradient differed between two processes), so they keep the
+ * heuristic's first choice. */
 static int fastest_identical(mm_ctx *ctx, Descs &ds, const Product &p,
                              const cublasLtMatmulHeuristicResult_t *cands, int count) {
-    void *D = p.D, *scratch = nullptr;
-    if (p.accumulate) {  // never disturb the gradients it accumulates into
-        if (cudaMalloc(&scratch, p.d_bytes) != cudaSuccess) {
-            cudaGetLastError();
-            return 0;
-        }
-        D = scratch;
-    }
     int best = 0;
     unsigned long long ref[2], fp[2];
     float best_ms = -1.0f;
-    if (run_and_fingerprint(ctx, ds, p, D, &cands[0].algo, ref))
-        best_ms = time_algo(ctx, ds, p, D, &cands[0].algo);
+    if (run_and_fingerprint(ctx, ds, p, &cands[0].algo, ref))
+        best_ms = time_algo(ctx, ds, p, &cands[0].algo);
     for (int i = 1; i < count && best_ms > 0; i++) {
-        if (!run_and_fingerprint(ctx, ds, p, D, &cands[i].algo, fp) || fp[0] != ref[0] ||
+        if (!run_and_fingerprint(ctx, ds, p, &cands[i].algo, fp) || fp[0] != ref[0] ||
             fp[1] != ref[1])
             continue;
-        const float ms = time_algo(ctx, ds, p, D, &cands[i].algo);
-        if (ms <= 0 || !run_and_fingerprint(ctx, ds, p, D, &cands[i].algo, fp) ||
+        const float ms = time_algo(ctx, ds, p, &cands[i].algo);
+        if (ms <= 0 || !run_and_fingerprint(ctx, ds, p, &cands[i].algo, fp) ||
             fp[0] != ref[0] || fp[1] != ref[1])
             continue;
         if (ms < best_ms) {
@@ -196,7 +190,6 @@ static int fastest_identical(mm_ctx *ctx, Descs &ds, const Product &p,
         }
     }
     cudaGetLastError();  // a candidate's failure is not the product's
-    if (scratch) cudaFree(scratch);
     return best;
 }
 
@@ -224,7 +217,8 @@ static llmc_status find_algo(mm_ctx *ctx, const AlgoKey &key, Descs &ds, cublasL
             for (auto attr : aligns)
                 LT_TRY(cublasLtMatmulPreferenceSetAttribute(ds.pref, attr, &align, sizeof(align)));
         }
-        const int want = probe ? 8 : 1;
+        const bool timed = probe && !probe->accumulate;
+        const int want = timed ? 8 : 1;
         cublasLtMatmulHeuristicResult_t results[8];
         int found = 0;
         LT_TRY(cublasLtMatmulAlgoGetHeuristic(ctx->handle, ds.op, ds.a, b, d, d, ds.pref, want,
@@ -234,7 +228,7 @@ static llmc_status find_algo(mm_ctx *ctx, const AlgoKey &key, Descs &ds, cublasL
                               "cuBLASLt has no algorithm for a %dx%dx%d product (epilogue %d)",
                               std::get<0>(key), std::get<1>(key), std::get<2>(key),
                               std::get<9>(key));
-        const int pick = found > 1 ? fastest_identical(ctx, ds, *probe, results, found) : 0;
+        const int pick = timed && found > 1 ? fastest_identical(ctx, ds, *probe, results, found) : 0;
         it = ctx->algos.emplace(key, results[pick].algo).first;
     }
     *out = &it->second;
