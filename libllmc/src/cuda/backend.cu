@@ -567,9 +567,19 @@ llmc_status rederive_bf16(llmc_model *m) {
     return LLMC_OK;
 }
 
-llmc_status cuda_set_params(llmc_model *m, const float *params) {
+/* Pieces of the fp32 masters; the bf16 copy follows in cuda_params_written. */
+llmc_status cuda_write_params(llmc_model *m, int tensor, size_t start, size_t count,
+                              const float *src) {
     TRY(set_device(m));
-    TRY(copy_params(impl(m), m, impl(m)->master, params, nullptr));
+    cuda_state *g = impl(m);
+    CUDA_TRY(cudaMemcpyAsync(g->master + g->off[tensor] + start, src, count * sizeof(float),
+                             cudaMemcpyHostToDevice, g->stream));
+    CUDA_TRY(cudaStreamSynchronize(g->stream)); /* src may be reused as soon as this returns */
+    return LLMC_OK;
+}
+
+llmc_status cuda_params_written(llmc_model *m) {
+    TRY(set_device(m));
     return rederive_bf16(m);
 }
 
@@ -607,8 +617,9 @@ extern "C" {
 
 LLMC_API extern const llmc_backend llmc_cuda_backend;
 const llmc_backend llmc_cuda_backend = {
-    "cuda",          cuda_create,        cuda_destroy,       cuda_set_params,
-    cuda_get_params, cuda_get_grads,     cuda_set_opt_state, cuda_get_opt_state,
+    "cuda",          cuda_create,        cuda_destroy,       cuda_write_params,
+    cuda_params_written, cuda_get_params, cuda_get_grads,   cuda_set_opt_state,
+    cuda_get_opt_state,
     cuda_backward,   cuda_grad_norm,     cuda_update,        cuda_eval,
     cuda_logits,     cuda_memory_bytes,
 };
