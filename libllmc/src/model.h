@@ -103,6 +103,16 @@ struct llmc_backend {
     llmc_status (*logits)(llmc_model *m, const int32_t *inputs, int B, int T, int last_only,
                           float *out);
     size_t (*memory_bytes)(const llmc_model *m);
+
+    /* Distributed mode (options.world_size >= 1); see llmc.h. The backend
+     * reduces the gradients across ranks inside backward; get_params and
+     * get_opt_state may be given NULL on ranks other than 0 (they only take
+     * part in the gather), set_opt_state gets the moments on rank 0 only
+     * (NULL elsewhere) and hands them out. */
+    llmc_status (*allreduce)(llmc_model *m, double *values, size_t n, llmc_reduce_op op);
+    /* Bytes the training plan of m->config and m->options holds per rank
+     * (m->impl is NULL: nothing is allocated). */
+    llmc_status (*plan_bytes)(const llmc_model *m, size_t *bytes);
 };
 
 extern const llmc_backend llmc_cpu_backend;

@@ -12,6 +12,11 @@
  *   - at the first update (or optimizer-state load): the AdamW moments.
  * The classifier's logits exist for CLASSIFIER_CHUNK_ROWS rows at a time.
  *
+ * Distributed mode (world_size >= 1): the gradients are summed across ranks
+ * over MPI after the last micro-step. With ZeRO-1 each rank keeps the AdamW
+ * moments of its shard of the parameter vector, updates that shard and
+ * all-gathers the parameters, which are allocated padded to whole shards.
+ *
  * Threads: each entry point sets the calling thread's OpenMP thread count to
  * options.num_threads (0 = every core) before any kernel runs.
  */
@@ -20,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../comm.h"
 #include "../config.h"
 #include "../model.h"
 #include "layers.h"
@@ -64,8 +70,28 @@ typedef struct {
     float *dres, *dln, *datty, *dqkv, *dfch; /* one block's activation gradients */
     float *att_scratch;                      /* per thread, see attention_backward */
     arena moments_mem;
-    float *mom1, *mom2;
+    float *mom1, *mom2; /* the whole vector, or this rank's shard with ZeRO-1 */
 } cpu_state;
+
+/* ---- distribution ---------------------------------------------------------- */
+
+static int distributed(const llmc_model *m) { return m->options.world_size >= 1; }
+static int sharded(const llmc_model *m) { return m->options.zero_stage == 1; }
+static size_t shard_floats(const llmc_model *m) {
+    return llmc_shard_size(m->num_params, m->options.world_size);
+}
+/* Floats of the parameter buffer: padded to whole shards in distributed mode. */
+static size_t param_floats(const llmc_model *m) {
+    return distributed(m) ? shard_floats(m) * m->options.world_size : m->num_params;
+}
+static size_t moment_floats(const llmc_model *m) {
+    return sharded(m) ? shard_floats(m) : m->num_params;
+}
+
+static llmc_status cpu_allreduce(llmc_model *m, double *values, size_t n, llmc_reduce_op op) {
+    const llmc_mpi_api *mpi = llmc_mpi();
+    return mpi ? mpi->allreduce(values, n, LLMC_F64, op) : LLMC_ERR_UNSUPPORTED;
+}
 
 /* ---- memory ---------------------------------------------------------------- */
 
@@ -184,21 +210,22 @@ static llmc_status ensure_training_state(llmc_model *m) {
 static llmc_status ensure_moments(llmc_model *m) {
     cpu_state *s = m->impl;
     if (s->moments_mem.mem) return LLMC_OK;
-    buffer bufs[] = {{&s->mom1, m->num_params}, {&s->mom2, m->num_params}};
+    buffer bufs[] = {{&s->mom1, moment_floats(m)}, {&s->mom2, moment_floats(m)}};
     return arena_alloc(&s->moments_mem, bufs, 2, 1, "AdamW moments");
 }
 
-/* Checks the whole training plan before anything is allocated: every
- * tensor a kernel indexes with int within LLMC_TENSOR_LIMIT, and the sum in
- * double (which cannot overflow here) within 2^60 bytes, so that no size
- * computed later can wrap around. */
-static llmc_status check_plan(const llmc_model *m, int threads) {
+static llmc_status cpu_alloc(llmc_model *m, int threads);
+static void cpu_destroy(llmc_model *m);
+
+/* Every tensor a kernel or the BLAS indexes with int must stay within
+ * LLMC_TENSOR_LIMIT elements; checked before anything is allocated. */
+static llmc_status check_tensor_limits(const llmc_model *m) {
     const double B = m->options.max_batch_size, T = m->options.max_seq_len, N = B * T;
-    const double C = m->config.channels, NH = m->config.num_heads, L = m->config.num_layers;
-    const double V = m->config.vocab_size, chunk = N < CLASSIFIER_CHUNK_ROWS ? N : CLASSIFIER_CHUNK_ROWS;
+    const double C = m->config.channels, NH = m->config.num_heads;
+    const double chunk = N < CLASSIFIER_CHUNK_ROWS ? N : CLASSIFIER_CHUNK_ROWS;
     const struct { const char *name; double elements; } tensors[] = {
         {"(B*T, 4C) MLP activation", N * 4 * C}, {"(B, NH, T, T) attention", B * NH * T * T},
-        {"(rows, V) logits chunk", chunk * V},   {"(T, C) row stride", T * C},
+        {"(rows, V) logits chunk", chunk * m->config.vocab_size}, {"(T, C) row stride", T * C},
         {"(Vp, C) token embedding", (double)m->config.padded_vocab_size * C},
     };
     for (size_t i = 0; i < sizeof tensors / sizeof tensors[0]; i++)
@@ -208,29 +235,64 @@ static llmc_status check_plan(const llmc_model *m, int threads) {
                               "max_batch_size %d x max_seq_len %d, more than %llu",
                               tensors[i].name, tensors[i].elements, m->options.max_batch_size,
                               m->options.max_seq_len, (unsigned long long)LLMC_TENSOR_LIMIT);
+    return LLMC_OK;
+}
+
+/* Floats of the whole training plan, in double: an upper bound for every
+ * buffer size computed later, checked once so that none can wrap around. */
+static double training_plan_floats(const llmc_model *m, int threads) {
+    const double B = m->options.max_batch_size, T = m->options.max_seq_len, N = B * T;
+    const double C = m->config.channels, NH = m->config.num_heads, L = m->config.num_layers;
     const double per_block = N * (16 * C + 4) + B * NH * T * T;
-    const double others = N * (3 * C + 3) + CLASSIFIER_CHUNK_ROWS * (V + C);
+    const double others = N * (3 * C + 3) + CLASSIFIER_CHUNK_ROWS * ((double)m->config.vocab_size + C);
     const double grads = N * 10 * C + threads * (T * T + 16);
-    const double plan = 4.0 * m->num_params + L * per_block + others + grads + 1024.0 * 16;
+    return (double)param_floats(m) + m->num_params + 2.0 * moment_floats(m) + L * per_block +
+           others + grads + 1024.0 * 16;
+}
+
+static int cpu_threads(const llmc_model *m) {
+    return m->options.num_threads > 0 ? m->options.num_threads : omp_get_num_procs();
+}
+
+static llmc_status cpu_plan_bytes(const llmc_model *m, size_t *bytes) {
+    llmc_status st = check_tensor_limits(m);
+    if (st != LLMC_OK) return st;
+    const double plan = training_plan_floats(m, cpu_threads(m)) * sizeof(float);
+    if (plan > 0x1p60)
+        return llmc_error(LLMC_ERR_OUT_OF_MEMORY, "the plan would need %.3g GiB", plan / (1 << 30));
+    *bytes = (size_t)plan;
+    return LLMC_OK;
+}
+
+static llmc_status cpu_create(llmc_model *m) {
+    const int threads = cpu_threads(m);
+    if (distributed(m)) {
+        const llmc_mpi_api *mpi = llmc_mpi();
+        if (mpi == NULL) return LLMC_ERR_UNSUPPORTED;
+        llmc_status st = mpi->init(m->options.rank, m->options.world_size);
+        if (st != LLMC_OK) return st;
+    }
+    llmc_status st = llmc_agree(m, cpu_alloc(m, threads));
+    if (st != LLMC_OK) cpu_destroy(m);
+    return st;
+}
+
+static llmc_status cpu_alloc(llmc_model *m, int threads) {
+    llmc_status st = check_tensor_limits(m);
+    if (st != LLMC_OK) return st;
+    const double plan = training_plan_floats(m, threads);
     if (plan * sizeof(float) > 0x1p60)
         return llmc_error(LLMC_ERR_OUT_OF_MEMORY,
                           "max_batch_size %d x max_seq_len %d would need %.3g GiB of host memory",
                           m->options.max_batch_size, m->options.max_seq_len,
                           plan * sizeof(float) / (1 << 30));
-    return LLMC_OK;
-}
-
-static llmc_status cpu_create(llmc_model *m) {
-    const int threads = m->options.num_threads > 0 ? m->options.num_threads : omp_get_num_procs();
-    llmc_status st = check_plan(m, threads);
-    if (st != LLMC_OK) return st;
     cpu_state *s = calloc(1, sizeof *s);
     if (s == NULL) return llmc_error(LLMC_ERR_OUT_OF_MEMORY, "out of host memory");
     m->impl = s;
     s->threads = threads;
     cpu_blas_init();
     float *params = NULL;
-    buffer bufs[] = {{&params, m->num_params}};
+    buffer bufs[] = {{&params, param_floats(m)}};
     st = arena_alloc(&s->params_mem, bufs, 1, 0, "parameters");
     if (st == LLMC_OK) st = alloc_activations(m, 1);
     if (st != LLMC_OK) {
@@ -280,7 +342,7 @@ static llmc_status cpu_params_written(llmc_model *m) { return LLMC_OK; }
 
 static llmc_status cpu_get_params(llmc_model *m, float *out) {
     cpu_state *s = enter(m);
-    memcpy(out, s->params_mem.mem, m->num_params * sizeof(float));
+    if (out) memcpy(out, s->params_mem.mem, m->num_params * sizeof(float));
     return LLMC_OK;
 }
 
@@ -291,25 +353,70 @@ static llmc_status cpu_get_grads(llmc_model *m, float *out) {
     return LLMC_OK;
 }
 
+/* Rank 0's moments (NULL elsewhere) to every rank: whole, or its shard. */
 static llmc_status cpu_set_opt_state(llmc_model *m, const float *mom1, const float *mom2) {
     cpu_state *s = enter(m);
     llmc_status st = ensure_moments(m);
-    if (st != LLMC_OK) return st;
-    memcpy(s->mom1, mom1, m->num_params * sizeof(float));
-    memcpy(s->mom2, mom2, m->num_params * sizeof(float));
-    return LLMC_OK;
+    if (!distributed(m) || st != LLMC_OK) {
+        if (st == LLMC_OK) {
+            memcpy(s->mom1, mom1, m->num_params * sizeof(float));
+            memcpy(s->mom2, mom2, m->num_params * sizeof(float));
+        }
+        return st;
+    }
+    const llmc_mpi_api *mpi = llmc_mpi();
+    const int root = m->options.rank == 0;
+    if (!sharded(m)) {
+        if (root) {
+            memcpy(s->mom1, mom1, m->num_params * sizeof(float));
+            memcpy(s->mom2, mom2, m->num_params * sizeof(float));
+        }
+        if ((st = mpi->bcast(s->mom1, m->num_params * sizeof(float), 0)) != LLMC_OK) return st;
+        return mpi->bcast(s->mom2, m->num_params * sizeof(float), 0);
+    }
+    /* the scatter reads whole shards: rank 0 pads a copy */
+    const size_t shard = shard_floats(m), padded_n = shard * m->options.world_size;
+    float *whole = root ? calloc(padded_n, sizeof(float)) : NULL;
+    if ((st = llmc_agree(m, root && !whole ? llmc_error(LLMC_ERR_OUT_OF_MEMORY, "out of host memory")
+                                          : LLMC_OK)) != LLMC_OK)
+        return st;
+    const float *src[2] = {mom1, mom2};
+    float *dst[2] = {s->mom1, s->mom2};
+    for (int k = 0; k < 2 && st == LLMC_OK; k++) {
+        if (root) memcpy(whole, src[k], m->num_params * sizeof(float));
+        st = mpi->scatter(whole, dst[k], shard, 0);
+    }
+    free(whole);
+    return st;
 }
 
+/* Every rank's moments onto rank 0 (mom1/mom2 NULL elsewhere). */
 static llmc_status cpu_get_opt_state(llmc_model *m, float *mom1, float *mom2) {
     cpu_state *s = enter(m);
-    if (s->moments_mem.mem) {
-        memcpy(mom1, s->mom1, m->num_params * sizeof(float));
-        memcpy(mom2, s->mom2, m->num_params * sizeof(float));
-    } else { /* no update yet: the moments are still zero */
-        memset(mom1, 0, m->num_params * sizeof(float));
-        memset(mom2, 0, m->num_params * sizeof(float));
+    float *out[2] = {mom1, mom2};
+    if (!sharded(m)) {
+        if (out[0] == NULL) return LLMC_OK;
+        for (int k = 0; k < 2; k++) {
+            if (s->moments_mem.mem) memcpy(out[k], k ? s->mom2 : s->mom1, m->num_params * sizeof(float));
+            else memset(out[k], 0, m->num_params * sizeof(float)); /* no update yet */
+        }
+        return LLMC_OK;
     }
-    return LLMC_OK;
+    llmc_status st = ensure_moments(m); /* zero before the first update */
+    const int root = m->options.rank == 0;
+    const size_t shard = shard_floats(m), padded_n = shard * m->options.world_size;
+    float *whole = root ? malloc(padded_n * sizeof(float)) : NULL;
+    if (st == LLMC_OK && root && !whole) st = llmc_error(LLMC_ERR_OUT_OF_MEMORY, "out of host memory");
+    if ((st = llmc_agree(m, st)) != LLMC_OK) {
+        free(whole);
+        return st;
+    }
+    for (int k = 0; k < 2 && st == LLMC_OK; k++) {
+        st = llmc_mpi()->gather(k ? s->mom2 : s->mom1, whole, shard, 0);
+        if (st == LLMC_OK && root) memcpy(out[k], whole, m->num_params * sizeof(float));
+    }
+    free(whole);
+    return st;
 }
 
 /* ---- forward and backward ------------------------------------------------------- */
@@ -403,6 +510,7 @@ static llmc_status cpu_backward(llmc_model *m, const int32_t *inputs, const int3
     for (int i = 0; i < micro_steps; i++)
         sum += backward_micro(m, inputs + i * tokens, targets + i * tokens, B, T, loss_scale);
     *loss_sum = sum;
+    if (distributed(m)) return llmc_mpi()->allreduce(s->grad[0], m->num_params, LLMC_F32, LLMC_REDUCE_SUM);
     return LLMC_OK;
 }
 
@@ -418,13 +526,18 @@ static llmc_status cpu_update(llmc_model *m, const llmc_adamw *hp, float grad_sc
     if (st != LLMC_OK) return st;
     if (s->grads_mem.mem == NULL)
         return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "update without gradients");
+    /* [lo, hi): the part of the parameter vector this rank updates */
+    const size_t lo = sharded(m) ? m->options.rank * shard_floats(m) : 0;
+    const size_t hi = sharded(m) ? lo + shard_floats(m) : m->num_params;
     for (int i = 0; i < LLMC_NUM_PARAM_TENSORS; i++) {
-        const size_t off = m->param_offsets[i];
-        adamw_update(s->param[i], s->grad[i], s->mom1 + off, s->mom2 + off, m->param_sizes[i], hp->lr,
-                     hp->beta1, hp->beta2, hp->eps, llmc_param_is_decayed(i) ? hp->weight_decay : 0.0f,
-                     grad_scale, t);
+        const size_t off = m->param_offsets[i], end = off + m->param_sizes[i];
+        const size_t a = off > lo ? off : lo, b = end < hi ? end : hi;
+        if (a >= b) continue;
+        adamw_update(s->param[0] + a, s->grad[0] + a, s->mom1 + (a - lo), s->mom2 + (a - lo), b - a,
+                     hp->lr, hp->beta1, hp->beta2, hp->eps,
+                     llmc_param_is_decayed(i) ? hp->weight_decay : 0.0f, grad_scale, t);
     }
-    return LLMC_OK;
+    return sharded(m) ? llmc_mpi()->allgather(s->param[0], shard_floats(m)) : LLMC_OK;
 }
 
 static llmc_status cpu_eval(llmc_model *m, const int32_t *inputs, const int32_t *targets, int B,
@@ -464,4 +577,6 @@ const llmc_backend llmc_cpu_backend = {
     .eval = cpu_eval,
     .logits = cpu_logits,
     .memory_bytes = cpu_memory_bytes,
+    .allreduce = cpu_allreduce,
+    .plan_bytes = cpu_plan_bytes,
 };
