@@ -2,6 +2,8 @@
 # found) and installs the Python packages the tools need; `make test` runs
 # the whole suite.
 PYTHON ?= python3
+# the active Python environment: each gets its own install stamp (build/.deps-*)
+PYENV  := $(shell $(PYTHON) -c 'import sys, hashlib; print(hashlib.sha1(sys.prefix.encode()).hexdigest()[:10])')
 .DEFAULT_GOAL := all
 BUILD  := build
 CC     ?= gcc
@@ -40,7 +42,7 @@ $(BUILD)/%.o: %.c $(HEADERS) | $(BUILD)/.dirs
 $(BUILD)/libllmc.so: $(CPU_OBJ)
 	$(CC) -shared -o $@ $^ $(LDLIBS) -Wl,-rpath,'$$ORIGIN'
 
-$(BUILD)/blas.mk: $(BUILD)/.deps
+$(BUILD)/blas.mk: $(BUILD)/.deps-$(PYENV)
 	$(PYTHON) -c 'import scipy_openblas32 as b; print("BLAS_INC :=", b.get_include_dir()); print("BLAS_LIB :=", b.get_lib_dir())' > $@
 
 $(BUILD)/.dirs:
@@ -48,9 +50,13 @@ $(BUILD)/.dirs:
 	@touch $@
 
 # ---- Python packages ------------------------------------------------------
-deps: $(BUILD)/.deps
-$(BUILD)/.deps: requirements.txt | $(BUILD)/.dirs
+# pyllmc is installed in editable mode into the active Python, so that
+# `python -m pyllmc.train` and the scripts work from any folder and find
+# build/libllmc.so here.
+deps: $(BUILD)/.deps-$(PYENV)
+$(BUILD)/.deps-$(PYENV): requirements.txt pyproject.toml | $(BUILD)/.dirs
 	$(PYTHON) -m pip install -q -r requirements.txt
+	$(PYTHON) -m pip install -q --no-deps -e .
 	@touch $@
 
 # ---- tests ----------------------------------------------------------------

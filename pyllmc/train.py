@@ -126,8 +126,8 @@ def build_parser():
     g.add_argument("--hellaswag-every", type=int, default=0,
                    help="HellaSwag accuracy every N steps, and at the end (0: never)")
     g.add_argument("--hellaswag-data", metavar="PATH",
-                   help="local HellaSwag file (jsonl or llm.c .bin; default: evals/hellaswag.py's "
-                        "download)")
+                   help="local HellaSwag file (jsonl or llm.c .bin; default: the validation set, "
+                        "downloaded once)")
     g.add_argument("--hellaswag-limit", type=int, help="score only the first N examples")
     g = p.add_argument_group("checkpoints and output")
     g.add_argument("--out-dir", default="out", help="folder for logs and checkpoints")
@@ -275,11 +275,8 @@ def val_loss(model, batches):
 
 
 def load_hellaswag(args):
-    """evals.hellaswag and its examples (evals/ sits beside pyllmc/)."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if root not in sys.path:
-        sys.path.insert(0, root)
-    from evals import hellaswag
+    """pyllmc.hellaswag and its examples."""
+    from . import hellaswag
     try:
         examples = hellaswag.load_examples(args.hellaswag_data)
     except (hellaswag.DataError, hellaswag.DownloadError) as e:
@@ -465,7 +462,7 @@ def main(argv=None):
     import pyllmc
     try:
         run(args)
-    except (TrainError, ShardError, pyllmc.LlmcError, OSError) as e:
+    except (TrainError, ShardError, pyllmc.LlmcError, pyllmc.LibraryError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
 
