@@ -1,6 +1,6 @@
 # llmc: `make` builds libllmc (CPU always, the CUDA plugin when a toolkit is
-# found) and installs the Python packages the tools need; `make test` runs
-# the whole suite.
+# found) and installs the Python packages the tools need, pyllmc itself
+# editable; `make test` also installs the tests' packages and runs the suite.
 PYTHON ?= python3
 # the active Python environment: each gets its own install stamp (build/.deps-*)
 PYENV  := $(shell $(PYTHON) -c 'import sys, hashlib; print(hashlib.sha1(sys.prefix.encode()).hexdigest()[:10])')
@@ -31,7 +31,7 @@ $(BUILD)/libllmc.so: LDLIBS += -L$(BLAS_LIB) -lscipy_openblas -Wl,-rpath,$(BLAS_
 # ---- CUDA plugin (owned by the CUDA backend; see the file) ----------------
 include libllmc/src/cuda/cuda.mk
 
-.PHONY: all lib deps test clean
+.PHONY: all lib deps test-deps test clean
 all: deps lib
 lib: $(BUILD)/libllmc.so $(CUDA_PLUGIN)
 
@@ -60,7 +60,13 @@ $(BUILD)/.deps-$(PYENV): requirements.txt pyproject.toml | $(BUILD)/.dirs
 	@touch $@
 
 # ---- tests ----------------------------------------------------------------
-test: all
+# the suite's own packages (requirements-test.txt: pytest, the PyTorch reference, ...)
+test-deps: $(BUILD)/.test-deps-$(PYENV)
+$(BUILD)/.test-deps-$(PYENV): requirements-test.txt | $(BUILD)/.dirs
+	$(PYTHON) -m pip install -q -r requirements-test.txt
+	@touch $@
+
+test: all test-deps
 	$(PYTHON) -m pytest -q tests
 
 clean:
