@@ -1,7 +1,9 @@
 # llmc: `make` builds libllmc (CPU always, the CUDA plugin when a toolkit is
-# found) and installs the Python packages the tools need; `make test` runs
-# the whole suite.
+# found) and installs the Python packages the tools need, pyllmc itself
+# editable; `make test` also installs the tests' packages and runs the suite.
 PYTHON ?= python3
+# the active Python environment: each gets its own install stamp (build/.deps-*)
+PYENV  := $(shell $(PYTHON) -c 'import sys, hashlib; print(hashlib.sha1(sys.prefix.encode()).hexdigest()[:10])')
 .DEFAULT_GOAL := all
 BUILD  := build
 comma  := ,
@@ -49,7 +51,7 @@ $(info MPI plugin skipped (distributed CPU training unavailable): no mpicc found
 endif
 endif
 
-.PHONY: all lib deps test asan test-asan clean
+.PHONY: all lib deps test-deps test asan test-asan clean
 all: deps lib
 lib: $(BUILD)/libllmc.so $(CUDA_PLUGIN) $(MPI_PLUGIN)
 
@@ -60,7 +62,7 @@ $(BUILD)/%.o: %.c $(HEADERS) | $(BUILD)/.dirs
 $(BUILD)/libllmc.so: $(CPU_OBJ)
 	$(CC) -shared -o $@ $^ $(LDLIBS) -Wl,-rpath,'$$ORIGIN'
 
-build/blas.mk: build/.deps
+build/blas.mk: build/.deps-$(PYENV)
 	$(PYTHON) -c 'import scipy_openblas32 as b; print("BLAS_INC :=", b.get_include_dir()); print("BLAS_LIB :=", b.get_lib_dir())' > $@
 
 $(BUILD)/.dirs:
@@ -68,15 +70,24 @@ $(BUILD)/.dirs:
 	@touch $@
 
 # ---- Python packages ------------------------------------------------------
-# (the stamps live in build/ whatever $(BUILD) is, so the sanitizer build
-# shares them)
-deps: build/.deps
-build/.deps: requirements.txt
+# pyllmc is installed in editable mode into the active Python, so that
+# `python -m pyllmc.train` and the scripts work from any folder and find
+# build/libllmc.so here. (The stamps live in build/ whatever $(BUILD) is, so
+# the sanitizer build shares them.)
+deps: build/.deps-$(PYENV)
+build/.deps-$(PYENV): requirements.txt pyproject.toml
 	@mkdir -p build
 	$(PYTHON) -m pip install -q -r requirements.txt
+	$(PYTHON) -m pip install -q --no-deps -e .
 	@touch $@
 
 # ---- tests ----------------------------------------------------------------
+# the suite's own packages (requirements-test.txt: pytest, the PyTorch reference, ...)
+test-deps: $(BUILD)/.test-deps-$(PYENV)
+$(BUILD)/.test-deps-$(PYENV): requirements-test.txt | $(BUILD)/.dirs
+	$(PYTHON) -m pip install -q -r requirements-test.txt
+	@touch $@
+
 # The usage example of llmc.h as a program, against the built library.
 $(BUILD)/c_api_example: tests/c_api_example.c libllmc/include/llmc.h $(BUILD)/libllmc.so
 	$(CC) -std=c11 -Wall -Wextra -Ilibllmc/include $(SANITIZE) $< -o $@ -L$(BUILD) -lllmc \
@@ -96,7 +107,7 @@ test-asan: asan
 	build-asan/c_api_example build-asan/c_api_example.bin
 	$(ASAN_ENV) $(PYTHON) -m pytest -q -p no:cacheprovider tests/test_fuzz.py tests/test_robustness.py tests/test_api.py
 
-test: all $(BUILD)/c_api_example
+test: all test-deps $(BUILD)/c_api_example
 	$(BUILD)/c_api_example $(BUILD)/c_api_example.bin
 	$(PYTHON) -m pytest -q tests
 	$(MAKE) test-asan

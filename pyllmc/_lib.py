@@ -19,6 +19,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # ---------------------------------------------------------------------------
 # exceptions
 
+class LibraryError(ImportError):
+    """libllmc is not built, stale, or cannot be loaded; the message says to run `make`."""
+
+
 class LlmcError(RuntimeError):
     """A call into libllmc failed; .status is the llmc_status code."""
 
@@ -167,7 +171,7 @@ def _library_path():
 def _load():
     path = _library_path()
     if not path.exists():
-        raise ImportError(f"libllmc not found at {path}: run `make` in {REPO_ROOT} first "
+        raise LibraryError(f"libllmc not found at {path}: run `make` in {REPO_ROOT} first "
                           "(or point LLMC_LIB at a built libllmc.so)")
     # Idle OpenMP threads sleep instead of spinning: spinning costs little on
     # an idle machine but starves the tokenizer and anything else on a busy one.
@@ -175,7 +179,7 @@ def _load():
     try:
         lib = ctypes.CDLL(str(path))
     except OSError as e:
-        raise ImportError(f"cannot load {path} ({e}): re-run `make` in {REPO_ROOT} (a moved or "
+        raise LibraryError(f"cannot load {path} ({e}): re-run `make` in {REPO_ROOT} (a moved or "
                           "changed Python environment moves the OpenBLAS it links to)") from e
     for name, (restype, argtypes) in _SIGNATURES.items():
         fn = getattr(lib, name)
@@ -183,7 +187,7 @@ def _load():
         fn.argtypes = argtypes
     found = lib.llmc_abi_version()
     if found != ABI_VERSION:
-        raise ImportError(f"{path} has ABI version {found}, but pyllmc expects {ABI_VERSION}: "
+        raise LibraryError(f"{path} has ABI version {found}, but pyllmc expects {ABI_VERSION}: "
                           "rebuild with `make` (or update pyllmc)")
     return lib
 

@@ -29,7 +29,7 @@ def complete_steps(out_dir):
     """Steps with a complete checkpoint in out_dir, oldest first."""
     try:
         names = os.listdir(out_dir)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # no run there (yet)
         return []
     steps = sorted(int(m.group(1)) for m in map(DONE_PATTERN.match, names) if m)
     return [s for s in steps if all(os.path.exists(p) for p in paths(out_dir, s).values())]

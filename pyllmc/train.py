@@ -34,12 +34,12 @@ from .shards import ShardError, val_batches, write_atomic, DataLoader
 
 # dense bf16 peak of GPUs whose name contains the key (first match wins)
 PEAK_TFLOPS = [("H100 PCIe", 756.0), ("H100", 989.4), ("H200", 989.4), ("A100", 312.0)]
-# settings that change the loss curve: a resume with other values is warned about
-TRAJECTORY_ARGS = ("train_data", "model", "num_layers", "num_heads", "channels", "max_seq_len",
-                   "batch_size", "seq_len", "total_batch_size", "lr", "warmup_steps",
-                   "lr_schedule", "final_lr_frac", "wsd_decay_fraction", "weight_decay", "beta1",
-                   "beta2", "grad_clip", "steps", "seed", "shuffle", "skip_bad_updates",
-                   "spike_threshold", "spike_window")
+# A resumed run takes its settings from the saved run. These leave the trained
+# weights alone, so --resume may give them anew; any other (model, data, batch,
+# schedule, ...) must stay as it was, but --steps may grow (see restore_settings).
+FREE_ON_RESUME = ("print_every", "no_progress", "keep_last", "checkpoint_every", "val_every",
+                  "val_steps", "sample_every", "sample_length", "hellaswag_every",
+                  "hellaswag_data", "hellaswag_limit", "num_threads", "peak_tflops")
 
 
 class TrainError(Exception):
@@ -126,8 +126,8 @@ def build_parser():
     g.add_argument("--hellaswag-every", type=int, default=0,
                    help="HellaSwag accuracy every N steps, and at the end (0: never)")
     g.add_argument("--hellaswag-data", metavar="PATH",
-                   help="local HellaSwag file (jsonl or llm.c .bin; default: evals/hellaswag.py's "
-                        "download)")
+                   help="local HellaSwag file (jsonl or llm.c .bin; default: the validation set, "
+                        "downloaded once)")
     g.add_argument("--hellaswag-limit", type=int, help="score only the first N examples")
     g = p.add_argument_group("checkpoints and output")
     g.add_argument("--out-dir", default="out", help="folder for logs and checkpoints")
@@ -275,11 +275,8 @@ def val_loss(model, batches):
 
 
 def load_hellaswag(args):
-    """evals.hellaswag and its examples (evals/ sits beside pyllmc/)."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if root not in sys.path:
-        sys.path.insert(0, root)
-    from evals import hellaswag
+    """pyllmc.hellaswag and its examples."""
+    from . import hellaswag
     try:
         examples = hellaswag.load_examples(args.hellaswag_data)
     except (hellaswag.DataError, hellaswag.DownloadError) as e:
@@ -299,13 +296,36 @@ def resume_point(args):
         if args.resume:
             print(f"no complete checkpoint in {args.out_dir}: starting from step 0", file=sys.stderr)
         return 0, None
-    state = checkpoint.load_state(args.out_dir, done[-1])
-    changed = [f"--{k.replace('_', '-')} {state['args'].get(k)} -> {getattr(args, k)}"
-               for k in TRAJECTORY_ARGS if state["args"].get(k) != getattr(args, k)]
-    if changed:
-        print("warning: settings differ from the checkpoint's, so the loss curve will differ from "
-              "an uninterrupted run's: " + "; ".join(changed), file=sys.stderr)
-    return done[-1], state
+    return done[-1], checkpoint.load_state(args.out_dir, done[-1])
+
+
+def given_flags(parser, argv):
+    """Names (dests) of the settings argv gives explicitly, whatever their
+    values: argv parsed again with every default suppressed."""
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
+
+
+def restore_settings(args, saved, given):
+    """Make args the saved run's settings (its state's "args"), but for those
+    given explicitly that may change: FREE_ON_RESUME and a longer --steps.
+    Any other setting given with another value is an error naming both."""
+    conflicts = []
+    for name, value in saved.items():
+        if name in ("out_dir", "resume") or not hasattr(args, name):
+            continue  # where the run is, not how it trains
+        mine = getattr(args, name)
+        if name in given and mine != value:
+            # --steps 0 (one pass over the data) has no length to compare
+            if name in FREE_ON_RESUME or (name == "steps" and value and mine > value):
+                continue
+            conflicts.append(f"--{name.replace('_', '-')} {mine} (the run has {value})")
+        setattr(args, name, value)
+    if conflicts:
+        raise TrainError(f"--resume goes on with the run in {args.out_dir} as it was set up, but "
+                         f"got {', '.join(conflicts)}; only a longer --steps and output or "
+                         f"evaluation settings may change")
 
 
 def open_data(args, state):
@@ -354,10 +374,13 @@ def train_step(model, inputs, targets, lr, recent, args):
         return loss, math.nan, f"gradient norm is not finite ({e})", args.skip_bad_updates
 
 
-def run(args):
-    check_args(args)
-    prepare_out_dir(args.out_dir)
+def run(args, given=()):
+    """Train as args say; given: the settings given explicitly (given_flags),
+    which a resumed run checks against the saved ones."""
     start_step, state = resume_point(args)
+    if state:
+        restore_settings(args, state["args"], given)
+    check_args(args)
     loader, val, train_pattern = open_data(args, state)
     micro_steps = max(1, args.total_batch_size // (args.batch_size * args.seq_len))
     tokens_per_step = micro_steps * args.batch_size * args.seq_len
@@ -365,11 +388,12 @@ def run(args):
     if start_step >= total_steps:
         print(f"{args.out_dir}: the run already reached step {start_step} of {total_steps}")
         return
-    checkpoint.remove_incomplete(args.out_dir)
     hellaswag = load_hellaswag(args) if args.hellaswag_every else None
     model = open_model(args, checkpoint.paths(args.out_dir, start_step)["model"] if state else None)
     if state:
         model.load_optimizer(checkpoint.paths(args.out_dir, start_step)["optimizer"])
+    prepare_out_dir(args.out_dir)  # only now: a run that cannot start leaves no empty folder
+    checkpoint.remove_incomplete(args.out_dir)
     cfg = model.config
     flops_per_token = 6 * model.num_parameters + 6 * cfg.num_layers * cfg.channels * args.seq_len
     peak = peak_flops(args)
@@ -464,8 +488,8 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     import pyllmc
     try:
-        run(args)
-    except (TrainError, ShardError, pyllmc.LlmcError, OSError) as e:
+        run(args, given_flags(build_parser(), argv))
+    except (TrainError, ShardError, pyllmc.LlmcError, pyllmc.LibraryError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
 
