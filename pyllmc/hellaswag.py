@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 import pyllmc
 from .tokenizer import gpt2_encoding
+from .files import NotRegularFileError, open_regular, read_regular
 
 VAL_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
 NUM_ENDINGS = 4
@@ -87,9 +88,12 @@ def load_examples(path=None, cache_dir=None, url=VAL_URL):
     if path is None:
         path = download(url, Path(cache_dir or default_cache_dir()) / "hellaswag_val.jsonl")
     path = Path(path)
-    if is_eval_file(path):
-        return read_eval_file(path)
-    return tokenize(read_jsonl(path))
+    try:
+        if is_eval_file(path):
+            return read_eval_file(path)
+        return tokenize(read_jsonl(path))
+    except NotRegularFileError as e:
+        raise DataError(str(e)) from None
 
 
 def download(url, dest):
@@ -125,7 +129,7 @@ def is_eval_file(path):
     """True for llm.c's tokenized format: a .bin name or its magic number."""
     if path.suffix == ".bin":
         return True
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         head = f.read(4)
     return len(head) == 4 and int.from_bytes(head, "little") == EVAL_FILE_MAGIC
 
@@ -133,7 +137,7 @@ def is_eval_file(path):
 def read_jsonl(path):
     """(ctx, endings, label) of each line of a rowanz/hellaswag jsonl file."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = read_regular(path).decode("utf-8")
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text ({e}); expected HellaSwag jsonl") from None
     rows = []
@@ -147,6 +151,10 @@ def read_jsonl(path):
         except json.JSONDecodeError as e:
             raise DataError(f"{where}: not valid JSON ({e.msg}, column {e.colno}); "
                             f"expected one HellaSwag example object per line") from None
+        except (ValueError, RecursionError) as e:
+            # an integer beyond Python's digit limit, or nesting deeper than
+            # the parser's recursion limit: JSON, but no HellaSwag record
+            raise DataError(f"{where}: not a HellaSwag record ({type(e).__name__}: {e})") from None
         rows.append(parse_record(record, where))
     if not rows:
         raise DataError(f"{path}: no examples in the file")
@@ -166,8 +174,9 @@ def parse_record(record, where):
     if (not isinstance(endings, list) or len(endings) != NUM_ENDINGS
             or not all(isinstance(e, str) for e in endings)):
         raise DataError(f"{where}: 'endings' is {endings!r}; expected a list of {NUM_ENDINGS} strings")
-    # the Hugging Face copy of HellaSwag stores the label as a string
-    if isinstance(label, str) and label.isdigit():
+    # the Hugging Face copy of HellaSwag stores the label as a string; only
+    # ASCII digits ("²".isdigit() is true, int("²") fails) and few of them
+    if isinstance(label, str) and label.isascii() and label.isdigit() and len(label) <= 9:
         label = int(label)
     if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < NUM_ENDINGS:
         raise DataError(f"{where}: 'label' is {record['label']!r}; "
@@ -209,7 +218,7 @@ def read_eval_file(path):
     example a stream of uint16: 65535, its size in bytes, its index, label,
     number of endings, then the context and each ending as a length followed
     by that many tokens."""
-    data = Path(path).read_bytes()
+    data = read_regular(path)
     header_bytes = 4 * EVAL_HEADER_INTS
     if len(data) < header_bytes:
         raise DataError(f"{path}: {len(data)} bytes, too short for the {header_bytes}-byte header "

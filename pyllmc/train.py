@@ -28,6 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import checkpoint
+from ._lib import FileFormatError, LlmcIOError
 from .sample import sample_text
 from .schedule import SCHEDULES, learning_rate
 from .shards import ShardError, val_batches, write_atomic, DataLoader
@@ -286,8 +287,11 @@ def load_hellaswag(args):
 
 # ---- training ----------------------------------------------------------------------
 
-def resume_point(args):
-    """(step to start from, its checkpoint state or None)."""
+def resume_point(args, given):
+    """(step to start from, its checkpoint state or None, the model loaded
+    from it with its optimizer state or None). args become the saved run's
+    settings (restore_settings). A checkpoint whose state, model or optimizer
+    file is damaged is reported and the next older one tried."""
     done = checkpoint.complete_steps(args.out_dir)
     if done and not args.resume:
         raise TrainError(f"{args.out_dir} already holds a run (checkpoints up to step {done[-1]}): "
@@ -295,8 +299,25 @@ def resume_point(args):
     if not done:
         if args.resume:
             print(f"no complete checkpoint in {args.out_dir}: starting from step 0", file=sys.stderr)
-        return 0, None
-    return done[-1], checkpoint.load_state(args.out_dir, done[-1])
+        return 0, None, None
+    for step in reversed(done):
+        files = checkpoint.paths(args.out_dir, step)
+        try:
+            state = checkpoint.load_state(args.out_dir, step)
+            restore_settings(args, state["args"], given)
+            check_args(args)
+            model = open_model(args, files["model"])
+            try:
+                model.load_optimizer(files["optimizer"])
+            except BaseException:
+                model.close()
+                raise
+            return step, state, model
+        except (checkpoint.CheckpointError, FileFormatError, LlmcIOError) as e:
+            print(f"warning: the checkpoint of step {step} is damaged ({e}); trying an older one",
+                  file=sys.stderr)
+    raise TrainError(f"no intact checkpoint in {args.out_dir} (all {len(done)} are damaged, see "
+                     "the warnings above): move them away to start over")
 
 
 def given_flags(parser, argv):
@@ -377,9 +398,7 @@ def train_step(model, inputs, targets, lr, recent, args):
 def run(args, given=()):
     """Train as args say; given: the settings given explicitly (given_flags),
     which a resumed run checks against the saved ones."""
-    start_step, state = resume_point(args)
-    if state:
-        restore_settings(args, state["args"], given)
+    start_step, state, model = resume_point(args, given)
     check_args(args)
     loader, val, train_pattern = open_data(args, state)
     micro_steps = max(1, args.total_batch_size // (args.batch_size * args.seq_len))
@@ -389,9 +408,7 @@ def run(args, given=()):
         print(f"{args.out_dir}: the run already reached step {start_step} of {total_steps}")
         return
     hellaswag = load_hellaswag(args) if args.hellaswag_every else None
-    model = open_model(args, checkpoint.paths(args.out_dir, start_step)["model"] if state else None)
-    if state:
-        model.load_optimizer(checkpoint.paths(args.out_dir, start_step)["optimizer"])
+    model = model or open_model(args)
     prepare_out_dir(args.out_dir)  # only now: a run that cannot start leaves no empty folder
     checkpoint.remove_incomplete(args.out_dir)
     cfg = model.config
