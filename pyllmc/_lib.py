@@ -5,6 +5,7 @@ status into the matching Python exception carrying the library's message.
 """
 import ctypes
 import math
+import numbers
 import operator
 import os
 import struct
@@ -235,10 +236,9 @@ def c_integer(value, name, ctype=ctypes.c_int32):
 def c_float(value, name):
     """value as a Python float, if it is a finite real number that stays
     finite as a C float (1e40 would become inf)."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise InvalidArgumentError(f"{name} = {value!r}: expected a real number") from None
+    if not isinstance(value, numbers.Real):  # float("0.1") would take a string
+        raise InvalidArgumentError(f"{name} = {value!r}: expected a real number")
+    number = float(value)
     if not math.isfinite(number):
         raise InvalidArgumentError(f"{name} = {number}: expected a finite number")
     try:
