@@ -307,8 +307,12 @@ def test_non_finite_weights_are_refused_naming_the_tensor(saved, model, tmp_path
 # ---- 7: memory ----------------------------------------------------------------------------
 
 GIB = 2**30
+# AddressSanitizer reserves terabytes of address space for its shadow memory
+needs_address_space_limit = pytest.mark.skipif(
+    "libasan" in os.environ.get("LD_PRELOAD", ""), reason="RLIMIT_AS cannot work under ASan")
 
 
+@needs_address_space_limit
 def test_model_too_big_for_the_address_space_is_refused():
     # 2^20 layers of C=8: 3.7 GB of parameters under a 3 GiB limit
     rc, out = child("""
@@ -323,6 +327,7 @@ def test_model_too_big_for_the_address_space_is_refused():
     assert rc == 0 and "REFUSED" in out and "out of host memory" in out, out
 
 
+@needs_address_space_limit
 def test_loading_a_file_too_big_for_the_limit_is_refused(tmp_path):
     # a 1.6 GB fp32 model (2 layers of C=4096) under a limit that leaves 1 GiB: refused, not killed
     path = tmp_path / "big.bin"
