@@ -221,6 +221,27 @@ def test_concurrent_evals_give_the_single_threaded_results(model):
         assert values == {expected[i]}, (t, i, values)
 
 
+def test_the_library_lock_alone_serializes_calls(model):
+    # straight through ctypes, without pyllmc.Model's own lock: the C mutex
+    # must keep two evals from sharing the activation buffers
+    x, y = np.ascontiguousarray(X), np.ascontiguousarray(Y)
+    i32 = lambda a: a.ctypes.data_as(ctypes.POINTER(ctypes.c_int32))
+    expected = model.eval(x, y)
+    seen, statuses = set(), []
+
+    def work():
+        for _ in range(200):
+            loss = ctypes.c_float()
+            statuses.append(lib.llmc_eval(model._handle, i32(x), i32(y), 2, 4, ctypes.byref(loss),
+                                          None))
+            seen.add(loss.value)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert set(statuses) == {0} and seen == {expected}
+
+
 def test_step_and_eval_in_two_threads(model):
     stop = threading.Event()
     losses = []
