@@ -1,14 +1,17 @@
 # llmc: `make` builds libllmc (CPU always, the CUDA plugin when a toolkit is
-# found) and installs the Python packages the tools need; `make test` runs
-# the whole suite.
+# found) and installs the Python packages the tools need, pyllmc itself
+# editable; `make test` also installs the tests' packages and runs the suite.
 PYTHON ?= python3
+# the active Python environment: each gets its own install stamp (build/.deps-*)
+PYENV  := $(shell $(PYTHON) -c 'import sys, hashlib; print(hashlib.sha1(sys.prefix.encode()).hexdigest()[:10])')
 .DEFAULT_GOAL := all
 BUILD  := build
 comma  := ,
 CC     ?= gcc
+# SANITIZE: extra compile and link flags (`make asan` sets them)
 CFLAGS := -O3 -march=native -fopenmp -fPIC -std=c11 -Wall -Wextra -Wno-unused-parameter \
-          -Ilibllmc/include -Ilibllmc/src
-LDLIBS := -lm -ldl -fopenmp
+          -Ilibllmc/include -Ilibllmc/src $(SANITIZE)
+LDLIBS := -lm -ldl -lpthread -fopenmp $(SANITIZE)
 
 # ---- CPU library ----------------------------------------------------------
 CPU_SRC := $(wildcard libllmc/src/*.c) $(wildcard libllmc/src/cpu/*.c)
@@ -21,7 +24,7 @@ HEADERS := $(wildcard libllmc/include/*.h libllmc/src/*.h libllmc/src/cpu/*.h)
 # wheel, once `deps` has installed it; the library finds it at run time
 # through an rpath to the wheel's lib directory.
 ifneq ($(MAKECMDGOALS),clean)
-include $(BUILD)/blas.mk
+include build/blas.mk
 endif
 # -fno-math-errno: errno is never read, and without it sqrtf cannot vectorise.
 $(BUILD)/libllmc/src/cpu/%.o: CFLAGS += -I$(BLAS_INC) -fno-math-errno
@@ -48,7 +51,7 @@ $(info MPI plugin skipped (distributed CPU training unavailable): no mpicc found
 endif
 endif
 
-.PHONY: all lib deps test clean
+.PHONY: all lib deps test-deps test asan test-asan clean
 all: deps lib
 lib: $(BUILD)/libllmc.so $(CUDA_PLUGIN) $(MPI_PLUGIN)
 
@@ -59,7 +62,7 @@ $(BUILD)/%.o: %.c $(HEADERS) | $(BUILD)/.dirs
 $(BUILD)/libllmc.so: $(CPU_OBJ)
 	$(CC) -shared -o $@ $^ $(LDLIBS) -Wl,-rpath,'$$ORIGIN'
 
-$(BUILD)/blas.mk: $(BUILD)/.deps
+build/blas.mk: build/.deps-$(PYENV)
 	$(PYTHON) -c 'import scipy_openblas32 as b; print("BLAS_INC :=", b.get_include_dir()); print("BLAS_LIB :=", b.get_lib_dir())' > $@
 
 $(BUILD)/.dirs:
@@ -67,14 +70,47 @@ $(BUILD)/.dirs:
 	@touch $@
 
 # ---- Python packages ------------------------------------------------------
-deps: $(BUILD)/.deps
-$(BUILD)/.deps: requirements.txt | $(BUILD)/.dirs
+# pyllmc is installed in editable mode into the active Python, so that
+# `python -m pyllmc.train` and the scripts work from any folder and find
+# build/libllmc.so here. (The stamps live in build/ whatever $(BUILD) is, so
+# the sanitizer build shares them.)
+deps: build/.deps-$(PYENV)
+build/.deps-$(PYENV): requirements.txt pyproject.toml
+	@mkdir -p build
 	$(PYTHON) -m pip install -q -r requirements.txt
+	$(PYTHON) -m pip install -q --no-deps -e .
 	@touch $@
 
 # ---- tests ----------------------------------------------------------------
-test: all
+# the suite's own packages (requirements-test.txt: pytest, the PyTorch reference, ...)
+test-deps: $(BUILD)/.test-deps-$(PYENV)
+$(BUILD)/.test-deps-$(PYENV): requirements-test.txt | $(BUILD)/.dirs
+	$(PYTHON) -m pip install -q -r requirements-test.txt
+	@touch $@
+
+# The usage example of llmc.h as a program, against the built library.
+$(BUILD)/c_api_example: tests/c_api_example.c libllmc/include/llmc.h $(BUILD)/libllmc.so
+	$(CC) -std=c11 -Wall -Wextra -Ilibllmc/include $(SANITIZE) $< -o $@ -L$(BUILD) -lllmc \
+	    -Wl,-rpath,'$$ORIGIN'
+
+# The library with AddressSanitizer and UBSan, in its own folder; Python
+# loads it through LLMC_LIB with the sanitizer runtime preloaded.
+ASAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g
+asan:
+	$(MAKE) BUILD=build-asan SANITIZE="$(ASAN_FLAGS)" build-asan/libllmc.so build-asan/c_api_example
+ASAN_ENV = LLMC_LIB=$(CURDIR)/build-asan/libllmc.so \
+    LD_PRELOAD="$$($(CC) -print-file-name=libasan.so) $$($(CC) -print-file-name=libubsan.so)" \
+    ASAN_OPTIONS=detect_leaks=0:abort_on_error=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
+# the fuzz and API tests again under the sanitizers (the rest of the suite
+# exercises no more of the C boundary and would only be slower)
+test-asan: asan
+	build-asan/c_api_example build-asan/c_api_example.bin
+	$(ASAN_ENV) $(PYTHON) -m pytest -q -p no:cacheprovider tests/test_fuzz.py tests/test_robustness.py tests/test_api.py
+
+test: all test-deps $(BUILD)/c_api_example
+	$(BUILD)/c_api_example $(BUILD)/c_api_example.bin
 	$(PYTHON) -m pytest -q tests
+	$(MAKE) test-asan
 
 clean:
-	rm -rf $(BUILD)
+	rm -rf $(BUILD) build-asan

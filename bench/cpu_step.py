@@ -6,23 +6,20 @@ A step is forward, backward, global-norm clipping and an AdamW update for
 both. The two alternate step by step, so that whatever else the machine is
 doing weighs on both alike; the median of the timed steps is reported.
 
-    python bench/cpu_step.py [--layers 4 --channels 256 --heads 4 --seq 256 --batch 4 --steps 10]
+    python -m bench.cpu_step [--layers 4 --channels 256 --heads 4 --seq 256 --batch 4 --steps 10]
 
 torch is needed for the comparison only (the test reference, tests/torch_gpt2.py).
 """
 import argparse
 import os
 import statistics
-import sys
 import time
 
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-import pyllmc  # noqa: E402
-from torch_gpt2 import GPT, GPTConfig  # noqa: E402
+import pyllmc
+from tests.torch_gpt2 import GPT, GPTConfig
 
 
 def main():

@@ -25,8 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import pyllmc  # noqa: E402
+import pyllmc
 
 DEFAULT_RUNS = ["d12,64,1024,8,0", "d12,64,1024,8,1", "d12,64,1024,8,2", "d24,32,1024,16,1"]
 PEAK_FLOPS = 988.8e12

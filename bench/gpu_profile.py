@@ -7,16 +7,13 @@ as the tracer here, never by the library. Prints kernels by total GPU time.
     python bench/gpu_profile.py [--preset d12 --batch 64 --seq 1024 --micro 2 --recompute 0]
 """
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import pyllmc  # noqa: E402
+import pyllmc
 
 
 def idle_report(prof, wall_ms):

@@ -4,7 +4,7 @@ call: the reference GPT-2 of tests/torch_gpt2.py trained as llm.c's
 train_gpt2.py trains it (bf16 autocast, flash SDPA, fused AdamW, gradient
 accumulation, clipping), optionally under torch.compile.
 
-    python bench/gpu_torch_peer.py --preset d12 -B 64 -T 1024 --micro-steps 8 [--compile]
+    python -m bench.gpu_torch_peer --preset d12 -B 64 -T 1024 --micro-steps 8 [--compile]
 
 Steps are timed with CUDA events after warm-up steps (the first ones include
 compilation); the median is printed with tokens/s and peak GPU memory
@@ -13,14 +13,12 @@ compilation); the median is printed with tokens/s and peak GPU memory
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from torch_gpt2 import GPT, GPTConfig, init_gpt2_  # noqa: E402
+from tests.torch_gpt2 import GPT, GPTConfig, init_gpt2_
 
 PRESETS = {"d12": (12, 12, 768), "d24": (24, 16, 1024)}
 

@@ -26,10 +26,9 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-import pyllmc  # noqa: E402
-from evals import hellaswag  # noqa: E402
-from pyllmc.tokenizer import gpt2_encoding  # noqa: E402
+import pyllmc
+from pyllmc import hellaswag
+from pyllmc.tokenizer import gpt2_encoding
 
 
 def write_synthetic_set(path, num_examples, seed=0):

@@ -27,17 +27,13 @@ import os
 import resource
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-sys.path.insert(0, os.path.join(REPO, "data_prep"))
-import fineweb  # noqa: E402
-from pyllmc.tokenizer import EOT, gpt2_encoding  # noqa: E402
+from pyllmc import fineweb
+from pyllmc.tokenizer import EOT, gpt2_encoding
 
 
 def make_corpus(folder, target_tokens, source_paths, seed=0):

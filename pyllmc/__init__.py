@@ -1,11 +1,11 @@
 """pyllmc: Python bindings of libllmc, GPT-2 training in C/CUDA.
 
-`Model` and `Config` load the compiled library on first access (an
-ImportError says to run `make` if it is missing or stale); the pure-Python
+`Model` and `Config` load the compiled library on first access (a
+LibraryError, an ImportError, says to run `make` if it is missing or stale); the pure-Python
 modules (tokenizer, shards) work without it.
 """
-from ._lib import (DeviceError, FileFormatError, InvalidArgumentError, LlmcError, LlmcIOError,
-                   NumericError, OutOfMemoryError, UnsupportedError)
+from ._lib import (DeviceError, FileFormatError, InvalidArgumentError, LibraryError, LlmcError,
+                   LlmcIOError, NumericError, OutOfMemoryError, UnsupportedError)
 
 
 def __getattr__(name):
@@ -21,6 +21,6 @@ def cuda_available():
     return bool(lib.llmc_cuda_available())
 
 
-__all__ = ["Config", "Model", "cuda_available", "LlmcError", "InvalidArgumentError",
+__all__ = ["Config", "Model", "cuda_available", "LibraryError", "LlmcError", "InvalidArgumentError",
            "LlmcIOError", "FileFormatError", "OutOfMemoryError", "UnsupportedError",
            "DeviceError", "NumericError"]

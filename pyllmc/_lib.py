@@ -4,16 +4,25 @@ Every function's signature is declared here once; `call` turns a failed
 status into the matching Python exception carrying the library's message.
 """
 import ctypes
+import math
+import numbers
+import operator
 import os
+import struct
+import threading
 from pathlib import Path
 
-ABI_VERSION = 3  # must equal LLMC_ABI_VERSION in llmc.h
+ABI_VERSION = 4  # must equal LLMC_ABI_VERSION in llmc.h
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 # ---------------------------------------------------------------------------
 # exceptions
+
+class LibraryError(ImportError):
+    """libllmc is not built, stale, or cannot be loaded; the message says to run `make`."""
+
 
 class LlmcError(RuntimeError):
     """A call into libllmc failed; .status is the llmc_status code."""
@@ -121,6 +130,7 @@ _status = ctypes.c_int
 _SIGNATURES = {
     "llmc_abi_version": (ctypes.c_int, []),
     "llmc_last_error": (ctypes.c_char_p, []),
+    "llmc_status_string": (ctypes.c_char_p, [ctypes.c_int]),
     "llmc_cuda_available": (ctypes.c_int, []),
     "llmc_default_options": (OptionsStruct, []),
     "llmc_default_adamw": (AdamWStruct, []),
@@ -162,7 +172,7 @@ def _library_path():
 def _load():
     path = _library_path()
     if not path.exists():
-        raise ImportError(f"libllmc not found at {path}: run `make` in {REPO_ROOT} first "
+        raise LibraryError(f"libllmc not found at {path}: run `make` in {REPO_ROOT} first "
                           "(or point LLMC_LIB at a built libllmc.so)")
     # Idle OpenMP threads sleep instead of spinning: spinning costs little on
     # an idle machine but starves the tokenizer and anything else on a busy one.
@@ -170,7 +180,7 @@ def _load():
     try:
         lib = ctypes.CDLL(str(path))
     except OSError as e:
-        raise ImportError(f"cannot load {path} ({e}): re-run `make` in {REPO_ROOT} (a moved or "
+        raise LibraryError(f"cannot load {path} ({e}): re-run `make` in {REPO_ROOT} (a moved or "
                           "changed Python environment moves the OpenBLAS it links to)") from e
     for name, (restype, argtypes) in _SIGNATURES.items():
         fn = getattr(lib, name)
@@ -178,23 +188,83 @@ def _load():
         fn.argtypes = argtypes
     found = lib.llmc_abi_version()
     if found != ABI_VERSION:
-        raise ImportError(f"{path} has ABI version {found}, but pyllmc expects {ABI_VERSION}: "
+        raise LibraryError(f"{path} has ABI version {found}, but pyllmc expects {ABI_VERSION}: "
                           "rebuild with `make` (or update pyllmc)")
     return lib
 
 
 class _Library:
     """libllmc, loaded (and its ABI version checked) on first use, so that the
-    pure-Python parts of pyllmc (tokenizer, shards) work before `make`."""
+    pure-Python parts of pyllmc (tokenizer, shards) work before `make`; once,
+    whichever threads get there first."""
     _cdll = None
+    _loading = threading.Lock()
 
     def __getattr__(self, name):
         if _Library._cdll is None:
-            _Library._cdll = _load()
+            with _Library._loading:
+                if _Library._cdll is None:
+                    _Library._cdll = _load()
         return getattr(_Library._cdll, name)
 
 
 lib = _Library()
+
+
+# ---------------------------------------------------------------------------
+# values crossing into C: ctypes silently wraps integers and rounds floats to
+# inf, so each is checked against its C type first
+
+_INT_RANGES = {ctypes.c_int32: (-2**31, 2**31 - 1), ctypes.c_int: (-2**31, 2**31 - 1),
+               ctypes.c_uint64: (0, 2**64 - 1), ctypes.c_size_t: (0, 2**64 - 1),
+               ctypes.c_uint8: (0, 255)}
+
+
+def c_integer(value, name, ctype=ctypes.c_int32):
+    """value as a Python int, if it is an integer that ctype holds exactly."""
+    try:
+        number = operator.index(value)
+    except TypeError:
+        raise InvalidArgumentError(f"{name} = {value!r}: expected an integer") from None
+    low, high = _INT_RANGES[ctype]
+    if not low <= number <= high:
+        raise InvalidArgumentError(f"{name} = {number}: out of range for the C library "
+                                   f"(expected {low}..{high})")
+    return number
+
+
+def c_float(value, name):
+    """value as a Python float, if it is a finite real number that stays
+    finite as a C float (1e40 would become inf)."""
+    if not isinstance(value, numbers.Real):  # float("0.1") would take a string
+        raise InvalidArgumentError(f"{name} = {value!r}: expected a real number")
+    number = float(value)
+    if not math.isfinite(number):
+        raise InvalidArgumentError(f"{name} = {number}: expected a finite number")
+    try:
+        struct.pack("f", number)
+    except OverflowError:
+        raise InvalidArgumentError(f"{name} = {number}: too large for a C float "
+                                   "(beyond 3.4e38)") from None
+    return number
+
+
+def c_set(s, **values):
+    """Sets fields of the ctypes struct s, each checked against its C type; returns s."""
+    ctypes_of = dict(type(s)._fields_)
+    for field, value in values.items():
+        ctype = ctypes_of[field]
+        setattr(s, field, c_float(value, field) if ctype is ctypes.c_float
+                else c_integer(value, field, ctype))
+    return s
+
+
+def c_path(path):
+    """A path as bytes for C; a NUL inside would silently cut it there."""
+    encoded = os.fsencode(os.fspath(path))
+    if b"\0" in encoded:
+        raise InvalidArgumentError(f"path {path!r} contains a NUL byte")
+    return encoded
 
 
 def call(name, *args):

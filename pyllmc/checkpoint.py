@@ -11,10 +11,16 @@ durable, so a run killed at any moment leaves each checkpoint either
 complete (with its marker) or ignored.
 """
 import json
+import math
 import os
 import re
 
+from .files import open_regular
 from .shards import write_atomic
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that is damaged: unreadable, or not what save wrote."""
 
 PARTS = {"model": "model_{:08d}.bin", "optimizer": "optim_{:08d}.bin",
          "state": "state_{:08d}.json", "done": "DONE_{:08d}"}
@@ -29,7 +35,7 @@ def complete_steps(out_dir):
     """Steps with a complete checkpoint in out_dir, oldest first."""
     try:
         names = os.listdir(out_dir)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # no run there (yet)
         return []
     steps = sorted(int(m.group(1)) for m in map(DONE_PATTERN.match, names) if m)
     return [s for s in steps if all(os.path.exists(p) for p in paths(out_dir, s).values())]
@@ -50,8 +56,39 @@ def save(model, out_dir, step, state, write_state=True):
 
 
 def load_state(out_dir, step):
-    with open(paths(out_dir, step)["state"]) as f:
-        return json.load(f)
+    """The state saved with step's checkpoint, its structure checked;
+    CheckpointError naming the file when it is damaged."""
+    path = paths(out_dir, step)["state"]
+    try:
+        with open_regular(path) as f:
+            state = json.loads(f.read().decode("utf-8"))
+    except (OSError, ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
+        raise CheckpointError(f"{path}: unreadable ({type(e).__name__}: {e})") from None
+    problem = state_problem(state, step)
+    if problem:
+        raise CheckpointError(f"{path}: {problem}")
+    return state
+
+
+def _count(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def state_problem(state, step):
+    """What is wrong with a loaded state of step's checkpoint, or None."""
+    if not isinstance(state, dict):
+        return f"expected a JSON object, found {type(state).__name__}"
+    for key, kind in (("step", int), ("data", dict), ("recent_losses", list), ("args", dict)):
+        if not isinstance(state.get(key), kind):
+            return f"{key!r} is {state.get(key)!r}, expected a {kind.__name__}"
+    if state["step"] != step:
+        return f"'step' is {state['step']}, but the file belongs to step {step}"
+    if not all(_count(state["data"].get(k)) for k in ("epoch", "shard", "window")):
+        return f"data position {state['data']!r}: expected non-negative integers epoch, shard, window"
+    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+               for x in state["recent_losses"]):
+        return "'recent_losses' holds something other than finite numbers"
+    return None
 
 
 def remove(out_dir, step):
@@ -74,10 +111,12 @@ def prune(out_dir, keep_last):
 
 def remove_incomplete(out_dir):
     """Delete checkpoint files without a marker (a save cut short), and
-    temporary files of atomic writes that never finished."""
+    temporary files of atomic writes that never finished (checkpoint parts,
+    and main.log/main.jsonl when a kill came during their rewrite)."""
     done = set(complete_steps(out_dir))
-    pattern = re.compile(r"(model|optim|state|DONE)_(\d{8})(\.bin|\.json)?(\.tmp\.\d+)?$")
+    pattern = re.compile(r"(model|optim|state|DONE)_(\d{8})(\.bin|\.json)?$")
+    temporary = re.compile(r".+\.tmp\.\d+$")  # write_atomic's and the library's temp names
     for name in os.listdir(out_dir):
         m = pattern.match(name)
-        if m and (m.group(4) or int(m.group(2)) not in done):
+        if temporary.match(name) or (m and int(m.group(2)) not in done):
             os.remove(os.path.join(out_dir, name))

@@ -218,10 +218,10 @@ class Rendezvous:
             threading.Thread(target=self._watch_one, args=(sock, on_lost), daemon=True).start()
 
     def _watch_one(self, sock, on_lost):
-        sock.settimeout(None)
         try:
+            sock.settimeout(None)
             data = sock.recv(64)
-        except OSError:
+        except OSError:  # closed here by finish(), or reset by the peer
             data = b""
         if not self.finished and not data.startswith(b"bye"):
             who = "rank 0" if self.me.rank else "another rank"

@@ -1,7 +1,8 @@
 """pyllmc.Model: a GPT-2 held by libllmc, trained and evaluated from numpy."""
+import contextlib
 import ctypes
 import dataclasses
-import os
+import threading
 
 import numpy as np
 
@@ -32,7 +33,7 @@ class Config:
     def from_file(cls, path):
         """The shape of an llm.c model file, checked as Model.load checks it."""
         c = _lib.ConfigStruct()
-        call("llmc_read_config", _path(path), ctypes.byref(c))
+        call("llmc_read_config", _lib.c_path(path), ctypes.byref(c))
         return cls._from_struct(c)
 
     @classmethod
@@ -40,7 +41,7 @@ class Config:
         return cls(**{f.name: getattr(c, f.name) for f in dataclasses.fields(cls)})
 
     def _to_struct(self):
-        return _lib.ConfigStruct(**dataclasses.asdict(self))
+        return _lib.c_set(_lib.ConfigStruct(), **dataclasses.asdict(self))
 
 
 def _as_tokens(array, name):
@@ -61,14 +62,16 @@ def _f32(a):
     return a.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
 
 
-def _path(path):
-    return os.fsencode(os.fspath(path))
-
-
 class Model:
-    """A GPT-2 model in libllmc. Create with Model.from_config or Model.load."""
+    """A GPT-2 model in libllmc. Create with Model.from_config or Model.load.
+
+    Thread-safe: calls from several threads run one at a time, and close()
+    waits for a call in flight before it frees the model."""
 
     def __init__(self, handle):
+        # every use of the handle holds this lock, so close() can never free
+        # the model under a call in another thread
+        self._lock = threading.RLock()
         self._handle = ctypes.c_void_p(handle)
         c = _lib.ConfigStruct()
         call("llmc_get_config", self._handle, ctypes.byref(c))
@@ -88,21 +91,16 @@ class Model:
                  world_size=0, zero_stage=0, nccl_id=None, comm_timeout_s=0, device_index=0):
         if device not in _lib.DEVICES:
             raise _lib.InvalidArgumentError(f"device {device!r}, expected one of {sorted(_lib.DEVICES)}")
-        o = lib.llmc_default_options()
-        o.device = _lib.DEVICES[device]
-        o.device_index = device_index
-        o.max_batch_size = max_batch_size
-        o.max_seq_len = max_seq_len or 0
-        o.seed = seed
-        o.num_threads = num_threads
-        o.recompute = recompute
-        o.rank, o.world_size, o.zero_stage = rank, world_size, zero_stage
-        o.comm_timeout_s = comm_timeout_s
+        o = _lib.c_set(lib.llmc_default_options(), device=_lib.DEVICES[device],
+                       device_index=device_index, max_batch_size=max_batch_size,
+                       max_seq_len=max_seq_len or 0, seed=seed, num_threads=num_threads,
+                       recompute=recompute, rank=rank, world_size=world_size,
+                       zero_stage=zero_stage, comm_timeout_s=comm_timeout_s)
         if nccl_id is not None:
             if len(nccl_id) != len(o.nccl_id):
                 raise _lib.InvalidArgumentError(f"nccl_id has {len(nccl_id)} bytes, expected "
                                                 f"{len(o.nccl_id)}")
-            o.nccl_id[:] = list(nccl_id)
+            o.nccl_id[:] = [_lib.c_integer(b, "nccl_id byte", ctypes.c_uint8) for b in nccl_id]
         return o
 
     @classmethod
@@ -129,7 +127,7 @@ class Model:
         options = cls._options(device, max_batch_size, max_seq_len, seed, num_threads, recompute,
                                **distributed)
         handle = ctypes.c_void_p()
-        call("llmc_init_from_file", _path(path), ctypes.byref(options), ctypes.byref(handle))
+        call("llmc_init_from_file", _lib.c_path(path), ctypes.byref(options), ctypes.byref(handle))
         return cls(handle.value)
 
     @staticmethod
@@ -147,9 +145,14 @@ class Model:
         return out.value
 
     def close(self):
-        if getattr(self, "_handle", None):
-            lib.llmc_free(self._handle)
-            self._handle = None
+        """Frees the model, after any call in flight in another thread."""
+        lock = getattr(self, "_lock", None)
+        if lock is None:  # __init__ failed before the handle existed
+            return
+        with lock:
+            if self._handle:
+                lib.llmc_free(self._handle)
+                self._handle = None
 
     def __enter__(self):
         return self
@@ -163,10 +166,18 @@ class Model:
         except (AttributeError, TypeError):  # interpreter shutdown: modules already torn down
             pass
 
-    def _h(self):
-        if not self._handle:
-            raise _lib.InvalidArgumentError("this Model has been closed")
-        return self._handle
+    @contextlib.contextmanager
+    def _using(self):
+        """The handle, held for the duration of a call into the library."""
+        with self._lock:
+            if not self._handle:
+                raise _lib.InvalidArgumentError("this Model has been closed")
+            yield self._handle
+
+    def _call(self, name, *args):
+        """call(name, handle, *args) with the handle held."""
+        with self._using() as handle:
+            call(name, handle, *args)
 
     # ---- training --------------------------------------------------------
 
@@ -181,37 +192,48 @@ class Model:
         if x.ndim != 3:
             raise _lib.InvalidArgumentError(f"inputs have shape {x.shape}: expected (B, T) or "
                                             "(micro_steps, B, T)")
+        for name, size in zip(("micro_steps", "B", "T"), x.shape):
+            _lib.c_integer(size, name, ctypes.c_int)
         return x, y
 
     @property
     def step_count(self):
         """Optimizer steps taken so far."""
-        return lib.llmc_step_count(self._h())
+        with self._using() as handle:
+            return lib.llmc_step_count(handle)
 
     def step(self, inputs, targets, lr, weight_decay=0.0, beta1=0.9, beta2=0.95, eps=1e-8,
              grad_clip=1.0):
         """One AdamW step over (B, T) or (micro_steps, B, T) tokens (targets -1 are ignored).
 
         Returns (loss before the update, gradient norm before clipping)."""
-        loss = self.backward(inputs, targets)
-        return loss, self.update(lr, weight_decay, beta1, beta2, eps, grad_clip)
+        hp = self._adamw(lr, weight_decay, beta1, beta2, eps, grad_clip)  # checked before the work
+        with self._lock:  # no other thread's backward between these two
+            loss = self.backward(inputs, targets)
+            return loss, self._update(hp)
 
     def backward(self, inputs, targets):
         """Gradients of the mean loss, without an update; returns the loss."""
         x, y = self._batch(inputs, targets)
         loss = ctypes.c_float()
-        call("llmc_backward", self._h(), _i32(x), _i32(y), x.shape[0], x.shape[1], x.shape[2],
-             ctypes.byref(loss))
+        self._call("llmc_backward", _i32(x), _i32(y), x.shape[0], x.shape[1], x.shape[2],
+                   ctypes.byref(loss))
         return loss.value
 
     def update(self, lr, weight_decay=0.0, beta1=0.9, beta2=0.95, eps=1e-8, grad_clip=1.0):
         """AdamW update from the last backward; returns the gradient norm.
 
         Raises NumericError, changing nothing, if the norm is not finite."""
-        hp = _lib.AdamWStruct(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
-                              grad_clip=grad_clip)
+        return self._update(self._adamw(lr, weight_decay, beta1, beta2, eps, grad_clip))
+
+    @staticmethod
+    def _adamw(lr, weight_decay, beta1, beta2, eps, grad_clip):
+        return _lib.c_set(_lib.AdamWStruct(), lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+                          weight_decay=weight_decay, grad_clip=grad_clip)
+
+    def _update(self, hp):
         norm = ctypes.c_float()
-        call("llmc_update", self._h(), ctypes.byref(hp), ctypes.byref(norm))
+        self._call("llmc_update", ctypes.byref(hp), ctypes.byref(norm))
         return norm.value
 
     # ---- inference -------------------------------------------------------
@@ -225,7 +247,7 @@ class Model:
         B, T = x.shape[1:]
         losses = np.empty((B, T), dtype=np.float32) if per_token else None
         mean = ctypes.c_float()
-        call("llmc_eval", self._h(), _i32(x), _i32(y), B, T, ctypes.byref(mean),
+        self._call("llmc_eval", _i32(x), _i32(y), B, T, ctypes.byref(mean),
              _f32(losses) if per_token else None)
         return (mean.value, losses) if per_token else mean.value
 
@@ -236,10 +258,10 @@ class Model:
             x = x[None]
         if x.ndim != 2:
             raise _lib.InvalidArgumentError(f"inputs have shape {x.shape}: expected (B, T)")
-        B, T = x.shape
+        B, T = (_lib.c_integer(size, name, ctypes.c_int) for name, size in zip("BT", x.shape))
         V = self.config.vocab_size
         out = np.empty((B, V) if last_only else (B, T, V), dtype=np.float32)
-        call("llmc_logits", self._h(), _i32(x), B, T, int(last_only), _f32(out))
+        self._call("llmc_logits", _i32(x), B, T, int(last_only), _f32(out))
         return out
 
     # ---- parameters and files --------------------------------------------
@@ -247,7 +269,7 @@ class Model:
     def parameters(self):
         """All parameters as one float32 vector in llm.c's order (fp32 masters on CUDA)."""
         out = np.empty(self.num_parameters, dtype=np.float32)
-        call("llmc_get_parameters", self._h(), _f32(out))
+        self._call("llmc_get_parameters", _f32(out))
         return out
 
     def set_parameters(self, params):
@@ -255,26 +277,26 @@ class Model:
         if p.shape != (self.num_parameters,):
             raise _lib.InvalidArgumentError(f"parameters have shape {p.shape}, expected "
                                             f"({self.num_parameters},)")
-        call("llmc_set_parameters", self._h(), _f32(p))
+        self._call("llmc_set_parameters", _f32(p))
 
     def gradients(self):
         """Gradients of the last backward, one float32 vector in llm.c's order."""
         out = np.empty(self.num_parameters, dtype=np.float32)
-        call("llmc_get_gradients", self._h(), _f32(out))
+        self._call("llmc_get_gradients", _f32(out))
         return out
 
     def save(self, path, dtype="fp32"):
         """Writes an llm.c-format model file atomically (dtype "fp32" or "bf16")."""
         if dtype not in _lib.DTYPES:
             raise _lib.InvalidArgumentError(f"dtype {dtype!r}, expected 'fp32' or 'bf16'")
-        call("llmc_save", self._h(), _path(path), _lib.DTYPES[dtype])
+        self._call("llmc_save", _lib.c_path(path), _lib.DTYPES[dtype])
 
     def save_optimizer(self, path):
         """Writes the AdamW moments and step count atomically."""
-        call("llmc_save_optimizer", self._h(), _path(path))
+        self._call("llmc_save_optimizer", _lib.c_path(path))
 
     def load_optimizer(self, path):
-        call("llmc_load_optimizer", self._h(), _path(path))
+        self._call("llmc_load_optimizer", _lib.c_path(path))
 
     def allreduce(self, values, op="sum"):
         """values combined across the ranks (a float64 array; unchanged
@@ -282,13 +304,14 @@ class Model:
         v = np.array(values, dtype=np.float64).ravel()
         if op not in _lib.REDUCE_OPS:
             raise _lib.InvalidArgumentError(f"op {op!r}, expected one of {sorted(_lib.REDUCE_OPS)}")
-        call("llmc_allreduce", self._h(), v.ctypes.data_as(ctypes.POINTER(ctypes.c_double)), v.size,
+        self._call("llmc_allreduce", v.ctypes.data_as(ctypes.POINTER(ctypes.c_double)), v.size,
              _lib.REDUCE_OPS[op])
         return v
 
     @property
     def memory_bytes(self):
-        return lib.llmc_memory_bytes(self._h())
+        with self._using() as handle:
+            return lib.llmc_memory_bytes(handle)
 
     def __repr__(self):
         c = self.config

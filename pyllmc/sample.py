@@ -69,7 +69,7 @@ def main(argv=None):
                 text = sample_text(model, args.prompt, args.max_new_tokens, args.temperature,
                                    args.top_k or None, args.seed + i)
                 print(f"--- sample {i + 1} ---\n{text}" if args.num_samples > 1 else text)
-    except (pyllmc.LlmcError, ValueError, OSError) as e:
+    except (pyllmc.LlmcError, pyllmc.LibraryError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
 

@@ -11,6 +11,8 @@ import os
 
 import numpy as np
 
+from .files import NotRegularFileError, open_regular
+
 SHARD_MAGIC = 20240520
 SHARD_VERSION = 1
 HEADER_INTS = 256
@@ -71,9 +73,11 @@ def read_shard_header(path):
     against the file's size; raise ShardError naming the file otherwise."""
     path = os.fspath(path)
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             raw = f.read(HEADER_BYTES)
             size = os.fstat(f.fileno()).st_size
+    except NotRegularFileError as e:
+        raise ShardError(str(e)) from None
     except OSError as e:
         raise ShardError(f"{path}: cannot read shard: {e.strerror}") from None
     if len(raw) < HEADER_BYTES:

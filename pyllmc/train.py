@@ -30,18 +30,22 @@ import numpy as np
 from tqdm import tqdm
 
 from . import checkpoint, distributed
+from ._lib import FileFormatError, LlmcIOError
 from .sample import sample_text
 from .schedule import SCHEDULES, learning_rate
 from .shards import ShardError, val_batches, write_atomic, DataLoader
 
 # dense bf16 peak of GPUs whose name contains the key (first match wins)
 PEAK_TFLOPS = [("H100 PCIe", 756.0), ("H100", 989.4), ("H200", 989.4), ("A100", 312.0)]
-# settings that change the loss curve: a resume with other values is warned about
-TRAJECTORY_ARGS = ("train_data", "model", "num_layers", "num_heads", "channels", "max_seq_len",
-                   "batch_size", "seq_len", "total_batch_size", "lr", "warmup_steps",
-                   "lr_schedule", "final_lr_frac", "wsd_decay_fraction", "weight_decay", "beta1",
-                   "beta2", "grad_clip", "steps", "seed", "shuffle", "skip_bad_updates",
-                   "spike_threshold", "spike_window")
+# A resumed run takes its settings from the saved run. These leave the trained
+# weights alone, so --resume may give them anew; any other (model, data, batch,
+# schedule, ...) must stay as it was, but --steps may grow (see restore_settings).
+FREE_ON_RESUME = ("print_every", "no_progress", "keep_last", "checkpoint_every", "val_every",
+                  "val_steps", "sample_every", "sample_length", "hellaswag_every",
+                  "hellaswag_data", "hellaswag_limit", "num_threads", "peak_tflops",
+                  # how the ranks are laid out: a checkpoint resumes on any number of them
+                  "zero", "nproc_per_node", "rendezvous", "rendezvous_path", "rendezvous_timeout",
+                  "comm_timeout")
 # settings of the launch itself, not of the run: left out of the check that
 # every rank got the same arguments
 LAUNCH_ARGS = ("nproc_per_node",)
@@ -131,8 +135,8 @@ def build_parser():
     g.add_argument("--hellaswag-every", type=int, default=0,
                    help="HellaSwag accuracy every N steps, and at the end (0: never)")
     g.add_argument("--hellaswag-data", metavar="PATH",
-                   help="local HellaSwag file (jsonl or llm.c .bin; default: evals/hellaswag.py's "
-                        "download)")
+                   help="local HellaSwag file (jsonl or llm.c .bin; default: the validation set, "
+                        "downloaded once)")
     g.add_argument("--hellaswag-limit", type=int, help="score only the first N examples")
     g = p.add_argument_group("checkpoints and output")
     g.add_argument("--out-dir", default="out", help="folder for logs and checkpoints")
@@ -206,8 +210,10 @@ def micro_steps_per_rank(args, me):
     tokens = args.batch_size * args.seq_len
     total = args.total_batch_size or tokens * ranks
     if total % (tokens * ranks):
-        raise TrainError(f"--total-batch-size {total} is not a multiple of B*T*ranks = "
-                         f"{args.batch_size}*{args.seq_len}*{ranks} = {tokens * ranks}")
+        what = (f"B*T = {args.batch_size}*{args.seq_len}" if ranks == 1 else
+                f"B*T*ranks = {args.batch_size}*{args.seq_len}*{ranks}")
+        raise TrainError(f"--total-batch-size {total} is not a multiple of {what} = "
+                         f"{tokens * ranks}")
     return total // (tokens * ranks)
 
 
@@ -267,13 +273,16 @@ class RunLog:
 
 # ---- model ---------------------------------------------------------------------
 
-def open_model(args, me, nccl_id, resume_file=None):
+def open_model(args, team, resume_file=None):
+    """The model, fresh or from a file; in a data-parallel run every rank
+    makes this call together (team.join first meets the other ranks)."""
     import pyllmc
     plan = dict(device=args.device, max_batch_size=args.batch_size, max_seq_len=args.seq_len,
                 seed=args.seed, num_threads=args.num_threads, recompute=args.recompute)
+    me = team.join(args)
     if me.distributed:
         plan.update(rank=me.rank, world_size=me.world_size, zero_stage=args.zero,
-                    nccl_id=nccl_id, comm_timeout_s=args.comm_timeout,
+                    nccl_id=team.nccl_id, comm_timeout_s=args.comm_timeout,
                     device_index=me.local_rank if args.device == "cuda" else 0)
     path = resume_file or (args.model if args.model and args.model not in PRESETS else None)
     if path:
@@ -321,18 +330,17 @@ def val_loss(model, batches, me):
 
 def hellaswag_accuracy(module, model, examples, me):
     """HellaSwag over the examples, split between the ranks."""
-    result = module.evaluate(model, examples[me.rank::max(1, me.world_size)])
+    part = examples[me.rank::max(1, me.world_size)]
+    result = module.evaluate(model, part) if part else {"acc": 0.0, "acc_norm": 0.0,
+                                                          "num_examples": 0}
     n = result["num_examples"]
     acc, acc_norm, n = model.allreduce([result["acc"] * n, result["acc_norm"] * n, n])
     return {"acc": acc / n, "acc_norm": acc_norm / n, "num_examples": int(n)}
 
 
 def load_hellaswag(args):
-    """evals.hellaswag and its examples (evals/ sits beside pyllmc/)."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if root not in sys.path:
-        sys.path.insert(0, root)
-    from evals import hellaswag
+    """pyllmc.hellaswag and its examples."""
+    from . import hellaswag
     try:
         examples = hellaswag.load_examples(args.hellaswag_data)
     except (hellaswag.DataError, hellaswag.DownloadError) as e:
@@ -342,23 +350,68 @@ def load_hellaswag(args):
 
 # ---- training ----------------------------------------------------------------------
 
-def resume_point(args, me):
-    """(step to start from, its checkpoint state or None)."""
+def resume_point(args, given, team):
+    """(step to start from, its checkpoint state or None, the model loaded
+    from it with its optimizer state or None). args become the saved run's
+    settings (restore_settings). A checkpoint whose state, model or optimizer
+    file is damaged is reported and the next older one tried (on every rank
+    alike: rank 0's failure to read a file fails the collective load on all)."""
+    say = print if team.me.is_root else (lambda *a, **k: None)
     done = checkpoint.complete_steps(args.out_dir)
     if done and not args.resume:
         raise TrainError(f"{args.out_dir} already holds a run (checkpoints up to step {done[-1]}): "
                          "pass --resume to go on with it, or choose another --out-dir")
     if not done:
-        if args.resume and me.is_root:
-            print(f"no complete checkpoint in {args.out_dir}: starting from step 0", file=sys.stderr)
-        return 0, None
-    state = checkpoint.load_state(args.out_dir, done[-1])
-    changed = [f"--{k.replace('_', '-')} {state['args'].get(k)} -> {getattr(args, k)}"
-               for k in TRAJECTORY_ARGS if state["args"].get(k) != getattr(args, k)]
-    if changed and me.is_root:
-        print("warning: settings differ from the checkpoint's, so the loss curve will differ from "
-              "an uninterrupted run's: " + "; ".join(changed), file=sys.stderr)
-    return done[-1], state
+        if args.resume:
+            say(f"no complete checkpoint in {args.out_dir}: starting from step 0", file=sys.stderr)
+        return 0, None, None
+    for step in reversed(done):
+        files = checkpoint.paths(args.out_dir, step)
+        try:
+            state = checkpoint.load_state(args.out_dir, step)
+            restore_settings(args, state["args"], given)
+            check_args(args)
+            model = open_model(args, team, files["model"])
+            try:
+                model.load_optimizer(files["optimizer"])
+            except BaseException:
+                model.close()
+                raise
+            return step, state, model
+        except (checkpoint.CheckpointError, FileFormatError, LlmcIOError) as e:
+            say(f"warning: the checkpoint of step {step} is damaged ({e}); trying an older one",
+                file=sys.stderr)
+    raise TrainError(f"no intact checkpoint in {args.out_dir} (all {len(done)} are damaged, see "
+                     "the warnings above): move them away to start over")
+
+
+def given_flags(parser, argv):
+    """Names (dests) of the settings argv gives explicitly, whatever their
+    values: argv parsed again with every default suppressed."""
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
+
+
+def restore_settings(args, saved, given):
+    """Make args the saved run's settings (its state's "args"), but for those
+    given explicitly that may change: FREE_ON_RESUME and a longer --steps.
+    Any other setting given with another value is an error naming both."""
+    conflicts = []
+    for name, value in saved.items():
+        if name in ("out_dir", "resume") or not hasattr(args, name):
+            continue  # where the run is, not how it trains
+        mine = getattr(args, name)
+        if name in given and mine != value:
+            # --steps 0 (one pass over the data) has no length to compare
+            if name in FREE_ON_RESUME or (name == "steps" and value and mine > value):
+                continue
+            conflicts.append(f"--{name.replace('_', '-')} {mine} (the run has {value})")
+        setattr(args, name, value)
+    if conflicts:
+        raise TrainError(f"--resume goes on with the run in {args.out_dir} as it was set up, but "
+                         f"got {', '.join(conflicts)}; only a longer --steps and output or "
+                         f"evaluation settings may change")
 
 
 def open_data(args, state, me):
@@ -408,19 +461,35 @@ def train_step(model, inputs, targets, lr, recent, args):
         return loss, math.nan, f"gradient norm is not finite ({e})", args.skip_bad_updates
 
 
-def join_run(args):
-    """(this process's Rank, NCCL id or None, rendezvous or None). Ranks of
-    CUDA runs not started by MPI meet at a rendezvous, which also checks that
-    they agree on the world size and the arguments; under MPI the library
-    does both."""
-    me = distributed.from_environment()
+class Team:
+    """This process's place among the ranks of the run. The ranks meet (join)
+    when the model is first opened, once --resume has restored the run's
+    settings; `settings` is the digest of the command line every rank must
+    share."""
+
+    def __init__(self, settings):
+        self.me = distributed.from_environment()
+        self.settings = settings
+        self.nccl_id = self.meeting = None
+        self.joined = False
+
+    def join(self, args):
+        if not self.joined:
+            self.nccl_id, self.meeting = join_run(args, self.me, self.settings)
+            self.joined = True
+        return self.me
+
+
+def join_run(args, me, settings):
+    """(NCCL id or None, rendezvous or None). Ranks of runs not started by
+    MPI meet at a rendezvous, which also checks that they agree on the world
+    size and the arguments; under MPI the library and check_agreement do."""
     if args.nproc_per_node and me.distributed and args.nproc_per_node != me.world_size:
         raise TrainError(f"--nproc-per-node {args.nproc_per_node} inside a launch of "
                          f"{me.world_size} ranks: leave it out when a launcher starts the ranks")
     if not me.distributed or me.launcher == "mpi" or (me.launcher == "slurm" and args.device == "cpu"):
-        return me, None, None
+        return None, None
     import pyllmc
-    settings = distributed.digest({k: v for k, v in vars(args).items() if k not in LAUNCH_ARGS})
 
     def make_id():
         if args.device != "cuda":
@@ -447,15 +516,14 @@ def join_run(args):
     if args.device != "cuda":
         raise TrainError("the CPU backend's ranks talk over MPI: start them with "
                          "`mpirun -np N python -m pyllmc.train ...`, srun, or --nproc-per-node N")
-    return me, bytes.fromhex(payload), meeting
+    return bytes.fromhex(payload), meeting
 
 
-def check_agreement(model, args, me, start_step):
+def check_agreement(model, args, team, start_step):
     """Every rank was given the same arguments and sees the same checkpoint."""
-    if not me.distributed:
+    if not team.me.distributed:
         return
-    settings = int(distributed.digest({k: v for k, v in vars(args).items()
-                                       if k not in LAUNCH_ARGS}), 16)
+    settings = int(team.settings, 16)
     mine = [settings >> 40, settings & (2**40 - 1), start_step]  # exact in float64
     low, high = model.allreduce(mine, "min"), model.allreduce(mine, "max")
     if (low[:2] != high[:2]).any():
@@ -467,13 +535,15 @@ def check_agreement(model, args, me, start_step):
                          "filesystem every rank shares")
 
 
-def run(args):
+def run(args, given=(), settings=""):
+    """Train as args say; given: the settings given explicitly (given_flags),
+    which a resumed run checks against the saved ones; settings: the digest of
+    the command line, the same on every rank."""
+    team = Team(settings)
+    me = team.me
+    start_step, state, model = resume_point(args, given, team)
     check_args(args)
-    me, nccl_id, meeting = join_run(args)
     micro_steps = micro_steps_per_rank(args, me)
-    if me.is_root:
-        prepare_out_dir(args.out_dir)
-    start_step, state = resume_point(args, me)
     loader, val, train_pattern = open_data(args, state, me)
     ranks = max(1, me.world_size)
     tokens_per_step = micro_steps * ranks * args.batch_size * args.seq_len
@@ -482,16 +552,14 @@ def run(args):
         if me.is_root:
             print(f"{args.out_dir}: the run already reached step {start_step} of {total_steps}")
         return
-    if me.is_root:
-        checkpoint.remove_incomplete(args.out_dir)
     hellaswag = load_hellaswag(args) if args.hellaswag_every else None
-    model = open_model(args, me, nccl_id,
-                       checkpoint.paths(args.out_dir, start_step)["model"] if state else None)
-    check_agreement(model, args, me, start_step)
-    if meeting:
-        meeting.watch(lost_rank)
-    if state:
-        model.load_optimizer(checkpoint.paths(args.out_dir, start_step)["optimizer"])
+    model = model or open_model(args, team)
+    check_agreement(model, args, team, start_step)
+    if team.meeting:
+        team.meeting.watch(lost_rank)
+    if me.is_root:  # only now: a run that cannot start leaves no empty folder
+        prepare_out_dir(args.out_dir)
+        checkpoint.remove_incomplete(args.out_dir)
     cfg = model.config
     flops_per_token = 6 * model.num_parameters + 6 * cfg.num_layers * cfg.channels * args.seq_len
     peak = peak_flops(args)
@@ -585,8 +653,8 @@ def run(args):
         bar.close()
         if log:
             log.close()
-    if meeting:
-        meeting.finish()
+    if team.meeting:
+        team.meeting.finish()
     final = checkpoint.paths(args.out_dir, total_steps)["model"]
     minutes = (time.perf_counter() - t_start) / 60
     report(f"done: {total_steps} steps in {minutes:.1f} min"
@@ -628,8 +696,10 @@ def main(argv=None):
         me = distributed.from_environment()
         if args.nproc_per_node and not me.distributed:
             sys.exit(launch_local(args, argv))
-        run(args)
-    except (TrainError, ShardError, distributed.DistributedError, pyllmc.LlmcError, OSError) as e:
+        settings = distributed.digest({k: v for k, v in vars(args).items() if k not in LAUNCH_ARGS})
+        run(args, given_flags(build_parser(), argv), settings)
+    except (TrainError, ShardError, distributed.DistributedError, pyllmc.LlmcError,
+            pyllmc.LibraryError, OSError) as e:
         where = f" (rank {me.rank} of {me.world_size})" if me.distributed else ""
         print(f"error{where}: {e}", file=sys.stderr, flush=True)
         sys.exit(1)

@@ -1,4 +1,4 @@
-"""data_prep/fineweb.py on small local files the tests write: the shards hold
+"""data_prep/fineweb.py (pyllmc.fineweb) on small local files the tests write: the shards hold
 exactly the tokens llm.c's fineweb.py would write, whatever the input format,
 and an interrupted run picks up where it stopped."""
 import json
@@ -11,11 +11,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pyllmc import fineweb
+from pyllmc.shards import read_shard
+from pyllmc.tokenizer import EOT, gpt2_encoding
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "data_prep"))
-import fineweb  # noqa: E402
-from pyllmc.shards import read_shard  # noqa: E402
-from pyllmc.tokenizer import EOT, gpt2_encoding  # noqa: E402
 
 SHARD_SIZE = 1500
 
@@ -184,6 +184,7 @@ def test_command_line(tmp_path):
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, os.path.join(REPO, "data_prep", "fineweb.py"),
                            "--input", str(jsonl), "-o", str(out), "-s", "800"],
+                          env=dict(os.environ, PYTHONPATH=REPO),  # as `make` installs pyllmc
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert_shards(out, "corpus", reference_shards(docs, 800))

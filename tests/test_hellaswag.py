@@ -1,4 +1,4 @@
-"""evals/hellaswag.py: data formats, scoring against an independent PyTorch
+"""pyllmc.hellaswag (evals/hellaswag.py): data formats, scoring against an independent PyTorch
 scorer, batching and padding, bad input, the command line and the download.
 
 The fixture is a small set in HellaSwag's jsonl format written here, with its
@@ -7,6 +7,7 @@ model is a tiny GPT-2 trained for a few steps by pyllmc and saved."""
 import http.server
 import itertools
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -18,7 +19,7 @@ import torch
 from torch.nn import functional as F
 
 import pyllmc
-from evals import hellaswag
+from pyllmc import hellaswag
 from pyllmc.tokenizer import gpt2_encoding
 from torch_gpt2 import GPT, GPTConfig
 
@@ -391,6 +392,7 @@ def test_cli_as_a_script_reports_bad_data(data, checkpoint, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"ctx": "x", "endings": ["a", "b", "c", "d"], "label": 9}\n')
     run = subprocess.run([sys.executable, str(REPO / "evals" / "hellaswag.py"), str(checkpoint),
-                          "--data", str(bad)], capture_output=True, text=True, timeout=120, check=False)
+                          "--data", str(bad)], env=dict(os.environ, PYTHONPATH=str(REPO)),
+                         capture_output=True, text=True, timeout=120, check=False)
     assert run.returncode == 1
     assert "bad.jsonl:1: 'label' is 9" in run.stderr and "Traceback" not in run.stderr

@@ -139,6 +139,43 @@ def test_resume_ignores_a_checkpoint_cut_short(tmp_path, env):
     assert checkpoint.complete_steps(out) == [15, 20]
 
 
+def test_resume_takes_the_settings_of_the_saved_run(tmp_path, env):
+    run_args = ["--num-layers", 4, "--steps", 12, "--checkpoint-every", 6, "--keep-last", 0,
+                "--seed", 7, "--shuffle", "--lr-schedule", "linear", "--val-every", 6,
+                "--val-steps", 2, "--sample-every", 0]
+    straight = tmp_path / "straight"
+    train(["--out-dir", straight, *run_args], env)
+    out = tmp_path / "resumed"
+    train(["--out-dir", out, *run_args, "--steps", 6], env)
+    # nothing but --resume, a longer --steps and output settings: the rest is the run's
+    cmd = [sys.executable, "-m", "pyllmc.train", "--out-dir", out, "--resume", "--steps", 12,
+           "--no-progress", "--print-every", 3]
+    proc = subprocess.run(list(map(str, cmd)), env=env, cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "model: 4 layers, 2 heads, 32 channels" in proc.stdout
+    assert curve(out) == curve(straight)
+
+
+def test_resume_refuses_other_settings(tmp_path, env):
+    out = tmp_path / "run"
+    train(["--out-dir", out, "--num-layers", 4, "--steps", 4, "--val-every", 0,
+           "--sample-every", 0], env)
+    for args, messages in [  # (TINY gives --num-layers 1: a later flag wins)
+        (["--num-layers", 6], ["--num-layers 6 (the run has 4)"]),
+        (["--num-layers", 4, "--steps", 2], ["--steps 2 (the run has 4)"]),
+        (["--num-layers", 4, "--lr", "1e-4", "--shuffle"],
+         ["--lr 0.0001 (the run has 0.003)", "--shuffle True (the run has False)"]),
+    ]:
+        proc = train(["--out-dir", out, "--resume", *args], env, check=False)
+        assert proc.returncode == 1 and all(m in proc.stderr for m in messages), proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    # the same values, and settings that do not change the weights, are fine
+    train(["--out-dir", out, "--resume", "--num-layers", 4, "--steps", 6, "--keep-last", 1,
+           "--print-every", 1, "--val-every", 2, "--num-threads", 1], env)
+    assert checkpoint.complete_steps(out) == [6]
+
+
 def test_bad_updates_are_reported_and_skippable(tmp_path, env):
     # a huge learning rate blows the weights up in the first update: the next loss is not finite
     args = ["--steps", 6, "--lr", "1e30", "--warmup-steps", 0, "--val-every", 0,
@@ -188,6 +225,7 @@ def test_clear_errors(tmp_path, env):
         assert proc.returncode == 1 and message in proc.stderr, (args, proc.stderr)
         assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, \
             proc.stderr
+    assert not (tmp_path / "out").exists()  # a run that could not start leaves no folder
 
 
 def test_hellaswag_in_training(tmp_path, env):

@@ -10,17 +10,51 @@
  * Model files are llm.c's format (magic 20240326; version 3 = fp32,
  * version 5 = bf16), so checkpoints move freely between llm.c and llmc.
  *
- * Typical use:
+ * Typical use (tests/c_api_example.c runs exactly this, with B = 2, T = 16
+ * and inputs/targets of B*T token ids; `make test` builds and runs it):
+ *   llmc_config cfg = {.max_seq_len = 64, .vocab_size = 256, .padded_vocab_size = 0,
+ *                      .num_layers = 2, .num_heads = 2, .channels = 32};
  *   llmc_options opt = llmc_default_options();
- *   opt.max_batch_size = 4; opt.max_seq_len = 256;
- *   llmc_config cfg; llmc_config_preset("d12", &cfg);
+ *   opt.max_batch_size = B; opt.max_seq_len = T;
  *   llmc_model *m;
- *   if (llmc_init(&cfg, &opt, &m) != LLMC_OK) puts(llmc_last_error());
- *   llmc_adamw hp = llmc_default_adamw(); hp.lr = 6e-4f;
+ *   llmc_status st = llmc_init(&cfg, &opt, &m);
+ *   if (st != LLMC_OK) return fail("llmc_init", st);
+ *   llmc_adamw hp = llmc_default_adamw(); hp.lr = 1e-2f;
  *   float loss, norm;
- *   llmc_step(m, inputs, targets, 1, 4, 256, &hp, &loss, &norm);
- *   llmc_save(m, "model.bin", LLMC_DTYPE_FP32);
+ *   for (int step = 0; step < 20; step++) {
+ *       st = llmc_step(m, inputs, targets, 1, B, T, &hp, &loss, &norm);
+ *       if (st != LLMC_OK) return fail("llmc_step", st);
+ *   }
+ *   st = llmc_save(m, path, LLMC_DTYPE_FP32);
+ *   if (st != LLMC_OK) return fail("llmc_save", st);
  *   llmc_free(m);
+ * where fail() prints llmc_status_string(st) and llmc_last_error().
+ *
+ * The contract, for every function below unless its comment says otherwise:
+ *  - Ownership: the caller owns every pointer it passes and keeps it valid
+ *    for the call only; the library keeps none of them. A model handle is
+ *    owned by the caller from llmc_init/llmc_init_from_file until
+ *    llmc_free. Strings returned (llmc_last_error, llmc_status_string) belong
+ *    to the library.
+ *  - NULL: a NULL model, config, path or required output is refused with
+ *    LLMC_ERR_INVALID_ARGUMENT; outputs documented "may be NULL" are skipped.
+ *  - Failure: on any status other than LLMC_OK, outputs hold unspecified
+ *    values (a *out handle is set to NULL), and the model is unchanged and
+ *    usable, except where a comment says what a failed call leaves.
+ *  - Threads: calls on one model may come from any threads; they run one at
+ *    a time (each holds the model's lock for its whole call). Calls on
+ *    different models run in parallel. llmc_free must not race with any
+ *    other call on the same handle (the caller guarantees that no call is in
+ *    flight; pyllmc.Model does). Functions without a model are thread-safe.
+ *  - Files: paths name regular files; a FIFO, device or directory is refused
+ *    before any read that could block. Loaded files are checked completely
+ *    (sizes exact, every weight and moment finite) before they change a
+ *    model.
+ *  - Limits: every dimension 1..2^24, at most 2^38 parameters,
+ *    max_batch_size x max_seq_len at most 2^24 tokens (the CPU backend also
+ *    keeps each activation tensor under 2^31 elements), step counts below
+ *    2^53; memory is checked against what the host can give before it is
+ *    allocated, so a plan too big fails with LLMC_ERR_OUT_OF_MEMORY.
  */
 #ifndef LLMC_H
 #define LLMC_H
@@ -38,8 +72,9 @@ extern "C" {
 #define LLMC_API __attribute__((visibility("default")))
 #endif
 
-/* Bumped whenever a signature or struct below changes; pyllmc checks it. */
-#define LLMC_ABI_VERSION 3
+/* Bumped whenever a signature or struct below changes; pyllmc checks it.
+ * 4: llmc_status_string; reserved options must be zero. */
+#define LLMC_ABI_VERSION 4
 
 typedef enum llmc_status {
     LLMC_OK = 0,
@@ -97,12 +132,13 @@ typedef struct llmc_options {
      * on rank 0 and handed to every rank by the caller (a TCP or file
      * rendezvous); all zero: the library sends it from rank 0 over MPI. */
     uint8_t nccl_id[128];
-    int32_t reserved[8];       /* zero */
+    int32_t reserved[8];       /* must be zero (LLMC_ERR_INVALID_ARGUMENT otherwise) */
 } llmc_options;
 
 /* AdamW hyper-parameters of one optimizer step. Weight decay applies to the
  * 2-D weights only (wte, wpe and the four matmul weights of each block).
- * grad_clip <= 0 disables clipping. */
+ * All must be finite: 0 <= lr <= 1e30, 0 <= beta1, beta2 < 1, eps > 0,
+ * weight_decay >= 0; grad_clip <= 0 disables clipping. */
 typedef struct llmc_adamw {
     float lr;
     float beta1;
@@ -153,34 +189,54 @@ typedef enum llmc_reduce_op {
  * applied by llmc_update are lost.
  */
 
+/* LLMC_ABI_VERSION of the built library. */
 LLMC_API int llmc_abi_version(void);
-/* Thread-local message of the last failed call on this thread. */
+/* Thread-local message of the last failed call on this thread (never NULL;
+ * valid until this thread's next call into the library). */
 LLMC_API const char *llmc_last_error(void);
-/* 1 when the CUDA backend was built in and a GPU is visible. */
+/* A short static name of a status ("invalid argument", ...; "unknown
+ * status" for a value outside the enum). Never NULL. */
+LLMC_API const char *llmc_status_string(llmc_status status);
+/* 1 when the CUDA backend was built in and a GPU is visible. The first call
+ * (from any thread) loads the CUDA plugin. */
 LLMC_API int llmc_cuda_available(void);
 
+/* Defaults to start from (CPU, max_batch_size 4, seed 42, every other field
+ * zero); set fields on the copy. */
 LLMC_API llmc_options llmc_default_options(void);
 LLMC_API llmc_adamw llmc_default_adamw(void);
-/* "d12", "d24", "d36", "d48" (GPT-2 124M, 350M, 774M, 1558M). */
+/* "d12", "d24", "d36", "d48" (GPT-2 124M, 350M, 774M, 1558M) into *out;
+ * an unknown name is LLMC_ERR_INVALID_ARGUMENT and *out is unchanged. */
 LLMC_API llmc_status llmc_config_preset(const char *name, llmc_config *out);
 
 /* The shape in a model file's header, checked (with the file's size) as
- * llmc_init_from_file checks it, without reading the weights. */
+ * llmc_init_from_file checks it, without reading the weights. *out is
+ * written only on success. */
 LLMC_API llmc_status llmc_read_config(const char *path, llmc_config *out);
 
-/* A fresh model with GPT-2's random init, deterministic for options->seed. */
+/* A fresh model with GPT-2's random init, deterministic for options->seed.
+ * options NULL: llmc_default_options(). *out gets the handle (NULL on
+ * failure, when nothing stays allocated). */
 LLMC_API llmc_status llmc_init(const llmc_config *config, const llmc_options *options,
                                llmc_model **out);
-/* A model from an llm.c-format file (fp32 or bf16). */
+/* A model from an llm.c-format file (fp32 or bf16), streamed into the
+ * backend a chunk at a time (no whole host copy). The file must be exactly
+ * header + parameters long and every weight finite: else LLMC_ERR_FORMAT
+ * naming the tensor, layer and element. *out as for llmc_init. */
 LLMC_API llmc_status llmc_init_from_file(const char *path, const llmc_options *options,
                                          llmc_model **out);
+/* Frees the model and everything it holds; NULL is a no-op. Must not race
+ * with any other call on the same handle (see "Threads" above). */
 LLMC_API void llmc_free(llmc_model *model);
 
+/* The model's shape and options (max_seq_len filled in), fixed at creation. */
 LLMC_API llmc_status llmc_get_config(const llmc_model *model, llmc_config *out);
 LLMC_API llmc_status llmc_get_options(const llmc_model *model, llmc_options *out);
-/* Number of floats in the parameter vector (padded vocabulary included). */
+/* Number of floats in the parameter vector (padded vocabulary included);
+ * 0 for a NULL model. */
 LLMC_API size_t llmc_num_parameters(const llmc_model *model);
-/* Optimizer steps taken so far (restored by llmc_load_optimizer). */
+/* Optimizer steps taken so far (restored by llmc_load_optimizer); 0 for a
+ * NULL model. */
 LLMC_API int64_t llmc_step_count(const llmc_model *model);
 
 /*
@@ -189,13 +245,18 @@ LLMC_API int64_t llmc_step_count(const llmc_model *model);
  * A target of -1 is ignored (no loss, no gradient). loss_out receives the
  * mean loss over all counted targets before the update, grad_norm_out the
  * global gradient norm before clipping. Either output may be NULL.
+ * The hyper-parameters are checked before anything runs. On failure during
+ * the update (LLMC_ERR_NUMERIC: non-finite gradient norm) the weights are
+ * unchanged and the gradients stay (as after llmc_backward).
  */
 LLMC_API llmc_status llmc_step(llmc_model *model, const int32_t *inputs, const int32_t *targets,
                                int micro_steps, int B, int T, const llmc_adamw *hp,
                                float *loss_out, float *grad_norm_out);
 
 /* Forward and backward without an update: leaves the gradients of the mean
- * loss in the model (read them with llmc_get_gradients). */
+ * loss in the model (read them with llmc_get_gradients). loss_out may be
+ * NULL. Bad arguments change nothing; a failure in the pass itself leaves
+ * no gradients (llmc_update then refuses). */
 LLMC_API llmc_status llmc_backward(llmc_model *model, const int32_t *inputs,
                                    const int32_t *targets, int micro_steps, int B, int T,
                                    float *loss_out);
@@ -206,28 +267,37 @@ LLMC_API llmc_status llmc_backward(llmc_model *model, const int32_t *inputs,
 LLMC_API llmc_status llmc_update(llmc_model *model, const llmc_adamw *hp, float *grad_norm_out);
 
 /* Loss without gradients. per_token_losses (B*T floats, may be NULL) gets
- * each position's loss (0 where the target is -1). */
+ * each position's loss (0 where the target is -1); mean_loss_out may be
+ * NULL. Leaves the gradients and weights as they were. */
 LLMC_API llmc_status llmc_eval(llmc_model *model, const int32_t *inputs, const int32_t *targets,
                                int B, int T, float *mean_loss_out, float *per_token_losses);
 
 /* Logits over the real vocabulary (vocab_size, not the padded size).
  * last_only = 0: out holds B*T*vocab_size floats; 1: B*vocab_size, the last
- * position of each row only (for sampling). */
+ * position of each row only (for sampling). out must not be NULL. */
 LLMC_API llmc_status llmc_logits(llmc_model *model, const int32_t *inputs, int B, int T,
                                  int last_only, float *out);
 
 /* Parameters, gradients, in llm.c's tensor order, as one fp32 vector of
  * llmc_num_parameters() floats. For the CUDA backend these are the fp32
- * master weights. */
+ * master weights. llmc_set_parameters drops gradients not yet applied and
+ * does not check the values (a caller may set anything); a failed
+ * set_parameters on CUDA may leave the weights partly written. */
 LLMC_API llmc_status llmc_get_parameters(llmc_model *model, float *out);
 LLMC_API llmc_status llmc_set_parameters(llmc_model *model, const float *params);
 LLMC_API llmc_status llmc_get_gradients(llmc_model *model, float *out);
 
-/* Model file in llm.c's format, written atomically (temp file, fsync, rename). */
+/* Model file in llm.c's format, written atomically (temp file "<path>.tmp.<pid>",
+ * fsync, rename, folder fsync): on failure the old file (if any) is intact
+ * and the temporary file removed. Needs a host copy of the parameters. */
 LLMC_API llmc_status llmc_save(llmc_model *model, const char *path, llmc_dtype dtype);
 
 /* AdamW state (first and second moments, step count), for exact resume.
- * Written atomically; loading checks it matches this model's shape. */
+ * Written atomically (as llmc_save). Loading checks that the file matches
+ * this model's shape exactly, that every moment is finite, every second
+ * moment >= 0 and the step count in 0..2^53-1 (LLMC_ERR_FORMAT naming the
+ * tensor and element otherwise), before it changes the model. Both need
+ * two host vectors of llmc_num_parameters() floats. */
 LLMC_API llmc_status llmc_save_optimizer(llmc_model *model, const char *path);
 LLMC_API llmc_status llmc_load_optimizer(llmc_model *model, const char *path);
 
@@ -251,7 +321,7 @@ LLMC_API llmc_status llmc_plan_memory(const llmc_config *config, const llmc_opti
 /* Bytes the model holds now: device memory on CUDA (all planned at init),
  * host memory on CPU (gradients and activations for training are allocated
  * by the first llmc_backward, AdamW moments by the first update). */
-LLMC_API size_t llmc_memory_bytes(const llmc_model *model);
+LLMC_API size_t llmc_memory_bytes(const llmc_model *model); /* 0 for NULL */
 
 #ifdef __cplusplus
 }

@@ -1,12 +1,13 @@
 /*
  * api.c: the public C API. Every argument is checked here, so backends only
  * ever see values in range; errors become a status plus a thread-local
- * message, never an exit.
+ * message (error.c), never an exit. Every entry that touches a model holds
+ * the model's lock, so calls from several threads run one at a time.
  */
-#define _GNU_SOURCE /* dladdr */
+#define _GNU_SOURCE /* dladdr, PTHREAD_MUTEX_RECURSIVE */
 #include <dlfcn.h>
 #include <math.h>
-#include <stdarg.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,20 +16,6 @@
 #include "comm.h"
 #include "config.h"
 #include "model.h"
-
-/* ---- errors --------------------------------------------------------------- */
-
-static _Thread_local char last_error[2048];
-
-llmc_status llmc_error(llmc_status status, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(last_error, sizeof last_error, fmt, ap);
-    va_end(ap);
-    return status;
-}
-
-const char *llmc_last_error(void) { return last_error; }
 
 int llmc_abi_version(void) { return LLMC_ABI_VERSION; }
 
@@ -64,7 +51,11 @@ typedef struct {
 static plugin cuda_plugin = {.file = "libllmc_cuda.so"};
 static plugin mpi_plugin = {.file = "libllmc_mpi.so"};
 
+/* First use may come from several threads at once. */
+static pthread_mutex_t plugin_lock = PTHREAD_MUTEX_INITIALIZER;
+
 static void *plugin_load(plugin *p) {
+    pthread_mutex_lock(&plugin_lock);
     if (!p->tried) {
         p->tried = 1;
         snprintf(p->error, sizeof p->error, "not found beside libllmc.so");
@@ -82,6 +73,7 @@ static void *plugin_load(plugin *p) {
             if (why) snprintf(p->error, sizeof p->error, "%s", why);
         }
     }
+    pthread_mutex_unlock(&plugin_lock);
     return p->handle;
 }
 
@@ -158,6 +150,8 @@ static llmc_status check_options(llmc_options *o, const llmc_config *c) {
     if (o->device != LLMC_DEVICE_CPU && o->device != LLMC_DEVICE_CUDA)
         return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "device = %d, expected 0 (cpu) or 1 (cuda)",
                           (int)o->device);
+    if (o->device_index < 0)
+        return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "device_index = %d, expected >= 0", o->device_index);
     if (o->max_batch_size < 1)
         return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "max_batch_size = %d, expected >= 1",
                           o->max_batch_size);
@@ -166,6 +160,11 @@ static llmc_status check_options(llmc_options *o, const llmc_config *c) {
         return llmc_error(LLMC_ERR_INVALID_ARGUMENT,
                           "max_seq_len = %d, expected 1..%d (the model's max_seq_len)",
                           o->max_seq_len, c->max_seq_len);
+    if ((int64_t)o->max_batch_size * o->max_seq_len > LLMC_TOKEN_LIMIT)
+        return llmc_error(LLMC_ERR_INVALID_ARGUMENT,
+                          "max_batch_size %d x max_seq_len %d = %lld tokens per micro-batch, "
+                          "expected at most %d", o->max_batch_size, o->max_seq_len,
+                          (long long)o->max_batch_size * o->max_seq_len, LLMC_TOKEN_LIMIT);
     if (o->num_threads < 0)
         return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "num_threads = %d, expected >= 0 (0 = all cores)",
                           o->num_threads);
@@ -187,42 +186,72 @@ static llmc_status check_options(llmc_options *o, const llmc_config *c) {
         return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "comm_timeout_s = %d, expected >= 0 (0: 300 s)",
                           o->comm_timeout_s);
     if (o->comm_timeout_s == 0) o->comm_timeout_s = 300;
+    for (size_t i = 0; i < sizeof o->reserved / sizeof o->reserved[0]; i++)
+        if (o->reserved[i] != 0)
+            return llmc_error(LLMC_ERR_INVALID_ARGUMENT,
+                              "reserved[%zu] = %d, expected 0 (start from llmc_default_options())",
+                              i, o->reserved[i]);
     return LLMC_OK;
+}
+
+/* A model with its memory allocated and its parameters not yet set. */
+static void model_destroy(llmc_model *m) {
+    if (m->impl) m->backend->destroy(m);
+    pthread_mutex_destroy(&m->lock);
+    free(m);
 }
 
 /* A model with its memory allocated and its parameters not yet set. */
 static llmc_status model_create(const llmc_config *config, const llmc_options *options,
                                 llmc_model **out) {
+    llmc_options o = options ? *options : llmc_default_options();
+    llmc_status st = check_options(&o, config);
+    if (st == LLMC_OK) st = share_nccl_id(&o);
+    if (st != LLMC_OK) return st;
+    const llmc_backend *backend = &llmc_cpu_backend;
+    if (o.device == LLMC_DEVICE_CUDA && (backend = llmc_cuda_backend_get()) == NULL)
+        return llmc_error(LLMC_ERR_UNSUPPORTED,
+                          "device 'cuda' asked for, but this libllmc was built without the CUDA "
+                          "backend (libllmc_cuda.so: %s)", cuda_plugin.error);
     llmc_model *m = calloc(1, sizeof *m);
     if (m == NULL) return llmc_error(LLMC_ERR_OUT_OF_MEMORY, "out of host memory");
+    pthread_mutexattr_t attr;
+    pthread_mutexattr_init(&attr);
+    pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_RECURSIVE);
+    int rc = pthread_mutex_init(&m->lock, &attr);
+    pthread_mutexattr_destroy(&attr);
+    if (rc != 0) {
+        free(m);
+        return llmc_error(LLMC_ERR_OUT_OF_MEMORY, "cannot create the model's lock (error %d)", rc);
+    }
     m->config = *config;
-    m->options = options ? *options : llmc_default_options();
-    llmc_status st = check_options(&m->options, &m->config);
-    if (st == LLMC_OK) st = share_nccl_id(&m->options);
-    if (st != LLMC_OK) {
-        free(m);
-        return st;
-    }
-    if (m->options.device == LLMC_DEVICE_CUDA) {
-        m->backend = llmc_cuda_backend_get();
-        if (m->backend == NULL) {
-            free(m);
-            return llmc_error(LLMC_ERR_UNSUPPORTED,
-                              "device 'cuda' asked for, but this libllmc was built without the CUDA "
-                              "backend (libllmc_cuda.so: %s)",
-                              cuda_plugin.error);
-        }
-    } else {
-        m->backend = &llmc_cpu_backend;
-    }
-    llmc_param_layout(&m->config, m->param_sizes, m->param_offsets, &m->num_params);
-    st = m->backend->create(m);
-    if (st != LLMC_OK) {
-        free(m);
+    m->options = o;
+    m->backend = backend;
+    llmc_param_layout(&m->config, m->param_sizes, m->param_offsets, &m->num_params); /* checked */
+    if ((st = m->backend->create(m)) != LLMC_OK) {
+        model_destroy(m);
         return st;
     }
     *out = m;
     return LLMC_OK;
+}
+
+/* Pieces in which parameters travel from the host into a backend. */
+#define CHUNK_FLOATS ((size_t)1 << 20)
+
+static llmc_status random_init(llmc_model *m) {
+    float *chunk = malloc(CHUNK_FLOATS * sizeof(float));
+    if (chunk == NULL) return llmc_error(LLMC_ERR_OUT_OF_MEMORY, "out of host memory");
+    llmc_status st = LLMC_OK;
+    for (int t = 0; st == LLMC_OK && t < LLMC_NUM_PARAM_TENSORS; t++) {
+        for (size_t start = 0; st == LLMC_OK && start < m->param_sizes[t]; start += CHUNK_FLOATS) {
+            size_t k = m->param_sizes[t] - start < CHUNK_FLOATS ? m->param_sizes[t] - start : CHUNK_FLOATS;
+            llmc_random_init(m, t, start, k, chunk);
+            st = m->backend->write_params(m, t, start, k, chunk);
+        }
+    }
+    free(chunk);
+    return st == LLMC_OK ? m->backend->params_written(m) : st;
 }
 
 llmc_status llmc_init(const llmc_config *config, const llmc_options *options, llmc_model **out) {
@@ -234,16 +263,8 @@ llmc_status llmc_init(const llmc_config *config, const llmc_options *options, ll
     if (st != LLMC_OK) return st;
     llmc_model *m;
     if ((st = model_create(&c, options, &m)) != LLMC_OK) return st;
-    float *params = malloc(m->num_params * sizeof(float));
-    if (params == NULL) {
-        llmc_free(m);
-        return llmc_error(LLMC_ERR_OUT_OF_MEMORY, "out of host memory for %zu parameters", m->num_params);
-    }
-    llmc_random_init(m, params);
-    st = m->backend->set_params(m, params);
-    free(params);
-    if (st != LLMC_OK) {
-        llmc_free(m);
+    if ((st = random_init(m)) != LLMC_OK) {
+        model_destroy(m);
         return st;
     }
     *out = m;
@@ -254,24 +275,20 @@ llmc_status llmc_init_from_file(const char *path, const llmc_options *options, l
     if (path == NULL || out == NULL)
         return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "llmc_init_from_file: NULL argument");
     *out = NULL;
-    llmc_config c;
-    float *params;
-    llmc_status st = llmc_read_model_file(path, &c, &params);
+    llmc_model_file file;
+    llmc_status st = llmc_open_model_file(path, &file);
     if (st != LLMC_OK) return st;
     llmc_model *m;
-    if ((st = model_create(&c, options, &m)) == LLMC_OK) {
-        st = m->backend->set_params(m, params);
-        if (st != LLMC_OK) llmc_free(m);
+    if ((st = model_create(&file.config, options, &m)) == LLMC_OK) {
+        if ((st = llmc_read_model_params(&file, m)) != LLMC_OK) model_destroy(m);
         else *out = m;
     }
-    free(params);
+    llmc_close_model_file(&file);
     return st;
 }
 
 void llmc_free(llmc_model *m) {
-    if (m == NULL) return;
-    m->backend->destroy(m);
-    free(m);
+    if (m != NULL) model_destroy(m);
 }
 
 /* ---- queries -------------------------------------------------------------- */
@@ -281,6 +298,17 @@ void llmc_free(llmc_model *m) {
         if ((m) == NULL) return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "%s: model is NULL", __func__); \
     } while (0)
 
+/* Runs `call` (an expression) with the model's lock held and returns its value. */
+#define LOCKED(m, type, call)                                     \
+    do {                                                          \
+        pthread_mutex_t *lock_ = (pthread_mutex_t *)&(m)->lock;   \
+        pthread_mutex_lock(lock_);                                \
+        type result_ = (call);                                    \
+        pthread_mutex_unlock(lock_);                              \
+        return result_;                                           \
+    } while (0)
+
+/* config and options never change after creation: no lock needed */
 llmc_status llmc_get_config(const llmc_model *m, llmc_config *out) {
     CHECK_MODEL(m);
     if (out == NULL) return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "llmc_get_config: out is NULL");
@@ -296,8 +324,16 @@ llmc_status llmc_get_options(const llmc_model *m, llmc_options *out) {
 }
 
 size_t llmc_num_parameters(const llmc_model *m) { return m ? m->num_params : 0; }
-int64_t llmc_step_count(const llmc_model *m) { return m ? m->step : 0; }
-size_t llmc_memory_bytes(const llmc_model *m) { return m ? m->backend->memory_bytes(m) : 0; }
+
+int64_t llmc_step_count(const llmc_model *m) {
+    if (m == NULL) return 0;
+    LOCKED(m, int64_t, m->step);
+}
+
+size_t llmc_memory_bytes(const llmc_model *m) {
+    if (m == NULL) return 0;
+    LOCKED(m, size_t, m->backend->memory_bytes(m));
+}
 
 /* ---- batches -------------------------------------------------------------- */
 
@@ -342,9 +378,23 @@ static llmc_status check_batch(const llmc_model *m, const int32_t *inputs, const
     return LLMC_OK;
 }
 
-llmc_status llmc_backward(llmc_model *m, const int32_t *inputs, const int32_t *targets,
+/* Finite and in range, so that no update can write inf or NaN by itself. */
+static llmc_status check_adamw(const llmc_adamw *hp) {
+    if (hp == NULL) return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "AdamW hyper-parameters are NULL");
+    if (!(hp->lr >= 0.0f && hp->lr <= LLMC_LR_LIMIT) || !(hp->beta1 >= 0.0f && hp->beta1 < 1.0f) ||
+        !(hp->beta2 >= 0.0f && hp->beta2 < 1.0f) || !(hp->eps > 0.0f && isfinite(hp->eps)) ||
+        !(hp->weight_decay >= 0.0f && isfinite(hp->weight_decay)) || !isfinite(hp->grad_clip))
+        return llmc_error(LLMC_ERR_INVALID_ARGUMENT,
+                          "AdamW hyper-parameters out of range: lr=%g beta1=%g beta2=%g eps=%g "
+                          "weight_decay=%g grad_clip=%g (expected 0 <= lr <= %g, 0 <= betas < 1, "
+                          "eps > 0, weight_decay >= 0, all finite; grad_clip <= 0 disables "
+                          "clipping)", hp->lr, hp->beta1, hp->beta2, hp->eps, hp->weight_decay,
+                          hp->grad_clip, LLMC_LR_LIMIT);
+    return LLMC_OK;
+}
+
+static llmc_status backward_locked(llmc_model *m, const int32_t *inputs, const int32_t *targets,
                           int micro_steps, int B, int T, float *loss_out) {
-    CHECK_MODEL(m);
     size_t counted = 0;
     llmc_status st = check_batch(m, inputs, targets, micro_steps, B, T, &counted);
     /* the loss is the mean over every rank's counted targets, so each rank
@@ -366,21 +416,17 @@ llmc_status llmc_backward(llmc_model *m, const int32_t *inputs, const int32_t *t
     return LLMC_OK;
 }
 
-llmc_status llmc_update(llmc_model *m, const llmc_adamw *hp, float *grad_norm_out) {
-    CHECK_MODEL(m);
-    if (hp == NULL) return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "llmc_update: hyper-parameters are NULL");
+static llmc_status update_locked(llmc_model *m, const llmc_adamw *hp, float *grad_norm_out) {
+    llmc_status st = check_adamw(hp);
+    if (st != LLMC_OK) return st;
     if (!m->has_grads)
         return llmc_error(LLMC_ERR_INVALID_ARGUMENT,
                           "llmc_update: no gradients (call llmc_backward first; each update uses them once)");
-    if (!(hp->lr >= 0) || !(hp->beta1 >= 0 && hp->beta1 < 1) || !(hp->beta2 >= 0 && hp->beta2 < 1) ||
-        !(hp->eps > 0) || !(hp->weight_decay >= 0) || isnan(hp->grad_clip))
-        return llmc_error(LLMC_ERR_INVALID_ARGUMENT,
-                          "AdamW hyper-parameters out of range: lr=%g beta1=%g beta2=%g eps=%g "
-                          "weight_decay=%g grad_clip=%g (expected lr >= 0, 0 <= betas < 1, eps > 0, "
-                          "weight_decay >= 0)", hp->lr, hp->beta1, hp->beta2, hp->eps,
-                          hp->weight_decay, hp->grad_clip);
+    if (m->step >= LLMC_STEP_LIMIT - 1)
+        return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "llmc_update: step count %lld is at the limit %lld",
+                          (long long)m->step, (long long)LLMC_STEP_LIMIT - 1);
     float norm;
-    llmc_status st = m->backend->grad_norm(m, &norm);
+    st = m->backend->grad_norm(m, &norm);
     if (st != LLMC_OK) return st;
     if (grad_norm_out) *grad_norm_out = norm;
     if (!isfinite(norm))
@@ -398,20 +444,19 @@ llmc_status llmc_update(llmc_model *m, const llmc_adamw *hp, float *grad_norm_ou
     return LLMC_OK;
 }
 
-llmc_status llmc_step(llmc_model *m, const int32_t *inputs, const int32_t *targets, int micro_steps,
+static llmc_status step_locked(llmc_model *m, const int32_t *inputs, const int32_t *targets, int micro_steps,
                       int B, int T, const llmc_adamw *hp, float *loss_out, float *grad_norm_out) {
-    CHECK_MODEL(m);
-    if (hp == NULL) return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "llmc_step: hyper-parameters are NULL");
-    float loss;
-    llmc_status st = llmc_backward(m, inputs, targets, micro_steps, B, T, &loss);
+    /* hyper-parameters first: a bad one must not cost (or change) anything */
+    llmc_status st = check_adamw(hp);
     if (st != LLMC_OK) return st;
+    float loss;
+    if ((st = backward_locked(m, inputs, targets, micro_steps, B, T, &loss)) != LLMC_OK) return st;
     if (loss_out) *loss_out = loss;
-    return llmc_update(m, hp, grad_norm_out);
+    return update_locked(m, hp, grad_norm_out);
 }
 
-llmc_status llmc_eval(llmc_model *m, const int32_t *inputs, const int32_t *targets, int B, int T,
+static llmc_status eval_locked(llmc_model *m, const int32_t *inputs, const int32_t *targets, int B, int T,
                       float *mean_loss_out, float *per_token_losses) {
-    CHECK_MODEL(m);
     size_t counted;
     llmc_status st = check_batch(m, inputs, targets, 1, B, T, &counted);
     if (st != LLMC_OK) return st;
@@ -427,8 +472,7 @@ llmc_status llmc_eval(llmc_model *m, const int32_t *inputs, const int32_t *targe
     return st;
 }
 
-llmc_status llmc_logits(llmc_model *m, const int32_t *inputs, int B, int T, int last_only, float *out) {
-    CHECK_MODEL(m);
+static llmc_status logits_locked(llmc_model *m, const int32_t *inputs, int B, int T, int last_only, float *out) {
     llmc_status st = check_shape(m, 1, B, T);
     if (st != LLMC_OK) return st;
     if ((st = check_tokens(m, inputs, (size_t)B * T, "inputs", 0)) != LLMC_OK) return st;
@@ -443,22 +487,23 @@ static int gathers_through_gradients(const llmc_model *m) {
     return m->options.zero_stage == 1 && m->options.device == LLMC_DEVICE_CUDA;
 }
 
-llmc_status llmc_get_parameters(llmc_model *m, float *out) {
-    CHECK_MODEL(m);
+static llmc_status get_parameters_locked(llmc_model *m, float *out) {
     if (out == NULL) return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "llmc_get_parameters: out is NULL");
     if (gathers_through_gradients(m)) m->has_grads = 0;
     return m->backend->get_params(m, out);
 }
 
-llmc_status llmc_set_parameters(llmc_model *m, const float *params) {
-    CHECK_MODEL(m);
+static llmc_status set_parameters_locked(llmc_model *m, const float *params) {
     if (params == NULL) return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "llmc_set_parameters: params is NULL");
     m->has_grads = 0;
-    return m->backend->set_params(m, params);
+    for (int t = 0; t < LLMC_NUM_PARAM_TENSORS; t++) {
+        llmc_status st = m->backend->write_params(m, t, 0, m->param_sizes[t], params + m->param_offsets[t]);
+        if (st != LLMC_OK) return st;
+    }
+    return m->backend->params_written(m);
 }
 
-llmc_status llmc_get_gradients(llmc_model *m, float *out) {
-    CHECK_MODEL(m);
+static llmc_status get_gradients_locked(llmc_model *m, float *out) {
     if (out == NULL) return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "llmc_get_gradients: out is NULL");
     if (!m->has_grads)
         return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "llmc_get_gradients: no gradients (call llmc_backward first)");
@@ -467,6 +512,8 @@ llmc_status llmc_get_gradients(llmc_model *m, float *out) {
 
 /* Host buffers of n floats; NULL (with the error set) if memory runs out. */
 static float *host_floats(size_t n) {
+    if (llmc_host_memory_check(n * sizeof(float), "host copy of a parameter-sized vector") != LLMC_OK)
+        return NULL;
     float *p = malloc(n * sizeof(float));
     if (p == NULL) llmc_error(LLMC_ERR_OUT_OF_MEMORY, "out of host memory for %zu floats", n);
     return p;
@@ -475,8 +522,7 @@ static float *host_floats(size_t n) {
 /* In distributed mode only rank 0 writes files and holds whole vectors. */
 static int is_root(const llmc_model *m) { return m->options.rank == 0; }
 
-llmc_status llmc_save(llmc_model *m, const char *path, llmc_dtype dtype) {
-    CHECK_MODEL(m);
+static llmc_status save_locked(llmc_model *m, const char *path, llmc_dtype dtype) {
     if (path == NULL) return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "llmc_save: path is NULL");
     if (dtype != LLMC_DTYPE_FP32 && dtype != LLMC_DTYPE_BF16)
         return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "dtype = %d, expected 0 (fp32) or 1 (bf16)", (int)dtype);
@@ -490,8 +536,7 @@ llmc_status llmc_save(llmc_model *m, const char *path, llmc_dtype dtype) {
     return llmc_agree(m, st);
 }
 
-llmc_status llmc_save_optimizer(llmc_model *m, const char *path) {
-    CHECK_MODEL(m);
+static llmc_status save_optimizer_locked(llmc_model *m, const char *path) {
     if (path == NULL) return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "llmc_save_optimizer: path is NULL");
     float *mom1 = NULL, *mom2 = NULL;
     llmc_status st = LLMC_OK;
@@ -508,8 +553,7 @@ llmc_status llmc_save_optimizer(llmc_model *m, const char *path) {
     return llmc_agree(m, st);
 }
 
-llmc_status llmc_load_optimizer(llmc_model *m, const char *path) {
-    CHECK_MODEL(m);
+static llmc_status load_optimizer_locked(llmc_model *m, const char *path) {
     if (path == NULL) return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "llmc_load_optimizer: path is NULL");
     float *mom1 = NULL, *mom2 = NULL;
     double step = 0.0; /* rank 0 reads the file; the others learn its step count */
@@ -536,8 +580,7 @@ llmc_status llmc_load_optimizer(llmc_model *m, const char *path) {
     return st;
 }
 
-llmc_status llmc_allreduce(llmc_model *m, double *values, size_t n, llmc_reduce_op op) {
-    CHECK_MODEL(m);
+static llmc_status allreduce_locked(llmc_model *m, double *values, size_t n, llmc_reduce_op op) {
     if (values == NULL && n > 0) return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "llmc_allreduce: values is NULL");
     if (op != LLMC_REDUCE_SUM && op != LLMC_REDUCE_MAX && op != LLMC_REDUCE_MIN)
         return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "op = %d, expected 0 (sum), 1 (max) or 2 (min)", (int)op);
@@ -560,4 +603,71 @@ llmc_status llmc_plan_memory(const llmc_config *config, const llmc_options *opti
         return llmc_error(LLMC_ERR_UNSUPPORTED, "no CUDA backend (libllmc_cuda.so: %s)", cuda_plugin.error);
     llmc_param_layout(&m.config, m.param_sizes, m.param_offsets, &m.num_params);
     return m.backend->plan_bytes(&m, bytes_out);
+}
+
+/* ---- the public entries that touch a model: each holds the model's lock for
+ * its whole call (recursive, so llmc_step may call the others) ---- */
+
+llmc_status llmc_backward(llmc_model *m, const int32_t *inputs, const int32_t *targets,
+                          int micro_steps, int B, int T, float *loss_out) {
+    CHECK_MODEL(m);
+    LOCKED(m, llmc_status, backward_locked(m, inputs, targets, micro_steps, B, T, loss_out));
+}
+
+llmc_status llmc_update(llmc_model *m, const llmc_adamw *hp, float *grad_norm_out) {
+    CHECK_MODEL(m);
+    LOCKED(m, llmc_status, update_locked(m, hp, grad_norm_out));
+}
+
+llmc_status llmc_step(llmc_model *m, const int32_t *inputs, const int32_t *targets, int micro_steps,
+                      int B, int T, const llmc_adamw *hp, float *loss_out, float *grad_norm_out) {
+    CHECK_MODEL(m);
+    LOCKED(m, llmc_status,
+           step_locked(m, inputs, targets, micro_steps, B, T, hp, loss_out, grad_norm_out));
+}
+
+llmc_status llmc_eval(llmc_model *m, const int32_t *inputs, const int32_t *targets, int B, int T,
+                      float *mean_loss_out, float *per_token_losses) {
+    CHECK_MODEL(m);
+    LOCKED(m, llmc_status, eval_locked(m, inputs, targets, B, T, mean_loss_out, per_token_losses));
+}
+
+llmc_status llmc_logits(llmc_model *m, const int32_t *inputs, int B, int T, int last_only, float *out) {
+    CHECK_MODEL(m);
+    LOCKED(m, llmc_status, logits_locked(m, inputs, B, T, last_only, out));
+}
+
+llmc_status llmc_get_parameters(llmc_model *m, float *out) {
+    CHECK_MODEL(m);
+    LOCKED(m, llmc_status, get_parameters_locked(m, out));
+}
+
+llmc_status llmc_set_parameters(llmc_model *m, const float *params) {
+    CHECK_MODEL(m);
+    LOCKED(m, llmc_status, set_parameters_locked(m, params));
+}
+
+llmc_status llmc_get_gradients(llmc_model *m, float *out) {
+    CHECK_MODEL(m);
+    LOCKED(m, llmc_status, get_gradients_locked(m, out));
+}
+
+llmc_status llmc_save(llmc_model *m, const char *path, llmc_dtype dtype) {
+    CHECK_MODEL(m);
+    LOCKED(m, llmc_status, save_locked(m, path, dtype));
+}
+
+llmc_status llmc_save_optimizer(llmc_model *m, const char *path) {
+    CHECK_MODEL(m);
+    LOCKED(m, llmc_status, save_optimizer_locked(m, path));
+}
+
+llmc_status llmc_load_optimizer(llmc_model *m, const char *path) {
+    CHECK_MODEL(m);
+    LOCKED(m, llmc_status, load_optimizer_locked(m, path));
+}
+
+llmc_status llmc_allreduce(llmc_model *m, double *values, size_t n, llmc_reduce_op op) {
+    CHECK_MODEL(m);
+    LOCKED(m, llmc_status, allreduce_locked(m, values, n, op));
 }

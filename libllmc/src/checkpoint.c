@@ -10,9 +10,11 @@
  * Writes go to a temporary file that is fsynced and renamed over the
  * target, so a crash leaves either the old file or the new one.
  */
+#define _GNU_SOURCE /* O_CLOEXEC, fdopen, fsync under -std=c11 */
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,14 +49,23 @@ static llmc_config header_get_config(const int32_t *h) {
 
 /* ---- reading -------------------------------------------------------------- */
 
+/* Opens path for reading, refusing anything but a regular file before the
+ * first read: O_NONBLOCK keeps the open itself from waiting on a FIFO's
+ * writer, and fstat then tells a FIFO, device or directory apart. */
 static llmc_status open_for_read(const char *path, FILE **f, size_t *size) {
-    *f = fopen(path, "rb");
-    if (*f == NULL)
-        return llmc_error(LLMC_ERR_IO, "cannot open '%s': %s", path, strerror(errno));
+    *f = NULL;
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) return llmc_error(LLMC_ERR_IO, "cannot open '%s': %s", path, strerror(errno));
     struct stat st;
-    if (fstat(fileno(*f), &st) != 0 || !S_ISREG(st.st_mode)) {
-        fclose(*f);
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
         return llmc_error(LLMC_ERR_IO, "'%s' is not a regular file", path);
+    }
+    int flags = fcntl(fd, F_GETFL);
+    if (flags < 0 || fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) != 0 || (*f = fdopen(fd, "rb")) == NULL) {
+        llmc_status status = llmc_error(LLMC_ERR_IO, "cannot open '%s': %s", path, strerror(errno));
+        close(fd);
+        return status;
     }
     *size = (size_t)st.st_size;
     return LLMC_OK;
@@ -67,11 +78,9 @@ static llmc_status read_header(FILE *f, const char *path, size_t file_size, int3
     return LLMC_OK;
 }
 
-static llmc_status read_floats(FILE *f, const char *path, float *dst, size_t n) {
-    if (fread(dst, sizeof(float), n, f) != n)
-        return llmc_error(LLMC_ERR_IO, "'%s': read failed: %s", path,
-                          ferror(f) ? strerror(errno) : "unexpected end of file");
-    return LLMC_OK;
+static llmc_status read_failed(FILE *f, const char *path) {
+    return llmc_error(LLMC_ERR_IO, "'%s': read failed: %s", path,
+                      ferror(f) ? strerror(errno) : "unexpected end of file");
 }
 
 static float bf16_to_float(uint16_t b) {
@@ -89,26 +98,42 @@ static uint16_t float_to_bf16(float x) { /* round to nearest even; NaN stays NaN
     return (uint16_t)(bits >> 16);
 }
 
-static llmc_status read_bf16(FILE *f, const char *path, float *dst, size_t n) {
-    uint16_t *chunk = malloc(CHUNK_FLOATS * sizeof(uint16_t));
-    if (chunk == NULL) return llmc_error(LLMC_ERR_OUT_OF_MEMORY, "out of host memory reading '%s'", path);
-    for (size_t done = 0; done < n;) {
-        size_t k = n - done < CHUNK_FLOATS ? n - done : CHUNK_FLOATS;
-        if (fread(chunk, sizeof(uint16_t), k, f) != k) {
-            free(chunk);
-            return llmc_error(LLMC_ERR_IO, "'%s': read failed: %s", path,
-                              ferror(f) ? strerror(errno) : "unexpected end of file");
+/* Reads n values stored as fp32 (bytes_per 4) or bf16 (2) into dst as fp32;
+ * scratch holds n uint16 for the bf16 conversion. */
+static llmc_status read_values(FILE *f, const char *path, size_t bytes_per, float *dst, size_t n,
+                               uint16_t *scratch) {
+    if (bytes_per == 4) return fread(dst, sizeof(float), n, f) == n ? LLMC_OK : read_failed(f, path);
+    if (fread(scratch, sizeof(uint16_t), n, f) != n) return read_failed(f, path);
+    for (size_t i = 0; i < n; i++) dst[i] = bf16_to_float(scratch[i]);
+    return LLMC_OK;
+}
+
+/* Fails naming the first element of x (elements start.. of parameter tensor
+ * `tensor`) that is not finite, or negative when nonneg; `vector` says
+ * which vector they belong to ("" for the weights). */
+static llmc_status check_values(const char *path, const char *vector, const llmc_config *c,
+                                int tensor, size_t tensor_size, size_t start, const float *x,
+                                size_t n, int nonneg) {
+    for (size_t i = 0; i < n; i++) {
+        if (isfinite(x[i]) && !(nonneg && x[i] < 0.0f)) continue;
+        size_t index = start + i;
+        char where[64] = "";
+        if (llmc_param_is_per_layer(tensor)) {
+            size_t per_layer = tensor_size / (size_t)c->num_layers;
+            snprintf(where, sizeof where, " (layer %zu)", index / per_layer);
+            index %= per_layer;
         }
-        for (size_t i = 0; i < k; i++) dst[done + i] = bf16_to_float(chunk[i]);
-        done += k;
+        const char *what = isnan(x[i]) ? "a NaN" : isinf(x[i]) ? "an infinity" : "a negative value";
+        return llmc_error(LLMC_ERR_FORMAT, "'%s': %stensor %s%s holds %s at element %zu%s", path,
+                          vector, llmc_param_name(tensor), where, what, index,
+                          nonneg ? " (expected finite and >= 0)" : " (expected finite)");
     }
-    free(chunk);
     return LLMC_OK;
 }
 
 /* Checks a model file's header and size; *bytes_per is 4 (fp32) or 2 (bf16). */
 static llmc_status read_model_header(FILE *f, const char *path, size_t file_size, llmc_config *config,
-                                     size_t *num_params, size_t *bytes_per) {
+                                     size_t *bytes_per) {
     int32_t h[HEADER_INTS];
     llmc_status st = read_header(f, path, file_size, h);
     if (st != LLMC_OK) return st;
@@ -122,16 +147,17 @@ static llmc_status read_model_header(FILE *f, const char *path, size_t file_size
     if (config->padded_vocab_size == 0) /* zero would mean "choose one" to llmc_config_check */
         return llmc_error(LLMC_ERR_FORMAT, "'%s': padded_vocab_size = 0 in the header", path);
     if ((st = llmc_config_check(config, path, LLMC_ERR_FORMAT)) != LLMC_OK) return st;
-    size_t sizes[LLMC_NUM_PARAM_TENSORS], offsets[LLMC_NUM_PARAM_TENSORS];
-    llmc_param_layout(config, sizes, offsets, num_params);
+    size_t sizes[LLMC_NUM_PARAM_TENSORS], offsets[LLMC_NUM_PARAM_TENSORS], num_params;
+    llmc_param_layout(config, sizes, offsets, &num_params); /* fits: llmc_config_check said so */
     *bytes_per = h[1] == MODEL_VERSION_FP32 ? 4 : 2;
-    size_t expected = HEADER_BYTES + *num_params * *bytes_per;
+    /* num_params <= LLMC_PARAM_LIMIT, so this cannot wrap */
+    size_t expected = HEADER_BYTES + num_params * *bytes_per;
     if (file_size != expected)
         return llmc_error(LLMC_ERR_FORMAT,
-                          "'%s' is %zu bytes but its header (L=%d, C=%d, V=%d, maxT=%d, %s) needs %zu "
-                          "(truncated or corrupted?)", path, file_size, config->num_layers,
-                          config->channels, config->padded_vocab_size, config->max_seq_len,
-                          *bytes_per == 4 ? "fp32" : "bf16", expected);
+                          "'%s' is %zu bytes but its header (L=%d, C=%d, V=%d, maxT=%d, %s) needs "
+                          "exactly %zu (truncated or corrupted?)", path, file_size,
+                          config->num_layers, config->channels, config->padded_vocab_size,
+                          config->max_seq_len, *bytes_per == 4 ? "fp32" : "bf16", expected);
     return LLMC_OK;
 }
 
@@ -139,32 +165,64 @@ llmc_status llmc_read_config(const char *path, llmc_config *out) {
     if (path == NULL || out == NULL)
         return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "llmc_read_config: NULL argument");
     FILE *f;
-    size_t file_size = 0, n, bytes_per;
+    size_t file_size = 0, bytes_per;
+    llmc_config c;
     llmc_status st = open_for_read(path, &f, &file_size);
     if (st != LLMC_OK) return st;
-    st = read_model_header(f, path, file_size, out, &n, &bytes_per);
+    st = read_model_header(f, path, file_size, &c, &bytes_per);
     fclose(f);
+    if (st == LLMC_OK) *out = c;
     return st;
 }
 
-llmc_status llmc_read_model_file(const char *path, llmc_config *config, float **params_out) {
-    *params_out = NULL;
-    FILE *f;
-    size_t file_size = 0, n, bytes_per;
-    llmc_status st = open_for_read(path, &f, &file_size);
+llmc_status llmc_open_model_file(const char *path, llmc_model_file *mf) {
+    size_t file_size = 0;
+    mf->path = path;
+    llmc_status st = open_for_read(path, &mf->f, &file_size);
     if (st != LLMC_OK) return st;
-    if ((st = read_model_header(f, path, file_size, config, &n, &bytes_per)) != LLMC_OK) goto done;
-    float *params = malloc(n * sizeof(float));
-    if (params == NULL) {
-        st = llmc_error(LLMC_ERR_OUT_OF_MEMORY, "out of host memory for %zu parameters of '%s'", n, path);
-        goto done;
-    }
-    st = bytes_per == 4 ? read_floats(f, path, params, n) : read_bf16(f, path, params, n);
-    if (st != LLMC_OK) free(params);
-    else *params_out = params;
-done:
-    fclose(f);
+    st = read_model_header(mf->f, path, file_size, &mf->config, &mf->bytes_per);
+    if (st != LLMC_OK) llmc_close_model_file(mf);
     return st;
+}
+
+void llmc_close_model_file(llmc_model_file *mf) {
+    if (mf->f) fclose(mf->f);
+    mf->f = NULL;
+}
+
+llmc_status llmc_read_model_params(llmc_model_file *mf, llmc_model *m) {
+    float *chunk = malloc(CHUNK_FLOATS * sizeof(float));
+    uint16_t *scratch = malloc(CHUNK_FLOATS * sizeof(uint16_t));
+    llmc_status st = LLMC_OK;
+    if (chunk == NULL || scratch == NULL)
+        st = llmc_error(LLMC_ERR_OUT_OF_MEMORY, "out of host memory reading '%s'", mf->path);
+    for (int t = 0; st == LLMC_OK && t < LLMC_NUM_PARAM_TENSORS; t++) {
+        const size_t size = m->param_sizes[t];
+        for (size_t start = 0; st == LLMC_OK && start < size; start += CHUNK_FLOATS) {
+            size_t k = size - start < CHUNK_FLOATS ? size - start : CHUNK_FLOATS;
+            st = read_values(mf->f, mf->path, mf->bytes_per, chunk, k, scratch);
+            if (st == LLMC_OK) st = check_values(mf->path, "", &m->config, t, size, start, chunk, k, 0);
+            if (st == LLMC_OK) st = m->backend->write_params(m, t, start, k, chunk);
+        }
+    }
+    if (st == LLMC_OK) st = m->backend->params_written(m);
+    free(chunk);
+    free(scratch);
+    return st;
+}
+
+/* Reads one moment vector (n floats, llm.c's order) and checks every value. */
+static llmc_status read_moment(FILE *f, const char *path, const llmc_config *c, const char *vector,
+                               int nonneg, float *dst) {
+    size_t sizes[LLMC_NUM_PARAM_TENSORS], offsets[LLMC_NUM_PARAM_TENSORS], n;
+    llmc_param_layout(c, sizes, offsets, &n);
+    for (int t = 0; t < LLMC_NUM_PARAM_TENSORS; t++) {
+        float *x = dst + offsets[t];
+        if (fread(x, sizeof(float), sizes[t], f) != sizes[t]) return read_failed(f, path);
+        llmc_status st = check_values(path, vector, c, t, sizes[t], 0, x, sizes[t], nonneg);
+        if (st != LLMC_OK) return st;
+    }
+    return LLMC_OK;
 }
 
 llmc_status llmc_read_optimizer_file(const char *path, const llmc_config *config, size_t n,
@@ -190,19 +248,21 @@ llmc_status llmc_read_optimizer_file(const char *path, const llmc_config *config
                         config->channels, config->padded_vocab_size, config->max_seq_len);
         goto done;
     }
+    /* n <= LLMC_PARAM_LIMIT (the model exists), so this cannot wrap */
     size_t expected = HEADER_BYTES + 2 * n * sizeof(float);
     if (file_size != expected) {
-        st = llmc_error(LLMC_ERR_FORMAT, "'%s' is %zu bytes, expected %zu (truncated or corrupted?)",
-                        path, file_size, expected);
+        st = llmc_error(LLMC_ERR_FORMAT, "'%s' is %zu bytes, expected exactly %zu (truncated or "
+                        "corrupted?)", path, file_size, expected);
         goto done;
     }
     *step = (int64_t)(((uint64_t)(uint32_t)h[9] << 32) | (uint32_t)h[8]);
-    if (*step < 0) {
-        st = llmc_error(LLMC_ERR_FORMAT, "'%s': negative step count %lld", path, (long long)*step);
+    if (*step < 0 || *step >= LLMC_STEP_LIMIT) {
+        st = llmc_error(LLMC_ERR_FORMAT, "'%s': step count %lld, expected 0..%lld", path,
+                        (long long)*step, (long long)LLMC_STEP_LIMIT - 1);
         goto done;
     }
-    if ((st = read_floats(f, path, mom1, n)) != LLMC_OK) goto done;
-    st = read_floats(f, path, mom2, n);
+    if ((st = read_moment(f, path, config, "first moment of ", 0, mom1)) != LLMC_OK) goto done;
+    st = read_moment(f, path, config, "second moment of ", 1, mom2);
 done:
     fclose(f);
     return st;
@@ -221,9 +281,21 @@ static llmc_status atomic_open(atomic_file *a, const char *path) {
     int len = snprintf(a->tmp, sizeof a->tmp, "%s.tmp.%ld", path, (long)getpid());
     if (len < 0 || (size_t)len >= sizeof a->tmp)
         return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "path too long: '%s'", path);
-    a->f = fopen(a->tmp, "wb");
-    if (a->f == NULL)
-        return llmc_error(LLMC_ERR_IO, "cannot write '%s': %s", a->tmp, strerror(errno));
+    /* O_NONBLOCK: a FIFO left under the temporary name must not block the open */
+    int fd = open(a->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NONBLOCK | O_CLOEXEC, 0644);
+    if (fd < 0) return llmc_error(LLMC_ERR_IO, "cannot write '%s': %s", a->tmp, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return llmc_error(LLMC_ERR_IO, "cannot write '%s': not a regular file", a->tmp);
+    }
+    int flags = fcntl(fd, F_GETFL);
+    if (flags < 0 || fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) != 0 || (a->f = fdopen(fd, "wb")) == NULL) {
+        llmc_status status = llmc_error(LLMC_ERR_IO, "cannot write '%s': %s", a->tmp, strerror(errno));
+        close(fd);
+        unlink(a->tmp);
+        return status;
+    }
     return LLMC_OK;
 }
 

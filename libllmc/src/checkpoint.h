@@ -2,15 +2,30 @@
 #ifndef LLMC_CHECKPOINT_H
 #define LLMC_CHECKPOINT_H
 
+#include <stdio.h>
+
 #include "model.h"
 
-/* Reads and checks a model file; *params_out (malloc'ed, fp32, the caller
- * frees it) holds every parameter whatever the file's dtype. */
-llmc_status llmc_read_model_file(const char *path, llmc_config *config, float **params_out);
+/* A model file opened for reading, its header checked against its size. */
+typedef struct {
+    const char *path;
+    FILE *f;
+    llmc_config config;
+    size_t bytes_per; /* 4 (fp32) or 2 (bf16) */
+} llmc_model_file;
+
+llmc_status llmc_open_model_file(const char *path, llmc_model_file *mf);
+/* Streams the parameters into m's backend a chunk at a time (no whole host
+ * copy), checking that every value is finite; m was created from
+ * mf->config. */
+llmc_status llmc_read_model_params(llmc_model_file *mf, llmc_model *m);
+void llmc_close_model_file(llmc_model_file *mf);
+
 llmc_status llmc_write_model_file(const char *path, const llmc_config *config, const float *params,
                                   size_t n, llmc_dtype dtype);
 
-/* mom1/mom2 hold n floats each; the file must match config exactly. */
+/* mom1/mom2 hold n floats each; the file must match config exactly, every
+ * moment be finite (the second >= 0) and the step in 0..LLMC_STEP_LIMIT-1. */
 llmc_status llmc_read_optimizer_file(const char *path, const llmc_config *config, size_t n,
                                      int64_t *step, float *mom1, float *mom2);
 llmc_status llmc_write_optimizer_file(const char *path, const llmc_config *config, int64_t step,

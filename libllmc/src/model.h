@@ -10,6 +10,9 @@
 #ifndef LLMC_MODEL_H
 #define LLMC_MODEL_H
 
+#include <pthread.h>
+
+#include "error.h"
 #include "llmc.h"
 
 #define LLMC_NUM_PARAM_TENSORS 16
@@ -46,11 +49,20 @@ struct llmc_model {
     size_t num_params;
     int64_t step;                 /* optimizer steps taken */
     int has_grads;                /* gradients of a finished backward are held */
+    /* Taken by every API entry that reads or changes the model, so calls
+     * from several threads run one at a time (recursive: llmc_step calls
+     * llmc_backward and llmc_update). */
+    pthread_mutex_t lock;
 };
 
-/* Fills param_sizes/offsets/num_params from config. */
-void llmc_param_layout(const llmc_config *c, size_t sizes[LLMC_NUM_PARAM_TENSORS],
-                       size_t offsets[LLMC_NUM_PARAM_TENSORS], size_t *total);
+/* Fills param_sizes/offsets/num_params from config; 0 (outputs undefined)
+ * if a size does not fit in size_t, else 1. */
+int llmc_param_layout(const llmc_config *c, size_t sizes[LLMC_NUM_PARAM_TENSORS],
+                      size_t offsets[LLMC_NUM_PARAM_TENSORS], size_t *total);
+/* llm.c's name of a parameter tensor ("wte", "ln1w", ...). */
+const char *llmc_param_name(int tensor);
+/* 1 for the tensors stacked across layers (ln1w..fcprojb), else 0. */
+int llmc_param_is_per_layer(int tensor);
 /* 1 for the tensors AdamW decays (the 2-D weights), else 0. */
 int llmc_param_is_decayed(int tensor);
 
@@ -60,8 +72,13 @@ struct llmc_backend {
     llmc_status (*create)(llmc_model *m);
     void (*destroy)(llmc_model *m);
 
+    /* Parameters are written a piece at a time (so a file streams into the
+     * backend without a whole host copy): elements start..start+count-1 of
+     * parameter tensor `tensor`, then params_written once all are in. */
+    llmc_status (*write_params)(llmc_model *m, int tensor, size_t start, size_t count,
+                                const float *src);
+    llmc_status (*params_written)(llmc_model *m);
     /* Whole fp32 parameter vector in llm.c order (num_params floats). */
-    llmc_status (*set_params)(llmc_model *m, const float *params);
     llmc_status (*get_params)(llmc_model *m, float *out);
     llmc_status (*get_grads)(llmc_model *m, float *out);
     /* AdamW moments, num_params floats each. set_opt_state is called after
@@ -101,10 +118,5 @@ struct llmc_backend {
 extern const llmc_backend llmc_cpu_backend;
 /* NULL when the library was built without CUDA. */
 const llmc_backend *llmc_cuda_backend_get(void);
-
-/* Sets the thread-local message and returns status, so that callers can
- * write `return llmc_error(LLMC_ERR_IO, "cannot open %s", path);`. */
-llmc_status llmc_error(llmc_status status, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
 
 #endif /* LLMC_MODEL_H */

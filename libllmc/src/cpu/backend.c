@@ -26,6 +26,7 @@
 #include <string.h>
 
 #include "../comm.h"
+#include "../config.h"
 #include "../model.h"
 #include "layers.h"
 
@@ -104,8 +105,10 @@ static size_t padded(size_t count) { return (count + 15) & ~(size_t)15; } /* 64 
 /* Allocates the buffers in one block (zeroed if asked); LLMC_ERR_OUT_OF_MEMORY
  * naming `what` when the host has no room. */
 static llmc_status arena_alloc(arena *a, buffer *bufs, int n, int zeroed, const char *what) {
-    size_t total = 0;
+    size_t total = 0; /* every count is bounded by cpu_create's plan check: no wrap */
     for (int i = 0; i < n; i++) total += padded(bufs[i].count);
+    llmc_status st = llmc_host_memory_check(total * sizeof(float), what);
+    if (st != LLMC_OK) return st;
     float *mem = aligned_alloc(64, (total ? total : 16) * sizeof(float));
     if (mem == NULL)
         return llmc_error(LLMC_ERR_OUT_OF_MEMORY, "out of host memory for the %s (%.2f GiB)", what,
@@ -214,6 +217,27 @@ static llmc_status ensure_moments(llmc_model *m) {
 static llmc_status cpu_alloc(llmc_model *m, int threads);
 static void cpu_destroy(llmc_model *m);
 
+/* Every tensor a kernel or the BLAS indexes with int must stay within
+ * LLMC_TENSOR_LIMIT elements; checked before anything is allocated. */
+static llmc_status check_tensor_limits(const llmc_model *m) {
+    const double B = m->options.max_batch_size, T = m->options.max_seq_len, N = B * T;
+    const double C = m->config.channels, NH = m->config.num_heads;
+    const double chunk = N < CLASSIFIER_CHUNK_ROWS ? N : CLASSIFIER_CHUNK_ROWS;
+    const struct { const char *name; double elements; } tensors[] = {
+        {"(B*T, 4C) MLP activation", N * 4 * C}, {"(B, NH, T, T) attention", B * NH * T * T},
+        {"(rows, V) logits chunk", chunk * m->config.vocab_size}, {"(T, C) row stride", T * C},
+        {"(Vp, C) token embedding", (double)m->config.padded_vocab_size * C},
+    };
+    for (size_t i = 0; i < sizeof tensors / sizeof tensors[0]; i++)
+        if (tensors[i].elements > (double)LLMC_TENSOR_LIMIT)
+            return llmc_error(LLMC_ERR_INVALID_ARGUMENT,
+                              "the CPU backend's %s tensor would hold %.3g elements for "
+                              "max_batch_size %d x max_seq_len %d, more than %llu",
+                              tensors[i].name, tensors[i].elements, m->options.max_batch_size,
+                              m->options.max_seq_len, (unsigned long long)LLMC_TENSOR_LIMIT);
+    return LLMC_OK;
+}
+
 /* Floats of the whole training plan, in double: an upper bound for every
  * buffer size computed later, checked once so that none can wrap around. */
 static double training_plan_floats(const llmc_model *m, int threads) {
@@ -231,6 +255,8 @@ static int cpu_threads(const llmc_model *m) {
 }
 
 static llmc_status cpu_plan_bytes(const llmc_model *m, size_t *bytes) {
+    llmc_status st = check_tensor_limits(m);
+    if (st != LLMC_OK) return st;
     const double plan = training_plan_floats(m, cpu_threads(m)) * sizeof(float);
     if (plan > 0x1p60)
         return llmc_error(LLMC_ERR_OUT_OF_MEMORY, "the plan would need %.3g GiB", plan / (1 << 30));
@@ -252,6 +278,8 @@ static llmc_status cpu_create(llmc_model *m) {
 }
 
 static llmc_status cpu_alloc(llmc_model *m, int threads) {
+    llmc_status st = check_tensor_limits(m);
+    if (st != LLMC_OK) return st;
     const double plan = training_plan_floats(m, threads);
     if (plan * sizeof(float) > 0x1p60)
         return llmc_error(LLMC_ERR_OUT_OF_MEMORY,
@@ -265,7 +293,7 @@ static llmc_status cpu_alloc(llmc_model *m, int threads) {
     cpu_blas_init();
     float *params = NULL;
     buffer bufs[] = {{&params, param_floats(m)}};
-    llmc_status st = arena_alloc(&s->params_mem, bufs, 1, 0, "parameters");
+    st = arena_alloc(&s->params_mem, bufs, 1, 0, "parameters");
     if (st == LLMC_OK) st = alloc_activations(m, 1);
     if (st != LLMC_OK) {
         arena_free(&s->params_mem);
@@ -303,11 +331,14 @@ static cpu_state *enter(llmc_model *m) {
 
 /* ---- parameters and optimizer state ------------------------------------------ */
 
-static llmc_status cpu_set_params(llmc_model *m, const float *params) {
+static llmc_status cpu_write_params(llmc_model *m, int tensor, size_t start, size_t count,
+                                    const float *src) {
     cpu_state *s = enter(m);
-    memcpy(s->params_mem.mem, params, m->num_params * sizeof(float));
+    memcpy(s->param[tensor] + start, src, count * sizeof(float));
     return LLMC_OK;
 }
+
+static llmc_status cpu_params_written(llmc_model *m) { return LLMC_OK; }
 
 static llmc_status cpu_get_params(llmc_model *m, float *out) {
     cpu_state *s = enter(m);
@@ -534,7 +565,8 @@ const llmc_backend llmc_cpu_backend = {
     .name = "cpu",
     .create = cpu_create,
     .destroy = cpu_destroy,
-    .set_params = cpu_set_params,
+    .write_params = cpu_write_params,
+    .params_written = cpu_params_written,
     .get_params = cpu_get_params,
     .get_grads = cpu_get_grads,
     .set_opt_state = cpu_set_opt_state,

@@ -48,7 +48,9 @@ static inline float vec_expf(float x) {
     p = p * r + 0.5f;
     p = p * r + 1.0f;
     p = p * r + 1.0f;
-    union { int32_t i; float f; } scale = {(ni + 127) << 23};
+    /* shifted as unsigned: a NaN input (from inf - inf upstream) gives any ni,
+     * and the result is NaN whatever it is, but a signed shift would be UB */
+    union { uint32_t i; float f; } scale = {(uint32_t)(ni + 127) << 23};
     return x < lo ? 0.0f : p * scale.f;
 }
 

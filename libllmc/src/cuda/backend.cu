@@ -677,14 +677,24 @@ llmc_status rederive_bf16(llmc_model *m) {
     return sync(g);
 }
 
-llmc_status cuda_set_params(llmc_model *m, const float *params) {
+/* Pieces of the fp32 masters; the bf16 copy follows in cuda_params_written.
+ * With ZeRO-1 the whole vector is staged in the gradient memory (every rank
+ * is given all of it) and each rank keeps its shard. */
+llmc_status cuda_write_params(llmc_model *m, int tensor, size_t start, size_t count,
+                              const float *src) {
     TRY(set_device(m));
     cuda_state *g = impl(m);
-    if (!g->zero1) {
-        TRY(copy_params(g, m, g->master, params, nullptr));
-        return rederive_bf16(m);
-    }
-    TRY(copy_params(g, m, g->grads, params, nullptr));  // every rank has the whole vector
+    float *dst = g->zero1 ? g->grads : g->master;
+    CUDA_TRY(cudaMemcpyAsync(dst + g->off[tensor] + start, src, count * sizeof(float),
+                             cudaMemcpyHostToDevice, g->stream));
+    CUDA_TRY(cudaStreamSynchronize(g->stream)); /* src may be reused as soon as this returns */
+    return LLMC_OK;
+}
+
+llmc_status cuda_params_written(llmc_model *m) {
+    TRY(set_device(m));
+    cuda_state *g = impl(m);
+    if (!g->zero1) return rederive_bf16(m);
     round_params(g->params, g->grads, g->total, rounding_seed(g->seed, m->step), 0, g->stream);
     CUDA_CHECK_LAUNCH();
     return whole_to_shard(g, g->master);
@@ -748,8 +758,9 @@ extern "C" {
 
 LLMC_API extern const llmc_backend llmc_cuda_backend;
 const llmc_backend llmc_cuda_backend = {
-    "cuda",          cuda_create,        cuda_destroy,       cuda_set_params,
-    cuda_get_params, cuda_get_grads,     cuda_set_opt_state, cuda_get_opt_state,
+    "cuda",          cuda_create,        cuda_destroy,       cuda_write_params,
+    cuda_params_written, cuda_get_params, cuda_get_grads,   cuda_set_opt_state,
+    cuda_get_opt_state,
     cuda_backward,   cuda_grad_norm,     cuda_update,        cuda_eval,
     cuda_logits,     cuda_memory_bytes,  cuda_allreduce,     cuda_plan_bytes,
 };

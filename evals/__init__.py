@@ -1,1 +1,0 @@
-"""Evaluations of llmc checkpoints (HellaSwag: evals.hellaswag)."""
