@@ -68,10 +68,11 @@ def build_parser():
     g = p.add_argument_group("data")
     g.add_argument("--train-data", metavar="PATTERN",
                    help="training shards: a glob pattern, file or folder of llm.c .bin shards "
-                        "(default: the built-in corpus, tokenized on first use)")
+                        "(a folder: all but its _val_ shards; default: the built-in corpus, "
+                        "tokenized on first use)")
     g.add_argument("--val-data", metavar="PATTERN",
-                   help="validation shards (default: the built-in corpus' when --train-data "
-                        "is not given, else no validation)")
+                   help="validation shards (a folder: its _val_ shards; default: the built-in "
+                        "corpus' when --train-data is not given, else no validation)")
     g.add_argument("--shuffle", action="store_true",
                    help="visit shards and the batches inside them in an order drawn from "
                         "--seed and the epoch (default: file order, as written)")
