@@ -14,7 +14,7 @@ import json
 import os
 import re
 
-from .shards import write_atomic
+from .files import write_atomic
 
 PARTS = {"model": "model_{:08d}.bin", "optimizer": "optim_{:08d}.bin",
          "state": "state_{:08d}.json", "done": "DONE_{:08d}"}

@@ -32,7 +32,8 @@ import numpy as np
 from tqdm import tqdm
 
 from ._lib import REPO_ROOT
-from .shards import ShardError, read_shard, read_shard_header, write_atomic, write_shard
+from .files import write_atomic
+from .shards import ShardError, read_shard, read_shard_header, write_shard
 from .tokenizer import EOT, ParallelTokenizer
 
 # (--type, --version) -> (hub repository, hub config, output folder, shard name prefix)

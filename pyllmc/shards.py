@@ -11,6 +11,8 @@ import os
 
 import numpy as np
 
+from .files import write_atomic
+
 SHARD_MAGIC = 20240520
 SHARD_VERSION = 1
 HEADER_INTS = 256
@@ -21,31 +23,6 @@ MAX_TOKENS = 2**31 - 1  # llm.c keeps the count in an int32
 
 class ShardError(ValueError):
     """A shard file that is missing, malformed, or too small for the job."""
-
-
-def write_atomic(path, chunks):
-    """Write byte chunks to path so that readers see the old file or the whole
-    new one, never a part: temp file in the same folder, fsync, rename, fsync
-    of the folder (so the rename itself survives a crash)."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = f"{path}.tmp.{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            for chunk in chunks:
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    dir_fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def write_shard(path, tokens):

@@ -30,7 +30,8 @@ from tqdm import tqdm
 from . import checkpoint
 from .sample import sample_text
 from .schedule import SCHEDULES, learning_rate
-from .shards import ShardError, val_batches, write_atomic, DataLoader
+from .files import write_atomic
+from .shards import ShardError, val_batches, DataLoader
 
 # dense bf16 peak of GPUs whose name contains the key (first match wins)
 PEAK_TFLOPS = [("H100 PCIe", 756.0), ("H100", 989.4), ("H200", 989.4), ("A100", 312.0)]
