@@ -37,3 +37,11 @@ def cache_dir():
         return os.environ["LLMC_CACHE_DIR"]
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "llmc")
+
+
+def os_error_message(e):
+    """An OSError as a sentence naming the file ("out/x: Not a directory"),
+    instead of Python's "[Errno 20] Not a directory: 'out/x'"."""
+    if e.filename is None or e.strerror is None:
+        return str(e)
+    return f"{os.fspath(e.filename)}: {e.strerror}"

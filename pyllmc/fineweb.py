@@ -32,7 +32,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ._lib import REPO_ROOT
-from .files import write_atomic
+from .files import os_error_message, write_atomic
 from .shards import ShardError, read_shard, read_shard_header, write_shard
 from .tokenizer import EOT, ParallelTokenizer
 
@@ -327,7 +327,8 @@ def prepare(source, out_dir, name, shard_size=10**8, text_column="text", num_thr
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
+    p = argparse.ArgumentParser(prog="python data_prep/fineweb.py",
+                                description=__doc__.split("\n\n")[0].strip(),
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("-t", "--type", choices=["edu", "classic"], default="edu",
                    help="FineWeb-Edu or classic FineWeb (hub inputs)")
@@ -364,7 +365,10 @@ def main(argv=None):
         out_dir = args.out_dir or os.path.join(REPO_ROOT, "data", folder)
         paths = prepare(source, out_dir, name, shard_size, args.text_column,
                         args.num_threads or None, args.max_shards)
-    except (PrepError, ShardError, OSError) as e:
+    except OSError as e:
+        print(f"error: {os_error_message(e)}", file=sys.stderr)
+        sys.exit(1)
+    except (PrepError, ShardError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:

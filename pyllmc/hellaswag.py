@@ -443,6 +443,7 @@ def run(args):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
+        prog="python evals/hellaswag.py",
         description="HellaSwag accuracy (completion style, as llm.c) of a GPT-2 checkpoint.")
     parser.add_argument("checkpoint", help="model file in llm.c's format (fp32 or bf16)")
     parser.add_argument("--data", help="local HellaSwag file: rowanz/hellaswag jsonl or llm.c's "
@@ -469,8 +470,11 @@ def main(argv=None):
     except pyllmc.OutOfMemoryError as e:
         print(f"error: {e} (a smaller --batch-size needs less)", file=sys.stderr)
         return 1
-    except (DataError, DownloadError, pyllmc.LlmcError, pyllmc.LibraryError, OSError) as e:
+    except (DataError, DownloadError, pyllmc.LlmcError, pyllmc.LibraryError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"error: {files.os_error_message(e)}", file=sys.stderr)
         return 1
     return 0
 

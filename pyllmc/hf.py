@@ -22,7 +22,7 @@ import sys
 import numpy as np
 
 from . import _lib
-from .files import write_atomic
+from .files import os_error_message, write_atomic
 
 # HF's names of each layer's tensors, in llm.c's order, and whether HF keeps
 # it transposed (Conv1D). wte, wpe come before them and ln_f after.
@@ -190,7 +190,10 @@ def main(argv=None):
             config = export_hf(args.model, args.hf_dir)
             print(f"{args.hf_dir}: config.json + model.safetensors, {config.num_layers} layers, "
                   f"{config.channels} channels, vocabulary {config.vocab_size}")
-    except (HfError, _lib.LlmcError, _lib.LibraryError, OSError) as e:
+    except OSError as e:
+        print(f"error: {os_error_message(e)}", file=sys.stderr)
+        sys.exit(1)
+    except (HfError, _lib.LlmcError, _lib.LibraryError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
 

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from . import checkpoint
 from .sample import sample_text
 from .schedule import SCHEDULES, learning_rate
-from .files import write_atomic
+from .files import os_error_message, write_atomic
 from .shards import ShardError, val_batches, DataLoader
 
 # dense bf16 peak of GPUs whose name contains the key (first match wins)
@@ -236,6 +236,8 @@ def open_model(args, resume_file=None):
     plan = dict(device=args.device, max_batch_size=args.batch_size, max_seq_len=args.seq_len,
                 seed=args.seed, num_threads=args.num_threads, recompute=args.recompute)
     path = resume_file or (args.model if args.model and args.model not in PRESETS else None)
+    if path and not os.path.exists(path):
+        raise TrainError(f"--model {path}: neither a preset ({', '.join(PRESETS)}) nor a model file")
     if path:
         max_len = pyllmc.Config.from_file(path).max_seq_len
         if args.seq_len > max_len:
@@ -491,7 +493,10 @@ def main(argv=None):
     import pyllmc
     try:
         run(args, given_flags(build_parser(), argv))
-    except (TrainError, ShardError, pyllmc.LlmcError, pyllmc.LibraryError, OSError) as e:
+    except OSError as e:
+        print(f"error: {os_error_message(e)}", file=sys.stderr)
+        sys.exit(1)
+    except (TrainError, ShardError, pyllmc.LlmcError, pyllmc.LibraryError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
 
