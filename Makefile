@@ -2,10 +2,11 @@
 # found) and installs the Python packages the tools need, pyllmc itself
 # editable; `make test` also installs the tests' packages and runs the suite.
 PYTHON ?= python3
-# the active Python environment: each gets its own install stamp (build/.deps-*)
-PYENV  := $(shell $(PYTHON) -c 'import sys, hashlib; print(hashlib.sha1(sys.prefix.encode()).hexdigest()[:10])')
 .DEFAULT_GOAL := all
 BUILD  := build
+# the active Python environment: each gets its own install stamp
+PYENV  := $(shell $(PYTHON) -c 'import sys, hashlib; print(hashlib.sha1(sys.prefix.encode()).hexdigest()[:10])')
+DEPS   := $(BUILD)/.deps-$(PYENV)
 CC     ?= gcc
 CFLAGS := -O3 -march=native -fopenmp -fPIC -std=c11 -Wall -Wextra -Wno-unused-parameter \
           -Ilibllmc/include -Ilibllmc/src
@@ -42,7 +43,7 @@ $(BUILD)/%.o: %.c $(HEADERS) | $(BUILD)/.dirs
 $(BUILD)/libllmc.so: $(CPU_OBJ)
 	$(CC) -shared -o $@ $^ $(LDLIBS) -Wl,-rpath,'$$ORIGIN'
 
-$(BUILD)/blas.mk: $(BUILD)/.deps-$(PYENV)
+$(BUILD)/blas.mk: $(DEPS) | $(BUILD)/.dirs
 	$(PYTHON) -c 'import scipy_openblas32 as b; print("BLAS_INC :=", b.get_include_dir()); print("BLAS_LIB :=", b.get_lib_dir())' > $@
 
 $(BUILD)/.dirs:
@@ -52,8 +53,9 @@ $(BUILD)/.dirs:
 # ---- Python packages ------------------------------------------------------
 # pyllmc is installed in editable mode into the active Python, so that
 # `python -m pyllmc.train` and the scripts work from any folder and find
-# build/libllmc.so here.
-deps: $(BUILD)/.deps-$(PYENV)
+# build/libllmc.so here. `make lib DEPS=` skips all of it (an offline machine
+# whose packages are already there).
+deps: $(DEPS)
 $(BUILD)/.deps-$(PYENV): requirements.txt pyproject.toml | $(BUILD)/.dirs
 	$(PYTHON) -m pip install -q -r requirements.txt
 	$(PYTHON) -m pip install -q --no-deps -e .

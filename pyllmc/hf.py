@@ -102,11 +102,13 @@ def hf_to_llmc(tensors, config, padded_vocab_size):
 def llmc_to_hf(params, config):
     """HF's tensors (a name -> array dict) from llm.c's flat parameter vector."""
     V, Vp, C, L = config.vocab_size, config.padded_vocab_size, config.channels, config.num_layers
-    layer_shapes = {"ln_1": (C,), "ln_2": (C,), "attn.c_attn.weight": (3 * C, C),
-                    "attn.c_attn.bias": (3 * C,), "attn.c_proj.weight": (C, C),
-                    "attn.c_proj.bias": (C,), "mlp.c_fc.weight": (4 * C, C),
-                    "mlp.c_fc.bias": (4 * C,), "mlp.c_proj.weight": (C, 4 * C),
-                    "mlp.c_proj.bias": (C,)}
+    # each layer's tensors as llm.c shapes them
+    layer_shapes = {"ln_1.weight": (C,), "ln_1.bias": (C,),
+                    "attn.c_attn.weight": (3 * C, C), "attn.c_attn.bias": (3 * C,),
+                    "attn.c_proj.weight": (C, C), "attn.c_proj.bias": (C,),
+                    "ln_2.weight": (C,), "ln_2.bias": (C,),
+                    "mlp.c_fc.weight": (4 * C, C), "mlp.c_fc.bias": (4 * C,),
+                    "mlp.c_proj.weight": (C, 4 * C), "mlp.c_proj.bias": (C,)}
     offset = 0
 
     def take(shape):
@@ -119,9 +121,8 @@ def llmc_to_hf(params, config):
     tensors = {"transformer.wte.weight": take((Vp, C))[:V],  # padded rows dropped
                "transformer.wpe.weight": take((config.max_seq_len, C))}
     for name, transpose in LAYER_TENSORS:
-        shape = layer_shapes.get(name) or layer_shapes[name.split(".")[0]]
         for layer in range(L):
-            t = take(shape)
+            t = take(layer_shapes[name])
             tensors[f"transformer.h.{layer}.{name}"] = t.T if transpose else t
     tensors["transformer.ln_f.weight"] = take((C,))
     tensors["transformer.ln_f.bias"] = take((C,))

@@ -5,7 +5,10 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+
+from pyllmc.shards import write_shard
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -39,10 +42,11 @@ def test_usage_names_the_command(tmp_path):
 
 
 def test_without_the_library_one_line_says_make(tmp_path):
-    env = dict(os.environ, PYTHONPATH=REPO, LLMC_LIB=str(tmp_path / "libllmc.so"),
-               LLMC_CACHE_DIR=str(tmp_path / "cache"))
+    env = dict(os.environ, PYTHONPATH=REPO, LLMC_LIB=str(tmp_path / "libllmc.so"))
+    write_shard(tmp_path / "d_train_000001.bin", np.arange(2000))
     for args in (["-m", "pyllmc.sample", "m.bin"],
-                 ["-m", "pyllmc.train", "--out-dir", tmp_path / "out", "--steps", 1]):
+                 ["-m", "pyllmc.train", "--train-data", tmp_path / "d_train_000001.bin",
+                  "--out-dir", tmp_path / "out", "--steps", 1]):
         proc = run(args, tmp_path, **env)
         assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
         assert "libllmc not found" in proc.stderr and "run `make`" in proc.stderr
