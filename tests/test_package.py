@@ -46,7 +46,7 @@ def test_without_the_library_one_line_says_make(tmp_path):
     write_shard(tmp_path / "d_train_000001.bin", np.arange(2000))
     for args in (["-m", "pyllmc.sample", "m.bin"],
                  ["-m", "pyllmc.train", "--train-data", tmp_path / "d_train_000001.bin",
-                  "--out-dir", tmp_path / "out", "--steps", 1]):
+                  "--val-data", tmp_path / "d_train_000001.bin", "--out-dir", tmp_path / "out"]):
         proc = run(args, tmp_path, **env)
         assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
         assert "libllmc not found" in proc.stderr and "run `make`" in proc.stderr
