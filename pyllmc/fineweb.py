@@ -15,6 +15,13 @@ dev/data/fineweb.py writes. Shard 0 is the validation shard
 continues in the next one. Progress is recorded after each shard, so running
 the same command again after an interruption picks up after the last
 finished shard.
+
+The split: validation is the first min(shard size, 10% of the tokens). A
+corpus of 10 shards or more gets llm.c's layout (a whole first shard, cut
+mid-document as llm.c cuts it). A smaller one is split again once all of it
+is tokenized: validation is its first ~10% of tokens, ending at the document
+start nearest to that (inside the document if there is only one), and the
+rest are training shards, so a small corpus always gets both.
 """
 import argparse
 import json
@@ -25,8 +32,9 @@ import numpy as np
 from tqdm import tqdm
 
 from ._lib import REPO_ROOT
-from .shards import ShardError, read_shard_header, write_atomic, write_shard
-from .tokenizer import ParallelTokenizer
+from .files import os_error_message, write_atomic
+from .shards import ShardError, read_shard, read_shard_header, write_shard
+from .tokenizer import EOT, ParallelTokenizer
 
 # (--type, --version) -> (hub repository, hub config, output folder, shard name prefix)
 HUB_DATASETS = {
@@ -39,6 +47,7 @@ HUB_DATASETS = {
 LOCAL_FORMATS = {".parquet": "parquet", ".jsonl": "json", ".json": "json",
                  ".jsonl.gz": "json", ".json.gz": "json", ".txt": "text", ".md": "text"}
 READ_BATCH_DOCS = 1024
+VAL_FRACTION = 0.1  # of a corpus smaller than 10 shards (see the split above)
 
 
 class PrepError(Exception):
@@ -52,24 +61,36 @@ def local_format(path):
     return None
 
 
+def named(paths, most=5):
+    """'a, b, c and 4 more' for an error message."""
+    shown = ", ".join(paths[:most])
+    return shown + (f" and {len(paths) - most} more" if len(paths) > most else "")
+
+
 def list_local_files(inputs):
     """Files named by inputs (files or folders, folders walked in sorted
-    order) and the one `datasets` builder that reads them all."""
+    order, hidden files skipped) and the one `datasets` builder that reads
+    them all. Files of other types are refused by name (leaving them out
+    silently would train on less than asked), and so are inputs with no text
+    at all; an empty file among others is an empty document."""
     files = []
     for item in map(os.fspath, inputs):
         if os.path.isdir(item):
             found = sorted(os.path.join(root, name) for root, _, names in os.walk(item)
-                           for name in names if local_format(name))
+                           for name in names if not name.startswith("."))
             if not found:
-                raise PrepError(f"{item}: no {'/'.join(LOCAL_FORMATS)} files in this folder")
+                raise PrepError(f"{item}: the folder holds no files")
             files += found
         elif os.path.isfile(item):
-            if not local_format(item):
-                raise PrepError(f"{item}: unknown file type (expected one of: "
-                                f"{', '.join(LOCAL_FORMATS)})")
             files.append(item)
         else:
             raise PrepError(f"{item}: no such file or folder")
+    unknown = [f for f in files if not local_format(f)]
+    if unknown:
+        raise PrepError(f"cannot read {named(unknown)}: expected files ending in "
+                        f"{', '.join(LOCAL_FORMATS)}")
+    if all(os.path.getsize(f) == 0 for f in files):
+        raise PrepError(f"no text to prepare: {named(files)} empty")
     builders = sorted({local_format(f) for f in files})
     if len(builders) > 1:
         raise PrepError(f"inputs mix formats ({', '.join(builders)}); prepare each format separately")
@@ -92,13 +113,18 @@ def open_stream(source):
                                  streaming=True, **extra)
 
 
+def describe(source):
+    """The input, in a few words for a message."""
+    files = source.get("files", [])
+    return source.get("repo") or (files[0] if len(files) == 1 else
+                                  f"{len(files)} {source['builder']} files under "
+                                  f"{os.path.commonpath(files)}")
+
+
 def read_errors_named(tables, source):
     """The tables of a stream, a failure to read one turned into a PrepError
     naming the input."""
-    files = source.get("files", [])
-    where = source.get("repo") or (files[0] if len(files) == 1 else
-                                   f"{len(files)} {source['builder']} files under "
-                                   f"{os.path.commonpath(files)}")
+    where = describe(source)
     while True:
         try:
             table = next(tables)
@@ -113,6 +139,8 @@ def text_batches(source, text_column, skip_docs):
     """Lists of document texts in input order, the first skip_docs documents
     dropped before any tokenizing."""
     stream = open_stream(source)
+    if stream.column_names == []:  # `datasets` found no rows to take columns from
+        raise PrepError(f"{describe(source)} holds no documents")
     if text_column not in (stream.column_names or [text_column]):
         raise PrepError(f"the input has no column {text_column!r} (it has: "
                         f"{', '.join(stream.column_names)}); pick one with --text-column")
@@ -205,12 +233,58 @@ class ShardWriter:
         self.count = 0
 
     def close(self, next_doc):
-        """Write the last, partial shard and mark the job complete."""
+        """Write the last, partial shard and mark the job complete; a corpus
+        smaller than 10 shards is then split again (see the module's doc)."""
         if self.count and not self.finished:
             self.flush(next_doc, 0)
         if self.max_shards is None or self.num_shards < self.max_shards:
+            total = sum(s["tokens"] for s in self.progress["shards"])
+            if total == 0:
+                raise PrepError("the input holds no documents")
+            if total < self.shard_size / VAL_FRACTION:
+                self.resplit()
             self.progress["complete"] = True
         self.save_progress()
+
+    def resplit(self):
+        """Rewrite a small corpus' shards: validation is its first ~10% of
+        tokens up to a document start, training the rest in shards of
+        shard_size. Every document starts with <|endoftext|>, so the stream
+        itself tells where documents start."""
+        paths = [self.shard_path(i) for i in range(self.num_shards)]
+        tokens = np.concatenate([np.array(read_shard(p)) for p in paths])
+        starts = np.flatnonzero(tokens == EOT)
+        inner = starts[starts > 0]
+        target = len(tokens) * VAL_FRACTION
+        if len(inner):
+            cut = int(inner[np.argmin(np.abs(inner - target))])
+        else:  # one document: cut inside it
+            cut = min(max(1, round(target)), len(tokens) - 1)
+        if cut < 1 or cut >= len(tokens):
+            raise PrepError(f"the input holds {len(tokens)} token(s): too little to split into "
+                            "validation and training")
+        # an interruption from here on starts the job over instead of mixing layouts
+        self.progress["shards"] = []
+        self.save_progress()
+        for path in paths:
+            os.remove(path)
+        ends = [cut, *range(cut + self.shard_size, len(tokens), self.shard_size), len(tokens)]
+        begin = 0
+        for end in ends:
+            self.buffer[:end - begin] = tokens[begin:end]
+            self.count = end - begin
+            if end == len(tokens):
+                self.flush(len(starts), 0)
+            else:  # the next shard begins in this document, so many tokens in
+                doc = int(np.searchsorted(starts, end, side="right")) - 1
+                self.flush(doc, end - int(starts[doc]))
+            begin = end
+
+    def split_summary(self):
+        """One line on how the tokens were split."""
+        sizes = [s["tokens"] for s in self.progress["shards"]]
+        return (f"split: val {sizes[0]:,} tokens (1 shard), train {sum(sizes[1:]):,} tokens "
+                f"({len(sizes) - 1} shard(s))")
 
     def save_progress(self):
         write_atomic(self.progress_path, [json.dumps(self.progress, indent=1).encode()])
@@ -248,11 +322,13 @@ def prepare(source, out_dir, name, shard_size=10**8, text_column="text", num_thr
             break
     writer.close(next_doc)
     bar.close()
+    print(writer.split_summary())
     return [os.path.join(out_dir, s["file"]) for s in writer.progress["shards"]]
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
+    p = argparse.ArgumentParser(prog="python data_prep/fineweb.py",
+                                description=__doc__.split("\n\n")[0].strip(),
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("-t", "--type", choices=["edu", "classic"], default="edu",
                    help="FineWeb-Edu or classic FineWeb (hub inputs)")
@@ -265,7 +341,10 @@ def main(argv=None):
     p.add_argument("-o", "--out-dir", help="where shards go (default: data/<dataset> in the repo)")
     p.add_argument("--name", help="shard file name prefix (default: edu_fineweb / fineweb, "
                                   "or the first input's name)")
-    p.add_argument("-s", "--shard-size", type=float, default=1e8, help="tokens per shard")
+    p.add_argument("-s", "--shard-size", type=float, default=1e8,
+                   help="tokens per shard. Validation is the first min(shard size, 10%% of the "
+                        "tokens); under 10 shards of text it ends at a document start and the "
+                        "rest is training, so a small corpus gets both")
     p.add_argument("--max-shards", type=int, help="stop after this many shards")
     p.add_argument("--num-threads", type=int, default=0, help="tokenizer threads (0: all cores)")
     args = p.parse_args(argv)
@@ -286,7 +365,10 @@ def main(argv=None):
         out_dir = args.out_dir or os.path.join(REPO_ROOT, "data", folder)
         paths = prepare(source, out_dir, name, shard_size, args.text_column,
                         args.num_threads or None, args.max_shards)
-    except (PrepError, ShardError, OSError) as e:
+    except OSError as e:
+        print(f"error: {os_error_message(e)}", file=sys.stderr)
+        sys.exit(1)
+    except (PrepError, ShardError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:

@@ -34,6 +34,7 @@ import numpy as np
 from tqdm import tqdm
 
 import pyllmc
+from . import files
 from .tokenizer import gpt2_encoding
 from .files import NotRegularFileError, open_regular, read_regular
 
@@ -78,8 +79,7 @@ class Example:
 # data
 
 def default_cache_dir():
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "llmc" / "hellaswag"
+    return Path(files.cache_dir()) / "hellaswag"
 
 
 def load_examples(path=None, cache_dir=None, url=VAL_URL):
@@ -97,25 +97,24 @@ def load_examples(path=None, cache_dir=None, url=VAL_URL):
 
 
 def download(url, dest):
-    """Fetch url into dest unless dest exists. Written to a temporary name and
-    renamed, so an interrupted download never leaves a partial file behind."""
+    """Fetch url into dest unless dest exists. Written atomically, so an
+    interrupted download never leaves a partial file behind."""
     dest = Path(dest)
     if dest.exists():
         return dest
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.part")
+
+    def chunks(response, bar):
+        while chunk := response.read(1 << 20):
+            bar.update(len(chunk))
+            yield chunk
+
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as f:
+        with urllib.request.urlopen(url, timeout=60) as response:
             size = int(response.headers.get("Content-Length") or 0) or None
             with tqdm(total=size, unit="B", unit_scale=True, desc=f"downloading {dest.name}") as bar:
-                while chunk := response.read(1 << 20):
-                    f.write(chunk)
-                    bar.update(len(chunk))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
+                files.write_atomic(dest, chunks(response, bar))
     except OSError as e:  # urllib's URLError and HTTPError are OSErrors too
-        tmp.unlink(missing_ok=True)
         reason = getattr(e, "reason", None) or e
         raise DownloadError(
             f"could not download the HellaSwag validation set from {url} ({reason}). "
@@ -424,17 +423,6 @@ def open_model(checkpoint, examples, device="cpu", batch_size=None, num_threads=
                              max_seq_len=seq_len, num_threads=num_threads)
 
 
-def write_json_atomic(path, obj):
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def run(args):
     t0 = time.perf_counter()
     examples = load_examples(args.data, args.cache_dir)
@@ -456,14 +444,15 @@ def run(args):
           f"{t_model - t_data:.2f} s, scoring {t_end - t_model:.2f} s: "
           f"{n / (t_end - t_model):,.1f} examples/s)")
     if args.json:
-        write_json_atomic(args.json, {**result, "checkpoint": str(args.checkpoint),
-                                      "data": str(args.data or VAL_URL), "device": device,
-                                      "seconds": round(t_end - t0, 3)})
+        record = {**result, "checkpoint": str(args.checkpoint), "data": str(args.data or VAL_URL),
+                  "device": device, "seconds": round(t_end - t0, 3)}
+        files.write_atomic(args.json, [(json.dumps(record, indent=2) + "\n").encode()])
     return result
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
+        prog="python evals/hellaswag.py",
         description="HellaSwag accuracy (completion style, as llm.c) of a GPT-2 checkpoint.")
     parser.add_argument("checkpoint", help="model file in llm.c's format (fp32 or bf16)")
     parser.add_argument("--data", help="local HellaSwag file: rowanz/hellaswag jsonl or llm.c's "
@@ -490,8 +479,11 @@ def main(argv=None):
     except pyllmc.OutOfMemoryError as e:
         print(f"error: {e} (a smaller --batch-size needs less)", file=sys.stderr)
         return 1
-    except (DataError, DownloadError, pyllmc.LlmcError, pyllmc.LibraryError, OSError) as e:
+    except (DataError, DownloadError, pyllmc.LlmcError, pyllmc.LibraryError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"error: {files.os_error_message(e)}", file=sys.stderr)
         return 1
     return 0
 

@@ -74,7 +74,8 @@ def plot(out_dir, output=None):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Draw a training run's curves to a PNG.")
+    p = argparse.ArgumentParser(prog="python -m pyllmc.plot",
+                                description="Draw a training run's curves to a PNG.")
     p.add_argument("out_dir", help="the run's --out-dir (holding main.jsonl)")
     p.add_argument("-o", "--output", help="PNG path (default: OUT_DIR/curves.png)")
     args = p.parse_args(argv)

@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 
+from .files import os_error_message
 from .tokenizer import EOT, decode, encode
 
 
@@ -50,7 +51,8 @@ def sample_text(model, prompt="", max_new_tokens=64, temperature=1.0, top_k=None
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Sample text from a model file (llm.c format).",
+    p = argparse.ArgumentParser(prog="python -m pyllmc.sample",
+                                description="Sample text from a model file (llm.c format).",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("checkpoint", help="model file, e.g. out/model_00000300.bin")
     p.add_argument("--prompt", default="", help="text to continue (empty: a new document)")
@@ -69,7 +71,10 @@ def main(argv=None):
                 text = sample_text(model, args.prompt, args.max_new_tokens, args.temperature,
                                    args.top_k or None, args.seed + i)
                 print(f"--- sample {i + 1} ---\n{text}" if args.num_samples > 1 else text)
-    except (pyllmc.LlmcError, pyllmc.LibraryError, ValueError, OSError) as e:
+    except OSError as e:
+        print(f"error: {os_error_message(e)}", file=sys.stderr)
+        sys.exit(1)
+    except (pyllmc.LlmcError, pyllmc.LibraryError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
 

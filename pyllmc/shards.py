@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from .files import NotRegularFileError, open_regular
+from .files import NotRegularFileError, open_regular, write_atomic
 
 SHARD_MAGIC = 20240520
 SHARD_VERSION = 1
@@ -23,31 +23,6 @@ MAX_TOKENS = 2**31 - 1  # llm.c keeps the count in an int32
 
 class ShardError(ValueError):
     """A shard file that is missing, malformed, or too small for the job."""
-
-
-def write_atomic(path, chunks):
-    """Write byte chunks to path so that readers see the old file or the whole
-    new one, never a part: temp file in the same folder, fsync, rename, fsync
-    of the folder (so the rename itself survives a crash)."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = f"{path}.tmp.{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            for chunk in chunks:
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    dir_fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def write_shard(path, tokens):
@@ -104,12 +79,20 @@ def read_shard(path):
     return np.memmap(path, dtype=TOKEN_DTYPE, mode="r", offset=HEADER_BYTES, shape=(count,))
 
 
-def find_shards(pattern):
-    """Sorted paths matching a glob pattern (or a single file, or a folder's
-    *.bin files); ShardError when nothing matches."""
+def find_shards(pattern, split="train"):
+    """Sorted paths matching a glob pattern, or a single file, or a folder's
+    shards of one split: its *_val_*.bin files for "val", its other *.bin
+    files for "train" (so that training never sees the validation shard of
+    a folder prepared by data_prep/fineweb.py); ShardError when nothing matches."""
     pattern = os.path.expanduser(os.fspath(pattern))
     if os.path.isdir(pattern):
-        pattern = os.path.join(pattern, "*.bin")
+        shards = sorted(p for p in glob.glob(os.path.join(pattern, "*.bin")) if os.path.isfile(p))
+        paths = [p for p in shards if ("_val_" in os.path.basename(p)) == (split == "val")]
+        if not paths:
+            raise ShardError(f"no {split} shards in the folder {pattern}"
+                             + (" (validation shards have _val_ in their names)"
+                                if split == "val" else ""))
+        return paths
     paths = sorted(p for p in glob.glob(pattern) if os.path.isfile(p))
     if not paths:
         raise ShardError(f"no shard files match {pattern!r}")
@@ -130,13 +113,14 @@ class DataLoader:
     run and after every resume.
 
     The position is (epoch, shard, window) and round-trips through state()
-    and load_state() for an exact resume.
+    and load_state() for an exact resume. split says which shards a folder
+    given as pattern stands for (see find_shards).
     """
 
-    def __init__(self, pattern, B, T, shuffle=False, seed=0):
+    def __init__(self, pattern, B, T, shuffle=False, seed=0, split="train"):
         if B < 1 or T < 1:
             raise ValueError(f"batch size and sequence length must be >= 1, got B={B} T={T}")
-        self.paths = find_shards(pattern)
+        self.paths = find_shards(pattern, split)
         self.B, self.T = B, T
         self.shuffle, self.seed = shuffle, seed
         self.num_tokens = [read_shard_header(p) for p in self.paths]
@@ -208,6 +192,6 @@ def val_batches(pattern, B, T, max_batches):
     """The validation batches: the first max_batches windows in shard order
     (fewer if the data holds fewer), the same on every call, as llm.c's val
     loader after a reset. Returns a list of (inputs, targets)."""
-    loader = DataLoader(pattern, B, T)
+    loader = DataLoader(pattern, B, T, split="val")
     count = min(max_batches, loader.windows_per_epoch)
     return [loader.next_batch() for _ in range(count)]

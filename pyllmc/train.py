@@ -33,7 +33,8 @@ from . import checkpoint, distributed
 from ._lib import FileFormatError, LlmcIOError
 from .sample import sample_text
 from .schedule import SCHEDULES, learning_rate
-from .shards import ShardError, val_batches, write_atomic, DataLoader
+from .files import os_error_message, write_atomic
+from .shards import ShardError, val_batches, DataLoader
 
 # dense bf16 peak of GPUs whose name contains the key (first match wins)
 PEAK_TFLOPS = [("H100 PCIe", 756.0), ("H100", 989.4), ("H200", 989.4), ("A100", 312.0)]
@@ -77,10 +78,11 @@ def build_parser():
     g = p.add_argument_group("data")
     g.add_argument("--train-data", metavar="PATTERN",
                    help="training shards: a glob pattern, file or folder of llm.c .bin shards "
-                        "(default: the built-in corpus, tokenized on first use)")
+                        "(a folder: all but its _val_ shards; default: the built-in corpus, "
+                        "tokenized on first use)")
     g.add_argument("--val-data", metavar="PATTERN",
-                   help="validation shards (default: the built-in corpus' when --train-data "
-                        "is not given, else no validation)")
+                   help="validation shards (a folder: its _val_ shards; default: the built-in "
+                        "corpus' when --train-data is not given, else no validation)")
     g.add_argument("--shuffle", action="store_true",
                    help="visit shards and the batches inside them in an order drawn from "
                         "--seed and the epoch (default: file order, as written)")
@@ -285,6 +287,8 @@ def open_model(args, team, resume_file=None):
                     nccl_id=team.nccl_id, comm_timeout_s=args.comm_timeout,
                     device_index=me.local_rank if args.device == "cuda" else 0)
     path = resume_file or (args.model if args.model and args.model not in PRESETS else None)
+    if path and not os.path.exists(path):
+        raise TrainError(f"--model {path}: neither a preset ({', '.join(PRESETS)}) nor a model file")
     if path:
         max_len = pyllmc.Config.from_file(path).max_seq_len
         if args.seq_len > max_len:
@@ -701,7 +705,8 @@ def main(argv=None):
     except (TrainError, ShardError, distributed.DistributedError, pyllmc.LlmcError,
             pyllmc.LibraryError, OSError) as e:
         where = f" (rank {me.rank} of {me.world_size})" if me.distributed else ""
-        print(f"error{where}: {e}", file=sys.stderr, flush=True)
+        message = os_error_message(e) if isinstance(e, OSError) else str(e)
+        print(f"error{where}: {message}", file=sys.stderr, flush=True)
         sys.exit(1)
 
 

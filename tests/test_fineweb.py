@@ -95,8 +95,8 @@ def test_text_files_are_one_document_each(tmp_path):
     for i, doc in enumerate(docs):  # sorted walk order: 00.txt .. 11.txt
         with open(folder / ("sub" if i > 5 else "") / f"{i:02d}.txt", "w", encoding="utf-8") as f:
             f.write(doc)
-    run([folder], tmp_path / "out", shard_size=700)
-    assert_shards(tmp_path / "out", "t", reference_shards(docs, 700))
+    run([folder], tmp_path / "out", shard_size=600)  # 11 shards: llm.c's layout
+    assert_shards(tmp_path / "out", "t", reference_shards(docs, 600))
 
 
 def test_resume_after_interruption_skips_finished_shards(tmp_path, monkeypatch):
@@ -188,3 +188,46 @@ def test_command_line(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert_shards(out, "corpus", reference_shards(docs, 800))
+
+
+def test_small_corpus_gets_validation_and_training(tmp_path, capsys):
+    docs = make_docs(30, seed=5)
+    stream = np.concatenate(reference_shards(docs, 10**6))
+    jsonl = write_jsonl(tmp_path / "small.jsonl", docs)
+    out = tmp_path / "out"
+    fineweb.main(["--input", str(jsonl), "-o", str(out), "-s", "3000"])
+    # validation ends at the document start nearest 10% of the tokens, training is the rest
+    starts = np.flatnonzero(stream == EOT)
+    cut = starts[np.argmin(np.abs(starts - 0.1 * len(stream)))]
+    expected = [stream[:cut]] + [stream[i:i + 3000] for i in range(cut, len(stream), 3000)]
+    assert len(expected) >= 3 and 0 < cut < 3000
+    assert_shards(out, "small", expected)
+    assert f"split: val {cut:,} tokens (1 shard), train {len(stream) - cut:,} tokens" \
+        in capsys.readouterr().out
+    # one document alone is cut inside it; running again finds the job done
+    one = tmp_path / "one.txt"
+    one.write_text(docs[7])
+    fineweb.main(["--input", str(one), "-o", str(tmp_path / "one"), "-s", "1e8"])
+    fineweb.main(["--input", str(one), "-o", str(tmp_path / "one"), "-s", "1e8"])
+    val, train = (read_shard(tmp_path / "one" / name) for name in shard_names("one", 2))
+    assert len(val) == round(0.1 * (len(val) + len(train))) and len(train) > 0
+
+
+def test_empty_or_unsupported_input_is_refused(tmp_path, capsys):
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "paper.pdf").write_bytes(b"%PDF-1.4")
+    (folder / "notes.txt").write_text("")
+    with pytest.raises(SystemExit) as e:
+        fineweb.main(["--input", str(folder), "-o", str(tmp_path / "o")])
+    assert e.value.code == 1
+    assert "paper.pdf" in capsys.readouterr().err
+    os.remove(folder / "paper.pdf")
+    with pytest.raises(SystemExit):
+        fineweb.main(["--input", str(folder), "-o", str(tmp_path / "o")])
+    assert f"no text to prepare: {folder / 'notes.txt'} empty" in capsys.readouterr().err
+    blank = tmp_path / "blank.jsonl"
+    blank.write_text("\n")
+    with pytest.raises(SystemExit):
+        fineweb.main(["--input", str(blank), "-o", str(tmp_path / "o")])
+    assert "holds no documents" in capsys.readouterr().err

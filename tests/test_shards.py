@@ -163,3 +163,17 @@ def test_bad_state_is_refused(tmp_path):
     loader = DataLoader(str(tmp_path / "*.bin"), 1, 5)
     with pytest.raises(ValueError, match="does not fit 1 shard"):
         loader.load_state({"epoch": 0, "shard": 4, "window": 0})
+
+
+def test_a_folder_splits_into_train_and_val_shards(tmp_path):
+    write_shard(tmp_path / "c_val_000000.bin", np.full(40, 60000))
+    write_shard(tmp_path / "c_train_000001.bin", np.arange(40))
+    write_shard(tmp_path / "c_train_000002.bin", np.arange(40, 80))
+    train = DataLoader(str(tmp_path), 1, 4)
+    assert [os.path.basename(p) for p in train.paths] == ["c_train_000001.bin", "c_train_000002.bin"]
+    assert not any(60000 in x for x, _ in (train.next_batch() for _ in range(train.windows_per_epoch)))
+    val = val_batches(str(tmp_path), 1, 4, max_batches=100)
+    assert len(val) == 9 and all((x == 60000).all() for x, _ in val)
+    os.remove(tmp_path / "c_val_000000.bin")
+    with pytest.raises(ShardError, match="no val shards in the folder"):
+        val_batches(str(tmp_path), 1, 4, max_batches=1)

@@ -215,6 +215,9 @@ def test_clear_errors(tmp_path, env):
         (["--out-dir", a_file / "sub"], f"output folder {a_file / 'sub'} is not writable"),
         (["--total-batch-size", 100], "--total-batch-size 100 is not a multiple of B*T = 4*32"),
         (["--model", tmp_path / "missing.bin"], "missing.bin"),
+        (["--model", "d99"], "--model d99: neither a preset (d12, d24, d36, d48) nor a model file"),
+        (["--hellaswag-every", 1, "--hellaswag-data", tmp_path / "none.jsonl"],
+         f"{tmp_path / 'none.jsonl'}: No such file or directory"),
         (["--model", short], "short_train_000001.bin"),
         (["--steps", -1], "--steps -1: expected 0 or more"),
     ]
@@ -225,6 +228,7 @@ def test_clear_errors(tmp_path, env):
         assert proc.returncode == 1 and message in proc.stderr, (args, proc.stderr)
         assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, \
             proc.stderr
+        assert "[Errno" not in proc.stderr, proc.stderr
     assert not (tmp_path / "out").exists()  # a run that could not start leaves no folder
 
 
