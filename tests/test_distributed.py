@@ -38,8 +38,14 @@ def data(tmp_path_factory):
     stream = words[rng.integers(0, 300, size=8000)].ravel()
     write_shard(folder / "tiny_val_000000.bin", stream[:3000])
     write_shard(folder / "tiny_train_000001.bin", stream[3000:])
+    with open(folder / "hellaswag.jsonl", "w") as f:  # 5 examples: an uneven split over 2 ranks
+        for i in range(5):
+            f.write(json.dumps({"ctx": f"A man opens the door number {i} and",
+                                "endings": ["walks in.", "eats it.", "sings a song.", "flies."],
+                                "label": i % 4}) + "\n")
     return ["--train-data", str(folder / "tiny_train_*.bin"),
-            "--val-data", str(folder / "tiny_val_*.bin")]
+            "--val-data", str(folder / "tiny_val_*.bin"), "--hellaswag-every", "5",
+            "--hellaswag-data", str(folder / "hellaswag.jsonl")]
 
 
 def env_with(**extra):
@@ -68,7 +74,8 @@ def train(args, data, nproc=0, check=True, background=False, env=None, timeout=3
 def losses(out_dir):
     with open(os.path.join(out_dir, "main.jsonl")) as f:
         records = [json.loads(line) for line in f]
-    return {(r["step"], k): r[k] for r in records for k in ("train_loss", "val_loss") if k in r}
+    return {(r["step"], k): r[k] for r in records
+            for k in ("train_loss", "val_loss", "hellaswag_acc_norm", "hellaswag_acc") if k in r}
 
 
 def final_params(out_dir, step=10):
@@ -79,6 +86,7 @@ def final_params(out_dir, step=10):
 def assert_same_trajectory(a, b, rtol=1e-5):
     la, lb = losses(a), losses(b)
     assert la.keys() == lb.keys()
+    assert sum(k[1] == "hellaswag_acc_norm" for k in la) >= 2
     for key in la:
         assert abs(la[key] - lb[key]) <= rtol * abs(la[key]), (key, la[key], lb[key])
     np.testing.assert_allclose(final_params(a), final_params(b), rtol=0, atol=1e-5)
