@@ -21,6 +21,9 @@ pytestmark = pytest.mark.skipif(not pyllmc.cuda_available(), reason="no CUDA GPU
 
 SMALL = pyllmc.Config(max_seq_len=64, vocab_size=512, num_layers=2, num_heads=4, channels=128)
 ODD = pyllmc.Config(max_seq_len=32, vocab_size=777, num_layers=2, num_heads=5, channels=80)
+# the widths of d36 and d48 (head size 64): the LayerNorm backward keeps its sums in shared memory
+D36_WIDTH = pyllmc.Config(max_seq_len=32, vocab_size=512, num_layers=2, num_heads=20, channels=1280)
+D48_WIDTH = pyllmc.Config(max_seq_len=32, vocab_size=512, num_layers=2, num_heads=25, channels=1600)
 NAMES = ["wte", "wpe", "ln1w", "ln1b", "qkvw", "qkvb", "attprojw", "attprojb", "ln2w", "ln2b",
          "fcw", "fcb", "fcprojw", "fcprojb", "lnfw", "lnfb"]
 
@@ -72,7 +75,8 @@ def pair(cfg, B, T, seed=1, **kw):
     return cpu, gpu
 
 
-@pytest.mark.parametrize("cfg,B,T", [(SMALL, 4, 64), (ODD, 3, 29)], ids=["small", "odd"])
+@pytest.mark.parametrize("cfg,B,T", [(SMALL, 4, 64), (ODD, 3, 29), (D36_WIDTH, 2, 32),
+                                   (D48_WIDTH, 2, 31)], ids=["small", "odd", "d36-width", "d48-width"])
 def test_forward_backward_match_cpu(cfg, B, T):
     cpu, gpu = pair(cfg, B, T)
     cfg = gpu.config

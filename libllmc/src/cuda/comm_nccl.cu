@@ -166,16 +166,25 @@ llmc_status nccl_create(nccl_ctx **out, const uint8_t id[128], int rank, int wor
     c->rank = rank;
     c->world = world;
     c->timeout_s = timeout_s;
-    *out = c;
     int device = 0;
-    CUDA_TRY(cudaGetDevice(&device));
-    CUDA_TRY(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
-    CUDA_TRY(cudaEventCreateWithFlags(&c->ready, cudaEventDisableTiming));
-    CUDA_TRY(cudaEventCreateWithFlags(&c->done, cudaEventDisableTiming));
+    cudaError_t e = cudaGetDevice(&device);
+    if (e == cudaSuccess) e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking);
+    if (e == cudaSuccess) e = cudaEventCreateWithFlags(&c->ready, cudaEventDisableTiming);
+    if (e == cudaSuccess) e = cudaEventCreateWithFlags(&c->done, cudaEventDisableTiming);
+    if (e != cudaSuccess) {
+        nccl_destroy(c);
+        return cuda_status(e, "NCCL stream and events", __FILE__, __LINE__);
+    }
+    *out = c;
     /* connect every peer now, inside the timeout, rather than at the first
      * collective, where a missing rank could not be timed out */
     setenv("NCCL_RUNTIME_CONNECT", "0", 0);
-    return init_with_timeout(c, id, device);
+    llmc_status st = init_with_timeout(c, id, device);
+    if (st != LLMC_OK) {  // no communicator: its error is the one to report
+        nccl_destroy(c);
+        *out = nullptr;
+    }
+    return st;
 }
 
 void nccl_destroy(nccl_ctx *c) {

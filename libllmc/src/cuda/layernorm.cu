@@ -84,16 +84,27 @@ void residual_layernorm_forward(bf16 *res_out, bf16 *out, float *mean, float *rs
 
 /* Each warp takes rows in a fixed stride. A lane owns channels
  * lane*8 + 256*j (+0..7) for j < K and keeps their running dw, db (and
- * column-sum) terms in registers, so the row loop touches no shared memory;
- * at the end the block adds its warps' sums in order into
+ * column-sum) terms in registers while they fit (K <= LN_REGISTER_K), else in
+ * its warp's slice of shared memory: at C = 1280 and 1600 the 3 x 8K
+ * accumulators beside the row's 4 x 8K inputs spilled, and the kernel took a
+ * third of a d48 micro-step. The same additions in the same order either way.
+ * At the end the block adds its warps' sums in order into
  * partial[blockIdx.x] (3C wide: dw | db | column sums of the new dinp). */
+#define LN_REGISTER_K 4
 template <int K>
 __global__ void __launch_bounds__(32 * ROWS_PER_BLOCK)
     layernorm_backward_kernel(bf16 *dinp, float *partial, const bf16 *dout, const bf16 *inp,
                               const bf16 *w, const float *mean, const float *rstd, int N, int C) {
     extern __shared__ float smem[];
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    float acc_w[K][8] = {}, acc_b[K][8] = {}, acc_s[K][8] = {};
+    constexpr bool in_registers = K <= LN_REGISTER_K;
+    constexpr int R = in_registers ? K : 1;
+    float acc_w[R][8] = {}, acc_b[R][8] = {}, acc_s[R][8] = {};
+    float *mine = smem + (size_t)warp * 3 * C;  // this warp's dw | db | column sums
+    if constexpr (!in_registers) {
+        for (int c = lane; c < 3 * C; c += 32) mine[c] = 0.0f;
+        __syncwarp();
+    }
     Vec16<bf16> wv[K];
 #pragma unroll
     for (int j = 0; j < K; j++)
@@ -122,8 +133,14 @@ __global__ void __launch_bounds__(32 * ROWS_PER_BLOCK)
                 const float dn = g * __bfloat162float(wv[j].v[k]);
                 sum_dn += dn;
                 sum_dn_xhat += dn * xhat;
-                acc_w[j][k] += g * xhat;
-                acc_b[j][k] += g;
+                if constexpr (in_registers) {
+                    acc_w[j][k] += g * xhat;
+                    acc_b[j][k] += g;
+                } else {
+                    const int c = lane * 8 + j * 256 + k;
+                    mine[c] += g * xhat;
+                    mine[C + c] += g;
+                }
             }
         }
         sum_dn = warp_sum(sum_dn) / C;
@@ -138,20 +155,22 @@ __global__ void __launch_bounds__(32 * ROWS_PER_BLOCK)
                 const float dn = __bfloat162float(dy[j].v[k]) * __bfloat162float(wv[j].v[k]);
                 const float dx = (dn - sum_dn - xhat * sum_dn_xhat) * rs;
                 d[j].v[k] = __float2bfloat16(__bfloat162float(d[j].v[k]) + dx);
-                acc_s[j][k] += __bfloat162float(d[j].v[k]);
+                if constexpr (in_registers) acc_s[j][k] += __bfloat162float(d[j].v[k]);
+                else mine[2 * C + c + k] += __bfloat162float(d[j].v[k]);
             }
             store16(dinp + off + c, d[j]);
         }
     }
-    float *mine = smem + (size_t)warp * 3 * C;
+    if constexpr (in_registers) {
 #pragma unroll
-    for (int j = 0; j < K; j++) {
-        const int c = lane * 8 + j * 256;
-        if (c >= C) continue;
-        for (int k = 0; k < 8; k++) {
-            mine[c + k] = acc_w[j][k];
-            mine[C + c + k] = acc_b[j][k];
-            mine[2 * C + c + k] = acc_s[j][k];
+        for (int j = 0; j < K; j++) {
+            const int c = lane * 8 + j * 256;
+            if (c >= C) continue;
+            for (int k = 0; k < 8; k++) {
+                mine[c + k] = acc_w[j][k];
+                mine[C + c + k] = acc_b[j][k];
+                mine[2 * C + c + k] = acc_s[j][k];
+            }
         }
     }
     __syncthreads();
