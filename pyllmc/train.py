@@ -50,6 +50,7 @@ FREE_ON_RESUME = ("print_every", "no_progress", "keep_last", "checkpoint_every",
 # settings of the launch itself, not of the run: left out of the check that
 # every rank got the same arguments
 LAUNCH_ARGS = ("nproc_per_node",)
+MPI_EXIT_GRACE_S = 3.0
 
 
 class TrainError(Exception):
@@ -707,6 +708,10 @@ def main(argv=None):
         where = f" (rank {me.rank} of {me.world_size})" if me.distributed else ""
         message = os_error_message(e) if isinstance(e, OSError) else str(e)
         print(f"error{where}: {message}", file=sys.stderr, flush=True)
+        if me.launcher == "mpi" and me.world_size > 1:
+            # mpirun stops every rank once one exits with an error: a moment's
+            # grace lets the others report an error they hit too
+            time.sleep(MPI_EXIT_GRACE_S)
         sys.exit(1)
 
 
