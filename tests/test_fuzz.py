@@ -17,6 +17,7 @@ import pytest
 
 import pyllmc
 from pyllmc import shards
+from test_hellaswag import write_eval_file
 
 REPO = Path(__file__).resolve().parent.parent
 SEED = 20261201
@@ -63,20 +64,6 @@ def mutate(base, rng, header_fields):
     return bytes(data)
 
 
-def eval_file(examples):
-    """llm.c's tokenized HellaSwag file (as tests/test_hellaswag.py writes it)."""
-    streams = []
-    for index, (context, endings, label) in enumerate(examples):
-        words = [65535, 0, index, label, len(endings), len(context), *context]
-        for ending in endings:
-            words += [len(ending), *ending]
-        words[1] = 2 * len(words)
-        streams.append(words)
-    header = np.zeros(256, dtype="<i4")
-    header[:4] = [20240522, 1, len(streams), max(s[1] for s in streams)]
-    return header.tobytes() + np.array([w for s in streams for w in s], dtype="<u2").tobytes()
-
-
 RECORD = {"ctx": "A man is sitting on a roof. He", "label": 3,
           "endings": ["is using wrap to wrap a pair of skis.", "is ripping level tiles off.",
                       "is holding a rubber ball.", "starts pulling up roofing on a roof."]}
@@ -116,6 +103,12 @@ def mutate_jsonl(rng):
     return bytes(data)
 
 
+def hellaswag_file(path):
+    """The bytes of a small llm.c HellaSwag .bin file."""
+    write_eval_file(path, [([1, 2, 3], [[4], [5, 6], [7], [8, 9, 10]], 2)] * 3)
+    return path.read_bytes()
+
+
 def special_files(folder, kind, count):
     """FIFOs, a directory and a device, named like the real files."""
     paths = []
@@ -150,7 +143,7 @@ def corpus(tmp_path_factory):
                   struct.pack("<8i", *WRAPPING_HEADER) + bytes(1024 - 32)],
         "optimizer": [(folder / "base_optim.bin").read_bytes()],
         "shard": [(folder / "base_shard.bin").read_bytes()],
-        "hellaswag_bin": [eval_file([([1, 2, 3], [[4], [5, 6], [7], [8, 9, 10]], 2)] * 3)],
+        "hellaswag_bin": [hellaswag_file(folder / "base_hellaswag.bin")],
     }
     files = []
     for kind, count in COUNTS.items():
