@@ -8,6 +8,8 @@ A rank learns its place from its launcher's environment:
                        PMI_RANK, PMI_SIZE, MPI_LOCALRANKID (MPICH)
     srun               SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID
     torchrun & co.     RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT
+                       (under torchrun itself, whose store holds MASTER_PORT, the
+                       rendezvous below uses MASTER_PORT + 1)
 
 On CUDA the ranks then need one NCCL unique id. Under mpirun the library
 hands it out over MPI; otherwise rank 0 makes it and the others fetch it
@@ -84,9 +86,10 @@ def from_environment(env=None):
         if size < 1 or not 0 <= rank < size:
             raise DistributedError(f"{rank_var}={rank} and {size_var}={size}: expected "
                                    f"0 <= rank < size")
-        port = env.get("MASTER_PORT", "0")
-        return Rank(rank, size, local, launcher, env.get("MASTER_ADDR", ""),
-                    int(port) if port.isdigit() else 0)
+        port = int(env["MASTER_PORT"]) if env.get("MASTER_PORT", "").isdigit() else 0
+        if port and "TORCHELASTIC_RUN_ID" in env:
+            port += 1  # torchrun's own store listens on MASTER_PORT
+        return Rank(rank, size, local, launcher, env.get("MASTER_ADDR", ""), port)
     return Rank()
 
 

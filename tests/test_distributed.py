@@ -329,6 +329,9 @@ def test_launcher_environments():
     env = distributed.from_environment({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1",
                                         "MASTER_ADDR": "node0", "MASTER_PORT": "29500"})
     assert (env.rank, env.master_addr, env.master_port, env.launcher) == (1, "node0", 29500, "env")
+    torchrun = distributed.from_environment({"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "n0",
+                                             "MASTER_PORT": "29500", "TORCHELASTIC_RUN_ID": "x"})
+    assert torchrun.master_port == 29501  # torchrun's own store holds 29500
     with pytest.raises(distributed.DistributedError, match="RANK=2 and WORLD_SIZE=2"):
         distributed.from_environment({"RANK": "2", "WORLD_SIZE": "2"})
 
