@@ -707,6 +707,7 @@ def main(argv=None):
             pyllmc.LibraryError, OSError) as e:
         where = f" (rank {me.rank} of {me.world_size})" if me.distributed else ""
         message = os_error_message(e) if isinstance(e, OSError) else str(e)
+        message = message.removeprefix(f"rank {me.rank} of {me.world_size}: ")  # said once
         print(f"error{where}: {message}", file=sys.stderr, flush=True)
         if me.launcher == "mpi" and me.world_size > 1:
             # mpirun stops every rank once one exits with an error: a moment's
