@@ -33,6 +33,8 @@ import sys
 import threading
 import time
 
+from .files import write_atomic
+
 
 class DistributedError(Exception):
     """A rank cannot join the run; the message names the address or value."""
@@ -251,12 +253,10 @@ def file_rendezvous(me, folder, settings_digest, payload_fn, timeout):
     path = os.path.join(folder, "rendezvous.json")
     if me.rank == 0:
         os.makedirs(folder, exist_ok=True)
-        tmp = f"{path}.tmp.{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump({"world_size": me.world_size, "digest": settings_digest,
-                       "payload": payload_fn()}, f)
-        os.replace(tmp, path)
-        return json.load(open(path))["payload"]
+        payload = payload_fn()
+        write_atomic(path, [json.dumps({"world_size": me.world_size, "digest": settings_digest,
+                                        "payload": payload}).encode()])
+        return payload
     deadline = time.monotonic() + timeout
     while True:
         try:

@@ -194,7 +194,6 @@ static llmc_status check_options(llmc_options *o, const llmc_config *c) {
     return LLMC_OK;
 }
 
-/* A model with its memory allocated and its parameters not yet set. */
 static void model_destroy(llmc_model *m) {
     if (m->impl) m->backend->destroy(m);
     pthread_mutex_destroy(&m->lock);
@@ -393,6 +392,8 @@ static llmc_status check_adamw(const llmc_adamw *hp) {
     return LLMC_OK;
 }
 
+static llmc_status allreduce_locked(llmc_model *m, double *values, size_t n, llmc_reduce_op op);
+
 static llmc_status backward_locked(llmc_model *m, const int32_t *inputs, const int32_t *targets,
                           int micro_steps, int B, int T, float *loss_out) {
     size_t counted = 0;
@@ -401,16 +402,12 @@ static llmc_status backward_locked(llmc_model *m, const int32_t *inputs, const i
      * scales its gradients by the global count before they are summed */
     double total[2] = {(double)counted, 0.0};
     if ((st = llmc_agree(m, st)) != LLMC_OK) return st;
-    if (m->options.world_size >= 1 &&
-        (st = m->backend->allreduce(m, total, 1, LLMC_REDUCE_SUM)) != LLMC_OK)
-        return st;
+    if ((st = allreduce_locked(m, total, 1, LLMC_REDUCE_SUM)) != LLMC_OK) return st;
     m->has_grads = 0;
     st = m->backend->backward(m, inputs, targets, micro_steps, B, T, (float)(1.0 / total[0]),
                               &total[1]);
     if (st != LLMC_OK) return st;
-    if (m->options.world_size >= 1 &&
-        (st = m->backend->allreduce(m, &total[1], 1, LLMC_REDUCE_SUM)) != LLMC_OK)
-        return st;
+    if ((st = allreduce_locked(m, &total[1], 1, LLMC_REDUCE_SUM)) != LLMC_OK) return st;
     m->has_grads = 1;
     if (loss_out) *loss_out = (float)(total[1] / total[0]);
     return LLMC_OK;
@@ -536,16 +533,20 @@ static llmc_status save_locked(llmc_model *m, const char *path, llmc_dtype dtype
     return llmc_agree(m, st);
 }
 
+/* Whole AdamW moments on rank 0 (and in a one-process model); NULL elsewhere. */
+static llmc_status root_moments(const llmc_model *m, float **mom1, float **mom2) {
+    *mom1 = *mom2 = NULL;
+    if (!is_root(m)) return LLMC_OK;
+    *mom1 = host_floats(m->num_params);
+    *mom2 = *mom1 ? host_floats(m->num_params) : NULL;
+    return *mom2 ? LLMC_OK : LLMC_ERR_OUT_OF_MEMORY;
+}
+
 static llmc_status save_optimizer_locked(llmc_model *m, const char *path) {
     if (path == NULL) return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "llmc_save_optimizer: path is NULL");
-    float *mom1 = NULL, *mom2 = NULL;
-    llmc_status st = LLMC_OK;
-    if (is_root(m)) {
-        mom1 = host_floats(m->num_params);
-        mom2 = mom1 ? host_floats(m->num_params) : NULL;
-        if (mom2 == NULL) st = LLMC_ERR_OUT_OF_MEMORY;
-    }
-    if ((st = llmc_agree(m, st)) == LLMC_OK) st = m->backend->get_opt_state(m, mom1, mom2);
+    float *mom1, *mom2;
+    llmc_status st = llmc_agree(m, root_moments(m, &mom1, &mom2));
+    if (st == LLMC_OK) st = m->backend->get_opt_state(m, mom1, mom2);
     if (st == LLMC_OK && is_root(m))
         st = llmc_write_optimizer_file(path, &m->config, m->step, mom1, mom2, m->num_params);
     free(mom1);
@@ -555,20 +556,16 @@ static llmc_status save_optimizer_locked(llmc_model *m, const char *path) {
 
 static llmc_status load_optimizer_locked(llmc_model *m, const char *path) {
     if (path == NULL) return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "llmc_load_optimizer: path is NULL");
-    float *mom1 = NULL, *mom2 = NULL;
+    float *mom1, *mom2;
     double step = 0.0; /* rank 0 reads the file; the others learn its step count */
-    llmc_status st = LLMC_OK;
-    if (is_root(m)) {
+    llmc_status st = root_moments(m, &mom1, &mom2);
+    if (st == LLMC_OK && is_root(m)) {
         int64_t file_step = 0;
-        mom1 = host_floats(m->num_params);
-        mom2 = mom1 ? host_floats(m->num_params) : NULL;
-        st = mom2 ? llmc_read_optimizer_file(path, &m->config, m->num_params, &file_step, mom1, mom2)
-                  : LLMC_ERR_OUT_OF_MEMORY;
+        st = llmc_read_optimizer_file(path, &m->config, m->num_params, &file_step, mom1, mom2);
         step = (double)file_step;
     }
     st = llmc_agree(m, st);
-    if (st == LLMC_OK && m->options.world_size >= 1)
-        st = m->backend->allreduce(m, &step, 1, LLMC_REDUCE_SUM);
+    if (st == LLMC_OK) st = allreduce_locked(m, &step, 1, LLMC_REDUCE_SUM);
     if (st == LLMC_OK) {
         int64_t old_step = m->step;
         m->step = (int64_t)step;

@@ -353,38 +353,34 @@ static llmc_status cpu_get_grads(llmc_model *m, float *out) {
     return LLMC_OK;
 }
 
+/* Rank 0's buffer of world_size whole shards, for a scatter or a gather
+ * (NULL elsewhere); every rank learns whether rank 0 got it. */
+static llmc_status root_shards_buffer(llmc_model *m, float **whole) {
+    const int root = m->options.rank == 0;
+    *whole = root ? calloc(shard_floats(m) * m->options.world_size, sizeof(float)) : NULL;
+    return llmc_agree(m, root && !*whole ? llmc_error(LLMC_ERR_OUT_OF_MEMORY, "out of host memory")
+                                        : LLMC_OK);
+}
+
 /* Rank 0's moments (NULL elsewhere) to every rank: whole, or its shard. */
 static llmc_status cpu_set_opt_state(llmc_model *m, const float *mom1, const float *mom2) {
     cpu_state *s = enter(m);
     llmc_status st = ensure_moments(m);
-    if (!distributed(m) || st != LLMC_OK) {
-        if (st == LLMC_OK) {
-            memcpy(s->mom1, mom1, m->num_params * sizeof(float));
-            memcpy(s->mom2, mom2, m->num_params * sizeof(float));
-        }
-        return st;
-    }
-    const llmc_mpi_api *mpi = llmc_mpi();
-    const int root = m->options.rank == 0;
-    if (!sharded(m)) {
-        if (root) {
-            memcpy(s->mom1, mom1, m->num_params * sizeof(float));
-            memcpy(s->mom2, mom2, m->num_params * sizeof(float));
-        }
-        if ((st = mpi->bcast(s->mom1, m->num_params * sizeof(float), 0)) != LLMC_OK) return st;
-        return mpi->bcast(s->mom2, m->num_params * sizeof(float), 0);
-    }
-    /* the scatter reads whole shards: rank 0 pads a copy */
-    const size_t shard = shard_floats(m), padded_n = shard * m->options.world_size;
-    float *whole = root ? calloc(padded_n, sizeof(float)) : NULL;
-    if ((st = llmc_agree(m, root && !whole ? llmc_error(LLMC_ERR_OUT_OF_MEMORY, "out of host memory")
-                                          : LLMC_OK)) != LLMC_OK)
-        return st;
+    if (st != LLMC_OK) return st;
     const float *src[2] = {mom1, mom2};
     float *dst[2] = {s->mom1, s->mom2};
+    if (!sharded(m)) {
+        for (int k = 0; k < 2 && st == LLMC_OK; k++) {
+            if (src[k]) memcpy(dst[k], src[k], m->num_params * sizeof(float));
+            if (distributed(m)) st = llmc_mpi()->bcast(dst[k], m->num_params * sizeof(float), 0);
+        }
+        return st;
+    }
+    float *whole; /* the scatter reads whole shards: rank 0 pads a copy */
+    if ((st = root_shards_buffer(m, &whole)) != LLMC_OK) return st;
     for (int k = 0; k < 2 && st == LLMC_OK; k++) {
-        if (root) memcpy(whole, src[k], m->num_params * sizeof(float));
-        st = mpi->scatter(whole, dst[k], shard, 0);
+        if (whole) memcpy(whole, src[k], m->num_params * sizeof(float));
+        st = llmc_mpi()->scatter(whole, dst[k], shard_floats(m), 0);
     }
     free(whole);
     return st;
@@ -402,18 +398,13 @@ static llmc_status cpu_get_opt_state(llmc_model *m, float *mom1, float *mom2) {
         }
         return LLMC_OK;
     }
-    llmc_status st = ensure_moments(m); /* zero before the first update */
-    const int root = m->options.rank == 0;
-    const size_t shard = shard_floats(m), padded_n = shard * m->options.world_size;
-    float *whole = root ? malloc(padded_n * sizeof(float)) : NULL;
-    if (st == LLMC_OK && root && !whole) st = llmc_error(LLMC_ERR_OUT_OF_MEMORY, "out of host memory");
-    if ((st = llmc_agree(m, st)) != LLMC_OK) {
-        free(whole);
-        return st;
-    }
+    float *whole;
+    llmc_status st = llmc_agree(m, ensure_moments(m)); /* zero before the first update */
+    if (st == LLMC_OK) st = root_shards_buffer(m, &whole);
+    if (st != LLMC_OK) return st;
     for (int k = 0; k < 2 && st == LLMC_OK; k++) {
-        st = llmc_mpi()->gather(k ? s->mom2 : s->mom1, whole, shard, 0);
-        if (st == LLMC_OK && root) memcpy(out[k], whole, m->num_params * sizeof(float));
+        st = llmc_mpi()->gather(k ? s->mom2 : s->mom1, whole, shard_floats(m), 0);
+        if (st == LLMC_OK && whole) memcpy(out[k], whole, m->num_params * sizeof(float));
     }
     free(whole);
     return st;

@@ -189,7 +189,7 @@ llmc_status nccl_create(nccl_ctx **out, const uint8_t id[128], int rank, int wor
 
 void nccl_destroy(nccl_ctx *c) {
     if (!c) return;
-    if (c->comm) (c->aborted ? (void)0 : (void)nccl.CommDestroy(c->comm));
+    if (c->comm && !c->aborted) nccl.CommDestroy(c->comm);
     if (c->scratch) cudaFree(c->scratch);
     if (c->ready) cudaEventDestroy(c->ready);
     if (c->done) cudaEventDestroy(c->done);
