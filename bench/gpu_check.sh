@@ -5,12 +5,15 @@
 #     full (default): tests, HellaSwag timing, every benchmark
 #     quick: tests and the two d12 benchmarks
 #     profile: tests and a kernel-time profile of d12 (bench/gpu_profile.py)
+#     peers: tests, then llmc against llm.c at d12, d24, d36 and d48 in this call
+#            (bench/peer_bench.py; PEER_ARGS adds its flags, e.g. --torch)
 #     dist: tests, one-GPU runs of the trainer's distributed launch paths
 #           (--nproc-per-node 1 with its TCP rendezvous, mpirun -np 1), and
 #           d12 with and without the NCCL path (world size 1), alternated
 # Needs, carried beside the tree when the machine has no network:
 #   .carry/cudnn-frontend/include  the cudnn-frontend headers (pip nvidia-cudnn-frontend)
 #   .carry/whl/*.whl               wheels the machine lacks (scipy-openblas32)
+#   .carry/peers                   peers mode: a copy of ../shared/peers (llm.c and its build script)
 # Logs go to $OUT (or /tmp/gpu_check).
 set -o pipefail
 cd "$(dirname "$0")/.."
@@ -26,7 +29,12 @@ if ls .carry/whl/*.whl >/dev/null 2>&1; then
 fi
 # the bench scripts import pyllmc from this tree (make's editable install may not have run)
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+MODE=${1:-full}
 start=$(date +%s)
+if [ "$MODE" = peers ]; then  # llm.c builds beside llmc
+    bash .carry/peers/llm.c.sh build > "$OUT/llm.c-build.log" 2>&1 &
+    peer_build=$!
+fi
 make -j"$(nproc)" lib "${DEPS_ARG[@]}" > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
 grep -E "^CUDA backend" "$OUT/build.log"
 echo "build: $(( $(date +%s) - start )) s"
@@ -34,7 +42,6 @@ echo "build: $(( $(date +%s) - start )) s"
 python3 -m pytest -q -rs tests/test_cuda.py -s 2>&1 | tee "$OUT/tests.log" | grep -vE "^\s*$" | tail -25
 tests_rc=$?
 
-MODE=${1:-full}
 if [ "$MODE" = full ]; then
     if [ -f bench/hellaswag_bench.py ]; then
         timeout 150 python3 bench/hellaswag_bench.py --preset d12 --device cuda 2>&1 | tail -8 | tee "$OUT/hellaswag.log"
@@ -43,6 +50,11 @@ if [ "$MODE" = full ]; then
 elif [ "$MODE" = quick ]; then
     python3 bench/gpu_bench.py --run d12,64,1024,8,0 --run d12,64,1024,8,1 --steps 5 \
         --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
+fi
+if [ "$MODE" = peers ]; then
+    wait $peer_build || { tail -20 "$OUT/llm.c-build.log"; exit 1; }
+    echo "llm.c built: $(( $(date +%s) - start )) s"
+    python3 -m bench.peer_bench --json "$OUT/peers.json" $PEER_ARGS 2>&1 | tee "$OUT/peers.log"
 fi
 if [ "$MODE" = dist ]; then
     export NCCL_NVLS_ENABLE=0 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1

@@ -20,7 +20,7 @@ import torch
 
 from tests.torch_gpt2 import GPT, GPTConfig, init_gpt2_
 
-PRESETS = {"d12": (12, 12, 768), "d24": (24, 16, 1024)}
+PRESETS = {"d12": (12, 12, 768), "d24": (24, 16, 1024), "d36": (36, 20, 1280), "d48": (48, 25, 1600)}
 
 
 def main():

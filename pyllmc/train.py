@@ -43,7 +43,7 @@ PEAK_TFLOPS = [("H100 PCIe", 756.0), ("H100", 989.4), ("H200", 989.4), ("A100", 
 # schedule, ...) must stay as it was, but --steps may grow (see restore_settings).
 FREE_ON_RESUME = ("print_every", "no_progress", "keep_last", "checkpoint_every", "val_every",
                   "val_steps", "sample_every", "sample_length", "hellaswag_every",
-                  "hellaswag_data", "hellaswag_limit", "num_threads", "peak_tflops",
+                  "hellaswag_data", "hellaswag_limit", "num_threads", "peak_tflops", "recompute",
                   # how the ranks are laid out: a checkpoint resumes on any number of them
                   "zero", "nproc_per_node", "rendezvous", "rendezvous_path", "rendezvous_timeout",
                   "comm_timeout")
@@ -156,8 +156,11 @@ def build_parser():
     g.add_argument("--device", default="cpu", help="cpu or cuda")
     g.add_argument("--seed", type=int, default=42, help="weight init and data order")
     g.add_argument("--num-threads", type=int, default=0, help="CPU threads (0: all cores)")
-    g.add_argument("--recompute", type=int, default=0, choices=[0, 1, 2],
-                   help="CUDA activation recompute: 0 none, 1 GELU, 2 GELU and LayerNorm")
+    g.add_argument("--recompute", type=int, choices=[0, 1, 2],
+                   help="CUDA activation recompute: 0 none, 1 GELU, 2 GELU and LayerNorm. "
+                   "Default by width, the fastest setting within llm.c's memory at its batch "
+                   "sizes (H200, bench/peer_bench.py): 0 up to 768 channels (d12), 1 up to 1280 "
+                   "(d24, d36), 2 above (d48); each level costs ~1%% in speed")
     g.add_argument("--peak-tflops", type=float,
                    help="the device's peak TFLOP/s for MFU (default: known GPUs only)")
     g = p.add_argument_group(
@@ -280,31 +283,38 @@ def open_model(args, team, resume_file=None):
     """The model, fresh or from a file; in a data-parallel run every rank
     makes this call together (team.join first meets the other ranks)."""
     import pyllmc
-    plan = dict(device=args.device, max_batch_size=args.batch_size, max_seq_len=args.seq_len,
-                seed=args.seed, num_threads=args.num_threads, recompute=args.recompute)
     me = team.join(args)
-    if me.distributed:
-        plan.update(rank=me.rank, world_size=me.world_size, zero_stage=args.zero,
-                    nccl_id=team.nccl_id, comm_timeout_s=args.comm_timeout,
-                    device_index=me.local_rank if args.device == "cuda" else 0)
     path = resume_file or (args.model if args.model and args.model not in PRESETS else None)
     if path and not os.path.exists(path):
         raise TrainError(f"--model {path}: neither a preset ({', '.join(PRESETS)}) nor a model file")
     if path:
-        max_len = pyllmc.Config.from_file(path).max_seq_len
-        if args.seq_len > max_len:
-            raise TrainError(f"-T {args.seq_len} is longer than the {max_len} positions of the "
-                             f"model in {path}")
-        return pyllmc.Model.load(path, **plan)
-    if args.model:
+        config = pyllmc.Config.from_file(path)
+    elif args.model:
         config = pyllmc.Config.preset(args.model)
     else:
         config = pyllmc.Config(max_seq_len=args.max_seq_len, num_layers=args.num_layers,
                                num_heads=args.num_heads, channels=args.channels)
     if args.seq_len > config.max_seq_len:
-        raise TrainError(f"-T {args.seq_len} is longer than the model's {config.max_seq_len} "
-                         "positions (--max-seq-len)")
+        model = f"the model in {path}" if path else "the model (--max-seq-len)"
+        raise TrainError(f"-T {args.seq_len} is longer than the {config.max_seq_len} positions of "
+                         f"{model}")
+    recompute = args.recompute if args.recompute is not None else default_recompute(config)
+    plan = dict(device=args.device, max_batch_size=args.batch_size, max_seq_len=args.seq_len,
+                seed=args.seed, num_threads=args.num_threads, recompute=recompute)
+    if me.distributed:
+        plan.update(rank=me.rank, world_size=me.world_size, zero_stage=args.zero,
+                    nccl_id=team.nccl_id, comm_timeout_s=args.comm_timeout,
+                    device_index=me.local_rank if args.device == "cuda" else 0)
+    if path:
+        return pyllmc.Model.load(path, **plan)
     return pyllmc.Model.from_config(config, **plan)
+
+
+def default_recompute(config):
+    """--recompute's default: the least recompute that kept llmc within llm.c's
+    GPU memory at each GPT-2 size (d12 B=64, d24 and d36 B=32, d48 B=16;
+    BENCHMARKS.md), chosen by width since that is what sets the sizes apart."""
+    return 0 if config.channels <= 768 else 1 if config.channels <= 1280 else 2
 
 
 PRESETS = ("d12", "d24", "d36", "d48")

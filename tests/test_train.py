@@ -211,7 +211,7 @@ def test_clear_errors(tmp_path, env):
     cases = [
         (["--train-data", short], "too little data for one batch of B=4 x T=32"),
         (["--train-data", tmp_path / "nothing_*.bin"], "no shard files match"),
-        (["-T", 128], "-T 128 is longer than the model's 64 positions"),
+        (["-T", 128], "-T 128 is longer than the 64 positions of the model (--max-seq-len)"),
         (["--out-dir", a_file / "sub"], f"output folder {a_file / 'sub'} is not writable"),
         (["--total-batch-size", 100], "--total-batch-size 100 is not a multiple of B*T = 4*32"),
         (["--model", tmp_path / "missing.bin"], "missing.bin"),

@@ -88,8 +88,11 @@ void residual_layernorm_forward(bf16 *res_out, bf16 *out, float *mean, float *rs
  * its warp's slice of shared memory: at C = 1280 and 1600 the 3 x 8K
  * accumulators beside the row's 4 x 8K inputs spilled, and the kernel took a
  * third of a d48 micro-step. The same additions in the same order either way.
- * At the end the block adds its warps' sums in order into
- * partial[blockIdx.x] (3C wide: dw | db | column sums of the new dinp). */
+ * A warp's slice holds term (j, k) of lane l at (j*8 + k)*32 + l, so that the
+ * 32 lanes of one access hit 32 different banks (by channel, lanes 8 floats
+ * apart would share 4 banks: 8-way conflicts on every add). At the end the
+ * block adds its warps' sums in order into partial[blockIdx.x] (3C wide:
+ * dw | db | column sums of the new dinp). */
 #define LN_REGISTER_K 4
 template <int K>
 __global__ void __launch_bounds__(32 * ROWS_PER_BLOCK)
@@ -98,12 +101,13 @@ __global__ void __launch_bounds__(32 * ROWS_PER_BLOCK)
     extern __shared__ float smem[];
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     constexpr bool in_registers = K <= LN_REGISTER_K;
-    constexpr int R = in_registers ? K : 1;
+    constexpr int R = in_registers ? K : 1, KC = K * 256;
     float acc_w[R][8] = {}, acc_b[R][8] = {}, acc_s[R][8] = {};
-    float *mine = smem + (size_t)warp * 3 * C;  // this warp's dw | db | column sums
+    /* this warp's dw | db | column sums, KC slots each; term (j, k) of this lane */
+    float *mine = smem + (size_t)warp * 3 * KC + lane;
+#define SLOT(j, k) (((j) * 8 + (k)) * 32)
     if constexpr (!in_registers) {
-        for (int c = lane; c < 3 * C; c += 32) mine[c] = 0.0f;
-        __syncwarp();
+        for (int i = 0; i < 3 * KC; i += 32) mine[i] = 0.0f;
     }
     Vec16<bf16> wv[K];
 #pragma unroll
@@ -137,9 +141,8 @@ __global__ void __launch_bounds__(32 * ROWS_PER_BLOCK)
                     acc_w[j][k] += g * xhat;
                     acc_b[j][k] += g;
                 } else {
-                    const int c = lane * 8 + j * 256 + k;
-                    mine[c] += g * xhat;
-                    mine[C + c] += g;
+                    mine[SLOT(j, k)] += g * xhat;
+                    mine[KC + SLOT(j, k)] += g;
                 }
             }
         }
@@ -156,7 +159,7 @@ __global__ void __launch_bounds__(32 * ROWS_PER_BLOCK)
                 const float dx = (dn - sum_dn - xhat * sum_dn_xhat) * rs;
                 d[j].v[k] = __float2bfloat16(__bfloat162float(d[j].v[k]) + dx);
                 if constexpr (in_registers) acc_s[j][k] += __bfloat162float(d[j].v[k]);
-                else mine[2 * C + c + k] += __bfloat162float(d[j].v[k]);
+                else mine[2 * KC + SLOT(j, k)] += __bfloat162float(d[j].v[k]);
             }
             store16(dinp + off + c, d[j]);
         }
@@ -164,20 +167,23 @@ __global__ void __launch_bounds__(32 * ROWS_PER_BLOCK)
     if constexpr (in_registers) {
 #pragma unroll
         for (int j = 0; j < K; j++) {
-            const int c = lane * 8 + j * 256;
-            if (c >= C) continue;
             for (int k = 0; k < 8; k++) {
-                mine[c + k] = acc_w[j][k];
-                mine[C + c + k] = acc_b[j][k];
-                mine[2 * C + c + k] = acc_s[j][k];
+                mine[SLOT(j, k)] = acc_w[j][k];
+                mine[KC + SLOT(j, k)] = acc_b[j][k];
+                mine[2 * KC + SLOT(j, k)] = acc_s[j][k];
             }
         }
     }
+#undef SLOT
     __syncthreads();
-    for (int c = threadIdx.x; c < 3 * C; c += blockDim.x) {
+    /* slot i of each third -> channel lane*8 + j*256 + k; slots past C are padding */
+    for (int i = threadIdx.x; i < 3 * KC; i += blockDim.x) {
+        const int part = i / KC, r = i % KC, j = r / 256, k = r % 256 / 32, l = r % 32;
+        const int c = l * 8 + j * 256 + k;
+        if (c >= C) continue;
         float s = 0.0f;
-        for (int k = 0; k < ROWS_PER_BLOCK; k++) s += smem[(size_t)k * 3 * C + c];
-        partial[(size_t)blockIdx.x * 3 * C + c] = s;
+        for (int w = 0; w < ROWS_PER_BLOCK; w++) s += smem[(size_t)w * 3 * KC + i];
+        partial[(size_t)blockIdx.x * 3 * C + part * C + c] = s;
     }
 }
 
@@ -188,12 +194,11 @@ template <int K>
 int launch_layernorm_backward(bf16 *dinp, float *partial, const bf16 *dout, const bf16 *inp,
                               const bf16 *w, const float *mean, const float *rstd, int N, int C,
                               cudaStream_t s) {
-    const size_t smem = (size_t)ROWS_PER_BLOCK * 3 * C * sizeof(float);
+    const int smem = ROWS_PER_BLOCK * 3 * 256 * K * (int)sizeof(float);
     static int blocks = 0, blocks_C = 0;
     if (C != blocks_C) {
-        const int smem_max = ROWS_PER_BLOCK * 3 * 256 * K * (int)sizeof(float);
         cudaFuncSetAttribute(layernorm_backward_kernel<K>,
-                             cudaFuncAttributeMaxDynamicSharedMemorySize, smem_max);
+                             cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
         int device = 0, sms = 0, per_sm = 0;
         cudaGetDevice(&device);
         cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
