@@ -269,6 +269,13 @@ def test_schedules():
         lr(5, "step")
 
 
+def test_recompute_default_by_size():
+    from pyllmc.train import default_recompute
+    chosen = {name: default_recompute(pyllmc.Config.preset(name)) for name in ("d12", "d24", "d36", "d48")}
+    assert chosen == {"d12": 0, "d24": 1, "d36": 1, "d48": 2}
+    assert build_parser().parse_args([]).recompute is None  # None: chosen by size when the model opens
+
+
 def test_plot(tmp_path, monkeypatch):
     from pyllmc import plot
     with open(tmp_path / "main.jsonl", "w") as f:

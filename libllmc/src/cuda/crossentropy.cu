@@ -8,7 +8,6 @@
 #include "kernels.cuh"
 
 #define CE_THREADS 512
-#define CE_UNROLL 4
 
 /* Running softmax normalizer: sum of exp(x - max). */
 struct MaxSum {
@@ -35,30 +34,17 @@ __global__ void __launch_bounds__(CE_THREADS)
         if (threadIdx.x == 0) losses[row] = 0.0f;
         return;
     }
-    /* CE_UNROLL 16-byte loads in flight per thread (the kernel is bound by
-     * memory latency), and one running-normalizer update per 8*CE_UNROLL
-     * values rather than per 8: each update costs two more exponentials. */
     MaxSum ms = {-CUDART_INF_F, 0.0f};
-    for (int c0 = threadIdx.x * 8; c0 < V; c0 += CE_THREADS * 8 * CE_UNROLL) {
-        Vec16<bf16> v[CE_UNROLL];
-#pragma unroll
-        for (int u = 0; u < CE_UNROLL; u++) {
-            const int c = c0 + u * CE_THREADS * 8;
-            if (c < V) v[u] = load16(x + c);
+    for (int c = threadIdx.x * 8; c < V; c += CE_THREADS * 8) {
+        Vec16<bf16> v = load16(x + c);
+        float vals[8], m = -CUDART_INF_F;
+        for (int k = 0; k < 8; k++) {
+            vals[k] = c + k < V ? __bfloat162float(v.v[k]) : -CUDART_INF_F;
+            m = fmaxf(m, vals[k]);
         }
-        float m = -CUDART_INF_F;
-#pragma unroll
-        for (int u = 0; u < CE_UNROLL; u++)
-#pragma unroll
-            for (int k = 0; k < 8; k++)
-                if (c0 + u * CE_THREADS * 8 + k < V) m = fmaxf(m, __bfloat162float(v[u].v[k]));
-        float sum = 0.0f;
-#pragma unroll
-        for (int u = 0; u < CE_UNROLL; u++)
-#pragma unroll
-            for (int k = 0; k < 8; k++)
-                if (c0 + u * CE_THREADS * 8 + k < V) sum += __expf(__bfloat162float(v[u].v[k]) - m);
-        ms = combine(ms, {m, sum});
+        float s = 0.0f;
+        for (int k = 0; k < 8; k++) s += __expf(vals[k] - m);
+        ms = combine(ms, {m, s});
     }
     for (int o = 16; o > 0; o >>= 1) {
         MaxSum other = {__shfl_xor_sync(0xFFFFFFFFu, ms.max, o),
@@ -75,30 +61,18 @@ __global__ void __launch_bounds__(CE_THREADS)
     if (!write_grad) return;
     __syncthreads();  // everyone has read x[target] before it is overwritten
     const float inv_sum = 1.0f / ms.sum;
-    for (int c0 = threadIdx.x * 8; c0 < Vp; c0 += CE_THREADS * 8 * CE_UNROLL) {
-        Vec16<bf16> v[CE_UNROLL];
-#pragma unroll
-        for (int u = 0; u < CE_UNROLL; u++) {
-            const int c = c0 + u * CE_THREADS * 8;
-            if (c < Vp) v[u] = load16(x + c);
-        }
-#pragma unroll
-        for (int u = 0; u < CE_UNROLL; u++) {
-            const int c = c0 + u * CE_THREADS * 8;
-            if (c >= Vp) continue;
-            Vec16<bf16> g;
-#pragma unroll
-            for (int k = 0; k < 8; k++) {
-                const int j = c + k;
-                float d = 0.0f;
-                if (j < V) {
-                    const float p = __expf(__bfloat162float(v[u].v[k]) - ms.max) * inv_sum;
-                    d = (p - (j == target ? 1.0f : 0.0f)) * dloss;
-                }
-                g.v[k] = __float2bfloat16(d);
+    for (int c = threadIdx.x * 8; c < Vp; c += CE_THREADS * 8) {
+        Vec16<bf16> v = load16(x + c), g;
+        for (int k = 0; k < 8; k++) {
+            const int j = c + k;
+            float d = 0.0f;
+            if (j < V) {
+                const float p = __expf(__bfloat162float(v.v[k]) - ms.max) * inv_sum;
+                d = (p - (j == target ? 1.0f : 0.0f)) * dloss;
             }
-            store16(x + c, g);
+            g.v[k] = __float2bfloat16(d);
         }
+        store16(x + c, g);
     }
 }
 
