@@ -29,9 +29,6 @@ import pyllmc
 
 DEFAULT_RUNS = ["d12,64,1024,8,0", "d12,64,1024,8,1", "d12,64,1024,8,2", "d24,32,1024,16,1"]
 PEAK_FLOPS = 988.8e12
-# llm.c on the same H100 (../shared/GPU.md): ms/step, peak GB
-LLMC = {"d12": (1064, 29.6, "llm.c -r 0 -ge 2 (its fastest)"),
-        "d24": (2804, 28.3, "llm.c d24 B=32")}
 
 
 def gpu_memory_used_mb():
@@ -109,12 +106,10 @@ def main():
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     print(f"\n{'run (preset,B,T,micro,recompute)':34} {'ms/step':>8} {'tok/s':>9} {'MFU':>6} "
-          f"{'lib GB':>7} {'proc GB':>8}  vs llm.c")
+          f"{'lib GB':>7} {'proc GB':>8}   (llm.c in the same call: bench/peer_bench.py)")
     for r in results:
-        ref = LLMC.get(r["preset"])
-        vs = f"{ref[0] / r['ms_per_step']:.2f}x of {ref[0]} ms ({ref[2]})" if ref else ""
         print(f"{r['run']:34} {r['ms_per_step']:8.1f} {r['tokens_per_s'] / 1e3:8.1f}k "
-              f"{100 * r['mfu']:5.1f}% {r['library_gb']:7.2f} {r['process_gb']:8.2f}  {vs}")
+              f"{100 * r['mfu']:5.1f}% {r['library_gb']:7.2f} {r['process_gb']:8.2f}")
 
 
 if __name__ == "__main__":
