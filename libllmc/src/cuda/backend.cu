@@ -24,6 +24,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <exception>
 #include <new>
 #include <vector>
 
@@ -242,13 +243,33 @@ llmc_status plan(llmc_model *m, cuda_state *g) {
     return LLMC_OK;
 }
 
+/* No C++ exception may cross into api.c's C: a container's std::bad_alloc,
+ * or std::system_error from the thread that joins NCCL, becomes a status.
+ * Every entry point of the table at the end that can allocate goes through it. */
+template <auto F>
+struct guarded;
+template <class... A, llmc_status (*F)(A...)>
+struct guarded<F> {
+    static llmc_status call(A... a) noexcept {
+        try {
+            return F(a...);
+        } catch (const std::bad_alloc &) {
+            return llmc_error(LLMC_ERR_OUT_OF_MEMORY, "CUDA backend: out of host memory");
+        } catch (const std::exception &e) {
+            return llmc_error(LLMC_ERR_DEVICE, "CUDA backend: %s", e.what());
+        } catch (...) {
+            return llmc_error(LLMC_ERR_DEVICE, "CUDA backend: unexpected C++ exception");
+        }
+    }
+};
+
 llmc_status cuda_create(llmc_model *m) {
     m->impl = nullptr;
     TRY(set_device(m));
     cuda_state *g = new (std::nothrow) cuda_state;
     if (!g) return llmc_error(LLMC_ERR_OUT_OF_MEMORY, "out of host memory");
     m->impl = g;  // for llmc_agree's all-reduce
-    llmc_status st = plan(m, g);
+    llmc_status st = guarded<plan>::call(m, g);  // here, so that a throw still frees g
     if (g->comm) st = llmc_agree(m, st);
     if (st != LLMC_OK) {
         free_all(g);
@@ -757,12 +778,25 @@ size_t cuda_memory_bytes(const llmc_model *m) {
 extern "C" {
 
 LLMC_API extern const llmc_backend llmc_cuda_backend;
+/* cuda_destroy and cuda_memory_bytes neither allocate nor throw */
 const llmc_backend llmc_cuda_backend = {
-    "cuda",          cuda_create,        cuda_destroy,       cuda_write_params,
-    cuda_params_written, cuda_get_params, cuda_get_grads,   cuda_set_opt_state,
-    cuda_get_opt_state,
-    cuda_backward,   cuda_grad_norm,     cuda_update,        cuda_eval,
-    cuda_logits,     cuda_memory_bytes,  cuda_allreduce,     cuda_plan_bytes,
+    "cuda",
+    guarded<cuda_create>::call,
+    cuda_destroy,
+    guarded<cuda_write_params>::call,
+    guarded<cuda_params_written>::call,
+    guarded<cuda_get_params>::call,
+    guarded<cuda_get_grads>::call,
+    guarded<cuda_set_opt_state>::call,
+    guarded<cuda_get_opt_state>::call,
+    guarded<cuda_backward>::call,
+    guarded<cuda_grad_norm>::call,
+    guarded<cuda_update>::call,
+    guarded<cuda_eval>::call,
+    guarded<cuda_logits>::call,
+    cuda_memory_bytes,
+    guarded<cuda_allreduce>::call,
+    guarded<cuda_plan_bytes>::call,
 };
 
 /* Visible GPUs, 0 on any error (no driver, no device). */
