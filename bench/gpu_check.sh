@@ -7,6 +7,8 @@
 #     profile: tests and a kernel-time profile of d12 (bench/gpu_profile.py)
 #     peers: tests, then llmc against llm.c at d12, d24, d36 and d48 in this call
 #            (bench/peer_bench.py; PEER_ARGS adds its flags, e.g. --torch)
+#     multi: tests, then data parallel on this machine's GPUs beside llm.c built with MPI
+#            (bench/multi_gpu.py; MULTI_ARGS adds its flags, e.g. "--sizes d48 --no-check")
 #     dist: tests, one-GPU runs of the trainer's distributed launch paths
 #           (--nproc-per-node 1 with its TCP rendezvous, mpirun -np 1), and
 #           d12 with and without the NCCL path (world size 1), alternated
@@ -31,8 +33,8 @@ fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 MODE=${1:-full}
 start=$(date +%s)
-if [ "$MODE" = peers ]; then  # llm.c builds beside llmc
-    bash .carry/peers/llm.c.sh build > "$OUT/llm.c-build.log" 2>&1 &
+if [ "$MODE" = peers ] || [ "$MODE" = multi ]; then  # llm.c builds beside llmc
+    bash .carry/peers/llm.c.sh build $([ "$MODE" = multi ] && echo mpi) > "$OUT/llm.c-build.log" 2>&1 &
     peer_build=$!
 fi
 make -j"$(nproc)" lib "${DEPS_ARG[@]}" > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
@@ -51,10 +53,15 @@ elif [ "$MODE" = quick ]; then
     python3 bench/gpu_bench.py --run d12,64,1024,8,0 --run d12,64,1024,8,1 --steps 5 \
         --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
 fi
-if [ "$MODE" = peers ]; then
+if [ "$MODE" = peers ] || [ "$MODE" = multi ]; then
     wait $peer_build || { tail -20 "$OUT/llm.c-build.log"; exit 1; }
     echo "llm.c built: $(( $(date +%s) - start )) s"
+fi
+if [ "$MODE" = peers ]; then
     python3 -m bench.peer_bench --json "$OUT/peers.json" $PEER_ARGS 2>&1 | tee "$OUT/peers.log"
+fi
+if [ "$MODE" = multi ]; then
+    python3 -m bench.multi_gpu --json "$OUT/multi.json" $MULTI_ARGS 2>&1 | tee "$OUT/multi.log"
 fi
 if [ "$MODE" = dist ]; then
     export NCCL_NVLS_ENABLE=0 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
