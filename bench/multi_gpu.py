@@ -21,20 +21,13 @@ idle level. One table last, with the projected wall time of GPT-2 124M on
 """
 import argparse
 import json
-import os
-import re
 import shutil
 import statistics
-import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
-import numpy as np
-
+from bench.peer_bench import gpu_used_mib, llm_c_step_times, run_watched, write_data
 from pyllmc import checkpoint, distributed
-from pyllmc.shards import write_shard
 
 HERE = Path(__file__).resolve().parent
 T = 1024
@@ -46,35 +39,6 @@ SMOKE = ["--num-layers", "1", "--num-heads", "2", "--channels", "32", "--max-seq
          "--num-threads", "1"]
 
 
-def gpu_used_mib():
-    """Used memory of each GPU (MiB), or [] without nvidia-smi."""
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=20).stdout
-    except (OSError, subprocess.SubprocessError):
-        return []
-    return [int(v) for v in out.split()]
-
-
-def run_watched(cmd, env=None):
-    """Runs cmd; returns (output, rc, peak GB above idle on the busiest GPU)."""
-    base = gpu_used_mib()
-    peak = list(base)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-
-    def watch():
-        while proc.poll() is None:
-            peak[:] = [max(a, b) for a, b in zip(peak, gpu_used_mib())]
-            time.sleep(0.2)
-
-    w = threading.Thread(target=watch, daemon=True)
-    w.start()
-    out, _ = proc.communicate()
-    w.join()
-    gb = max((p - b for p, b in zip(peak, base)), default=0) * 1048576 / 1e9
-    return out, proc.returncode, gb
-
-
 class Runner:
     def __init__(self, a):
         self.a = a
@@ -83,18 +47,8 @@ class Runner:
         self.env["PYTHONPATH"] = str(HERE.parent)
         self.mpirun = distributed.find_mpirun()
         self.work = Path(a.work)
-        self.train, self.val = self.write_data()
+        self.train, self.val = write_data(self.work / "data", 2_000_000 if a.smoke else 20_000_000)
 
-    def write_data(self):
-        folder = self.work / "data"
-        folder.mkdir(parents=True, exist_ok=True)
-        train, val = folder / "train_000001.bin", folder / "val_000000.bin"
-        if not train.exists():
-            rng = np.random.default_rng(0)
-            n = 2_000_000 if self.a.smoke else 40_000_000
-            write_shard(train, rng.integers(0, 50257, n))
-            write_shard(val, rng.integers(0, 50257, n // 10))
-        return train, val
 
     def tokens_per_step(self, size):
         return 2 * 32 * 4 if self.a.smoke else SIZES[size][1]
@@ -134,8 +88,7 @@ class Runner:
         cmd = [self.mpirun, "-np", str(n), "--bind-to", "none", "bash", str(peers / "llm.c.sh"), "run",
                *map(str, flags)]
         text, rc, gb = run_watched(cmd, self.env)
-        ms = [float(m.group(2)) for m in re.finditer(r"step\s+(\d+)/\d+ \|.*?\| ([\d.]+) ms \|", text)
-              if int(m.group(1)) >= 3]
+        ms = llm_c_step_times(text, 3)
         if rc != 0 or not ms:
             print(f"llm.c {size} x{n}: failed (rc {rc})\n{text[-3000:]}", flush=True)
             return None

@@ -39,36 +39,48 @@ LLM_C = {"d12": [("default (-r 1)", []), ("fastest (-r 0 -ge 2)", ["-r", "0", "-
 
 
 def gpu_used_mib():
-    out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits",
-                          "-i", "0"], capture_output=True, text=True, timeout=20).stdout
-    return int(out.split()[0])
+    """Used memory of each GPU (MiB), or [] without nvidia-smi."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [int(v) for v in out.split()]
 
 
-def run_watched(cmd, cwd=None):
-    """Runs cmd, returns (stdout+stderr, rc, peak GB of GPU memory above the idle level)."""
+def run_watched(cmd, env=None, cwd=None):
+    """Runs cmd; returns (stdout+stderr, rc, peak GB above the idle level on the busiest GPU)."""
     base = gpu_used_mib()
-    peak = [base]
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    peak = list(base)
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
 
     def watch():
         while proc.poll() is None:
-            peak[0] = max(peak[0], gpu_used_mib())
+            peak[:] = [max(a, b) for a, b in zip(peak, gpu_used_mib())]
             time.sleep(0.2)
 
     w = threading.Thread(target=watch, daemon=True)
     w.start()
     out, _ = proc.communicate()
     w.join()
-    return out, proc.returncode, (peak[0] - base) * 1048576 / 1e9
+    return out, proc.returncode, max((p - b for p, b in zip(peak, base)), default=0) * 1048576 / 1e9
 
 
-def write_data(folder):
+def llm_c_step_times(text, first):
+    """ms of each `step n/N | ... | X ms |` line llm.c printed, from step `first` on."""
+    return [float(m.group(2)) for m in re.finditer(r"step\s+(\d+)/\d+ \|.*?\| ([\d.]+) ms \|", text)
+            if int(m.group(1)) >= first]
+
+
+def write_data(folder, tokens=20_000_000):
+    """Random-token train and val shards (llm.c's format), written once."""
     rng = np.random.default_rng(0)
     folder.mkdir(parents=True, exist_ok=True)
     train, val = folder / "train_000001.bin", folder / "val_000000.bin"
     if not train.exists():
-        write_shard(train, rng.integers(0, 50257, 20_000_000))
-        write_shard(val, rng.integers(0, 50257, 2_000_000))
+        write_shard(train, rng.integers(0, 50257, tokens))
+        write_shard(val, rng.integers(0, 50257, tokens // 10))
     return train, val
 
 
@@ -79,8 +91,7 @@ def run_llm_c(peers, size, flags, data, steps):
            "-m", "1", "-s", "0", "-h", "0", "-n", "0", "-e", size, "-b", str(B), "-t", str(T),
            "-d", str(B * T * micro), "-x", str(steps), *flags]
     out, rc, gb = run_watched(cmd)
-    ms = [float(m.group(2)) for m in re.finditer(r"step\s+(\d+)/\d+ \|.*?\| ([\d.]+) ms \|", out)
-          if int(m.group(1)) >= 2]
+    ms = llm_c_step_times(out, 2)
     if rc != 0 or not ms:
         print(f"llm.c {size} {flags}: failed (rc {rc})\n{out[-3000:]}", flush=True)
         return None
