@@ -160,7 +160,7 @@ def build_parser():
                    help="CUDA activation recompute: 0 none, 1 GELU, 2 GELU and LayerNorm. "
                    "Default by width, the fastest setting within llm.c's memory at its batch "
                    "sizes (H200, bench/peer_bench.py): 0 up to 768 channels (d12), 1 up to 1280 "
-                   "(d24, d36), 2 above (d48); each level costs ~1%% in speed")
+                   "(d24, d36), 2 above (d48); each level costs 1-2.5%% in speed")
     g.add_argument("--peak-tflops", type=float,
                    help="the device's peak TFLOP/s for MFU (default: known GPUs only)")
     g = p.add_argument_group(
