@@ -28,6 +28,7 @@ from pathlib import Path
 
 from bench.peer_bench import gpu_used_mib, llm_c_step_times, run_watched, write_data
 from pyllmc import checkpoint, distributed
+from pyllmc.plot import load_log
 
 HERE = Path(__file__).resolve().parent
 T = 1024
@@ -49,7 +50,6 @@ class Runner:
         self.work = Path(a.work)
         self.train, self.val = write_data(self.work / "data", 2_000_000 if a.smoke else 20_000_000)
 
-
     def tokens_per_step(self, size):
         return 2 * 32 * 4 if self.a.smoke else SIZES[size][1]
 
@@ -65,19 +65,21 @@ class Runner:
                 "--no-progress", "--steps", steps, "--zero", 1, "--lr-schedule", "constant",
                 "--warmup-steps", 0, "--checkpoint-every", 0, "--out-dir", out, *extra]
 
-    def llmc(self, size, n, launcher, steps, out, **kw):
-        """One trainer run on n ranks; returns (ms/step, peak GB) or None."""
-        shutil.rmtree(out, ignore_errors=True)
+    def command(self, size, n, launcher, steps, out, **kw):
+        """The trainer on n ranks, started by mpirun or by --nproc-per-node."""
         argv = [str(v) for v in self.trainer_args(size, steps, out, **kw)]
         if launcher == "mpirun":
-            cmd = [self.mpirun, "-np", str(n), "--bind-to", "none", sys.executable, *argv]
-        else:
-            cmd = [sys.executable, *argv] + (["--nproc-per-node", str(n)] if n > 1 else [])
-        text, rc, gb = run_watched(cmd, self.env)
+            return [self.mpirun, "-np", str(n), "--bind-to", "none", sys.executable, *argv]
+        return [sys.executable, *argv] + (["--nproc-per-node", str(n)] if n > 1 else [])
+
+    def llmc(self, size, n, launcher, steps, out, **kw):
+        """One fresh trainer run on n ranks; returns (ms/step, peak GB) or None."""
+        shutil.rmtree(out, ignore_errors=True)
+        text, rc, gb = run_watched(self.command(size, n, launcher, steps, out, **kw), self.env)
         if rc != 0:
             print(f"llmc {size} x{n} ({launcher}): failed (rc {rc})\n{text[-3000:]}", flush=True)
             return None
-        ms = [r["ms"] for r in records(out) if "ms" in r and r["step"] >= 2]
+        ms = [v for step, v in zip(*load_log(out)["ms"]) if step >= 2]
         return statistics.median(ms) if ms else None, gb
 
     def llm_c(self, size, n, steps):
@@ -95,13 +97,8 @@ class Runner:
         return statistics.median(ms), gb
 
 
-def records(out):
-    with open(Path(out) / "main.jsonl") as f:
-        return [json.loads(line) for line in f]
-
-
 def losses(out):
-    return [r["train_loss"] for r in records(out) if "train_loss" in r]
+    return load_log(out)["train_loss"][1]
 
 
 def correctness(r, gpus):
@@ -119,9 +116,8 @@ def correctness(r, gpus):
         shutil.rmtree(out, ignore_errors=True)
         shutil.copytree(two, out)
         checkpoint.remove(out, 20)
-        argv = [str(v) for v in r.trainer_args("d12", 20, out, extra=[*every, "--resume"], **kw)]
-        cmd = [sys.executable, *argv] + (["--nproc-per-node", str(n)] if n > 1 else [])
-        text, rc, _ = run_watched(cmd, r.env)
+        text, rc, _ = run_watched(r.command("d12", n, "nproc", 20, out,
+                                            extra=[*every, "--resume"], **kw), r.env)
         if rc != 0:
             report[f"resume on {n}"] = f"failed: {text[-500:]}"
             continue
