@@ -46,6 +46,19 @@ def gpu_memory_used_mb():
     return -1
 
 
+def loaded_libraries(*names):
+    """Paths of the shared libraries this process has mapped whose file name
+    starts with one of names: which cuDNN and cuBLASLt the run really used
+    (LD_LIBRARY_PATH or an earlier load can override the build's rpath)."""
+    found = set()
+    with open("/proc/self/maps") as f:
+        for line in f:
+            path = line.split()[-1]
+            if os.path.basename(path).startswith(names):
+                found.add(path)
+    return sorted(found)
+
+
 def run_one(spec, steps, warmup):
     preset, B, T, micro, recompute, *mode = spec.split(",")
     B, T, micro, recompute = int(B), int(T), int(micro), int(recompute)
@@ -77,6 +90,7 @@ def run_one(spec, steps, warmup):
             "ms_max": 1000 * max(times), "tokens_per_s": tok_s,
             "mfu": flops_per_token * tok_s / PEAK_FLOPS, "library_gb": m.memory_bytes / 1e9,
             "process_gb": gpu_memory_used_mb() * 1048576 / 1e9, "create_s": create_s,
+            "libraries": loaded_libraries("libcudnn.so", "libcublasLt.so"),
             "losses": [float(v) for v in losses]}
 
 

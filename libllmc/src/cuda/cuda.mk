@@ -3,10 +3,11 @@
 # cuBLASLt, cuDNN and the cudnn-frontend headers are all found; otherwise
 # skipped with a message, and the CPU library is unaffected.
 # Looked for in order: nvcc on PATH, $(CUDA_HOME)/bin, /usr/local/cuda/bin;
-# headers and libraries in the toolkit, the system (cuDNN), a carried
-# .carry/cudnn-frontend/include, and the pip wheels nvidia-cublas,
-# nvidia-cudnn-cu13, nvidia-cudnn-frontend and nvidia-cuda-nvrtc; NCCL (optional,
-# for distributed mode) in the system or the nvidia-nccl-cu13 wheel.
+# headers and libraries in the toolkit, a carried .carry/cudnn-frontend/include,
+# and the pip wheels nvidia-cublas, nvidia-cudnn-frontend and nvidia-cuda-nvrtc;
+# cuDNN: the newest of the system's, the toolkit's and the nvidia-cudnn-cu13
+# wheel's; NCCL (optional, for distributed mode) in the system or the
+# nvidia-nccl-cu13 wheel.
 # `make CUDA_ARCH=80` builds for Ampere instead of Hopper (sm_90).
 CUDA_ARCH ?= 90
 NVCC ?= $(firstword $(shell command -v nvcc 2>/dev/null) $(wildcard $(CUDA_HOME)/bin/nvcc /usr/local/cuda/bin/nvcc))
@@ -24,11 +25,24 @@ cuda_find_file = $(firstword $(wildcard $(foreach d,$(2),$(addprefix $(d)/,$(1))
 CUDART_INC  := $(call cuda_find_dir,cuda_runtime.h,$(CUDA_INC_DIRS))
 CUBLAS_INC  := $(call cuda_find_dir,cublasLt.h,$(CUDA_INC_DIRS) $(PIP_NV)/cu13/include $(PIP_NV)/cublas/include)
 NVRTC_INC   := $(call cuda_find_dir,nvrtc.h,$(CUDA_INC_DIRS) $(PIP_NV)/cu13/include $(PIP_NV)/cuda_nvrtc/include)
-CUDNN_INC   := $(call cuda_find_dir,cudnn.h,/usr/include/x86_64-linux-gnu /usr/include $(CUDA_INC_DIRS) $(PIP_NV)/cudnn/include)
+# cuDNN: the newest install found (the system's, the toolkit's, the pip wheel's), headers and
+# library from the same one: newer releases bring faster attention kernels (9.19 against 9.14
+# on the H200: -1% per d12 and d48 step, bench/CUDA_NOTES.md). Candidates are include=lib pairs.
+CUDNN_CANDIDATES := /usr/include/x86_64-linux-gnu=/usr/lib/x86_64-linux-gnu \
+    /usr/include=/usr/lib/x86_64-linux-gnu /usr/include=/usr/lib64 \
+    $(foreach r,$(CUDA_ROOTS),$(r)/include=$(r)/lib64 $(r)/include=$(r)/lib) \
+    $(PIP_NV)/cudnn/include=$(PIP_NV)/cudnn/lib
+cudnn_lib_in = $(firstword $(wildcard $(1)/libcudnn.so $(1)/libcudnn.so.[0-9]))
+# MAJOR, MINOR, PATCHLEVEL zero-padded, so that sorting the words sorts the versions
+cudnn_version = $(shell awk '/define CUDNN_(MAJOR|MINOR|PATCHLEVEL)[ \t]/ {printf "%04d", $$3}' \
+    $(1)/cudnn_version.h 2>/dev/null)
+cudnn_found = $(if $(wildcard $(1)/cudnn.h),$(if $(call cudnn_lib_in,$(2)),$(call cudnn_version,$(1))=$(1)=$(call cudnn_lib_in,$(2))))
+CUDNN_BEST  := $(subst =, ,$(lastword $(sort $(foreach c,$(CUDNN_CANDIDATES),$(call cudnn_found,$(word 1,$(subst =, ,$(c))),$(word 2,$(subst =, ,$(c))))))))
+CUDNN_INC   := $(word 2,$(CUDNN_BEST))
+CUDNN_LIB   := $(word 3,$(CUDNN_BEST))
 CUDNN_FE_INC := $(call cuda_find_dir,cudnn_frontend.h,$(CUDNN_FRONTEND_INCLUDE) .carry/cudnn-frontend/include $(PY_SITE)/include /usr/include /usr/local/include)
 CUBLASLT_LIB := $(call cuda_find_file,libcublasLt.so libcublasLt.so.[0-9]*,$(CUDA_LIB_DIRS) $(PIP_NV)/cu13/lib $(PIP_NV)/cublas/lib)
 NVRTC_LIB   := $(call cuda_find_file,libnvrtc.so libnvrtc.so.[0-9]*,$(CUDA_LIB_DIRS) $(PIP_NV)/cu13/lib $(PIP_NV)/cuda_nvrtc/lib)
-CUDNN_LIB   := $(call cuda_find_file,libcudnn.so libcudnn.so.[0-9],/usr/lib/x86_64-linux-gnu /usr/lib64 $(CUDA_LIB_DIRS) $(PIP_NV)/cudnn/lib)
 # NCCL is optional: its header for distributed mode, its library opened at run time
 NCCL_INC    := $(call cuda_find_dir,nccl.h,$(NCCL_HOME)/include /usr/include /usr/local/include $(CUDA_INC_DIRS) $(PIP_NV)/nccl/include)
 NCCL_LIB    := $(call cuda_find_file,libnccl.so.2,$(NCCL_HOME)/lib /usr/lib/x86_64-linux-gnu /usr/lib64 $(CUDA_LIB_DIRS) $(PIP_NV)/nccl/lib)
@@ -59,7 +73,8 @@ CUDA_HDR := $(wildcard libllmc/src/cuda/*.cuh) libllmc/src/cuda/attention.h \
     libllmc/include/llmc.h libllmc/src/model.h libllmc/src/comm.h libllmc/src/error.h
 ifeq ($(filter clean,$(MAKECMDGOALS)),)
 $(info CUDA backend: nvcc $(NVCC), sm_$(CUDA_ARCH); cuBLASLt $(CUBLASLT_LIB); cuDNN $(CUDNN_LIB) \
-    (headers $(CUDNN_INC)); cudnn-frontend $(CUDNN_FE_INC); NCCL $(or $(NCCL_INC),none: no distributed mode))
+    $(shell awk '/define CUDNN_(MAJOR|MINOR|PATCHLEVEL)[ \t]/ {v = v s $$3; s = "."} END {print v}' \
+    $(CUDNN_INC)/cudnn_version.h 2>/dev/null) (headers $(CUDNN_INC)); cudnn-frontend $(CUDNN_FE_INC); NCCL $(or $(NCCL_INC),none: no distributed mode))
 endif
 
 $(BUILD)/libllmc/src/cuda/comm_nccl.o: NVCCFLAGS += $(if $(NCCL_INC),-I$(NCCL_INC),-DLLMC_NO_NCCL) \
