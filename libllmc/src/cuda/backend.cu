@@ -217,7 +217,6 @@ llmc_status plan(llmc_model *m, cuda_state *g) {
     TRY(alloc_n(g, &g->res2, L * N * C, "activations (residual)"));
     TRY(alloc_n(g, &g->res3, L * N * C, "activations (residual)"));
     TRY(alloc_n(g, &g->fch, L * N * 4 * C, "activations (MLP)"));
-    TRY(alloc_n(g, &g->fch_gelu, gelu_layers * N * 4 * C, "activations (GELU)"));
     TRY(alloc_n(g, &g->ln1_mean, L * N, "LayerNorm statistics"));
     TRY(alloc_n(g, &g->ln1_rstd, L * N, "LayerNorm statistics"));
     TRY(alloc_n(g, &g->ln2_mean, L * N, "LayerNorm statistics"));
@@ -228,6 +227,13 @@ llmc_status plan(llmc_model *m, cuda_state *g) {
     TRY(alloc_n(g, &g->dres, N * C, "gradient scratch"));
     TRY(alloc_n(g, &g->dC, N * C, "gradient scratch"));
     TRY(alloc_n(g, &g->d4C, N * 4 * C, "gradient scratch"));
+    /* Recomputed, the GELU output of a layer lives only from its recomputation
+     * to the fcproj weight gradient that reads it, before the next write of d4C
+     * (the gradient of that GELU's input): the two share memory. */
+    if (gelu_layers == 1)
+        g->fch_gelu = g->d4C;
+    else
+        TRY(alloc_n(g, &g->fch_gelu, gelu_layers * N * 4 * C, "activations (GELU)"));
     /* at least two rows: logits() reuses it for one row of fp32 */
     TRY(alloc_n(g, &g->logits, std::max<size_t>(2, std::min<size_t>(N, CLASSIFIER_CHUNK_ROWS)) * g->Vp,
                 "logits chunk"));
