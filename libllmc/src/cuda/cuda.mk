@@ -33,11 +33,16 @@ CUDNN_CANDIDATES := /usr/include/x86_64-linux-gnu=/usr/lib/x86_64-linux-gnu \
     $(foreach r,$(CUDA_ROOTS),$(r)/include=$(r)/lib64 $(r)/include=$(r)/lib) \
     $(PIP_NV)/cudnn/include=$(PIP_NV)/cudnn/lib
 cudnn_lib_in = $(firstword $(wildcard $(1)/libcudnn.so $(1)/libcudnn.so.[0-9]))
-# MAJOR, MINOR, PATCHLEVEL zero-padded, so that sorting the words sorts the versions
-cudnn_version = $(shell awk '/define CUDNN_(MAJOR|MINOR|PATCHLEVEL)[ \t]/ {printf "%04d", $$3}' \
-    $(1)/cudnn_version.h 2>/dev/null)
-cudnn_found = $(if $(wildcard $(1)/cudnn.h),$(if $(call cudnn_lib_in,$(2)),$(call cudnn_version,$(1))=$(1)=$(call cudnn_lib_in,$(2))))
-CUDNN_BEST  := $(subst =, ,$(lastword $(sort $(foreach c,$(CUDNN_CANDIDATES),$(call cudnn_found,$(word 1,$(subst =, ,$(c))),$(word 2,$(subst =, ,$(c))))))))
+# "000900190000/9.19.0": MAJOR, MINOR, PATCHLEVEL zero-padded (sorting the words sorts the
+# versions), then as people write them
+cudnn_version = $(shell awk '/define CUDNN_(MAJOR|MINOR|PATCHLEVEL)[ \t]/ \
+    {k = k sprintf("%04d", $$3); v = v s $$3; s = "."} END {print k "/" v}' $(1)/cudnn_version.h 2>/dev/null)
+# "version=include=lib" for an include=lib pair holding cudnn.h and the library, else nothing
+cudnn_found = $(if $(wildcard $(1)/cudnn.h),$(if $(call cudnn_lib_in,$(2)),\
+    $(or $(call cudnn_version,$(1)),0/unknown)=$(1)=$(call cudnn_lib_in,$(2))))
+CUDNN_BEST  := $(subst =, ,$(lastword $(sort $(foreach c,$(CUDNN_CANDIDATES),\
+    $(call cudnn_found,$(word 1,$(subst =, ,$(c))),$(word 2,$(subst =, ,$(c))))))))
+CUDNN_VERSION := $(lastword $(subst /, ,$(word 1,$(CUDNN_BEST))))
 CUDNN_INC   := $(word 2,$(CUDNN_BEST))
 CUDNN_LIB   := $(word 3,$(CUDNN_BEST))
 CUDNN_FE_INC := $(call cuda_find_dir,cudnn_frontend.h,$(CUDNN_FRONTEND_INCLUDE) .carry/cudnn-frontend/include $(PY_SITE)/include /usr/include /usr/local/include)
@@ -73,8 +78,7 @@ CUDA_HDR := $(wildcard libllmc/src/cuda/*.cuh) libllmc/src/cuda/attention.h \
     libllmc/include/llmc.h libllmc/src/model.h libllmc/src/comm.h libllmc/src/error.h
 ifeq ($(filter clean,$(MAKECMDGOALS)),)
 $(info CUDA backend: nvcc $(NVCC), sm_$(CUDA_ARCH); cuBLASLt $(CUBLASLT_LIB); cuDNN $(CUDNN_LIB) \
-    $(shell awk '/define CUDNN_(MAJOR|MINOR|PATCHLEVEL)[ \t]/ {v = v s $$3; s = "."} END {print v}' \
-    $(CUDNN_INC)/cudnn_version.h 2>/dev/null) (headers $(CUDNN_INC)); cudnn-frontend $(CUDNN_FE_INC); NCCL $(or $(NCCL_INC),none: no distributed mode))
+    $(CUDNN_VERSION) (headers $(CUDNN_INC)); cudnn-frontend $(CUDNN_FE_INC); NCCL $(or $(NCCL_INC),none: no distributed mode))
 endif
 
 $(BUILD)/libllmc/src/cuda/comm_nccl.o: NVCCFLAGS += $(if $(NCCL_INC),-I$(NCCL_INC),-DLLMC_NO_NCCL) \
