@@ -8,7 +8,12 @@ comma  := ,
 # the active Python environment: each gets its own install stamp, in build/
 # whatever $(BUILD) is (the sanitizer build shares it); `make lib DEPS=`
 # skips the installs (an offline machine whose packages are already there)
-PYENV  := $(shell $(PYTHON) -c 'import sys, hashlib; print(hashlib.sha1(sys.prefix.encode()).hexdigest()[:10])')
+# PY_INFO: that hash, then the folder this Python imports pyllmc from (run from /, so that this
+# folder's pyllmc is not the one found), or nothing
+PY_INFO := $(shell cd / && $(PYTHON) -c 'import sys, hashlib, os, importlib.util as u; \
+    s = u.find_spec("pyllmc"); print(hashlib.sha1(sys.prefix.encode()).hexdigest()[:10], \
+    os.path.realpath(s.submodule_search_locations[0]) if s else "")')
+PYENV  := $(word 1,$(PY_INFO))
 DEPS   := build/.deps-$(PYENV)
 CC     ?= gcc
 # SANITIZE: extra compile and link flags (`make asan` sets them)
@@ -77,7 +82,15 @@ $(BUILD)/.dirs:
 # ---- Python packages ------------------------------------------------------
 # pyllmc is installed in editable mode into the active Python, so that
 # `python -m pyllmc.train` and the scripts work from any folder and find
-# build/libllmc.so here.
+# build/libllmc.so here. Should that Python import another checkout's pyllmc
+# (one built after this one), the install runs again: the last checkout built
+# is the one imported. Checked once per `make`, not again when make restarts
+# after build/blas.mk (so that a PYTHONPATH pointing elsewhere cannot loop).
+ifeq ($(MAKE_RESTARTS),)
+ifneq ($(word 2,$(PY_INFO)),$(realpath $(CURDIR)/pyllmc))
+.PHONY: build/.deps-$(PYENV)
+endif
+endif
 deps: $(DEPS)
 build/.deps-$(PYENV): requirements.txt pyproject.toml
 	@mkdir -p build
