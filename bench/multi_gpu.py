@@ -69,7 +69,7 @@ class Runner:
         """The trainer on n ranks, started by mpirun or by --nproc-per-node."""
         argv = [str(v) for v in self.trainer_args(size, steps, out, **kw)]
         if launcher == "mpirun":
-            return [self.mpirun, "-np", str(n), "--bind-to", "none", sys.executable, *argv]
+            return distributed.mpirun_command(n, argv)
         return [sys.executable, *argv] + (["--nproc-per-node", str(n)] if n > 1 else [])
 
     def llmc(self, size, n, launcher, steps, out, **kw):

@@ -15,7 +15,7 @@ import math
 import os
 import re
 
-from .files import open_regular, write_atomic
+from .files import read_regular, write_atomic
 
 
 class CheckpointError(ValueError):
@@ -59,8 +59,7 @@ def load_state(out_dir, step):
     CheckpointError naming the file when it is damaged."""
     path = paths(out_dir, step)["state"]
     try:
-        with open_regular(path) as f:
-            state = json.loads(f.read().decode("utf-8"))
+        state = json.loads(read_regular(path).decode("utf-8"))
     except (OSError, ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
         raise CheckpointError(f"{path}: unreadable ({type(e).__name__}: {e})") from None
     problem = state_problem(state, step)

@@ -10,10 +10,8 @@ import hashlib
 import os
 
 from .files import cache_dir
-from .shards import read_shard_header, ShardError, write_shard
+from .shards import VAL_FRACTION, read_shard_header, ShardError, write_shard
 from .tokenizer import encode_documents
-
-VAL_FRACTION = 0.1
 
 
 def documents():

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from ._lib import REPO_ROOT
 from .files import os_error_message, write_atomic
-from .shards import ShardError, read_shard, read_shard_header, write_shard
+from .shards import VAL_FRACTION, ShardError, read_shard, read_shard_header, write_shard
 from .tokenizer import EOT, ParallelTokenizer
 
 # (--type, --version) -> (hub repository, hub config, output folder, shard name prefix)
@@ -47,7 +47,6 @@ HUB_DATASETS = {
 LOCAL_FORMATS = {".parquet": "parquet", ".jsonl": "json", ".json": "json",
                  ".jsonl.gz": "json", ".json.gz": "json", ".txt": "text", ".md": "text"}
 READ_BATCH_DOCS = 1024
-VAL_FRACTION = 0.1  # of a corpus smaller than 10 shards (see the split above)
 
 
 class PrepError(Exception):
@@ -252,7 +251,7 @@ class ShardWriter:
         shard_size. Every document starts with <|endoftext|>, so the stream
         itself tells where documents start."""
         paths = [self.shard_path(i) for i in range(self.num_shards)]
-        tokens = np.concatenate([np.array(read_shard(p)) for p in paths])
+        tokens = np.concatenate([read_shard(p) for p in paths])
         starts = np.flatnonzero(tokens == EOT)
         inner = starts[starts > 0]
         target = len(tokens) * VAL_FRACTION

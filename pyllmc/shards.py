@@ -19,6 +19,7 @@ HEADER_INTS = 256
 HEADER_BYTES = HEADER_INTS * 4
 TOKEN_DTYPE = np.dtype("<u2")
 MAX_TOKENS = 2**31 - 1  # llm.c keeps the count in an int32
+VAL_FRACTION = 0.1  # of a small corpus held out for validation, from its start
 
 
 class ShardError(ValueError):
@@ -175,6 +176,12 @@ class DataLoader:
         buf = np.asarray(self._tokens[start:start + n + 1], dtype=np.int32)
         self.window += 1
         return buf[:-1].reshape(self.B, self.T), buf[1:].reshape(self.B, self.T)
+
+    def skip(self, n):
+        """Moves past the next n batches without reading them."""
+        for _ in range(n):
+            self._enter_shard()
+            self.window += 1
 
     def state(self):
         """The position, as plain ints (JSON-ready)."""

@@ -482,8 +482,8 @@ class Team:
     settings; `settings` is the digest of the command line every rank must
     share."""
 
-    def __init__(self, settings):
-        self.me = distributed.from_environment()
+    def __init__(self, me, settings):
+        self.me = me
         self.settings = settings
         self.nccl_id = self.meeting = None
         self.joined = False
@@ -550,12 +550,12 @@ def check_agreement(model, args, team, start_step):
                          "filesystem every rank shares")
 
 
-def run(args, given=(), settings=""):
-    """Train as args say; given: the settings given explicitly (given_flags),
-    which a resumed run checks against the saved ones; settings: the digest of
-    the command line, the same on every rank."""
-    team = Team(settings)
-    me = team.me
+def run(args, me, given=(), settings=""):
+    """Train as args say, as rank me (distributed.from_environment); given: the
+    settings given explicitly (given_flags), which a resumed run checks against
+    the saved ones; settings: the digest of the command line, the same on every
+    rank."""
+    team = Team(me, settings)
     start_step, state, model = resume_point(args, given, team)
     check_args(args)
     micro_steps = micro_steps_per_rank(args, me)
@@ -598,7 +598,6 @@ def run(args, given=(), settings=""):
     write_log = (lambda *a, **k: None) if quiet else log.write
     last_val = None
     t_start = time.perf_counter()
-    mine = slice(me.rank * micro_steps, (me.rank + 1) * micro_steps)
 
     def due(every, step):
         return step == total_steps or (every > 0 and step % every == 0)
@@ -630,9 +629,11 @@ def run(args, given=(), settings=""):
                 break
 
             t0 = time.perf_counter()
-            # every rank reads the whole step's batches (the loader's position
-            # stays the same on all) and trains on its share
-            batches = [loader.next_batch() for _ in range(micro_steps * ranks)][mine]
+            # every rank reads its share of the step's batches and skips the
+            # others', so the loader's position stays the same on all
+            loader.skip(me.rank * micro_steps)
+            batches = [loader.next_batch() for _ in range(micro_steps)]
+            loader.skip((ranks - 1 - me.rank) * micro_steps)
             lr = learning_rate(step, total_steps, args.lr, args.warmup_steps, args.lr_schedule,
                                args.final_lr_frac, args.wsd_decay_fraction)
             loss, norm, problem, skipped = train_step(
@@ -712,7 +713,7 @@ def main(argv=None):
         if args.nproc_per_node and not me.distributed:
             sys.exit(launch_local(args, argv))
         settings = distributed.digest({k: v for k, v in vars(args).items() if k not in LAUNCH_ARGS})
-        run(args, given_flags(build_parser(), argv), settings)
+        run(args, me, given_flags(build_parser(), argv), settings)
     except (TrainError, ShardError, distributed.DistributedError, pyllmc.LlmcError,
             pyllmc.LibraryError, OSError) as e:
         where = f" (rank {me.rank} of {me.world_size})" if me.distributed else ""

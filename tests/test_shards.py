@@ -135,6 +135,22 @@ def test_resume_from_state_is_exact(tmp_path, shuffle):
             np.testing.assert_array_equal(resumed.next_batch()[0], want)
 
 
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_skip_moves_as_reading_does(tmp_path, shuffle):
+    # ranks of a data-parallel run skip the others' batches: the position and
+    # what follows must be those of reading them, across shards and epochs
+    make_shards(tmp_path, [50, 31, 77])
+    pattern = str(tmp_path / "*.bin")
+    for n in (0, 1, 7, 13, 40):
+        reading = DataLoader(pattern, 2, 4, shuffle=shuffle, seed=3)
+        for _ in range(n):
+            reading.next_batch()
+        skipping = DataLoader(pattern, 2, 4, shuffle=shuffle, seed=3)
+        skipping.skip(n)
+        assert skipping.state() == reading.state()
+        np.testing.assert_array_equal(skipping.next_batch()[0], reading.next_batch()[0])
+
+
 def test_shuffle_is_a_permutation_per_epoch(tmp_path):
     make_shards(tmp_path, [50, 31, 77])
     pattern = str(tmp_path / "*.bin")
