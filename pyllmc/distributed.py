@@ -246,13 +246,23 @@ class Rendezvous:
 
 # ---- file rendezvous --------------------------------------------------------------------
 
+def rendezvous_file(folder):
+    """FOLDER/rendezvous.json; under SLURM in a subfolder per job step, so that
+    no launch reads another's file."""
+    if os.environ.get("SLURM_JOB_ID"):
+        folder = os.path.join(folder, f"{os.environ['SLURM_JOB_ID']}.{os.environ.get('SLURM_STEP_ID', 0)}")
+    return os.path.join(folder, "rendezvous.json")
+
+
 def file_rendezvous(me, folder, settings_digest, payload_fn, timeout):
-    """Rank 0 writes the payload to FOLDER/rendezvous.json; the others wait for
-    it. The folder must be seen by every rank and used by one launch at a time:
-    rank 0 removes the file when the run ends (see cleanup)."""
-    path = os.path.join(folder, "rendezvous.json")
+    """Rank 0 writes the payload to the rendezvous file in folder (see
+    rendezvous_file); the others wait for it. The folder must be seen by every
+    rank and used by one launch at a time: once every rank has joined, rank 0
+    removes the file (end_file_rendezvous), so the next launch cannot read a
+    stale one."""
+    path = rendezvous_file(folder)
     if me.rank == 0:
-        os.makedirs(folder, exist_ok=True)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
         payload = payload_fn()
         write_atomic(path, [json.dumps({"world_size": me.world_size, "digest": settings_digest,
                                         "payload": payload}).encode()])
@@ -275,6 +285,15 @@ def file_rendezvous(me, folder, settings_digest, payload_fn, timeout):
         raise DistributedError(f"rank {me.rank} was started with other arguments than rank 0 "
                                f"(per {path}): every rank must get the same command line")
     return shared["payload"]
+
+
+def end_file_rendezvous(me, folder):
+    """Rank 0 removes the rendezvous file, once every rank has read it."""
+    if me.rank == 0:
+        try:
+            os.remove(rendezvous_file(folder))
+        except FileNotFoundError:
+            pass
 
 
 # ---- starting local ranks ---------------------------------------------------------------

@@ -514,10 +514,7 @@ def join_run(args, me, settings):
         return bytes(buf).hex()
 
     if args.rendezvous == "fs":
-        folder = args.rendezvous_path
-        if os.environ.get("SLURM_JOB_ID"):  # one folder per job step, so no stale file is read
-            folder = os.path.join(folder, f"{os.environ['SLURM_JOB_ID']}.{os.environ.get('SLURM_STEP_ID', 0)}")
-        payload = distributed.file_rendezvous(me, folder, settings, make_id,
+        payload = distributed.file_rendezvous(me, args.rendezvous_path, settings, make_id,
                                               args.rendezvous_timeout)
         meeting = None
     else:
@@ -570,6 +567,8 @@ def run(args, me, given=(), settings=""):
     hellaswag = load_hellaswag(args) if args.hellaswag_every else None
     model = model or open_model(args, team)
     check_agreement(model, args, team, start_step)
+    if team.nccl_id is not None and args.rendezvous == "fs":  # every rank has joined
+        distributed.end_file_rendezvous(me, args.rendezvous_path)
     if team.meeting:
         team.meeting.watch(lost_rank)
     if me.is_root:  # only now: a run that cannot start leaves no empty folder

@@ -314,6 +314,23 @@ def test_file_rendezvous(tmp_path):
     with pytest.raises(distributed.DistributedError, match="other arguments"):
         distributed.file_rendezvous(distributed.Rank(1, 2, 1, "slurm"), str(tmp_path), "x",
                                     None, 1)
+    # once all have joined rank 0 removes the file: a later launch waits for its own
+    distributed.end_file_rendezvous(distributed.Rank(1, 2, 1, "slurm"), str(tmp_path))
+    assert (tmp_path / "rendezvous.json").exists()
+    distributed.end_file_rendezvous(distributed.Rank(0, 2, 0, "slurm"), str(tmp_path))
+    assert not (tmp_path / "rendezvous.json").exists()
+    with pytest.raises(distributed.DistributedError, match="no rendezvous file"):
+        distributed.file_rendezvous(distributed.Rank(1, 2, 1, "slurm"), str(tmp_path), "d",
+                                    None, 0.5)
+
+
+def test_file_rendezvous_folder_per_slurm_job_step(tmp_path, monkeypatch):
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    monkeypatch.setenv("SLURM_STEP_ID", "3")
+    assert distributed.rendezvous_file(str(tmp_path)) == str(tmp_path / "77.3" / "rendezvous.json")
+    assert distributed.file_rendezvous(distributed.Rank(0, 2, 0, "slurm"), str(tmp_path), "d",
+                                       lambda: "ab", 1) == "ab"
+    assert (tmp_path / "77.3" / "rendezvous.json").exists()
 
 
 def test_launcher_environments():
