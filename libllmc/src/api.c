@@ -4,7 +4,7 @@
  * message (error.c), never an exit. Every entry that touches a model holds
  * the model's lock, so calls from several threads run one at a time.
  */
-#define _GNU_SOURCE /* dladdr, PTHREAD_MUTEX_RECURSIVE */
+#define _GNU_SOURCE /* dladdr */
 #include <dlfcn.h>
 #include <math.h>
 #include <pthread.h>
@@ -200,25 +200,28 @@ static void model_destroy(llmc_model *m) {
     free(m);
 }
 
+/* The backend of options->device. */
+static llmc_status find_backend(const llmc_options *o, const llmc_backend **out) {
+    *out = &llmc_cpu_backend;
+    if (o->device == LLMC_DEVICE_CUDA && (*out = llmc_cuda_backend_get()) == NULL)
+        return llmc_error(LLMC_ERR_UNSUPPORTED,
+                          "device 'cuda' asked for, but this libllmc was built without the CUDA "
+                          "backend (libllmc_cuda.so: %s)", cuda_plugin.error);
+    return LLMC_OK;
+}
+
 /* A model with its memory allocated and its parameters not yet set. */
 static llmc_status model_create(const llmc_config *config, const llmc_options *options,
                                 llmc_model **out) {
     llmc_options o = options ? *options : llmc_default_options();
+    const llmc_backend *backend;
     llmc_status st = check_options(&o, config);
     if (st == LLMC_OK) st = share_nccl_id(&o);
+    if (st == LLMC_OK) st = find_backend(&o, &backend);
     if (st != LLMC_OK) return st;
-    const llmc_backend *backend = &llmc_cpu_backend;
-    if (o.device == LLMC_DEVICE_CUDA && (backend = llmc_cuda_backend_get()) == NULL)
-        return llmc_error(LLMC_ERR_UNSUPPORTED,
-                          "device 'cuda' asked for, but this libllmc was built without the CUDA "
-                          "backend (libllmc_cuda.so: %s)", cuda_plugin.error);
     llmc_model *m = calloc(1, sizeof *m);
     if (m == NULL) return llmc_error(LLMC_ERR_OUT_OF_MEMORY, "out of host memory");
-    pthread_mutexattr_t attr;
-    pthread_mutexattr_init(&attr);
-    pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_RECURSIVE);
-    int rc = pthread_mutex_init(&m->lock, &attr);
-    pthread_mutexattr_destroy(&attr);
+    int rc = pthread_mutex_init(&m->lock, NULL);
     if (rc != 0) {
         free(m);
         return llmc_error(LLMC_ERR_OUT_OF_MEMORY, "cannot create the model's lock (error %d)", rc);
@@ -235,22 +238,26 @@ static llmc_status model_create(const llmc_config *config, const llmc_options *o
     return LLMC_OK;
 }
 
-/* Pieces in which parameters travel from the host into a backend. */
-#define CHUNK_FLOATS ((size_t)1 << 20)
-
-static llmc_status random_init(llmc_model *m) {
-    float *chunk = malloc(CHUNK_FLOATS * sizeof(float));
+llmc_status llmc_fill_params(llmc_model *m, llmc_param_source source, void *ctx) {
+    float *chunk = malloc(LLMC_CHUNK_FLOATS * sizeof(float));
     if (chunk == NULL) return llmc_error(LLMC_ERR_OUT_OF_MEMORY, "out of host memory");
     llmc_status st = LLMC_OK;
     for (int t = 0; st == LLMC_OK && t < LLMC_NUM_PARAM_TENSORS; t++) {
-        for (size_t start = 0; st == LLMC_OK && start < m->param_sizes[t]; start += CHUNK_FLOATS) {
-            size_t k = m->param_sizes[t] - start < CHUNK_FLOATS ? m->param_sizes[t] - start : CHUNK_FLOATS;
-            llmc_random_init(m, t, start, k, chunk);
-            st = m->backend->write_params(m, t, start, k, chunk);
+        const size_t size = m->param_sizes[t];
+        for (size_t start = 0; st == LLMC_OK && start < size; start += LLMC_CHUNK_FLOATS) {
+            const size_t k = size - start < LLMC_CHUNK_FLOATS ? size - start : LLMC_CHUNK_FLOATS;
+            st = source(ctx, m, t, start, k, chunk);
+            if (st == LLMC_OK) st = m->backend->write_params(m, t, start, k, chunk);
         }
     }
     free(chunk);
     return st == LLMC_OK ? m->backend->params_written(m) : st;
+}
+
+static llmc_status random_values(void *ctx, const llmc_model *m, int tensor, size_t start,
+                                 size_t count, float *out) {
+    llmc_random_init(m, tensor, start, count, out);
+    return LLMC_OK;
 }
 
 llmc_status llmc_init(const llmc_config *config, const llmc_options *options, llmc_model **out) {
@@ -262,7 +269,7 @@ llmc_status llmc_init(const llmc_config *config, const llmc_options *options, ll
     if (st != LLMC_OK) return st;
     llmc_model *m;
     if ((st = model_create(&c, options, &m)) != LLMC_OK) return st;
-    if ((st = random_init(m)) != LLMC_OK) {
+    if ((st = llmc_fill_params(m, random_values, NULL)) != LLMC_OK) {
         model_destroy(m);
         return st;
     }
@@ -595,15 +602,13 @@ llmc_status llmc_plan_memory(const llmc_config *config, const llmc_options *opti
     if (st != LLMC_OK) return st;
     m.options = options ? *options : llmc_default_options();
     if ((st = check_options(&m.options, &m.config)) != LLMC_OK) return st;
-    m.backend = m.options.device == LLMC_DEVICE_CUDA ? llmc_cuda_backend_get() : &llmc_cpu_backend;
-    if (m.backend == NULL)
-        return llmc_error(LLMC_ERR_UNSUPPORTED, "no CUDA backend (libllmc_cuda.so: %s)", cuda_plugin.error);
+    if ((st = find_backend(&m.options, &m.backend)) != LLMC_OK) return st;
     llmc_param_layout(&m.config, m.param_sizes, m.param_offsets, &m.num_params);
     return m.backend->plan_bytes(&m, bytes_out);
 }
 
 /* ---- the public entries that touch a model: each holds the model's lock for
- * its whole call (recursive, so llmc_step may call the others) ---- */
+ * its whole call (none calls another public entry) ---- */
 
 llmc_status llmc_backward(llmc_model *m, const int32_t *inputs, const int32_t *targets,
                           int micro_steps, int B, int T, float *loss_out) {

@@ -31,7 +31,6 @@
 #define MODEL_VERSION_BF16 5
 #define OPTIMIZER_MAGIC 20261121
 #define OPTIMIZER_VERSION 1
-#define CHUNK_FLOATS ((size_t)1 << 20)
 
 static void header_put_config(int32_t *h, const llmc_config *c) {
     h[2] = c->max_seq_len;
@@ -49,26 +48,33 @@ static llmc_config header_get_config(const int32_t *h) {
 
 /* ---- reading -------------------------------------------------------------- */
 
-/* Opens path for reading, refusing anything but a regular file before the
- * first read: O_NONBLOCK keeps the open itself from waiting on a FIFO's
- * writer, and fstat then tells a FIFO, device or directory apart. */
-static llmc_status open_for_read(const char *path, FILE **f, size_t *size) {
+/* Opens path (open(2) flags, fdopen mode) as a regular file or fails:
+ * O_NONBLOCK keeps the open itself from waiting on a FIFO's other end, and
+ * fstat then tells a FIFO, device or directory apart before any I/O. `verb`
+ * names the attempt in errors ("open", "write"). */
+static llmc_status open_regular(const char *path, int flags, const char *mode, const char *verb,
+                                FILE **f, size_t *size) {
     *f = NULL;
-    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
-    if (fd < 0) return llmc_error(LLMC_ERR_IO, "cannot open '%s': %s", path, strerror(errno));
+    int fd = open(path, flags | O_NONBLOCK | O_CLOEXEC, 0644);
+    if (fd < 0) return llmc_error(LLMC_ERR_IO, "cannot %s '%s': %s", verb, path, strerror(errno));
     struct stat st;
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
         close(fd);
-        return llmc_error(LLMC_ERR_IO, "'%s' is not a regular file", path);
+        return llmc_error(LLMC_ERR_IO, "cannot %s '%s': not a regular file", verb, path);
     }
-    int flags = fcntl(fd, F_GETFL);
-    if (flags < 0 || fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) != 0 || (*f = fdopen(fd, "rb")) == NULL) {
-        llmc_status status = llmc_error(LLMC_ERR_IO, "cannot open '%s': %s", path, strerror(errno));
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) != 0 || (*f = fdopen(fd, mode)) == NULL) {
+        llmc_status status = llmc_error(LLMC_ERR_IO, "cannot %s '%s': %s", verb, path, strerror(errno));
         close(fd);
+        if (flags & O_CREAT) unlink(path);  /* the regular file this call made */
         return status;
     }
-    *size = (size_t)st.st_size;
+    if (size) *size = (size_t)st.st_size;
     return LLMC_OK;
+}
+
+static llmc_status open_for_read(const char *path, FILE **f, size_t *size) {
+    return open_regular(path, O_RDONLY, "rb", "open", f, size);
 }
 
 static llmc_status read_header(FILE *f, const char *path, size_t file_size, int32_t *h) {
@@ -190,24 +196,27 @@ void llmc_close_model_file(llmc_model_file *mf) {
     mf->f = NULL;
 }
 
+typedef struct {
+    llmc_model_file *mf;
+    uint16_t *scratch;  /* LLMC_CHUNK_FLOATS values as stored, for bf16 files */
+} file_source;
+
+static llmc_status file_values(void *ctx, const llmc_model *m, int tensor, size_t start,
+                               size_t count, float *out) {
+    file_source *src = ctx;
+    llmc_status st = read_values(src->mf->f, src->mf->path, src->mf->bytes_per, out, count,
+                                 src->scratch);
+    return st != LLMC_OK ? st
+                         : check_values(src->mf->path, "", &m->config, tensor, m->param_sizes[tensor],
+                                        start, out, count, 0);
+}
+
 llmc_status llmc_read_model_params(llmc_model_file *mf, llmc_model *m) {
-    float *chunk = malloc(CHUNK_FLOATS * sizeof(float));
-    uint16_t *scratch = malloc(CHUNK_FLOATS * sizeof(uint16_t));
-    llmc_status st = LLMC_OK;
-    if (chunk == NULL || scratch == NULL)
-        st = llmc_error(LLMC_ERR_OUT_OF_MEMORY, "out of host memory reading '%s'", mf->path);
-    for (int t = 0; st == LLMC_OK && t < LLMC_NUM_PARAM_TENSORS; t++) {
-        const size_t size = m->param_sizes[t];
-        for (size_t start = 0; st == LLMC_OK && start < size; start += CHUNK_FLOATS) {
-            size_t k = size - start < CHUNK_FLOATS ? size - start : CHUNK_FLOATS;
-            st = read_values(mf->f, mf->path, mf->bytes_per, chunk, k, scratch);
-            if (st == LLMC_OK) st = check_values(mf->path, "", &m->config, t, size, start, chunk, k, 0);
-            if (st == LLMC_OK) st = m->backend->write_params(m, t, start, k, chunk);
-        }
-    }
-    if (st == LLMC_OK) st = m->backend->params_written(m);
-    free(chunk);
-    free(scratch);
+    file_source src = {mf, malloc(LLMC_CHUNK_FLOATS * sizeof(uint16_t))};
+    llmc_status st = src.scratch == NULL
+                         ? llmc_error(LLMC_ERR_OUT_OF_MEMORY, "out of host memory reading '%s'", mf->path)
+                         : llmc_fill_params(m, file_values, &src);
+    free(src.scratch);
     return st;
 }
 
@@ -281,22 +290,8 @@ static llmc_status atomic_open(atomic_file *a, const char *path) {
     int len = snprintf(a->tmp, sizeof a->tmp, "%s.tmp.%ld", path, (long)getpid());
     if (len < 0 || (size_t)len >= sizeof a->tmp)
         return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "path too long: '%s'", path);
-    /* O_NONBLOCK: a FIFO left under the temporary name must not block the open */
-    int fd = open(a->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NONBLOCK | O_CLOEXEC, 0644);
-    if (fd < 0) return llmc_error(LLMC_ERR_IO, "cannot write '%s': %s", a->tmp, strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        close(fd);
-        return llmc_error(LLMC_ERR_IO, "cannot write '%s': not a regular file", a->tmp);
-    }
-    int flags = fcntl(fd, F_GETFL);
-    if (flags < 0 || fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) != 0 || (a->f = fdopen(fd, "wb")) == NULL) {
-        llmc_status status = llmc_error(LLMC_ERR_IO, "cannot write '%s': %s", a->tmp, strerror(errno));
-        close(fd);
-        unlink(a->tmp);
-        return status;
-    }
-    return LLMC_OK;
+    /* a FIFO left under the temporary name must not block the open (see open_regular) */
+    return open_regular(a->tmp, O_WRONLY | O_CREAT | O_TRUNC, "wb", "write", &a->f, NULL);
 }
 
 static llmc_status atomic_write(atomic_file *a, const void *data, size_t size, size_t count) {
@@ -344,10 +339,10 @@ llmc_status llmc_write_model_file(const char *path, const llmc_config *config, c
     if (st == LLMC_OK && dtype == LLMC_DTYPE_FP32) {
         st = atomic_write(&a, params, sizeof(float), n);
     } else if (st == LLMC_OK) {
-        uint16_t *chunk = malloc(CHUNK_FLOATS * sizeof(uint16_t));
+        uint16_t *chunk = malloc(LLMC_CHUNK_FLOATS * sizeof(uint16_t));
         if (chunk == NULL) st = llmc_error(LLMC_ERR_OUT_OF_MEMORY, "out of host memory writing '%s'", path);
         for (size_t done = 0; st == LLMC_OK && done < n;) {
-            size_t k = n - done < CHUNK_FLOATS ? n - done : CHUNK_FLOATS;
+            size_t k = n - done < LLMC_CHUNK_FLOATS ? n - done : LLMC_CHUNK_FLOATS;
             for (size_t i = 0; i < k; i++) chunk[i] = float_to_bf16(params[done + i]);
             st = atomic_write(&a, chunk, sizeof(uint16_t), k);
             done += k;

@@ -50,8 +50,7 @@ struct llmc_model {
     int64_t step;                 /* optimizer steps taken */
     int has_grads;                /* gradients of a finished backward are held */
     /* Taken by every API entry that reads or changes the model, so calls
-     * from several threads run one at a time (recursive: llmc_step calls
-     * llmc_backward and llmc_update). */
+     * from several threads run one at a time. */
     pthread_mutex_t lock;
 };
 
@@ -65,6 +64,16 @@ const char *llmc_param_name(int tensor);
 int llmc_param_is_per_layer(int tensor);
 /* 1 for the tensors AdamW decays (the 2-D weights), else 0. */
 int llmc_param_is_decayed(int tensor);
+
+/* Pieces in which parameters travel from the host (a file, the random
+ * initialisation) into a backend, and in which files are converted. */
+#define LLMC_CHUNK_FLOATS ((size_t)1 << 20)
+/* Values of elements start..start+count-1 of parameter tensor `tensor`. */
+typedef llmc_status (*llmc_param_source)(void *ctx, const llmc_model *m, int tensor, size_t start,
+                                         size_t count, float *out);
+/* Fills m's parameters from source, LLMC_CHUNK_FLOATS at a time, then calls
+ * the backend's params_written (api.c). */
+llmc_status llmc_fill_params(llmc_model *m, llmc_param_source source, void *ctx);
 
 struct llmc_backend {
     const char *name;

@@ -254,14 +254,25 @@ static int cpu_threads(const llmc_model *m) {
     return m->options.num_threads > 0 ? m->options.num_threads : omp_get_num_procs();
 }
 
-static llmc_status cpu_plan_bytes(const llmc_model *m, size_t *bytes) {
+/* The floats a model trained with `threads` threads holds, or an error when
+ * its tensors or that total are beyond what can be addressed. */
+static llmc_status check_plan(const llmc_model *m, int threads, double *floats) {
     llmc_status st = check_tensor_limits(m);
     if (st != LLMC_OK) return st;
-    const double plan = training_plan_floats(m, cpu_threads(m)) * sizeof(float);
-    if (plan > 0x1p60)
-        return llmc_error(LLMC_ERR_OUT_OF_MEMORY, "the plan would need %.3g GiB", plan / (1 << 30));
-    *bytes = (size_t)plan;
+    *floats = training_plan_floats(m, threads);
+    if (*floats * sizeof(float) > 0x1p60)
+        return llmc_error(LLMC_ERR_OUT_OF_MEMORY,
+                          "max_batch_size %d x max_seq_len %d would need %.3g GiB of host memory",
+                          m->options.max_batch_size, m->options.max_seq_len,
+                          *floats * sizeof(float) / (1 << 30));
     return LLMC_OK;
+}
+
+static llmc_status cpu_plan_bytes(const llmc_model *m, size_t *bytes) {
+    double floats;
+    llmc_status st = check_plan(m, cpu_threads(m), &floats);
+    if (st == LLMC_OK) *bytes = (size_t)(floats * sizeof(float));
+    return st;
 }
 
 static llmc_status cpu_create(llmc_model *m) {
@@ -278,14 +289,9 @@ static llmc_status cpu_create(llmc_model *m) {
 }
 
 static llmc_status cpu_alloc(llmc_model *m, int threads) {
-    llmc_status st = check_tensor_limits(m);
+    double plan;
+    llmc_status st = check_plan(m, threads, &plan);
     if (st != LLMC_OK) return st;
-    const double plan = training_plan_floats(m, threads);
-    if (plan * sizeof(float) > 0x1p60)
-        return llmc_error(LLMC_ERR_OUT_OF_MEMORY,
-                          "max_batch_size %d x max_seq_len %d would need %.3g GiB of host memory",
-                          m->options.max_batch_size, m->options.max_seq_len,
-                          plan * sizeof(float) / (1 << 30));
     cpu_state *s = calloc(1, sizeof *s);
     if (s == NULL) return llmc_error(LLMC_ERR_OUT_OF_MEMORY, "out of host memory");
     m->impl = s;

@@ -119,7 +119,7 @@ llmc_status alloc_n(cuda_state *g, T **p, size_t n, const char *what) {
 
 /* Offset of layer l's slice of parameter tensor i (wte, wpe, lnfw, lnfb are whole). */
 size_t slice(const cuda_state *g, int i, int l) {
-    const bool per_layer = i >= P_LN1W && i <= P_FCPROJB;
+    const bool per_layer = llmc_param_is_per_layer(i);
     return g->off[i] + (per_layer ? (size_t)l * (g->size[i] / g->L) : 0);
 }
 bf16 *P(cuda_state *g, int i, int l = 0) { return g->params + slice(g, i, l); }
@@ -315,7 +315,7 @@ llmc_status reduce_bucket(cuda_state *g, int l) {
     size_t counts[LLMC_NUM_PARAM_TENSORS];
     int n = 0;
     for (int i = 0; i < LLMC_NUM_PARAM_TENSORS; i++) {
-        const bool per_layer = i >= P_LN1W && i <= P_FCPROJB;
+        const bool per_layer = llmc_param_is_per_layer(i);
         if (per_layer != (l >= 0)) continue;
         bufs[n] = G(g, i, l >= 0 ? l : 0);
         counts[n++] = per_layer ? g->size[i] / g->L : g->size[i];

@@ -97,7 +97,6 @@ struct Product {
     const void *A, *B;
     void *D;
     size_t d_bytes;
-    bool accumulate;
     const void *aux_out;  // written by the GELU_AUX epilogues, else NULL
     size_t aux_bytes;
 };
@@ -217,8 +216,7 @@ static llmc_status find_algo(mm_ctx *ctx, const AlgoKey &key, Descs &ds, cublasL
             for (auto attr : aligns)
                 LT_TRY(cublasLtMatmulPreferenceSetAttribute(ds.pref, attr, &align, sizeof(align)));
         }
-        const bool timed = probe && !probe->accumulate;
-        const int want = timed ? 8 : 1;
+        const int want = probe ? 8 : 1;
         cublasLtMatmulHeuristicResult_t results[8];
         int found = 0;
         LT_TRY(cublasLtMatmulAlgoGetHeuristic(ctx->handle, ds.op, ds.a, b, d, d, ds.pref, want,
@@ -228,7 +226,7 @@ static llmc_status find_algo(mm_ctx *ctx, const AlgoKey &key, Descs &ds, cublasL
                               "cuBLASLt has no algorithm for a %dx%dx%d product (epilogue %d)",
                               std::get<0>(key), std::get<1>(key), std::get<2>(key),
                               std::get<9>(key));
-        const int pick = timed && found > 1 ? fastest_identical(ctx, ds, *probe, results, found) : 0;
+        const int pick = probe && found > 1 ? fastest_identical(ctx, ds, *probe, results, found) : 0;
         it = ctx->algos.emplace(key, results[pick].algo).first;
     }
     *out = &it->second;
@@ -289,10 +287,10 @@ static llmc_status lt_matmul(mm_ctx *ctx, void *D, cudaDataType_t d_type, const 
                         B,
                         D,
                         ((size_t)ldd * (n - 1) + m) * d_elem,
-                        accumulate,
                         aux_written ? aux : nullptr,
                         aux_written ? ((size_t)aux_ld * (n - 1) + m) * sizeof(bf16) : 0};
-    TRY(find_algo(ctx, key, ds, ds.b, ds.d, &algo, &probe));
+    /* products adding to their output keep the heuristic's first choice (see fastest_identical) */
+    TRY(find_algo(ctx, key, ds, ds.b, ds.d, &algo, accumulate ? nullptr : &probe));
     const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
     LT_TRY(cublasLtMatmul(ctx->handle, ds.op, &alpha, A, ds.a, B, ds.b, &beta, D, ds.d, D, ds.d,
                           algo, ctx->workspace, WORKSPACE_BYTES, ctx->stream));
