@@ -46,7 +46,6 @@ class Runner:
         self.env = distributed.mpi_environment()
         self.env["NCCL_NVLS_ENABLE"] = "0"  # NVLink multicast stays off on these machines
         self.env["PYTHONPATH"] = str(HERE.parent)
-        self.mpirun = distributed.find_mpirun()
         self.work = Path(a.work)
         self.train, self.val = write_data(self.work / "data", 2_000_000 if a.smoke else 20_000_000)
 
@@ -87,8 +86,8 @@ class Runner:
         peers = Path(self.a.peers)
         flags = ["-i", self.train, "-j", self.val, "-v", 100000, "-m", 1, "-s", 0, "-h", 0, "-n", 0,
                  "-e", size, "-b", B, "-t", T, "-d", tok, "-x", steps, "-z", 1]
-        cmd = [self.mpirun, "-np", str(n), "--bind-to", "none", "bash", str(peers / "llm.c.sh"), "run",
-               *map(str, flags)]
+        cmd = distributed.mpirun_command(n, [str(peers / "llm.c.sh"), "run", *map(str, flags)],
+                                         program="bash")
         text, rc, gb = run_watched(cmd, self.env)
         ms = llm_c_step_times(text, 3)
         if rc != 0 or not ms:

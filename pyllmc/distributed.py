@@ -304,8 +304,8 @@ def find_mpirun():
     return shutil.which("mpirun") or (beside if os.access(beside, os.X_OK) else None)
 
 
-def mpirun_command(nproc, argv):
-    """mpirun starting nproc local ranks of `python argv...`."""
+def mpirun_command(nproc, argv, program=sys.executable):
+    """mpirun starting nproc local ranks of `program argv...` (this Python by default)."""
     mpirun = find_mpirun()
     if mpirun is None:
         raise DistributedError("several CPU ranks need MPI, and no mpirun was found: "
@@ -315,7 +315,7 @@ def mpirun_command(nproc, argv):
                                     text=True).stdout:
         # every rank on every core: the ranks share the machine's threads
         cmd += ["--bind-to", "none", "--oversubscribe"]
-    return cmd + [sys.executable, *argv]
+    return cmd + [program, *argv]
 
 
 def mpi_environment():

@@ -285,9 +285,10 @@ def test_nccl_world_size_1_matches_the_plain_path(tmp_path, zero):
     assert dist.allreduce([1.5, 2.0], "max").tolist() == [1.5, 2.0]
     dist.save(tmp_path / "dist.bin")
     dist.save_optimizer(tmp_path / "dist_optim.bin")
-    assert np.array_equal(pyllmc.Model.load(tmp_path / "dist.bin").parameters(), dist.parameters())
+    saved = pyllmc.Model.load(tmp_path / "dist.bin").parameters()
+    assert np.array_equal(saved, dist.parameters())
     resumed = nccl_model(ODD, zero, max_batch_size=B, max_seq_len=T, seed=2)
-    resumed.set_parameters(pyllmc.Model.load(tmp_path / "dist.bin").parameters())
+    resumed.set_parameters(saved)
     resumed.load_optimizer(tmp_path / "dist_optim.bin")
     x, y = micro[3]
     assert dist.step(x, y, lr=1e-3) == resumed.step(x, y, lr=1e-3)

@@ -186,9 +186,9 @@ def test_a_killed_rank_stops_the_other_and_resume_finishes(data, tmp_path):
 
 @needs_mpi
 def test_ranks_with_different_arguments_stop(data, tmp_path):
-    common = [sys.executable, "-m", "pyllmc.train", *TINY, *data, "--out-dir", str(tmp_path / "o")]
-    mpirun = distributed.mpirun_command(1, [])[:-1]  # mpirun and its flags, with -np 1
-    cmd = [*mpirun, *common, "--lr", "1e-3", ":", "-np", "1", *common, "--lr", "2e-3"]
+    common = ["-m", "pyllmc.train", *TINY, *data, "--out-dir", str(tmp_path / "o")]
+    cmd = [*distributed.mpirun_command(1, [*common, "--lr", "1e-3"]),
+           ":", "-np", "1", sys.executable, *common, "--lr", "2e-3"]
     proc = subprocess.run(cmd, env=env_with(), cwd=REPO, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode != 0
