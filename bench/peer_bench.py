@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pyllmc.shards import write_shard
+from pyllmc.shards import ShardError, read_shard_header, write_shard
 
 HERE = Path(__file__).resolve().parent
 # size: micro-batch B, micro-steps per optimizer step, timed llmc steps (T = 1024)
@@ -74,13 +74,18 @@ def llm_c_step_times(text, first):
 
 
 def write_data(folder, tokens=20_000_000):
-    """Random-token train and val shards (llm.c's format), written once."""
+    """Random-token train and val shards (llm.c's format), written unless
+    folder already holds them at these sizes."""
+    train, val = folder / "train_000001.bin", folder / "val_000000.bin"
+    try:
+        if read_shard_header(train) == tokens and read_shard_header(val) == tokens // 10:
+            return train, val
+    except ShardError:
+        pass
     rng = np.random.default_rng(0)
     folder.mkdir(parents=True, exist_ok=True)
-    train, val = folder / "train_000001.bin", folder / "val_000000.bin"
-    if not train.exists():
-        write_shard(train, rng.integers(0, 50257, tokens))
-        write_shard(val, rng.integers(0, 50257, tokens // 10))
+    write_shard(train, rng.integers(0, 50257, tokens))
+    write_shard(val, rng.integers(0, 50257, tokens // 10))
     return train, val
 
 
