@@ -5,8 +5,9 @@
 #     full (default): tests, HellaSwag timing, every benchmark
 #     quick: tests and the two d12 benchmarks
 #     profile: tests and a kernel-time profile of d12 (bench/gpu_profile.py)
-#     peers: tests, then llmc against llm.c at d12, d24, d36 and d48 in this call
-#            (bench/peer_bench.py; PEER_ARGS adds its flags, e.g. --torch)
+#     peers: tests, then llmc (trainer and library loop) against llm.c at d12, d24, d36 and d48
+#            in this call, on real text (bench/peer_bench.py; PEER_ARGS adds its flags, e.g. --fp8)
+#   FP8_PROBE="65536 768" (any mode): also cuBLASLt's bf16 and FP8 product times at those shapes
 #     multi: tests, then data parallel on this machine's GPUs beside llm.c built with MPI
 #            (bench/multi_gpu.py; MULTI_ARGS adds its flags, e.g. "--sizes d48 --no-check")
 #     dist: tests, one-GPU runs of the trainer's distributed launch paths
@@ -16,6 +17,8 @@
 #   .carry/cudnn-frontend/include  the cudnn-frontend headers (pip nvidia-cudnn-frontend)
 #   .carry/whl/*.whl               wheels the machine lacks (scipy-openblas32)
 #   .carry/peers                   peers mode: a copy of ../shared/peers (llm.c and its build script)
+#   .carry/fineweb_sample          real FineWeb token shards (../shared/data/fineweb_sample): every
+#                                  benchmark reads them
 # Logs go to $OUT (or /tmp/gpu_check).
 set -o pipefail
 cd "$(dirname "$0")/.."
@@ -40,6 +43,12 @@ fi
 make -j"$(nproc)" lib "${DEPS_ARG[@]}" > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
 grep -E "^CUDA backend" "$OUT/build.log"
 echo "build: $(( $(date +%s) - start )) s"
+# FP8_PROBE="N C ...": cuBLASLt's bf16 and FP8 times for one block's products at these shapes
+if [ -n "$FP8_PROBE" ]; then
+    nvcc -O2 -arch=sm_90 -o /tmp/fp8_probe bench/fp8_probe.cu -lcublasLt || exit 1
+    set -- $FP8_PROBE
+    while [ $# -ge 2 ]; do /tmp/fp8_probe "$1" "$2" | tee -a "$OUT/fp8_probe.log"; shift 2; done
+fi
 
 python3 -m pytest -q -rs tests/test_cuda.py -s 2>&1 | tee "$OUT/tests.log" | grep -vE "^\s*$" | tail -25
 tests_rc=$?

@@ -25,6 +25,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from tqdm import tqdm
@@ -458,6 +459,18 @@ def check_loss(loss, recent, args):
     return None
 
 
+def read_step_batches(loader, me, micro_steps):
+    """This rank's (inputs, targets) of one step, each (micro_steps, B, T), and
+    the loader's position after the step. Every rank reads its share of the
+    step's batches and skips the others', so the position is the same on all."""
+    ranks = max(1, me.world_size)
+    loader.skip(me.rank * micro_steps)
+    batches = [loader.next_batch() for _ in range(micro_steps)]
+    loader.skip((ranks - 1 - me.rank) * micro_steps)
+    return (np.stack([x for x, _ in batches]), np.stack([y for _, y in batches]),
+            loader.state())
+
+
 def train_step(model, inputs, targets, lr, recent, args):
     """backward, the checks, then the update unless it is to be skipped.
     Returns (loss, gradient norm or NaN, problem or None, skipped)."""
@@ -601,6 +614,11 @@ def run(args, me, given=(), settings=""):
     def due(every, step):
         return step == total_steps or (every > 0 and step % every == 0)
 
+    # the loader runs one step ahead in a thread; data_state is its position
+    # after the batches of the last step taken, what a checkpoint records
+    reader = ThreadPoolExecutor(max_workers=1)
+    data_state = loader.state()
+    next_batches = reader.submit(read_step_batches, loader, me, micro_steps)
     try:
         for step in range(start_step, total_steps + 1):
             if val and due(args.val_every, step):
@@ -619,7 +637,7 @@ def run(args, me, given=(), settings=""):
                 say(f"--- sample at step {step} ---\n{text.strip()}\n---")
             if step > start_step and due(args.checkpoint_every, step):
                 checkpoint.save(model, args.out_dir, step, {
-                    "step": step, "data": loader.state(), "recent_losses": list(recent),
+                    "step": step, "data": data_state, "recent_losses": list(recent),
                     "seed": args.seed, "args": vars(args), "config": dataclasses.asdict(cfg)},
                     write_state=me.is_root)
                 if me.is_root:
@@ -628,16 +646,12 @@ def run(args, me, given=(), settings=""):
                 break
 
             t0 = time.perf_counter()
-            # every rank reads its share of the step's batches and skips the
-            # others', so the loader's position stays the same on all
-            loader.skip(me.rank * micro_steps)
-            batches = [loader.next_batch() for _ in range(micro_steps)]
-            loader.skip((ranks - 1 - me.rank) * micro_steps)
+            inputs, targets, data_state = next_batches.result()
+            if step + 1 < total_steps:  # read while the GPU (or the CPU's BLAS) runs this step
+                next_batches = reader.submit(read_step_batches, loader, me, micro_steps)
             lr = learning_rate(step, total_steps, args.lr, args.warmup_steps, args.lr_schedule,
                                args.final_lr_frac, args.wsd_decay_fraction)
-            loss, norm, problem, skipped = train_step(
-                model, np.stack([x for x, _ in batches]), np.stack([y for _, y in batches]),
-                lr, recent, args)
+            loss, norm, problem, skipped = train_step(model, inputs, targets, lr, recent, args)
             if problem:
                 say(f"warning: step {step}: {problem}" + ("; update skipped" if skipped else ""))
                 if not skipped and not math.isfinite(norm):
@@ -665,6 +679,7 @@ def run(args, me, given=(), settings=""):
         kept = checkpoint.complete_steps(args.out_dir)
         raise TrainError("interrupted" + (f"; --resume goes on from step {kept[-1]}" if kept else ""))
     finally:
+        reader.shutdown(cancel_futures=True)
         bar.close()
         if log:
             log.close()
