@@ -12,7 +12,7 @@ import struct
 import threading
 from pathlib import Path
 
-ABI_VERSION = 4  # must equal LLMC_ABI_VERSION in llmc.h
+ABI_VERSION = 5  # must equal LLMC_ABI_VERSION in llmc.h
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -99,7 +99,8 @@ class OptionsStruct(ctypes.Structure):
         ("zero_stage", ctypes.c_int32),
         ("comm_timeout_s", ctypes.c_int32),
         ("nccl_id", ctypes.c_uint8 * 128),
-        ("reserved", ctypes.c_int32 * 8),
+        ("precision", ctypes.c_int32),
+        ("reserved", ctypes.c_int32 * 7),
     ]
 
 
@@ -115,6 +116,8 @@ class AdamWStruct(ctypes.Structure):
 
 
 DEVICES = {"cpu": 0, "cuda": 1}
+# llmc_precision: "default" is fp32 on the CPU and bf16 on CUDA
+PRECISIONS = {"default": 0, "fp8": 1}
 DTYPES = {"fp32": 0, "bf16": 1}
 REDUCE_OPS = {"sum": 0, "max": 1, "min": 2}
 

@@ -82,20 +82,26 @@ class Model:
         self.max_batch_size = o.max_batch_size
         self.max_seq_len = o.max_seq_len
         self.rank, self.world_size, self.zero_stage = o.rank, o.world_size, o.zero_stage
+        self.precision = {v: k for k, v in _lib.PRECISIONS.items()}[o.precision]
         self.num_parameters = lib.llmc_num_parameters(self._handle)
 
     # ---- creation --------------------------------------------------------
 
     @staticmethod
     def _options(device, max_batch_size, max_seq_len, seed, num_threads, recompute, rank=0,
-                 world_size=0, zero_stage=0, nccl_id=None, comm_timeout_s=0, device_index=0):
+                 world_size=0, zero_stage=0, nccl_id=None, comm_timeout_s=0, device_index=0,
+                 precision="default"):
         if device not in _lib.DEVICES:
             raise _lib.InvalidArgumentError(f"device {device!r}, expected one of {sorted(_lib.DEVICES)}")
+        if precision not in _lib.PRECISIONS:
+            raise _lib.InvalidArgumentError(f"precision {precision!r}, expected one of "
+                                            f"{sorted(_lib.PRECISIONS)}")
         o = _lib.c_set(lib.llmc_default_options(), device=_lib.DEVICES[device],
                        device_index=device_index, max_batch_size=max_batch_size,
                        max_seq_len=max_seq_len or 0, seed=seed, num_threads=num_threads,
                        recompute=recompute, rank=rank, world_size=world_size,
-                       zero_stage=zero_stage, comm_timeout_s=comm_timeout_s)
+                       zero_stage=zero_stage, comm_timeout_s=comm_timeout_s,
+                       precision=_lib.PRECISIONS[precision])
         if nccl_id is not None:
             if len(nccl_id) != len(o.nccl_id):
                 raise _lib.InvalidArgumentError(f"nccl_id has {len(nccl_id)} bytes, expected "
@@ -110,7 +116,8 @@ class Model:
 
         distributed: rank, world_size, zero_stage, nccl_id, comm_timeout_s and
         device_index (the rank's GPU) for data-parallel training (llmc.h's
-        "Distributed mode"); every rank makes the same call."""
+        "Distributed mode"); every rank makes the same call. precision="fp8":
+        FP8 block products on a Hopper GPU (llmc.h's llmc_precision)."""
         if isinstance(config, str):
             config = Config.preset(config)
         options = cls._options(device, max_batch_size, max_seq_len, seed, num_threads, recompute,
@@ -132,13 +139,14 @@ class Model:
 
     @staticmethod
     def plan_memory(config, device="cpu", max_batch_size=4, max_seq_len=None, recompute=0,
-                    world_size=0, zero_stage=0):
+                    world_size=0, zero_stage=0, precision="default"):
         """Bytes per rank a model would hold for training, from the library's
         plan, without allocating it."""
         if isinstance(config, str):
             config = Config.preset(config)
         options = Model._options(device, max_batch_size, max_seq_len, 0, 0, recompute,
-                                 world_size=world_size, zero_stage=zero_stage)
+                                 world_size=world_size, zero_stage=zero_stage,
+                                 precision=precision)
         out = ctypes.c_size_t()
         call("llmc_plan_memory", ctypes.byref(config._to_struct()), ctypes.byref(options),
              ctypes.byref(out))

@@ -45,6 +45,7 @@ PEAK_TFLOPS = [("H100 PCIe", 756.0), ("H100", 989.4), ("H200", 989.4), ("A100", 
 FREE_ON_RESUME = ("print_every", "no_progress", "keep_last", "checkpoint_every", "val_every",
                   "val_steps", "sample_every", "sample_length", "hellaswag_every",
                   "hellaswag_data", "hellaswag_limit", "num_threads", "peak_tflops", "recompute",
+                  "precision",  # an FP8 run may go on in bf16 and the other way round
                   # how the ranks are laid out: a checkpoint resumes on any number of them
                   "zero", "nproc_per_node", "rendezvous", "rendezvous_path", "rendezvous_timeout",
                   "comm_timeout")
@@ -162,6 +163,10 @@ def build_parser():
                    "Default by width, the fastest setting within llm.c's memory at its batch "
                    "sizes (H200, bench/peer_bench.py): 0 up to 768 channels (d12), 1 up to 1280 "
                    "(d24, d36), 2 above (d48); each level costs 1-2.5%% in speed")
+    g.add_argument("--precision", choices=["bf16", "fp8"], default="bf16",
+                   help="CUDA arithmetic of the block products: bf16 (default), or fp8 "
+                   "(E4M3/E5M2 with delayed per-tensor scaling; Hopper or newer; "
+                   "bench/CUDA_NOTES.md has its speed and loss against bf16). The CPU trains in fp32")
     g.add_argument("--peak-tflops", type=float,
                    help="the device's peak TFLOP/s for MFU (default: known GPUs only)")
     g = p.add_argument_group(
@@ -301,7 +306,8 @@ def open_model(args, team, resume_file=None):
                          f"{model}")
     recompute = args.recompute if args.recompute is not None else default_recompute(config)
     plan = dict(device=args.device, max_batch_size=args.batch_size, max_seq_len=args.seq_len,
-                seed=args.seed, num_threads=args.num_threads, recompute=recompute)
+                seed=args.seed, num_threads=args.num_threads, recompute=recompute,
+                precision="fp8" if args.precision == "fp8" else "default")
     if me.distributed:
         plan.update(rank=me.rank, world_size=me.world_size, zero_stage=args.zero,
                     nccl_id=team.nccl_id, comm_timeout_s=args.comm_timeout,

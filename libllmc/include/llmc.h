@@ -73,8 +73,9 @@ extern "C" {
 #endif
 
 /* Bumped whenever a signature or struct below changes; pyllmc checks it.
- * 4: llmc_status_string; reserved options must be zero. */
-#define LLMC_ABI_VERSION 4
+ * 4: llmc_status_string; reserved options must be zero.
+ * 5: llmc_options.precision (taken from the reserved words). */
+#define LLMC_ABI_VERSION 5
 
 typedef enum llmc_status {
     LLMC_OK = 0,
@@ -91,6 +92,27 @@ typedef enum llmc_device {
     LLMC_DEVICE_CPU = 0,
     LLMC_DEVICE_CUDA = 1,
 } llmc_device;
+
+/* Arithmetic of the training step (llmc_options.precision).
+ * DEFAULT: fp32 on the CPU; on CUDA bf16 weights, activations and products.
+ * FP8 (CUDA, GPUs of compute capability 9.0 or newer): the four matrix
+ * products of every block (qkv, attention projection, fc, fc projection),
+ * forward and both backward products, take FP8 operands through cuBLASLt:
+ * inputs and weights E4M3, output gradients E5M2, each tensor with its own
+ * power-of-two scale, fp32 accumulation. Scales are delayed: a step uses
+ * the largest magnitudes of the 16 steps before it (a model's first step
+ * scales from its current tensors); a tensor that jumps above its history
+ * saturates at the format's largest value for that step. Embeddings,
+ * attention, LayerNorm, the LM head and the loss stay bf16, and the master
+ * weights and AdamW moments fp32, so model files are the same as in bf16.
+ * The scaling state is part of the optimizer file (llmc_save_optimizer), so
+ * a resumed FP8 run is bit-exact. FP8 training needs B*T and channels
+ * multiples of 16. On the CPU backend or an older GPU, FP8 is
+ * LLMC_ERR_UNSUPPORTED. */
+typedef enum llmc_precision {
+    LLMC_PRECISION_DEFAULT = 0,
+    LLMC_PRECISION_FP8 = 1,
+} llmc_precision;
 
 typedef enum llmc_dtype {
     LLMC_DTYPE_FP32 = 0, /* llm.c version 3 */
@@ -132,7 +154,8 @@ typedef struct llmc_options {
      * on rank 0 and handed to every rank by the caller (a TCP or file
      * rendezvous); all zero: the library sends it from rank 0 over MPI. */
     uint8_t nccl_id[128];
-    int32_t reserved[8];       /* must be zero (LLMC_ERR_INVALID_ARGUMENT otherwise) */
+    int32_t precision;         /* llmc_precision (0: the backend's default) */
+    int32_t reserved[7];       /* must be zero (LLMC_ERR_INVALID_ARGUMENT otherwise) */
 } llmc_options;
 
 /* AdamW hyper-parameters of one optimizer step. Weight decay applies to the
@@ -292,7 +315,10 @@ LLMC_API llmc_status llmc_get_gradients(llmc_model *model, float *out);
  * and the temporary file removed. Needs a host copy of the parameters. */
 LLMC_API llmc_status llmc_save(llmc_model *model, const char *path, llmc_dtype dtype);
 
-/* AdamW state (first and second moments, step count), for exact resume.
+/* AdamW state (first and second moments, step count; with FP8, the scaling
+ * state too), for exact resume. A file written by a bf16 model loads into an
+ * FP8 one (whose next step then scales from its current tensors) and the
+ * other way round (the scaling state is skipped).
  * Written atomically (as llmc_save). Loading checks that the file matches
  * this model's shape exactly, that every moment is finite, every second
  * moment >= 0 and the step count in 0..2^53-1 (LLMC_ERR_FORMAT naming the

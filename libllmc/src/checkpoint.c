@@ -4,9 +4,11 @@
  * Model file: 256 int32 header (magic 20240326; version 3 = fp32, 5 = bf16;
  * max_seq_len, vocab_size, num_layers, num_heads, channels,
  * padded_vocab_size), then the 16 tensors in llm.c's order.
- * Optimizer file: 256 int32 header (magic 20261121, version 1, the same six
- * shape fields, step as two int32 halves), then the first and second
- * moments as fp32 vectors.
+ * Optimizer file: 256 int32 header (magic 20261121, version 2, the same six
+ * shape fields, step as two int32 halves, the number of scaling-state
+ * floats), then the first and second moments as fp32 vectors, then the FP8
+ * scaling state (none for bf16 models). Version 1 (no scaling state, its
+ * header word 10 unused) still loads.
  * Writes go to a temporary file that is fsynced and renamed over the
  * target, so a crash leaves either the old file or the new one.
  */
@@ -30,7 +32,7 @@
 #define MODEL_VERSION_FP32 3
 #define MODEL_VERSION_BF16 5
 #define OPTIMIZER_MAGIC 20261121
-#define OPTIMIZER_VERSION 1
+#define OPTIMIZER_VERSION 2 /* 1: without the scaling-state count and data */
 
 static void header_put_config(int32_t *h, const llmc_config *c) {
     h[2] = c->max_seq_len;
@@ -235,17 +237,26 @@ static llmc_status read_moment(FILE *f, const char *path, const llmc_config *c, 
 }
 
 llmc_status llmc_read_optimizer_file(const char *path, const llmc_config *config, size_t n,
-                                     int64_t *step, float *mom1, float *mom2) {
+                                     int64_t *step, float *mom1, float *mom2, size_t n_scaling,
+                                     float *scaling, int *has_scaling) {
     FILE *f;
     size_t file_size = 0;
     llmc_status st = open_for_read(path, &f, &file_size);
     if (st != LLMC_OK) return st;
     int32_t h[HEADER_INTS];
     if ((st = read_header(f, path, file_size, h)) != LLMC_OK) goto done;
-    if (h[0] != OPTIMIZER_MAGIC || h[1] != OPTIMIZER_VERSION) {
+    if (h[0] != OPTIMIZER_MAGIC || h[1] < 1 || h[1] > OPTIMIZER_VERSION) {
         st = llmc_error(LLMC_ERR_FORMAT,
-                        "'%s' is not an llmc optimizer file: magic %d version %d, expected %d version %d",
-                        path, h[0], h[1], OPTIMIZER_MAGIC, OPTIMIZER_VERSION);
+                        "'%s' is not an llmc optimizer file: magic %d version %d, expected %d "
+                        "version 1..%d", path, h[0], h[1], OPTIMIZER_MAGIC, OPTIMIZER_VERSION);
+        goto done;
+    }
+    /* the scaling state: none, or exactly what this model holds (skipped by a
+     * model that has none, such as a bf16 one resuming an FP8 run) */
+    const size_t file_scaling = h[1] >= 2 ? (size_t)(uint32_t)h[10] : 0;
+    if (file_scaling != 0 && n_scaling != 0 && file_scaling != n_scaling) {
+        st = llmc_error(LLMC_ERR_FORMAT, "'%s' holds %zu floats of FP8 scaling state, but this model "
+                        "has %zu", path, file_scaling, n_scaling);
         goto done;
     }
     llmc_config c = header_get_config(h);
@@ -258,7 +269,7 @@ llmc_status llmc_read_optimizer_file(const char *path, const llmc_config *config
         goto done;
     }
     /* n <= LLMC_PARAM_LIMIT (the model exists), so this cannot wrap */
-    size_t expected = HEADER_BYTES + 2 * n * sizeof(float);
+    size_t expected = HEADER_BYTES + (2 * n + file_scaling) * sizeof(float);
     if (file_size != expected) {
         st = llmc_error(LLMC_ERR_FORMAT, "'%s' is %zu bytes, expected exactly %zu (truncated or "
                         "corrupted?)", path, file_size, expected);
@@ -271,7 +282,19 @@ llmc_status llmc_read_optimizer_file(const char *path, const llmc_config *config
         goto done;
     }
     if ((st = read_moment(f, path, config, "first moment of ", 0, mom1)) != LLMC_OK) goto done;
-    st = read_moment(f, path, config, "second moment of ", 1, mom2);
+    if ((st = read_moment(f, path, config, "second moment of ", 1, mom2)) != LLMC_OK) goto done;
+    *has_scaling = file_scaling != 0 && n_scaling != 0;
+    if (!*has_scaling) goto done;
+    if (fread(scaling, sizeof(float), n_scaling, f) != n_scaling) {
+        st = read_failed(f, path);
+        goto done;
+    }
+    for (size_t i = 0; i < n_scaling; i++)
+        if (!isfinite(scaling[i]) || scaling[i] < 0.0f) {
+            st = llmc_error(LLMC_ERR_FORMAT, "'%s': FP8 scaling state element %zu is %g, expected a "
+                            "finite value >= 0", path, i, scaling[i]);
+            goto done;
+        }
 done:
     fclose(f);
     return st;
@@ -353,18 +376,21 @@ llmc_status llmc_write_model_file(const char *path, const llmc_config *config, c
 }
 
 llmc_status llmc_write_optimizer_file(const char *path, const llmc_config *config, int64_t step,
-                                      const float *mom1, const float *mom2, size_t n) {
+                                      const float *mom1, const float *mom2, size_t n,
+                                      const float *scaling, size_t n_scaling) {
     int32_t h[HEADER_INTS] = {0};
     h[0] = OPTIMIZER_MAGIC;
     h[1] = OPTIMIZER_VERSION;
     header_put_config(h, config);
     h[8] = (int32_t)(uint32_t)((uint64_t)step & 0xffffffffu);
     h[9] = (int32_t)(uint32_t)((uint64_t)step >> 32);
+    h[10] = (int32_t)(uint32_t)n_scaling;
     atomic_file a;
     llmc_status st = atomic_open(&a, path);
     if (st != LLMC_OK) return st;
     st = atomic_write(&a, h, sizeof(int32_t), HEADER_INTS);
     if (st == LLMC_OK) st = atomic_write(&a, mom1, sizeof(float), n);
     if (st == LLMC_OK) st = atomic_write(&a, mom2, sizeof(float), n);
+    if (st == LLMC_OK && n_scaling) st = atomic_write(&a, scaling, sizeof(float), n_scaling);
     return atomic_close(&a, st);
 }

@@ -122,6 +122,14 @@ struct llmc_backend {
     /* Bytes the training plan of m->config and m->options holds per rank
      * (m->impl is NULL: nothing is allocated). */
     llmc_status (*plan_bytes)(const llmc_model *m, size_t *bytes);
+
+    /* FP8 scaling state, saved with the optimizer state (NULL entries: a
+     * backend without). scaling_floats: floats of state (0: none); get
+     * copies it onto rank 0 (out NULL elsewhere); set takes rank 0's copy
+     * (NULL elsewhere), or with present 0 starts the state afresh. */
+    size_t (*scaling_floats)(const llmc_model *m);
+    llmc_status (*get_scaling)(llmc_model *m, float *out);
+    llmc_status (*set_scaling)(llmc_model *m, const float *state, int present);
 };
 
 extern const llmc_backend llmc_cpu_backend;
