@@ -126,10 +126,11 @@ def run_trainer(size, recompute, steps, fp8, data):
         shutil.rmtree(out_dir, ignore_errors=True)
 
 
-def run_torch(size):
+def run_torch(size, fp8, data):
     B, micro, _ = SIZES[size]
     out, rc, gb = run_watched([sys.executable, "-m", "bench.gpu_torch_peer", "--preset", size,
-                               "-B", str(B), "-T", str(T), "--micro-steps", str(micro), "--compile"],
+                               "-B", str(B), "-T", str(T), "--micro-steps", str(micro), "--compile",
+                               "--data", str(data), *(["--fp8"] if fp8 else [])],
                               cwd=HERE.parent)
     if rc != 0:
         print(f"torch.compile {size}: failed (rc {rc})\n{out[-3000:]}", flush=True)
@@ -146,7 +147,9 @@ def main():
     p.add_argument("--peers", default=str(HERE.parent / ".carry" / "peers"),
                    help="folder with llm.c.sh and a built llm.c")
     p.add_argument("--llm-c-steps", type=int, default=10, help="llm.c steps per run")
-    p.add_argument("--torch", action="store_true", help="also PyTorch torch.compile (slow to compile)")
+    p.add_argument("--torch", action="store_true",
+                   help="also PyTorch torch.compile (slow to compile); with --fp8 also torchao's "
+                   "float8 training")
     p.add_argument("--data", default=str(HERE.parent / ".carry" / "fineweb_sample"),
                    help="folder of FineWeb token shards (*train*.bin, *val*.bin)")
     p.add_argument("--fp8", action="store_true", help="also llmc with FP8 block products")
@@ -164,9 +167,10 @@ def main():
             peers[f"llm.c {label}"] = run_llm_c(Path(a.peers), size, flags, (train, val),
                                                 a.llm_c_steps)
             print(f"llm.c {size} {label}: {peers[f'llm.c {label}']}", flush=True)
-        if a.torch:
-            peers["torch.compile"] = run_torch(size)
-            print(f"torch.compile {size}: {peers['torch.compile']}", flush=True)
+        for fp8 in ([False, True] if a.torch and a.fp8 else [False] if a.torch else []):
+            name = "torch.compile" + (" fp8" if fp8 else "")
+            peers[name] = run_torch(size, fp8, train)
+            print(f"{name} {size}: {peers[name]}", flush=True)
         for r in settings[size].split(","):
             for fp8 in ([False, True] if a.fp8 else [False]):
                 mine = {"loop": run_llmc(size, int(r), steps, fp8, train)}
