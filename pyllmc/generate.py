@@ -157,10 +157,10 @@ def generate(model, prompts, max_new_tokens=64, temperature=1.0, top_k=0, top_p=
     if not prompts:
         return ([], []) if logprobs else []
     longest = max(len(p) for p in prompts)
+    if longest >= model.config.max_seq_len:
+        raise _lib.InvalidArgumentError(f"a prompt of {longest} tokens leaves no room in the "
+                                        f"model's context ({model.config.max_seq_len} tokens)")
     max_len = min(model.config.max_seq_len, longest + max(int(max_new_tokens), 1))
-    if longest > max_len:
-        raise _lib.InvalidArgumentError(f"a prompt of {longest} tokens is longer than the model's "
-                                        f"context ({model.config.max_seq_len} tokens)")
     batch = min(len(prompts), max_batch or len(prompts))
     tokens, probs = [[] for _ in prompts], [[] for _ in prompts]
     with Generator(model, batch, max_len) as gen:

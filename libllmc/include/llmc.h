@@ -380,7 +380,7 @@ typedef enum llmc_finish {
     LLMC_FINISH_NONE = 0,     /* the sequence goes on */
     LLMC_FINISH_STOP = 1,     /* this token is stop_token */
     LLMC_FINISH_BUDGET = 2,   /* max_new_tokens reached */
-    LLMC_FINISH_LENGTH = 3,   /* the generator's max_len reached */
+    LLMC_FINISH_LENGTH = 3,   /* the sequence (prompt included) holds max_len tokens */
     LLMC_FINISH_CANCELLED = 4 /* never in an event: see llmc_generator_cancel */
 } llmc_finish;
 
@@ -409,7 +409,7 @@ LLMC_API llmc_status llmc_generator_create(llmc_model *model, int max_sequences,
 /* Frees the generator; NULL is a no-op. */
 LLMC_API void llmc_generator_free(llmc_generator *gen);
 
-/* Starts n sequences: prompt i is lengths[i] (1..max_len) tokens of
+/* Starts n sequences: prompt i is lengths[i] (1..max_len - 1) tokens of
  * `tokens` (the prompts one after another), sampled by sampling[i]. Their
  * prompts are prefilled into the cache now (all but the last token, which
  * the next step runs); ids_out[i] (n ints) gets each sequence's id, its slot

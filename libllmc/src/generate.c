@@ -7,7 +7,8 @@
  * A live slot holds its tokens in the cache but the newest one (`pending`):
  * a step runs every live slot's pending token as one row of one forward
  * pass, samples the next token from that row's logits, and makes it the new
- * pending token unless the sequence ends. A prompt of P tokens is P - 1
+ * pending token unless the sequence ends. A sequence of max_len tokens (its
+ * prompt included) ends, so its last cache position is never written. A prompt of P tokens is P - 1
  * prefilled rows then one step row, so a sequence's last token never costs
  * a forward pass.
  */
@@ -325,10 +326,10 @@ static llmc_status check_start(const llmc_generator *g, int n, const int32_t *to
                           free_slots, g->S);
     size_t offset = 0;
     for (int i = 0; i < n; i++) {
-        if (lengths[i] < 1 || lengths[i] > g->T)
+        if (lengths[i] < 1 || lengths[i] >= g->T)
             return llmc_error(LLMC_ERR_INVALID_ARGUMENT,
-                              "lengths[%d] = %d, expected 1..%d (the generator's max_len)", i,
-                              lengths[i], g->T);
+                              "lengths[%d] = %d, expected 1..%d (the generator's max_len - 1)", i,
+                              lengths[i], g->T - 1);
         llmc_status st = check_sampling(&sampling[i], i, g->V);
         if (st != LLMC_OK) return st;
         for (int j = 0; j < lengths[i]; j++)
@@ -423,7 +424,7 @@ static llmc_status step(llmc_generator *g, int k, llmc_token_event *events) {
         g->pending[s] = events[i].token;
         events[i].finish = events[i].token == sp->stop_token         ? LLMC_FINISH_STOP
                            : g->generated[s] >= sp->max_new_tokens ? LLMC_FINISH_BUDGET
-                           : g->len[s] >= g->T                      ? LLMC_FINISH_LENGTH
+                           : g->len[s] + 1 >= g->T                  ? LLMC_FINISH_LENGTH
                                                                     : LLMC_FINISH_NONE;
         if (events[i].finish != LLMC_FINISH_NONE) g->live[s] = 0;
     }
