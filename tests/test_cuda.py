@@ -347,8 +347,9 @@ def test_generation_is_deterministic_and_graphs_replay_the_eager_step():
 
 
 def test_a_cache_too_big_for_the_gpu_is_an_error():
-    gpu = pyllmc.Model.from_config(SMALL, device="cuda", max_batch_size=1, max_seq_len=8)
+    deep = pyllmc.Config(max_seq_len=64, vocab_size=512, num_layers=64, num_heads=4, channels=128)
+    gpu = pyllmc.Model.from_config(deep, device="cuda", max_batch_size=1, max_seq_len=8)
     from pyllmc.generate import Generator
     with pytest.raises(pyllmc.OutOfMemoryError, match="key/value cache"):
-        Generator(gpu, 2**18, 64)  # 2^18 x 64 x 2 layers x 128 x 2 x 2 bytes = 17 GB x 16
+        Generator(gpu, 2**18, 64)  # 64 layers x 2^24 positions x 128 x 2 (k, v) x 2 bytes: 550 GB
     assert gpu.generate([[1, 2]], max_new_tokens=3, temperature=0, stop_token=None)
