@@ -3,6 +3,7 @@ import contextlib
 import ctypes
 import dataclasses
 import threading
+import weakref
 
 import numpy as np
 
@@ -72,6 +73,7 @@ class Model:
         # every use of the handle holds this lock, so close() can never free
         # the model under a call in another thread
         self._lock = threading.RLock()
+        self._generators = weakref.WeakSet()  # freed before the model (pyllmc.generate)
         self._handle = ctypes.c_void_p(handle)
         c = _lib.ConfigStruct()
         call("llmc_get_config", self._handle, ctypes.byref(c))
@@ -158,6 +160,8 @@ class Model:
         if lock is None:  # __init__ failed before the handle existed
             return
         with lock:
+            for generator in list(self._generators):
+                generator.close()
             if self._handle:
                 lib.llmc_free(self._handle)
                 self._handle = None
@@ -271,6 +275,14 @@ class Model:
         out = np.empty((B, V) if last_only else (B, T, V), dtype=np.float32)
         self._call("llmc_logits", _i32(x), B, T, int(last_only), _f32(out))
         return out
+
+    def generate(self, prompts, max_new_tokens=64, temperature=1.0, top_k=0, top_p=1.0, seed=0,
+                 stop_token="eot", logprobs=False, stream=None, max_batch=None):
+        """Sampled continuations of prompts (strings or token lists) through a
+        key/value cache, sampling in C: see pyllmc.generate.generate."""
+        from .generate import generate
+        return generate(self, prompts, max_new_tokens, temperature, top_k, top_p, seed,
+                        stop_token, logprobs, stream, max_batch)
 
     # ---- parameters and files --------------------------------------------
 

@@ -454,3 +454,63 @@ def test_fp8_needs_batch_multiple_of_16():
     assert np.isfinite(m.eval(x, y))  # inference takes any shape
     x, y = batch(SMALL, 3, 32)
     assert np.isfinite(m.backward(x, y))
+
+
+# ---- generation (llmc_generator on CUDA: bf16 cache, graphs) -------------------
+
+def trained_pair():
+    """SMALL trained 60 CPU steps on a repeating sequence (so that greedy choices
+    are mostly clear-cut), its bf16-exact weights in a CPU and a CUDA model."""
+    cpu, gpu = pair(SMALL, 4, 64)
+    for x, y in patterned_batches(SMALL, 60, 4, 64, seed=3):
+        cpu.step(x, y, lr=3e-3)
+    p = bf16_exact(cpu.parameters())
+    cpu.set_parameters(p)
+    gpu.set_parameters(p)
+    return cpu, gpu
+
+
+def test_greedy_generation_matches_cpu_or_diverges_at_a_near_tie():
+    cpu, gpu = trained_pair()
+    rng = np.random.default_rng(4)
+    prompts = [rng.integers(0, SMALL.vocab_size, size=n).tolist() for n in (1, 5, 12)]
+    want, _ = cpu.generate(prompts, max_new_tokens=50, temperature=0, stop_token=None, logprobs=True)
+    got, got_lp = gpu.generate(prompts, max_new_tokens=50, temperature=0, stop_token=None,
+                               logprobs=True)
+    for prompt, w, g, lp in zip(prompts, want, got, got_lp):
+        same = next((i for i, (a, b) in enumerate(zip(w, g)) if a != b), len(w))
+        # every step up to the divergence: the GPU's log-probabilities near the CPU's full forward
+        seq = np.array(prompt + g, dtype=np.int32)[None]
+        logits = cpu.logits(seq)[0, len(prompt) - 1:-1].astype(np.float64)
+        logp = logits - logits.max(1, keepdims=True)
+        logp -= np.log(np.exp(logp).sum(1, keepdims=True))
+        np.testing.assert_allclose(lp[:same + 1], logp[np.arange(same + 1), g[:same + 1]],
+                                   atol=0.1)
+        if same < len(w):  # a near-tie under the CPU's own probabilities
+            gap = logp[same, w[same]] - logp[same, g[same]]
+            assert 0 <= gap < 0.05, (same, gap)
+        assert same >= 10, same
+
+
+def test_generation_is_deterministic_and_graphs_replay_the_eager_step():
+    _, gpu = trained_pair()
+    prompts = [[1, 2, 3], [7] * 9, [5]]
+    runs = [gpu.generate(prompts, max_new_tokens=40, temperature=0.9, top_k=50, top_p=0.95,
+                         seed=8, stop_token=None, logprobs=True) for _ in range(2)]
+    assert runs[0] == runs[1]
+    # each sequence alone: other batch sizes' graphs, the same tokens but for near-ties
+    for i, prompt in enumerate(prompts):
+        alone, lp = gpu.generate([prompt], max_new_tokens=40, temperature=0.9, top_k=50,
+                                 top_p=0.95, seed=8 + i, stop_token=None, logprobs=True)
+        agree = next((j for j, (a, b) in enumerate(zip(alone[0], runs[0][0][i])) if a != b), 40)
+        assert agree >= 10
+        np.testing.assert_allclose(lp[0][:agree], runs[0][1][i][:agree], atol=0.05)
+
+
+def test_a_cache_too_big_for_the_gpu_is_an_error():
+    deep = pyllmc.Config(max_seq_len=64, vocab_size=512, num_layers=64, num_heads=4, channels=128)
+    gpu = pyllmc.Model.from_config(deep, device="cuda", max_batch_size=1, max_seq_len=8)
+    from pyllmc.generate import Generator
+    with pytest.raises(pyllmc.OutOfMemoryError, match="key/value cache"):
+        Generator(gpu, 2**18, 64)  # 64 layers x 2^24 positions x 128 x 2 (k, v) x 2 bytes: 550 GB
+    assert gpu.generate([[1, 2]], max_new_tokens=3, temperature=0, stop_token=None)

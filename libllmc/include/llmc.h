@@ -74,7 +74,8 @@ extern "C" {
 
 /* Bumped whenever a signature or struct below changes; pyllmc checks it.
  * 4: llmc_status_string; reserved options must be zero.
- * 5: llmc_options.precision (taken from the reserved words). */
+ * 5: llmc_options.precision (taken from the reserved words); generation
+ *    (llmc_generator, llmc_sampling, llmc_token_event). */
 #define LLMC_ABI_VERSION 5
 
 typedef enum llmc_status {
@@ -348,6 +349,118 @@ LLMC_API llmc_status llmc_plan_memory(const llmc_config *config, const llmc_opti
  * host memory on CPU (gradients and activations for training are allocated
  * by the first llmc_backward, AdamW moments by the first update). */
 LLMC_API size_t llmc_memory_bytes(const llmc_model *model); /* 0 for NULL */
+
+/*
+ * Generation.
+ *
+ * An llmc_generator holds a key/value cache for up to max_sequences
+ * sequences of up to max_len tokens each (prompt and generated tokens
+ * together), planned and allocated at creation: asking for more than the
+ * device (or host) can hold is LLMC_ERR_OUT_OF_MEMORY then, never later.
+ * Sequences come and go independently: llmc_generator_start prefills the
+ * prompts of new sequences into free slots (any lengths, while others are
+ * running), and each step of llmc_generator_run samples one token for every
+ * live sequence from the logits of its newest token, then runs one forward
+ * pass over all of them (a batch of one row per sequence) through the cache.
+ * Sampling runs in the library: temperature, top-k and top-p (in that order,
+ * as Hugging Face's samplers), the random draw a pure function of the
+ * sequence's seed and the token's index, so a sequence's tokens depend on
+ * its prompt, sampling settings and seed alone, not on what else runs in
+ * the batch (up to the rounding of batched products: a near-tie between two
+ * tokens can go either way between batch shapes).
+ *
+ * A generator uses its model (the weights at each call: changing them in
+ * between leaves the cache holding keys of the old weights) and must be
+ * freed before it. Its calls take the model's lock, like every call on the
+ * model; one generator's calls must not race with each other's free.
+ *
+ * Typical use, streaming (the Python package wraps exactly this):
+ *   llmc_generator *g;
+ *   llmc_generator_create(model, 8, 0, &g);
+ *   llmc_sampling s = llmc_default_sampling(); s.max_new_tokens = 100;
+ *   int32_t id;
+ *   llmc_generator_start(g, 1, prompt, &prompt_len, &s, &id);
+ *   llmc_token_event ev[8 * 16];
+ *   int n;
+ *   do { llmc_generator_run(g, 16, ev, 8 * 16, &n); ... print ev[0..n) ... } while (n > 0);
+ *   llmc_generator_free(g);
+ */
+typedef struct llmc_generator llmc_generator;
+
+/* <|endoftext|> of GPT-2's tokenizer. */
+#define LLMC_GPT2_EOT 50256
+
+/* How one sequence is sampled. */
+typedef struct llmc_sampling {
+    float temperature;      /* 0: greedy (the likeliest token; the lowest id on a tie); else > 0 */
+    int32_t top_k;          /* keep the k likeliest tokens (0: all) */
+    float top_p;            /* keep the likeliest tokens whose probabilities sum to >= top_p
+                             * (0 < top_p <= 1; 1: all) */
+    uint64_t seed;          /* the sequence's random draws */
+    int32_t max_new_tokens; /* >= 1: the sequence ends after this many tokens */
+    int32_t stop_token;     /* the sequence ends after emitting it; -1: none */
+} llmc_sampling;
+
+/* Why a token event ends its sequence (llmc_token_event.finish). */
+typedef enum llmc_finish {
+    LLMC_FINISH_NONE = 0,     /* the sequence goes on */
+    LLMC_FINISH_STOP = 1,     /* this token is stop_token */
+    LLMC_FINISH_BUDGET = 2,   /* max_new_tokens reached */
+    LLMC_FINISH_LENGTH = 3,   /* the sequence (prompt included) holds max_len tokens */
+    LLMC_FINISH_CANCELLED = 4 /* never in an event: see llmc_generator_cancel */
+} llmc_finish;
+
+/* One generated token. */
+typedef struct llmc_token_event {
+    int32_t sequence; /* the id llmc_generator_start gave the sequence */
+    int32_t token;
+    float logprob;    /* log-probability of token under the model (temperature 1, before
+                       * top-k/top-p), whatever the sampling settings */
+    int32_t finish;   /* an llmc_finish: not 0 for the sequence's last token */
+} llmc_token_event;
+
+/* temperature 1, top_k 0, top_p 1, seed 0, max_new_tokens 256,
+ * stop_token LLMC_GPT2_EOT. */
+LLMC_API llmc_sampling llmc_default_sampling(void);
+
+/* Bytes (device memory on CUDA, host on CPU) a generator for max_sequences x
+ * max_len (0: the model's max_seq_len) would allocate, without allocating. */
+LLMC_API llmc_status llmc_generator_plan_memory(llmc_model *model, int max_sequences, int max_len,
+                                                size_t *bytes_out);
+/* A generator for up to max_sequences (>= 1) sequences at once of up to
+ * max_len tokens each (2..the model's config.max_seq_len; 0: all of it).
+ * Local to the rank in distributed mode. *out as for llmc_init. */
+LLMC_API llmc_status llmc_generator_create(llmc_model *model, int max_sequences, int max_len,
+                                           llmc_generator **out);
+/* Frees the generator; NULL is a no-op. */
+LLMC_API void llmc_generator_free(llmc_generator *gen);
+
+/* Starts n sequences: prompt i is lengths[i] (1..max_len - 1) tokens of
+ * `tokens` (the prompts one after another), sampled by sampling[i]. Their
+ * prompts are prefilled into the cache now (all but the last token, which
+ * the next step runs); ids_out[i] (n ints) gets each sequence's id, its slot
+ * 0..max_sequences-1, free for a later start once the sequence finished.
+ * Every argument is checked before anything starts: too few free slots is
+ * LLMC_ERR_INVALID_ARGUMENT and starts none. */
+LLMC_API llmc_status llmc_generator_start(llmc_generator *gen, int n, const int32_t *tokens,
+                                          const int32_t *lengths, const llmc_sampling *sampling,
+                                          int32_t *ids_out);
+/* Runs up to max_steps steps (>= 1), each giving one event per live
+ * sequence (in id order), written to events (capacity entries, at least
+ * max_sequences); stops early when no sequence is live or when the next
+ * step's events would not fit. *n_events gets the number written (0: none
+ * was live). A sequence's last event has finish != 0; its slot is free after
+ * it. On an error the live sequences stay as they were before the step that
+ * failed (the events of the steps before it are written and counted). */
+LLMC_API llmc_status llmc_generator_run(llmc_generator *gen, int max_steps,
+                                        llmc_token_event *events, int capacity, int *n_events);
+/* Ends a live sequence now (no event), freeing its slot: a client that went
+ * away. An id that is not live is LLMC_ERR_INVALID_ARGUMENT. */
+LLMC_API llmc_status llmc_generator_cancel(llmc_generator *gen, int32_t id);
+/* Live sequences (0 for NULL). */
+LLMC_API int llmc_generator_live(llmc_generator *gen);
+/* Bytes the generator holds: its cache and scratch (0 for NULL). */
+LLMC_API size_t llmc_generator_memory_bytes(llmc_generator *gen);
 
 #ifdef __cplusplus
 }

@@ -154,4 +154,17 @@ void adamw_update(float *params, const float *grads, float *mom1, float *mom2, s
                   float beta1, float beta2, float eps, float weight_decay, float grad_scale,
                   int64_t t);
 
+/* ---- kvcache.c (generation) ---------------------------------------------
+ * One layer's cache: keys and values (S, NH, T, hs) each. Row i of qkv
+ * (n, 3C) is token position pos[i] of slot slot[i]. */
+
+/* Copies each row's keys and values into the cache. */
+void kv_store(float *keys, float *values, const float *qkv, const int32_t *slot,
+              const int32_t *pos, int n, int C, int NH, int T);
+/* out (n, C): each row's query attends over positions 0..pos[i] of its
+ * slot; scratch holds T floats per OpenMP thread. */
+void attention_cached(float *out, float *scratch, const float *qkv, const float *keys,
+                      const float *values, const int32_t *slot, const int32_t *pos, int n, int C,
+                      int NH, int T);
+
 #endif /* LLMC_CPU_LAYERS_H */

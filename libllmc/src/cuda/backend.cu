@@ -37,6 +37,7 @@
 
 #include "attention.h"
 #include "comm_nccl.cuh"
+#include "decode.cuh"
 #include "fp8.cuh"
 #include "kernels.cuh"
 #include "matmul.cuh"
@@ -1059,6 +1060,18 @@ size_t cuda_memory_bytes(const llmc_model *m) {
 
 }  // namespace
 
+llmc_status cuda_decode_weights(llmc_model *m, cuda_weights *out) {
+    TRY(set_device(m));
+    cuda_state *g = impl(m);
+    out->stream = g->stream;
+    out->mm = g->mm;
+    for (int i = 0; i < LLMC_NUM_PARAM_TENSORS; i++) {
+        out->tensor[i] = P(g, i);
+        out->layer_stride[i] = llmc_param_is_per_layer(i) ? g->size[i] / g->L : 0;
+    }
+    return LLMC_OK;
+}
+
 extern "C" {
 
 LLMC_API extern const llmc_backend llmc_cuda_backend;
@@ -1084,6 +1097,7 @@ const llmc_backend llmc_cuda_backend = {
     cuda_scaling_floats,
     guarded<cuda_get_scaling>::call,
     guarded<cuda_set_scaling>::call,
+    &cuda_decode_ops,
 };
 
 /* Visible GPUs, 0 on any error (no driver, no device). */

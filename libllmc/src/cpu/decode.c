@@ -1,0 +1,164 @@
+/*
+ * decode.c: the CPU backend's generation: the key/value cache and the
+ * forward pass of rows that are single tokens of cached sequences (prompt
+ * tokens being prefilled, or each live sequence's newest token). fp32, the
+ * same kernels as training, so a row's logits match llmc_logits over the
+ * whole prefix to rounding.
+ *
+ * Memory, planned and checked at creation: every layer's keys and values
+ * for S slots of T positions, and the activations of R rows (one layer at a
+ * time, as eval's forward).
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "../config.h"
+#include "decode.h"
+#include "layers.h"
+
+typedef struct {
+    int S, T, R, threads;
+    float *mem;
+    size_t bytes;
+    float *keys, *values;      /* (L, S, NH, T, hs) each */
+    float *x;                  /* (R, C) residual stream */
+    float *ln, *mean, *rstd;   /* (R, C), (R), (R) */
+    float *qkv;                /* (R, 3C) */
+    float *atty;               /* (R, C) */
+    float *fch, *fch_gelu;     /* (R, 4C) */
+    float *scores;             /* T per thread */
+} cpu_cache;
+
+/* The buffers in allocation order: sizes in floats, each padded to 64 bytes. */
+#define CACHE_BUFFERS 11
+static void cache_sizes(const llmc_model *m, int S, int T, int R, int threads,
+                        double sizes[CACHE_BUFFERS]) {
+    const double L = m->config.num_layers, C = m->config.channels;
+    const double kv = L * S * (double)T * C;
+    const double rows[] = {kv, kv, R * C, R * C, R, R, R * 3 * C, R * C, R * 4 * C, R * 4 * C,
+                           (double)threads * T};
+    for (int i = 0; i < CACHE_BUFFERS; i++) sizes[i] = rows[i];
+}
+
+static double padded_floats(double n) { return n + 16; }
+
+static int cache_threads(llmc_model *m) {
+    int threads;
+    cpu_decode_params(m, &threads);
+    return threads;
+}
+
+static llmc_status check_cache(const llmc_model *m, int S, int T, int R, int threads,
+                               double *floats) {
+    *floats = 0.0;
+    double sizes[CACHE_BUFFERS];
+    cache_sizes(m, S, T, R, threads, sizes);
+    const double C = m->config.channels, V = m->config.vocab_size;
+    const struct { const char *name; double elements; } limits[] = {
+        {"(rows, 4C) MLP activation", R * 4 * C}, {"(sequences, V) logits", S * V},
+    };
+    for (size_t i = 0; i < sizeof limits / sizeof limits[0]; i++)
+        if (limits[i].elements > (double)LLMC_TENSOR_LIMIT)
+            return llmc_error(LLMC_ERR_INVALID_ARGUMENT,
+                              "the CPU backend's %s tensor would hold %.3g elements for %d "
+                              "sequences, more than %llu", limits[i].name, limits[i].elements, S,
+                              (unsigned long long)LLMC_TENSOR_LIMIT);
+    for (int i = 0; i < CACHE_BUFFERS; i++) *floats += padded_floats(sizes[i]);
+    if (*floats * sizeof(float) > 0x1p60)
+        return llmc_error(LLMC_ERR_OUT_OF_MEMORY,
+                          "a key/value cache of %d sequences x %d positions would need %.3g GiB",
+                          S, T, *floats * sizeof(float) / (1 << 30));
+    return LLMC_OK;
+}
+
+static llmc_status cpu_cache_plan_bytes(const llmc_model *m, int S, int T, int R, size_t *bytes) {
+    double floats;
+    llmc_status st = check_cache(m, S, T, R, cache_threads((llmc_model *)m), &floats);
+    if (st == LLMC_OK) *bytes = (size_t)(floats * sizeof(float));
+    return st;
+}
+
+static llmc_status cpu_cache_create(llmc_model *m, int S, int T, int R, void **out) {
+    const int threads = cache_threads(m);
+    double floats;
+    llmc_status st = check_cache(m, S, T, R, threads, &floats);
+    if (st != LLMC_OK) return st;
+    const size_t bytes = (size_t)floats * sizeof(float);
+    if ((st = llmc_host_memory_check(bytes, "key/value cache")) != LLMC_OK) return st;
+    cpu_cache *c = calloc(1, sizeof *c);
+    float *mem = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+    if (c == NULL || mem == NULL) {
+        free(c);
+        free(mem);
+        return llmc_error(LLMC_ERR_OUT_OF_MEMORY, "out of host memory for the key/value cache "
+                          "(%.2f GiB)", (double)bytes / (1 << 30));
+    }
+    *c = (cpu_cache){.S = S, .T = T, .R = R, .threads = threads, .mem = mem, .bytes = bytes};
+    float **bufs[CACHE_BUFFERS] = {&c->keys, &c->values, &c->x, &c->ln, &c->mean, &c->rstd,
+                                   &c->qkv, &c->atty, &c->fch, &c->fch_gelu, &c->scores};
+    double sizes[CACHE_BUFFERS];
+    cache_sizes(m, S, T, R, threads, sizes);
+    size_t offset = 0;
+    for (int i = 0; i < CACHE_BUFFERS; i++) {
+        *bufs[i] = mem + offset;
+        offset += (size_t)padded_floats(sizes[i]);
+    }
+    *out = c;
+    return LLMC_OK;
+}
+
+static void cpu_cache_destroy(llmc_model *m, void *cache) {
+    cpu_cache *c = cache;
+    if (c == NULL) return;
+    free(c->mem);
+    free(c);
+}
+
+/* GPT-2: learned positions, pre-LayerNorm blocks, tied LM head. */
+static void gpt2_decode_forward(llmc_model *m, cpu_cache *c, float *const *p, int n,
+                                const int32_t *slot, const int32_t *pos, const int32_t *tokens,
+                                int n_out, const int32_t *out_rows, float *logits) {
+    const int L = m->config.num_layers, C = m->config.channels, NH = m->config.num_heads;
+    const int V = m->config.vocab_size;
+    const size_t layer_kv = (size_t)c->S * c->T * C;
+    for (int i = 0; i < n; i++) {
+        const float *te = p[P_WTE] + (size_t)tokens[i] * C, *pe = p[P_WPE] + (size_t)pos[i] * C;
+        float *x = c->x + (size_t)i * C;
+        for (int k = 0; k < C; k++) x[k] = te[k] + pe[k];
+    }
+    for (int l = 0; l < L; l++) {
+        const size_t lC = (size_t)l * C;
+        float *keys = c->keys + l * layer_kv, *values = c->values + l * layer_kv;
+        layernorm_forward(c->ln, c->mean, c->rstd, c->x, p[P_LN1W] + lC, p[P_LN1B] + lC, n, C);
+        matmul_forward(c->qkv, c->ln, p[P_QKVW] + lC * 3 * C, p[P_QKVB] + 3 * lC, NULL, n, C, 3 * C);
+        kv_store(keys, values, c->qkv, slot, pos, n, C, NH, c->T);
+        attention_cached(c->atty, c->scores, c->qkv, keys, values, slot, pos, n, C, NH, c->T);
+        matmul_forward(c->x, c->atty, p[P_ATTPROJW] + lC * C, p[P_ATTPROJB] + lC, c->x, n, C, C);
+        layernorm_forward(c->ln, c->mean, c->rstd, c->x, p[P_LN2W] + lC, p[P_LN2B] + lC, n, C);
+        matmul_forward(c->fch, c->ln, p[P_FCW] + lC * 4 * C, p[P_FCB] + 4 * lC, NULL, n, C, 4 * C);
+        gelu_forward(c->fch_gelu, c->fch, (size_t)n * 4 * C);
+        matmul_forward(c->x, c->fch_gelu, p[P_FCPROJW] + lC * 4 * C, p[P_FCPROJB] + lC, c->x, n,
+                       4 * C, C);
+    }
+    /* the final LayerNorm and the LM head for the rows asked for only */
+    for (int j = 0; j < n_out; j++)
+        memcpy(c->atty + (size_t)j * C, c->x + (size_t)out_rows[j] * C, C * sizeof(float));
+    layernorm_forward(c->ln, c->mean, c->rstd, c->atty, p[P_LNFW], p[P_LNFB], n_out, C);
+    gemm(0, 1, n_out, V, C, 1.0f, c->ln, C, p[P_WTE], C, 0.0f, logits, V);
+}
+
+static llmc_status cpu_cache_forward(llmc_model *m, void *cache, int n, const int32_t *slot,
+                                     const int32_t *pos, const int32_t *tokens, int n_out,
+                                     const int32_t *out_rows, float *logits) {
+    int threads;
+    float *const *p = cpu_decode_params(m, &threads);
+    gpt2_decode_forward(m, cache, p, n, slot, pos, tokens, n_out, out_rows, logits);
+    return LLMC_OK;
+}
+
+const llmc_decode_ops cpu_decode_ops = {
+    .plan_bytes = cpu_cache_plan_bytes,
+    .create = cpu_cache_create,
+    .destroy = cpu_cache_destroy,
+    .forward = cpu_cache_forward,
+};
