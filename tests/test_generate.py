@@ -87,19 +87,35 @@ SETTINGS = [dict(temperature=0), dict(temperature=0.8, top_k=20), dict(temperatu
             dict(temperature=1.0, top_k=50, top_p=0.5), dict(temperature=1.0)]
 
 
+def first_difference(a, b):
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
 @pytest.mark.parametrize("settings", SETTINGS)
 def test_a_batch_equals_each_sequence_alone(hf_pair, settings):
+    """The same tokens, but for the rounding of products of another batch size
+    (the BLAS may take another path): the log-probabilities agree to 1e-5 and
+    a divergence is a greedy near-tie or a draw at a sampling boundary, rare."""
     _, ours = hf_pair
     batch = prompts(3, [1, 9, 30, 2, 60])
     together, lp_together = ours.generate(batch, max_new_tokens=40, seed=11, logprobs=True,
                                           **settings)
+    diverged = 0
     for i, prompt in enumerate(batch):
         alone, lp_alone = ours.generate([prompt], max_new_tokens=40, seed=11 + i, logprobs=True,
                                         **settings)
-        assert together[i] == alone[0]
-        np.testing.assert_allclose(lp_together[i], lp_alone[0], atol=1e-5, rtol=0)
-    # fewer slots than prompts: sequences wait for a free slot, same tokens
-    assert ours.generate(batch, max_new_tokens=40, seed=11, max_batch=2, **settings) == together
+        same = first_difference(together[i], alone[0])
+        np.testing.assert_allclose(lp_together[i][:same + 1], lp_alone[0][:same + 1], atol=1e-5,
+                                   rtol=0)
+        if same < 40:
+            diverged += 1
+            if settings["temperature"] == 0:
+                full, _ = full_forward_logprobs(ours, prompt, together[i])
+                assert abs(full[same, together[i][same]] - full[same, alone[0][same]]) < 1e-4
+    assert diverged <= 1
+    # fewer slots than prompts: sequences wait for a free slot, the same batch shapes at the end
+    waiting = ours.generate(batch, max_new_tokens=40, seed=11, max_batch=2, **settings)
+    assert sum(first_difference(a, b) < 40 for a, b in zip(waiting, together)) <= 1
 
 
 def test_seeds_repeat_and_differ(hf_pair):
@@ -153,6 +169,9 @@ def test_streaming_and_strings():
         assert [len(t) for t in out] == [7, 7]
         assert [t for i, t in seen if i == 0] == out[0] and [t for i, t in seen if i == 1] == out[1]
         assert model.generate("Hello", max_new_tokens=7, seed=1, stop_token=None) == out[:1]
+    # a model's vocabulary may hold ids the tokenizer lacks (padding): they print as nothing
+    from pyllmc.tokenizer import decode_bytes
+    assert decode_bytes([15496, 50300]) == b"Hello"
 
 
 def test_bad_arguments_are_refused_and_leave_it_usable(hf_pair):
