@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "config.h"
+#include "cpu/layers.h" /* vec_expf */
 #include "model.h"
 
 /* Rows of one prefill forward at least (more when max_sequences is larger):
@@ -106,65 +107,74 @@ static void select_best(int32_t *order, int n, int k, const float *z) {
     qsort_r(order, k, sizeof *order, compare_ranks, (void *)z);
 }
 
+/* sum of e^(scale * (x_i - max)) over n values, the terms into w. */
+static float exp_weights(const float *x, int n, float max, float scale, float *w) {
+    float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+    for (int i = 0; i < n; i++) {
+        w[i] = vec_expf(scale * (x[i] - max));
+        sum += w[i];
+    }
+    return sum;
+}
+
 /* The sampled token of one row of logits; *logprob its log-probability
- * under the model. order and weights: V entries of scratch. */
+ * under the model. order and weights: V entries of scratch. Weights are
+ * e^((logit - max) / temperature): the tokens' probabilities up to a common
+ * factor, which is all that ranking, top-p and the draw need. */
 static int32_t sample(const float *logits, int V, const llmc_sampling *sp, uint64_t index,
                       int32_t *order, float *weights, float *logprob) {
     int32_t best = 0;
     for (int32_t i = 1; i < V; i++)
         if (logits[i] > logits[best]) best = i;
     const float max = logits[best];
-    double total = 0.0;
-    for (int32_t i = 0; i < V; i++) total += exp((double)logits[i] - max);
+    const float total = exp_weights(logits, V, max, 1.0f, weights); /* for the log-probability */
     int32_t token = best;
     if (sp->temperature > 0.0f) {
-        /* z = logits / temperature in weights; the kept candidates are
-         * order[0..kept), or every token in id order when nothing is cut */
+        /* the kept candidates are order[0..kept), or every token in id order when nothing is cut */
         const double u = uniform(sp->seed, index);
-        const float inv_t = 1.0f / sp->temperature;
-        for (int32_t i = 0; i < V; i++) weights[i] = logits[i] * inv_t;
-        const float zmax = max * inv_t;
-        const int cut = (sp->top_k > 0 && sp->top_k < V) || sp->top_p < 1.0f;
+        const float all = sp->temperature == 1.0f ? total
+                                                  : exp_weights(logits, V, max, 1.0f / sp->temperature, weights);
+        const int top_k = sp->top_k > 0 && sp->top_k < V ? sp->top_k : 0;
+        const int cut = top_k > 0 || sp->top_p < 1.0f;
         int kept = V;
         if (cut) {
             for (int32_t i = 0; i < V; i++) order[i] = i;
-            double mass = 0.0; /* of the distribution top-p cuts from */
-            if (sp->top_k == 0 || sp->top_k >= V)
-                for (int32_t i = 0; i < V; i++) mass += exp((double)weights[i] - zmax);
-            int k = sp->top_k > 0 && sp->top_k < V ? sp->top_k : (V < TOP_P_FIRST_CANDIDATES ? V : TOP_P_FIRST_CANDIDATES);
+            int k = top_k ? top_k : (V < TOP_P_FIRST_CANDIDATES ? V : TOP_P_FIRST_CANDIDATES);
             for (;;) {
                 select_best(order, V, k, weights);
-                if (sp->top_k > 0 && sp->top_k < V) {
-                    mass = 0.0;
-                    for (int j = 0; j < k; j++) mass += exp((double)weights[order[j]] - zmax);
-                }
                 kept = k;
                 if (sp->top_p >= 1.0f) break;
-                double cum = 0.0;
+                /* top-p cuts from the distribution top-k left (or the whole one) */
+                double mass = 0.0, cum = 0.0;
+                if (top_k)
+                    for (int j = 0; j < k; j++) mass += weights[order[j]];
+                else
+                    mass = all;
                 int reached = 0;
                 for (int j = 0; j < k && !reached; j++) {
-                    cum += exp((double)weights[order[j]] - zmax);
+                    cum += weights[order[j]];
                     if (cum >= sp->top_p * mass) kept = j + 1, reached = 1;
                 }
-                if (reached || k == V || (sp->top_k > 0 && sp->top_k < V)) break;
+                if (reached || k == V || top_k) break;
                 k = k > V / 4 ? V : 4 * k;
             }
         }
         double sum = 0.0;
-        for (int j = 0; j < kept; j++) sum += exp((double)weights[cut ? order[j] : j] - zmax);
+        for (int j = 0; j < kept; j++) sum += weights[cut ? order[j] : j];
         const double target = u * sum;
         double cum = 0.0;
         token = cut ? order[kept - 1] : V - 1; /* if rounding (or NaN) never crosses target */
         for (int j = 0; j < kept; j++) {
             const int32_t id = cut ? order[j] : j;
-            cum += exp((double)weights[id] - zmax);
+            cum += weights[id];
             if (cum > target) {
                 token = id;
                 break;
             }
         }
     }
-    *logprob = (float)((double)logits[token] - max - log(total));
+    *logprob = logits[token] - max - logf(total);
     return token;
 }
 
