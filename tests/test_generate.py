@@ -127,16 +127,28 @@ def test_seeds_repeat_and_differ(hf_pair):
     assert a[0] != a[1]  # the same prompt, seeds 3 and 4
 
 
+def nucleus(p, top_p, slack=0):
+    """Tokens of the smallest set of the likeliest holding top_p (and `slack`
+    more, for float32's rounding at the boundary)."""
+    order = np.argsort(-p)
+    return order[:np.searchsorted(np.cumsum(p[order]), top_p * p.sum()) + 1 + slack]
+
+
 def test_top_k_and_top_p_keep_only_the_likeliest(hf_pair):
     _, ours = hf_pair
     prompt = prompts(5, [6])[0]
+    # top_p 0.97 reaches past the 256 likeliest tokens of this random model: the threshold path
     for settings, allowed in [(dict(top_k=3), lambda p: np.argsort(-p)[:3]),
-                              (dict(top_p=0.3), lambda p: np.argsort(-p)[:np.searchsorted(
-                                  np.cumsum(np.sort(p)[::-1]), 0.3) + 1])]:
+                              (dict(top_p=0.3), lambda p: nucleus(p, 0.3)),
+                              (dict(top_p=0.97), lambda p: nucleus(p, 0.97, slack=2)),
+                              (dict(top_k=100, top_p=0.5), lambda p: nucleus(
+                                  np.where(p >= np.sort(p)[-100], p, 0), 0.5))]:
         tokens = ours.generate([prompt], max_new_tokens=30, seed=9, **settings)[0]
         full, _ = full_forward_logprobs(ours, prompt, tokens)
         for step, token in enumerate(tokens):
             assert token in allowed(np.exp(full[step]))
+    wide = nucleus(np.exp(full_forward_logprobs(ours, prompt, tokens)[0][0]), 0.97)
+    assert len(wide) > 256
 
 
 def test_stop_token_budget_and_length():

@@ -25,9 +25,11 @@
 /* Rows of one prefill forward at least (more when max_sequences is larger):
  * enough for the products to run at full speed, small beside the cache. */
 #define PREFILL_ROWS 256
-/* Candidates top-p looks at first (without top-k); quadrupled until the
- * probability mass it needs is among them. */
+/* Candidates top-p ranks (without top-k); when its nucleus is wider, the
+ * nucleus is found by a weight threshold instead (flat distributions), to
+ * NUCLEUS_BISECTIONS halvings of the weight range. */
 #define TOP_P_FIRST_CANDIDATES 256
+#define NUCLEUS_BISECTIONS 32
 
 struct llmc_generator {
     llmc_model *model;
@@ -118,6 +120,23 @@ static float exp_weights(const float *x, int n, float max, float scale, float *w
     return sum;
 }
 
+/* The weight threshold of top-p's nucleus when it is wider than the
+ * candidates ranked: the largest found (by bisection below `below`, whose
+ * tokens hold less than target) at which the tokens at or above it hold at
+ * least target of the mass. */
+static float nucleus_threshold(const float *w, int V, double target, float below) {
+    float lo = 0.0f, hi = below;
+    for (int iter = 0; iter < NUCLEUS_BISECTIONS; iter++) {
+        const float mid = 0.5f * (lo + hi);
+        float mass = 0.0f; /* float: enough to place the threshold, and vectorised */
+#pragma omp simd reduction(+ : mass)
+        for (int i = 0; i < V; i++) mass += w[i] >= mid ? w[i] : 0.0f;
+        if (mass >= target) lo = mid;
+        else hi = mid;
+    }
+    return lo;
+}
+
 /* The sampled token of one row of logits; *logprob its log-probability
  * under the model. order and weights: V entries of scratch. Weights are
  * e^((logit - max) / temperature): the tokens' probabilities up to a common
@@ -136,15 +155,16 @@ static int32_t sample(const float *logits, int V, const llmc_sampling *sp, uint6
         const float all = sp->temperature == 1.0f ? total
                                                   : exp_weights(logits, V, max, 1.0f / sp->temperature, weights);
         const int top_k = sp->top_k > 0 && sp->top_k < V ? sp->top_k : 0;
-        const int cut = top_k > 0 || sp->top_p < 1.0f;
-        int kept = V;
-        if (cut) {
+        /* kept: order[0..kept) (best first), or every token in id order whose
+         * weight is at least `threshold` */
+        int kept = 0, by_rank = top_k > 0 || sp->top_p < 1.0f;
+        float threshold = 0.0f;
+        if (by_rank) {
             for (int32_t i = 0; i < V; i++) order[i] = i;
-            int k = top_k ? top_k : (V < TOP_P_FIRST_CANDIDATES ? V : TOP_P_FIRST_CANDIDATES);
-            for (;;) {
-                select_best(order, V, k, weights);
-                kept = k;
-                if (sp->top_p >= 1.0f) break;
+            const int k = top_k ? top_k : (V < TOP_P_FIRST_CANDIDATES ? V : TOP_P_FIRST_CANDIDATES);
+            select_best(order, V, k, weights);
+            kept = k;
+            if (sp->top_p < 1.0f) {
                 /* top-p cuts from the distribution top-k left (or the whole one) */
                 double mass = 0.0, cum = 0.0;
                 if (top_k)
@@ -156,18 +176,25 @@ static int32_t sample(const float *logits, int V, const llmc_sampling *sp, uint6
                     cum += weights[order[j]];
                     if (cum >= sp->top_p * mass) kept = j + 1, reached = 1;
                 }
-                if (reached || k == V || top_k) break;
-                k = k > V / 4 ? V : 4 * k;
+                if (!reached) { /* a flat distribution: its nucleus is past the candidates */
+                    threshold = nucleus_threshold(weights, V, sp->top_p * mass,
+                                                  weights[order[k - 1]]);
+                    by_rank = 0;
+                }
             }
         }
+        const int n = by_rank ? kept : V;
         double sum = 0.0;
-        for (int j = 0; j < kept; j++) sum += weights[cut ? order[j] : j];
+        for (int j = 0; j < n; j++) {
+            const float w = weights[by_rank ? order[j] : j];
+            sum += w >= threshold ? w : 0.0f;
+        }
         const double target = u * sum;
         double cum = 0.0;
-        token = cut ? order[kept - 1] : V - 1; /* if rounding (or NaN) never crosses target */
-        for (int j = 0; j < kept; j++) {
-            const int32_t id = cut ? order[j] : j;
-            cum += weights[id];
+        token = by_rank ? order[kept - 1] : best; /* if rounding (or NaN) never crosses target */
+        for (int j = 0; j < n; j++) {
+            const int32_t id = by_rank ? order[j] : j;
+            cum += weights[id] >= threshold ? weights[id] : 0.0f;
             if (cum > target) {
                 token = id;
                 break;
