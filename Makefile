@@ -122,7 +122,8 @@ ASAN_ENV = LLMC_LIB=$(CURDIR)/build-asan/libllmc.so \
 # exercises no more of the C boundary and would only be slower)
 test-asan: asan
 	build-asan/c_api_example build-asan/c_api_example.bin
-	$(ASAN_ENV) $(PYTHON) -m pytest -q -p no:cacheprovider tests/test_fuzz.py tests/test_robustness.py tests/test_api.py
+	$(ASAN_ENV) $(PYTHON) -m pytest -q -p no:cacheprovider tests/test_fuzz.py tests/test_robustness.py tests/test_api.py \
+	    tests/test_generate.py
 
 test: all test-deps $(BUILD)/c_api_example
 	$(BUILD)/c_api_example $(BUILD)/c_api_example.bin

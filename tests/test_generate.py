@@ -217,6 +217,34 @@ def test_bad_arguments_are_refused_and_leave_it_usable(hf_pair):
         ours.generate([[1] * POSITIONS], max_new_tokens=1)
 
 
+def test_the_c_api_refuses_null_arguments():
+    import ctypes
+    from pyllmc._lib import TokenEventStruct, lib
+    config = Config(max_seq_len=16, vocab_size=100, num_layers=1, num_heads=1, channels=8)
+    with Model.from_config(config, max_batch_size=1, num_threads=1) as model:
+        with model._using() as handle:
+            out = ctypes.c_void_p()
+            assert lib.llmc_generator_create(None, 1, 0, ctypes.byref(out)) == 1
+            assert lib.llmc_generator_create(handle, 1, 0, None) == 1
+            assert lib.llmc_generator_create(handle, 1, 0, ctypes.byref(out)) == 0
+        gen = out
+        tokens, n = (ctypes.c_int32 * 2)(1, 1), ctypes.c_int()
+        sampling = (ctypes.c_int32 * 1)(1)
+        assert lib.llmc_generator_start(gen, 1, None, tokens, None, tokens) == 1
+        assert lib.llmc_generator_start(None, 1, tokens, sampling, None, tokens) == 1
+        events = (TokenEventStruct * 1)()
+        assert lib.llmc_generator_run(gen, 1, None, 1, ctypes.byref(n)) == 1
+        assert lib.llmc_generator_run(gen, 1, events, 1, None) == 1
+        assert lib.llmc_generator_run(gen, 0, events, 1, ctypes.byref(n)) == 1
+        assert lib.llmc_generator_run(gen, 1, events, 0, ctypes.byref(n)) == 1
+        assert lib.llmc_generator_run(gen, 1, events, 1, ctypes.byref(n)) == 0 and n.value == 0
+        assert lib.llmc_generator_cancel(None, 0) == 1
+        assert lib.llmc_generator_live(None) == 0 and lib.llmc_generator_memory_bytes(None) == 0
+        assert lib.llmc_generator_memory_bytes(gen) > 0
+        lib.llmc_generator_free(gen)
+        lib.llmc_generator_free(None)
+
+
 def test_a_cache_too_big_is_an_error_not_a_crash():
     # 100 layers x 16384 sequences x 1024 positions x 16 channels x 2: 214 GB
     config = Config(max_seq_len=1024, vocab_size=100, num_layers=100, num_heads=1, channels=16)

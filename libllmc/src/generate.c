@@ -444,7 +444,11 @@ static llmc_status step(llmc_generator *g, int k, llmc_token_event *events) {
                                                          g->logits);
     if (st != LLMC_OK) return st;
     const int V = g->V;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(g->threads) if (k > 1)
+    /* no more threads than the rows, the scratch, or the caller's OpenMP
+     * setting (the CPU backend's num_threads) */
+    int threads = k < g->threads ? k : g->threads;
+    if (threads > omp_get_max_threads()) threads = omp_get_max_threads();
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1)
     for (int i = 0; i < k; i++) {
         const int s = g->row_slot[i], t = omp_get_thread_num();
         float logprob;
