@@ -10,6 +10,8 @@
 #   FP8_PROBE="65536 768" (any mode): also cuBLASLt's bf16 and FP8 product times at those shapes
 #     multi: tests, then data parallel on this machine's GPUs beside llm.c built with MPI
 #            (bench/multi_gpu.py; MULTI_ARGS adds its flags, e.g. "--sizes d48 --no-check")
+#     generate: tests, then tokens/s of generation against transformers at d12 and d48
+#               (bench/generate_bench.py; GEN_ARGS adds its flags, e.g. "--sizes d12")
 #     dist: tests, one-GPU runs of the trainer's distributed launch paths
 #           (--nproc-per-node 1 with its TCP rendezvous, mpirun -np 1), and
 #           d12 with and without the NCCL path (world size 1), alternated
@@ -68,6 +70,9 @@ if [ "$MODE" = peers ] || [ "$MODE" = multi ]; then
 fi
 if [ "$MODE" = peers ]; then
     python3 -m bench.peer_bench --json "$OUT/peers.json" $PEER_ARGS 2>&1 | tee "$OUT/peers.log"
+fi
+if [ "$MODE" = generate ]; then
+    python3 -m bench.generate_bench $GEN_ARGS 2>&1 | grep -v "Loading weights" | tee "$OUT/generate.log"
 fi
 if [ "$MODE" = multi ]; then
     python3 -m bench.multi_gpu --json "$OUT/multi.json" $MULTI_ARGS 2>&1 | tee "$OUT/multi.log"

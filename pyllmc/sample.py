@@ -10,7 +10,7 @@ import codecs
 import sys
 
 from .files import os_error_message
-from .tokenizer import EOT, decode, encode
+from .tokenizer import EOT, decode_bytes, encode
 
 
 def sample_text(model, prompt="", max_new_tokens=64, temperature=1.0, top_k=None, seed=0):
@@ -19,17 +19,16 @@ def sample_text(model, prompt="", max_new_tokens=64, temperature=1.0, top_k=None
     prompt_tokens = encode(prompt) if prompt else [EOT]
     new = model.generate([prompt_tokens], max_new_tokens, temperature, top_k or 0, seed=seed,
                          stop_token=None)[0]
-    return decode(prompt_tokens[0 if prompt else 1:] + new)
+    return decode_bytes(prompt_tokens[0 if prompt else 1:] + new).decode("utf-8", "replace")
 
 
 def text_writer(out):
     """write(tokens, final=False): their text to out as it comes; a character
     split across tokens waits for its last byte (codecs' incremental decoder)."""
-    from .tokenizer import gpt2_encoding
-    encoding, utf8 = gpt2_encoding(), codecs.getincrementaldecoder("utf-8")("replace")
+    utf8 = codecs.getincrementaldecoder("utf-8")("replace")
 
     def write(tokens, final=False):
-        out.write(utf8.decode(encoding.decode_bytes(tokens), final))
+        out.write(utf8.decode(decode_bytes(tokens), final))
         out.flush()
     return write
 
@@ -84,7 +83,8 @@ def main(argv=None):
                 print()
             else:
                 for i, (prompt, sampled) in enumerate(zip(tokens, new)):
-                    text = decode(prompt[0 if prompts[i] else 1:] + sampled)
+                    text = decode_bytes(prompt[0 if prompts[i] else 1:] + sampled).decode(
+                        "utf-8", "replace")
                     print(f"--- sample {i + 1} ---\n{text}")
     except OSError as e:
         print(f"error: {os_error_message(e)}", file=sys.stderr)

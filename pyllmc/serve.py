@@ -22,7 +22,7 @@ import time
 
 from .files import os_error_message
 from .generate import FINISH_REASONS, Generator
-from .tokenizer import EOT, encode, gpt2_encoding
+from .tokenizer import EOT, decode_bytes, encode
 
 MAX_BODY_BYTES = 1 << 20
 SOCKET_TIMEOUT_S = 30
@@ -230,7 +230,6 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def results(self, job):
         """(text pieces, finish reason) as the tokens come; raises the worker's error."""
         utf8 = codecs.getincrementaldecoder("utf-8")("replace")
-        encoding = gpt2_encoding()
         while True:
             item = job.events.get()
             if item is None:
@@ -238,7 +237,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             if isinstance(item, Exception):
                 raise item
             _, token, logprob, finish = item
-            text = utf8.decode(encoding.decode_bytes([token]), bool(finish))
+            text = utf8.decode(decode_bytes([token]), bool(finish))
             yield token, text, logprob, FINISH_REASONS.get(finish)
 
     def header(self):

@@ -63,6 +63,13 @@ def decode(tokens):
     return gpt2_encoding().decode([int(t) for t in tokens])
 
 
+def decode_bytes(tokens):
+    """The bytes of token ids, for text that arrives a token at a time; ids
+    the tokenizer lacks (a model's vocabulary may be larger) give none."""
+    enc = gpt2_encoding()
+    return b"".join(enc.decode_single_token_bytes(int(t)) for t in tokens if 0 <= t < enc.n_vocab)
+
+
 def encode_documents(texts):
     """Tokens of documents as they go into a shard: each document prefixed by
     <|endoftext|>, then its ordinary encoding. Returns (tokens as uint16,

@@ -87,19 +87,35 @@ SETTINGS = [dict(temperature=0), dict(temperature=0.8, top_k=20), dict(temperatu
             dict(temperature=1.0, top_k=50, top_p=0.5), dict(temperature=1.0)]
 
 
+def first_difference(a, b):
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
 @pytest.mark.parametrize("settings", SETTINGS)
 def test_a_batch_equals_each_sequence_alone(hf_pair, settings):
+    """The same tokens, but for the rounding of products of another batch size
+    (the BLAS may take another path): the log-probabilities agree to 1e-5 and
+    a divergence is a greedy near-tie or a draw at a sampling boundary, rare."""
     _, ours = hf_pair
     batch = prompts(3, [1, 9, 30, 2, 60])
     together, lp_together = ours.generate(batch, max_new_tokens=40, seed=11, logprobs=True,
                                           **settings)
+    diverged = 0
     for i, prompt in enumerate(batch):
         alone, lp_alone = ours.generate([prompt], max_new_tokens=40, seed=11 + i, logprobs=True,
                                         **settings)
-        assert together[i] == alone[0]
-        np.testing.assert_allclose(lp_together[i], lp_alone[0], atol=1e-5, rtol=0)
-    # fewer slots than prompts: sequences wait for a free slot, same tokens
-    assert ours.generate(batch, max_new_tokens=40, seed=11, max_batch=2, **settings) == together
+        same = first_difference(together[i], alone[0])
+        np.testing.assert_allclose(lp_together[i][:same + 1], lp_alone[0][:same + 1], atol=1e-5,
+                                   rtol=0)
+        if same < 40:
+            diverged += 1
+            if settings["temperature"] == 0:
+                full, _ = full_forward_logprobs(ours, prompt, together[i])
+                assert abs(full[same, together[i][same]] - full[same, alone[0][same]]) < 1e-4
+    assert diverged <= 1
+    # fewer slots than prompts: sequences wait for a free slot, the same batch shapes at the end
+    waiting = ours.generate(batch, max_new_tokens=40, seed=11, max_batch=2, **settings)
+    assert sum(first_difference(a, b) < 40 for a, b in zip(waiting, together)) <= 1
 
 
 def test_seeds_repeat_and_differ(hf_pair):
@@ -111,16 +127,28 @@ def test_seeds_repeat_and_differ(hf_pair):
     assert a[0] != a[1]  # the same prompt, seeds 3 and 4
 
 
+def nucleus(p, top_p, slack=0):
+    """Tokens of the smallest set of the likeliest holding top_p (and `slack`
+    more, for float32's rounding at the boundary)."""
+    order = np.argsort(-p)
+    return order[:np.searchsorted(np.cumsum(p[order]), top_p * p.sum()) + 1 + slack]
+
+
 def test_top_k_and_top_p_keep_only_the_likeliest(hf_pair):
     _, ours = hf_pair
     prompt = prompts(5, [6])[0]
+    # top_p 0.97 reaches past the 256 likeliest tokens of this random model: the threshold path
     for settings, allowed in [(dict(top_k=3), lambda p: np.argsort(-p)[:3]),
-                              (dict(top_p=0.3), lambda p: np.argsort(-p)[:np.searchsorted(
-                                  np.cumsum(np.sort(p)[::-1]), 0.3) + 1])]:
+                              (dict(top_p=0.3), lambda p: nucleus(p, 0.3)),
+                              (dict(top_p=0.97), lambda p: nucleus(p, 0.97, slack=2)),
+                              (dict(top_k=100, top_p=0.5), lambda p: nucleus(
+                                  np.where(p >= np.sort(p)[-100], p, 0), 0.5))]:
         tokens = ours.generate([prompt], max_new_tokens=30, seed=9, **settings)[0]
         full, _ = full_forward_logprobs(ours, prompt, tokens)
         for step, token in enumerate(tokens):
             assert token in allowed(np.exp(full[step]))
+    wide = nucleus(np.exp(full_forward_logprobs(ours, prompt, tokens)[0][0]), 0.97)
+    assert len(wide) > 256
 
 
 def test_stop_token_budget_and_length():
@@ -153,6 +181,9 @@ def test_streaming_and_strings():
         assert [len(t) for t in out] == [7, 7]
         assert [t for i, t in seen if i == 0] == out[0] and [t for i, t in seen if i == 1] == out[1]
         assert model.generate("Hello", max_new_tokens=7, seed=1, stop_token=None) == out[:1]
+    # a model's vocabulary may hold ids the tokenizer lacks (padding): they print as nothing
+    from pyllmc.tokenizer import decode_bytes
+    assert decode_bytes([15496, 50300]) == b"Hello"
 
 
 def test_bad_arguments_are_refused_and_leave_it_usable(hf_pair):
@@ -184,6 +215,34 @@ def test_bad_arguments_are_refused_and_leave_it_usable(hf_pair):
             Generator(ours, S, T)
     with pytest.raises(pyllmc.InvalidArgumentError, match="leaves no room"):
         ours.generate([[1] * POSITIONS], max_new_tokens=1)
+
+
+def test_the_c_api_refuses_null_arguments():
+    import ctypes
+    from pyllmc._lib import TokenEventStruct, lib
+    config = Config(max_seq_len=16, vocab_size=100, num_layers=1, num_heads=1, channels=8)
+    with Model.from_config(config, max_batch_size=1, num_threads=1) as model:
+        with model._using() as handle:
+            out = ctypes.c_void_p()
+            assert lib.llmc_generator_create(None, 1, 0, ctypes.byref(out)) == 1
+            assert lib.llmc_generator_create(handle, 1, 0, None) == 1
+            assert lib.llmc_generator_create(handle, 1, 0, ctypes.byref(out)) == 0
+        gen = out
+        tokens, n = (ctypes.c_int32 * 2)(1, 1), ctypes.c_int()
+        sampling = (ctypes.c_int32 * 1)(1)
+        assert lib.llmc_generator_start(gen, 1, None, tokens, None, tokens) == 1
+        assert lib.llmc_generator_start(None, 1, tokens, sampling, None, tokens) == 1
+        events = (TokenEventStruct * 1)()
+        assert lib.llmc_generator_run(gen, 1, None, 1, ctypes.byref(n)) == 1
+        assert lib.llmc_generator_run(gen, 1, events, 1, None) == 1
+        assert lib.llmc_generator_run(gen, 0, events, 1, ctypes.byref(n)) == 1
+        assert lib.llmc_generator_run(gen, 1, events, 0, ctypes.byref(n)) == 1
+        assert lib.llmc_generator_run(gen, 1, events, 1, ctypes.byref(n)) == 0 and n.value == 0
+        assert lib.llmc_generator_cancel(None, 0) == 1
+        assert lib.llmc_generator_live(None) == 0 and lib.llmc_generator_memory_bytes(None) == 0
+        assert lib.llmc_generator_memory_bytes(gen) > 0
+        lib.llmc_generator_free(gen)
+        lib.llmc_generator_free(None)
 
 
 def test_a_cache_too_big_is_an_error_not_a_crash():

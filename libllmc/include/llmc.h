@@ -423,8 +423,9 @@ typedef struct llmc_token_event {
  * stop_token LLMC_GPT2_EOT. */
 LLMC_API llmc_sampling llmc_default_sampling(void);
 
-/* Bytes (device memory on CUDA, host on CPU) a generator for max_sequences x
- * max_len (0: the model's max_seq_len) would allocate, without allocating. */
+/* Bytes a generator for max_sequences x max_len (0: the model's
+ * max_seq_len) would allocate, without allocating: its cache and scratch
+ * (device memory on CUDA) plus its host buffers (logits, sampling). */
 LLMC_API llmc_status llmc_generator_plan_memory(llmc_model *model, int max_sequences, int max_len,
                                                 size_t *bytes_out);
 /* A generator for up to max_sequences (>= 1) sequences at once of up to

@@ -19,14 +19,17 @@
 #include <string.h>
 
 #include "config.h"
+#include "cpu/layers.h" /* vec_expf */
 #include "model.h"
 
 /* Rows of one prefill forward at least (more when max_sequences is larger):
  * enough for the products to run at full speed, small beside the cache. */
 #define PREFILL_ROWS 256
-/* Candidates top-p looks at first (without top-k); quadrupled until the
- * probability mass it needs is among them. */
+/* Candidates top-p ranks (without top-k); when its nucleus is wider, the
+ * nucleus is found by a weight threshold instead (flat distributions), to
+ * NUCLEUS_BISECTIONS halvings of the weight range. */
 #define TOP_P_FIRST_CANDIDATES 256
+#define NUCLEUS_BISECTIONS 32
 
 struct llmc_generator {
     llmc_model *model;
@@ -106,65 +109,99 @@ static void select_best(int32_t *order, int n, int k, const float *z) {
     qsort_r(order, k, sizeof *order, compare_ranks, (void *)z);
 }
 
+/* sum of e^(scale * (x_i - max)) over n values, the terms into w. */
+static float exp_weights(const float *x, int n, float max, float scale, float *w) {
+    float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+    for (int i = 0; i < n; i++) {
+        w[i] = vec_expf(scale * (x[i] - max));
+        sum += w[i];
+    }
+    return sum;
+}
+
+/* The weight threshold of top-p's nucleus when it is wider than the
+ * candidates ranked: the largest found (by bisection below `below`, whose
+ * tokens hold less than target) at which the tokens at or above it hold at
+ * least target of the mass. */
+static float nucleus_threshold(const float *w, int V, double target, float below) {
+    float lo = 0.0f, hi = below;
+    for (int iter = 0; iter < NUCLEUS_BISECTIONS; iter++) {
+        const float mid = 0.5f * (lo + hi);
+        float mass = 0.0f; /* float: enough to place the threshold, and vectorised */
+#pragma omp simd reduction(+ : mass)
+        for (int i = 0; i < V; i++) mass += w[i] >= mid ? w[i] : 0.0f;
+        if (mass >= target) lo = mid;
+        else hi = mid;
+    }
+    return lo;
+}
+
 /* The sampled token of one row of logits; *logprob its log-probability
- * under the model. order and weights: V entries of scratch. */
+ * under the model. order and weights: V entries of scratch. Weights are
+ * e^((logit - max) / temperature): the tokens' probabilities up to a common
+ * factor, which is all that ranking, top-p and the draw need. */
 static int32_t sample(const float *logits, int V, const llmc_sampling *sp, uint64_t index,
                       int32_t *order, float *weights, float *logprob) {
     int32_t best = 0;
     for (int32_t i = 1; i < V; i++)
         if (logits[i] > logits[best]) best = i;
     const float max = logits[best];
-    double total = 0.0;
-    for (int32_t i = 0; i < V; i++) total += exp((double)logits[i] - max);
+    const float total = exp_weights(logits, V, max, 1.0f, weights); /* for the log-probability */
     int32_t token = best;
     if (sp->temperature > 0.0f) {
-        /* z = logits / temperature in weights; the kept candidates are
-         * order[0..kept), or every token in id order when nothing is cut */
+        /* the kept candidates are order[0..kept), or every token in id order when nothing is cut */
         const double u = uniform(sp->seed, index);
-        const float inv_t = 1.0f / sp->temperature;
-        for (int32_t i = 0; i < V; i++) weights[i] = logits[i] * inv_t;
-        const float zmax = max * inv_t;
-        const int cut = (sp->top_k > 0 && sp->top_k < V) || sp->top_p < 1.0f;
-        int kept = V;
-        if (cut) {
+        const float all = sp->temperature == 1.0f ? total
+                                                  : exp_weights(logits, V, max, 1.0f / sp->temperature, weights);
+        const int top_k = sp->top_k > 0 && sp->top_k < V ? sp->top_k : 0;
+        /* kept: order[0..kept) (best first), or every token in id order whose
+         * weight is at least `threshold` */
+        int kept = 0, by_rank = top_k > 0 || sp->top_p < 1.0f;
+        float threshold = 0.0f;
+        if (by_rank) {
             for (int32_t i = 0; i < V; i++) order[i] = i;
-            double mass = 0.0; /* of the distribution top-p cuts from */
-            if (sp->top_k == 0 || sp->top_k >= V)
-                for (int32_t i = 0; i < V; i++) mass += exp((double)weights[i] - zmax);
-            int k = sp->top_k > 0 && sp->top_k < V ? sp->top_k : (V < TOP_P_FIRST_CANDIDATES ? V : TOP_P_FIRST_CANDIDATES);
-            for (;;) {
-                select_best(order, V, k, weights);
-                if (sp->top_k > 0 && sp->top_k < V) {
-                    mass = 0.0;
-                    for (int j = 0; j < k; j++) mass += exp((double)weights[order[j]] - zmax);
-                }
-                kept = k;
-                if (sp->top_p >= 1.0f) break;
-                double cum = 0.0;
+            const int k = top_k ? top_k : (V < TOP_P_FIRST_CANDIDATES ? V : TOP_P_FIRST_CANDIDATES);
+            select_best(order, V, k, weights);
+            kept = k;
+            if (sp->top_p < 1.0f) {
+                /* top-p cuts from the distribution top-k left (or the whole one) */
+                double mass = 0.0, cum = 0.0;
+                if (top_k)
+                    for (int j = 0; j < k; j++) mass += weights[order[j]];
+                else
+                    mass = all;
                 int reached = 0;
                 for (int j = 0; j < k && !reached; j++) {
-                    cum += exp((double)weights[order[j]] - zmax);
+                    cum += weights[order[j]];
                     if (cum >= sp->top_p * mass) kept = j + 1, reached = 1;
                 }
-                if (reached || k == V || (sp->top_k > 0 && sp->top_k < V)) break;
-                k = k > V / 4 ? V : 4 * k;
+                if (!reached) { /* a flat distribution: its nucleus is past the candidates */
+                    threshold = nucleus_threshold(weights, V, sp->top_p * mass,
+                                                  weights[order[k - 1]]);
+                    by_rank = 0;
+                }
             }
         }
+        const int n = by_rank ? kept : V;
         double sum = 0.0;
-        for (int j = 0; j < kept; j++) sum += exp((double)weights[cut ? order[j] : j] - zmax);
+        for (int j = 0; j < n; j++) {
+            const float w = weights[by_rank ? order[j] : j];
+            sum += w >= threshold ? w : 0.0f;
+        }
         const double target = u * sum;
         double cum = 0.0;
-        token = cut ? order[kept - 1] : V - 1; /* if rounding (or NaN) never crosses target */
-        for (int j = 0; j < kept; j++) {
-            const int32_t id = cut ? order[j] : j;
-            cum += exp((double)weights[id] - zmax);
+        token = by_rank ? order[kept - 1] : best; /* if rounding (or NaN) never crosses target */
+        for (int j = 0; j < n; j++) {
+            const int32_t id = by_rank ? order[j] : j;
+            cum += weights[id] >= threshold ? weights[id] : 0.0f;
             if (cum > target) {
                 token = id;
                 break;
             }
         }
     }
-    *logprob = (float)((double)logits[token] - max - log(total));
+    *logprob = logits[token] - max - logf(total);
     return token;
 }
 
@@ -407,7 +444,11 @@ static llmc_status step(llmc_generator *g, int k, llmc_token_event *events) {
                                                          g->logits);
     if (st != LLMC_OK) return st;
     const int V = g->V;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(g->threads) if (k > 1)
+    /* no more threads than the rows, the scratch, or the caller's OpenMP
+     * setting (the CPU backend's num_threads) */
+    int threads = k < g->threads ? k : g->threads;
+    if (threads > omp_get_max_threads()) threads = omp_get_max_threads();
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1)
     for (int i = 0; i < k; i++) {
         const int s = g->row_slot[i], t = omp_get_thread_num();
         float logprob;

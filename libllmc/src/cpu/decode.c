@@ -114,6 +114,15 @@ static void cpu_cache_destroy(llmc_model *m, void *cache) {
     free(c);
 }
 
+/* out (n, OC) = residual + inp (n, C) @ weight^T + bias (may be NULL): a
+ * decode step of a few sequences reads each weight once, without the BLAS. */
+static void linear(float *out, const float *inp, const float *weight, const float *bias,
+                   const float *residual, int n, int C, int OC) {
+    if (n <= MATMUL_FEW_ROWS) matmul_forward_few(out, inp, weight, bias, residual, n, C, OC);
+    else if (bias == NULL) gemm(0, 1, n, OC, C, 1.0f, inp, C, weight, C, 0.0f, out, OC);
+    else matmul_forward(out, inp, weight, bias, residual, n, C, OC);
+}
+
 /* GPT-2: learned positions, pre-LayerNorm blocks, tied LM head. */
 static void gpt2_decode_forward(llmc_model *m, cpu_cache *c, float *const *p, int n,
                                 const int32_t *slot, const int32_t *pos, const int32_t *tokens,
@@ -130,21 +139,22 @@ static void gpt2_decode_forward(llmc_model *m, cpu_cache *c, float *const *p, in
         const size_t lC = (size_t)l * C;
         float *keys = c->keys + l * layer_kv, *values = c->values + l * layer_kv;
         layernorm_forward(c->ln, c->mean, c->rstd, c->x, p[P_LN1W] + lC, p[P_LN1B] + lC, n, C);
-        matmul_forward(c->qkv, c->ln, p[P_QKVW] + lC * 3 * C, p[P_QKVB] + 3 * lC, NULL, n, C, 3 * C);
+        linear(c->qkv, c->ln, p[P_QKVW] + lC * 3 * C, p[P_QKVB] + 3 * lC, NULL, n, C, 3 * C);
         kv_store(keys, values, c->qkv, slot, pos, n, C, NH, c->T);
         attention_cached(c->atty, c->scores, c->qkv, keys, values, slot, pos, n, C, NH, c->T);
-        matmul_forward(c->x, c->atty, p[P_ATTPROJW] + lC * C, p[P_ATTPROJB] + lC, c->x, n, C, C);
+        linear(c->x, c->atty, p[P_ATTPROJW] + lC * C, p[P_ATTPROJB] + lC, c->x, n, C, C);
         layernorm_forward(c->ln, c->mean, c->rstd, c->x, p[P_LN2W] + lC, p[P_LN2B] + lC, n, C);
-        matmul_forward(c->fch, c->ln, p[P_FCW] + lC * 4 * C, p[P_FCB] + 4 * lC, NULL, n, C, 4 * C);
+        linear(c->fch, c->ln, p[P_FCW] + lC * 4 * C, p[P_FCB] + 4 * lC, NULL, n, C, 4 * C);
         gelu_forward(c->fch_gelu, c->fch, (size_t)n * 4 * C);
-        matmul_forward(c->x, c->fch_gelu, p[P_FCPROJW] + lC * 4 * C, p[P_FCPROJB] + lC, c->x, n,
+        linear(c->x, c->fch_gelu, p[P_FCPROJW] + lC * 4 * C, p[P_FCPROJB] + lC, c->x, n,
                        4 * C, C);
     }
     /* the final LayerNorm and the LM head for the rows asked for only */
+    if (n_out == 0) return;
     for (int j = 0; j < n_out; j++)
         memcpy(c->atty + (size_t)j * C, c->x + (size_t)out_rows[j] * C, C * sizeof(float));
     layernorm_forward(c->ln, c->mean, c->rstd, c->atty, p[P_LNFW], p[P_LNFB], n_out, C);
-    gemm(0, 1, n_out, V, C, 1.0f, c->ln, C, p[P_WTE], C, 0.0f, logits, V);
+    linear(logits, c->ln, p[P_WTE], NULL, NULL, n_out, C, V);
 }
 
 static llmc_status cpu_cache_forward(llmc_model *m, void *cache, int n, const int32_t *slot,

@@ -72,6 +72,13 @@ void gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const floa
 /* out (N, OC) = residual + inp (N, C) @ weight^T + bias; residual may be NULL. */
 void matmul_forward(float *out, const float *inp, const float *weight, const float *bias,
                     const float *residual, int N, int C, int OC);
+/* matmul_forward for a few rows (at most MATMUL_FEW_ROWS; bias and residual
+ * may be NULL, residual may be out): each weight read once, without the
+ * packing a BLAS product does, which for so few rows (decoding) would cost
+ * more than the product. */
+#define MATMUL_FEW_ROWS 16
+void matmul_forward_few(float *out, const float *inp, const float *weight, const float *bias,
+                        const float *residual, int N, int C, int OC);
 /* dinp = dout @ weight (overwritten); dweight += dout^T @ inp; dbias += column sums of dout. */
 void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
                      const float *weight, int N, int C, int OC);

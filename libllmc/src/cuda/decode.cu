@@ -200,7 +200,7 @@ llmc_status cuda_cache_forward(llmc_model *m, void *cache, int n, const int32_t 
     memcpy(h, slot, n * sizeof(int));
     memcpy(h + c->R, pos, n * sizeof(int));
     memcpy(h + 2 * c->R, tokens, n * sizeof(int));
-    memcpy(h + 3 * c->R, out_rows, n_out * sizeof(int));
+    if (n_out > 0) memcpy(h + 3 * c->R, out_rows, n_out * sizeof(int));
     CUDA_TRY(cudaMemcpyAsync(c->rows, h, (3 * (size_t)c->R + n_out) * sizeof(int),
                              cudaMemcpyHostToDevice, w.stream));
     bool step = n_out == n;
