@@ -113,7 +113,8 @@ def remove_incomplete(out_dir):
     and main.log/main.jsonl when a kill came during their rewrite)."""
     done = set(complete_steps(out_dir))
     pattern = re.compile(r"(model|optim|state|DONE)_(\d{8})(\.bin|\.json)?$")
-    temporary = re.compile(r".+\.tmp\.\d+$")  # write_atomic's and the library's temp names
+    # write_atomic's and the library's temporary names (older versions: a pid)
+    temporary = re.compile(r".+\.tmp\.[0-9a-f]+$")
     for name in os.listdir(out_dir):
         m = pattern.match(name)
         if temporary.match(name) or (m and int(m.group(2)) not in done):

@@ -477,3 +477,55 @@ def test_reserved_options_must_be_zero():
                            ctypes.byref(handle))
     assert status == 1 and handle.value is None
     assert b"reserved[3] = 1" in lib.llmc_last_error()
+
+
+# ---- temporary files of atomic writes -------------------------------------------------------
+
+def test_planted_temporary_files_are_never_written_through(tmp_path, monkeypatch):
+    """write_atomic creates its temporary file new (O_EXCL|O_NOFOLLOW) under
+    a random name: a symlink or FIFO planted there is skipped, not followed."""
+    from pyllmc import files
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    target = tmp_path / "out.json"
+    names = iter(["planted", "planted", "fifo", "fresh"])
+    monkeypatch.setattr(files.secrets, "token_hex", lambda n: next(names))
+    os.symlink(victim, f"{target}.tmp.planted")
+    os.mkfifo(f"{target}.tmp.fifo")
+    files.write_atomic(target, [b"new"])
+    assert target.read_bytes() == b"new" and victim.read_bytes() == b"precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "out.json", "out.json.tmp.fifo", "out.json.tmp.planted", "victim"]
+    monkeypatch.setattr(files.secrets, "token_hex", lambda n: "planted")
+    with pytest.raises(FileExistsError):
+        files.write_atomic(target, [b"newer"])
+    assert target.read_bytes() == b"new" and victim.read_bytes() == b"precious"
+
+
+def test_the_library_writer_ignores_planted_names(tmp_path):
+    """The library's temporary names are random too: files planted under the
+    old predictable name (PATH.tmp.PID) or any other are left alone."""
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    rc, out = child(f"""
+        import os, pyllmc
+        path = {str(tmp_path / "model.bin")!r}
+        os.symlink({str(victim)!r}, f"{{path}}.tmp.{{os.getpid()}}")
+        os.mkfifo(f"{{path}}.tmp.{{os.getpid() + 1}}")
+        with pyllmc.Model.from_config(pyllmc.Config(max_seq_len=8, vocab_size=32, num_layers=1,
+                                                    num_heads=1, channels=8)) as m:
+            m.save(path)
+            m.save_optimizer(path + ".optim")
+        print(sorted(os.listdir(os.path.dirname(path))))
+    """, timeout=60)
+    assert rc == 0, out
+    assert victim.read_bytes() == b"precious"
+    names = eval(out.strip().splitlines()[-1])
+    assert [n for n in names if ".tmp." in n and not os.path.islink(tmp_path / n)
+            and not stat_is_fifo(tmp_path / n)] == []
+    assert "model.bin" in names and "model.bin.optim" in names
+
+
+def stat_is_fifo(path):
+    import stat
+    return stat.S_ISFIFO(os.lstat(path).st_mode)
