@@ -86,6 +86,12 @@ def state_problem(state, step):
     if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
                for x in state["recent_losses"]):
         return "'recent_losses' holds something other than finite numbers"
+    rebase = state.get("lr_rebase")
+    if rebase is not None and not (
+            isinstance(rebase, list) and len(rebase) == 2 and _count(rebase[0])
+            and rebase[0] <= step and isinstance(rebase[1], (int, float))
+            and not isinstance(rebase[1], bool) and math.isfinite(rebase[1]) and rebase[1] >= 0):
+        return f"'lr_rebase' is {rebase!r}, expected [a step up to {step}, a learning rate]"
     return None
 
 
