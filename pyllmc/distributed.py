@@ -559,28 +559,89 @@ def free_port():
 
 def spawn_local(nproc, argv):
     """Starts nproc ranks of `python argv...` on this machine with the
-    RANK/WORLD_SIZE/LOCAL_RANK/MASTER_* convention and waits for them. If one
-    fails, the others are stopped. Returns the exit code of the run."""
+    RANK/WORLD_SIZE/LOCAL_RANK/MASTER_* convention and waits for them (see
+    supervise). Returns the exit code of the run."""
     port = free_port()
     secret = os.environ.get(SECRET_ENV) or secrets.token_hex(32)  # this launch's
     procs = []
     for rank in range(nproc):
         env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(nproc), LOCAL_RANK=str(rank),
                    MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), **{SECRET_ENV: secret})
-        procs.append(subprocess.Popen([sys.executable, *argv], env=env))
+        procs.append(subprocess.Popen([sys.executable, *argv], env=env, start_new_session=True))
+    return supervise(procs, signal.SIGTERM)
+
+
+def run_mpirun(cmd, env):
+    """Runs an mpirun command line (see supervise); returns its exit code.
+    mpirun would kill its ranks a few seconds after a SIGINT or SIGTERM, so
+    the ranks themselves (this Python's processes below it) are asked to
+    stop, with SIGUSR1."""
+    return supervise([subprocess.Popen(cmd, env=env, start_new_session=True)], signal.SIGUSR1,
+                     ranks_below=True)
+
+
+def _python_descendants(pid):
+    """Processes below pid that run this Python (the ranks mpirun started), from /proc."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(entry))
+        except (OSError, ValueError, IndexError):
+            continue  # not a process, or gone
+    me = os.path.realpath(sys.executable)
+    found, todo = [], list(children.get(pid, []))
+    while todo:
+        child = todo.pop()
+        todo += children.get(child, [])
+        try:
+            if os.path.realpath(f"/proc/{child}/exe") == me:
+                found.append(child)
+        except OSError:
+            pass
+    return found
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def supervise(procs, stop_signal, ranks_below=False):
+    """Waits for the processes of a local launch, each in its own session so
+    that a Ctrl-C reaches only this launcher. If one fails, the others are
+    stopped. A first Ctrl-C or SIGTERM sends them stop_signal, upon which
+    the ranks finish their step and write a checkpoint (ranks_below: sent to
+    the ranks below each process, not to it); a second one kills them.
+    Returns the first non-zero exit code, or 0 (130 once interrupted)."""
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    interrupted = False
     try:
         while True:
-            codes = [p.poll() for p in procs]
-            failed = [c for c in codes if c not in (None, 0)]
-            if failed:
-                _stop(procs)
-                return failed[0]
-            if all(c == 0 for c in codes):
-                return 0
-            time.sleep(0.2)
-    except KeyboardInterrupt:
-        _stop(procs)
-        return 130
+            try:
+                codes = [p.poll() for p in procs]
+                failed = [c for c in codes if c not in (None, 0)]
+                if failed and not interrupted:
+                    _stop(procs)
+                    return failed[0]
+                if None not in codes:
+                    return failed[0] if failed else 130 if interrupted else 0
+                time.sleep(0.2)
+            except KeyboardInterrupt:
+                if interrupted:
+                    for p in procs:
+                        p.kill()
+                    return 130
+                interrupted = True
+                for p in procs:
+                    for pid in _python_descendants(p.pid) if ranks_below else [p.pid]:
+                        try:
+                            os.kill(pid, stop_signal)
+                        except ProcessLookupError:
+                            pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _stop(procs, grace=10.0):

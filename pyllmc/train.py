@@ -614,9 +614,13 @@ def continue_schedule(args, state, start_step, total_steps):
     return rebase
 
 
+# SIGUSR1: what mpirun passes on to the ranks (distributed.run_mpirun)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+
+
 class StopRequest:
-    """SIGINT (Ctrl-C) and SIGTERM ask the run to stop once the step in
-    progress is done, with a checkpoint; a second Ctrl-C stops at once.
+    """SIGINT (Ctrl-C), SIGTERM and SIGUSR1 ask the run to stop once the step
+    in progress is done, with a checkpoint; a second Ctrl-C stops at once.
     agreed() tells whether any rank was asked, so that all stop at the same
     step (the checkpoint is written by all of them together)."""
 
@@ -624,7 +628,7 @@ class StopRequest:
         self.signal_name = None
         self.previous = {}
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in STOP_SIGNALS:
                 self.previous[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame):
@@ -649,7 +653,8 @@ class Interrupted(Exception):
 
     def __init__(self, signal_name, step, args, several_ranks):
         self.code = 143 if signal_name == "SIGTERM" else 130
-        why = f"interrupted ({signal_name or 'a signal to another rank'})"
+        asked = {None: "a signal to another rank", "SIGUSR1": "a stop request from the launcher"}
+        why = f"interrupted ({asked.get(signal_name, signal_name)})"
         if step == 0:
             super().__init__(f"{why} before the first step: nothing to resume")
             return
@@ -852,8 +857,8 @@ def launch_local(args, argv):
             rest.append(a)
     command = ["-m", "pyllmc.train", *rest]
     if args.device == "cpu":
-        return subprocess.run(distributed.mpirun_command(args.nproc_per_node, command),
-                              env=distributed.mpi_environment()).returncode
+        return distributed.run_mpirun(distributed.mpirun_command(args.nproc_per_node, command),
+                                      distributed.mpi_environment())
     return distributed.spawn_local(args.nproc_per_node, command)
 
 
@@ -871,7 +876,8 @@ def main(argv=None):
     except Interrupted as e:
         if me.is_root:
             print(e, file=sys.stderr, flush=True)
-        sys.exit(e.code)
+        # mpirun takes a rank's non-zero exit for a failure, and says so at length
+        sys.exit(0 if me.launcher == "mpi" else e.code)
     except (TrainError, ShardError, distributed.DistributedError, pyllmc.LlmcError,
             pyllmc.LibraryError, OSError) as e:
         where = f" (rank {me.rank} of {me.world_size})" if me.distributed else ""
