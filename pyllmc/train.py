@@ -105,8 +105,9 @@ def build_parser():
     g.add_argument("-B", "--batch-size", type=int, default=8, help="sequences per micro-batch")
     g.add_argument("-T", "--seq-len", type=int, default=128, help="tokens per sequence")
     g.add_argument("--total-batch-size", type=int, default=0,
-                   help="tokens per optimizer step; a multiple of B*T, the rest is made up by "
-                        "gradient accumulation (0: B*T, no accumulation)")
+                   help="tokens per optimizer step; a multiple of B*T*ranks, the rest is made "
+                        "up by gradient accumulation (0: one B x T batch, its B sequences split "
+                        "between the ranks, so the same on any number of ranks)")
     g.add_argument("--steps", type=int, default=300,
                    help="optimizer steps to train for (0: one pass over the training data)")
     g.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
@@ -726,8 +727,8 @@ def run(args, me, given=(), settings=""):
            f"{model.num_parameters:,} parameters, on {model.device}{ranks_text}")
     report(f"data: {len(loader.paths)} training shard(s) from {train_pattern}, "
            f"{loader.windows_per_epoch:,} batches of {args.batch_size}x{args.seq_len} per epoch; "
-           f"{micro_steps} micro-step(s) per rank, {tokens_per_step:,} tokens per step, "
-           f"{total_steps} steps")
+           f"{micro_steps} micro-step(s) of {rows}x{args.seq_len} per rank, "
+           f"{tokens_per_step:,} tokens per step, {total_steps} steps")
     if start_step:
         report(f"resuming from step {start_step} ({checkpoint.paths(args.out_dir, start_step)['model']})")
 

@@ -114,6 +114,24 @@ def test_two_ranks_follow_one_rank(runs, run):
 
 
 @needs_mpi
+def test_the_default_total_batch_is_the_same_on_any_number_of_ranks(data, tmp_path):
+    """Without --total-batch-size a step is one B x T batch, its rows split
+    between the ranks: the same command gives the same run on 1 and 2 ranks."""
+    default = ["--total-batch-size", 0, "-B", 4, "--steps", 6, "--val-every", 3,
+               "--hellaswag-every", 3]
+    one, two = tmp_path / "one", tmp_path / "two"
+    train(["--out-dir", one, *default], data)
+    proc = train(["--out-dir", two, *default], data, nproc=2)
+    assert "1 micro-step(s) of 2x32 per rank, 128 tokens per step" in proc.stdout
+    la, lb = losses(one), losses(two)
+    assert la.keys() == lb.keys()
+    for key in la:
+        assert abs(la[key] - lb[key]) <= 1e-5 * abs(la[key]), (key, la[key], lb[key])
+    odd = train(["--out-dir", tmp_path / "odd", *default, "-B", 3], data, nproc=2, check=False)
+    assert odd.returncode == 1 and "-B that is a multiple of 2" in odd.stderr, odd.stderr
+
+
+@needs_mpi
 def test_zero1_is_bit_identical_to_zero0(runs):
     assert losses(runs["r2"]) == losses(runs["r2z"])
     for step in (5, 10):
