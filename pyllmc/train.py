@@ -871,6 +871,7 @@ def main(argv=None):
     try:
         me = distributed.from_environment()
         if args.nproc_per_node and not me.distributed:
+            check_args(args)  # before mpirun, which would answer -np -1 at length
             sys.exit(launch_local(args, argv))
         settings = distributed.digest({k: v for k, v in vars(args).items() if k not in LAUNCH_ARGS})
         run(args, me, given_flags(build_parser(), argv), settings)

@@ -691,3 +691,20 @@ def test_ctrl_c_under_nproc_per_node_checkpoints(tmp_path, finished_run):
     step = checkpoint.complete_steps(out)[-1]
     assert (f"interrupted (a stop request from the launcher) after step {step}" in err
             and "Resume with: python -m pyllmc.train --out-dir" in err), err
+
+
+def test_finite_but_huge_weights_make_eval_an_error(model, tmp_path):
+    params = model.parameters()
+    params[:] = 1e35  # finite, but every product overflows
+    model.set_parameters(params)
+    model.save(tmp_path / "huge.bin")
+    with pyllmc.Model.load(tmp_path / "huge.bin", max_batch_size=2, max_seq_len=4) as huge:
+        with pytest.raises(pyllmc.NumericError, match="llmc_eval: the loss at row 0, position 0 is"):
+            huge.eval(X, Y)
+        with pytest.raises(pyllmc.NumericError):
+            huge.eval(X, Y, per_token=True)
+
+
+def test_a_nul_in_a_preset_name_is_refused():
+    with pytest.raises(pyllmc.InvalidArgumentError, match="NUL"):
+        pyllmc.Config.preset("d12\0x")
