@@ -1,8 +1,8 @@
 """
 HellaSwag accuracy of a GPT-2 checkpoint, scored through libllmc.
 
-    python evals/hellaswag.py model.bin                    # fetches the val set once
-    python evals/hellaswag.py model.bin --data hellaswag_val.jsonl --limit 500
+    python -m pyllmc.hellaswag model.bin              # fetches the val set once; any folder
+    python evals/hellaswag.py model.bin --data hellaswag_val.jsonl --limit 500   # in the repo
 
 Completion style, as llm.c and build-nanogpt score it: each example's context
 is followed by " " + ending for each of its 4 endings, and the loss is taken
@@ -452,7 +452,7 @@ def run(args):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
-        prog="python evals/hellaswag.py",
+        prog="python -m pyllmc.hellaswag",
         description="HellaSwag accuracy (completion style, as llm.c) of a GPT-2 checkpoint.")
     parser.add_argument("checkpoint", help="model file in llm.c's format (fp32 or bf16)")
     parser.add_argument("--data", help="local HellaSwag file: rowanz/hellaswag jsonl or llm.c's "

@@ -34,6 +34,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import checkpoint, distributed
+from .cli import HelpFormatter
 from ._lib import FileFormatError, LlmcIOError
 from .sample import sample_text
 from .schedule import SCHEDULES, continued_rate, learning_rate
@@ -60,18 +61,6 @@ MPI_EXIT_GRACE_S = 3.0
 
 class TrainError(Exception):
     """A problem with the run's settings, data or folder, told in one line."""
-
-
-class HelpFormatter(argparse.HelpFormatter):
-    """Shows each flag's default, where it has one and its help does not
-    already tell it."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if "default" not in text and action.default not in (None, argparse.SUPPRESS) \
-                and action.default is not False:
-            text += " (default: %(default)s)"
-        return text
 
 
 def build_parser():
@@ -836,7 +825,7 @@ def run(args, me, given=(), settings=""):
     report(f"done: {total_steps} steps in {minutes:.1f} min"
            + (f", val loss {last_val:.4f}" if last_val is not None else "") + f"; model: {final}")
     report(f"next: python -m pyllmc.sample {final} --prompt \"The\"  |  "
-           f"python evals/hellaswag.py {final}  |  python -m pyllmc.plot {args.out_dir}")
+           f"python -m pyllmc.hellaswag {final}  |  python -m pyllmc.plot {args.out_dir}")
 
 
 def lost_rank(message):
