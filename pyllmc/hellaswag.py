@@ -452,7 +452,7 @@ def run(args):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
-        prog="python -m pyllmc.hellaswag",
+        prog="python evals/hellaswag.py",
         description="HellaSwag accuracy (completion style, as llm.c) of a GPT-2 checkpoint.")
     parser.add_argument("checkpoint", help="model file in llm.c's format (fp32 or bf16)")
     parser.add_argument("--data", help="local HellaSwag file: rowanz/hellaswag jsonl or llm.c's "

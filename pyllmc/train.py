@@ -348,8 +348,14 @@ def val_loss(model, batches, me, rows):
     """Mean of the batches' losses, each the mean over its parts of `rows`
     sequences (a model planned for `rows`); each rank evaluates every
     world_size-th part."""
+    import pyllmc
     parts = [(x[i:i + rows], y[i:i + rows]) for x, y in batches for i in range(0, len(x), rows)]
-    mine = [model.eval(x, y) for x, y in parts[me.rank::max(1, me.world_size)]]
+    mine = []
+    for x, y in parts[me.rank::max(1, me.world_size)]:
+        try:
+            mine.append(model.eval(x, y))
+        except pyllmc.NumericError:  # weights that overflow: logged as such, like a training loss
+            mine.append(math.nan)
     total, count = model.allreduce([sum(mine), len(mine)])
     return float(total / count)
 
