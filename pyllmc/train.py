@@ -252,7 +252,7 @@ class RunLog:
         for kind, path in self.paths.items():
             kept = []
             if start_step > 0 and os.path.lexists(path):
-                lines = io.BytesIO(read_regular(path)).readlines()  # bytes: any damage is kept as is
+                lines = io.BytesIO(read_regular(path)).readlines()  # bytes: kept byte for byte
                 kept = [line for line in lines if self._step_of(line, kind) < start_step]
             write_atomic(path, kept)
         self.files = {kind: open(path, "a") for kind, path in self.paths.items()}
