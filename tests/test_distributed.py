@@ -204,6 +204,26 @@ def test_a_killed_rank_stops_the_other_and_resume_finishes(data, tmp_path):
 
 
 @needs_mpi
+def test_ctrl_c_under_nproc_per_node_checkpoints(data, tmp_path):
+    """The launcher passes Ctrl-C on to the ranks (not through mpirun, which
+    would kill them): they finish the step, write a checkpoint, and rank 0
+    says how to resume."""
+    out = tmp_path / "run"
+    proc = train(["--out-dir", out, "--steps", 100000, "--checkpoint-every", 0], data, nproc=2,
+                  background=True)
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline and not (
+            os.path.exists(out / "main.jsonl") and open(out / "main.jsonl").read().count("\n") > 3):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err and "prterun" not in err, err
+    step = checkpoint.complete_steps(out)[-1]
+    assert (f"interrupted (a stop request from the launcher) after step {step}" in err
+            and f"Resume with: python -m pyllmc.train --out-dir {out} --resume" in err), err
+
+
+@needs_mpi
 def test_ranks_with_different_arguments_stop(data, tmp_path):
     common = ["-m", "pyllmc.train", *TINY, *data, "--out-dir", str(tmp_path / "o")]
     cmd = [*distributed.mpirun_command(1, [*common, "--lr", "1e-3"]),

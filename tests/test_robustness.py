@@ -675,36 +675,3 @@ def test_a_signal_finishes_the_step_and_checkpoints(tmp_path, finished_run, sig)
     resumed = train(out, data, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert curve_of(out) == curve_of(straight)
-
-
-def test_ctrl_c_under_nproc_per_node_checkpoints(tmp_path, finished_run):
-    import signal
-    from pyllmc import distributed
-    if distributed.find_mpirun() is None or not (REPO / "build" / "libllmc_mpi.so").exists():
-        pytest.skip("no MPI (mpirun and build/libllmc_mpi.so)")
-    out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "pyllmc.train", *RUN, "--out-dir", str(out), "--train-data",
-           str(finished_run[1]), "--steps", "100000", "--nproc-per-node", "2"]
-    rc, err = interrupt_when_logged(cmd, out, 5, signal.SIGINT,
-                                    env=dict(distributed.mpi_environment(), PYTHONPATH=str(REPO)))
-    assert rc == 130 and "Traceback" not in err and "prterun" not in err, err
-    step = checkpoint.complete_steps(out)[-1]
-    assert (f"interrupted (a stop request from the launcher) after step {step}" in err
-            and "Resume with: python -m pyllmc.train --out-dir" in err), err
-
-
-def test_finite_but_huge_weights_make_eval_an_error(model, tmp_path):
-    params = model.parameters()
-    params[:] = 1e35  # finite, but every product overflows
-    model.set_parameters(params)
-    model.save(tmp_path / "huge.bin")
-    with pyllmc.Model.load(tmp_path / "huge.bin", max_batch_size=2, max_seq_len=4) as huge:
-        with pytest.raises(pyllmc.NumericError, match="llmc_eval: the loss at row 0, position 0 is"):
-            huge.eval(X, Y)
-        with pytest.raises(pyllmc.NumericError):
-            huge.eval(X, Y, per_token=True)
-
-
-def test_a_nul_in_a_preset_name_is_refused():
-    with pytest.raises(pyllmc.InvalidArgumentError, match="NUL"):
-        pyllmc.Config.preset("d12\0x")
