@@ -37,7 +37,7 @@ from . import checkpoint, distributed
 from .cli import HelpFormatter
 from ._lib import FileFormatError, LlmcIOError
 from .sample import sample_text
-from .schedule import SCHEDULES, continued_rate, learning_rate
+from .schedule import SCHEDULES, continued_rate
 from .files import os_error_message, read_regular, write_atomic
 from .shards import ShardError, val_batches, DataLoader
 
