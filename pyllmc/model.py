@@ -26,6 +26,8 @@ class Config:
     @classmethod
     def preset(cls, name):
         """d12, d24, d36, d48: GPT-2 124M, 350M, 774M, 1558M."""
+        if "\0" in name:  # C would read only up to it: "d12\0x" is not d12
+            raise _lib.InvalidArgumentError(f"preset {name!r} contains a NUL byte")
         c = _lib.ConfigStruct()
         call("llmc_config_preset", name.encode(), ctypes.byref(c))
         return cls._from_struct(c)

@@ -292,7 +292,8 @@ LLMC_API llmc_status llmc_update(llmc_model *model, const llmc_adamw *hp, float 
 
 /* Loss without gradients. per_token_losses (B*T floats, may be NULL) gets
  * each position's loss (0 where the target is -1); mean_loss_out may be
- * NULL. Leaves the gradients and weights as they were. */
+ * NULL. Leaves the gradients and weights as they were. A loss that is not
+ * finite (finite weights too large for the input) is LLMC_ERR_NUMERIC. */
 LLMC_API llmc_status llmc_eval(llmc_model *model, const int32_t *inputs, const int32_t *targets,
                                int B, int T, float *mean_loss_out, float *per_token_losses);
 

@@ -473,11 +473,17 @@ static llmc_status eval_locked(llmc_model *m, const int32_t *inputs, const int32
     float *losses = per_token_losses ? per_token_losses : malloc((size_t)B * T * sizeof(float));
     if (losses == NULL) return llmc_error(LLMC_ERR_OUT_OF_MEMORY, "out of host memory");
     st = m->backend->eval(m, inputs, targets, B, T, losses);
-    if (st == LLMC_OK && mean_loss_out) {
-        double sum = 0.0;
-        for (size_t i = 0; i < (size_t)B * T; i++) sum += losses[i];
-        *mean_loss_out = (float)(sum / counted);
+    double sum = 0.0;
+    for (size_t i = 0; st == LLMC_OK && i < (size_t)B * T; i++) {
+        sum += losses[i];
+        /* finite weights can still overflow (|w| ~ 1e35): a loss that is
+         * not a number is an error, not a result */
+        if (!isfinite(losses[i]))
+            st = llmc_error(LLMC_ERR_NUMERIC, "llmc_eval: the loss at row %zu, position %zu is %s: "
+                            "the weights overflow on this input", i / (size_t)T, i % (size_t)T,
+                            isnan(losses[i]) ? "NaN" : "infinite");
     }
+    if (st == LLMC_OK && mean_loss_out) *mean_loss_out = (float)(sum / counted);
     if (losses != per_token_losses) free(losses);
     return st;
 }

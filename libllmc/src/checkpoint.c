@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -58,7 +59,12 @@ static llmc_status open_regular(const char *path, int flags, const char *mode, c
                                 FILE **f, size_t *size) {
     *f = NULL;
     int fd = open(path, flags | O_NONBLOCK | O_CLOEXEC, 0644);
-    if (fd < 0) return llmc_error(LLMC_ERR_IO, "cannot %s '%s': %s", verb, path, strerror(errno));
+    if (fd < 0) {
+        int err = errno;
+        llmc_status status = llmc_error(LLMC_ERR_IO, "cannot %s '%s': %s", verb, path, strerror(err));
+        errno = err; /* atomic_open draws another name on EEXIST */
+        return status;
+    }
     struct stat st;
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
         close(fd);
@@ -308,13 +314,29 @@ typedef struct {
     const char *path;
 } atomic_file;
 
+/* The temporary file is PATH.tmp.<16 random hex digits> (as pyllmc's
+ * write_atomic names its own), created new: O_EXCL|O_NOFOLLOW, so a file,
+ * symlink or FIFO planted under a name is never written through; the name is
+ * unpredictable, so planting one cannot make the write fail either (a clash
+ * draws a new name). */
+#define ATOMIC_NAME_TRIES 8
+
 static llmc_status atomic_open(atomic_file *a, const char *path) {
     a->path = path;
-    int len = snprintf(a->tmp, sizeof a->tmp, "%s.tmp.%ld", path, (long)getpid());
-    if (len < 0 || (size_t)len >= sizeof a->tmp)
-        return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "path too long: '%s'", path);
-    /* a FIFO left under the temporary name must not block the open (see open_regular) */
-    return open_regular(a->tmp, O_WRONLY | O_CREAT | O_TRUNC, "wb", "write", &a->f, NULL);
+    for (int attempt = 0; attempt < ATOMIC_NAME_TRIES; attempt++) {
+        uint64_t r;
+        if (getrandom(&r, sizeof r, 0) != (ssize_t)sizeof r)
+            return llmc_error(LLMC_ERR_IO, "cannot draw a temporary name for '%s': %s", path,
+                              strerror(errno));
+        int len = snprintf(a->tmp, sizeof a->tmp, "%s.tmp.%016llx", path, (unsigned long long)r);
+        if (len < 0 || (size_t)len >= sizeof a->tmp)
+            return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "path too long: '%s'", path);
+        llmc_status st = open_regular(a->tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, "wb",
+                                      "write", &a->f, NULL);
+        if (st == LLMC_OK || errno != EEXIST) return st;
+    }
+    return llmc_error(LLMC_ERR_IO, "cannot create a temporary file beside '%s': %d random names "
+                      "were all taken", path, ATOMIC_NAME_TRIES);
 }
 
 static llmc_status atomic_write(atomic_file *a, const void *data, size_t size, size_t count) {
