@@ -198,7 +198,7 @@ llmc_status plan_fp8(cuda_state *g) {
     g->f8.L = g->L;
     const size_t slots = g->f8.slots();
     TRY(alloc_n(g, &g->f8.scale, slots, "FP8 scales"));
-    TRY(alloc_n(g, &g->f8.descale, slots, "FP8 scales"));
+    TRY(alloc_n(g, &g->f8.descale, slots * FP8_DESCALE_STRIDE, "FP8 scales"));
     TRY(alloc_n(g, &g->f8.amax, slots, "FP8 scales"));
     TRY(alloc_n(g, &g->f8.history, slots * FP8_HISTORY, "FP8 scale history"));
     return LLMC_OK;
@@ -490,7 +490,7 @@ uint8_t *WT8(cuda_state *g, int p, int l) {
 }
 uint8_t *XT8(cuda_state *g, int p, int l) { return g->xT8[p] + l * g->xT_stride[p]; }
 const float *descale(cuda_state *g, int role, int l, int p) {
-    return g->f8.descale + g->f8.slot(role, l, p);
+    return g->f8.descale_of(g->f8.slot(role, l, p));
 }
 
 /* The E4M3 weights and their transposes from the bf16 weights, each matrix
@@ -552,7 +552,7 @@ llmc_status block_forward(cuda_state *g, int p, int l, bf16 *out, bf16 *inp, int
     const int slot = g->f8.slot(FP8_X, l, p);
     quantize_operand(g, slot, inp, nullptr, N, IC, g->x8,
                      training && g->xT_saved[p] ? XT8(g, p, l) : nullptr, training);
-    return matmul_forward_fp8(g->mm, out, g->x8, W8(g, p, l), g->f8.descale + slot,
+    return matmul_forward_fp8(g->mm, out, g->x8, W8(g, p, l), g->f8.descale_of(slot),
                               descale(g, FP8_W, l, p), bias, N, IC, OC, gelu_pre);
 }
 
@@ -1004,7 +1004,7 @@ __global__ void check_scales_kernel(const float *scale, int n, int *bad) {
 
 __global__ void descales_kernel(float *descale, const float *scale, int n) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) descale[i] = 1.0f / scale[i];
+    if (i < n) descale[(size_t)i * FP8_DESCALE_STRIDE] = 1.0f / scale[i];
 }
 
 llmc_status cuda_set_scaling(llmc_model *m, const float *state, int present) {

@@ -109,13 +109,13 @@ __global__ void set_scales_kernel(float *scale, float *descale, float *amax, flo
     frexpf(fp8_max / a, &e);  // fp8_max / a = f * 2^e, f in [0.5, 1): 2^(e-1) <= fp8_max / a
     e = max(-126, min(126, e - 1));
     scale[slot] = ldexpf(1.0f, e);
-    descale[slot] = ldexpf(1.0f, -e);
+    descale[(size_t)slot * FP8_DESCALE_STRIDE] = ldexpf(1.0f, -e);
 }
 
 __global__ void reset_kernel(float *scale, float *descale, float *amax, float *history, int n) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
-    scale[i] = descale[i] = 1.0f;
+    scale[i] = descale[(size_t)i * FP8_DESCALE_STRIDE] = 1.0f;
     amax[i] = 0.0f;
     for (int k = 0; k < FP8_HISTORY; k++) history[(size_t)i * FP8_HISTORY + k] = 0.0f;
 }

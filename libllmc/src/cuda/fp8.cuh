@@ -30,8 +30,15 @@ enum { FP8_QKV = 0, FP8_ATTPROJ = 1, FP8_FC = 2, FP8_FCPROJ = 3, FP8_PRODUCTS = 
 
 /* Device arrays of L * FP8_ROLES * FP8_PRODUCTS slots, role-major: the slot
  * of (role, layer, product) is (role * L + layer) * FP8_PRODUCTS + product. */
+/* cuBLASLt refuses (CUBLAS_STATUS_NOT_SUPPORTED, at run time) scale
+ * pointers that are not 16-byte aligned: each slot's descale has its own 16
+ * bytes. */
+#define FP8_DESCALE_STRIDE 4
+
 struct fp8_scaling {
-    float *scale = nullptr, *descale = nullptr, *amax = nullptr;
+    float *scale = nullptr, *amax = nullptr;
+    float *descale = nullptr;  // FP8_DESCALE_STRIDE floats per slot
+    const float *descale_of(int slot) const { return descale + (size_t)slot * FP8_DESCALE_STRIDE; }
     float *history = nullptr;  // FP8_HISTORY per slot
     int L = 0;
     int slot(int role, int layer, int product) const {
