@@ -1,11 +1,11 @@
 """
-Hugging Face GPT-2 weights to llm.c model files and back.
+Hugging Face GPT-2 and Llama weights to llm.c model files and back.
 
     python -m pyllmc.hf import HF_DIR model.bin    # config.json + model.safetensors -> llm.c
     python -m pyllmc.hf export model.bin HF_DIR    # llm.c -> config.json + model.safetensors
 
-HF_DIR is what `GPT2LMHeadModel.save_pretrained` writes and `from_pretrained`
-reads. Only safetensors files are read: they hold tensors and nothing else,
+HF_DIR is what `GPT2LMHeadModel.save_pretrained` (or `LlamaForCausalLM`'s)
+writes and `from_pretrained` reads. Only safetensors files are read: they hold tensors and nothing else,
 whereas the pickled pytorch_model.bin can run code when it is loaded.
 
 The layouts differ in three ways. HF's Conv1D keeps a linear layer's weight
@@ -13,6 +13,13 @@ as (in, out), llm.c as (out, in), so those four matrices are transposed. llm.c
 pads the vocabulary of wte to a multiple of 128 rows (zeros, masked out of the
 softmax); they are added on import and dropped on export. Both tie the output
 layer to wte, so HF's lm_head.weight is wte itself.
+
+Llama (model_type "llama") goes to llm.c's llama3 file (magic 20240803):
+q, k and v stacked into one qkv matrix, up and gate into one fc matrix, and
+the rows of q and k reordered within each head from transformers' RoPE
+pairing (channel i with i + hs/2) to Meta's and llm.c's (2i with 2i + 1);
+the vocabulary is padded as GPT-2's; lm_head is kept unless
+tie_word_embeddings.
 """
 import argparse
 import json
@@ -134,7 +141,9 @@ def import_hf(hf_dir, out_path):
     """Write HF_DIR's GPT-2 (config.json + model.safetensors) as an llm.c
     model file; returns its Config."""
     from .model import Model
-    config = read_hf_config(hf_dir)
+    hf_config = read_config_json(hf_dir)
+    llama = hf_config.get("model_type") == "llama"
+    config = read_llama_config(hf_config, hf_dir) if llama else read_hf_config(hf_dir)
     weights = os.path.join(hf_dir, "model.safetensors")
     if not os.path.exists(weights):
         others = [n for n in ("pytorch_model.bin", "model.safetensors.index.json")
@@ -144,7 +153,8 @@ def import_hf(hf_dir, out_path):
             "pickled checkpoint can run code when loaded)" if others else ""))
     tensors = safetensors_numpy().load_file(weights)
     with Model.from_config(config, max_batch_size=1, max_seq_len=1) as model:
-        model.set_parameters(hf_to_llmc(tensors, config, model.config.padded_vocab_size))
+        model.set_parameters(llama_hf_to_llmc(tensors, model.config) if llama else
+                             hf_to_llmc(tensors, config, model.config.padded_vocab_size))
         model.save(out_path)
         return model.config
 
@@ -155,6 +165,9 @@ def export_hf(model_path, hf_dir):
     from .model import Model
     with Model.load(model_path, max_batch_size=1, max_seq_len=1) as model:
         config, params = model.config, model.parameters()
+    if config.is_llama:
+        return write_hf_folder(hf_dir, llmc_to_llama_hf(params, config), llama_hf_config(config),
+                               config)
     tensors = llmc_to_hf(params, config)
     hf_config = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
                  "vocab_size": config.vocab_size, "n_positions": config.max_seq_len,
@@ -162,6 +175,11 @@ def export_hf(model_path, hf_dir):
                  "n_head": config.num_heads, "activation_function": "gelu_new",
                  "layer_norm_epsilon": 1e-5, "tie_word_embeddings": True,
                  "bos_token_id": 50256, "eos_token_id": 50256}
+    return write_hf_folder(hf_dir, tensors, hf_config, config)
+
+
+def write_hf_folder(hf_dir, tensors, hf_config, config):
+    """HF_DIR/model.safetensors and config.json; returns config."""
     os.makedirs(hf_dir, exist_ok=True)
     # "format": "pt" tells transformers the tensors are laid out as PyTorch's
     data = safetensors_numpy().save(tensors, metadata={"format": "pt"})
@@ -170,9 +188,183 @@ def export_hf(model_path, hf_dir):
     return config
 
 
+# ---------------------------------------------------------------------------
+# Llama
+
+def read_config_json(hf_dir):
+    """HF_DIR/config.json as a dict (model_type decides the family)."""
+    path = os.path.join(hf_dir, "config.json")
+    try:
+        with open(path) as f:
+            hf = json.load(f)
+    except FileNotFoundError:
+        raise HfError(f"{path} does not exist: expected a Hugging Face GPT-2 or Llama folder "
+                      "(config.json + model.safetensors)") from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise HfError(f"cannot read {path}: {e}") from None
+    if not isinstance(hf, dict):
+        raise HfError(f"{path}: expected a JSON object")
+    return hf
+
+
+def read_llama_config(hf, hf_dir):
+    """llmc's Config for a LlamaForCausalLM config.json (a dict)."""
+    from .model import Config
+    path = os.path.join(hf_dir, "config.json")
+
+    def field(name, default=None):
+        value = hf.get(name, default)
+        if value is None:
+            raise HfError(f"{path}: no {name!r}")
+        return value
+
+    C, heads = field("hidden_size"), field("num_attention_heads")
+    if hf.get("hidden_act", "silu") != "silu":
+        raise HfError(f"{path}: hidden_act {hf['hidden_act']!r}; llmc's SwiGLU uses silu")
+    if hf.get("attention_bias") or hf.get("mlp_bias"):
+        raise HfError(f"{path}: attention_bias/mlp_bias set; llmc's Llama has no biases")
+    if hf.get("head_dim") not in (None, C // heads):
+        raise HfError(f"{path}: head_dim {hf['head_dim']}; llmc's is hidden_size / "
+                      f"num_attention_heads = {C // heads}")
+    # transformers 5 writes rope_parameters (theta inside); older ones rope_theta + rope_scaling
+    rope = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
+    theta = rope.get("rope_theta", hf.get("rope_theta", 10000.0))
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    scaling = {}
+    if rope_type == "llama3":
+        scaling = dict(rope_scaling_factor=rope["factor"],
+                       rope_low_freq_factor=rope["low_freq_factor"],
+                       rope_high_freq_factor=rope["high_freq_factor"],
+                       rope_original_max_seq_len=rope["original_max_position_embeddings"])
+    elif rope_type != "default":
+        raise HfError(f"{path}: rope type {rope_type!r}; llmc computes RoPE plain or with "
+                      "Llama 3.1's 'llama3' scaling")
+    return Config(family=_lib.FAMILIES["llama"], max_seq_len=field("max_position_embeddings"),
+                  vocab_size=field("vocab_size"), num_layers=field("num_hidden_layers"),
+                  num_heads=heads, channels=C,
+                  num_kv_heads=hf.get("num_key_value_heads") or heads,
+                  ffn_hidden=field("intermediate_size"),
+                  untied_head=0 if hf.get("tie_word_embeddings", False) else 1,
+                  rope_theta=theta, norm_eps=hf.get("rms_norm_eps", 1e-6), **scaling)
+
+
+def rope_to_meta(w, heads):
+    """Rows of a q or k projection (heads * hs, C) from transformers' RoPE
+    pairing (i, i + hs/2) to Meta's (2i, 2i + 1), head by head."""
+    hs = w.shape[0] // heads
+    return w.reshape(heads, 2, hs // 2, -1).transpose(0, 2, 1, 3).reshape(w.shape)
+
+
+def rope_to_hf(w, heads):
+    """The inverse of rope_to_meta."""
+    hs = w.shape[0] // heads
+    return w.reshape(heads, hs // 2, 2, -1).transpose(0, 2, 1, 3).reshape(w.shape)
+
+
+def llama_shapes(config):
+    """(name, shape) of each tensor of llmc's Llama vector, in order."""
+    C, L, F, Vp = config.channels, config.num_layers, config.ffn_hidden, config.padded_vocab_size
+    hs = C // config.num_heads
+    qkv = (config.num_heads + 2 * config.num_kv_heads) * hs
+    shapes = [("wte", (Vp, C))] + ([("lm_head", (Vp, C))] if config.untied_head else [])
+    return shapes + [("ln1w", (L, C)), ("qkvw", (L, qkv, C)), ("attprojw", (L, C, C)),
+                     ("ln2w", (L, C)), ("fcw", (L, 2 * F, C)), ("fcprojw", (L, C, F)),
+                     ("lnfw", (C,))]
+
+
+def llama_hf_to_llmc(tensors, config):
+    """llmc's flat Llama vector from LlamaForCausalLM's tensors (name -> array).
+    config is the model's (padded_vocab_size and defaults filled in)."""
+    V, Vp, C, L = config.vocab_size, config.padded_vocab_size, config.channels, config.num_layers
+    H, KV, F = config.num_heads, config.num_kv_heads, config.ffn_hidden
+    hs = C // H
+    # a bare LlamaModel's names have no "model." prefix
+    tensors = {name.removeprefix("model."): t for name, t in tensors.items()}
+
+    def get(name, shape):
+        if name not in tensors:
+            raise HfError(f"model.safetensors has no tensor {name!r}")
+        t = np.asarray(tensors[name], dtype=np.float32)
+        if t.shape != shape:
+            raise HfError(f"model.safetensors: {name} has shape {t.shape}, the config gives {shape}")
+        return t
+
+    def padded(t):
+        out = np.zeros((Vp, C), dtype=np.float32)
+        out[:V] = t
+        return out
+
+    parts = {"wte": padded(get("embed_tokens.weight", (V, C)))}
+    if config.untied_head:
+        parts["lm_head"] = padded(get("lm_head.weight", (V, C)))
+    layer = [f"layers.{i}." for i in range(L)]
+    parts["ln1w"] = [get(p + "input_layernorm.weight", (C,)) for p in layer]
+    parts["qkvw"] = [np.concatenate([rope_to_meta(get(p + "self_attn.q_proj.weight", (H * hs, C)), H),
+                                     rope_to_meta(get(p + "self_attn.k_proj.weight", (KV * hs, C)), KV),
+                                     get(p + "self_attn.v_proj.weight", (KV * hs, C))])
+                     for p in layer]
+    parts["attprojw"] = [get(p + "self_attn.o_proj.weight", (C, C)) for p in layer]
+    parts["ln2w"] = [get(p + "post_attention_layernorm.weight", (C,)) for p in layer]
+    parts["fcw"] = [np.concatenate([get(p + "mlp.up_proj.weight", (F, C)),
+                                    get(p + "mlp.gate_proj.weight", (F, C))]) for p in layer]
+    parts["fcprojw"] = [get(p + "mlp.down_proj.weight", (C, F)) for p in layer]
+    parts["lnfw"] = get("norm.weight", (C,))
+    return np.concatenate([np.ascontiguousarray(parts[name], dtype=np.float32).reshape(-1)
+                           for name, _ in llama_shapes(config)])
+
+
+def llmc_to_llama_hf(params, config):
+    """LlamaForCausalLM's tensors (name -> array) from llmc's flat Llama vector."""
+    V, C, L = config.vocab_size, config.channels, config.num_layers
+    H, KV, F = config.num_heads, config.num_kv_heads, config.ffn_hidden
+    hs = C // H
+    parts, offset = {}, 0
+    for name, shape in llama_shapes(config):
+        size = int(np.prod(shape))
+        parts[name] = params[offset:offset + size].reshape(shape)
+        offset += size
+    assert offset == len(params)
+    tensors = {"model.embed_tokens.weight": parts["wte"][:V], "model.norm.weight": parts["lnfw"]}
+    if config.untied_head:
+        tensors["lm_head.weight"] = parts["lm_head"][:V]
+    for i in range(L):
+        p = f"model.layers.{i}."
+        q, k, v = np.split(parts["qkvw"][i], [H * hs, (H + KV) * hs])
+        up, gate = np.split(parts["fcw"][i], 2)
+        tensors.update({p + "input_layernorm.weight": parts["ln1w"][i],
+                        p + "self_attn.q_proj.weight": rope_to_hf(q, H),
+                        p + "self_attn.k_proj.weight": rope_to_hf(k, KV),
+                        p + "self_attn.v_proj.weight": v,
+                        p + "self_attn.o_proj.weight": parts["attprojw"][i],
+                        p + "post_attention_layernorm.weight": parts["ln2w"][i],
+                        p + "mlp.up_proj.weight": up, p + "mlp.gate_proj.weight": gate,
+                        p + "mlp.down_proj.weight": parts["fcprojw"][i]})
+    return {name: np.ascontiguousarray(t) for name, t in tensors.items()}
+
+
+def llama_hf_config(config):
+    """LlamaForCausalLM's config.json (a dict) for an llmc Llama config."""
+    rope = {"rope_type": "default", "rope_theta": config.rope_theta}
+    if config.rope_scaling_factor:
+        rope.update(rope_type="llama3", factor=config.rope_scaling_factor,
+                    low_freq_factor=config.rope_low_freq_factor,
+                    high_freq_factor=config.rope_high_freq_factor,
+                    original_max_position_embeddings=config.rope_original_max_seq_len)
+    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama",
+            "vocab_size": config.vocab_size, "hidden_size": config.channels,
+            "intermediate_size": config.ffn_hidden, "num_hidden_layers": config.num_layers,
+            "num_attention_heads": config.num_heads, "num_key_value_heads": config.num_kv_heads,
+            "head_dim": config.channels // config.num_heads, "hidden_act": "silu",
+            "max_position_embeddings": config.max_seq_len, "rms_norm_eps": config.norm_eps,
+            "rope_theta": config.rope_theta, "rope_parameters": rope,
+            "rope_scaling": rope if config.rope_scaling_factor else None,
+            "tie_word_embeddings": not config.untied_head, "attention_bias": False,
+            "mlp_bias": False, "torch_dtype": "float32"}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m pyllmc.hf",
-                                description="Convert GPT-2 weights between Hugging Face "
+                                description="Convert GPT-2 or Llama weights between Hugging Face "
                                             "(safetensors) and llm.c model files.")
     commands = p.add_subparsers(dest="command", required=True)
     i = commands.add_parser("import", help="HF folder -> llm.c model file")
