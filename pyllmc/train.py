@@ -89,8 +89,15 @@ def build_parser():
                         "--seed and the epoch (default: file order, as written)")
     g = p.add_argument_group("model")
     g.add_argument("--model", metavar="PRESET_OR_FILE",
-                   help="d12, d24, d36, d48 (GPT-2 124M..1558M, fresh weights) or an llm.c model "
-                        "file to start from (default: the shape given below)")
+                   help="d12, d24, d36, d48 (GPT-2 124M..1558M, fresh weights), llama-124m, "
+                        "llama3.2-1b, llama3.2-3b, llama3.1-8b (Llama 3 shapes, fresh weights) or an "
+                        "llm.c model file to start from (default: the shape given below)")
+    g.add_argument("--family", choices=("gpt2", "llama"), default="gpt2",
+                   help="architecture of the shape below, without --model")
+    g.add_argument("--num-kv-heads", type=int, default=0,
+                   help="Llama: key/value heads (0: --num-heads), without --model")
+    g.add_argument("--ffn-hidden", type=int, default=0,
+                   help="Llama: SwiGLU width (0: 8C/3 rounded up to 256), without --model")
     g.add_argument("--num-layers", type=int, default=4, help="layers, without --model")
     g.add_argument("--num-heads", type=int, default=4, help="attention heads, without --model")
     g.add_argument("--channels", type=int, default=128, help="embedding width, without --model")
@@ -292,8 +299,12 @@ def open_model(args, team, resume_file=None):
     elif args.model:
         config = pyllmc.Config.preset(args.model)
     else:
+        llama = args.family == "llama"
         config = pyllmc.Config(max_seq_len=args.max_seq_len, num_layers=args.num_layers,
-                               num_heads=args.num_heads, channels=args.channels)
+                               num_heads=args.num_heads, channels=args.channels,
+                               family=pyllmc._lib.FAMILIES[args.family],
+                               num_kv_heads=args.num_kv_heads if llama else 0,
+                               ffn_hidden=args.ffn_hidden if llama else 0)
     if args.seq_len > config.max_seq_len:
         model = f"the model in {path}" if path else "the model (--max-seq-len)"
         raise TrainError(f"-T {args.seq_len} is longer than the {config.max_seq_len} positions of "
@@ -317,7 +328,7 @@ def default_recompute(config):
     return 0 if config.channels <= 768 else 1 if config.channels <= 1280 else 2
 
 
-PRESETS = ("d12", "d24", "d36", "d48")
+PRESETS = ("d12", "d24", "d36", "d48", "llama-124m", "llama3.2-1b", "llama3.2-3b", "llama3.1-8b")
 
 
 def peak_flops(args):
