@@ -15,7 +15,7 @@ from torch.nn import functional as F
 transformers = pytest.importorskip("transformers")
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
 
-from pyllmc import Config, Model, hf  # noqa: E402
+from pyllmc import Config, Model, UnsupportedError, hf  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -354,3 +354,23 @@ def test_a_llama_folder_with_biases_is_refused(hf_dir, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(config))
     r = run_hf("import", tmp_path, tmp_path / "m.bin")
     assert r.returncode == 1 and "no biases" in r.stderr
+
+
+def test_cuda_plan_of_the_8b_with_and_without_zero1():
+    """The CUDA plan needs the plugin, not a GPU. One rank holds bf16 weights
+    and fp32 masters, gradients and both moments (18 bytes a parameter); ZeRO-1
+    splits the masters and moments (12 of them) over the ranks."""
+    c = Config.preset("llama3.1-8b")
+    try:
+        plan = {(ws, z): Model.plan_memory(c, device="cuda", max_batch_size=1, max_seq_len=2048,
+                                           recompute=2, world_size=ws, zero_stage=z)
+                for ws in (1, 2, 8) for z in (0, 1)}
+    except UnsupportedError:
+        pytest.skip("libllmc built without the CUDA backend")
+    params = 8_030_261_248
+    assert plan[1, 0] > 18 * params > 141e9  # beyond one H200
+    for ws in (2, 8):
+        assert plan[ws, 0] == pytest.approx(plan[1, 0], rel=1e-3)
+        saved = plan[1, 0] - plan[ws, 1]
+        assert saved == pytest.approx(12 * params * (1 - 1 / ws), rel=1e-3)
+    assert plan[8, 1] < 80e9
