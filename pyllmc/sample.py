@@ -11,7 +11,7 @@ import sys
 import numpy as np
 
 from .files import os_error_message
-from .tokenizer import EOT, decode, encode
+from .tokenizer import load_tokenizer
 
 
 def generate(model, prompt_tokens, max_new_tokens, temperature=1.0, top_k=None, seed=0):
@@ -42,12 +42,15 @@ def generate(model, prompt_tokens, max_new_tokens, temperature=1.0, top_k=None, 
     return tokens
 
 
-def sample_text(model, prompt="", max_new_tokens=64, temperature=1.0, top_k=None, seed=0):
+def sample_text(model, prompt="", max_new_tokens=64, temperature=1.0, top_k=None, seed=0,
+                tokenizer=None):
     """The prompt and its sampled continuation as text (an empty prompt starts
-    from <|endoftext|>, i.e. the start of a document)."""
-    prompt_tokens = encode(prompt) if prompt else [EOT]
+    from <|endoftext|>, i.e. the start of a document). tokenizer: a
+    tokenizer.Tokenizer, GPT-2's when None."""
+    tok = tokenizer or load_tokenizer()
+    prompt_tokens = tok.encode(prompt) if prompt else [tok.eot]
     tokens = generate(model, prompt_tokens, max_new_tokens, temperature, top_k, seed)
-    return decode(tokens[0 if prompt else 1:])
+    return tok.decode(tokens[0 if prompt else 1:])
 
 
 def main(argv=None):
@@ -62,14 +65,17 @@ def main(argv=None):
     p.add_argument("--num-samples", type=int, default=1, help="independent samples")
     p.add_argument("--seed", type=int, default=0, help="random seed of the first sample")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--tokenizer", metavar="TOKENIZER_JSON",
+                   help="the model's local tokenizer.json (default: GPT-2's)")
     args = p.parse_args(argv)
 
     import pyllmc
     try:
+        tokenizer = load_tokenizer(args.tokenizer)
         with pyllmc.Model.load(args.checkpoint, device=args.device, max_batch_size=1) as model:
             for i in range(args.num_samples):
                 text = sample_text(model, args.prompt, args.max_new_tokens, args.temperature,
-                                   args.top_k or None, args.seed + i)
+                                   args.top_k or None, args.seed + i, tokenizer)
                 print(f"--- sample {i + 1} ---\n{text}" if args.num_samples > 1 else text)
     except OSError as e:
         print(f"error: {os_error_message(e)}", file=sys.stderr)

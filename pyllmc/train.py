@@ -35,6 +35,7 @@ from .sample import sample_text
 from .schedule import SCHEDULES, learning_rate
 from .files import os_error_message, write_atomic
 from .shards import ShardError, val_batches, DataLoader
+from .tokenizer import TokenizerError, load_tokenizer
 
 # dense bf16 peak of GPUs whose name contains the key (first match wins)
 PEAK_TFLOPS = [("H100 PCIe", 756.0), ("H100", 989.4), ("H200", 989.4), ("A100", 312.0)]
@@ -42,7 +43,7 @@ PEAK_TFLOPS = [("H100 PCIe", 756.0), ("H100", 989.4), ("H200", 989.4), ("A100", 
 # weights alone, so --resume may give them anew; any other (model, data, batch,
 # schedule, ...) must stay as it was, but --steps may grow (see restore_settings).
 FREE_ON_RESUME = ("print_every", "no_progress", "keep_last", "checkpoint_every", "val_every",
-                  "val_steps", "sample_every", "sample_length", "hellaswag_every",
+                  "val_steps", "sample_every", "sample_length", "tokenizer", "hellaswag_every",
                   "hellaswag_data", "hellaswag_limit", "num_threads", "peak_tflops", "recompute",
                   # how the ranks are laid out: a checkpoint resumes on any number of them
                   "zero", "nproc_per_node", "rendezvous", "rendezvous_path", "rendezvous_timeout",
@@ -142,6 +143,9 @@ def build_parser():
     g.add_argument("--sample-every", type=int, default=100,
                    help="print a text sample every N steps, and at the end (0: never)")
     g.add_argument("--sample-length", type=int, default=64, help="tokens per sample")
+    g.add_argument("--tokenizer", metavar="TOKENIZER_JSON",
+                   help="the data's local tokenizer.json, for the samples (default: GPT-2's; "
+                        "samples are skipped when the model's vocabulary is larger)")
     g.add_argument("--hellaswag-every", type=int, default=0,
                    help="HellaSwag accuracy every N steps, and at the end (0: never)")
     g.add_argument("--hellaswag-data", metavar="PATH",
@@ -564,6 +568,10 @@ def run(args, me, given=(), settings=""):
     the saved ones; settings: the digest of the command line, the same on every
     rank."""
     team = Team(me, settings)
+    try:
+        tokenizer = load_tokenizer(args.tokenizer)
+    except TokenizerError as e:
+        raise TrainError(str(e)) from None
     start_step, state, model = resume_point(args, given, team)
     check_args(args)
     micro_steps = micro_steps_per_rank(args, me)
@@ -625,8 +633,10 @@ def run(args, me, given=(), settings=""):
                           hellaswag_acc_norm=result["acc_norm"], hellaswag_acc=result["acc"])
                 say(f"step {step:5d} | HellaSwag acc_norm {result['acc_norm']:.4f} "
                     f"({result['num_examples']} examples)")
-            if step > 0 and args.sample_every and due(args.sample_every, step) and not quiet:
-                text = sample_text(model, "", args.sample_length, top_k=40, seed=args.seed + step)
+            if (step > 0 and args.sample_every and due(args.sample_every, step) and not quiet
+                    and cfg.vocab_size <= tokenizer.vocab_size):
+                text = sample_text(model, "", args.sample_length, top_k=40, seed=args.seed + step,
+                                   tokenizer=tokenizer)
                 say(f"--- sample at step {step} ---\n{text.strip()}\n---")
             if step > start_step and due(args.checkpoint_every, step):
                 checkpoint.save(model, args.out_dir, step, {
