@@ -72,7 +72,12 @@ def main(argv=None):
     import pyllmc
     try:
         tokenizer = load_tokenizer(args.tokenizer)
-        with pyllmc.Model.load(args.checkpoint, device=args.device, max_batch_size=1) as model:
+        # the context never exceeds the prompt and the new tokens: a plan for
+        # that, not for all of a Llama's 131,072 positions
+        needed = len(tokenizer.encode(args.prompt)) + 1 + args.max_new_tokens
+        T = min(pyllmc.Config.from_file(args.checkpoint).max_seq_len, needed)
+        with pyllmc.Model.load(args.checkpoint, device=args.device, max_batch_size=1,
+                               max_seq_len=T) as model:
             for i in range(args.num_samples):
                 text = sample_text(model, args.prompt, args.max_new_tokens, args.temperature,
                                    args.top_k or None, args.seed + i, tokenizer)
