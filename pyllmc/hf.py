@@ -69,7 +69,8 @@ def read_hf_config(hf_dir):
     except (OSError, json.JSONDecodeError) as e:
         raise HfError(f"cannot read {path}: {e}") from None
     if hf.get("model_type") != "gpt2":
-        raise HfError(f"{path}: model_type is {hf.get('model_type')!r}, only 'gpt2' converts")
+        raise HfError(f"{path}: model_type is {hf.get('model_type')!r}, only 'gpt2' and 'llama' "
+                      "convert")
     activation = hf.get("activation_function", "gelu_new")
     if activation not in TANH_GELU:
         raise HfError(f"{path}: activation_function {activation!r}; llm.c computes GELU's tanh "
@@ -144,14 +145,17 @@ def import_hf(hf_dir, out_path):
     hf_config = read_config_json(hf_dir)
     llama = hf_config.get("model_type") == "llama"
     config = read_llama_config(hf_config, hf_dir) if llama else read_hf_config(hf_dir)
-    weights = os.path.join(hf_dir, "model.safetensors")
-    if not os.path.exists(weights):
-        others = [n for n in ("pytorch_model.bin", "model.safetensors.index.json")
-                  if os.path.exists(os.path.join(hf_dir, n))]
-        raise HfError(f"{weights} does not exist" + (
-            f" ({', '.join(others)} is there: only a single model.safetensors is read; a "
-            "pickled checkpoint can run code when loaded)" if others else ""))
-    tensors = safetensors_numpy().load_file(weights)
+    if llama:  # bf16 and sharded checkpoints, as Llama models are published
+        tensors = read_llama_weights(hf_dir)
+    else:
+        weights = os.path.join(hf_dir, "model.safetensors")
+        if not os.path.exists(weights):
+            others = [n for n in ("pytorch_model.bin", "model.safetensors.index.json")
+                      if os.path.exists(os.path.join(hf_dir, n))]
+            raise HfError(f"{weights} does not exist" + (
+                f" ({', '.join(others)} is there: only a single model.safetensors is read; a "
+                "pickled checkpoint can run code when loaded)" if others else ""))
+        tensors = safetensors_numpy().load_file(weights)
     with Model.from_config(config, max_batch_size=1, max_seq_len=1) as model:
         model.set_parameters(llama_hf_to_llmc(tensors, model.config) if llama else
                              hf_to_llmc(tensors, config, model.config.padded_vocab_size))
@@ -246,6 +250,74 @@ def read_llama_config(hf, hf_dir):
                   ffn_hidden=field("intermediate_size"),
                   untied_head=0 if hf.get("tie_word_embeddings", False) else 1,
                   rope_theta=theta, norm_eps=hf.get("rms_norm_eps", 1e-6), **scaling)
+
+
+# safetensors dtypes Llama checkpoints come in, read as float32 (bf16 widened exactly)
+SAFETENSORS_DTYPES = {"F32": np.dtype("<f4"), "BF16": np.dtype("<u2"), "F16": np.dtype("<f2")}
+
+
+def read_safetensors(path):
+    """name -> float32 array of a .safetensors file of F32, BF16 or F16
+    tensors. The format is an 8-byte length, a JSON header and raw bytes,
+    read here directly (numpy has no bfloat16, which the safetensors package's
+    numpy API needs): nothing in the file is executed."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if not 2 <= n <= size - 8:
+            raise HfError(f"{path}: not a safetensors file (header length {n}, file {size} bytes)")
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise HfError(f"{path}: damaged safetensors header ({e})") from None
+    data = (np.memmap(path, dtype=np.uint8, mode="r", offset=8 + n) if size > 8 + n
+            else np.zeros(0, np.uint8))
+    tensors = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype = SAFETENSORS_DTYPES[info["dtype"]]
+            shape = [int(d) for d in info["shape"]]
+            begin, end = (int(x) for x in info["data_offsets"])
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise HfError(f"{path}: tensor {name!r}: {info!r} is not an F32, BF16 or F16 tensor's "
+                          "entry") from None
+        count = int(np.prod(shape, dtype=np.int64))
+        if min(shape, default=0) < 0 or not 0 <= begin <= end <= len(data) or \
+                end - begin != count * dtype.itemsize:
+            raise HfError(f"{path}: tensor {name!r} of shape {shape} ({info['dtype']}) does not fit "
+                          f"its bytes {begin}..{end} of {len(data)}")
+        raw = data[begin:end].view(dtype)
+        if info["dtype"] == "BF16":
+            raw = (raw.astype(np.uint32) << 16).view(np.float32)
+        tensors[name] = raw.astype(np.float32).reshape(shape)
+    return tensors
+
+
+def read_llama_weights(hf_dir):
+    """All tensors of HF_DIR's model.safetensors, or of the shards listed in
+    model.safetensors.index.json (how larger models are published)."""
+    single = os.path.join(hf_dir, "model.safetensors")
+    index = os.path.join(hf_dir, "model.safetensors.index.json")
+    if os.path.exists(single):
+        return read_safetensors(single)
+    if not os.path.exists(index):
+        raise HfError(f"{hf_dir}: neither model.safetensors nor model.safetensors.index.json "
+                      "(a pickled pytorch_model.bin is never read: it can run code when loaded)")
+    try:
+        with open(index) as f:
+            weight_map = json.load(f)["weight_map"]
+        files = sorted(set(weight_map.values()))
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+        raise HfError(f"{index}: not a safetensors index ({e})") from None
+    tensors = {}
+    for name in files:
+        if os.path.basename(name) != name:
+            raise HfError(f"{index}: shard {name!r} is not a file name in {hf_dir}")
+        tensors.update(read_safetensors(os.path.join(hf_dir, name)))
+    return tensors
 
 
 def rope_to_meta(w, heads):

@@ -2,6 +2,7 @@
 (the reference), fp32, from the same weights and batches: logits, losses,
 every parameter's gradient, AdamW training; llm.c llama3 model files,
 checkpoints and resume; the presets; Hugging Face import and export."""
+import copy
 import json
 import os
 import subprocess
@@ -374,3 +375,36 @@ def test_cuda_plan_of_the_8b_with_and_without_zero1():
         saved = plan[1, 0] - plan[ws, 1]
         assert saved == pytest.approx(12 * params * (1 - 1 / ws), rel=1e-3)
     assert plan[8, 1] < 80e9
+
+
+def test_bf16_sharded_hugging_face_checkpoints_import(tmp_path):
+    """As Llama models are published: bf16 tensors, split over several
+    safetensors files listed in model.safetensors.index.json."""
+    fields = CASES["gqa2_tied_scaled"][0]
+    ref = hf_model(fields, seed=5)
+    with torch.no_grad():  # weights that bf16 holds exactly; computed in fp32 below
+        for p in ref.parameters():
+            p.copy_(p.to(torch.bfloat16).float())
+    folder = tmp_path / "llama_bf16"
+    copy.deepcopy(ref).to(torch.bfloat16).save_pretrained(folder, safe_serialization=True,
+                                                          max_shard_size="20KB")
+    assert (folder / "model.safetensors.index.json").exists()
+    assert len(list(folder.glob("model-*.safetensors"))) > 1
+    x = np.random.default_rng(7).integers(0, fields["vocab_size"], (2, 20))
+    with torch.no_grad():
+        ref_logits = ref(torch.from_numpy(x)).logits.numpy()
+    r = run_hf("import", folder, tmp_path / "m.bin")
+    assert r.returncode == 0, r.stderr
+    with Model.load(tmp_path / "m.bin", max_batch_size=2, max_seq_len=20) as model:
+        assert rel_err(model.logits(x), ref_logits) < 1e-5
+
+
+def test_a_damaged_safetensors_file_is_refused(hf_dir, tmp_path):
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    (folder / "config.json").write_bytes((hf_dir / "config.json").read_bytes())
+    data = (hf_dir / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(data[:len(data) // 2])  # truncated
+    r = run_hf("import", folder, tmp_path / "m.bin")
+    assert r.returncode == 1 and "does not fit its bytes" in r.stderr, r.stderr
+    assert not (tmp_path / "m.bin").exists()
