@@ -5,6 +5,11 @@ train_gpt2.py trains it (bf16 autocast, flash SDPA, fused AdamW, gradient
 accumulation, clipping), optionally under torch.compile.
 
     python -m bench.gpu_torch_peer --preset d12 -B 64 -T 1024 --micro-steps 8 [--compile]
+    python -m bench.gpu_torch_peer --preset llama-124m -B 64 -T 1024 --micro-steps 8 --compile
+
+A llama preset (llama-124m, llama3.2-1b, llama3.2-3b, llama3.1-8b) trains
+transformers' LlamaForCausalLM of that shape instead (fp32 weights as
+masters, bf16 autocast, SDPA attention, fused AdamW decaying the 2-D weights).
 
 Steps are timed with CUDA events after warm-up steps (the first ones include
 compilation); the median is printed with tokens/s and peak GPU memory
@@ -21,11 +26,42 @@ import torch
 from tests.torch_gpt2 import GPT, GPTConfig, init_gpt2_
 
 PRESETS = {"d12": (12, 12, 768), "d24": (24, 16, 1024), "d36": (36, 20, 1280), "d48": (48, 25, 1600)}
+LLAMA_PRESETS = ("llama-124m", "llama3.2-1b", "llama3.2-3b", "llama3.1-8b")
+
+
+class LlamaLoss(torch.nn.Module):
+    """transformers' LlamaForCausalLM called as the GPT reference is: (inputs,
+    targets) -> (logits, mean cross-entropy)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs, targets):
+        logits = self.model(input_ids=inputs).logits
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+        return logits, loss
+
+
+def llama_model(preset):
+    """(model, fused AdamW, vocabulary size) of a llmc Llama preset's shape."""
+    import transformers
+
+    import pyllmc
+    from pyllmc import hf
+    config = pyllmc.Config.preset(preset)
+    hf_config = transformers.LlamaConfig(**hf.llama_hf_config(config), attn_implementation="sdpa")
+    model = LlamaLoss(transformers.LlamaForCausalLM(hf_config)).cuda()
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.1},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=6e-4, betas=(0.9, 0.95), eps=1e-8, fused=True)
+    return model, optimizer, config.vocab_size
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="d12", choices=sorted(PRESETS))
+    p.add_argument("--preset", default="d12", choices=sorted(PRESETS) + list(LLAMA_PRESETS))
     p.add_argument("-B", type=int, default=64)
     p.add_argument("-T", type=int, default=1024)
     p.add_argument("--micro-steps", type=int, default=8)
@@ -35,15 +71,20 @@ def main():
     p.add_argument("--json", help="write the result here")
     args = p.parse_args()
 
-    L, H, C = PRESETS[args.preset]
     torch.backends.cuda.matmul.allow_tf32 = True
-    model = init_gpt2_(GPT(GPTConfig(num_layers=L, num_heads=H, channels=C))).cuda()
-    optimizer = model.configure_optimizer(lr=6e-4, weight_decay=0.1, betas=(0.9, 0.95), eps=1e-8)
-    for group in optimizer.param_groups:
-        group["fused"] = True
+    if args.preset in LLAMA_PRESETS:
+        model, optimizer, vocab = llama_model(args.preset)
+    else:
+        L, H, C = PRESETS[args.preset]
+        model = init_gpt2_(GPT(GPTConfig(num_layers=L, num_heads=H, channels=C))).cuda()
+        optimizer = model.configure_optimizer(lr=6e-4, weight_decay=0.1, betas=(0.9, 0.95),
+                                              eps=1e-8)
+        for group in optimizer.param_groups:
+            group["fused"] = True
+        vocab = 50257
     forward = torch.compile(model) if args.compile else model
     g = torch.Generator(device="cuda").manual_seed(0)
-    tokens = torch.randint(0, 50257, (args.micro_steps, args.B, args.T + 1), device="cuda", generator=g)
+    tokens = torch.randint(0, vocab, (args.micro_steps, args.B, args.T + 1), device="cuda", generator=g)
     inputs, targets = tokens[..., :-1].contiguous(), tokens[..., 1:].contiguous()
 
     def step():
