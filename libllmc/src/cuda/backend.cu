@@ -1,8 +1,9 @@
 /*
  * backend.cu: the CUDA backend's llmc_backend: memory plan, the GPT-2 and
  * Llama forward and backward passes over the kernels of this folder (one
- * composition per family), the fused classifier + loss, and AdamW. Built as the plugin build/libllmc_cuda.so, which api.c loads when a
- * model asks for LLMC_DEVICE_CUDA.
+ * composition per family), the fused classifier + loss, and AdamW. Built as
+ * the plugin build/libllmc_cuda.so, which api.c loads when a model asks for
+ * LLMC_DEVICE_CUDA.
  *
  * Precision: bf16 weights, activations and activation gradients; fp32 weight
  * gradients (accumulated across micro-steps), fp32 master weights and AdamW
