@@ -446,10 +446,14 @@ llmc_status llmc_read_optimizer_file(const char *path, const llmc_config *config
     llmc_config c = header_get_config(h);
     if (memcmp(&c, config, sizeof c) != 0) {
         st = llmc_error(LLMC_ERR_FORMAT,
-                        "'%s' holds optimizer state for L=%d H=%d C=%d V=%d maxT=%d, but the model is "
-                        "L=%d H=%d C=%d V=%d maxT=%d", path, c.num_layers, c.num_heads, c.channels,
-                        c.padded_vocab_size, c.max_seq_len, config->num_layers, config->num_heads,
-                        config->channels, config->padded_vocab_size, config->max_seq_len);
+                        "'%s' holds optimizer state for L=%d H=%d C=%d V=%d maxT=%d (family %d, "
+                        "KV heads %d, MLP %d, tied %d), but the model is L=%d H=%d C=%d V=%d "
+                        "maxT=%d (family %d, KV heads %d, MLP %d, tied %d)", path, c.num_layers,
+                        c.num_heads, c.channels, c.padded_vocab_size, c.max_seq_len, c.family,
+                        c.num_kv_heads, c.ffn_hidden, !c.untied_head, config->num_layers,
+                        config->num_heads, config->channels, config->padded_vocab_size,
+                        config->max_seq_len, config->family, config->num_kv_heads,
+                        config->ffn_hidden, !config->untied_head);
         goto done;
     }
     /* n <= LLMC_PARAM_LIMIT (the model exists), so this cannot wrap */
