@@ -118,11 +118,12 @@ asan:
 ASAN_ENV = LLMC_LIB=$(CURDIR)/build-asan/libllmc.so \
     LD_PRELOAD="$$($(CC) -print-file-name=libasan.so) $$($(CC) -print-file-name=libubsan.so)" \
     ASAN_OPTIONS=detect_leaks=0:abort_on_error=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
-# the fuzz and API tests again under the sanitizers (the rest of the suite
-# exercises no more of the C boundary and would only be slower)
-test-asan: asan
+# the fuzz, API and generation tests again under the sanitizers (the rest of
+# the suite exercises no more of the C boundary and would only be slower)
+test-asan: deps test-deps asan
 	build-asan/c_api_example build-asan/c_api_example.bin
-	$(ASAN_ENV) $(PYTHON) -m pytest -q -p no:cacheprovider tests/test_fuzz.py tests/test_robustness.py tests/test_api.py
+	$(ASAN_ENV) $(PYTHON) -m pytest -q -p no:cacheprovider tests/test_fuzz.py tests/test_robustness.py tests/test_api.py \
+	    tests/test_generate.py
 
 test: all test-deps $(BUILD)/c_api_example
 	$(BUILD)/c_api_example $(BUILD)/c_api_example.bin

@@ -4,10 +4,13 @@ Training speed of the CUDA backend: ms/step, tokens/s, MFU and GPU memory.
     python bench/gpu_bench.py                      # the default set below, a table last
     python bench/gpu_bench.py --run d12,64,1024,8,1 --steps 10
 
-A run is preset,B,T,micro_steps,recompute[,dp|dpz]; dp runs the model in
+A run is preset,B,T,micro_steps,recompute[,dp|dpz|fp8]...; dp runs the model in
 distributed mode with one rank (NCCL path: gradient buckets all-reduced during
-the backward), dpz the same with ZeRO-1. Each runs in its own process so
-that its memory is its own. Steps are timed from the host around whole
+the backward), dpz the same with ZeRO-1, fp8 with FP8 block products. Each runs
+in its own process so that its memory is its own. Batches are real text: the
+consecutive windows of a token shard (--data, FineWeb by default; the token
+distribution changes step times, so random tokens are not used), a different
+micro-batch for every micro-step, wrapping around the shard. Steps are timed from the host around whole
 optimizer steps (the API returns once the step's work on the GPU is done,
 so this is the GPU time plus the Python and host share), after warm-up
 steps, median over the timed steps. MFU uses llm.c's convention: FLOPs per
@@ -26,7 +29,11 @@ from pathlib import Path
 import numpy as np
 
 import pyllmc
+from pyllmc.shards import DataLoader
 
+# FineWeb as GPT-2 token shards (../shared/data/fineweb_sample, carried as .carry/)
+DEFAULT_DATA = Path(__file__).resolve().parent.parent / ".carry" / "fineweb_sample" / \
+    "fineweb_sample_train_000001.bin"
 DEFAULT_RUNS = ["d12,64,1024,8,0", "d12,64,1024,8,1", "d12,64,1024,8,2", "d24,32,1024,16,1"]
 PEAK_FLOPS = 988.8e12
 
@@ -59,22 +66,28 @@ def loaded_libraries(*names):
     return sorted(found)
 
 
-def run_one(spec, steps, warmup):
-    preset, B, T, micro, recompute, *mode = spec.split(",")
+MODES = {"dp": dict(world_size=1, rank=0), "dpz": dict(world_size=1, rank=0, zero_stage=1),
+         "fp8": dict(precision="fp8")}
+
+
+def run_one(spec, steps, warmup, data):
+    preset, B, T, micro, recompute, *modes = spec.split(",")
     B, T, micro, recompute = int(B), int(T), int(micro), int(recompute)
-    dist = {"dp": dict(world_size=1, rank=0), "dpz": dict(world_size=1, rank=0, zero_stage=1)}
+    options = {k: v for mode in modes for k, v in MODES[mode].items()}
+    loader = DataLoader(data, B, T, shuffle=False, seed=0)
+    batches = []
+    for _ in range(warmup + steps):
+        micro_batches = [loader.next_batch() for _ in range(micro)]
+        batches.append((np.stack([x for x, _ in micro_batches]),
+                        np.stack([y for _, y in micro_batches])))
     t0 = time.perf_counter()
     m = pyllmc.Model.from_config(preset, device="cuda", max_batch_size=B, max_seq_len=T,
-                                 recompute=recompute, seed=0, **dist.get(mode[0] if mode else "", {}))
+                                 recompute=recompute, seed=0, **options)
     create_s = time.perf_counter() - t0
     cfg = m.config
-    rng = np.random.default_rng(0)
-    batches = [rng.integers(0, cfg.vocab_size, size=(micro, B, T + 1), dtype=np.int32)
-               for _ in range(2)]
-    batches = [(b[..., :-1].copy(), b[..., 1:].copy()) for b in batches]
     times, losses = [], []
     for i in range(warmup + steps):
-        x, y = batches[i % 2]
+        x, y = batches[i]
         t = time.perf_counter()
         loss, norm = m.step(x, y, lr=6e-4, weight_decay=0.1, grad_clip=1.0)
         dt = time.perf_counter() - t
@@ -97,19 +110,21 @@ def run_one(spec, steps, warmup):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", action="append",
-                   help="preset,B,T,micro_steps,recompute[,dp|dpz] (repeatable)")
+                   help="preset,B,T,micro_steps,recompute[,dp|dpz|fp8]... (repeatable)")
+    p.add_argument("--data", default=str(DEFAULT_DATA),
+                   help="token shard(s) the batches come from (default: %(default)s)")
     p.add_argument("--steps", type=int, default=8, help="timed steps per run")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--json", help="write the results here")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        print(json.dumps(run_one(args.run[0], args.steps, args.warmup)))
+        print(json.dumps(run_one(args.run[0], args.steps, args.warmup, args.data)))
         return
     results = []
     for spec in args.run or DEFAULT_RUNS:
         cmd = [sys.executable, __file__, "--child", "--run", spec, "--steps", str(args.steps),
-               "--warmup", str(args.warmup)]
+               "--warmup", str(args.warmup), "--data", args.data]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             print(f"{spec}: failed\n{proc.stdout}{proc.stderr}", flush=True)

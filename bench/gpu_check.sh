@@ -5,10 +5,13 @@
 #     full (default): tests, HellaSwag timing, every benchmark
 #     quick: tests and the two d12 benchmarks
 #     profile: tests and a kernel-time profile of d12 (bench/gpu_profile.py)
-#     peers: tests, then llmc against llm.c at d12, d24, d36 and d48 in this call
-#            (bench/peer_bench.py; PEER_ARGS adds its flags, e.g. --torch)
+#     peers: tests, then llmc (trainer and library loop) against llm.c at d12, d24, d36 and d48
+#            in this call, on real text (bench/peer_bench.py; PEER_ARGS adds its flags, e.g. --fp8)
+#   FP8_PROBE="65536 768" (any mode): also cuBLASLt's bf16 and FP8 product times at those shapes
 #     multi: tests, then data parallel on this machine's GPUs beside llm.c built with MPI
 #            (bench/multi_gpu.py; MULTI_ARGS adds its flags, e.g. "--sizes d48 --no-check")
+#     generate: tests, then tokens/s of generation against transformers at d12 and d48
+#               (bench/generate_bench.py; GEN_ARGS adds its flags, e.g. "--sizes d12")
 #     dist: tests, one-GPU runs of the trainer's distributed launch paths
 #           (--nproc-per-node 1 with its TCP rendezvous, mpirun -np 1), and
 #           d12 with and without the NCCL path (world size 1), alternated
@@ -16,6 +19,8 @@
 #   .carry/cudnn-frontend/include  the cudnn-frontend headers (pip nvidia-cudnn-frontend)
 #   .carry/whl/*.whl               wheels the machine lacks (scipy-openblas32)
 #   .carry/peers                   peers mode: a copy of ../shared/peers (llm.c and its build script)
+#   .carry/fineweb_sample          real FineWeb token shards (../shared/data/fineweb_sample): every
+#                                  benchmark reads them
 # Logs go to $OUT (or /tmp/gpu_check).
 set -o pipefail
 cd "$(dirname "$0")/.."
@@ -40,6 +45,12 @@ fi
 make -j"$(nproc)" lib "${DEPS_ARG[@]}" > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
 grep -E "^CUDA backend" "$OUT/build.log"
 echo "build: $(( $(date +%s) - start )) s"
+# FP8_PROBE="N C ...": cuBLASLt's bf16 and FP8 times for one block's products at these shapes
+if [ -n "$FP8_PROBE" ]; then
+    nvcc -O2 -arch=sm_90 -o /tmp/fp8_probe bench/fp8_probe.cu -lcublasLt || exit 1
+    set -- $FP8_PROBE
+    while [ $# -ge 2 ]; do /tmp/fp8_probe "$1" "$2" | tee -a "$OUT/fp8_probe.log"; shift 2; done
+fi
 
 python3 -m pytest -q -rs tests/test_cuda.py -s 2>&1 | tee "$OUT/tests.log" | grep -vE "^\s*$" | tail -25
 tests_rc=$?
@@ -59,6 +70,9 @@ if [ "$MODE" = peers ] || [ "$MODE" = multi ]; then
 fi
 if [ "$MODE" = peers ]; then
     python3 -m bench.peer_bench --json "$OUT/peers.json" $PEER_ARGS 2>&1 | tee "$OUT/peers.log"
+fi
+if [ "$MODE" = generate ]; then
+    python3 -m bench.generate_bench $GEN_ARGS 2>&1 | grep -v "Loading weights" | tee "$OUT/generate.log"
 fi
 if [ "$MODE" = multi ]; then
     python3 -m bench.multi_gpu --json "$OUT/multi.json" $MULTI_ARGS 2>&1 | tee "$OUT/multi.log"

@@ -4,8 +4,14 @@ call: the reference GPT-2 of tests/torch_gpt2.py trained as llm.c's
 train_gpt2.py trains it (bf16 autocast, flash SDPA, fused AdamW, gradient
 accumulation, clipping), optionally under torch.compile.
 
-    python -m bench.gpu_torch_peer --preset d12 -B 64 -T 1024 --micro-steps 8 [--compile]
+    python -m bench.gpu_torch_peer --preset d12 -B 64 -T 1024 --micro-steps 8 [--compile] [--fp8]
     python -m bench.gpu_torch_peer --preset llama-124m -B 64 -T 1024 --micro-steps 8 --compile
+
+Batches are real text, the consecutive windows of a token shard (--data, FineWeb by
+default), as in bench/gpu_bench.py. --fp8 trains the block's four linear layers in FP8
+with torchao's float8 training (tensorwise scaling, torchao's "tensorwise" recipe), the
+LM head and the rest in bf16 as llmc's FP8 mode does; torchao must be importable
+(carry its wheel: the GPU machine has no network). GPT-2 presets only, as in llmc.
 
 A llama preset (llama-124m, llama3.2-1b, llama3.2-3b, llama3.1-8b) trains
 transformers' LlamaForCausalLM of that shape instead (fp32 weights as
@@ -21,9 +27,14 @@ import statistics
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from pyllmc.shards import DataLoader
 from tests.torch_gpt2 import GPT, GPTConfig, init_gpt2_
+
+DEFAULT_DATA = Path(__file__).resolve().parent.parent / ".carry" / "fineweb_sample" / \
+    "fineweb_sample_train_000001.bin"
 
 PRESETS = {"d12": (12, 12, 768), "d24": (24, 16, 1024), "d36": (36, 20, 1280), "d48": (48, 25, 1600)}
 LLAMA_PRESETS = ("llama-124m", "llama3.2-1b", "llama3.2-3b", "llama3.1-8b")
@@ -44,7 +55,7 @@ class LlamaLoss(torch.nn.Module):
 
 
 def llama_model(preset):
-    """(model, fused AdamW, vocabulary size) of a llmc Llama preset's shape."""
+    """(model, fused AdamW) of a llmc Llama preset's shape."""
     import transformers
 
     import pyllmc
@@ -56,7 +67,7 @@ def llama_model(preset):
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.1},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     optimizer = torch.optim.AdamW(groups, lr=6e-4, betas=(0.9, 0.95), eps=1e-8, fused=True)
-    return model, optimizer, config.vocab_size
+    return model, optimizer
 
 
 def main():
@@ -68,12 +79,16 @@ def main():
     p.add_argument("--steps", type=int, default=6, help="timed steps")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--fp8", action="store_true", help="torchao float8 training (tensorwise)")
+    p.add_argument("--data", default=str(DEFAULT_DATA), help="token shard(s) to read batches from")
     p.add_argument("--json", help="write the result here")
     args = p.parse_args()
 
     torch.backends.cuda.matmul.allow_tf32 = True
     if args.preset in LLAMA_PRESETS:
-        model, optimizer, vocab = llama_model(args.preset)
+        if args.fp8:
+            p.error("--fp8 trains GPT-2 presets only (llmc refuses fp8 for Llama)")
+        model, optimizer = llama_model(args.preset)
     else:
         L, H, C = PRESETS[args.preset]
         model = init_gpt2_(GPT(GPTConfig(num_layers=L, num_heads=H, channels=C))).cuda()
@@ -81,13 +96,20 @@ def main():
                                               eps=1e-8)
         for group in optimizer.param_groups:
             group["fused"] = True
-        vocab = 50257
+    if args.fp8:
+        from torchao.float8 import Float8LinearConfig, convert_to_float8_training
+        convert_to_float8_training(model, config=Float8LinearConfig.from_recipe_name("tensorwise"))
     forward = torch.compile(model) if args.compile else model
-    g = torch.Generator(device="cuda").manual_seed(0)
-    tokens = torch.randint(0, vocab, (args.micro_steps, args.B, args.T + 1), device="cuda", generator=g)
-    inputs, targets = tokens[..., :-1].contiguous(), tokens[..., 1:].contiguous()
+    loader = DataLoader(args.data, args.B, args.T, shuffle=False, seed=0)
+    batches = []
+    for _ in range(args.warmup + args.steps):
+        micro = [loader.next_batch() for _ in range(args.micro_steps)]
+        batches.append((torch.from_numpy(np.stack([x for x, _ in micro])).long().cuda(),
+                        torch.from_numpy(np.stack([y for _, y in micro])).long().cuda()))
+    calls = iter(batches)
 
     def step():
+        inputs, targets = next(calls)
         for k in range(args.micro_steps):
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 _, loss = forward(inputs[k], targets[k])
@@ -112,7 +134,8 @@ def main():
         times.append(start.elapsed_time(end))
     ms = statistics.median(times)
     tokens = args.micro_steps * args.B * args.T
-    result = {"peer": "pytorch" + (" compile" if args.compile else " eager"), "torch": torch.__version__,
+    result = {"peer": "pytorch" + (" compile" if args.compile else " eager") + (" fp8" if args.fp8 else ""),
+              "torch": torch.__version__,
               "preset": args.preset, "B": args.B, "T": args.T, "micro_steps": args.micro_steps,
               "ms_per_step": ms, "tokens_per_s": tokens / (ms / 1000),
               "peak_gb": torch.cuda.max_memory_allocated() / 1e9, "warmup_s": warmup_s}

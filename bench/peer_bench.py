@@ -1,33 +1,34 @@
 """
-llmc against its peers at the four GPT-2 sizes, in one call on one GPU:
-llm.c (../shared/peers, carried as .carry/peers) at its default and, at d12,
-its fastest setting; llmc at the recompute settings asked for; optionally
-PyTorch (bench/gpu_torch_peer.py) under torch.compile. One table last, with
-llm.c's time divided by llmc's.
+llmc against its peers at the four GPT-2 sizes, in one call on one GPU, on
+real text: llm.c (../shared/peers, carried as .carry/peers) at its default
+and, at d12, its fastest setting; llmc through its trainer as users run it
+(`python -m pyllmc.train`) and through the library's own loop
+(bench/gpu_bench.py) at the recompute settings asked for, in bf16 and with
+--fp8 also in FP8; optionally PyTorch (bench/gpu_torch_peer.py) under
+torch.compile. One table last, with each peer's time divided by llmc's.
 
-    python3 -m bench.peer_bench [--sizes d12,d24,d36,d48] [--llmc d48=1,2] [--torch]
+    python3 -m bench.peer_bench [--sizes d12,d24,d36,d48] [--llmc d48=1,2] [--fp8] [--torch]
 
-Every run is its own process, one after the other, on random tokens (the
-same tokens per step for every system is not needed: the step's work does
-not depend on their values). Time: llmc's and PyTorch's median step time
-after warm-up (bench/gpu_bench.py, bench/gpu_torch_peer.py); llm.c's median
-of its printed step times from step 2 on. Memory, the same way for all: the
-peak of the GPU's used memory (nvidia-smi, sampled every 0.2 s) while the
-run's process lives, less what was used before it started.
+Every system reads the same FineWeb token shard (--data; llm.c's step time
+depends on the token distribution: its embedding gradient works per distinct
+token, so random tokens made it up to 12% slower than real text does). Every
+run is its own process, one after the other. Time: the median step time after
+warm-up (the trainer's per-step `ms` in main.jsonl, gpu_bench.py's and
+gpu_torch_peer.py's medians, llm.c's printed step times from step 2 on).
+Memory, the same way for all: the peak of the GPU's used memory (nvidia-smi,
+sampled every 0.2 s) while the run's process lives, less what was used before.
 """
 import argparse
 import json
 import re
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
-
-import numpy as np
-
-from pyllmc.shards import ShardError, read_shard_header, write_shard
 
 HERE = Path(__file__).resolve().parent
 # size: micro-batch B, micro-steps per optimizer step, timed llmc steps (T = 1024)
@@ -73,22 +74,6 @@ def llm_c_step_times(text, first):
             if int(m.group(1)) >= first]
 
 
-def write_data(folder, tokens=20_000_000):
-    """Random-token train and val shards (llm.c's format), written unless
-    folder already holds them at these sizes."""
-    train, val = folder / "train_000001.bin", folder / "val_000000.bin"
-    try:
-        if read_shard_header(train) == tokens and read_shard_header(val) == tokens // 10:
-            return train, val
-    except ShardError:
-        pass
-    rng = np.random.default_rng(0)
-    folder.mkdir(parents=True, exist_ok=True)
-    write_shard(train, rng.integers(0, 50257, tokens))
-    write_shard(val, rng.integers(0, 50257, tokens // 10))
-    return train, val
-
-
 def run_llm_c(peers, size, flags, data, steps):
     B, micro, _ = SIZES[size]
     train, val = data
@@ -103,22 +88,49 @@ def run_llm_c(peers, size, flags, data, steps):
     return {"ms_per_step": statistics.median(ms), "gb": gb, "steps": len(ms)}
 
 
-def run_llmc(size, recompute, steps):
+def run_llmc(size, recompute, steps, fp8, data):
+    """The library's loop (gpu_bench.py) on the shard: ms/step, GB."""
     B, micro, _ = SIZES[size]
-    spec = f"{size},{B},{T},{micro},{recompute}"
+    spec = f"{size},{B},{T},{micro},{recompute}" + (",fp8" if fp8 else "")
     out, rc, gb = run_watched([sys.executable, str(HERE / "gpu_bench.py"), "--child", "--run", spec,
-                               "--steps", str(steps), "--warmup", "2"])
+                               "--steps", str(steps), "--warmup", "2", "--data", str(data)])
     if rc != 0:
         print(f"llmc {spec}: failed (rc {rc})\n{out[-3000:]}", flush=True)
         return None
     r = json.loads(out.strip().splitlines()[-1])
-    return {"ms_per_step": r["ms_per_step"], "gb": gb, "library_gb": r["library_gb"]}
+    return {"ms_per_step": r["ms_per_step"], "gb": gb, "library_gb": r["library_gb"],
+            "losses": r["losses"]}
 
 
-def run_torch(size):
+def run_trainer(size, recompute, steps, fp8, data):
+    """`python -m pyllmc.train` on the shard as a user runs it: median of its
+    logged step times after 2 warm-up steps, GB. Its folder is in /dev/shm
+    (the final checkpoint of d48 is 18 GB)."""
+    B, micro, _ = SIZES[size]
+    out_dir = Path(tempfile.mkdtemp(prefix="llmc-trainer-", dir="/dev/shm"))
+    cmd = [sys.executable, "-m", "pyllmc.train", "--device", "cuda", "--model", size, "-B", str(B),
+           "-T", str(T), "--total-batch-size", str(B * T * micro), "--steps", str(steps + 2),
+           "--train-data", str(data), "--sample-every", "0", "--no-progress", "--print-every", "0",
+           "--recompute", str(recompute), "--out-dir", str(out_dir / "run"), "--lr", "6e-4",
+           *(["--precision", "fp8"] if fp8 else [])]
+    try:
+        out, rc, gb = run_watched(cmd, cwd=HERE.parent)
+        if rc != 0:
+            print(f"trainer {size} r{recompute}: failed (rc {rc})\n{out[-3000:]}", flush=True)
+            return None
+        logged = [json.loads(line) for line in open(out_dir / "run" / "main.jsonl")]
+        ms = [r["ms"] for r in logged if "ms" in r and r["step"] >= 2]
+        return {"ms_per_step": statistics.median(ms), "gb": gb,
+                "losses": [r["train_loss"] for r in logged if "train_loss" in r]}
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def run_torch(size, fp8, data):
     B, micro, _ = SIZES[size]
     out, rc, gb = run_watched([sys.executable, "-m", "bench.gpu_torch_peer", "--preset", size,
-                               "-B", str(B), "-T", str(T), "--micro-steps", str(micro), "--compile"],
+                               "-B", str(B), "-T", str(T), "--micro-steps", str(micro), "--compile",
+                               "--data", str(data), *(["--fp8"] if fp8 else [])],
                               cwd=HERE.parent)
     if rc != 0:
         print(f"torch.compile {size}: failed (rc {rc})\n{out[-3000:]}", flush=True)
@@ -135,40 +147,55 @@ def main():
     p.add_argument("--peers", default=str(HERE.parent / ".carry" / "peers"),
                    help="folder with llm.c.sh and a built llm.c")
     p.add_argument("--llm-c-steps", type=int, default=10, help="llm.c steps per run")
-    p.add_argument("--torch", action="store_true", help="also PyTorch torch.compile (slow to compile)")
-    p.add_argument("--data", default="/tmp/peer_data")
+    p.add_argument("--torch", action="store_true",
+                   help="also PyTorch torch.compile (slow to compile); with --fp8 also torchao's "
+                   "float8 training")
+    p.add_argument("--data", default=str(HERE.parent / ".carry" / "fineweb_sample"),
+                   help="folder of FineWeb token shards (*train*.bin, *val*.bin)")
+    p.add_argument("--fp8", action="store_true", help="also llmc with FP8 block products")
+    p.add_argument("--no-trainer", action="store_true", help="llmc's library loop only")
     p.add_argument("--json")
     a = p.parse_args()
     settings = dict(LLMC_DEFAULT, **dict(s.split("=", 1) for s in a.llmc))
-    data = write_data(Path(a.data))
+    train = sorted(Path(a.data).glob("*train*.bin"))[0]
+    val = sorted(Path(a.data).glob("*val*.bin"))[0]
     rows = []
     for size in a.sizes.split(","):
         B, micro, steps = SIZES[size]
         peers = {}
         for label, flags in LLM_C.get(size, [("default", [])]):
-            peers[label] = run_llm_c(Path(a.peers), size, flags, data, a.llm_c_steps)
-            print(f"llm.c {size} {label}: {peers[label]}", flush=True)
-        if a.torch:
-            peers["torch.compile"] = run_torch(size)
-            print(f"torch.compile {size}: {peers['torch.compile']}", flush=True)
+            peers[f"llm.c {label}"] = run_llm_c(Path(a.peers), size, flags, (train, val),
+                                                a.llm_c_steps)
+            print(f"llm.c {size} {label}: {peers[f'llm.c {label}']}", flush=True)
+        for fp8 in ([False, True] if a.torch and a.fp8 else [False] if a.torch else []):
+            name = "torch.compile" + (" fp8" if fp8 else "")
+            peers[name] = run_torch(size, fp8, train)
+            print(f"{name} {size}: {peers[name]}", flush=True)
         for r in settings[size].split(","):
-            mine = run_llmc(size, int(r), steps)
-            print(f"llmc {size} recompute {r}: {mine}", flush=True)
-            rows.append({"size": size, "B": B, "micro_steps": micro, "recompute": int(r),
-                         "llmc": mine, "peers": peers})
+            for fp8 in ([False, True] if a.fp8 else [False]):
+                mine = {"loop": run_llmc(size, int(r), steps, fp8, train)}
+                if not a.no_trainer:
+                    mine["trainer"] = run_trainer(size, int(r), steps, fp8, train)
+                print(f"llmc {size} recompute {r}{' fp8' if fp8 else ''}: {mine}", flush=True)
+                rows.append({"size": size, "B": B, "micro_steps": micro, "recompute": int(r),
+                             "precision": "fp8" if fp8 else "bf16", "llmc": mine, "peers": peers})
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=1))
-    print(f"\n{'size':4} {'B x micro':>9} {'llmc':>5} {'ms/step':>8} {'GB':>6} | "
-          "peer: ms/step, GB, its time / llmc's")
+    print(f"\n{'size':4} {'B x micro':>9} {'llmc':>9} {'trainer ms':>10} {'GB':>5} {'loop ms':>8} | "
+          "peer: ms/step, GB, its time / the trainer's")
     for row in rows:
-        mine = row["llmc"]
-        head = f"{row['size']:4} {row['B']:>4} x {row['micro_steps']:<2} r{row['recompute']:<4}"
+        head = (f"{row['size']:4} {row['B']:>4} x {row['micro_steps']:<2} "
+                f"r{row['recompute']} {row['precision']:4}")
+        mine = row["llmc"].get("trainer") or row["llmc"]["loop"]
+        loop = row["llmc"]["loop"]
         if not mine:
             print(f"{head} failed")
             continue
+        trainer = row["llmc"].get("trainer")
         cells = [f"{name} {v['ms_per_step']:.1f}, {v['gb']:.1f}, {v['ms_per_step'] / mine['ms_per_step']:.2f}x"
                  for name, v in row["peers"].items() if v]
-        print(f"{head} {mine['ms_per_step']:8.1f} {mine['gb']:6.1f} | " + "; ".join(cells))
+        print(f"{head} {trainer['ms_per_step'] if trainer else float('nan'):10.1f} {mine['gb']:5.1f} "
+              f"{loop['ms_per_step'] if loop else float('nan'):8.1f} | " + "; ".join(cells))
 
 
 if __name__ == "__main__":

@@ -109,7 +109,8 @@ class OptionsStruct(ctypes.Structure):
         ("zero_stage", ctypes.c_int32),
         ("comm_timeout_s", ctypes.c_int32),
         ("nccl_id", ctypes.c_uint8 * 128),
-        ("reserved", ctypes.c_int32 * 8),
+        ("precision", ctypes.c_int32),
+        ("reserved", ctypes.c_int32 * 7),
     ]
 
 
@@ -124,8 +125,30 @@ class AdamWStruct(ctypes.Structure):
     ]
 
 
+class SamplingStruct(ctypes.Structure):
+    _fields_ = [
+        ("temperature", ctypes.c_float),
+        ("top_k", ctypes.c_int32),
+        ("top_p", ctypes.c_float),
+        ("seed", ctypes.c_uint64),
+        ("max_new_tokens", ctypes.c_int32),
+        ("stop_token", ctypes.c_int32),
+    ]
+
+
+class TokenEventStruct(ctypes.Structure):
+    _fields_ = [
+        ("sequence", ctypes.c_int32),
+        ("token", ctypes.c_int32),
+        ("logprob", ctypes.c_float),
+        ("finish", ctypes.c_int32),
+    ]
+
+
 DEVICES = {"cpu": 0, "cuda": 1}
 FAMILIES = {"gpt2": 0, "llama": 1}
+# llmc_precision: "default" is fp32 on the CPU and bf16 on CUDA
+PRECISIONS = {"default": 0, "fp8": 1}
 DTYPES = {"fp32": 0, "bf16": 1}
 REDUCE_OPS = {"sum": 0, "max": 1, "min": 2}
 
@@ -171,6 +194,18 @@ _SIGNATURES = {
     "llmc_allreduce": (_status, [_model, _p(ctypes.c_double), ctypes.c_size_t, ctypes.c_int]),
     "llmc_nccl_unique_id": (_status, [_p(ctypes.c_uint8)]),
     "llmc_plan_memory": (_status, [_p(ConfigStruct), _p(OptionsStruct), _p(ctypes.c_size_t)]),
+    "llmc_default_sampling": (SamplingStruct, []),
+    "llmc_generator_plan_memory": (_status, [_model, ctypes.c_int, ctypes.c_int,
+                                             _p(ctypes.c_size_t)]),
+    "llmc_generator_create": (_status, [_model, ctypes.c_int, ctypes.c_int, _p(ctypes.c_void_p)]),
+    "llmc_generator_free": (None, [ctypes.c_void_p]),
+    "llmc_generator_start": (_status, [ctypes.c_void_p, ctypes.c_int, _i32p, _i32p,
+                                       _p(SamplingStruct), _i32p]),
+    "llmc_generator_run": (_status, [ctypes.c_void_p, ctypes.c_int, _p(TokenEventStruct),
+                                     ctypes.c_int, _p(ctypes.c_int)]),
+    "llmc_generator_cancel": (_status, [ctypes.c_void_p, ctypes.c_int32]),
+    "llmc_generator_live": (ctypes.c_int, [ctypes.c_void_p]),
+    "llmc_generator_memory_bytes": (ctypes.c_size_t, [ctypes.c_void_p]),
 }
 
 

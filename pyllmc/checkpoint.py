@@ -86,6 +86,12 @@ def state_problem(state, step):
     if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
                for x in state["recent_losses"]):
         return "'recent_losses' holds something other than finite numbers"
+    rebase = state.get("lr_rebase")
+    if rebase is not None and not (
+            isinstance(rebase, list) and len(rebase) == 2 and _count(rebase[0])
+            and rebase[0] <= step and isinstance(rebase[1], (int, float))
+            and not isinstance(rebase[1], bool) and math.isfinite(rebase[1]) and rebase[1] >= 0):
+        return f"'lr_rebase' is {rebase!r}, expected [a step up to {step}, a learning rate]"
     return None
 
 
@@ -113,7 +119,8 @@ def remove_incomplete(out_dir):
     and main.log/main.jsonl when a kill came during their rewrite)."""
     done = set(complete_steps(out_dir))
     pattern = re.compile(r"(model|optim|state|DONE)_(\d{8})(\.bin|\.json)?$")
-    temporary = re.compile(r".+\.tmp\.\d+$")  # write_atomic's and the library's temp names
+    # write_atomic's and the library's temporary names (older versions: a pid)
+    temporary = re.compile(r".+\.tmp\.[0-9a-f]+$")
     for name in os.listdir(out_dir):
         m = pattern.match(name)
         if temporary.match(name) or (m and int(m.group(2)) not in done):

@@ -23,8 +23,12 @@ CPU backend talks over MPI, so its ranks must be started by an MPI launcher
 """
 import dataclasses
 import hashlib
+import hmac
+import ipaddress
 import json
 import os
+import secrets
+import selectors
 import shutil
 import signal
 import socket
@@ -33,7 +37,7 @@ import sys
 import threading
 import time
 
-from .files import write_atomic
+from .files import open_regular, os_error_message, write_atomic
 
 
 class DistributedError(Exception):
@@ -101,33 +105,123 @@ def digest(settings):
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+# ---- what a rank proves ---------------------------------------------------------------
+
+SECRET_ENV = "LLMC_RENDEZVOUS_SECRET"
+MAX_MESSAGE = 64 << 10  # bytes of one rendezvous message (a hello is ~300)
+MAX_PENDING = 64  # connections that have not said hello yet, beyond which the oldest go
+
+
+def launch_secret(env=None):
+    """This launch's secret as bytes: $LLMC_RENDEZVOUS_SECRET, which
+    --nproc-per-node draws at random for its ranks and other launchers pass
+    through their environment; b"" when unset (then the rendezvous proves
+    nothing beyond the arguments; see NOTES.md)."""
+    env = os.environ if env is None else env
+    return env.get(SECRET_ENV, "").encode()
+
+
+def launch_key(env=None):
+    """A value only this launch's ranks share, for the file rendezvous: the
+    secret, else srun's job step; None when there is neither."""
+    env = os.environ if env is None else env
+    if env.get(SECRET_ENV):
+        return env[SECRET_ENV].encode()
+    if env.get("SLURM_JOB_ID"):
+        return f"slurm:{env['SLURM_JOB_ID']}.{env.get('SLURM_STEP_ID', 0)}".encode()
+    return None
+
+
+def _proof(key, purpose, nonce, fields):
+    """HMAC-SHA256 over what a message says, bound to the other side's fresh
+    nonce: it shows the sender knows key without revealing it, and cannot be
+    replayed to another connection."""
+    text = json.dumps([purpose, nonce, fields], sort_keys=True)
+    return hmac.new(key, text.encode(), hashlib.sha256).hexdigest()
+
+
+def _fields(message, kinds):
+    """message's fields of kinds {name: type}, or None if it is not a dict
+    holding exactly those types (bool is not an int here)."""
+    if not isinstance(message, dict):
+        return None
+    for name, kind in kinds.items():
+        value = message.get(name)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            return None
+    return {name: message[name] for name in kinds}
+
+
 # ---- TCP rendezvous -----------------------------------------------------------------
+
+class ProtocolError(Exception):
+    """A peer sent something that is not a rendezvous message."""
+
 
 def _send(sock, obj):
     sock.sendall(json.dumps(obj).encode() + b"\n")
 
 
 def _recv(sock, deadline):
-    """One JSON line, or None if the peer closed the connection."""
-    data = b""
-    while not data.endswith(b"\n"):
-        sock.settimeout(max(0.1, deadline - time.monotonic()))
+    """One JSON line, or None if the peer closed the connection; ProtocolError
+    for a line over MAX_MESSAGE or not JSON, socket.timeout once deadline (on
+    time.monotonic) has passed, however slowly the bytes come."""
+    data = bytearray()
+    while b"\n" not in data:
+        if len(data) > MAX_MESSAGE:
+            raise ProtocolError(f"a message longer than {MAX_MESSAGE} bytes")
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise socket.timeout("rendezvous deadline passed")
+        sock.settimeout(remaining)
         chunk = sock.recv(65536)
         if not chunk:
             return None
         data += chunk
-    return json.loads(data)
+    return _parse(bytes(data[:data.index(b"\n")]))
+
+
+def _parse(line):
+    try:
+        return json.loads(line.decode("utf-8"))
+    except (ValueError, RecursionError) as e:
+        raise ProtocolError(f"not a JSON message ({type(e).__name__})") from None
+
+
+HELLO = {"rank": int, "world_size": int, "digest": str, "host": str, "nonce": str, "proof": str}
+ANSWER_PAYLOAD = {"payload": str, "proof": str}
+ANSWER_ERROR = {"error": str, "proof": str}
+
+
+def bind_address(addr, env=None):
+    """Where rank 0 listens: $LLMC_RENDEZVOUS_BIND if set; else a loopback
+    MASTER_ADDR itself (every rank is on this host); else every interface, as
+    MASTER_ADDR may name this host by an address it does not resolve to here."""
+    env = os.environ if env is None else env
+    if env.get("LLMC_RENDEZVOUS_BIND"):
+        return env["LLMC_RENDEZVOUS_BIND"]
+    try:
+        if addr == "localhost" or ipaddress.ip_address(addr).is_loopback:
+            return "127.0.0.1" if addr == "localhost" else addr
+    except ValueError:  # a host name
+        pass
+    return ""
 
 
 class Rendezvous:
-    """Ranks meet through rank 0 at addr:port. Rank 0 collects every rank's
-    hello (rank, world size, settings digest), checks they agree, and sends
-    each the payload (the NCCL id, hex); the connections then stay open as
-    heartbeats (see watch)."""
+    """Ranks meet through rank 0 at addr:port. Each connection starts with a
+    fresh nonce from rank 0; a rank's hello (rank, world size, settings
+    digest) carries an HMAC over it and the nonce under the launch's secret,
+    so only the launch's ranks are let in (others are dropped, and cannot
+    take a rank's place); rank 0 checks the ranks agree and answers each with
+    the payload (the NCCL id, hex), proving the secret in turn. The
+    connections then stay open as heartbeats (see watch). All of it within
+    `timeout` seconds in total, messages of at most MAX_MESSAGE bytes."""
 
-    def __init__(self, me, addr, port, settings_digest, payload_fn, timeout):
+    def __init__(self, me, addr, port, settings_digest, payload_fn, timeout, secret=None):
         self.me, self.addr, self.port, self.timeout = me, addr, port, timeout
         self.where = f"{addr}:{port}"
+        self.secret = launch_secret() if secret is None else secret
         self.peers = []  # rank 0: one socket per other rank; else: the one to rank 0
         self.finished = False
         hello = {"rank": me.rank, "world_size": me.world_size, "digest": settings_digest,
@@ -137,43 +231,120 @@ class Rendezvous:
         else:
             self.payload = self._join(hello)
 
+    # -- rank 0
+
     def _serve(self, hello, payload_fn):
         deadline = time.monotonic() + self.timeout
-        server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        bind = bind_address(self.addr)
+        server = socket.socket(socket.AF_INET6 if ":" in bind else socket.AF_INET,
+                               socket.SOCK_STREAM)
         server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            server.bind(("", self.port))
+            server.bind((bind, self.port))
         except OSError as e:
-            raise DistributedError(f"rank 0 cannot listen on port {self.port} for the rendezvous "
-                                   f"at {self.where}: {e.strerror}") from None
-        server.listen(self.me.world_size)
-        hellos = {}
+            raise DistributedError(
+                f"rank 0 cannot listen on {bind or 'every interface'}:{self.port} for the "
+                f"rendezvous at {self.where}: {e.strerror} (LLMC_RENDEZVOUS_BIND sets the "
+                "address to listen on)") from None
+        server.listen(self.me.world_size + MAX_PENDING)
+        server.setblocking(False)
+        selector = selectors.DefaultSelector()
+        selector.register(server, selectors.EVENT_READ)
+        pending = {}  # connection -> [bytes so far, the nonce it was sent]
+        joined = []  # (hello, connection)
+        self.refused = []
         try:
-            while len(hellos) < self.me.world_size - 1:
-                server.settimeout(max(0.1, deadline - time.monotonic()))
-                try:
-                    conn, _ = server.accept()
-                    peer = _recv(conn, deadline)
-                except (socket.timeout, OSError, ValueError):
-                    if time.monotonic() < deadline:
-                        continue
-                    missing = sorted(set(range(1, self.me.world_size)) - set(hellos))
-                    raise DistributedError(
-                        f"rendezvous at {self.where}: rank(s) {missing} of {self.me.world_size} "
-                        f"did not arrive within {self.timeout:g} s") from None
-                if peer is None:
-                    continue
-                hellos[peer["rank"]] = (peer, conn)
-            problem = self._disagreement(hello, [p for p, _ in hellos.values()])
+            while len(joined) < self.me.world_size - 1:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise DistributedError(self._late(joined))
+                for key, _ in selector.select(remaining):
+                    if key.fileobj is server:
+                        self._accept(server, selector, pending)
+                    else:
+                        self._read_hello(key.fileobj, selector, pending, joined)
+            problem = self._disagreement(hello, [p for p, _ in joined])
             payload = None if problem else payload_fn()
-            for peer, conn in hellos.values():
-                _send(conn, {"error": problem} if problem else {"payload": payload})
+            for peer, conn in joined:
+                answer = {"error": problem} if problem else {"payload": payload}
+                answer["proof"] = _proof(self.secret, "answer", peer["nonce"], answer)
+                conn.setblocking(True)
+                conn.settimeout(max(0.1, deadline - time.monotonic()))
+                try:
+                    _send(conn, answer)
+                except OSError:
+                    pass  # that rank is gone: its heartbeat reports it
                 self.peers.append(conn)
         finally:
+            for conn in pending:
+                conn.close()
+            selector.close()
             server.close()
         if problem:
             raise DistributedError(problem)
         return payload
+
+    def _accept(self, server, selector, pending):
+        try:
+            conn, _ = server.accept()
+        except OSError:
+            return
+        if len(pending) >= MAX_PENDING:  # the oldest silent connection makes room
+            oldest = next(iter(pending))
+            self._refuse(oldest, selector, pending, "too many connections without a hello")
+        nonce = secrets.token_hex(16)
+        try:
+            conn.setblocking(True)
+            conn.settimeout(1.0)
+            _send(conn, {"nonce": nonce})
+            conn.setblocking(False)
+        except OSError:
+            conn.close()
+            return
+        pending[conn] = [b"", nonce]
+        selector.register(conn, selectors.EVENT_READ)
+
+    def _refuse(self, conn, selector, pending, why):
+        self.refused.append(why)
+        selector.unregister(conn)
+        del pending[conn]
+        conn.close()
+
+    def _read_hello(self, conn, selector, pending, joined):
+        try:
+            chunk = conn.recv(65536)
+        except OSError:
+            chunk = b""
+        if not chunk:
+            return self._refuse(conn, selector, pending, "a connection closed before its hello")
+        buffer = pending[conn][0] + chunk
+        pending[conn][0] = buffer
+        if b"\n" not in buffer:
+            if len(buffer) > MAX_MESSAGE:
+                self._refuse(conn, selector, pending, f"a hello longer than {MAX_MESSAGE} bytes")
+            return
+        try:
+            peer = _fields(_parse(buffer[:buffer.index(b"\n")]), HELLO)
+        except ProtocolError as e:
+            return self._refuse(conn, selector, pending, f"a malformed hello: {e}")
+        if peer is None:
+            return self._refuse(conn, selector, pending, "a malformed hello")
+        claimed = {k: v for k, v in peer.items() if k != "proof"}
+        if not hmac.compare_digest(peer["proof"],
+                                   _proof(self.secret, "hello", pending[conn][1], claimed)):
+            return self._refuse(conn, selector, pending,
+                                f"a hello as rank {peer['rank']} without the launch's secret")
+        selector.unregister(conn)
+        del pending[conn]
+        joined.append((peer, conn))
+
+    def _late(self, joined):
+        arrived = {p["rank"] for p, _ in joined}
+        missing = sorted(set(range(1, self.me.world_size)) - arrived)
+        refused = (f"; refused {len(self.refused)} connection(s), the last: {self.refused[-1]}"
+                   if self.refused else "")
+        return (f"rendezvous at {self.where}: rank(s) {missing} of {self.me.world_size} did not "
+                f"arrive within {self.timeout:g} s{refused}")
 
     def _disagreement(self, mine, peers):
         for p in peers:
@@ -189,6 +360,8 @@ class Rendezvous:
                         "than rank 0: every rank must get the same command line")
         return None
 
+    # -- the other ranks
+
     def _join(self, hello):
         deadline = time.monotonic() + self.timeout
         while True:
@@ -203,15 +376,33 @@ class Rendezvous:
                         f"rendezvous at {self.where} within {self.timeout:g} s (is rank 0 "
                         "running, and MASTER_ADDR/MASTER_PORT the same on every rank?)") from None
                 time.sleep(0.2)
+        me = f"rank {self.me.rank}: the rendezvous at {self.where}"
         try:
-            _send(sock, hello)
-            answer = _recv(sock, deadline)
-        except (socket.timeout, OSError, ValueError):
-            answer = None
-        if answer is None:
-            raise DistributedError(f"rank {self.me.rank}: rank 0 at {self.where} gave no answer "
-                                   f"within {self.timeout:g} s (not every rank arrived?)")
-        if answer.get("error"):
+            challenge = _fields(_recv(sock, deadline), {"nonce": str})
+            if challenge is None:
+                raise ProtocolError("no nonce to answer")
+            mine = dict(hello, nonce=secrets.token_hex(16))
+            mine["proof"] = _proof(self.secret, "hello", challenge["nonce"], mine)
+            _send(sock, mine)
+            message = _recv(sock, deadline)
+        except ProtocolError as e:
+            sock.close()
+            raise DistributedError(f"{me} is not an llmc rank 0 ({e})") from None
+        except (socket.timeout, OSError):
+            message = None
+        if message is None:
+            sock.close()
+            raise DistributedError(f"{me} gave no answer within {self.timeout:g} s (not every "
+                                   "rank arrived, or this rank lacks the launch's secret "
+                                   f"{SECRET_ENV})")
+        answer = _fields(message, ANSWER_PAYLOAD) or _fields(message, ANSWER_ERROR)
+        if answer is None or not hmac.compare_digest(
+                answer["proof"], _proof(self.secret, "answer", mine["nonce"],
+                                        {k: v for k, v in answer.items() if k != "proof"})):
+            sock.close()
+            raise DistributedError(f"{me} answered without proving the launch's secret "
+                                   f"({SECRET_ENV}): not this launch's rank 0")
+        if "error" in answer:
             raise DistributedError(answer["error"])
         self.peers.append(sock)
         return answer["payload"]
@@ -246,6 +437,9 @@ class Rendezvous:
 
 # ---- file rendezvous --------------------------------------------------------------------
 
+FILE_FIELDS = {"world_size": int, "digest": str, "payload": str, "nonce": str, "proof": str}
+
+
 def rendezvous_file(folder):
     """FOLDER/rendezvous.json; under SLURM in a subfolder per job step, so that
     no launch reads another's file."""
@@ -254,30 +448,37 @@ def rendezvous_file(folder):
     return os.path.join(folder, "rendezvous.json")
 
 
-def file_rendezvous(me, folder, settings_digest, payload_fn, timeout):
+def file_rendezvous(me, folder, settings_digest, payload_fn, timeout, key=None):
     """Rank 0 writes the payload to the rendezvous file in folder (see
-    rendezvous_file); the others wait for it. The folder must be seen by every
-    rank and used by one launch at a time: once every rank has joined, rank 0
-    removes the file (end_file_rendezvous), so the next launch cannot read a
-    stale one."""
+    rendezvous_file); the others wait for it. The file carries an HMAC under
+    the launch's key (launch_key: the secret, or srun's job step), so a file
+    left by another launch, or planted, is never taken for this one's: a rank
+    waits for the right one until timeout. Once every rank has joined, rank 0
+    removes the file (end_file_rendezvous)."""
+    key = launch_key() if key is None else key
+    if key is None:
+        raise DistributedError(
+            f"--rendezvous fs needs a value that only this launch's ranks share, so that no "
+            f"rank takes a file left by another launch: export {SECRET_ENV}=<random text> for "
+            "every rank (e.g. $(python -c 'import secrets; print(secrets.token_hex(16))') "
+            "before the launcher), or start the ranks with srun")
     path = rendezvous_file(folder)
     if me.rank == 0:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        payload = payload_fn()
-        write_atomic(path, [json.dumps({"world_size": me.world_size, "digest": settings_digest,
-                                        "payload": payload}).encode()])
-        return payload
+        shared = {"world_size": me.world_size, "digest": settings_digest, "payload": payload_fn(),
+                  "nonce": secrets.token_hex(16)}
+        shared["proof"] = _proof(key, "file", shared["nonce"], shared)
+        write_atomic(path, [json.dumps(shared).encode()])
+        return shared["payload"]
     deadline = time.monotonic() + timeout
     while True:
-        try:
-            with open(path) as f:
-                shared = json.load(f)
+        shared, problem = _read_rendezvous_file(path, key)
+        if shared:
             break
-        except (OSError, ValueError):
-            if time.monotonic() >= deadline:
-                raise DistributedError(f"rank {me.rank}: no rendezvous file {path} from rank 0 "
-                                       f"within {timeout:g} s") from None
-            time.sleep(0.2)
+        if time.monotonic() >= deadline:
+            raise DistributedError(f"rank {me.rank}: no rendezvous file of this launch from rank "
+                                   f"0 within {timeout:g} s ({problem})")
+        time.sleep(0.2)
     if shared["world_size"] != me.world_size:
         raise DistributedError(f"ranks disagree on the world size: {path} has "
                                f"{shared['world_size']}, rank {me.rank} {me.world_size}")
@@ -285,6 +486,29 @@ def file_rendezvous(me, folder, settings_digest, payload_fn, timeout):
         raise DistributedError(f"rank {me.rank} was started with other arguments than rank 0 "
                                f"(per {path}): every rank must get the same command line")
     return shared["payload"]
+
+
+def _read_rendezvous_file(path, key):
+    """(the file's content, None) if it is this launch's, else (None, why not)."""
+    try:
+        with open_regular(path) as f:
+            data = f.read(MAX_MESSAGE + 1)
+    except FileNotFoundError:
+        return None, f"{path} does not exist"
+    except OSError as e:
+        return None, os_error_message(e)
+    if len(data) > MAX_MESSAGE:
+        return None, f"{path} is larger than {MAX_MESSAGE} bytes"
+    try:
+        shared = _fields(_parse(data), FILE_FIELDS)
+    except ProtocolError as e:
+        return None, f"{path}: {e}"
+    if shared is None:
+        return None, f"{path} is not a rendezvous file"
+    claimed = {k: v for k, v in shared.items() if k != "proof"}
+    if not hmac.compare_digest(shared["proof"], _proof(key, "file", shared["nonce"], claimed)):
+        return None, f"{path} is from another launch (its proof does not match this launch's key)"
+    return shared, None
 
 
 def end_file_rendezvous(me, folder):
@@ -335,27 +559,89 @@ def free_port():
 
 def spawn_local(nproc, argv):
     """Starts nproc ranks of `python argv...` on this machine with the
-    RANK/WORLD_SIZE/LOCAL_RANK/MASTER_* convention and waits for them. If one
-    fails, the others are stopped. Returns the exit code of the run."""
+    RANK/WORLD_SIZE/LOCAL_RANK/MASTER_* convention and waits for them (see
+    supervise). Returns the exit code of the run."""
     port = free_port()
+    secret = os.environ.get(SECRET_ENV) or secrets.token_hex(32)  # this launch's
     procs = []
     for rank in range(nproc):
         env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(nproc), LOCAL_RANK=str(rank),
-                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        procs.append(subprocess.Popen([sys.executable, *argv], env=env))
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), **{SECRET_ENV: secret})
+        procs.append(subprocess.Popen([sys.executable, *argv], env=env, start_new_session=True))
+    return supervise(procs, signal.SIGTERM)
+
+
+def run_mpirun(cmd, env):
+    """Runs an mpirun command line (see supervise); returns its exit code.
+    mpirun would kill its ranks a few seconds after a SIGINT or SIGTERM, so
+    the ranks themselves (this Python's processes below it) are asked to
+    stop, with SIGUSR1."""
+    return supervise([subprocess.Popen(cmd, env=env, start_new_session=True)], signal.SIGUSR1,
+                     ranks_below=True)
+
+
+def _python_descendants(pid):
+    """Processes below pid that run this Python (the ranks mpirun started), from /proc."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(entry))
+        except (OSError, ValueError, IndexError):
+            continue  # not a process, or gone
+    me = os.path.realpath(sys.executable)
+    found, todo = [], list(children.get(pid, []))
+    while todo:
+        child = todo.pop()
+        todo += children.get(child, [])
+        try:
+            if os.path.realpath(f"/proc/{child}/exe") == me:
+                found.append(child)
+        except OSError:
+            pass
+    return found
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def supervise(procs, stop_signal, ranks_below=False):
+    """Waits for the processes of a local launch, each in its own session so
+    that a Ctrl-C reaches only this launcher. If one fails, the others are
+    stopped. A first Ctrl-C or SIGTERM sends them stop_signal, upon which
+    the ranks finish their step and write a checkpoint (ranks_below: sent to
+    the ranks below each process, not to it); a second one kills them.
+    Returns the first non-zero exit code, or 0 (130 once interrupted)."""
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    interrupted = False
     try:
         while True:
-            codes = [p.poll() for p in procs]
-            failed = [c for c in codes if c not in (None, 0)]
-            if failed:
-                _stop(procs)
-                return failed[0]
-            if all(c == 0 for c in codes):
-                return 0
-            time.sleep(0.2)
-    except KeyboardInterrupt:
-        _stop(procs)
-        return 130
+            try:
+                codes = [p.poll() for p in procs]
+                failed = [c for c in codes if c not in (None, 0)]
+                if failed and not interrupted:
+                    _stop(procs)
+                    return failed[0]
+                if None not in codes:
+                    return failed[0] if failed else 130 if interrupted else 0
+                time.sleep(0.2)
+            except KeyboardInterrupt:
+                if interrupted:
+                    for p in procs:
+                        p.kill()
+                    return 130
+                interrupted = True
+                for p in procs:
+                    for pid in _python_descendants(p.pid) if ranks_below else [p.pid]:
+                        try:
+                            os.kill(pid, stop_signal)
+                        except ProcessLookupError:
+                            pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _stop(procs, grace=10.0):

@@ -9,27 +9,45 @@ open_regular, which refuses anything but a regular file before any read that
 could block.
 """
 import os
+import secrets
 import stat
+
+
+NAME_TRIES = 8
+
+
+def temporary_name(path):
+    """PATH.tmp.<16 random hex digits>: a name no one can plant a file under
+    in advance (the library's atomic writer names its files alike)."""
+    return f"{path}.tmp.{secrets.token_hex(8)}"
 
 
 def write_atomic(path, chunks):
     """Write byte chunks (any iterable, e.g. a download) to path so that
     readers see the old file or the whole new one, never a part: temp file in
     the same folder, fsync, rename, fsync of the folder (so the rename itself
-    survives a crash)."""
+    survives a crash). The temp file is created new (O_EXCL, O_NOFOLLOW), so
+    a symlink or FIFO someone left at its name is never written through."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    tmp = f"{path}.tmp.{os.getpid()}"
+    for attempt in range(NAME_TRIES):  # a clash draws another name
+        tmp = temporary_name(path)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o666)
+            break
+        except FileExistsError:
+            if attempt == NAME_TRIES - 1:
+                raise
     try:
-        with open(tmp, "wb") as f:
+        with os.fdopen(fd, "wb") as f:
             for chunk in chunks:
                 f.write(chunk)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        os.remove(tmp)
         raise
     dir_fd = os.open(folder, os.O_RDONLY)
     try:

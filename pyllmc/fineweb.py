@@ -32,7 +32,8 @@ import numpy as np
 from tqdm import tqdm
 
 from ._lib import REPO_ROOT
-from .files import os_error_message, write_atomic
+from .cli import HelpFormatter
+from .files import open_regular, os_error_message, write_atomic
 from .shards import VAL_FRACTION, ShardError, read_shard, read_shard_header, write_shard
 from .tokenizer import ParallelTokenizer, TokenizerError, load_tokenizer
 
@@ -107,9 +108,29 @@ def open_stream(source):
             raise PrepError(f"could not open {source['repo']} ({source['config']}) on the Hugging "
                             f"Face hub: {type(e).__name__}: {e}. Check the network, or prepare "
                             "local files with --input") from None
-    extra = {"sample_by": "document"} if source["builder"] == "text" else {}  # one file, one doc
+    # a text file is one document; bytes that are not UTF-8 become U+FFFD
+    # (counted by undecodable_report) rather than fail the whole file
+    extra = ({"sample_by": "document", "encoding_errors": "replace"}
+             if source["builder"] == "text" else {})
     return datasets.load_dataset(source["builder"], data_files=source["files"], split="train",
                                  streaming=True, **extra)
+
+
+def undecodable_report(files):
+    """A line saying how many byte sequences of the text files are not UTF-8
+    (each is read as one U+FFFD), or None when all decode."""
+    bad = {}
+    for path in files:
+        with open_regular(path) as f:
+            data = f.read()
+        replaced = data.decode("utf-8", "replace").count("\ufffd") - data.count("\ufffd".encode())
+        if replaced:
+            bad[path] = replaced
+    if not bad:
+        return None
+    first = next(iter(bad))
+    return (f"warning: {sum(bad.values())} undecodable byte sequence(s) in {len(bad)} file(s) "
+            f"(first: {first}, {bad[first]}) replaced with U+FFFD")
 
 
 def describe(source):
@@ -137,6 +158,10 @@ def read_errors_named(tables, source):
 def text_batches(source, text_column, skip_docs):
     """Lists of document texts in input order, the first skip_docs documents
     dropped before any tokenizing."""
+    if source["kind"] == "local" and source["builder"] == "text" and not skip_docs:
+        report = undecodable_report(source["files"])
+        if report:
+            print(report, file=sys.stderr)
     stream = open_stream(source)
     if stream.column_names == []:  # `datasets` found no rows to take columns from
         raise PrepError(f"{describe(source)} holds no documents")
@@ -333,7 +358,7 @@ def prepare(source, out_dir, name, shard_size=10**8, text_column="text", num_thr
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python data_prep/fineweb.py",
                                 description=__doc__.split("\n\n")[0].strip(),
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("-t", "--type", choices=["edu", "classic"], default="edu",
                    help="FineWeb-Edu or classic FineWeb (hub inputs)")
     p.add_argument("-v", "--version", choices=["10B", "100B"], default="10B",
@@ -345,7 +370,7 @@ def main(argv=None):
     p.add_argument("-o", "--out-dir", help="where shards go (default: data/<dataset> in the repo)")
     p.add_argument("--name", help="shard file name prefix (default: edu_fineweb / fineweb, "
                                   "or the first input's name)")
-    p.add_argument("-s", "--shard-size", type=float, default=1e8,
+    p.add_argument("-s", "--shard-size", type=float, default=100_000_000,
                    help="tokens per shard. Validation is the first min(shard size, 10%% of the "
                         "tokens); under 10 shards of text it ends at a document start and the "
                         "rest is training, so a small corpus gets both")

@@ -1,8 +1,8 @@
 """
 HellaSwag accuracy of a GPT-2 checkpoint, scored through libllmc.
 
-    python evals/hellaswag.py model.bin                    # fetches the val set once
-    python evals/hellaswag.py model.bin --data hellaswag_val.jsonl --limit 500
+    python -m pyllmc.hellaswag model.bin              # fetches the val set once; any folder
+    python evals/hellaswag.py model.bin --data hellaswag_val.jsonl --limit 500   # in the repo
 
 Completion style, as llm.c and build-nanogpt score it: each example's context
 is followed by " " + ending for each of its 4 endings, and the loss is taken

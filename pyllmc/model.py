@@ -3,6 +3,7 @@ import contextlib
 import ctypes
 import dataclasses
 import threading
+import weakref
 
 import numpy as np
 
@@ -44,6 +45,8 @@ class Config:
         """d12, d24, d36, d48: GPT-2 124M, 350M, 774M, 1558M; llama-124m (GPT-2
         124M's size as a Llama on GPT-2's vocabulary), llama3.2-1b, llama3.2-3b,
         llama3.1-8b (those models' shapes)."""
+        if "\0" in name:  # C would read only up to it: "d12\0x" is not d12
+            raise _lib.InvalidArgumentError(f"preset {name!r} contains a NUL byte")
         c = _lib.ConfigStruct()
         call("llmc_config_preset", name.encode(), ctypes.byref(c))
         return cls._from_struct(c)
@@ -91,6 +94,7 @@ class Model:
         # every use of the handle holds this lock, so close() can never free
         # the model under a call in another thread
         self._lock = threading.RLock()
+        self._generators = weakref.WeakSet()  # freed before the model (pyllmc.generate)
         self._handle = ctypes.c_void_p(handle)
         c = _lib.ConfigStruct()
         call("llmc_get_config", self._handle, ctypes.byref(c))
@@ -101,20 +105,26 @@ class Model:
         self.max_batch_size = o.max_batch_size
         self.max_seq_len = o.max_seq_len
         self.rank, self.world_size, self.zero_stage = o.rank, o.world_size, o.zero_stage
+        self.precision = {v: k for k, v in _lib.PRECISIONS.items()}[o.precision]
         self.num_parameters = lib.llmc_num_parameters(self._handle)
 
     # ---- creation --------------------------------------------------------
 
     @staticmethod
     def _options(device, max_batch_size, max_seq_len, seed, num_threads, recompute, rank=0,
-                 world_size=0, zero_stage=0, nccl_id=None, comm_timeout_s=0, device_index=0):
+                 world_size=0, zero_stage=0, nccl_id=None, comm_timeout_s=0, device_index=0,
+                 precision="default"):
         if device not in _lib.DEVICES:
             raise _lib.InvalidArgumentError(f"device {device!r}, expected one of {sorted(_lib.DEVICES)}")
+        if precision not in _lib.PRECISIONS:
+            raise _lib.InvalidArgumentError(f"precision {precision!r}, expected one of "
+                                            f"{sorted(_lib.PRECISIONS)}")
         o = _lib.c_set(lib.llmc_default_options(), device=_lib.DEVICES[device],
                        device_index=device_index, max_batch_size=max_batch_size,
                        max_seq_len=max_seq_len or 0, seed=seed, num_threads=num_threads,
                        recompute=recompute, rank=rank, world_size=world_size,
-                       zero_stage=zero_stage, comm_timeout_s=comm_timeout_s)
+                       zero_stage=zero_stage, comm_timeout_s=comm_timeout_s,
+                       precision=_lib.PRECISIONS[precision])
         if nccl_id is not None:
             if len(nccl_id) != len(o.nccl_id):
                 raise _lib.InvalidArgumentError(f"nccl_id has {len(nccl_id)} bytes, expected "
@@ -129,7 +139,8 @@ class Model:
 
         distributed: rank, world_size, zero_stage, nccl_id, comm_timeout_s and
         device_index (the rank's GPU) for data-parallel training (llmc.h's
-        "Distributed mode"); every rank makes the same call."""
+        "Distributed mode"); every rank makes the same call. precision="fp8":
+        FP8 block products on a Hopper GPU (llmc.h's llmc_precision)."""
         if isinstance(config, str):
             config = Config.preset(config)
         options = cls._options(device, max_batch_size, max_seq_len, seed, num_threads, recompute,
@@ -151,13 +162,14 @@ class Model:
 
     @staticmethod
     def plan_memory(config, device="cpu", max_batch_size=4, max_seq_len=None, recompute=0,
-                    world_size=0, zero_stage=0):
+                    world_size=0, zero_stage=0, precision="default"):
         """Bytes per rank a model would hold for training, from the library's
         plan, without allocating it."""
         if isinstance(config, str):
             config = Config.preset(config)
         options = Model._options(device, max_batch_size, max_seq_len, 0, 0, recompute,
-                                 world_size=world_size, zero_stage=zero_stage)
+                                 world_size=world_size, zero_stage=zero_stage,
+                                 precision=precision)
         out = ctypes.c_size_t()
         call("llmc_plan_memory", ctypes.byref(config._to_struct()), ctypes.byref(options),
              ctypes.byref(out))
@@ -169,6 +181,8 @@ class Model:
         if lock is None:  # __init__ failed before the handle existed
             return
         with lock:
+            for generator in list(self._generators):
+                generator.close()
             if self._handle:
                 lib.llmc_free(self._handle)
                 self._handle = None
@@ -282,6 +296,14 @@ class Model:
         out = np.empty((B, V) if last_only else (B, T, V), dtype=np.float32)
         self._call("llmc_logits", _i32(x), B, T, int(last_only), _f32(out))
         return out
+
+    def generate(self, prompts, max_new_tokens=64, temperature=1.0, top_k=0, top_p=1.0, seed=0,
+                 stop_token="eot", logprobs=False, stream=None, max_batch=None):
+        """Sampled continuations of prompts (strings or token lists) through a
+        key/value cache, sampling in C: see pyllmc.generate.generate."""
+        from .generate import generate
+        return generate(self, prompts, max_new_tokens, temperature, top_k, top_p, seed,
+                        stop_token, logprobs, stream, max_batch)
 
     # ---- parameters and files --------------------------------------------
 

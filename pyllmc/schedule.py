@@ -34,3 +34,20 @@ def learning_rate(step, total_steps, max_lr, warmup_steps=0, schedule="cosine",
     if schedule == "cosine":
         return min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (max_lr - min_lr)
     return max_lr - progress * (max_lr - min_lr)
+
+
+def continued_rate(step, total_steps, max_lr, rebase=None, **schedule):
+    """learning_rate, for a run whose --steps grew on resume. rebase is
+    (step s0 it grew at, the rate s0 had before), or None: from s0 on, the
+    rate goes from that value down to the final rate at the new end along the
+    schedule's own shape, so it never jumps (a finished run keeps its final
+    rate; a run cut short decays from where it was)."""
+    rate = learning_rate(step, total_steps, max_lr, **schedule)
+    if rebase is None or step < rebase[0]:
+        return rate
+    start, start_rate = rebase
+    final = max_lr * schedule.get("final_lr_frac", 0.0)
+    at_start = learning_rate(start, total_steps, max_lr, **schedule)
+    if at_start <= final:  # a flat schedule: nothing left to decay
+        return start_rate
+    return final + (start_rate - final) * (rate - final) / (at_start - final)

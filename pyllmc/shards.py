@@ -210,11 +210,21 @@ class DataLoader:
         return {"epoch": int(self.epoch), "shard": int(self.shard), "window": int(self.window)}
 
     def load_state(self, state):
-        self.epoch, self.shard, self.window = (int(state[k]) for k in ("epoch", "shard", "window"))
-        if self.shard > len(self.paths) or min(self.epoch, self.shard, self.window) < 0:
-            raise ValueError(f"data position {state} does not fit {len(self.paths)} shard(s)")
+        epoch, shard, window = (int(state[k]) for k in ("epoch", "shard", "window"))
+        if not (0 <= epoch < 2**53 and 0 <= shard <= len(self.paths) and window >= 0):
+            raise ShardError(f"data position {state} does not fit {len(self.paths)} shard(s)")
+        self.epoch, self.shard, self.window = epoch, shard, window
         self._order = self._shard_order()
+        if shard < len(self.paths) and window > self.windows[self._order[shard]]:
+            raise ShardError(f"data position {state}: shard {shard} of this epoch has "
+                             f"{self.windows[self._order[shard]]} batches")
         self._loaded = None
+
+    def position(self):
+        """Batches read since the start of epoch 0 (the same for every way
+        of reaching it): where a resumed run must be after its steps."""
+        before = sum(self.windows[i] for i in self._order[:self.shard])
+        return self.epoch * self.windows_per_epoch + before + self.window
 
 
 def val_batches(pattern, B, T, max_batches):

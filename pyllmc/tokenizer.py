@@ -19,6 +19,7 @@ import base64
 import collections
 import functools
 import hashlib
+import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -66,6 +67,13 @@ def encode(text):
 def decode(tokens):
     """Text of token ids; bytes that are not valid UTF-8 become U+FFFD."""
     return gpt2_encoding().decode([int(t) for t in tokens])
+
+
+def decode_bytes(tokens):
+    """The bytes of token ids, for text that arrives a token at a time; ids
+    the tokenizer lacks (a model's vocabulary may be larger) give none."""
+    enc = gpt2_encoding()
+    return b"".join(enc.decode_single_token_bytes(int(t)) for t in tokens if 0 <= t < enc.n_vocab)
 
 
 def encode_documents(texts):
@@ -178,3 +186,56 @@ class ParallelTokenizer:
                         yield pending.popleft().result()
             while pending:
                 yield pending.popleft().result()
+
+
+def byte_to_unicode():
+    """GPT-2's printable stand-in for each byte, as its vocab.json and
+    merges.txt spell tokens: printable Latin-1 bytes are themselves, the
+    others map to U+0100 upwards in byte order."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+                 *range(ord("®"), ord("ÿ") + 1)]
+    table, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+def _split_by_merges(token, ranks, below):
+    """The two parts that the last BPE merge joined into token: BPE run on
+    its bytes with only the merges ranked below `below`."""
+    parts = [bytes([b]) for b in token]
+    while len(parts) > 2:
+        best = min(range(len(parts) - 1),
+                   key=lambda i: ranks.get(parts[i] + parts[i + 1], below))
+        if ranks.get(parts[best] + parts[best + 1], below) >= below:
+            break
+        parts[best:best + 2] = [parts[best] + parts[best + 1]]
+    return parts
+
+
+def hf_tokenizer_files(max_length):
+    """{file name: bytes} of GPT-2's tokenizer as Hugging Face reads it
+    (vocab.json, merges.txt and the configs AutoTokenizer needs), built from
+    the carried rank table: a model folder with them tokenizes offline."""
+    ranks = load_ranks()
+    spell = byte_to_unicode()
+    word = lambda token: "".join(spell[b] for b in token)  # noqa: E731
+    vocab = {word(token): rank for token, rank in ranks.items()}
+    vocab["<|endoftext|>"] = EOT
+    merges = ["#version: 0.2"]
+    for token, rank in sorted(ranks.items(), key=lambda item: item[1]):
+        if len(token) > 1:  # ranks of merged tokens are the order of merges
+            first, second = _split_by_merges(token, ranks, rank)
+            merges.append(f"{word(first)} {word(second)}")
+    special = {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>",
+               "unk_token": "<|endoftext|>"}
+    config = {"tokenizer_class": "GPT2Tokenizer", "model_max_length": max_length,
+              "add_prefix_space": False, **special}
+    return {"vocab.json": json.dumps(vocab, ensure_ascii=False).encode(),
+            "merges.txt": ("\n".join(merges) + "\n").encode(),
+            "tokenizer_config.json": json.dumps(config, indent=2).encode(),
+            "special_tokens_map.json": json.dumps(special, indent=2).encode()}

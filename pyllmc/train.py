@@ -19,21 +19,27 @@ of an uninterrupted one bit for bit.
 import argparse
 import collections
 import dataclasses
+import io
 import json
 import math
 import os
+import shlex
+import signal
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from tqdm import tqdm
 
 from . import checkpoint, distributed
+from .cli import HelpFormatter
 from ._lib import FileFormatError, LlmcIOError
 from .sample import sample_text
-from .schedule import SCHEDULES, learning_rate
-from .files import os_error_message, write_atomic
+from .schedule import SCHEDULES, continued_rate
+from .files import os_error_message, read_regular, write_atomic
 from .shards import ShardError, val_batches, DataLoader
 from .tokenizer import TokenizerError, load_tokenizer
 
@@ -43,8 +49,10 @@ PEAK_TFLOPS = [("H100 PCIe", 756.0), ("H100", 989.4), ("H200", 989.4), ("A100", 
 # weights alone, so --resume may give them anew; any other (model, data, batch,
 # schedule, ...) must stay as it was, but --steps may grow (see restore_settings).
 FREE_ON_RESUME = ("print_every", "no_progress", "keep_last", "checkpoint_every", "val_every",
+                  "start_if_empty",
                   "val_steps", "sample_every", "sample_length", "tokenizer", "hellaswag_every",
                   "hellaswag_data", "hellaswag_limit", "num_threads", "peak_tflops", "recompute",
+                  "precision",  # an FP8 run may go on in bf16 and the other way round
                   # how the ranks are laid out: a checkpoint resumes on any number of them
                   "zero", "nproc_per_node", "rendezvous", "rendezvous_path", "rendezvous_timeout",
                   "comm_timeout")
@@ -56,18 +64,6 @@ MPI_EXIT_GRACE_S = 3.0
 
 class TrainError(Exception):
     """A problem with the run's settings, data or folder, told in one line."""
-
-
-class HelpFormatter(argparse.HelpFormatter):
-    """Shows each flag's default, where it has one and its help does not
-    already tell it."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if "default" not in text and action.default not in (None, argparse.SUPPRESS) \
-                and action.default is not False:
-            text += " (default: %(default)s)"
-        return text
 
 
 def build_parser():
@@ -108,8 +104,9 @@ def build_parser():
     g.add_argument("-B", "--batch-size", type=int, default=8, help="sequences per micro-batch")
     g.add_argument("-T", "--seq-len", type=int, default=128, help="tokens per sequence")
     g.add_argument("--total-batch-size", type=int, default=0,
-                   help="tokens per optimizer step; a multiple of B*T, the rest is made up by "
-                        "gradient accumulation (0: B*T, no accumulation)")
+                   help="tokens per optimizer step; a multiple of B*T*ranks, the rest is made "
+                        "up by gradient accumulation (0: one B x T batch, its B sequences split "
+                        "between the ranks, so the same on any number of ranks)")
     g.add_argument("--steps", type=int, default=300,
                    help="optimizer steps to train for (0: one pass over the training data)")
     g.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
@@ -159,7 +156,11 @@ def build_parser():
     g.add_argument("--keep-last", type=int, default=2,
                    help="keep the newest N checkpoints (0: all)")
     g.add_argument("--resume", action="store_true",
-                   help="go on from the newest complete checkpoint in --out-dir")
+                   help="go on from the newest complete checkpoint in --out-dir (an error when "
+                        "there is none, unless --start-if-empty)")
+    g.add_argument("--start-if-empty", action="store_true",
+                   help="with --resume: start a new run when --out-dir holds no complete "
+                        "checkpoint yet (for job scripts that are rerun until done)")
     g.add_argument("--print-every", type=int, default=10,
                    help="print a loss line every N steps (0: never)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -172,6 +173,10 @@ def build_parser():
                    "Default by width, the fastest setting within llm.c's memory at its batch "
                    "sizes (H200, bench/peer_bench.py): 0 up to 768 channels (d12), 1 up to 1280 "
                    "(d24, d36), 2 above (d48); each level costs 1-2.5%% in speed")
+    g.add_argument("--precision", choices=["bf16", "fp8"], default="bf16",
+                   help="CUDA arithmetic of the block products: bf16 (default), or fp8 "
+                   "(E4M3/E5M2 with delayed per-tensor scaling; Hopper or newer; "
+                   "bench/CUDA_NOTES.md has its speed and loss against bf16). The CPU trains in fp32")
     g.add_argument("--peak-tflops", type=float,
                    help="the device's peak TFLOP/s for MFU (default: known GPUs only)")
     g = p.add_argument_group(
@@ -219,19 +224,25 @@ def check_args(args):
         raise TrainError("--rendezvous fs needs --rendezvous-path FOLDER (seen by every rank)")
 
 
-def micro_steps_per_rank(args, me):
-    """Micro-batches each rank runs per optimizer step: the step's tokens are
-    --total-batch-size whatever the number of ranks (default: one B x T
-    micro-batch per rank)."""
+def batch_layout(args, me):
+    """(micro-batches each rank runs per optimizer step, rows of each). The
+    step's tokens are --total-batch-size whatever the number of ranks; by
+    default one B x T batch, whose B rows the ranks split between them, so
+    the same command trains the same way on any number of ranks."""
     ranks = max(1, me.world_size)
-    tokens = args.batch_size * args.seq_len
-    total = args.total_batch_size or tokens * ranks
-    if total % (tokens * ranks):
-        what = (f"B*T = {args.batch_size}*{args.seq_len}" if ranks == 1 else
-                f"B*T*ranks = {args.batch_size}*{args.seq_len}*{ranks}")
-        raise TrainError(f"--total-batch-size {total} is not a multiple of {what} = "
-                         f"{tokens * ranks}")
-    return total // (tokens * ranks)
+    B, tokens = args.batch_size, args.batch_size * args.seq_len
+    if not args.total_batch_size:
+        if B % ranks:
+            raise TrainError(f"the default --total-batch-size is one batch of -B {B} sequences, "
+                             f"split between the {ranks} ranks: give a -B that is a multiple of "
+                             f"{ranks}, or a --total-batch-size")
+        return 1, B // ranks
+    if args.total_batch_size % (tokens * ranks):
+        what = (f"B*T = {B}*{args.seq_len}" if ranks == 1 else
+                f"B*T*ranks = {B}*{args.seq_len}*{ranks}")
+        raise TrainError(f"--total-batch-size {args.total_batch_size} is not a multiple of {what} "
+                         f"= {tokens * ranks}")
+    return args.total_batch_size // (tokens * ranks), B
 
 
 # ---- output folder and logs -------------------------------------------------
@@ -257,22 +268,24 @@ class RunLog:
                       "json": os.path.join(out_dir, "main.jsonl")}
         for kind, path in self.paths.items():
             kept = []
-            if start_step > 0 and os.path.exists(path):
-                with open(path) as f:
-                    kept = [line for line in f if self._step_of(line, kind) < start_step]
-            write_atomic(path, [line.encode() for line in kept])
+            if start_step > 0 and os.path.lexists(path):
+                lines = io.BytesIO(read_regular(path)).readlines()  # bytes: kept byte for byte
+                kept = [line for line in lines if self._step_of(line, kind) < start_step]
+            write_atomic(path, kept)
         self.files = {kind: open(path, "a") for kind, path in self.paths.items()}
 
     @staticmethod
     def _step_of(line, kind):
-        """The step of a whole line; a line cut short by a kill counts as none."""
+        """The step of a whole line (bytes); a line cut short by a kill, or
+        damaged, counts as none."""
         try:
-            if not line.endswith("\n"):
+            if not line.endswith(b"\n"):
                 raise ValueError
-            if kind == "json":
-                return int(json.loads(line)["step"])
-            return int(line.split(" ", 1)[0][2:])
-        except (ValueError, KeyError, IndexError):
+            step = json.loads(line)["step"] if kind == "json" else int(line.split(b" ", 1)[0][2:])
+            if not isinstance(step, int) or isinstance(step, bool):
+                raise ValueError
+            return step
+        except (ValueError, KeyError, IndexError, TypeError, RecursionError):
             return math.inf
 
     def write(self, step, text, **record):
@@ -314,8 +327,10 @@ def open_model(args, team, resume_file=None):
         raise TrainError(f"-T {args.seq_len} is longer than the {config.max_seq_len} positions of "
                          f"{model}")
     recompute = args.recompute if args.recompute is not None else default_recompute(config)
-    plan = dict(device=args.device, max_batch_size=args.batch_size, max_seq_len=args.seq_len,
-                seed=args.seed, num_threads=args.num_threads, recompute=recompute)
+    plan = dict(device=args.device, max_batch_size=batch_layout(args, me)[1],
+                max_seq_len=args.seq_len,
+                seed=args.seed, num_threads=args.num_threads, recompute=recompute,
+                precision="fp8" if args.precision == "fp8" else "default")
     if me.distributed:
         plan.update(rank=me.rank, world_size=me.world_size, zero_stage=args.zero,
                     nccl_id=team.nccl_id, comm_timeout_s=args.comm_timeout,
@@ -351,9 +366,18 @@ def peak_flops(args):
 
 # ---- evaluation ------------------------------------------------------------------
 
-def val_loss(model, batches, me):
-    """Mean of the batches' losses; each rank evaluates every world_size-th."""
-    mine = [model.eval(x, y) for x, y in batches[me.rank::max(1, me.world_size)]]
+def val_loss(model, batches, me, rows):
+    """Mean of the batches' losses, each the mean over its parts of `rows`
+    sequences (a model planned for `rows`); each rank evaluates every
+    world_size-th part."""
+    import pyllmc
+    parts = [(x[i:i + rows], y[i:i + rows]) for x, y in batches for i in range(0, len(x), rows)]
+    mine = []
+    for x, y in parts[me.rank::max(1, me.world_size)]:
+        try:
+            mine.append(model.eval(x, y))
+        except pyllmc.NumericError:  # weights that overflow: logged as such, like a training loss
+            mine.append(math.nan)
     total, count = model.allreduce([sum(mine), len(mine)])
     return float(total / count)
 
@@ -392,6 +416,9 @@ def resume_point(args, given, team):
         raise TrainError(f"{args.out_dir} already holds a run (checkpoints up to step {done[-1]}): "
                          "pass --resume to go on with it, or choose another --out-dir")
     if not done:
+        if args.resume and not args.start_if_empty:
+            raise TrainError(f"--resume: {no_checkpoint(args.out_dir)}; check --out-dir, or add "
+                             "--start-if-empty to start a new run there")
         if args.resume:
             say(f"no complete checkpoint in {args.out_dir}: starting from step 0", file=sys.stderr)
         return 0, None, None
@@ -399,6 +426,9 @@ def resume_point(args, given, team):
         files = checkpoint.paths(args.out_dir, step)
         try:
             state = checkpoint.load_state(args.out_dir, step)
+            saved_args_problem = checkpoint_args_problem(state["args"])
+            if saved_args_problem:
+                raise checkpoint.CheckpointError(f"{files['state']}: {saved_args_problem}")
             restore_settings(args, state["args"], given)
             check_args(args)
             model = open_model(args, team, files["model"])
@@ -413,6 +443,42 @@ def resume_point(args, given, team):
                 file=sys.stderr)
     raise TrainError(f"no intact checkpoint in {args.out_dir} (all {len(done)} are damaged, see "
                      "the warnings above): move them away to start over")
+
+
+def no_checkpoint(out_dir):
+    """Why out_dir has no checkpoint to resume from, in words."""
+    if not os.path.isdir(out_dir):
+        return f"{out_dir} is not a folder"
+    partial = [n for n in os.listdir(out_dir) if n.startswith(("model_", "optim_", "state_"))]
+    if partial:
+        return (f"{out_dir} holds no complete checkpoint ({len(partial)} checkpoint file(s) "
+                "without their DONE marker: the first save was cut short)")
+    return f"{out_dir} holds no checkpoint"
+
+
+def checkpoint_args_problem(saved):
+    """What is wrong with a checkpoint's saved settings, or None: each must
+    have the type (and for choices a value) the command line gives it."""
+    for action in build_parser()._actions:
+        if action.dest not in saved or action.dest == "help":
+            continue
+        value, name = saved[action.dest], "--" + action.dest.replace("_", "-")
+        if isinstance(action, argparse._StoreTrueAction):
+            ok = isinstance(value, bool)
+        elif value is None:
+            ok = action.default is None
+        elif action.type is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif action.type is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) \
+                and math.isfinite(value)
+        else:
+            ok = isinstance(value, str)
+        if ok and action.choices is not None and value is not None:
+            ok = value in action.choices
+        if not ok:
+            return f"setting {name} is {value!r}, not a value {name} takes"
+    return None
 
 
 def given_flags(parser, argv):
@@ -436,7 +502,8 @@ def restore_settings(args, saved, given):
             # --steps 0 (one pass over the data) has no length to compare
             if name in FREE_ON_RESUME or (name == "steps" and value and mine > value):
                 continue
-            conflicts.append(f"--{name.replace('_', '-')} {mine} (the run has {value})")
+            had = f"the run has {value}" if value is not None else "the run has none"
+            conflicts.append(f"--{name.replace('_', '-')} {mine} ({had})")
         setattr(args, name, value)
     if conflicts:
         raise TrainError(f"--resume goes on with the run in {args.out_dir} as it was set up, but "
@@ -471,6 +538,25 @@ def check_loss(loss, recent, args):
             return (f"loss spike: {loss:.4f} is {(loss - mean) / std:.1f} standard deviations "
                     f"above the last {len(recent)} steps' mean {mean:.4f}")
     return None
+
+
+def read_step_batches(loader, me, micro_steps, rows):
+    """This rank's (inputs, targets) of one step, each (micro_steps, rows, T),
+    and the loader's position after the step (the same on every rank). With
+    rows < B, the step is one batch whose rows the ranks split between them;
+    else every rank reads its share of the step's batches and skips the
+    others'."""
+    if rows < loader.B:
+        x, y = loader.next_batch()
+        mine = slice(me.rank * rows, (me.rank + 1) * rows)
+        batches = [(x[mine], y[mine])]
+    else:
+        ranks = max(1, me.world_size)
+        loader.skip(me.rank * micro_steps)
+        batches = [loader.next_batch() for _ in range(micro_steps)]
+        loader.skip((ranks - 1 - me.rank) * micro_steps)
+    return (np.stack([x for x, _ in batches]), np.stack([y for _, y in batches]),
+            loader.state())
 
 
 def train_step(model, inputs, targets, lr, recent, args):
@@ -546,6 +632,76 @@ def join_run(args, me, settings):
     return bytes.fromhex(payload), meeting
 
 
+def schedule_settings(args):
+    return dict(warmup_steps=args.warmup_steps, schedule=args.lr_schedule,
+                final_lr_frac=args.final_lr_frac, decay_fraction=args.wsd_decay_fraction)
+
+
+def continue_schedule(args, state, start_step, total_steps):
+    """The learning-rate rebase (schedule.continued_rate) of a resumed run:
+    when --steps grew past the saved run's, the schedule goes on from the
+    rate the old one had at the resumed step; else the saved rebase, if any."""
+    if not state:
+        return None
+    rebase = state.get("lr_rebase")
+    old_steps = state["args"].get("steps")
+    if old_steps and total_steps > old_steps and start_step >= args.warmup_steps:
+        return [start_step, continued_rate(start_step, old_steps, args.lr, rebase,
+                                           **schedule_settings(args))]
+    return rebase
+
+
+# SIGUSR1: what mpirun passes on to the ranks (distributed.run_mpirun)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+
+
+class StopRequest:
+    """SIGINT (Ctrl-C), SIGTERM and SIGUSR1 ask the run to stop once the step
+    in progress is done, with a checkpoint; a second Ctrl-C stops at once.
+    agreed() tells whether any rank was asked, so that all stop at the same
+    step (the checkpoint is written by all of them together)."""
+
+    def __init__(self):
+        self.signal_name = None
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in STOP_SIGNALS:
+                self.previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.signal_name == "SIGINT" and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal_name = signal.Signals(signum).name
+
+    def agreed(self, model, me):
+        asked = 1.0 if self.signal_name else 0.0
+        if me.distributed:  # one small all-reduce per step
+            asked = float(model.allreduce([asked], "max")[0])
+        return asked > 0
+
+    def restore(self):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+class Interrupted(Exception):
+    """The run stopped on a signal after writing a checkpoint; the message
+    says how to go on."""
+
+    def __init__(self, signal_name, step, args, several_ranks):
+        self.code = 143 if signal_name == "SIGTERM" else 130
+        asked = {None: "a signal to another rank", "SIGUSR1": "a stop request from the launcher"}
+        why = f"interrupted ({asked.get(signal_name, signal_name)})"
+        if step == 0:
+            super().__init__(f"{why} before the first step: nothing to resume")
+            return
+        command = f"python -m pyllmc.train --out-dir {shlex.quote(args.out_dir)} --resume"
+        super().__init__(f"{why} after step {step}; checkpoint "
+                         f"{checkpoint.paths(args.out_dir, step)['model']}. Resume with: {command}"
+                         + (" (under the launcher, on any number of ranks)"
+                            if several_ranks else ""))
+
+
 def check_agreement(model, args, team, start_step):
     """Every rank was given the same arguments and sees the same checkpoint."""
     if not team.me.distributed:
@@ -574,11 +730,19 @@ def run(args, me, given=(), settings=""):
         raise TrainError(str(e)) from None
     start_step, state, model = resume_point(args, given, team)
     check_args(args)
-    micro_steps = micro_steps_per_rank(args, me)
-    loader, val, train_pattern = open_data(args, state, me)
+    micro_steps, rows = batch_layout(args, me)
     ranks = max(1, me.world_size)
-    tokens_per_step = micro_steps * ranks * args.batch_size * args.seq_len
-    total_steps = args.steps or max(1, loader.windows_per_epoch // (micro_steps * ranks))
+    # training batches of B sequences the loader moves past per step (every rank alike)
+    windows_per_step = micro_steps * ranks if rows == args.batch_size else 1
+    loader, val, train_pattern = open_data(args, state, me)
+    if state and loader.position() != start_step * windows_per_step:
+        raise TrainError(f"{checkpoint.paths(args.out_dir, start_step)['state']}: data position "
+                         f"{state['data']} is batch {loader.position()} of the data, but "
+                         f"{start_step} steps read {start_step * windows_per_step}: the training "
+                         "data changed since this checkpoint")
+    tokens_per_step = windows_per_step * args.batch_size * args.seq_len
+    total_steps = args.steps or max(1, loader.windows_per_epoch // windows_per_step)
+    lr_rebase = continue_schedule(args, state, start_step, total_steps)
     if start_step >= total_steps:
         if me.is_root:
             print(f"{args.out_dir}: the run already reached step {start_step} of {total_steps}")
@@ -603,8 +767,8 @@ def run(args, me, given=(), settings=""):
            f"{model.num_parameters:,} parameters, on {model.device}{ranks_text}")
     report(f"data: {len(loader.paths)} training shard(s) from {train_pattern}, "
            f"{loader.windows_per_epoch:,} batches of {args.batch_size}x{args.seq_len} per epoch; "
-           f"{micro_steps} micro-step(s) per rank, {tokens_per_step:,} tokens per step, "
-           f"{total_steps} steps")
+           f"{micro_steps} micro-step(s) of {rows}x{args.seq_len} per rank, "
+           f"{tokens_per_step:,} tokens per step, {total_steps} steps")
     if start_step:
         report(f"resuming from step {start_step} ({checkpoint.paths(args.out_dir, start_step)['model']})")
 
@@ -620,10 +784,29 @@ def run(args, me, given=(), settings=""):
     def due(every, step):
         return step == total_steps or (every > 0 and step % every == 0)
 
+    def rate(step):
+        return continued_rate(step, total_steps, args.lr, lr_rebase, **schedule_settings(args))
+
+    def save(step):
+        state = {"step": step, "data": data_state, "recent_losses": list(recent),
+                 "seed": args.seed, "args": vars(args), "config": dataclasses.asdict(cfg)}
+        if lr_rebase:
+            state["lr_rebase"] = list(lr_rebase)
+        checkpoint.save(model, args.out_dir, step, state, write_state=me.is_root)
+        if me.is_root:
+            checkpoint.prune(args.out_dir, args.keep_last)
+
+    stop = StopRequest()
+
+    # the loader runs one step ahead in a thread; data_state is its position
+    # after the batches of the last step taken, what a checkpoint records
+    reader = ThreadPoolExecutor(max_workers=1)
+    data_state = loader.state()
+    next_batches = reader.submit(read_step_batches, loader, me, micro_steps, rows)
     try:
         for step in range(start_step, total_steps + 1):
             if val and due(args.val_every, step):
-                last_val = val_loss(model, val, me)
+                last_val = val_loss(model, val, me, rows)
                 write_log(step, f"tel:{last_val:.4f}", val_loss=last_val)
                 say(f"step {step:5d} | val loss {last_val:.4f}")
             if hellaswag and due(args.hellaswag_every, step):
@@ -639,26 +822,20 @@ def run(args, me, given=(), settings=""):
                                    tokenizer=tokenizer)
                 say(f"--- sample at step {step} ---\n{text.strip()}\n---")
             if step > start_step and due(args.checkpoint_every, step):
-                checkpoint.save(model, args.out_dir, step, {
-                    "step": step, "data": loader.state(), "recent_losses": list(recent),
-                    "seed": args.seed, "args": vars(args), "config": dataclasses.asdict(cfg)},
-                    write_state=me.is_root)
-                if me.is_root:
-                    checkpoint.prune(args.out_dir, args.keep_last)
+                save(step)
             if step == total_steps:
                 break
+            if stop.agreed(model, me):
+                if step > start_step and not due(args.checkpoint_every, step):
+                    save(step)
+                raise Interrupted(stop.signal_name, step, args, me.distributed)
 
             t0 = time.perf_counter()
-            # every rank reads its share of the step's batches and skips the
-            # others', so the loader's position stays the same on all
-            loader.skip(me.rank * micro_steps)
-            batches = [loader.next_batch() for _ in range(micro_steps)]
-            loader.skip((ranks - 1 - me.rank) * micro_steps)
-            lr = learning_rate(step, total_steps, args.lr, args.warmup_steps, args.lr_schedule,
-                               args.final_lr_frac, args.wsd_decay_fraction)
-            loss, norm, problem, skipped = train_step(
-                model, np.stack([x for x, _ in batches]), np.stack([y for _, y in batches]),
-                lr, recent, args)
+            inputs, targets, data_state = next_batches.result()
+            if step + 1 < total_steps:  # read while the GPU (or the CPU's BLAS) runs this step
+                next_batches = reader.submit(read_step_batches, loader, me, micro_steps, rows)
+            lr = rate(step)
+            loss, norm, problem, skipped = train_step(model, inputs, targets, lr, recent, args)
             if problem:
                 say(f"warning: step {step}: {problem}" + ("; update skipped" if skipped else ""))
                 if not skipped and not math.isfinite(norm):
@@ -682,10 +859,12 @@ def run(args, me, given=(), settings=""):
                 say(f"step {step + 1:5d}/{total_steps} | loss {loss:.4f} (mean of last "
                     f"{len(window)}: {np.mean(window):.4f}) | lr {lr:.2e} | norm {norm:.3f} | "
                     f"{dt * 1000:.0f} ms | {tok_s:,.0f} tok/s")
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # a second Ctrl-C: no checkpoint of this step
         kept = checkpoint.complete_steps(args.out_dir)
         raise TrainError("interrupted" + (f"; --resume goes on from step {kept[-1]}" if kept else ""))
     finally:
+        reader.shutdown(cancel_futures=True)
+        stop.restore()
         bar.close()
         if log:
             log.close()
@@ -696,7 +875,7 @@ def run(args, me, given=(), settings=""):
     report(f"done: {total_steps} steps in {minutes:.1f} min"
            + (f", val loss {last_val:.4f}" if last_val is not None else "") + f"; model: {final}")
     report(f"next: python -m pyllmc.sample {final} --prompt \"The\"  |  "
-           f"python evals/hellaswag.py {final}  |  python -m pyllmc.plot {args.out_dir}")
+           f"python -m pyllmc.hellaswag {final}  |  python -m pyllmc.plot {args.out_dir}")
 
 
 def lost_rank(message):
@@ -718,8 +897,8 @@ def launch_local(args, argv):
             rest.append(a)
     command = ["-m", "pyllmc.train", *rest]
     if args.device == "cpu":
-        return subprocess.run(distributed.mpirun_command(args.nproc_per_node, command),
-                              env=distributed.mpi_environment()).returncode
+        return distributed.run_mpirun(distributed.mpirun_command(args.nproc_per_node, command),
+                                      distributed.mpi_environment())
     return distributed.spawn_local(args.nproc_per_node, command)
 
 
@@ -731,9 +910,15 @@ def main(argv=None):
     try:
         me = distributed.from_environment()
         if args.nproc_per_node and not me.distributed:
+            check_args(args)  # before mpirun, which would answer -np -1 at length
             sys.exit(launch_local(args, argv))
         settings = distributed.digest({k: v for k, v in vars(args).items() if k not in LAUNCH_ARGS})
         run(args, me, given_flags(build_parser(), argv), settings)
+    except Interrupted as e:
+        if me.is_root:
+            print(e, file=sys.stderr, flush=True)
+        # mpirun takes a rank's non-zero exit for a failure, and says so at length
+        sys.exit(0 if me.launcher == "mpi" else e.code)
     except (TrainError, ShardError, distributed.DistributedError, pyllmc.LlmcError,
             pyllmc.LibraryError, OSError) as e:
         where = f" (rank {me.rank} of {me.world_size})" if me.distributed else ""

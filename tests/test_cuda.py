@@ -384,3 +384,224 @@ def test_llama_8b_that_does_not_fit_says_so_before_allocating():
     with pytest.raises(pyllmc.OutOfMemoryError, match="needs .* GB of GPU memory"):
         pyllmc.Model.from_config(cfg, device="cuda", max_batch_size=1, max_seq_len=1024)
     assert need > 4 * 4 * 8_030_261_248
+
+
+# ---- FP8 (precision="fp8"): the block products in E4M3/E5M2 -----------------------------
+# Tolerances: FP8 rounds each operand to 3 (E4M3) or 2 (E5M2) mantissa bits, against bf16's 7,
+# so the bounds are ~8x bf16's above: logits ||fp8 - cpu|| / ||cpu|| < 8e-2, mean loss within
+# 5e-2, every parameter's gradient ||fp8 - cpu|| / ||cpu|| < 0.15; 20 AdamW steps within 0.05
+# of the bf16 run's losses.
+
+def fp8_supported():
+    try:
+        pyllmc.Model.from_config(SMALL, device="cuda", max_batch_size=1, max_seq_len=16,
+                                 precision="fp8").close()
+        return True
+    except pyllmc.UnsupportedError:
+        return False
+
+
+fp8_only = pytest.mark.skipif(not pyllmc.cuda_available() or not fp8_supported(),
+                              reason="FP8 needs a GPU of compute capability 9.0 or newer")
+
+
+@fp8_only
+@pytest.mark.parametrize("cfg,B,T", [(SMALL, 4, 64), (ODD, 3, 32), (D48_WIDTH, 2, 32)],
+                         ids=["small", "odd", "d48-width"])
+def test_fp8_matches_cpu(cfg, B, T):
+    cpu, gpu = pair(cfg, B, T, precision="fp8")
+    assert gpu.precision == "fp8"
+    cfg = gpu.config
+    x, y = batch(cfg, B, T)
+    y[0, :3] = -1
+    lc, lg = cpu.logits(x), gpu.logits(x)  # before any step: scaled from the tensors themselves
+    assert np.isfinite(lg).all() and rel(lg, lc) < 8e-2, rel(lg, lc)
+    loss_c, loss_g = cpu.backward(x, y), gpu.backward(x, y)
+    assert abs(loss_g - loss_c) < 5e-2, (loss_g, loss_c)
+    gc, gg = cpu.gradients(), gpu.gradients()
+    errors = {name: rel(gg[sl], gc[sl]) for name, sl in tensor_slices(cfg).items()
+              if np.linalg.norm(gc[sl]) > 0}
+    print("fp8 gradient relative errors:", {k: f"{v:.2e}" for k, v in errors.items()})
+    bad = {k: v for k, v in errors.items() if not v < 0.15}
+    assert not bad, bad
+    # a second backward scales from the first one's history (delayed scaling)
+    assert abs(gpu.backward(x, y) - loss_c) < 5e-2
+    assert rel(gpu.gradients(), gc) < 0.15
+    mc, mg = cpu.eval(x, y), gpu.eval(x, y)
+    assert abs(mg - mc) < 5e-2
+
+
+@fp8_only
+def test_fp8_training_tracks_bf16():
+    B, T = 4, 64
+    runs = []
+    for precision in ("default", "fp8"):
+        m = pyllmc.Model.from_config(SMALL, device="cuda", max_batch_size=B, max_seq_len=T, seed=1,
+                                     precision=precision)
+        runs.append([loss for loss, _ in train(m, patterned_batches(SMALL, 20, B, T))])
+        m.close()
+    print("losses (bf16, fp8):", [(round(a, 4), round(b, 4)) for a, b in zip(*runs)])
+    assert np.abs(np.subtract(*runs)).max() < 0.05
+    assert runs[1][-1] < runs[1][0] - 1.0
+
+
+@fp8_only
+def test_fp8_deterministic_and_recompute():
+    B, T = 2, 64
+    batches = patterned_batches(SMALL, 5, B, T, seed=4)
+    runs = []
+    for recompute in (0, 0, 1, 2):
+        m = pyllmc.Model.from_config(SMALL, device="cuda", max_batch_size=B, max_seq_len=T, seed=5,
+                                     recompute=recompute, precision="fp8")
+        runs.append(([loss for loss, _ in train(m, batches)], m.parameters()))
+        m.close()
+    assert runs[0][0] == runs[1][0] and np.array_equal(runs[0][1], runs[1][1])
+    for losses, _ in runs[2:]:
+        assert np.abs(np.subtract(runs[0][0], losses)).max() < 2e-2, (runs[0][0], losses)
+
+
+@fp8_only
+def test_fp8_resume_is_bit_identical(tmp_path):
+    """The scaling state travels in the optimizer file: a resumed FP8 run
+    repeats the uninterrupted one bit for bit; a bf16 run's optimizer file
+    loads into an FP8 model and the other way round."""
+    B, T = 2, 32
+    batches = patterned_batches(SMALL, 6, B, T, seed=3)
+    opts = dict(device="cuda", max_batch_size=B, max_seq_len=T, seed=11)
+    a = pyllmc.Model.from_config(SMALL, precision="fp8", **opts)
+    train(a, batches[:3])
+    a.save(tmp_path / "model.bin")
+    a.save_optimizer(tmp_path / "optim.bin")
+    rest_a = train(a, batches[3:])
+    b = pyllmc.Model.load(tmp_path / "model.bin", precision="fp8", **opts)
+    b.load_optimizer(tmp_path / "optim.bin")
+    assert b.step_count == 3
+    assert train(b, batches[3:]) == rest_a
+    assert np.array_equal(a.parameters(), b.parameters())
+    # across precisions: the model file is the same, the scaling state is skipped or started afresh
+    bf = pyllmc.Model.load(tmp_path / "model.bin", **opts)
+    bf.load_optimizer(tmp_path / "optim.bin")
+    bf.save_optimizer(tmp_path / "optim_bf16.bin")
+    c = pyllmc.Model.load(tmp_path / "model.bin", precision="fp8", **opts)
+    c.load_optimizer(tmp_path / "optim_bf16.bin")
+    assert c.step_count == 3
+    rest_c = train(c, batches[3:])
+    assert np.abs(np.subtract([l for l, _ in rest_c], [l for l, _ in rest_a])).max() < 2e-2
+
+
+@fp8_only
+def test_fp8_zero_and_jumping_tensors():
+    """An all-zero weight, and a LayerNorm output whose largest magnitude
+    jumps 1000x between steps: the step after the jump saturates (finite),
+    the next one has rescaled and matches bf16 again."""
+    B, T = 2, 32
+    batches = patterned_batches(SMALL, 6, B, T, seed=8)
+    opts = dict(device="cuda", max_batch_size=B, max_seq_len=T, seed=13)
+    fp8 = pyllmc.Model.from_config(SMALL, precision="fp8", **opts)
+    bf = pyllmc.Model.from_config(SMALL, **opts)
+    sl = tensor_slices(fp8.config)
+    p = bf16_exact(fp8.parameters())
+    fc = p[sl["fcw"]].copy()
+    fc[: fc.size // 2] = 0.0  # layer 0's fc weights all zero
+    p[sl["fcw"]] = fc
+    for m in (fp8, bf):
+        m.set_parameters(p)
+    train(fp8, batches[:3])
+    train(bf, batches[:3])
+    q = bf16_exact(fp8.parameters())
+    ln1w = q[sl["ln1w"]].copy()
+    ln1w[: ln1w.size // 2] *= 1000.0  # layer 0's LayerNorm gains: its output jumps 1000x
+    q[sl["ln1w"]] = ln1w
+    for m in (fp8, bf):
+        m.set_parameters(q)
+    x, y = batches[3]
+    saturated = fp8.backward(x, y)
+    assert np.isfinite(saturated) and np.isfinite(fp8.gradients()).all()
+    fp8.backward(x, y)  # the jump is in the history now
+    assert abs(fp8.eval(x, y) - bf.eval(x, y)) < 0.1 * abs(bf.eval(x, y)), (fp8.eval(x, y), bf.eval(x, y))
+    assert np.isfinite(fp8.update(lr=1e-3))
+
+
+@fp8_only
+@pytest.mark.parametrize("zero", [0, 1])
+def test_fp8_nccl_world_size_1(zero):
+    """The largest magnitudes reduced across ranks (one here): the NCCL path
+    gives the plain path's losses bit for bit."""
+    B, T = 2, 32
+    batches = patterned_batches(SMALL, 4, B, T, seed=6)
+    plain = pyllmc.Model.from_config(SMALL, device="cuda", max_batch_size=B, max_seq_len=T, seed=2,
+                                     precision="fp8")
+    dist = nccl_model(SMALL, zero, max_batch_size=B, max_seq_len=T, seed=2, precision="fp8")
+    assert train(plain, batches) == train(dist, batches)
+
+
+@fp8_only
+def test_fp8_needs_batch_multiple_of_16():
+    m = pyllmc.Model.from_config(SMALL, device="cuda", max_batch_size=3, max_seq_len=33, seed=1,
+                                 precision="fp8")
+    x, y = batch(SMALL, 3, 33)
+    with pytest.raises(pyllmc.InvalidArgumentError, match="multiple of 16"):
+        m.backward(x, y)
+    assert np.isfinite(m.eval(x, y))  # inference takes any shape
+    x, y = batch(SMALL, 3, 32)
+    assert np.isfinite(m.backward(x, y))
+
+
+# ---- generation (llmc_generator on CUDA: bf16 cache, graphs) -------------------
+
+def trained_pair():
+    """SMALL trained 60 CPU steps on a repeating sequence (so that greedy choices
+    are mostly clear-cut), its bf16-exact weights in a CPU and a CUDA model."""
+    cpu, gpu = pair(SMALL, 4, 64)
+    for x, y in patterned_batches(SMALL, 60, 4, 64, seed=3):
+        cpu.step(x, y, lr=3e-3)
+    p = bf16_exact(cpu.parameters())
+    cpu.set_parameters(p)
+    gpu.set_parameters(p)
+    return cpu, gpu
+
+
+def test_greedy_generation_matches_cpu_or_diverges_at_a_near_tie():
+    cpu, gpu = trained_pair()
+    rng = np.random.default_rng(4)
+    prompts = [rng.integers(0, SMALL.vocab_size, size=n).tolist() for n in (1, 5, 12)]
+    want, _ = cpu.generate(prompts, max_new_tokens=50, temperature=0, stop_token=None, logprobs=True)
+    got, got_lp = gpu.generate(prompts, max_new_tokens=50, temperature=0, stop_token=None,
+                               logprobs=True)
+    for prompt, w, g, lp in zip(prompts, want, got, got_lp):
+        same = next((i for i, (a, b) in enumerate(zip(w, g)) if a != b), len(w))
+        # every step up to the divergence: the GPU's log-probabilities near the CPU's full forward
+        seq = np.array(prompt + g, dtype=np.int32)[None]
+        logits = cpu.logits(seq)[0, len(prompt) - 1:-1].astype(np.float64)
+        logp = logits - logits.max(1, keepdims=True)
+        logp -= np.log(np.exp(logp).sum(1, keepdims=True))
+        np.testing.assert_allclose(lp[:same + 1], logp[np.arange(same + 1), g[:same + 1]],
+                                   atol=0.1)
+        if same < len(w):  # a near-tie under the CPU's own probabilities
+            gap = logp[same, w[same]] - logp[same, g[same]]
+            assert 0 <= gap < 0.05, (same, gap)
+        assert same >= 10, same
+
+
+def test_generation_is_deterministic_and_graphs_replay_the_eager_step():
+    _, gpu = trained_pair()
+    prompts = [[1, 2, 3], [7] * 9, [5]]
+    runs = [gpu.generate(prompts, max_new_tokens=40, temperature=0.9, top_k=50, top_p=0.95,
+                         seed=8, stop_token=None, logprobs=True) for _ in range(2)]
+    assert runs[0] == runs[1]
+    # each sequence alone: other batch sizes' graphs, the same tokens but for near-ties
+    for i, prompt in enumerate(prompts):
+        alone, lp = gpu.generate([prompt], max_new_tokens=40, temperature=0.9, top_k=50,
+                                 top_p=0.95, seed=8 + i, stop_token=None, logprobs=True)
+        agree = next((j for j, (a, b) in enumerate(zip(alone[0], runs[0][0][i])) if a != b), 40)
+        assert agree >= 10
+        np.testing.assert_allclose(lp[0][:agree], runs[0][1][i][:agree], atol=0.05)
+
+
+def test_a_cache_too_big_for_the_gpu_is_an_error():
+    deep = pyllmc.Config(max_seq_len=64, vocab_size=512, num_layers=64, num_heads=4, channels=128)
+    gpu = pyllmc.Model.from_config(deep, device="cuda", max_batch_size=1, max_seq_len=8)
+    from pyllmc.generate import Generator
+    with pytest.raises(pyllmc.OutOfMemoryError, match="key/value cache"):
+        Generator(gpu, 2**18, 64)  # 64 layers x 2^24 positions x 128 x 2 (k, v) x 2 bytes: 550 GB
+    assert gpu.generate([[1, 2]], max_new_tokens=3, temperature=0, stop_token=None)

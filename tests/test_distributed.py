@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -113,6 +114,24 @@ def test_two_ranks_follow_one_rank(runs, run):
 
 
 @needs_mpi
+def test_the_default_total_batch_is_the_same_on_any_number_of_ranks(data, tmp_path):
+    """Without --total-batch-size a step is one B x T batch, its rows split
+    between the ranks: the same command gives the same run on 1 and 2 ranks."""
+    default = ["--total-batch-size", 0, "-B", 4, "--steps", 6, "--val-every", 3,
+               "--hellaswag-every", 3]
+    one, two = tmp_path / "one", tmp_path / "two"
+    train(["--out-dir", one, *default], data)
+    proc = train(["--out-dir", two, *default], data, nproc=2)
+    assert "1 micro-step(s) of 2x32 per rank, 128 tokens per step" in proc.stdout
+    la, lb = losses(one), losses(two)
+    assert la.keys() == lb.keys()
+    for key in la:
+        assert abs(la[key] - lb[key]) <= 1e-5 * abs(la[key]), (key, la[key], lb[key])
+    odd = train(["--out-dir", tmp_path / "odd", *default, "-B", 3], data, nproc=2, check=False)
+    assert odd.returncode == 1 and "-B that is a multiple of 2" in odd.stderr, odd.stderr
+
+
+@needs_mpi
 def test_zero1_is_bit_identical_to_zero0(runs):
     assert losses(runs["r2"]) == losses(runs["r2z"])
     for step in (5, 10):
@@ -199,6 +218,26 @@ def test_a_killed_rank_stops_the_other_and_resume_finishes(data, tmp_path):
 
 
 @needs_mpi
+def test_ctrl_c_under_nproc_per_node_checkpoints(data, tmp_path):
+    """The launcher passes Ctrl-C on to the ranks (not through mpirun, which
+    would kill them): they finish the step, write a checkpoint, and rank 0
+    says how to resume."""
+    out = tmp_path / "run"
+    proc = train(["--out-dir", out, "--steps", 100000, "--checkpoint-every", 0], data, nproc=2,
+                  background=True)
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline and not (
+            os.path.exists(out / "main.jsonl") and open(out / "main.jsonl").read().count("\n") > 3):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err and "prterun" not in err, err
+    step = checkpoint.complete_steps(out)[-1]
+    assert (f"interrupted (a stop request from the launcher) after step {step}" in err
+            and f"Resume with: python -m pyllmc.train --out-dir {out} --resume" in err), err
+
+
+@needs_mpi
 def test_ranks_with_different_arguments_stop(data, tmp_path):
     common = ["-m", "pyllmc.train", *TINY, *data, "--out-dir", str(tmp_path / "o")]
     cmd = [*distributed.mpirun_command(1, [*common, "--lr", "1e-3"]),
@@ -244,7 +283,7 @@ def test_cpu_ranks_without_mpi_refuse_to_train(data, tmp_path):
 
 # ---- the rendezvous alone (it only moves bytes) --------------------------------------------
 
-def meet(world, digests, payload="cafe", timeout=10, port=None):
+def meet(world, digests, payload="cafe", timeout=10, port=None, secret=b"launch secret"):
     """Runs Rendezvous for ranks 0..world-1 in threads; returns their results."""
     port = port or distributed.free_port()
     results = {}
@@ -253,7 +292,7 @@ def meet(world, digests, payload="cafe", timeout=10, port=None):
         me = distributed.Rank(r, world, r, "env", "127.0.0.1", port)
         try:
             results[r] = distributed.Rendezvous(me, "127.0.0.1", port, digests[r],
-                                                lambda: payload, timeout)
+                                                lambda: payload, timeout, secret)
         except distributed.DistributedError as e:
             results[r] = e
 
@@ -317,7 +356,8 @@ def test_file_rendezvous(tmp_path):
 
     def rank(r):
         me = distributed.Rank(r, 2, r, "slurm")
-        results[r] = distributed.file_rendezvous(me, str(tmp_path), "d", lambda: "beef", 10)
+        results[r] = distributed.file_rendezvous(me, str(tmp_path), "d", lambda: "beef", 10,
+                                                 key=b"k")
 
     threads = [threading.Thread(target=rank, args=(r,)) for r in (1, 0)]
     for t in threads:
@@ -327,7 +367,7 @@ def test_file_rendezvous(tmp_path):
     assert results == {0: "beef", 1: "beef"}
     with pytest.raises(distributed.DistributedError, match="other arguments"):
         distributed.file_rendezvous(distributed.Rank(1, 2, 1, "slurm"), str(tmp_path), "x",
-                                    None, 1)
+                                    None, 1, key=b"k")
     # once all have joined rank 0 removes the file: a later launch waits for its own
     distributed.end_file_rendezvous(distributed.Rank(1, 2, 1, "slurm"), str(tmp_path))
     assert (tmp_path / "rendezvous.json").exists()
@@ -335,7 +375,7 @@ def test_file_rendezvous(tmp_path):
     assert not (tmp_path / "rendezvous.json").exists()
     with pytest.raises(distributed.DistributedError, match="no rendezvous file"):
         distributed.file_rendezvous(distributed.Rank(1, 2, 1, "slurm"), str(tmp_path), "d",
-                                    None, 0.5)
+                                    None, 0.5, key=b"k")
 
 
 def test_file_rendezvous_folder_per_slurm_job_step(tmp_path, monkeypatch):
@@ -345,6 +385,161 @@ def test_file_rendezvous_folder_per_slurm_job_step(tmp_path, monkeypatch):
     assert distributed.file_rendezvous(distributed.Rank(0, 2, 0, "slurm"), str(tmp_path), "d",
                                        lambda: "ab", 1) == "ab"
     assert (tmp_path / "77.3" / "rendezvous.json").exists()
+
+
+# ---- hostile peers: a rank's secret is proven, never sent; bad messages are one-line errors --
+
+def serve_in_thread(port, timeout=3, secret=b"launch secret"):
+    """Rank 0 of 2 in a thread; returns (thread, result dict)."""
+    result = {}
+
+    def rank0():
+        me = distributed.Rank(0, 2, 0, "env", "127.0.0.1", port)
+        try:
+            result["ok"] = distributed.Rendezvous(me, "127.0.0.1", port, "d", lambda: "cafe",
+                                                  timeout, secret)
+        except distributed.DistributedError as e:
+            result["error"] = str(e)
+
+    thread = threading.Thread(target=rank0)
+    thread.start()
+    return thread, result
+
+
+def connect(port):
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            return socket.create_connection(("127.0.0.1", port), timeout=5)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def test_an_intruder_without_the_secret_gets_nothing_and_locks_no_one_out():
+    port = distributed.free_port()
+    thread, result = serve_in_thread(port, timeout=10)
+    intruder = connect(port)
+    nonce = json.loads(intruder.makefile().readline())["nonce"]
+    hello = {"rank": 1, "world_size": 2, "digest": "d", "host": "x", "nonce": "n"}
+    hello["proof"] = distributed._proof(b"a guess", "hello", nonce, hello)
+    intruder.sendall(json.dumps(hello).encode() + b"\n")
+    assert intruder.recv(100) == b""  # dropped, no payload
+    me = distributed.Rank(1, 2, 1, "env", "127.0.0.1", port)
+    real = distributed.Rendezvous(me, "127.0.0.1", port, "d", None, 10, b"launch secret")
+    thread.join(15)
+    assert real.payload == "cafe" and result["ok"].payload == "cafe"
+    real.finish()
+    result["ok"].finish()
+
+
+SLOW = "slow"
+HOSTILE_MESSAGES = {"list": b"[1]\n", "string": b'"x"\n', "no-proof": b'{"rank": 1}\n',
+                    "binary": b"\xff\xfe\n", "deep": b"[" * 100000 + b"\n",
+                    "endless": b"x" * (1 << 20), "slow": SLOW}
+
+
+def send_hostile(sock, message):
+    if message is SLOW:  # a byte every 50 ms, never a newline
+        try:
+            for _ in range(200):
+                sock.sendall(b"x")
+                time.sleep(0.05)
+        except OSError:
+            pass
+    else:
+        try:
+            sock.sendall(message)
+        except OSError:
+            pass
+
+
+@pytest.mark.parametrize("case", HOSTILE_MESSAGES)
+def test_rank_0_survives_hostile_hellos(case):
+    port = distributed.free_port()
+    started = time.monotonic()
+    thread, result = serve_in_thread(port, timeout=1)
+    sock = connect(port)
+    sender = threading.Thread(target=send_hostile, args=(sock, HOSTILE_MESSAGES[case]), daemon=True)
+    sender.start()
+    thread.join(10)
+    sock.close()
+    assert time.monotonic() - started < 5
+    assert "rank(s) [1] of 2 did not arrive within 1 s" in result["error"], result
+    if case != "slow":
+        assert "refused 1 connection(s)" in result["error"], result
+
+
+@pytest.mark.parametrize("case", HOSTILE_MESSAGES)
+def test_a_rank_survives_a_hostile_rank_0(case):
+    port = distributed.free_port()
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", port))
+        server.listen(1)
+
+        def fake_rank0():
+            conn, _ = server.accept()
+            if case in ("list", "string", "binary"):  # instead of the nonce
+                send_hostile(conn, HOSTILE_MESSAGES[case])
+            else:  # a nonce, then a bad answer to the hello
+                conn.sendall(b'{"nonce": "abc"}\n')
+                conn.makefile("rb").readline()
+                send_hostile(conn, b'{"payload": "cafe", "proof": "00"}\n' if case == "no-proof"
+                             else HOSTILE_MESSAGES[case])
+            time.sleep(2)
+            conn.close()
+
+        threading.Thread(target=fake_rank0, daemon=True).start()
+        me = distributed.Rank(1, 2, 1, "env", "127.0.0.1", port)
+        started = time.monotonic()
+        with pytest.raises(distributed.DistributedError) as error:
+            distributed.Rendezvous(me, "127.0.0.1", port, "d", None, 1, b"launch secret")
+        assert time.monotonic() - started < 3
+        message = str(error.value)
+        assert ("is not an llmc rank 0" in message or "gave no answer within 1 s" in message
+                or "without proving the launch's secret" in message), message
+
+
+def test_rank_0_listens_on_loopback_for_one_host(monkeypatch):
+    monkeypatch.delenv("LLMC_RENDEZVOUS_BIND", raising=False)
+    assert distributed.bind_address("127.0.0.1") == "127.0.0.1"
+    assert distributed.bind_address("localhost") == "127.0.0.1"
+    assert distributed.bind_address("::1") == "::1"
+    assert distributed.bind_address("10.1.2.3") == ""  # several hosts: every interface
+    assert distributed.bind_address("node7") == ""
+    monkeypatch.setenv("LLMC_RENDEZVOUS_BIND", "10.1.2.3")
+    assert distributed.bind_address("node7") == "10.1.2.3"
+
+
+@pytest.mark.parametrize("case", ["fifo", "dev-zero", "stale", "list", "object", "binary"])
+def test_file_rendezvous_waits_for_this_launchs_file(tmp_path, case):
+    path = tmp_path / "rendezvous.json"
+    if case == "fifo":
+        os.mkfifo(path)
+    elif case == "dev-zero":
+        os.symlink("/dev/zero", path)
+    elif case == "stale":  # a crashed launch's file: the same arguments, another key
+        distributed.file_rendezvous(distributed.Rank(0, 2, 0, "env"), str(tmp_path), "d",
+                                    lambda: "old", 1, key=b"the last launch")
+    else:
+        path.write_bytes({"list": b"[]", "object": b"{}", "binary": b"\xff"}[case])
+    why = {"fifo": "is a FIFO", "dev-zero": "is a device", "stale": "is from another launch",
+           "list": "is not a rendezvous file", "object": "is not a rendezvous file",
+           "binary": "not a JSON message"}[case]
+    me = distributed.Rank(1, 2, 1, "env")
+    started = time.monotonic()
+    with pytest.raises(distributed.DistributedError, match=f"within 1 s .*{why}"):
+        distributed.file_rendezvous(me, str(tmp_path), "d", None, 1, key=b"this launch")
+    assert time.monotonic() - started < 4
+
+
+def test_file_rendezvous_needs_a_launch_key(tmp_path, monkeypatch):
+    for name in ("LLMC_RENDEZVOUS_SECRET", "SLURM_JOB_ID"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(distributed.DistributedError, match="export LLMC_RENDEZVOUS_SECRET"):
+        distributed.file_rendezvous(distributed.Rank(0, 2, 0, "env"), str(tmp_path), "d",
+                                    lambda: "x", 1)
 
 
 def test_launcher_environments():

@@ -231,3 +231,20 @@ def test_empty_or_unsupported_input_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         fineweb.main(["--input", str(blank), "-o", str(tmp_path / "o")])
     assert "holds no documents" in capsys.readouterr().err
+
+
+def test_undecodable_bytes_are_replaced_and_counted(tmp_path, capsys):
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    good = "A good document. " * 200
+    (folder / "a.txt").write_text(good)
+    (folder / "b.txt").write_bytes(("Mostly fine. " * 200).encode() + b"\xff")
+    (folder / "c.txt").write_bytes(b"caf\xe9 and \xef\xbf\xbd already there " * 50)
+    fineweb.main(["--input", str(folder), "-o", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert (f"warning: 51 undecodable byte sequence(s) in 2 file(s) (first: {folder / 'b.txt'}, 1)"
+            " replaced with U+FFFD") in err
+    stream = np.concatenate([read_shard(tmp_path / "o" / n) for n in shard_names("docs", 2)])
+    expected = reference_shards([good, "Mostly fine. " * 200 + "\ufffd",
+                                 "caf\ufffd and \ufffd already there " * 50], 10**8)[0]
+    np.testing.assert_array_equal(stream, expected)

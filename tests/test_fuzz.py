@@ -18,7 +18,7 @@ import pytest
 
 import pyllmc
 from pyllmc import shards
-from test_hellaswag import write_eval_file
+from hellaswag_files import write_eval_file
 
 REPO = Path(__file__).resolve().parent.parent
 SEED = 20261201

@@ -21,6 +21,7 @@ from torch.nn import functional as F
 import pyllmc
 from pyllmc import hellaswag
 from pyllmc.tokenizer import gpt2_encoding
+from hellaswag_files import write_eval_file
 from torch_gpt2 import GPT, GPTConfig
 
 REPO = Path(__file__).resolve().parent.parent
@@ -71,25 +72,6 @@ CONFIG = pyllmc.Config(max_seq_len=128, vocab_size=50257, num_layers=2, num_head
 
 
 # ---- fixtures ----------------------------------------------------------------
-
-def write_eval_file(path, examples):
-    """llm.c's tokenized eval format, from its documentation: 256 int32 (magic
-    20240522, version 1, number of examples, longest example in bytes), then
-    per example uint16: 65535, bytes, index, label, 4, then the context and
-    each ending as a length and its tokens."""
-    streams = []
-    for index, (context, endings, label) in enumerate(examples):
-        words = [65535, 0, index, label, len(endings), len(context), *context]
-        for ending in endings:
-            words += [len(ending), *ending]
-        words[1] = 2 * len(words)
-        streams.append(words)
-    header = np.zeros(256, dtype="<i4")
-    header[:4] = [20240522, 1, len(streams), max(s[1] for s in streams)]
-    with open(path, "wb") as f:
-        f.write(header.tobytes())
-        f.write(np.array([w for s in streams for w in s], dtype="<u2").tobytes())
-
 
 def reference_tokens(records):
     enc = gpt2_encoding()

@@ -36,7 +36,7 @@ def test_commands_work_from_another_folder(tmp_path):
 
 def test_usage_names_the_command(tmp_path):
     env = dict(os.environ, PYTHONPATH=REPO)
-    for module in ("train", "sample", "plot", "hf"):
+    for module in ("train", "sample", "plot", "hf", "serve"):
         usage = run(["-m", f"pyllmc.{module}", "--help"], tmp_path, **env)
         assert usage.stdout.startswith(f"usage: python -m pyllmc.{module}"), usage.stdout
 

@@ -409,11 +409,11 @@ RUN = ["--num-layers", "1", "--num-heads", "2", "--channels", "16", "--max-seq-l
        "--sample-every", "0", "--checkpoint-every", "2"]
 
 
-def train(out_dir, data, *args):
+def train(out_dir, data, *args, timeout=300):
     return subprocess.run([sys.executable, "-m", "pyllmc.train", *RUN, "--out-dir", str(out_dir),
                            "--train-data", str(data), *map(str, args)], cwd=REPO,
                           env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=timeout)
 
 
 @pytest.mark.parametrize("damage", ["state", "model", "optimizer"])
@@ -477,3 +477,201 @@ def test_reserved_options_must_be_zero():
                            ctypes.byref(handle))
     assert status == 1 and handle.value is None
     assert b"reserved[3] = 1" in lib.llmc_last_error()
+
+
+# ---- temporary files of atomic writes -------------------------------------------------------
+
+def test_planted_temporary_files_are_never_written_through(tmp_path, monkeypatch):
+    """write_atomic creates its temporary file new (O_EXCL|O_NOFOLLOW) under
+    a random name: a symlink or FIFO planted there is skipped, not followed."""
+    from pyllmc import files
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    target = tmp_path / "out.json"
+    names = iter(["planted", "planted", "fifo", "fresh"])
+    monkeypatch.setattr(files.secrets, "token_hex", lambda n: next(names))
+    os.symlink(victim, f"{target}.tmp.planted")
+    os.mkfifo(f"{target}.tmp.fifo")
+    files.write_atomic(target, [b"new"])
+    assert target.read_bytes() == b"new" and victim.read_bytes() == b"precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "out.json", "out.json.tmp.fifo", "out.json.tmp.planted", "victim"]
+    monkeypatch.setattr(files.secrets, "token_hex", lambda n: "planted")
+    with pytest.raises(FileExistsError):
+        files.write_atomic(target, [b"newer"])
+    assert target.read_bytes() == b"new" and victim.read_bytes() == b"precious"
+
+
+def test_the_library_writer_ignores_planted_names(tmp_path):
+    """The library's temporary names are random too: files planted under the
+    old predictable name (PATH.tmp.PID) or any other are left alone."""
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    rc, out = child(f"""
+        import os, pyllmc
+        path = {str(tmp_path / "model.bin")!r}
+        os.symlink({str(victim)!r}, f"{{path}}.tmp.{{os.getpid()}}")
+        os.mkfifo(f"{{path}}.tmp.{{os.getpid() + 1}}")
+        with pyllmc.Model.from_config(pyllmc.Config(max_seq_len=8, vocab_size=32, num_layers=1,
+                                                    num_heads=1, channels=8)) as m:
+            m.save(path)
+            m.save_optimizer(path + ".optim")
+        print(sorted(os.listdir(os.path.dirname(path))))
+    """, timeout=60)
+    assert rc == 0, out
+    assert victim.read_bytes() == b"precious"
+    names = eval(out.strip().splitlines()[-1])
+    assert [n for n in names if ".tmp." in n and not os.path.islink(tmp_path / n)
+            and not stat_is_fifo(tmp_path / n)] == []
+    assert "model.bin" in names and "model.bin.optim" in names
+
+
+def stat_is_fifo(path):
+    import stat
+    return stat.S_ISFIFO(os.lstat(path).st_mode)
+
+
+# ---- resume never guesses: damaged run folders end in one line ------------------------------
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A 4-step run (checkpoints at 2 and 4) and its training data."""
+    root = tmp_path_factory.mktemp("run")
+    data = root / "train.bin"
+    shards.write_shard(data, np.random.default_rng(0).integers(0, 256, 5000))
+    first = train(root / "out", data, "--steps", 4, "--keep-last", 1)
+    assert first.returncode == 0, first.stderr
+    return root / "out", data
+
+
+def edit_state(out, change):
+    path = Path(checkpoint.paths(out, 4)["state"])
+    state = json.loads(path.read_text())
+    change(state)
+    path.write_text(json.dumps(state))
+
+
+def set_arg(name, value):
+    return lambda state: state["args"].update({name: value})
+
+
+def set_data(name, value):
+    return lambda state: state["data"].update({name: value})
+
+
+DAMAGED = {  # case: (damage to the copied run folder, what the one line says)
+    "lr-null": (lambda out: edit_state(out, set_arg("lr", None)), "setting --lr is None"),
+    "lr-string": (lambda out: edit_state(out, set_arg("lr", "0.001")), "setting --lr is '0.001'"),
+    "steps-float": (lambda out: edit_state(out, set_arg("steps", 4.5)), "setting --steps is 4.5"),
+    "shuffle-int": (lambda out: edit_state(out, set_arg("shuffle", 1)), "setting --shuffle is 1"),
+    "schedule-unknown": (lambda out: edit_state(out, set_arg("lr_schedule", "step")),
+                         "setting --lr-schedule is 'step'"),
+    "shard-99": (lambda out: edit_state(out, set_data("shard", 99)), "does not fit 1 shard(s)"),
+    "window-far": (lambda out: edit_state(out, set_data("window", 10 ** 6)),
+                   "shard 0 of this epoch has"),
+    "epoch-1e30": (lambda out: edit_state(out, set_data("epoch", 10 ** 30)),
+                   "does not fit 1 shard(s)"),
+    "epoch-wrong": (lambda out: edit_state(out, set_data("epoch", 3)),
+                    "the training data changed since this checkpoint"),
+    "rebase-bad": (lambda out: edit_state(out, lambda s: s.update(lr_rebase=[9, "x"])),
+                   "'lr_rebase' is [9, 'x']"),
+    "main.log-fifo": (lambda out: (os.remove(out / "main.log"), os.mkfifo(out / "main.log")),
+                      "main.log: is a FIFO"),
+}
+LOGS = {  # damaged logs: the run goes on, dropping the damaged lines
+    "main.log-utf8": ("main.log", b"s:\xff\xfe trl:1.0\n"),
+    "main.jsonl-list": ("main.jsonl", b"[1]\n"),
+    "main.jsonl-huge-step": ("main.jsonl", b'{"step": 1e999}\n'),
+    "main.jsonl-string-step": ("main.jsonl", b'{"step": "1"}\n'),
+}
+
+
+def copy_run(finished_run, tmp_path):
+    import shutil
+    out = tmp_path / "out"
+    shutil.copytree(finished_run[0], out)
+    return out
+
+
+@pytest.mark.parametrize("case", DAMAGED)
+def test_damaged_run_folders_are_one_line_errors(finished_run, tmp_path, case):
+    damage, message = DAMAGED[case]
+    out = copy_run(finished_run, tmp_path)
+    damage(out)
+    proc = train(out, finished_run[1], "--steps", 6, "--resume", timeout=60)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert message in proc.stderr, proc.stderr
+    assert proc.stderr.count("\n") <= 2, proc.stderr  # the error (and a damaged-state warning)
+    assert checkpoint.complete_steps(out) == [4]  # nothing trained from a guess
+
+
+@pytest.mark.parametrize("case", LOGS)
+def test_damaged_log_lines_are_dropped(finished_run, tmp_path, case):
+    name, line = LOGS[case]
+    out = copy_run(finished_run, tmp_path)
+    with open(out / name, "ab") as f:
+        f.write(line)
+    proc = train(out, finished_run[1], "--steps", 6, "--resume", timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert line not in (out / name).read_bytes()
+    assert checkpoint.complete_steps(out) == [6]
+
+
+def test_resume_without_a_checkpoint_is_an_error(tmp_path, finished_run):
+    data = finished_run[1]
+    for folder, message in [(tmp_path / "typo", "typo is not a folder"),
+                            (tmp_path, "holds no checkpoint")]:
+        proc = train(folder, data, "--resume", timeout=60)
+        assert proc.returncode == 1 and message in proc.stderr and "--start-if-empty" in \
+            proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    # a first save cut short: the run's files are there, but no DONE marker
+    out = copy_run(finished_run, tmp_path / "cut")
+    os.remove(checkpoint.paths(out, 4)["done"])
+    proc = train(out, data, "--resume", timeout=60)
+    assert proc.returncode == 1 and "without their DONE marker" in proc.stderr, proc.stderr
+    started = train(tmp_path / "new", data, "--resume", "--start-if-empty", "--steps", 2,
+                    timeout=60)
+    assert started.returncode == 0 and checkpoint.complete_steps(tmp_path / "new") == [2]
+
+
+def curve_of(out):
+    timing = ("ms", "tokens_per_s")
+    return [{k: v for k, v in json.loads(line).items() if k not in timing}
+            for line in (out / "main.jsonl").read_text().splitlines()]
+
+
+def interrupt_when_logged(cmd, out, lines, sig, env=None):
+    """Starts cmd, sends sig once main.jsonl has `lines` lines; returns (rc, stderr)."""
+    import time
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env or dict(os.environ, PYTHONPATH=str(REPO)),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        if (out / "main.jsonl").exists() and \
+                (out / "main.jsonl").read_text().count("\n") >= lines:
+            break
+        time.sleep(0.01)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    return proc.returncode, err
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_signal_finishes_the_step_and_checkpoints(tmp_path, finished_run, sig):
+    import signal
+    data = finished_run[1]
+    straight = tmp_path / "straight"
+    assert train(straight, data, "--steps", 40, "--checkpoint-every", 0).returncode == 0
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "pyllmc.train", *RUN, "--out-dir", str(out), "--train-data",
+           str(data), "--steps", "40", "--checkpoint-every", "0"]
+    rc, err = interrupt_when_logged(cmd, out, 5, getattr(signal, sig))
+    assert rc == (130 if sig == "SIGINT" else 143) and "Traceback" not in err, err
+    step = checkpoint.complete_steps(out)[-1]
+    assert 5 <= step < 40
+    assert err.strip().splitlines()[-1] == (
+        f"interrupted ({sig}) after step {step}; checkpoint {checkpoint.paths(out, step)['model']}."
+        f" Resume with: python -m pyllmc.train --out-dir {out} --resume")
+    resumed = train(out, data, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert curve_of(out) == curve_of(straight)

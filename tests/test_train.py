@@ -106,7 +106,8 @@ def test_kill_9_and_resume_gives_the_same_curve(tmp_path, env):
     # (mid-step, mid-evaluation or mid-checkpoint: checkpoints come every 5 steps)
     kills = 0
     for target in sorted(rng.choice(np.arange(10, len(expected) - 20), 3, replace=False)):
-        proc = train(["--out-dir", out, "--resume", *RESUME_ARGS], env, background=True)
+        proc = train(["--out-dir", out, "--resume", "--start-if-empty", *RESUME_ARGS], env,
+                     background=True)
         while proc.poll() is None and logged_lines(out) < target:
             time.sleep(0.005)
         time.sleep(float(rng.uniform(0, 0.05)))
@@ -154,7 +155,12 @@ def test_resume_takes_the_settings_of_the_saved_run(tmp_path, env):
                           timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "model: 4 layers, 2 heads, 32 channels" in proc.stdout
-    assert curve(out) == curve(straight)
+    resumed, reference = curve(out), curve(straight)
+    first = [r for r in reference if r["step"] < 6]
+    assert resumed[:len(first)] == first
+    # the 6-step run had decayed to its final rate: the longer run goes on at it, no jump
+    assert [r["lr"] for r in resumed if r["step"] >= 6 and "lr" in r] == \
+        pytest.approx([3e-3 * 0.1] * 6)
 
 
 def test_resume_refuses_other_settings(tmp_path, env):
@@ -268,6 +274,25 @@ def test_schedules():
     assert all(a > b for a, b in zip(cos, cos[1:])) and cos[-1] > 0.1
     with pytest.raises(ValueError, match="unknown schedule"):
         lr(5, "step")
+
+
+def test_a_longer_run_continues_the_learning_rate():
+    """--steps growing on resume (schedule.continued_rate): from the resumed
+    step the rate goes from where it was down to the final one at the new
+    end, in the schedule's shape."""
+    from pyllmc.schedule import continued_rate, learning_rate
+    kw = dict(warmup_steps=10, final_lr_frac=0.1)
+    for sched in ("cosine", "linear", "constant", "wsd"):
+        kw["schedule"] = sched
+        for s0 in (40, 100):  # cut short at 40 of 100, or finished; then 200 steps
+            rebase = (s0, learning_rate(s0, 100, 1.0, **kw))
+            rates = [continued_rate(s, 200, 1.0, rebase, **kw) for s in range(s0, 201)]
+            assert rates[0] == pytest.approx(rebase[1])
+            assert rates[-1] == pytest.approx(0.1 if sched != "constant" else 1.0)
+            assert all(a >= b - 1e-12 for a, b in zip(rates, rates[1:]))
+            if sched in ("cosine", "linear"):  # (wsd's own 1 - sqrt drops fast at first)
+                assert max(abs(a - b) for a, b in zip(rates, rates[1:])) < 0.02  # no jump
+        assert continued_rate(20, 200, 1.0, (40, 0.7), **kw) == learning_rate(20, 200, 1.0, **kw)
 
 
 def test_recompute_default_by_size():

@@ -75,7 +75,9 @@ extern "C" {
 
 /* Bumped whenever a signature or struct below changes; pyllmc checks it.
  * 4: llmc_status_string; reserved options must be zero.
- * 5: llmc_config's model family (Llama 3) fields. */
+ * 5: llmc_options.precision (taken from the reserved words); generation
+ *    (llmc_generator, llmc_sampling, llmc_token_event); llmc_config's model
+ *    family (Llama 3) fields. */
 #define LLMC_ABI_VERSION 5
 
 typedef enum llmc_status {
@@ -93,6 +95,27 @@ typedef enum llmc_device {
     LLMC_DEVICE_CPU = 0,
     LLMC_DEVICE_CUDA = 1,
 } llmc_device;
+
+/* Arithmetic of the training step (llmc_options.precision).
+ * DEFAULT: fp32 on the CPU; on CUDA bf16 weights, activations and products.
+ * FP8 (CUDA, GPUs of compute capability 9.0 or newer): the four matrix
+ * products of every block (qkv, attention projection, fc, fc projection),
+ * forward and both backward products, take FP8 operands through cuBLASLt:
+ * inputs and weights E4M3, output gradients E5M2, each tensor with its own
+ * power-of-two scale, fp32 accumulation. Scales are delayed: a step uses
+ * the largest magnitudes of the 16 steps before it (a model's first step
+ * scales from its current tensors); a tensor that jumps above its history
+ * saturates at the format's largest value for that step. Embeddings,
+ * attention, LayerNorm, the LM head and the loss stay bf16, and the master
+ * weights and AdamW moments fp32, so model files are the same as in bf16.
+ * The scaling state is part of the optimizer file (llmc_save_optimizer), so
+ * a resumed FP8 run is bit-exact. FP8 training needs B*T and channels
+ * multiples of 16. On the CPU backend or an older GPU, FP8 is
+ * LLMC_ERR_UNSUPPORTED. */
+typedef enum llmc_precision {
+    LLMC_PRECISION_DEFAULT = 0,
+    LLMC_PRECISION_FP8 = 1,
+} llmc_precision;
 
 typedef enum llmc_dtype {
     LLMC_DTYPE_FP32 = 0, /* llm.c version 3 */
@@ -156,7 +179,8 @@ typedef struct llmc_options {
      * on rank 0 and handed to every rank by the caller (a TCP or file
      * rendezvous); all zero: the library sends it from rank 0 over MPI. */
     uint8_t nccl_id[128];
-    int32_t reserved[8];       /* must be zero (LLMC_ERR_INVALID_ARGUMENT otherwise) */
+    int32_t precision;         /* llmc_precision (0: the backend's default) */
+    int32_t reserved[7];       /* must be zero (LLMC_ERR_INVALID_ARGUMENT otherwise) */
 } llmc_options;
 
 /* AdamW hyper-parameters of one optimizer step. Weight decay applies to the
@@ -297,7 +321,8 @@ LLMC_API llmc_status llmc_update(llmc_model *model, const llmc_adamw *hp, float 
 
 /* Loss without gradients. per_token_losses (B*T floats, may be NULL) gets
  * each position's loss (0 where the target is -1); mean_loss_out may be
- * NULL. Leaves the gradients and weights as they were. */
+ * NULL. Leaves the gradients and weights as they were. A loss that is not
+ * finite (finite weights too large for the input) is LLMC_ERR_NUMERIC. */
 LLMC_API llmc_status llmc_eval(llmc_model *model, const int32_t *inputs, const int32_t *targets,
                                int B, int T, float *mean_loss_out, float *per_token_losses);
 
@@ -327,7 +352,10 @@ LLMC_API llmc_status llmc_get_gradients(llmc_model *model, float *out);
  * and the temporary file removed. Needs a host copy of the parameters. */
 LLMC_API llmc_status llmc_save(llmc_model *model, const char *path, llmc_dtype dtype);
 
-/* AdamW state (first and second moments, step count), for exact resume.
+/* AdamW state (first and second moments, step count; with FP8, the scaling
+ * state too), for exact resume. A file written by a bf16 model loads into an
+ * FP8 one (whose next step then scales from its current tensors) and the
+ * other way round (the scaling state is skipped).
  * Written atomically (as llmc_save). Loading checks that the file matches
  * this model's shape exactly, that every moment is finite, every second
  * moment >= 0 and the step count in 0..2^53-1 (LLMC_ERR_FORMAT naming the
@@ -357,6 +385,119 @@ LLMC_API llmc_status llmc_plan_memory(const llmc_config *config, const llmc_opti
  * host memory on CPU (gradients and activations for training are allocated
  * by the first llmc_backward, AdamW moments by the first update). */
 LLMC_API size_t llmc_memory_bytes(const llmc_model *model); /* 0 for NULL */
+
+/*
+ * Generation.
+ *
+ * An llmc_generator holds a key/value cache for up to max_sequences
+ * sequences of up to max_len tokens each (prompt and generated tokens
+ * together), planned and allocated at creation: asking for more than the
+ * device (or host) can hold is LLMC_ERR_OUT_OF_MEMORY then, never later.
+ * Sequences come and go independently: llmc_generator_start prefills the
+ * prompts of new sequences into free slots (any lengths, while others are
+ * running), and each step of llmc_generator_run samples one token for every
+ * live sequence from the logits of its newest token, then runs one forward
+ * pass over all of them (a batch of one row per sequence) through the cache.
+ * Sampling runs in the library: temperature, top-k and top-p (in that order,
+ * as Hugging Face's samplers), the random draw a pure function of the
+ * sequence's seed and the token's index, so a sequence's tokens depend on
+ * its prompt, sampling settings and seed alone, not on what else runs in
+ * the batch (up to the rounding of batched products: a near-tie between two
+ * tokens can go either way between batch shapes).
+ *
+ * A generator uses its model (the weights at each call: changing them in
+ * between leaves the cache holding keys of the old weights) and must be
+ * freed before it. Its calls take the model's lock, like every call on the
+ * model; one generator's calls must not race with each other's free.
+ *
+ * Typical use, streaming (the Python package wraps exactly this):
+ *   llmc_generator *g;
+ *   llmc_generator_create(model, 8, 0, &g);
+ *   llmc_sampling s = llmc_default_sampling(); s.max_new_tokens = 100;
+ *   int32_t id;
+ *   llmc_generator_start(g, 1, prompt, &prompt_len, &s, &id);
+ *   llmc_token_event ev[8 * 16];
+ *   int n;
+ *   do { llmc_generator_run(g, 16, ev, 8 * 16, &n); ... print ev[0..n) ... } while (n > 0);
+ *   llmc_generator_free(g);
+ */
+typedef struct llmc_generator llmc_generator;
+
+/* <|endoftext|> of GPT-2's tokenizer. */
+#define LLMC_GPT2_EOT 50256
+
+/* How one sequence is sampled. */
+typedef struct llmc_sampling {
+    float temperature;      /* 0: greedy (the likeliest token; the lowest id on a tie); else > 0 */
+    int32_t top_k;          /* keep the k likeliest tokens (0: all) */
+    float top_p;            /* keep the likeliest tokens whose probabilities sum to >= top_p
+                             * (0 < top_p <= 1; 1: all) */
+    uint64_t seed;          /* the sequence's random draws */
+    int32_t max_new_tokens; /* >= 1: the sequence ends after this many tokens */
+    int32_t stop_token;     /* the sequence ends after emitting it; -1: none */
+} llmc_sampling;
+
+/* Why a token event ends its sequence (llmc_token_event.finish). */
+typedef enum llmc_finish {
+    LLMC_FINISH_NONE = 0,     /* the sequence goes on */
+    LLMC_FINISH_STOP = 1,     /* this token is stop_token */
+    LLMC_FINISH_BUDGET = 2,   /* max_new_tokens reached */
+    LLMC_FINISH_LENGTH = 3,   /* the sequence (prompt included) holds max_len tokens */
+    LLMC_FINISH_CANCELLED = 4 /* never in an event: see llmc_generator_cancel */
+} llmc_finish;
+
+/* One generated token. */
+typedef struct llmc_token_event {
+    int32_t sequence; /* the id llmc_generator_start gave the sequence */
+    int32_t token;
+    float logprob;    /* log-probability of token under the model (temperature 1, before
+                       * top-k/top-p), whatever the sampling settings */
+    int32_t finish;   /* an llmc_finish: not 0 for the sequence's last token */
+} llmc_token_event;
+
+/* temperature 1, top_k 0, top_p 1, seed 0, max_new_tokens 256,
+ * stop_token LLMC_GPT2_EOT. */
+LLMC_API llmc_sampling llmc_default_sampling(void);
+
+/* Bytes a generator for max_sequences x max_len (0: the model's
+ * max_seq_len) would allocate, without allocating: its cache and scratch
+ * (device memory on CUDA) plus its host buffers (logits, sampling). */
+LLMC_API llmc_status llmc_generator_plan_memory(llmc_model *model, int max_sequences, int max_len,
+                                                size_t *bytes_out);
+/* A generator for up to max_sequences (>= 1) sequences at once of up to
+ * max_len tokens each (2..the model's config.max_seq_len; 0: all of it).
+ * Local to the rank in distributed mode. *out as for llmc_init. */
+LLMC_API llmc_status llmc_generator_create(llmc_model *model, int max_sequences, int max_len,
+                                           llmc_generator **out);
+/* Frees the generator; NULL is a no-op. */
+LLMC_API void llmc_generator_free(llmc_generator *gen);
+
+/* Starts n sequences: prompt i is lengths[i] (1..max_len - 1) tokens of
+ * `tokens` (the prompts one after another), sampled by sampling[i]. Their
+ * prompts are prefilled into the cache now (all but the last token, which
+ * the next step runs); ids_out[i] (n ints) gets each sequence's id, its slot
+ * 0..max_sequences-1, free for a later start once the sequence finished.
+ * Every argument is checked before anything starts: too few free slots is
+ * LLMC_ERR_INVALID_ARGUMENT and starts none. */
+LLMC_API llmc_status llmc_generator_start(llmc_generator *gen, int n, const int32_t *tokens,
+                                          const int32_t *lengths, const llmc_sampling *sampling,
+                                          int32_t *ids_out);
+/* Runs up to max_steps steps (>= 1), each giving one event per live
+ * sequence (in id order), written to events (capacity entries, at least
+ * max_sequences); stops early when no sequence is live or when the next
+ * step's events would not fit. *n_events gets the number written (0: none
+ * was live). A sequence's last event has finish != 0; its slot is free after
+ * it. On an error the live sequences stay as they were before the step that
+ * failed (the events of the steps before it are written and counted). */
+LLMC_API llmc_status llmc_generator_run(llmc_generator *gen, int max_steps,
+                                        llmc_token_event *events, int capacity, int *n_events);
+/* Ends a live sequence now (no event), freeing its slot: a client that went
+ * away. An id that is not live is LLMC_ERR_INVALID_ARGUMENT. */
+LLMC_API llmc_status llmc_generator_cancel(llmc_generator *gen, int32_t id);
+/* Live sequences (0 for NULL). */
+LLMC_API int llmc_generator_live(llmc_generator *gen);
+/* Bytes the generator holds: its cache and scratch (0 for NULL). */
+LLMC_API size_t llmc_generator_memory_bytes(llmc_generator *gen);
 
 #ifdef __cplusplus
 }

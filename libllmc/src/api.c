@@ -186,6 +186,12 @@ static llmc_status check_options(llmc_options *o, const llmc_config *c) {
         return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "comm_timeout_s = %d, expected >= 0 (0: 300 s)",
                           o->comm_timeout_s);
     if (o->comm_timeout_s == 0) o->comm_timeout_s = 300;
+    if (o->precision != LLMC_PRECISION_DEFAULT && o->precision != LLMC_PRECISION_FP8)
+        return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "precision = %d, expected 0 (default) or 1 (fp8)",
+                          o->precision);
+    if (o->precision == LLMC_PRECISION_FP8 && o->device != LLMC_DEVICE_CUDA)
+        return llmc_error(LLMC_ERR_UNSUPPORTED, "precision fp8 needs the CUDA backend on a GPU of "
+                          "compute capability 9.0 or newer (Hopper); the CPU backend trains in fp32");
     for (size_t i = 0; i < sizeof o->reserved / sizeof o->reserved[0]; i++)
         if (o->reserved[i] != 0)
             return llmc_error(LLMC_ERR_INVALID_ARGUMENT,
@@ -467,11 +473,17 @@ static llmc_status eval_locked(llmc_model *m, const int32_t *inputs, const int32
     float *losses = per_token_losses ? per_token_losses : malloc((size_t)B * T * sizeof(float));
     if (losses == NULL) return llmc_error(LLMC_ERR_OUT_OF_MEMORY, "out of host memory");
     st = m->backend->eval(m, inputs, targets, B, T, losses);
-    if (st == LLMC_OK && mean_loss_out) {
-        double sum = 0.0;
-        for (size_t i = 0; i < (size_t)B * T; i++) sum += losses[i];
-        *mean_loss_out = (float)(sum / counted);
+    double sum = 0.0;
+    for (size_t i = 0; st == LLMC_OK && i < (size_t)B * T; i++) {
+        sum += losses[i];
+        /* finite weights can still overflow (|w| ~ 1e35): a loss that is
+         * not a number is an error, not a result */
+        if (!isfinite(losses[i]))
+            st = llmc_error(LLMC_ERR_NUMERIC, "llmc_eval: the loss at row %zu, position %zu is %s: "
+                            "the weights overflow on this input", i / (size_t)T, i % (size_t)T,
+                            isnan(losses[i]) ? "NaN" : "infinite");
     }
+    if (st == LLMC_OK && mean_loss_out) *mean_loss_out = (float)(sum / counted);
     if (losses != per_token_losses) free(losses);
     return st;
 }
@@ -549,38 +561,65 @@ static llmc_status root_moments(const llmc_model *m, float **mom1, float **mom2)
     return *mom2 ? LLMC_OK : LLMC_ERR_OUT_OF_MEMORY;
 }
 
+/* Floats of the backend's FP8 scaling state (0: none). */
+static size_t scaling_floats(const llmc_model *m) {
+    return m->backend->scaling_floats ? m->backend->scaling_floats(m) : 0;
+}
+
+/* A host buffer for the scaling state on rank 0 (NULL elsewhere, or with none). */
+static llmc_status root_scaling(llmc_model *m, float **out) {
+    *out = NULL;
+    const size_t n = scaling_floats(m);
+    if (!n || !is_root(m)) return LLMC_OK;
+    *out = host_floats(n);
+    return *out ? LLMC_OK : LLMC_ERR_OUT_OF_MEMORY;
+}
+
 static llmc_status save_optimizer_locked(llmc_model *m, const char *path) {
     if (path == NULL) return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "llmc_save_optimizer: path is NULL");
-    float *mom1, *mom2;
+    float *mom1, *mom2, *scaling = NULL;
     llmc_status st = llmc_agree(m, root_moments(m, &mom1, &mom2));
+    if (st == LLMC_OK) st = llmc_agree(m, root_scaling(m, &scaling));
     if (st == LLMC_OK) st = m->backend->get_opt_state(m, mom1, mom2);
+    if (st == LLMC_OK && scaling_floats(m)) st = m->backend->get_scaling(m, scaling);
     if (st == LLMC_OK && is_root(m))
-        st = llmc_write_optimizer_file(path, &m->config, m->step, mom1, mom2, m->num_params);
+        st = llmc_write_optimizer_file(path, &m->config, m->step, mom1, mom2, m->num_params,
+                                       scaling, scaling_floats(m));
     free(mom1);
     free(mom2);
+    free(scaling);
     return llmc_agree(m, st);
 }
 
 static llmc_status load_optimizer_locked(llmc_model *m, const char *path) {
     if (path == NULL) return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "llmc_load_optimizer: path is NULL");
-    float *mom1, *mom2;
-    double step = 0.0; /* rank 0 reads the file; the others learn its step count */
+    float *mom1, *mom2, *scaling = NULL;
+    /* rank 0 reads the file; the others learn its step count and whether it
+     * held a scaling state */
+    double found[2] = {0.0, 0.0};
     llmc_status st = root_moments(m, &mom1, &mom2);
+    if (st == LLMC_OK) st = root_scaling(m, &scaling);
     if (st == LLMC_OK && is_root(m)) {
         int64_t file_step = 0;
-        st = llmc_read_optimizer_file(path, &m->config, m->num_params, &file_step, mom1, mom2);
-        step = (double)file_step;
+        int has_scaling = 0;
+        st = llmc_read_optimizer_file(path, &m->config, m->num_params, &file_step, mom1, mom2,
+                                      scaling_floats(m), scaling, &has_scaling);
+        found[0] = (double)file_step;
+        found[1] = has_scaling;
     }
     st = llmc_agree(m, st);
-    if (st == LLMC_OK) st = allreduce_locked(m, &step, 1, LLMC_REDUCE_SUM);
+    if (st == LLMC_OK) st = allreduce_locked(m, found, 2, LLMC_REDUCE_SUM);
     if (st == LLMC_OK) {
         int64_t old_step = m->step;
-        m->step = (int64_t)step;
+        m->step = (int64_t)found[0];
         st = llmc_agree(m, m->backend->set_opt_state(m, mom1, mom2));
+        if (st == LLMC_OK && scaling_floats(m))
+            st = llmc_agree(m, m->backend->set_scaling(m, scaling, found[1] != 0.0));
         if (st != LLMC_OK) m->step = old_step;
     }
     free(mom1);
     free(mom2);
+    free(scaling);
     return st;
 }
 

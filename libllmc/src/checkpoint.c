@@ -16,10 +16,12 @@
  * wte and skipped on reading), 14 ffn_hidden, 15 the RoPE scaling's original
  * length, floats 3-5 its factor, low and high frequency factors (llm.c's
  * branch applies its fixed 8, 1, 4, 8192 whenever use_scaled_rope is set).
- * Optimizer file: 256 int32 header (magic 20261121, version 1, the same six
- * shape fields, step as two int32 halves, then the family fields of
- * llmc_config, zero for GPT-2), then the first and second moments as fp32
- * vectors.
+ * Optimizer file: 256 int32 header (magic 20261121, version 2, the same six
+ * shape fields, step as two int32 halves, the number of scaling-state
+ * floats, then the family fields of llmc_config, zero for GPT-2), then the
+ * first and second moments as fp32 vectors, then the FP8 scaling state (none
+ * for bf16 models). Version 1 (no scaling state, its header word 10 unused,
+ * GPT-2 only) still loads.
  * Writes go to a temporary file that is fsynced and renamed over the
  * target, so a crash leaves either the old file or the new one.
  */
@@ -31,6 +33,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -44,7 +47,7 @@
 #define MODEL_VERSION_FP32 3
 #define MODEL_VERSION_BF16 5
 #define OPTIMIZER_MAGIC 20261121
-#define OPTIMIZER_VERSION 1
+#define OPTIMIZER_VERSION 2 /* 1: without the scaling-state count and data */
 
 /* The float fields of llmc_config stored bit for bit in int32 slots. */
 static int32_t float_bits(float x) {
@@ -58,8 +61,9 @@ static float bits_float(int32_t i) {
     return x;
 }
 
-/* GPT-2 model files and optimizer files; the family fields (h[10..19]) are
- * zero for GPT-2, as in the files written before they existed. */
+/* GPT-2 model files and optimizer files; the family fields (h[11..20]) are
+ * zero for GPT-2, as in the files written before they existed (h[10] is the
+ * optimizer file's scaling-state count). */
 static void header_put_config(int32_t *h, const llmc_config *c) {
     h[2] = c->max_seq_len;
     h[3] = c->vocab_size;
@@ -67,22 +71,22 @@ static void header_put_config(int32_t *h, const llmc_config *c) {
     h[5] = c->num_heads;
     h[6] = c->channels;
     h[7] = c->padded_vocab_size;
-    h[10] = c->family;
-    h[11] = c->num_kv_heads;
-    h[12] = c->ffn_hidden;
-    h[13] = c->untied_head;
-    h[14] = float_bits(c->rope_theta);
-    h[15] = float_bits(c->norm_eps);
-    h[16] = float_bits(c->rope_scaling_factor);
-    h[17] = float_bits(c->rope_low_freq_factor);
-    h[18] = float_bits(c->rope_high_freq_factor);
-    h[19] = c->rope_original_max_seq_len;
+    h[11] = c->family;
+    h[12] = c->num_kv_heads;
+    h[13] = c->ffn_hidden;
+    h[14] = c->untied_head;
+    h[15] = float_bits(c->rope_theta);
+    h[16] = float_bits(c->norm_eps);
+    h[17] = float_bits(c->rope_scaling_factor);
+    h[18] = float_bits(c->rope_low_freq_factor);
+    h[19] = float_bits(c->rope_high_freq_factor);
+    h[20] = c->rope_original_max_seq_len;
 }
 
 static llmc_config header_get_config(const int32_t *h) {
-    llmc_config c = {h[2], h[3], h[7], h[4], h[5], h[6], h[10], h[11], h[12], h[13],
-                     bits_float(h[14]), bits_float(h[15]), bits_float(h[16]), bits_float(h[17]),
-                     bits_float(h[18]), h[19]};
+    llmc_config c = {h[2], h[3], h[7], h[4], h[5], h[6], h[11], h[12], h[13], h[14],
+                     bits_float(h[15]), bits_float(h[16]), bits_float(h[17]), bits_float(h[18]),
+                     bits_float(h[19]), h[20]};
     return c;
 }
 
@@ -186,7 +190,12 @@ static llmc_status open_regular(const char *path, int flags, const char *mode, c
                                 FILE **f, size_t *size) {
     *f = NULL;
     int fd = open(path, flags | O_NONBLOCK | O_CLOEXEC, 0644);
-    if (fd < 0) return llmc_error(LLMC_ERR_IO, "cannot %s '%s': %s", verb, path, strerror(errno));
+    if (fd < 0) {
+        int err = errno;
+        llmc_status status = llmc_error(LLMC_ERR_IO, "cannot %s '%s': %s", verb, path, strerror(err));
+        errno = err; /* atomic_open draws another name on EEXIST */
+        return status;
+    }
     struct stat st;
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
         close(fd);
@@ -430,17 +439,26 @@ static llmc_status read_moment(FILE *f, const char *path, const llmc_config *c, 
 }
 
 llmc_status llmc_read_optimizer_file(const char *path, const llmc_config *config, size_t n,
-                                     int64_t *step, float *mom1, float *mom2) {
+                                     int64_t *step, float *mom1, float *mom2, size_t n_scaling,
+                                     float *scaling, int *has_scaling) {
     FILE *f;
     size_t file_size = 0;
     llmc_status st = open_for_read(path, &f, &file_size);
     if (st != LLMC_OK) return st;
     int32_t h[HEADER_INTS];
     if ((st = read_header(f, path, file_size, h)) != LLMC_OK) goto done;
-    if (h[0] != OPTIMIZER_MAGIC || h[1] != OPTIMIZER_VERSION) {
+    if (h[0] != OPTIMIZER_MAGIC || h[1] < 1 || h[1] > OPTIMIZER_VERSION) {
         st = llmc_error(LLMC_ERR_FORMAT,
-                        "'%s' is not an llmc optimizer file: magic %d version %d, expected %d version %d",
-                        path, h[0], h[1], OPTIMIZER_MAGIC, OPTIMIZER_VERSION);
+                        "'%s' is not an llmc optimizer file: magic %d version %d, expected %d "
+                        "version 1..%d", path, h[0], h[1], OPTIMIZER_MAGIC, OPTIMIZER_VERSION);
+        goto done;
+    }
+    /* the scaling state: none, or exactly what this model holds (skipped by a
+     * model that has none, such as a bf16 one resuming an FP8 run) */
+    const size_t file_scaling = h[1] >= 2 ? (size_t)(uint32_t)h[10] : 0;
+    if (file_scaling != 0 && n_scaling != 0 && file_scaling != n_scaling) {
+        st = llmc_error(LLMC_ERR_FORMAT, "'%s' holds %zu floats of FP8 scaling state, but this model "
+                        "has %zu", path, file_scaling, n_scaling);
         goto done;
     }
     llmc_config c = header_get_config(h);
@@ -457,7 +475,7 @@ llmc_status llmc_read_optimizer_file(const char *path, const llmc_config *config
         goto done;
     }
     /* n <= LLMC_PARAM_LIMIT (the model exists), so this cannot wrap */
-    size_t expected = HEADER_BYTES + 2 * n * sizeof(float);
+    size_t expected = HEADER_BYTES + (2 * n + file_scaling) * sizeof(float);
     if (file_size != expected) {
         st = llmc_error(LLMC_ERR_FORMAT, "'%s' is %zu bytes, expected exactly %zu (truncated or "
                         "corrupted?)", path, file_size, expected);
@@ -470,7 +488,19 @@ llmc_status llmc_read_optimizer_file(const char *path, const llmc_config *config
         goto done;
     }
     if ((st = read_moment(f, path, config, "first moment of ", 0, mom1)) != LLMC_OK) goto done;
-    st = read_moment(f, path, config, "second moment of ", 1, mom2);
+    if ((st = read_moment(f, path, config, "second moment of ", 1, mom2)) != LLMC_OK) goto done;
+    *has_scaling = file_scaling != 0 && n_scaling != 0;
+    if (!*has_scaling) goto done;
+    if (fread(scaling, sizeof(float), n_scaling, f) != n_scaling) {
+        st = read_failed(f, path);
+        goto done;
+    }
+    for (size_t i = 0; i < n_scaling; i++)
+        if (!isfinite(scaling[i]) || scaling[i] < 0.0f) {
+            st = llmc_error(LLMC_ERR_FORMAT, "'%s': FP8 scaling state element %zu is %g, expected a "
+                            "finite value >= 0", path, i, scaling[i]);
+            goto done;
+        }
 done:
     fclose(f);
     return st;
@@ -484,13 +514,29 @@ typedef struct {
     const char *path;
 } atomic_file;
 
+/* The temporary file is PATH.tmp.<16 random hex digits> (as pyllmc's
+ * write_atomic names its own), created new: O_EXCL|O_NOFOLLOW, so a file,
+ * symlink or FIFO planted under a name is never written through; the name is
+ * unpredictable, so planting one cannot make the write fail either (a clash
+ * draws a new name). */
+#define ATOMIC_NAME_TRIES 8
+
 static llmc_status atomic_open(atomic_file *a, const char *path) {
     a->path = path;
-    int len = snprintf(a->tmp, sizeof a->tmp, "%s.tmp.%ld", path, (long)getpid());
-    if (len < 0 || (size_t)len >= sizeof a->tmp)
-        return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "path too long: '%s'", path);
-    /* a FIFO left under the temporary name must not block the open (see open_regular) */
-    return open_regular(a->tmp, O_WRONLY | O_CREAT | O_TRUNC, "wb", "write", &a->f, NULL);
+    for (int attempt = 0; attempt < ATOMIC_NAME_TRIES; attempt++) {
+        uint64_t r;
+        if (getrandom(&r, sizeof r, 0) != (ssize_t)sizeof r)
+            return llmc_error(LLMC_ERR_IO, "cannot draw a temporary name for '%s': %s", path,
+                              strerror(errno));
+        int len = snprintf(a->tmp, sizeof a->tmp, "%s.tmp.%016llx", path, (unsigned long long)r);
+        if (len < 0 || (size_t)len >= sizeof a->tmp)
+            return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "path too long: '%s'", path);
+        llmc_status st = open_regular(a->tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, "wb",
+                                      "write", &a->f, NULL);
+        if (st == LLMC_OK || errno != EEXIST) return st;
+    }
+    return llmc_error(LLMC_ERR_IO, "cannot create a temporary file beside '%s': %d random names "
+                      "were all taken", path, ATOMIC_NAME_TRIES);
 }
 
 static llmc_status atomic_write(atomic_file *a, const void *data, size_t size, size_t count) {
@@ -587,18 +633,21 @@ llmc_status llmc_write_model_file(const char *path, const llmc_config *config, c
 }
 
 llmc_status llmc_write_optimizer_file(const char *path, const llmc_config *config, int64_t step,
-                                      const float *mom1, const float *mom2, size_t n) {
+                                      const float *mom1, const float *mom2, size_t n,
+                                      const float *scaling, size_t n_scaling) {
     int32_t h[HEADER_INTS] = {0};
     h[0] = OPTIMIZER_MAGIC;
     h[1] = OPTIMIZER_VERSION;
     header_put_config(h, config);
     h[8] = (int32_t)(uint32_t)((uint64_t)step & 0xffffffffu);
     h[9] = (int32_t)(uint32_t)((uint64_t)step >> 32);
+    h[10] = (int32_t)(uint32_t)n_scaling;
     atomic_file a;
     llmc_status st = atomic_open(&a, path);
     if (st != LLMC_OK) return st;
     st = atomic_write(&a, h, sizeof(int32_t), HEADER_INTS);
     if (st == LLMC_OK) st = atomic_write(&a, mom1, sizeof(float), n);
     if (st == LLMC_OK) st = atomic_write(&a, mom2, sizeof(float), n);
+    if (st == LLMC_OK && n_scaling) st = atomic_write(&a, scaling, sizeof(float), n_scaling);
     return atomic_close(&a, st);
 }

@@ -25,10 +25,14 @@ llmc_status llmc_write_model_file(const char *path, const llmc_config *config, c
                                   size_t n, llmc_dtype dtype);
 
 /* mom1/mom2 hold n floats each; the file must match config exactly, every
- * moment be finite (the second >= 0) and the step in 0..LLMC_STEP_LIMIT-1. */
+ * moment be finite (the second >= 0) and the step in 0..LLMC_STEP_LIMIT-1.
+ * scaling holds the model's n_scaling floats of FP8 scaling state (0 for a
+ * model without): *has_scaling says whether the file gave them. */
 llmc_status llmc_read_optimizer_file(const char *path, const llmc_config *config, size_t n,
-                                     int64_t *step, float *mom1, float *mom2);
+                                     int64_t *step, float *mom1, float *mom2, size_t n_scaling,
+                                     float *scaling, int *has_scaling);
 llmc_status llmc_write_optimizer_file(const char *path, const llmc_config *config, int64_t step,
-                                      const float *mom1, const float *mom2, size_t n);
+                                      const float *mom1, const float *mom2, size_t n,
+                                      const float *scaling, size_t n_scaling);
 
 #endif /* LLMC_CHECKPOINT_H */

@@ -44,6 +44,27 @@ enum {
 
 typedef struct llmc_backend llmc_backend;
 
+/* Generation with a key/value cache (generate.c drives it; llmc.h's
+ * llmc_generator). The cache holds every layer's keys and values for S
+ * sequence slots of up to T positions; a forward runs up to R rows, each one
+ * token of one slot. A model family's decode is one composition per backend
+ * (cpu/decode.c, cuda/decode.cu); adding a family adds a composition. */
+typedef struct llmc_decode_ops {
+    /* Bytes create would allocate (m->impl is set: the model exists). */
+    llmc_status (*plan_bytes)(const llmc_model *m, int S, int T, int R, size_t *bytes);
+    llmc_status (*create)(llmc_model *m, int S, int T, int R, void **cache);
+    void (*destroy)(llmc_model *m, void *cache);
+    /* n rows (1..R): token tokens[i] at position pos[i] of slot slot[i].
+     * Each row's keys and values are written into the cache, then each row
+     * attends over positions 0..pos[i] of its slot (earlier calls' rows or
+     * this call's); rows of one slot come in position order. The logits
+     * (vocab_size floats) of rows out_rows[0..n_out) go to consecutive rows
+     * of logits (host memory). */
+    llmc_status (*forward)(llmc_model *m, void *cache, int n, const int32_t *slot,
+                           const int32_t *pos, const int32_t *tokens, int n_out,
+                           const int32_t *out_rows, float *logits);
+} llmc_decode_ops;
+
 struct llmc_model {
     llmc_config config;           /* padded_vocab_size always set */
     llmc_options options;         /* max_seq_len always set (<= config.max_seq_len) */
@@ -130,6 +151,17 @@ struct llmc_backend {
     /* Bytes the training plan of m->config and m->options holds per rank
      * (m->impl is NULL: nothing is allocated). */
     llmc_status (*plan_bytes)(const llmc_model *m, size_t *bytes);
+
+    /* FP8 scaling state, saved with the optimizer state (NULL entries: a
+     * backend without). scaling_floats: floats of state (0: none); get
+     * copies it onto rank 0 (out NULL elsewhere); set takes rank 0's copy
+     * (NULL elsewhere), or with present 0 starts the state afresh. */
+    size_t (*scaling_floats)(const llmc_model *m);
+    llmc_status (*get_scaling)(llmc_model *m, float *out);
+    llmc_status (*set_scaling)(llmc_model *m, const float *state, int present);
+
+    /* Generation; NULL when the backend has none. */
+    const llmc_decode_ops *decode;
 };
 
 extern const llmc_backend llmc_cpu_backend;

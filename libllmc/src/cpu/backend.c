@@ -30,6 +30,7 @@
 #include "../config.h"
 #include "../model.h"
 #include "backend.h"
+#include "decode.h"
 #include "layers.h"
 
 /* ---- distribution ---------------------------------------------------------- */
@@ -321,6 +322,12 @@ static cpu_state *enter(llmc_model *m) {
     return s;
 }
 
+float *const *cpu_decode_params(llmc_model *m, int *threads) {
+    cpu_state *s = enter(m);
+    *threads = s->threads;
+    return s->param;
+}
+
 /* ---- parameters and optimizer state ------------------------------------------ */
 
 static llmc_status cpu_write_params(llmc_model *m, int tensor, size_t start, size_t count,
@@ -568,4 +575,5 @@ const llmc_backend llmc_cpu_backend = {
     .memory_bytes = cpu_memory_bytes,
     .allreduce = cpu_allreduce,
     .plan_bytes = cpu_plan_bytes,
+    .decode = &cpu_decode_ops,
 };

@@ -73,6 +73,13 @@ void gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const floa
  * may be NULL. */
 void matmul_forward(float *out, const float *inp, const float *weight, const float *bias,
                     const float *residual, int N, int C, int OC);
+/* matmul_forward for a few rows (at most MATMUL_FEW_ROWS; bias and residual
+ * may be NULL, residual may be out): each weight read once, without the
+ * packing a BLAS product does, which for so few rows (decoding) would cost
+ * more than the product. */
+#define MATMUL_FEW_ROWS 16
+void matmul_forward_few(float *out, const float *inp, const float *weight, const float *bias,
+                        const float *residual, int N, int C, int OC);
 /* dinp = dout @ weight (overwritten); dweight += dout^T @ inp; dbias += column
  * sums of dout (skipped when dbias is NULL). */
 void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
@@ -114,6 +121,9 @@ void rope_table(float *cos_t, float *sin_t, const float *inv_freq, int T, int ha
  * place; inverse rotates back (the backward pass of the rotation). */
 void rope_rotate(float *qkv, const float *cos_t, const float *sin_t, int B, int T, int NH, int NKV,
                  int hs, int inverse);
+/* rope_rotate (forward) of n qkv rows, row i at position pos[i] (decoding). */
+void rope_rotate_at(float *qkv, const float *cos_t, const float *sin_t, const int32_t *pos, int n,
+                    int NH, int NKV, int hs);
 
 /* ---- swiglu.c ------------------------------------------------------------- */
 
@@ -183,5 +193,19 @@ double sum_squares(const float *x, size_t n);
 void adamw_update(float *params, const float *grads, float *mom1, float *mom2, size_t n, float lr,
                   float beta1, float beta2, float eps, float weight_decay, float grad_scale,
                   int64_t t);
+
+/* ---- kvcache.c (generation) ---------------------------------------------
+ * One layer's cache: keys and values (S, NKV, T, hs) each. Row i of qkv
+ * (n, (NH + 2 NKV) hs; GPT-2 3C) is token position pos[i] of slot slot[i]. */
+
+/* Copies each row's keys and values into the cache. */
+void kv_store(float *keys, float *values, const float *qkv, const int32_t *slot,
+              const int32_t *pos, int n, int C, int NH, int NKV, int T);
+/* out (n, C): each row's query attends over positions 0..pos[i] of its
+ * slot (query head h over key/value head h / (NH / NKV)); scratch holds T
+ * floats per OpenMP thread. */
+void attention_cached(float *out, float *scratch, const float *qkv, const float *keys,
+                      const float *values, const int32_t *slot, const int32_t *pos, int n, int C,
+                      int NH, int NKV, int T);
 
 #endif /* LLMC_CPU_LAYERS_H */

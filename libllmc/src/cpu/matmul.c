@@ -88,3 +88,21 @@ void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dou
     gemm(1, 0, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f, dweight, C);
     if (dbias) column_sums_add(dbias, dout, N, OC);
 }
+
+void matmul_forward_few(float *out, const float *inp, const float *weight, const float *bias,
+                        const float *residual, int N, int C, int OC) {
+    /* each output is one thread's dot product, summed in a fixed order that
+     * does not depend on N: a row's result is the same in any batch */
+#pragma omp parallel for schedule(static) if ((size_t)N * C * OC >= PARALLEL_MIN_MACS)
+    for (int o = 0; o < OC; o++) {
+        const float *w = weight + (size_t)o * C;
+        for (int n = 0; n < N; n++) {
+            const float *x = inp + (size_t)n * C;
+            float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+            for (int c = 0; c < C; c++) dot += w[c] * x[c];
+            const size_t at = (size_t)n * OC + o;
+            out[at] = dot + (bias ? bias[o] : 0.0f) + (residual ? residual[at] : 0.0f);
+        }
+    }
+}

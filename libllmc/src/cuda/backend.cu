@@ -13,6 +13,13 @@
  * boundary so that every kernel and cuBLASLt sees aligned pointers; the API's
  * packed fp32 vector is converted tensor by tensor on the way in and out.
  *
+ * FP8 (options.precision): the four block products take FP8 operands
+ * (fp8.cuh). Forward casts each product's input (keeping, when training,
+ * its transpose for the weight gradient, per layer unless recomputed like
+ * the bf16 activation it replaces); backward casts each output gradient,
+ * both ways; the weights are cast, both ways, after every update. The bf16
+ * LayerNorm and GELU outputs are then scratch of one layer.
+ *
  * Distributed mode (world_size >= 1): during the last micro-step's backward,
  * each layer's gradients are summed across ranks by NCCL on a stream of
  * their own as soon as that layer is done (one bucket per layer, then one
@@ -34,6 +41,8 @@
 extern "C" {
 #include "config.h"
 }
+#include "decode.cuh"
+#include "fp8.cuh"
 #include "kernels.cuh"
 #include "matmul.cuh"
 
@@ -93,9 +102,31 @@ struct cuda_state {
     size_t losses_cap = 0;
     std::vector<int> next;  // counting sort of tokens, Vp entries
 
+    /* FP8: scaling state, E4M3 block weights and their transposes (product
+     * p's, all layers, from w8_off[p]), the scratch operands of one product
+     * (input, output gradient and its transpose: N x 4C bytes each), and each
+     * product's transposed inputs for the weight gradient (xT_stride apart
+     * per layer; one shared layer where recomputed). */
+    bool fp8 = false;
+    bool fp8_warm = false;  // the scales have a history: delayed scaling
+    fp8_scaling f8;
+    uint8_t *w8 = nullptr, *wT8 = nullptr, *x8 = nullptr, *g8 = nullptr, *gT8 = nullptr;
+    size_t w8_off[FP8_PRODUCTS] = {};
+    uint8_t *xT8[FP8_PRODUCTS] = {};
+    size_t xT_stride[FP8_PRODUCTS] = {};
+    bool xT_saved[FP8_PRODUCTS] = {};
+
     std::vector<void *> allocations;
     size_t bytes = 0;
 };
+
+/* The parameters and shape of block product p. */
+const int PRODUCT_WEIGHT[FP8_PRODUCTS] = {P_QKVW, P_ATTPROJW, P_FCW, P_FCPROJW};
+const int PRODUCT_BIAS[FP8_PRODUCTS] = {P_QKVB, P_ATTPROJB, P_FCB, P_FCPROJB};
+int product_in(const cuda_state *g, int p) { return p == FP8_FCPROJ ? 4 * g->C : g->C; }
+int product_out(const cuda_state *g, int p) {
+    return p == FP8_QKV ? 3 * g->C : p == FP8_FC ? 4 * g->C : g->C;
+}
 
 cuda_state *impl(const llmc_model *m) { return (cuda_state *)m->impl; }
 
@@ -177,6 +208,34 @@ llmc_status upload_rope_table(cuda_state *g, const llmc_config &c) {
     return LLMC_OK;
 }
 
+/* The FP8 buffers (see cuda_state). */
+llmc_status plan_fp8(cuda_state *g) {
+    const size_t N = g->Nmax, L = g->L;
+    size_t w_total = 0;
+    for (int p = 0; p < FP8_PRODUCTS; p++) {
+        g->w8_off[p] = w_total;
+        w_total += g->size[PRODUCT_WEIGHT[p]];
+    }
+    TRY(alloc_n(g, &g->w8, w_total, "FP8 weights"));
+    TRY(alloc_n(g, &g->wT8, w_total, "FP8 weights (transposed)"));
+    for (uint8_t **scratch : {&g->x8, &g->g8, &g->gT8})
+        TRY(alloc_n(g, scratch, N * 4 * g->C, "FP8 operands"));
+    for (int p = 0; p < FP8_PRODUCTS; p++) {
+        /* kept per layer unless the bf16 input is recomputed in backward anyway */
+        g->xT_saved[p] = p == FP8_ATTPROJ || (p == FP8_FCPROJ ? g->recompute < 1 : g->recompute < 2);
+        g->xT_stride[p] = g->xT_saved[p] ? N * product_in(g, p) : 0;
+        TRY(alloc_n(g, &g->xT8[p], (g->xT_saved[p] ? L : 1) * N * product_in(g, p),
+                    "FP8 activations (transposed)"));
+    }
+    g->f8.L = g->L;
+    const size_t slots = g->f8.slots();
+    TRY(alloc_n(g, &g->f8.scale, slots, "FP8 scales"));
+    TRY(alloc_n(g, &g->f8.descale, slots, "FP8 scales"));
+    TRY(alloc_n(g, &g->f8.amax, slots, "FP8 scales"));
+    TRY(alloc_n(g, &g->f8.history, slots * FP8_HISTORY, "FP8 scale history"));
+    return LLMC_OK;
+}
+
 llmc_status plan(llmc_model *m, cuda_state *g) {
     const llmc_config &c = m->config;
     g->L = c.num_layers;
@@ -208,6 +267,23 @@ llmc_status plan(llmc_model *m, cuda_state *g) {
     if (g->recompute < 0 || g->recompute > 2)
         return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "recompute must be 0, 1 or 2 (got %d)",
                           g->recompute);
+    g->fp8 = m->options.precision == LLMC_PRECISION_FP8;
+    if (g->fp8 && g->llama)
+        return llmc_error(LLMC_ERR_UNSUPPORTED, "precision fp8 is for GPT-2 models (the FP8 block products are GPT-2's); use bf16 for Llama");
+    if (g->fp8 && g->C % 16)
+        return llmc_error(LLMC_ERR_UNSUPPORTED, "precision fp8 needs channels a multiple of 16 "
+                          "(got %d)", g->C);
+    if (g->fp8 && !g->dry_run) {
+        int major = 0, minor = 0;
+        CUDA_TRY(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor,
+                                        m->options.device_index));
+        CUDA_TRY(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor,
+                                        m->options.device_index));
+        if (major < 9)
+            return llmc_error(LLMC_ERR_UNSUPPORTED, "precision fp8 needs a GPU of compute "
+                              "capability 9.0 or newer (Hopper); device %d is %d.%d",
+                              m->options.device_index, major, minor);
+    }
 
     const llmc_options &o = m->options;
     if (!g->dry_run) {
@@ -246,8 +322,9 @@ llmc_status plan(llmc_model *m, cuda_state *g) {
 
     const size_t N = g->Nmax, C = g->C, L = g->L;
     const size_t QKV = g->QKV, FC = g->FC, ACT = g->ACT;
-    const size_t ln_layers = g->recompute >= 2 ? 1 : L;
-    const size_t gelu_layers = g->recompute >= 1 ? 1 : L;
+    /* recomputed in backward, or in FP8 needed there only as their FP8 transposes */
+    const size_t ln_layers = g->recompute >= 2 || g->fp8 ? 1 : L;
+    const size_t gelu_layers = g->recompute >= 1 || g->fp8 ? 1 : L;
     g->ln_stride = ln_layers == 1 ? 0 : N * C;
     g->gelu_stride = gelu_layers == 1 ? 0 : N * ACT;
     TRY(alloc_n(g, &g->encoded, N * C, "activations (embeddings)"));
@@ -283,6 +360,7 @@ llmc_status plan(llmc_model *m, cuda_state *g) {
         g->fch_gelu = g->d4C;
     else
         TRY(alloc_n(g, &g->fch_gelu, gelu_layers * N * ACT, "activations (GELU)"));
+    if (g->fp8) TRY(plan_fp8(g));
     /* at least two rows: logits() reuses it for one row of fp32 */
     TRY(alloc_n(g, &g->logits, std::max<size_t>(2, std::min<size_t>(N, CLASSIFIER_CHUNK_ROWS)) * g->Vp,
                 "logits chunk"));
@@ -293,6 +371,7 @@ llmc_status plan(llmc_model *m, cuda_state *g) {
     g->next.assign(g->Vp, 0);
     if (g->llama) TRY(upload_rope_table(g, c));
 
+    if (g->fp8) fp8_reset(g->f8, g->stream);
     char err[512] = "";
     TRY(attn_status(attn_create(&g->attn, g->Bmax, g->Tmax, g->NH, g->NKV, HS, g->stream, err,
                                 sizeof err), err));
@@ -474,6 +553,116 @@ Layer layer(cuda_state *g, int l) {
             g->ln2_rstd + l * N,        g->lse + l * N * g->NH};
 }
 
+/* ---- FP8 operands --------------------------------------------------- */
+
+uint8_t *W8(cuda_state *g, int p, int l) {
+    return g->w8 + g->w8_off[p] + (size_t)l * product_in(g, p) * product_out(g, p);
+}
+uint8_t *WT8(cuda_state *g, int p, int l) {
+    return g->wT8 + g->w8_off[p] + (size_t)l * product_in(g, p) * product_out(g, p);
+}
+uint8_t *XT8(cuda_state *g, int p, int l) { return g->xT8[p] + l * g->xT_stride[p]; }
+const float *descale(cuda_state *g, int role, int l, int p) {
+    return g->f8.descale + g->f8.slot(role, l, p);
+}
+
+/* The E4M3 weights and their transposes from the bf16 weights, each matrix
+ * scaled from its own largest magnitude. */
+void quantize_weights(cuda_state *g) {
+    if (!g->fp8) return;
+    cudaStream_t s = g->stream;
+    const int first = g->f8.slot(FP8_W, 0, 0);
+    cudaMemsetAsync(g->f8.amax + first, 0, (size_t)g->L * FP8_PRODUCTS * sizeof(float), s);
+    for (int p = 0; p < FP8_PRODUCTS; p++) {
+        const int IC = product_in(g, p), OC = product_out(g, p);
+        fp8_amax(P(g, PRODUCT_WEIGHT[p]), nullptr, OC, IC, g->L, (size_t)OC * IC, g->f8, first + p, s);
+    }
+    fp8_set_scales(g->f8, first, g->L * FP8_PRODUCTS, 1, false, s);
+    for (int p = 0; p < FP8_PRODUCTS; p++) {
+        const int IC = product_in(g, p), OC = product_out(g, p);
+        fp8_quantize(W8(g, p, 0), WT8(g, p, 0), P(g, PRODUCT_WEIGHT[p]), nullptr, OC, IC, g->L,
+                     (size_t)OC * IC, (size_t)OC * IC, g->f8, first + p, false, s);
+    }
+}
+
+/* rows x cols of x into out and/or outT for slot: with the step's delayed
+ * scale, or before the scales have a history, scaled from x itself (its
+ * amax is recorded first). record: a training pass (the step's amax). */
+void quantize_operand(cuda_state *g, int slot, bf16 *x, const bf16 *gelu_pre, int rows, int cols,
+                      void *out, void *outT, bool record) {
+    if (!g->fp8_warm) {
+        fp8_amax(x, gelu_pre, rows, cols, 1, 0, g->f8, slot, g->stream);
+        fp8_set_scales(g->f8, slot, 1, 1, false, g->stream);
+        record = false;  // amax holds it already
+    }
+    fp8_quantize(out, outT, x, gelu_pre, rows, cols, 1, 0, 0, g->f8, slot, record, g->stream);
+}
+
+/* After a step's backward: its largest magnitudes (the largest of every
+ * rank's) join the history and set the next step's scales. */
+llmc_status update_activation_scales(cuda_state *g) {
+    if (g->comm) {
+        float *amax = g->f8.amax;
+        const size_t n = g->f8.slots();
+        TRY(nccl_allreduce_group(g->comm, &amax, &n, 1, g->stream, LLMC_REDUCE_MAX));
+        TRY(nccl_join(g->comm, g->stream));
+    }
+    const int per_role = g->L * FP8_PRODUCTS;
+    fp8_set_scales(g->f8, g->f8.slot(FP8_X, 0, 0), per_role, 1, true, g->stream);
+    fp8_set_scales(g->f8, g->f8.slot(FP8_G, 0, 0), per_role, 1, true, g->stream);
+    g->fp8_warm = true;
+    return LLMC_OK;
+}
+
+/* Block product p of layer l: out (N, OC) = inp @ w^T + bias, with GELU and
+ * its input into gelu_pre for fc. In FP8 inp is cast first, and when
+ * training its transpose is kept for the weight gradient. */
+llmc_status block_forward(cuda_state *g, int p, int l, bf16 *out, bf16 *inp, int N,
+                          bf16 *gelu_pre, bool training) {
+    const int IC = product_in(g, p), OC = product_out(g, p);
+    const bf16 *w = P(g, PRODUCT_WEIGHT[p], l), *bias = P(g, PRODUCT_BIAS[p], l);
+    if (!g->fp8) return matmul_forward(g->mm, out, inp, IC, w, bias, N, IC, OC, gelu_pre);
+    const int slot = g->f8.slot(FP8_X, l, p);
+    quantize_operand(g, slot, inp, nullptr, N, IC, g->x8,
+                     training && g->xT_saved[p] ? XT8(g, p, l) : nullptr, training);
+    return matmul_forward_fp8(g->mm, out, g->x8, W8(g, p, l), g->f8.descale + slot,
+                              descale(g, FP8_W, l, p), bias, N, IC, OC, gelu_pre);
+}
+
+/* Backward of block product p of layer l, in three parts called in this
+ * order around the caller's recomputations:
+ * grad_operand: FP8 casts dout (N, OC), both ways; with gelu_pre, dout is
+ *   first taken through GELU' in place (the bf16 path does that in the
+ *   epilogue of the product before, input_grad's gelu_pre);
+ * input_operand: FP8 casts a recomputed bf16 input, inp, into its transpose;
+ * weight_grad and input_grad: dw += dout^T inp and dinp = dout @ w. */
+void grad_operand(cuda_state *g, int p, int l, bf16 *dout, const bf16 *gelu_pre, int N) {
+    if (g->fp8)
+        quantize_operand(g, g->f8.slot(FP8_G, l, p), dout, gelu_pre, N, product_out(g, p), g->g8,
+                         g->gT8, true);
+}
+void input_operand(cuda_state *g, int p, int l, bf16 *inp, int N) {
+    if (g->fp8 && !g->xT_saved[p])
+        quantize_operand(g, g->f8.slot(FP8_X, l, p), inp, nullptr, N, product_in(g, p), nullptr,
+                         XT8(g, p, l), false);
+}
+llmc_status weight_grad(cuda_state *g, int p, int l, const bf16 *dout, const bf16 *inp, int N) {
+    const int IC = product_in(g, p), OC = product_out(g, p);
+    float *dw = G(g, PRODUCT_WEIGHT[p], l);
+    if (!g->fp8) return matmul_backward_weight(g->mm, dw, dout, inp, N, IC, OC);
+    return matmul_backward_weight_fp8(g->mm, dw, g->gT8, XT8(g, p, l), descale(g, FP8_G, l, p),
+                                      descale(g, FP8_X, l, p), N, IC, OC);
+}
+llmc_status input_grad(cuda_state *g, int p, int l, bf16 *dinp, const bf16 *dout,
+                       const bf16 *gelu_pre, int N) {
+    const int IC = product_in(g, p), OC = product_out(g, p);
+    if (!g->fp8)
+        return matmul_backward_input(g->mm, dinp, dout, P(g, PRODUCT_WEIGHT[p], l), N, IC, OC,
+                                     gelu_pre);
+    return matmul_backward_input_fp8(g->mm, dinp, g->g8, WT8(g, p, l), descale(g, FP8_G, l, p),
+                                     descale(g, FP8_W, l, p), N, IC, OC);
+}
+
 llmc_status llama_forward(cuda_state *g, const int *tokens, int B, int T, bool training);
 
 llmc_status forward(cuda_state *g, const int *tokens, int B, int T, bool training) {
@@ -488,18 +677,14 @@ llmc_status forward(cuda_state *g, const int *tokens, int B, int T, bool trainin
     for (int l = 0; l < L; l++) {
         Layer a = layer(g, l);
         const bf16 *res_in = l == 0 ? g->encoded : layer(g, l - 1).res3;
-        TRY(matmul_forward(g->mm, a.qkv, a.ln1, C, P(g, P_QKVW, l), P(g, P_QKVB, l), N, C, 3 * C,
-                           nullptr));
+        TRY(block_forward(g, FP8_QKV, l, a.qkv, a.ln1, N, nullptr, training));
         TRY(attn_status(attn_forward(g->attn, a.atty, training ? a.lse : nullptr, a.qkv, B, T, err,
                                      sizeof err), err));
-        TRY(matmul_forward(g->mm, g->dC, a.atty, C, P(g, P_ATTPROJW, l), P(g, P_ATTPROJB, l), N, C,
-                           C, nullptr));
+        TRY(block_forward(g, FP8_ATTPROJ, l, g->dC, a.atty, N, nullptr, training));
         residual_layernorm_forward(a.res2, a.ln2, a.ln2_mean, a.ln2_rstd, res_in, g->dC,
                                    P(g, P_LN2W, l), P(g, P_LN2B, l), N, C, s);
-        TRY(matmul_forward(g->mm, a.fch_gelu, a.ln2, C, P(g, P_FCW, l), P(g, P_FCB, l), N, C,
-                           4 * C, a.fch));
-        TRY(matmul_forward(g->mm, g->dC, a.fch_gelu, 4 * C, P(g, P_FCPROJW, l), P(g, P_FCPROJB, l),
-                           N, 4 * C, C, nullptr));
+        TRY(block_forward(g, FP8_FC, l, a.fch_gelu, a.ln2, N, a.fch, training));
+        TRY(block_forward(g, FP8_FCPROJ, l, g->dC, a.fch_gelu, N, nullptr, training));
         if (l + 1 < L) {
             Layer b = layer(g, l + 1);
             residual_layernorm_forward(a.res3, b.ln1, b.ln1_mean, b.ln1_rstd, a.res2, g->dC,
@@ -557,30 +742,37 @@ llmc_status backward_layers(cuda_state *g, const int *staged, int num_buckets, i
         Layer a = layer(g, l);
         const bf16 *res_in = l == 0 ? g->encoded : layer(g, l - 1).res3;
         /* MLP */
+        grad_operand(g, FP8_FCPROJ, l, g->dres, nullptr, N);
         if (g->recompute >= 1) gelu_forward(a.fch_gelu, a.fch, (size_t)N * 4 * C, s);
-        TRY(matmul_backward_weight(g->mm, G(g, P_FCPROJW, l), g->dres, a.fch_gelu, N, 4 * C, C));
-        TRY(matmul_backward_input(g->mm, g->d4C, g->dres, P(g, P_FCPROJW, l), N, 4 * C, C, a.fch));
+        input_operand(g, FP8_FCPROJ, l, a.fch_gelu, N);
+        TRY(weight_grad(g, FP8_FCPROJ, l, g->dres, a.fch_gelu, N));
+        TRY(input_grad(g, FP8_FCPROJ, l, g->d4C, g->dres, a.fch, N));
+        grad_operand(g, FP8_FC, l, g->d4C, a.fch, N);
         if (g->recompute >= 2)
             layernorm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, a.res2, P(g, P_LN2W, l),
                               P(g, P_LN2B, l), N, C, s);
-        TRY(matmul_backward_weight(g->mm, G(g, P_FCW, l), g->d4C, a.ln2, N, C, 4 * C));
+        input_operand(g, FP8_FC, l, a.ln2, N);
+        TRY(weight_grad(g, FP8_FC, l, g->d4C, a.ln2, N));
         bias_backward(G(g, P_FCB, l), g->partial, g->d4C, N, 4 * C, s);
-        TRY(matmul_backward_input(g->mm, g->dC, g->d4C, P(g, P_FCW, l), N, C, 4 * C, nullptr));
+        TRY(input_grad(g, FP8_FC, l, g->dC, g->d4C, nullptr, N));
         layernorm_backward(g->dres, G(g, P_LN2W, l), G(g, P_LN2B, l), G(g, P_ATTPROJB, l),
                            g->partial, g->dC, a.res2,
                            P(g, P_LN2W, l), a.ln2_mean, a.ln2_rstd, N, C, s);
         /* attention */
-        TRY(matmul_backward_weight(g->mm, G(g, P_ATTPROJW, l), g->dres, a.atty, N, C, C));
-        TRY(matmul_backward_input(g->mm, g->dC, g->dres, P(g, P_ATTPROJW, l), N, C, C, nullptr));
+        grad_operand(g, FP8_ATTPROJ, l, g->dres, nullptr, N);
+        TRY(weight_grad(g, FP8_ATTPROJ, l, g->dres, a.atty, N));
+        TRY(input_grad(g, FP8_ATTPROJ, l, g->dC, g->dres, nullptr, N));
         bf16 *dqkv = g->d4C;
         TRY(attn_status(attn_backward(g->attn, dqkv, g->dC, a.qkv, a.atty, a.lse, B, T, err,
                                       sizeof err), err));
+        grad_operand(g, FP8_QKV, l, dqkv, nullptr, N);
         if (g->recompute >= 2)
             layernorm_forward(a.ln1, a.ln1_mean, a.ln1_rstd, res_in, P(g, P_LN1W, l),
                               P(g, P_LN1B, l), N, C, s);
-        TRY(matmul_backward_weight(g->mm, G(g, P_QKVW, l), dqkv, a.ln1, N, C, 3 * C));
+        input_operand(g, FP8_QKV, l, a.ln1, N);
+        TRY(weight_grad(g, FP8_QKV, l, dqkv, a.ln1, N));
         bias_backward(G(g, P_QKVB, l), g->partial, dqkv, N, 3 * C, s);
-        TRY(matmul_backward_input(g->mm, g->dC, dqkv, P(g, P_QKVW, l), N, C, 3 * C, nullptr));
+        TRY(input_grad(g, FP8_QKV, l, g->dC, dqkv, nullptr, N));
         layernorm_backward(g->dres, G(g, P_LN1W, l), G(g, P_LN1B, l),
                            l > 0 ? G(g, P_FCPROJB, l - 1) : nullptr, g->partial, g->dC, res_in,
                            P(g, P_LN1W, l), a.ln1_mean, a.ln1_rstd, N, C, s);
@@ -688,6 +880,9 @@ llmc_status cuda_backward(llmc_model *m, const int32_t *inputs, const int32_t *t
     TRY(set_device(m));
     cuda_state *g = impl(m);
     const size_t N = (size_t)B * T, per = staging_ints(N, true);
+    if (g->fp8 && N % 16)
+        return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "precision fp8 trains on B*T a multiple of 16 "
+                          "(the FP8 products' layout needs it); got B=%d, T=%d", B, T);
     TRY(reserve_tokens(g, per * micro_steps, N * micro_steps));
     CUDA_TRY(cudaMemsetAsync(g->grads, 0, g->total * sizeof(float), g->stream));
     /* Each micro-step's tokens are sorted on the host and copied up just
@@ -704,6 +899,7 @@ llmc_status cuda_backward(llmc_model *m, const int32_t *inputs, const int32_t *t
         TRY(classifier(g, g->lnf, staged + N, g->losses + k * N, (int)N, loss_scale, true));
         TRY(backward_layers(g, staged, buckets, B, T, g->comm && k == micro_steps - 1));
     }
+    if (g->fp8) TRY(update_activation_scales(g));
     sum_losses(g->loss, g->losses, N * micro_steps, g->stream);
     CUDA_CHECK_LAUNCH();
     CUDA_TRY(cudaMemcpyAsync(loss_sum, g->loss, sizeof(double), cudaMemcpyDeviceToHost, g->stream));
@@ -740,6 +936,8 @@ llmc_status cuda_update(llmc_model *m, const llmc_adamw *hp, float grad_scale, i
     }
     CUDA_CHECK_LAUNCH();
     if (g->zero1) TRY(nccl_allgather(g->comm, g->params, g->shard, true, g->stream));
+    quantize_weights(g);
+    CUDA_CHECK_LAUNCH();
     return sync(g);  // api.c advances m->step to t
 }
 
@@ -862,6 +1060,7 @@ llmc_status rederive_bf16(llmc_model *m) {
                          g->lo, g->stream);
         TRY(nccl_allgather(g->comm, g->params, g->shard, true, g->stream));
     }
+    quantize_weights(g);
     CUDA_CHECK_LAUNCH();
     return sync(g);
 }
@@ -885,6 +1084,7 @@ llmc_status cuda_params_written(llmc_model *m) {
     cuda_state *g = impl(m);
     if (!g->zero1) return rederive_bf16(m);
     round_params(g->params, g->grads, g->total, rounding_seed(g->seed, m->step), 0, g->stream);
+    quantize_weights(g);
     CUDA_CHECK_LAUNCH();
     return whole_to_shard(g, g->master);
 }
@@ -936,12 +1136,105 @@ llmc_status cuda_get_opt_state(llmc_model *m, float *mom1, float *mom2) {
     return LLMC_OK;
 }
 
+/* The FP8 scaling state as saved: a flag (the scales have a history), then
+ * every slot's scale, then every slot's history. Weight slots are saved too
+ * (their scales are set from the weights again when the weights are). */
+size_t cuda_scaling_floats(const llmc_model *m) {
+    const cuda_state *g = impl(m);
+    return g && g->fp8 ? 1 + (size_t)g->f8.slots() * (1 + FP8_HISTORY) : 0;
+}
+
+llmc_status cuda_get_scaling(llmc_model *m, float *out) {
+    TRY(set_device(m));
+    cuda_state *g = impl(m);
+    const size_t n = g->f8.slots();
+    TRY(sync(g));
+    if (!out) return LLMC_OK;  // the state is the same on every rank
+    out[0] = g->fp8_warm;
+    CUDA_TRY(cudaMemcpy(out + 1, g->f8.scale, n * sizeof(float), cudaMemcpyDeviceToHost));
+    CUDA_TRY(cudaMemcpy(out + 1 + n, g->f8.history, n * FP8_HISTORY * sizeof(float),
+                        cudaMemcpyDeviceToHost));
+    return LLMC_OK;
+}
+
+/* Each scale must be a power of two (a scale from fp8_set_scales). */
+__global__ void check_scales_kernel(const float *scale, int n, int *bad) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) {
+        int e;
+        if (!(scale[i] > 0.0f) || frexpf(scale[i], &e) != 0.5f) atomicMax(bad, i + 1);
+    }
+}
+
+__global__ void descales_kernel(float *descale, const float *scale, int n) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) descale[i] = 1.0f / scale[i];
+}
+
+llmc_status cuda_set_scaling(llmc_model *m, const float *state, int present) {
+    TRY(set_device(m));
+    cuda_state *g = impl(m);
+    const int n = g->f8.slots();
+    if (!present) {
+        fp8_reset(g->f8, g->stream);
+        g->fp8_warm = false;
+        quantize_weights(g);
+        CUDA_CHECK_LAUNCH();
+        return sync(g);
+    }
+    if (state) {
+        g->fp8_warm = state[0] != 0.0f;
+        CUDA_TRY(cudaMemcpyAsync(g->f8.scale, state + 1, n * sizeof(float), cudaMemcpyHostToDevice,
+                                 g->stream));
+        CUDA_TRY(cudaMemcpyAsync(g->f8.history, state + 1 + n, (size_t)n * FP8_HISTORY * sizeof(float),
+                                 cudaMemcpyHostToDevice, g->stream));
+    }
+    if (g->comm) {
+        double warm = g->fp8_warm;
+        TRY(nccl_allreduce_host(g->comm, &warm, 1, LLMC_REDUCE_MAX, g->stream));
+        g->fp8_warm = warm != 0.0;
+        TRY(nccl_broadcast(g->comm, g->f8.scale, n, 0, g->stream));
+        TRY(nccl_broadcast(g->comm, g->f8.history, (size_t)n * FP8_HISTORY, 0, g->stream));
+    }
+    int *bad = (int *)g->partial, found = 0;
+    CUDA_TRY(cudaMemsetAsync(bad, 0, sizeof(int), g->stream));
+    check_scales_kernel<<<ceil_div(n, 256), 256, 0, g->stream>>>(g->f8.scale, n, bad);
+    CUDA_TRY(cudaMemcpyAsync(&found, bad, sizeof(int), cudaMemcpyDeviceToHost, g->stream));
+    TRY(sync(g));
+    if (found) {  // llmc_read_optimizer_file checked finiteness; this is the rest
+        fp8_reset(g->f8, g->stream);
+        g->fp8_warm = false;
+        quantize_weights(g);
+        CUDA_CHECK_LAUNCH();
+        TRY(sync(g));
+        return llmc_error(LLMC_ERR_FORMAT, "FP8 scaling state: scale %d is not a positive power of "
+                          "two", found - 1);
+    }
+    descales_kernel<<<ceil_div(n, 256), 256, 0, g->stream>>>(g->f8.descale, g->f8.scale, n);
+    CUDA_TRY(cudaMemsetAsync(g->f8.amax, 0, n * sizeof(float), g->stream));
+    quantize_weights(g);
+    CUDA_CHECK_LAUNCH();
+    return sync(g);
+}
+
 size_t cuda_memory_bytes(const llmc_model *m) {
     const cuda_state *g = impl(m);
     return g ? g->bytes + mm_memory_bytes(g->mm) + attn_memory_bytes(g->attn) : 0;
 }
 
 }  // namespace
+
+llmc_status cuda_decode_weights(llmc_model *m, cuda_weights *out) {
+    TRY(set_device(m));
+    cuda_state *g = impl(m);
+    out->stream = g->stream;
+    out->mm = g->mm;
+    for (int i = 0; i < LLMC_NUM_PARAM_TENSORS; i++) {
+        out->tensor[i] = P(g, i);
+        out->layer_stride[i] = llmc_param_is_per_layer(i) ? g->size[i] / g->L : 0;
+    }
+    return LLMC_OK;
+}
 
 extern "C" {
 
@@ -965,6 +1258,10 @@ const llmc_backend llmc_cuda_backend = {
     cuda_memory_bytes,
     guarded<cuda_allreduce>::call,
     guarded<cuda_plan_bytes>::call,
+    cuda_scaling_floats,
+    guarded<cuda_get_scaling>::call,
+    guarded<cuda_set_scaling>::call,
+    &cuda_decode_ops,
 };
 
 /* Visible GPUs, 0 on any error (no driver, no device). */

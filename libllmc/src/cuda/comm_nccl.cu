@@ -23,7 +23,8 @@ llmc_status nccl_create(nccl_ctx **out, const uint8_t *, int, int, int, cudaStre
     return no_nccl();
 }
 void nccl_destroy(nccl_ctx *) {}
-llmc_status nccl_allreduce_group(nccl_ctx *, float *const *, const size_t *, int, cudaStream_t) { return no_nccl(); }
+llmc_status nccl_allreduce_group(nccl_ctx *, float *const *, const size_t *, int, cudaStream_t,
+                                 llmc_reduce_op) { return no_nccl(); }
 llmc_status nccl_join(nccl_ctx *, cudaStream_t) { return no_nccl(); }
 llmc_status nccl_allgather(nccl_ctx *, void *, size_t, bool, cudaStream_t) { return no_nccl(); }
 llmc_status nccl_broadcast(nccl_ctx *, float *, size_t, int, cudaStream_t) { return no_nccl(); }
@@ -205,14 +206,14 @@ static llmc_status usable(const nccl_ctx *c) {
 }
 
 llmc_status nccl_allreduce_group(nccl_ctx *c, float *const *bufs, const size_t *counts, int n,
-                                 cudaStream_t compute) {
+                                 cudaStream_t compute, llmc_reduce_op op) {
     TRY(usable(c));
     CUDA_TRY(cudaEventRecord(c->ready, compute));
     CUDA_TRY(cudaStreamWaitEvent(c->stream, c->ready, 0));
     NCCL_TRY(c, nccl.GroupStart(), "group start");
     for (int i = 0; i < n; i++)
-        NCCL_TRY(c, nccl.AllReduce(bufs[i], bufs[i], counts[i], ncclFloat32, ncclSum, c->comm, c->stream),
-                 "all-reduce of gradients");
+        NCCL_TRY(c, nccl.AllReduce(bufs[i], bufs[i], counts[i], ncclFloat32, op_of(op), c->comm,
+                                   c->stream), "all-reduce");
     NCCL_TRY(c, nccl.GroupEnd(), "group end");
     return LLMC_OK;
 }

@@ -21,10 +21,11 @@ llmc_status nccl_create(nccl_ctx **out, const uint8_t id[128], int rank, int wor
                         cudaStream_t compute);
 void nccl_destroy(nccl_ctx *c);
 
-/* Sums n float vectors across ranks in place, as one NCCL group, once the
- * work queued so far on compute is done (a gradient bucket). */
+/* Sums (or combines by op) n float vectors across ranks in place, as one
+ * NCCL group, once the work queued so far on compute is done (a gradient
+ * bucket; the FP8 largest magnitudes with LLMC_REDUCE_MAX). */
 llmc_status nccl_allreduce_group(nccl_ctx *c, float *const *bufs, const size_t *counts, int n,
-                                 cudaStream_t compute);
+                                 cudaStream_t compute, llmc_reduce_op op = LLMC_REDUCE_SUM);
 /* compute waits for every collective queued so far. */
 llmc_status nccl_join(nccl_ctx *c, cudaStream_t compute);
 /* In place on compute: buf holds world shards of `shard` elements. */

@@ -23,7 +23,7 @@
 
 #define WORKSPACE_BYTES (32u << 20)  // what cuBLAS recommends for Hopper
 
-typedef std::tuple<int, int, int, int, int, int, int, int, int, int, int> AlgoKey;
+typedef std::tuple<int, int, int, int, int, int, int, int, int, int, int, int, int, int> AlgoKey;
 
 struct mm_ctx {
     cublasLtHandle_t handle = nullptr;
@@ -233,15 +233,25 @@ static llmc_status find_algo(mm_ctx *ctx, const AlgoKey &key, Descs &ds, cublasL
     return LLMC_OK;
 }
 
-/* D (m, n) = op(A) (m, k) @ op(B) (k, n) [+ D if accumulate], column-major.
+/* FP8 operands of a product (Hopper): their types and the device scales
+ * cuBLASLt multiplies them by; fast_accum: accumulate without cuBLASLt's
+ * periodic promotion to fp32 (faster, a little less accurate). */
+struct Fp8Operands {
+    cudaDataType_t a_type, b_type;
+    const float *a_scale, *b_scale;
+    bool fast_accum;
+};
+
+/* D (m, n) = op(A) (m, k) @ op(B) (k, n) [+ D if accumulate], column-major;
+ * bf16 operands, or with f8 the FP8 ones it describes.
  * With n_plan > n, the algorithm is the one chosen for n_plan columns where
  * it runs this product too: then each column's result is the one it gets
  * among n_plan columns, whatever columns come with it. */
-static llmc_status lt_matmul(mm_ctx *ctx, void *D, cudaDataType_t d_type, const bf16 *A,
-                             const bf16 *B, int m, int n, int n_plan, int k, bool trans_a,
+static llmc_status lt_matmul(mm_ctx *ctx, void *D, cudaDataType_t d_type, const void *A,
+                             const void *B, int m, int n, int n_plan, int k, bool trans_a,
                              bool trans_b, int lda, int ldb, int ldd, bool accumulate,
                              cublasLtEpilogue_t epilogue, const bf16 *bias, const void *aux,
-                             int aux_ld) {
+                             int aux_ld, const Fp8Operands *f8 = nullptr) {
     Descs ds;
     const cublasOperation_t ta = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
     const cublasOperation_t tb = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
@@ -260,15 +270,32 @@ static llmc_status lt_matmul(mm_ctx *ctx, void *D, cudaDataType_t d_type, const 
         LT_TRY(cublasLtMatmulDescSetAttribute(ds.op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &ld,
                                               sizeof(ld)));
     }
-    LT_TRY(cublasLtMatrixLayoutCreate(&ds.a, CUDA_R_16BF, trans_a ? k : m, trans_a ? m : k, lda));
-    LT_TRY(cublasLtMatrixLayoutCreate(&ds.b, CUDA_R_16BF, trans_b ? n : k, trans_b ? k : n, ldb));
+    const cudaDataType_t a_type = f8 ? f8->a_type : CUDA_R_16BF, b_type = f8 ? f8->b_type : CUDA_R_16BF;
+    if (f8) {
+        LT_TRY(cublasLtMatmulDescSetAttribute(ds.op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER,
+                                              &f8->a_scale, sizeof(f8->a_scale)));
+        LT_TRY(cublasLtMatmulDescSetAttribute(ds.op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER,
+                                              &f8->b_scale, sizeof(f8->b_scale)));
+        const int8_t fast = f8->fast_accum;
+        LT_TRY(cublasLtMatmulDescSetAttribute(ds.op, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fast,
+                                              sizeof(fast)));
+        const cudaDataType_t bf16_type = CUDA_R_16BF;  // bias and GELU input stay bf16
+        if (bias)
+            LT_TRY(cublasLtMatmulDescSetAttribute(ds.op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
+                                                  &bf16_type, sizeof(bf16_type)));
+        if (aux)
+            LT_TRY(cublasLtMatmulDescSetAttribute(ds.op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_DATA_TYPE,
+                                                  &bf16_type, sizeof(bf16_type)));
+    }
+    LT_TRY(cublasLtMatrixLayoutCreate(&ds.a, a_type, trans_a ? k : m, trans_a ? m : k, lda));
+    LT_TRY(cublasLtMatrixLayoutCreate(&ds.b, b_type, trans_b ? n : k, trans_b ? k : n, ldb));
     LT_TRY(cublasLtMatrixLayoutCreate(&ds.d, d_type, m, n, ldd));
 
     const AlgoKey key{m, n, k, trans_a, trans_b, lda, ldb, ldd, (int)d_type, (int)epilogue,
-                      accumulate};
+                      accumulate, (int)a_type, (int)b_type, f8 && f8->fast_accum};
     const cublasLtMatmulAlgo_t *algo = nullptr;
     if (n_plan > n && ctx->algos.find(key) == ctx->algos.end()) {
-        LT_TRY(cublasLtMatrixLayoutCreate(&ds.b_plan, CUDA_R_16BF, trans_b ? n_plan : k,
+        LT_TRY(cublasLtMatrixLayoutCreate(&ds.b_plan, b_type, trans_b ? n_plan : k,
                                           trans_b ? k : n_plan, ldb));
         LT_TRY(cublasLtMatrixLayoutCreate(&ds.d_plan, d_type, m, n_plan, ldd));
         AlgoKey plan_key = key;
@@ -327,4 +354,37 @@ llmc_status matmul_backward_weight(mm_ctx *ctx, float *dw, const bf16 *dout, con
                                    int N, int IC, int OC) {
     return lt_matmul(ctx, dw, CUDA_R_32F, inp, dout, IC, OC, OC, N, false, true, IC, OC, IC, true,
                      CUBLASLT_EPILOGUE_DEFAULT, nullptr, nullptr, 0);
+}
+
+/* The FP8 products, all in cuBLASLt's TN form (Hopper takes no other):
+ * out^T (OC, N) = w8 (OC, IC) rows . inp8 (N, IC) rows. Forward products
+ * accumulate fast (as Transformer Engine does); the gradients' products with
+ * cuBLASLt's periodic fp32 promotion. */
+llmc_status matmul_forward_fp8(mm_ctx *ctx, bf16 *out, const void *inp8, const void *w8,
+                               const float *inp_descale, const float *w_descale, const bf16 *bias,
+                               int N, int IC, int OC, bf16 *gelu_pre) {
+    const Fp8Operands f8{CUDA_R_8F_E4M3, CUDA_R_8F_E4M3, w_descale, inp_descale, true};
+    cublasLtEpilogue_t epi = gelu_pre ? (bias ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS
+                                              : CUBLASLT_EPILOGUE_GELU_AUX)
+                                      : (bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT);
+    return lt_matmul(ctx, out, CUDA_R_16BF, w8, inp8, OC, N, N, IC, true, false, IC, IC, OC, false,
+                     epi, bias, gelu_pre, OC, &f8);
+}
+
+/* dinp^T (IC, N) = wT8 (IC, OC) rows . dout8 (N, OC) rows. */
+llmc_status matmul_backward_input_fp8(mm_ctx *ctx, bf16 *dinp, const void *dout8, const void *wT8,
+                                      const float *dout_descale, const float *w_descale, int N,
+                                      int IC, int OC) {
+    const Fp8Operands f8{CUDA_R_8F_E4M3, CUDA_R_8F_E5M2, w_descale, dout_descale, false};
+    return lt_matmul(ctx, dinp, CUDA_R_16BF, wT8, dout8, IC, N, N, OC, true, false, OC, OC, IC,
+                     false, CUBLASLT_EPILOGUE_DEFAULT, nullptr, nullptr, 0, &f8);
+}
+
+/* dw^T (IC, OC) += inpT8 (IC, N) rows . doutT8 (OC, N) rows, fp32. */
+llmc_status matmul_backward_weight_fp8(mm_ctx *ctx, float *dw, const void *doutT8,
+                                       const void *inpT8, const float *dout_descale,
+                                       const float *inp_descale, int N, int IC, int OC) {
+    const Fp8Operands f8{CUDA_R_8F_E4M3, CUDA_R_8F_E5M2, inp_descale, dout_descale, false};
+    return lt_matmul(ctx, dw, CUDA_R_32F, inpT8, doutT8, IC, OC, OC, N, true, false, N, N, IC, true,
+                     CUBLASLT_EPILOGUE_DEFAULT, nullptr, nullptr, 0, &f8);
 }

@@ -1,0 +1,158 @@
+"""
+Text generation speed, llmc against Hugging Face transformers' `generate`, in
+one process on the same weights: tokens/s at several batch sizes, each
+sequence a random prompt of --prompt-len tokens followed by exactly
+--new-tokens greedy tokens (no stop token), prefill included in the time.
+
+    python -m bench.generate_bench                      # GPU: d12 and d48, batch 1, 8, 64
+    python -m bench.generate_bench --device cpu --sizes d12 --batches 1,8
+
+GPU: llmc (bf16 weights and cache, decode steps as CUDA graphs) against
+transformers in bf16 with its static cache, eager and under torch.compile
+(mode "reduce-overhead", fullgraph). CPU: llmc fp32 against transformers
+fp32 (its default dynamic cache), both on every core. Each measurement runs
+once to warm up (graph capture, algorithm choice, compilation), then
+--repeats times; the best is reported. The batch-1 bound on the GPU is the
+time to read every weight once and the average cache once per token at
+--bandwidth bytes/s (4.8e12: the H200's HBM3e).
+
+torch and transformers are needed (the tests' packages).
+"""
+import argparse
+import os
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+import pyllmc
+from pyllmc import hf
+
+
+def best_time(run, repeats):
+    run()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def llmc_runner(model, prompts, new_tokens):
+    def run():
+        out = model.generate(prompts, max_new_tokens=new_tokens, temperature=0, stop_token=None)
+        assert all(len(t) == new_tokens for t in out)
+    return run
+
+
+def hf_runner(model, prompts, new_tokens, device, static):
+    ids = torch.tensor(prompts, device=device)
+    kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                  pad_token_id=0, attention_mask=torch.ones_like(ids))
+    if static:
+        kwargs["cache_implementation"] = "static"
+
+    def run():
+        with torch.inference_mode():
+            out = model.generate(ids, **kwargs)
+        assert out.shape[1] == ids.shape[1] + new_tokens
+        if device == "cuda":
+            torch.cuda.synchronize()
+    return run
+
+
+def bound_tokens_per_s(config, prompt_len, new_tokens, bandwidth, dtype_bytes):
+    """Batch 1: every weight read once per token (the LM head reads the
+    vocabulary's rows of wte, the position table one row) and the cache at
+    its average length."""
+    C, L, V = config.channels, config.num_layers, config.vocab_size
+    weights = V * C + L * (12 * C * C + 13 * C) + 2 * C
+    cache = 2 * L * C * (prompt_len + new_tokens / 2)
+    return bandwidth / ((weights + cache) * dtype_bytes)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m bench.generate_bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    ap.add_argument("--sizes", default=None, help="presets, comma-separated (cuda: d12,d48; "
+                    "cpu: d12)")
+    ap.add_argument("--batches", default=None, help="comma-separated (cuda: 1,8,64; cpu: 1,8)")
+    ap.add_argument("--prompt-len", type=int, default=128)
+    ap.add_argument("--new-tokens", type=int, default=512)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--bandwidth", type=float, default=4.8e12, help="bytes/s of device memory")
+    ap.add_argument("--no-compile", action="store_true", help="skip transformers + torch.compile")
+    args = ap.parse_args(argv)
+    import transformers
+    cuda = args.device == "cuda"
+    sizes = (args.sizes or ("d12,d48" if cuda else "d12")).split(",")
+    batches = [int(b) for b in (args.batches or ("1,8,64" if cuda else "1,8")).split(",")]
+    if not cuda:
+        torch.set_num_threads(os.cpu_count())
+    rng = np.random.default_rng(0)
+    rows = []
+    for size in sizes:
+        config = pyllmc.Config.preset(size)
+        with tempfile.TemporaryDirectory() as tmp:
+            with pyllmc.Model.from_config(config, max_batch_size=1, max_seq_len=1, seed=1) as m:
+                m.save(os.path.join(tmp, "model.bin"))
+            hf.export_hf(os.path.join(tmp, "model.bin"), os.path.join(tmp, "hf"))
+            dtype = torch.bfloat16 if cuda else torch.float32
+
+            def load_hf():
+                return transformers.GPT2LMHeadModel.from_pretrained(
+                    os.path.join(tmp, "hf"), torch_dtype=dtype).to(args.device).eval()
+            theirs = load_hf()
+            compiled = None
+            if cuda and not args.no_compile:
+                compiled = load_hf()
+                compiled.forward = torch.compile(compiled.forward, mode="reduce-overhead",
+                                                 fullgraph=True)
+            ours = pyllmc.Model.load(os.path.join(tmp, "model.bin"), device=args.device,
+                                     max_batch_size=1, max_seq_len=1)
+        for batch in batches:
+            prompts = rng.integers(0, config.vocab_size, (batch, args.prompt_len)).tolist()
+            tokens = batch * args.new_tokens
+            row = {"size": size, "batch": batch}
+            row["llmc"] = tokens / best_time(llmc_runner(ours, prompts, args.new_tokens),
+                                             args.repeats)
+            row["hf"] = tokens / best_time(hf_runner(theirs, prompts, args.new_tokens,
+                                                     args.device, static=cuda), args.repeats)
+            if compiled is not None:
+                row["hf_compile"] = tokens / best_time(
+                    hf_runner(compiled, prompts, args.new_tokens, args.device, static=True),
+                    args.repeats)
+            if cuda and batch == 1:
+                row["bound"] = bound_tokens_per_s(config, args.prompt_len, args.new_tokens,
+                                                  args.bandwidth, 2)
+            rows.append(row)
+            print_row(row, flush=True)
+        ours.close()
+        del theirs, compiled
+    print_table(rows, args)
+
+
+def print_row(row, flush=False):
+    best_hf = max(row["hf"], row.get("hf_compile", 0.0))
+    cells = [f"{row['size']:>4}", f"{row['batch']:>5}", f"{row['llmc']:>10.1f}", f"{row['hf']:>10.1f}",
+             f"{row['hf_compile']:>12.1f}" if "hf_compile" in row else f"{'-':>12}",
+             f"{row['llmc'] / best_hf:>8.2f}x"]
+    if "bound" in row:
+        cells.append(f"{row['bound']:>9.1f} ({row['llmc'] / row['bound']:.0%})")
+    print(" | ".join(cells), flush=flush)
+
+
+def print_table(rows, args):
+    print(f"\ntokens/s, {args.device}, prompt {args.prompt_len} + {args.new_tokens} new tokens, "
+          f"greedy, best of {args.repeats}")
+    print(" | ".join(["size", "batch", "llmc tok/s", "hf tok/s", "hf+compile", "llmc/best",
+                      "batch-1 bound (llmc's share)"]))
+    for row in rows:
+        print_row(row)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+/*
+ * decode.cuh: generation on the CUDA backend: what decode.cu takes from
+ * backend.cu, and the key/value cache kernels (kvcache.cu).
+ */
+#ifndef LLMC_CUDA_DECODE_CUH
+#define LLMC_CUDA_DECODE_CUH
+
+#include "matmul.cuh"
+
+extern const llmc_decode_ops cuda_decode_ops;
+
+/* The model's bf16 weights and the stream and cuBLASLt context its work
+ * runs on; the model's device is made current. */
+struct cuda_weights {
+    cudaStream_t stream;
+    mm_ctx *mm;
+    const bf16 *tensor[LLMC_NUM_PARAM_TENSORS]; /* layer 0's slice of each */
+    size_t layer_stride[LLMC_NUM_PARAM_TENSORS]; /* elements between layers (0: whole tensor) */
+};
+llmc_status cuda_decode_weights(llmc_model *m, cuda_weights *out);
+
+/* kvcache.cu. Rows are single tokens: row i is position pos[i] of sequence
+ * slot slot[i]. One layer's cache: keys and values (S, NH, T, hs) bf16. */
+/* x[i] = wte[tokens[i]] + wpe[pos[i]]. */
+void decode_embed(bf16 *x, const int *tokens, const int *pos, const bf16 *wte, const bf16 *wpe,
+                  int n, int C, cudaStream_t s);
+/* The keys and values of qkv's rows (n, 3C) into the cache. */
+void kv_store(bf16 *keys, bf16 *values, const bf16 *qkv, const int *slot, const int *pos, int n,
+              int C, int NH, int T, cudaStream_t s);
+/* out (n, C): each row's query (in qkv) over positions 0..pos[i] of its slot;
+ * fp32 softmax and sums. head size <= 128, a multiple of 8. */
+void attention_cached(bf16 *out, const bf16 *qkv, const bf16 *keys, const bf16 *values,
+                      const int *slot, const int *pos, int n, int C, int NH, int T,
+                      cudaStream_t s);
+
+#endif

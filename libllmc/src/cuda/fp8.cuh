@@ -1,0 +1,68 @@
+/*
+ * fp8.cuh: the operands of the FP8 block products (Hopper, LLMC_PRECISION_FP8):
+ * per-tensor scaling state and the casts from bf16.
+ *
+ * Each product of a block (qkv, attention projection, fc, fc projection)
+ * has three scaled operands: its input X and weight W in E4M3 and its output
+ * gradient G in E5M2. A slot holds one operand's scale (a power of two, so
+ * that scaling is exact), its inverse (what cuBLASLt multiplies the product
+ * by), the largest magnitude seen since the scales were last set, and for X
+ * and G a history of the last FP8_HISTORY steps' largest magnitudes.
+ * Delayed scaling: a step casts with scales derived from the history of the
+ * steps before it, recording its own largest magnitudes as a side effect
+ * of the cast; fp8_update_scales then moves them into the history. Weights
+ * are scaled from their own current largest magnitude (they are small, and
+ * cast once per step).
+ */
+#ifndef LLMC_CUDA_FP8_CUH
+#define LLMC_CUDA_FP8_CUH
+
+#include <cuda_fp8.h>
+
+#include "common.cuh"
+
+typedef __nv_fp8_e4m3 fp8e4;
+typedef __nv_fp8_e5m2 fp8e5;
+
+#define FP8_HISTORY 16
+enum { FP8_X = 0, FP8_W = 1, FP8_G = 2, FP8_ROLES = 3 };
+enum { FP8_QKV = 0, FP8_ATTPROJ = 1, FP8_FC = 2, FP8_FCPROJ = 3, FP8_PRODUCTS = 4 };
+
+/* Device arrays of L * FP8_ROLES * FP8_PRODUCTS slots, role-major: the slot
+ * of (role, layer, product) is (role * L + layer) * FP8_PRODUCTS + product. */
+struct fp8_scaling {
+    float *scale = nullptr, *descale = nullptr, *amax = nullptr;
+    float *history = nullptr;  // FP8_HISTORY per slot
+    int L = 0;
+    int slot(int role, int layer, int product) const {
+        return (role * L + layer) * FP8_PRODUCTS + product;
+    }
+    int slots() const { return FP8_ROLES * L * FP8_PRODUCTS; }
+};
+
+/* Sets every scale to 1 and clears amax and history (a model without
+ * history: its first step scales from the current tensors). */
+void fp8_reset(const fp8_scaling &s, cudaStream_t st);
+
+/* Quantizes `layers` matrices of rows x cols bf16 (layer z at in + z *
+ * in_stride, its slot at first_slot + z * FP8_PRODUCTS) into out (row-major,
+ * may be NULL) and outT (its transpose, cols x rows, may be NULL), E5M2 for
+ * G slots, else E4M3, saturating. With gelu_pre, in is first multiplied by
+ * GELU'(gelu_pre) and written back (the MLP's backward). record: the
+ * slot's amax takes the largest magnitude read. rows and cols must be
+ * multiples of 8 where outT is written (cols a multiple of 8 always). */
+void fp8_quantize(void *out, void *outT, bf16 *in, const bf16 *gelu_pre, int rows, int cols,
+                  int layers, size_t in_stride, size_t out_stride, const fp8_scaling &s,
+                  int first_slot, bool record, cudaStream_t st);
+/* Only the amax of the same matrices (into the slots), for scaling from the
+ * current tensors. */
+void fp8_amax(const bf16 *in, const bf16 *gelu_pre, int rows, int cols, int layers,
+              size_t in_stride, const fp8_scaling &s, int first_slot, cudaStream_t st);
+/* Scales of `count` slots (first_slot, first_slot + stride, ...):
+ * delayed: amax joins the history, the scale follows the history's largest
+ * value and amax is cleared; else the scale follows amax alone (kept). A slot
+ * that has seen only zeros keeps its scale. */
+void fp8_set_scales(const fp8_scaling &s, int first_slot, int count, int stride, bool delayed,
+                    cudaStream_t st);
+
+#endif

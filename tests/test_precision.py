@@ -1,0 +1,114 @@
+"""The precision option and the optimizer file's FP8 scaling state, on the
+CPU (the FP8 arithmetic itself is tested on a GPU in tests/test_cuda.py):
+FP8 is refused where it cannot run, with one clear message; version 2
+optimizer files carry a scaling-state count, version 1 files still load,
+and a count that does not match the model or the file's size is an error."""
+import ctypes
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import pyllmc
+from pyllmc import Config, Model, _lib
+
+TINY = Config(max_seq_len=16, vocab_size=97, num_layers=2, num_heads=2, channels=16)
+HEADER_BYTES = 256 * 4
+
+
+def test_fp8_refused_on_the_cpu():
+    with pytest.raises(pyllmc.UnsupportedError, match="fp8 needs the CUDA backend"):
+        Model.from_config(TINY, precision="fp8")
+    with pytest.raises(pyllmc.UnsupportedError, match="fp8"):
+        Model.plan_memory(TINY, precision="fp8")
+    with pytest.raises(pyllmc.InvalidArgumentError, match="precision 'fp16'"):
+        Model.from_config(TINY, precision="fp16")
+    with Model.from_config(TINY) as m:
+        assert m.precision == "default"
+
+
+def test_precision_out_of_range_in_c():
+    o = _lib.lib.llmc_default_options()
+    o.precision = 7
+    handle = ctypes.c_void_p()
+    with pytest.raises(pyllmc.InvalidArgumentError, match="precision = 7"):
+        _lib.call("llmc_init", ctypes.byref(TINY._to_struct()), ctypes.byref(o), ctypes.byref(handle))
+
+
+def test_trainer_refuses_fp8_on_the_cpu(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "pyllmc.train", "--precision", "fp8", "--steps", "1",
+                          "--out-dir", str(tmp_path / "run")], capture_output=True, text=True)
+    assert out.returncode == 1
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "fp8 needs the CUDA backend" in lines[0], out.stderr
+
+
+def trained(tmp_path):
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, 97, size=(2, 9))
+    m = Model.from_config(TINY, max_batch_size=2)
+    m.step(tokens[:, :-1], tokens[:, 1:], lr=1e-2)
+    m.save_optimizer(tmp_path / "opt.bin")
+    return m, (tmp_path / "opt.bin").read_bytes()
+
+
+def with_header(data, **fields):
+    h = list(struct.unpack("<256i", data[:HEADER_BYTES]))
+    for index, value in fields.items():
+        h[int(index[1:])] = value
+    return struct.pack("<256i", *h) + data[HEADER_BYTES:]
+
+
+def test_optimizer_file_versions(tmp_path):
+    m, data = trained(tmp_path)
+    h = struct.unpack("<256i", data[:HEADER_BYTES])
+    assert h[1] == 2 and h[10] == 0  # version 2, no scaling state from a model without one
+    assert len(data) == HEADER_BYTES + 2 * 4 * m.num_parameters
+    # version 1 (written before the scaling state existed) still loads
+    (tmp_path / "v1.bin").write_bytes(with_header(data, h1=1))
+    m.load_optimizer(tmp_path / "v1.bin")
+    assert m.step_count == 1
+    # an FP8 run's state is skipped by a model without one
+    state = np.arange(5, dtype=np.float32).tobytes()
+    (tmp_path / "fp8.bin").write_bytes(with_header(data, h10=5) + state)
+    m.load_optimizer(tmp_path / "fp8.bin")
+    assert m.step_count == 1
+    # a count the size does not back, or a version from the future
+    (tmp_path / "short.bin").write_bytes(with_header(data, h10=5))
+    with pytest.raises(pyllmc.FileFormatError, match="short.bin.*expected exactly"):
+        m.load_optimizer(tmp_path / "short.bin")
+    (tmp_path / "v3.bin").write_bytes(with_header(data, h1=3))
+    with pytest.raises(pyllmc.FileFormatError, match="version 3"):
+        m.load_optimizer(tmp_path / "v3.bin")
+    # a version 1 file's word 10 was unused: it does not count
+    (tmp_path / "v1_word10.bin").write_bytes(with_header(data, h1=1, h10=5))
+    m.load_optimizer(tmp_path / "v1_word10.bin")
+    m.close()
+
+
+LLAMA = Config(family=_lib.FAMILIES["llama"], max_seq_len=16, vocab_size=97, num_layers=2,
+               num_heads=4, channels=32, num_kv_heads=2)
+
+
+def test_fp8_refused_for_llama_on_cuda():
+    """FP8 casts GPT-2's block products; the CUDA plan (no GPU needed) says so."""
+    try:
+        Model.plan_memory(LLAMA, device="cuda")
+    except pyllmc.UnsupportedError:
+        pytest.skip("libllmc built without the CUDA backend")
+    with pytest.raises(pyllmc.UnsupportedError, match="fp8 is for GPT-2 models"):
+        Model.plan_memory(LLAMA, device="cuda", precision="fp8")
+
+
+def test_llama_optimizer_file_keeps_scaling_count_and_family_apart(tmp_path):
+    """Word 10 is the scaling-state count; the family fields follow it."""
+    with Model.from_config(LLAMA, max_batch_size=1, max_seq_len=8) as m:
+        x = np.arange(8, dtype=np.int32)[None] % 97
+        m.step(x, x, lr=1e-3)
+        m.save_optimizer(tmp_path / "opt.bin")
+        h = struct.unpack("<256i", (tmp_path / "opt.bin").read_bytes()[:HEADER_BYTES])
+        assert h[1] == 2 and h[10] == 0 and h[11] == _lib.FAMILIES["llama"] and h[12] == 2
+        m.load_optimizer(tmp_path / "opt.bin")
+        assert m.step_count == 1
