@@ -36,10 +36,11 @@ from tqdm import tqdm
 
 from . import checkpoint, distributed
 from .cli import HelpFormatter
-from ._lib import FileFormatError, LlmcIOError
+from ._lib import FileFormatError, LlmcIOError, UnsupportedError
 from .sample import sample_text
 from .schedule import SCHEDULES, continued_rate
 from .files import os_error_message, read_regular, write_atomic
+from .generate import Generator
 from .shards import ShardError, val_batches, DataLoader
 from .tokenizer import TokenizerError, load_tokenizer
 
@@ -771,6 +772,13 @@ def run(args, me, given=(), settings=""):
            f"{tokens_per_step:,} tokens per step, {total_steps} steps")
     if start_step:
         report(f"resuming from step {start_step} ({checkpoint.paths(args.out_dir, start_step)['model']})")
+    samples = args.sample_every and not quiet and cfg.vocab_size <= tokenizer.vocab_size
+    if samples:
+        try:  # a backend without generation for this family (CUDA Llama) still trains
+            Generator.plan_memory(model, 1, 2)
+        except UnsupportedError as e:
+            samples = False
+            report(f"text samples off: {e}")
 
     log = None if quiet else RunLog(args.out_dir, start_step)
     recent = collections.deque(state["recent_losses"] if state else [], maxlen=args.spike_window)
@@ -816,8 +824,7 @@ def run(args, me, given=(), settings=""):
                           hellaswag_acc_norm=result["acc_norm"], hellaswag_acc=result["acc"])
                 say(f"step {step:5d} | HellaSwag acc_norm {result['acc_norm']:.4f} "
                     f"({result['num_examples']} examples)")
-            if (step > 0 and args.sample_every and due(args.sample_every, step) and not quiet
-                    and cfg.vocab_size <= tokenizer.vocab_size):
+            if step > 0 and samples and due(args.sample_every, step):
                 text = sample_text(model, "", args.sample_length, top_k=40, seed=args.seed + step,
                                    tokenizer=tokenizer)
                 say(f"--- sample at step {step} ---\n{text.strip()}\n---")
