@@ -5,12 +5,17 @@ train_gpt2.py trains it (bf16 autocast, flash SDPA, fused AdamW, gradient
 accumulation, clipping), optionally under torch.compile.
 
     python -m bench.gpu_torch_peer --preset d12 -B 64 -T 1024 --micro-steps 8 [--compile] [--fp8]
+    python -m bench.gpu_torch_peer --preset llama-124m -B 64 -T 1024 --micro-steps 8 --compile
 
 Batches are real text, the consecutive windows of a token shard (--data, FineWeb by
 default), as in bench/gpu_bench.py. --fp8 trains the block's four linear layers in FP8
 with torchao's float8 training (tensorwise scaling, torchao's "tensorwise" recipe), the
 LM head and the rest in bf16 as llmc's FP8 mode does; torchao must be importable
-(carry its wheel: the GPU machine has no network).
+(carry its wheel: the GPU machine has no network). GPT-2 presets only, as in llmc.
+
+A llama preset (llama-124m, llama3.2-1b, llama3.2-3b, llama3.1-8b) trains
+transformers' LlamaForCausalLM of that shape instead (fp32 weights as
+masters, bf16 autocast, SDPA attention, fused AdamW decaying the 2-D weights).
 
 Steps are timed with CUDA events after warm-up steps (the first ones include
 compilation); the median is printed with tokens/s and peak GPU memory
@@ -32,11 +37,42 @@ DEFAULT_DATA = Path(__file__).resolve().parent.parent / ".carry" / "fineweb_samp
     "fineweb_sample_train_000001.bin"
 
 PRESETS = {"d12": (12, 12, 768), "d24": (24, 16, 1024), "d36": (36, 20, 1280), "d48": (48, 25, 1600)}
+LLAMA_PRESETS = ("llama-124m", "llama3.2-1b", "llama3.2-3b", "llama3.1-8b")
+
+
+class LlamaLoss(torch.nn.Module):
+    """transformers' LlamaForCausalLM called as the GPT reference is: (inputs,
+    targets) -> (logits, mean cross-entropy)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs, targets):
+        logits = self.model(input_ids=inputs).logits
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+        return logits, loss
+
+
+def llama_model(preset):
+    """(model, fused AdamW) of a llmc Llama preset's shape."""
+    import transformers
+
+    import pyllmc
+    from pyllmc import hf
+    config = pyllmc.Config.preset(preset)
+    hf_config = transformers.LlamaConfig(**hf.llama_hf_config(config), attn_implementation="sdpa")
+    model = LlamaLoss(transformers.LlamaForCausalLM(hf_config)).cuda()
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.1},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=6e-4, betas=(0.9, 0.95), eps=1e-8, fused=True)
+    return model, optimizer
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="d12", choices=sorted(PRESETS))
+    p.add_argument("--preset", default="d12", choices=sorted(PRESETS) + list(LLAMA_PRESETS))
     p.add_argument("-B", type=int, default=64)
     p.add_argument("-T", type=int, default=1024)
     p.add_argument("--micro-steps", type=int, default=8)
@@ -48,12 +84,18 @@ def main():
     p.add_argument("--json", help="write the result here")
     args = p.parse_args()
 
-    L, H, C = PRESETS[args.preset]
     torch.backends.cuda.matmul.allow_tf32 = True
-    model = init_gpt2_(GPT(GPTConfig(num_layers=L, num_heads=H, channels=C))).cuda()
-    optimizer = model.configure_optimizer(lr=6e-4, weight_decay=0.1, betas=(0.9, 0.95), eps=1e-8)
-    for group in optimizer.param_groups:
-        group["fused"] = True
+    if args.preset in LLAMA_PRESETS:
+        if args.fp8:
+            p.error("--fp8 trains GPT-2 presets only (llmc refuses fp8 for Llama)")
+        model, optimizer = llama_model(args.preset)
+    else:
+        L, H, C = PRESETS[args.preset]
+        model = init_gpt2_(GPT(GPTConfig(num_layers=L, num_heads=H, channels=C))).cuda()
+        optimizer = model.configure_optimizer(lr=6e-4, weight_decay=0.1, betas=(0.9, 0.95),
+                                              eps=1e-8)
+        for group in optimizer.param_groups:
+            group["fused"] = True
     if args.fp8:
         from torchao.float8 import Float8LinearConfig, convert_to_float8_training
         convert_to_float8_training(model, config=Float8LinearConfig.from_recipe_name("tensorwise"))

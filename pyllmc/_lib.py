@@ -82,6 +82,16 @@ class ConfigStruct(ctypes.Structure):
         ("num_layers", ctypes.c_int32),
         ("num_heads", ctypes.c_int32),
         ("channels", ctypes.c_int32),
+        ("family", ctypes.c_int32),
+        ("num_kv_heads", ctypes.c_int32),
+        ("ffn_hidden", ctypes.c_int32),
+        ("untied_head", ctypes.c_int32),
+        ("rope_theta", ctypes.c_float),
+        ("norm_eps", ctypes.c_float),
+        ("rope_scaling_factor", ctypes.c_float),
+        ("rope_low_freq_factor", ctypes.c_float),
+        ("rope_high_freq_factor", ctypes.c_float),
+        ("rope_original_max_seq_len", ctypes.c_int32),
     ]
 
 
@@ -136,6 +146,7 @@ class TokenEventStruct(ctypes.Structure):
 
 
 DEVICES = {"cpu": 0, "cuda": 1}
+FAMILIES = {"gpt2": 0, "llama": 1}
 # llmc_precision: "default" is fp32 on the CPU and bf16 on CUDA
 PRECISIONS = {"default": 0, "fp8": 1}
 DTYPES = {"fp32": 0, "bf16": 1}

@@ -35,7 +35,7 @@ from ._lib import REPO_ROOT
 from .cli import HelpFormatter
 from .files import open_regular, os_error_message, write_atomic
 from .shards import VAL_FRACTION, ShardError, read_shard, read_shard_header, write_shard
-from .tokenizer import EOT, ParallelTokenizer
+from .tokenizer import ParallelTokenizer, TokenizerError, load_tokenizer
 
 # (--type, --version) -> (hub repository, hub config, output folder, shard name prefix)
 HUB_DATASETS = {
@@ -184,12 +184,15 @@ class ShardWriter:
     """Fills shards of shard_size tokens from (tokens, document lengths) chunks
     and records, after each shard, where in the input the next one begins."""
 
-    def __init__(self, out_dir, name, shard_size, source, max_shards=None):
+    def __init__(self, out_dir, name, shard_size, source, max_shards=None, tokenizer=None):
         self.out_dir, self.name, self.shard_size = out_dir, name, shard_size
         self.max_shards = max_shards
+        self.tokenizer = tokenizer or load_tokenizer()
         self.progress_path = os.path.join(out_dir, f"{name}_progress.json")
         self.progress = {"source": source, "shard_size": shard_size, "shards": [], "complete": False}
-        self.buffer = np.empty(shard_size, dtype=np.uint16)
+        if self.tokenizer.name != "gpt2":  # GPT-2 runs' progress files stay as they were
+            self.progress["tokenizer"] = self.tokenizer.name
+        self.buffer = np.empty(shard_size, dtype=self.tokenizer.dtype)
         self.count = 0
 
     def shard_path(self, index):
@@ -204,10 +207,10 @@ class ShardWriter:
             return 0, 0
         with open(self.progress_path) as f:
             old = json.load(f)
-        for key in ("source", "shard_size"):
-            if old[key] != self.progress[key]:
+        for key in ("source", "shard_size", "tokenizer"):
+            if old.get(key) != self.progress.get(key):
                 raise PrepError(f"{self.out_dir} holds shards of another job ({key} was "
-                                f"{old[key]!r}, now {self.progress[key]!r}); use another --out-dir "
+                                f"{old.get(key)!r}, now {self.progress.get(key)!r}); use another --out-dir "
                                 f"or delete {self.progress_path}")
         for entry in old["shards"]:
             try:
@@ -250,7 +253,7 @@ class ShardWriter:
 
     def flush(self, next_doc, next_doc_offset):
         path = self.shard_path(self.num_shards)
-        write_shard(path, self.buffer[:self.count])
+        write_shard(path, self.buffer[:self.count], wide=self.tokenizer.wide)
         self.progress["shards"].append({"file": os.path.basename(path), "tokens": self.count,
                                         "next_doc": next_doc, "next_doc_offset": next_doc_offset})
         self.save_progress()
@@ -273,11 +276,11 @@ class ShardWriter:
     def resplit(self):
         """Rewrite a small corpus' shards: validation is its first ~10% of
         tokens up to a document start, training the rest in shards of
-        shard_size. Every document starts with <|endoftext|>, so the stream
-        itself tells where documents start."""
+        shard_size. Every document starts with the tokenizer's document token
+        (<|endoftext|>), so the stream itself tells where documents start."""
         paths = [self.shard_path(i) for i in range(self.num_shards)]
         tokens = np.concatenate([read_shard(p) for p in paths])
-        starts = np.flatnonzero(tokens == EOT)
+        starts = np.flatnonzero(tokens == self.tokenizer.eot)
         inner = starts[starts > 0]
         target = len(tokens) * VAL_FRACTION
         if len(inner):
@@ -315,15 +318,17 @@ class ShardWriter:
 
 
 def prepare(source, out_dir, name, shard_size=10**8, text_column="text", num_threads=None,
-            max_shards=None, progress=True):
-    """Tokenize source into shards in out_dir; returns the shard paths."""
+            max_shards=None, progress=True, tokenizer=None):
+    """Tokenize source into shards in out_dir (with tokenizer, a Tokenizer;
+    GPT-2's when None); returns the shard paths."""
     try:
         os.makedirs(out_dir, exist_ok=True)
     except OSError as e:
         raise PrepError(f"cannot create output folder {out_dir}: {e.strerror}") from None
     if not os.access(out_dir, os.W_OK):
         raise PrepError(f"output folder {out_dir} is not writable")
-    writer = ShardWriter(out_dir, name, shard_size, source, max_shards)
+    tokenizer = tokenizer or load_tokenizer()
+    writer = ShardWriter(out_dir, name, shard_size, source, max_shards, tokenizer)
     next_doc, skip_tokens = writer.load_progress()
     done = [os.path.join(out_dir, s["file"]) for s in writer.progress["shards"]]
     if writer.finished:
@@ -335,7 +340,7 @@ def prepare(source, out_dir, name, shard_size=10**8, text_column="text", num_thr
     bar = tqdm(total=total, initial=len(done) * shard_size if total else 0, unit="tok",
                unit_scale=True, disable=not progress, desc=f"shard {writer.num_shards}")
     batches = text_batches(source, text_column, next_doc)
-    for tokens, lengths in ParallelTokenizer(num_threads).map(batches):
+    for tokens, lengths in ParallelTokenizer(num_threads, tokenizer=tokenizer).map(batches):
         before = writer.num_shards * shard_size + writer.count
         writer.add(tokens, lengths, next_doc, start=skip_tokens)
         skip_tokens = 0
@@ -371,6 +376,9 @@ def main(argv=None):
                         "rest is training, so a small corpus gets both")
     p.add_argument("--max-shards", type=int, help="stop after this many shards")
     p.add_argument("--num-threads", type=int, default=0, help="tokenizer threads (0: all cores)")
+    p.add_argument("--tokenizer", metavar="TOKENIZER_JSON",
+                   help="a local tokenizer.json (e.g. a Llama 3 model folder's) instead of GPT-2's; "
+                        "vocabularies beyond 65,536 tokens get llm.c's uint32 shards")
     args = p.parse_args(argv)
 
     shard_size = int(args.shard_size)
@@ -388,11 +396,12 @@ def main(argv=None):
         name = args.name or default_name
         out_dir = args.out_dir or os.path.join(REPO_ROOT, "data", folder)
         paths = prepare(source, out_dir, name, shard_size, args.text_column,
-                        args.num_threads or None, args.max_shards)
+                        args.num_threads or None, args.max_shards,
+                        tokenizer=load_tokenizer(args.tokenizer))
     except OSError as e:
         print(f"error: {os_error_message(e)}", file=sys.stderr)
         sys.exit(1)
-    except (PrepError, ShardError) as e:
+    except (PrepError, ShardError, TokenizerError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:

@@ -1,4 +1,4 @@
-"""pyllmc.Model: a GPT-2 held by libllmc, trained and evaluated from numpy."""
+"""pyllmc.Model: a GPT-2 or Llama held by libllmc, trained and evaluated from numpy."""
 import contextlib
 import ctypes
 import dataclasses
@@ -15,17 +15,36 @@ lib.llmc_abi_version()  # load libllmc now: a missing or stale build fails at im
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """GPT-2 shape; the fields of llm.c's checkpoint header."""
+    """Model shape: llmc_config (llmc.h). The first fields are GPT-2's (llm.c's
+    checkpoint header); the rest are Llama's (family 1) and stay 0 for GPT-2.
+    For Llama a 0 takes its default when the model is created (the model's
+    config has the values)."""
     max_seq_len: int = 1024
     vocab_size: int = 50257
     num_layers: int = 12
     num_heads: int = 12
     channels: int = 768
     padded_vocab_size: int = 0  # 0: vocab_size rounded up to a multiple of 128
+    family: int = 0             # 0 GPT-2, 1 Llama (_lib.FAMILIES)
+    num_kv_heads: int = 0       # Llama: 0 = num_heads
+    ffn_hidden: int = 0         # Llama: SwiGLU width; 0 = 8C/3 rounded up to 256
+    untied_head: int = 0        # Llama: 1 = own output layer, 0 = tied to wte
+    rope_theta: float = 0.0     # Llama: 0 = 10000
+    norm_eps: float = 0.0       # Llama: 0 = 1e-5
+    rope_scaling_factor: float = 0.0  # Llama 3.1 RoPE scaling; 0 = none
+    rope_low_freq_factor: float = 0.0
+    rope_high_freq_factor: float = 0.0
+    rope_original_max_seq_len: int = 0
+
+    @property
+    def is_llama(self):
+        return self.family == _lib.FAMILIES["llama"]
 
     @classmethod
     def preset(cls, name):
-        """d12, d24, d36, d48: GPT-2 124M, 350M, 774M, 1558M."""
+        """d12, d24, d36, d48: GPT-2 124M, 350M, 774M, 1558M; llama-124m (GPT-2
+        124M's size as a Llama on GPT-2's vocabulary), llama3.2-1b, llama3.2-3b,
+        llama3.1-8b (those models' shapes)."""
         if "\0" in name:  # C would read only up to it: "d12\0x" is not d12
             raise _lib.InvalidArgumentError(f"preset {name!r} contains a NUL byte")
         c = _lib.ConfigStruct()
@@ -66,7 +85,7 @@ def _f32(a):
 
 
 class Model:
-    """A GPT-2 model in libllmc. Create with Model.from_config or Model.load.
+    """A GPT-2 or Llama model in libllmc. Create with Model.from_config or Model.load.
 
     Thread-safe: calls from several threads run one at a time, and close()
     waits for a call in flight before it frees the model."""

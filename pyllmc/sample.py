@@ -6,30 +6,43 @@ samples together as one batch, tokens printed as they come (one sample
 streams; several are printed whole, each under its header, once done).
 """
 import argparse
-import codecs
 import sys
 
 from .files import os_error_message
-from .tokenizer import EOT, decode_bytes, encode
+from .tokenizer import load_tokenizer
 
 
-def sample_text(model, prompt="", max_new_tokens=64, temperature=1.0, top_k=None, seed=0):
+def tokens_text(tokenizer, tokens):
+    """The text of tokens; ids beyond the tokenizer's vocabulary (a model's may
+    be larger) give none, bytes that are not valid UTF-8 become U+FFFD."""
+    return tokenizer.decode([t for t in tokens if t < tokenizer.vocab_size])
+
+
+def sample_text(model, prompt="", max_new_tokens=64, temperature=1.0, top_k=None, seed=0,
+                tokenizer=None):
     """The prompt and its sampled continuation as text (an empty prompt starts
-    from <|endoftext|>, i.e. the start of a document)."""
-    prompt_tokens = encode(prompt) if prompt else [EOT]
+    from the tokenizer's document token, <|endoftext|> for GPT-2, i.e. the
+    start of a document). tokenizer: a tokenizer.Tokenizer, GPT-2's when None."""
+    tok = tokenizer or load_tokenizer()
+    prompt_tokens = tok.encode(prompt) if prompt else [tok.eot]
     new = model.generate([prompt_tokens], max_new_tokens, temperature, top_k or 0, seed=seed,
                          stop_token=None)[0]
-    return decode_bytes(prompt_tokens[0 if prompt else 1:] + new).decode("utf-8", "replace")
+    return tokens_text(tok, prompt_tokens[0 if prompt else 1:] + new)
 
 
-def text_writer(out):
-    """write(tokens, final=False): their text to out as it comes; a character
-    split across tokens waits for its last byte (codecs' incremental decoder)."""
-    utf8 = codecs.getincrementaldecoder("utf-8")("replace")
+def text_writer(out, tokenizer):
+    """write(tokens, final=False): their text to out as it comes; the tokens
+    of a character split across tokens wait (their text ends in U+FFFD) until
+    its last byte has come, then go out together."""
+    pending = []
 
     def write(tokens, final=False):
-        out.write(utf8.decode(decode_bytes(tokens), final))
-        out.flush()
+        pending.extend(tokens)
+        text = tokens_text(tokenizer, pending)
+        if final or not text.endswith("\ufffd"):
+            out.write(text)
+            out.flush()
+            pending.clear()
     return write
 
 
@@ -59,32 +72,40 @@ def main(argv=None):
     p.add_argument("--num-samples", type=int, default=1, help="samples of each prompt")
     p.add_argument("--seed", type=int, default=0, help="random seed of the first sample "
                    "(sample i uses seed + i)")
-    p.add_argument("--stop-at-eot", action="store_true", help="end a sample at <|endoftext|>")
+    p.add_argument("--stop-at-eot", action="store_true", help="end a sample at the token that starts "
+                   "documents (GPT-2's <|endoftext|>)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--tokenizer", metavar="TOKENIZER_JSON",
+                   help="the model's local tokenizer.json (default: GPT-2's)")
     args = p.parse_args(argv)
     if args.max_new_tokens < 1 or args.num_samples < 1:
         p.error("--max-new-tokens and --num-samples must be >= 1")
 
     import pyllmc
     try:
+        tokenizer = load_tokenizer(args.tokenizer)
         prompts = read_prompts(args)
-        tokens = [encode(t) if t else [EOT] for t in prompts]
-        with pyllmc.Model.load(args.checkpoint, device=args.device, max_batch_size=1) as model:
+        tokens = [tokenizer.encode(t) if t else [tokenizer.eot] for t in prompts]
+        # the model's training plan covers the context generation can reach,
+        # not all of an imported Llama's 131,072 positions
+        needed = max(len(t) for t in tokens) + args.max_new_tokens
+        T = min(pyllmc.Config.from_file(args.checkpoint).max_seq_len, needed)
+        with pyllmc.Model.load(args.checkpoint, device=args.device, max_batch_size=1,
+                               max_seq_len=T) as model:
             stream = None
             if len(prompts) == 1:
-                write = text_writer(sys.stdout)
+                write = text_writer(sys.stdout, tokenizer)
                 write(tokens[0][0 if prompts[0] else 1:])
                 stream = lambda i, token, logprob: write([token])  # noqa: E731
+            stop = tokenizer.eot if args.stop_at_eot else None
             new = model.generate(tokens, args.max_new_tokens, args.temperature, args.top_k,
-                                 args.top_p, args.seed, "eot" if args.stop_at_eot else None,
-                                 stream=stream)
+                                 args.top_p, args.seed, stop, stream=stream)
             if stream:
                 write([], final=True)
                 print()
             else:
                 for i, (prompt, sampled) in enumerate(zip(tokens, new)):
-                    text = decode_bytes(prompt[0 if prompts[i] else 1:] + sampled).decode(
-                        "utf-8", "replace")
+                    text = tokens_text(tokenizer, prompt[0 if prompts[i] else 1:] + sampled)
                     print(f"--- sample {i + 1} ---\n{text}")
     except OSError as e:
         print(f"error: {os_error_message(e)}", file=sys.stderr)

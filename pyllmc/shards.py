@@ -2,7 +2,10 @@
 Token shards in llm.c's format, and the data loaders that train from them.
 
 A shard is a 256-int32 header (magic 20240520, version 1, token count)
-followed by the tokens as uint16. Documents are separated by <|endoftext|>.
+followed by the tokens as uint16; for vocabularies beyond uint16 (Llama 3's
+128,256 tokens), llm.c's llama3 branch's shard (magic 20240801, version 7)
+holds them as uint32. Documents are separated by (start with) the
+tokenizer's document token, <|endoftext|> for GPT-2.
 Files written by llm.c's data scripts, and the pre-tokenized FineWeb shards
 people download, read here unchanged; files written here read in llm.c.
 """
@@ -15,9 +18,15 @@ from .files import NotRegularFileError, open_regular, write_atomic
 
 SHARD_MAGIC = 20240520
 SHARD_VERSION = 1
+WIDE_SHARD_MAGIC = 20240801  # llm.c's llama3 branch: uint32 tokens
+WIDE_SHARD_VERSION = 7
 HEADER_INTS = 256
 HEADER_BYTES = HEADER_INTS * 4
 TOKEN_DTYPE = np.dtype("<u2")
+WIDE_TOKEN_DTYPE = np.dtype("<u4")
+# (magic, version) -> token dtype
+FORMATS = {(SHARD_MAGIC, SHARD_VERSION): TOKEN_DTYPE,
+           (WIDE_SHARD_MAGIC, WIDE_SHARD_VERSION): WIDE_TOKEN_DTYPE}
 MAX_TOKENS = 2**31 - 1  # llm.c keeps the count in an int32
 VAL_FRACTION = 0.1  # of a small corpus held out for validation, from its start
 
@@ -26,27 +35,37 @@ class ShardError(ValueError):
     """A shard file that is missing, malformed, or too small for the job."""
 
 
-def write_shard(path, tokens):
-    """Write tokens (any integer array-like with values in 0..65535) as one
-    shard, atomically."""
+def write_shard(path, tokens, wide=False):
+    """Write tokens (any integer array-like with values in 0..65535, or with
+    wide in 0..2^32-1: llm.c's uint32 shard) as one shard, atomically."""
     tokens = np.asarray(tokens)
+    dtype = WIDE_TOKEN_DTYPE if wide else TOKEN_DTYPE
     if tokens.ndim != 1:
         raise ValueError(f"{path}: tokens must be 1-D, got shape {tokens.shape}")
     if len(tokens) > MAX_TOKENS:
         raise ValueError(f"{path}: {len(tokens)} tokens is more than a shard holds ({MAX_TOKENS})")
-    if tokens.dtype != TOKEN_DTYPE:
-        if len(tokens) and (tokens.min() < 0 or tokens.max() > 65535):
-            raise ValueError(f"{path}: token ids must be in 0..65535 to fit uint16, "
-                             f"got {tokens.min()}..{tokens.max()}")
-        tokens = tokens.astype(TOKEN_DTYPE)
+    if tokens.dtype != dtype:
+        high = np.iinfo(dtype).max
+        if len(tokens) and (tokens.min() < 0 or tokens.max() > high):
+            raise ValueError(f"{path}: token ids must be in 0..{high} to fit {dtype.name}, "
+                             f"got {tokens.min()}..{tokens.max()}" +
+                             ("" if wide else " (a vocabulary beyond uint16 needs wide shards)"))
+        tokens = tokens.astype(dtype)
     header = np.zeros(HEADER_INTS, dtype="<i4")
-    header[:3] = SHARD_MAGIC, SHARD_VERSION, len(tokens)
+    header[:2] = (WIDE_SHARD_MAGIC, WIDE_SHARD_VERSION) if wide else (SHARD_MAGIC, SHARD_VERSION)
+    header[2] = len(tokens)
     write_atomic(path, [header.tobytes(), memoryview(np.ascontiguousarray(tokens)).cast("B")])
 
 
 def read_shard_header(path):
     """Return the token count of the shard at path after checking its header
     against the file's size; raise ShardError naming the file otherwise."""
+    return read_shard_format(path)[0]
+
+
+def read_shard_format(path):
+    """(token count, token dtype) of the shard at path, checked as
+    read_shard_header checks it."""
     path = os.fspath(path)
     try:
         with open_regular(path) as f:
@@ -60,24 +79,27 @@ def read_shard_header(path):
         raise ShardError(f"{path}: {size} bytes is too short for a shard "
                          f"(header alone is {HEADER_BYTES} bytes)")
     magic, version, count = np.frombuffer(raw, dtype="<i4", count=3).tolist()
-    if magic != SHARD_MAGIC:
-        raise ShardError(f"{path}: not a token shard (magic {magic}, expected {SHARD_MAGIC})")
-    if version != SHARD_VERSION:
-        raise ShardError(f"{path}: shard version {version} is not supported "
-                         f"(expected {SHARD_VERSION}: uint16 GPT-2 tokens)")
-    expected = HEADER_BYTES + 2 * count
+    if magic not in (SHARD_MAGIC, WIDE_SHARD_MAGIC):
+        raise ShardError(f"{path}: not a token shard (magic {magic}, expected {SHARD_MAGIC} or "
+                         f"{WIDE_SHARD_MAGIC})")
+    dtype = FORMATS.get((magic, version))
+    if dtype is None:
+        raise ShardError(f"{path}: shard version {version} is not supported (expected "
+                         f"{SHARD_VERSION}: uint16 tokens, or {WIDE_SHARD_VERSION} for magic "
+                         f"{WIDE_SHARD_MAGIC}: uint32 tokens)")
+    expected = HEADER_BYTES + dtype.itemsize * count
     if count < 0 or size != expected:
         raise ShardError(f"{path}: header says {count} tokens ({expected} bytes) "
                          f"but the file has {size} bytes")
-    return count
+    return count, dtype
 
 
 def read_shard(path):
-    """The tokens of a shard as a read-only memory-mapped uint16 array."""
-    count = read_shard_header(path)
+    """The tokens of a shard as a read-only memory-mapped uint16 (or uint32) array."""
+    count, dtype = read_shard_format(path)
     if count == 0:
-        return np.zeros(0, dtype=TOKEN_DTYPE)
-    return np.memmap(path, dtype=TOKEN_DTYPE, mode="r", offset=HEADER_BYTES, shape=(count,))
+        return np.zeros(0, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r", offset=HEADER_BYTES, shape=(count,))
 
 
 def find_shards(pattern, split="train"):

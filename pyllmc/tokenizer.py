@@ -9,6 +9,11 @@ without touching the network.
 For bulk work (data preparation) ParallelTokenizer encodes many documents on
 all cores at once: tiktoken's Rust core releases the GIL, so plain threads
 run in parallel with no pickling and no worker processes.
+
+Another vocabulary (a Llama 3 model's, say) comes from a local tokenizer.json
+(Hugging Face's format, read by the `tokenizers` package that transformers
+installs; the machines have no network): load_tokenizer(path) gives a
+Tokenizer with the same methods, GPT-2's when path is None.
 """
 import base64
 import collections
@@ -98,25 +103,85 @@ def usable_cores():
     return os.cpu_count() or 1
 
 
+# Tokens that start a document in a tokenizer.json's vocabulary, in the order
+# they are looked for: Llama 3's begin-of-text (what llm.c's llama3 data
+# scripts put before each document), GPT-2's end-of-text, then others' usual ones.
+DOCUMENT_TOKENS = ("<|begin_of_text|>", "<|endoftext|>", "<|end_of_text|>", "<s>", "</s>")
+
+
+class TokenizerError(ValueError):
+    """A tokenizer file that cannot be used, told in one line."""
+
+
+class Tokenizer:
+    """A vocabulary: encode/decode, the token that starts each document in a
+    shard (eot), vocab_size, and whether shards need uint32 (wide)."""
+
+    def __init__(self, name, vocab_size, eot, encode, decode, encode_batch):
+        self.name, self.vocab_size, self.eot = name, vocab_size, eot
+        self.encode, self.decode, self._encode_batch = encode, decode, encode_batch
+        self.wide = vocab_size > 65536
+        self.dtype = np.uint32 if self.wide else np.uint16
+
+    def encode_documents(self, texts):
+        """As the module's encode_documents, in this vocabulary."""
+        if self._encode_batch is None:  # GPT-2
+            return encode_documents(texts)
+        ids = self._encode_batch(texts)
+        lengths = np.array([1 + len(t) for t in ids], dtype=np.int64)
+        pieces = [p for t in ids for p in ([self.eot], t)]
+        tokens = np.fromiter((x for p in pieces for x in p), dtype=self.dtype,
+                             count=int(lengths.sum()))
+        return tokens, lengths
+
+
+def load_tokenizer(path=None):
+    """GPT-2's Tokenizer (path None), or a local tokenizer.json's."""
+    if path is None:
+        return Tokenizer("gpt2", VOCAB_SIZE, EOT, encode, decode, None)
+    try:
+        import tokenizers
+    except ImportError:
+        raise TokenizerError(f"{path}: reading a tokenizer.json needs the tokenizers package "
+                         "(pip install tokenizers; transformers installs it)") from None
+    try:
+        tok = tokenizers.Tokenizer.from_file(os.fspath(path))
+    except Exception as e:  # the package raises its own exception types
+        raise TokenizerError(f"{path}: not a tokenizer.json that the tokenizers package reads ({e})") from None
+    vocab = tok.get_vocab(with_added_tokens=True)
+    eot = next((vocab[t] for t in DOCUMENT_TOKENS if t in vocab), None)
+    if eot is None:
+        raise TokenizerError(f"{path}: none of {', '.join(DOCUMENT_TOKENS)} in the vocabulary: no "
+                         "token to start documents with")
+    vocab_size = max(vocab.values()) + 1
+    return Tokenizer(os.fspath(path), vocab_size, eot,
+                     lambda text: tok.encode(text, add_special_tokens=False).ids,
+                     lambda ids: tok.decode([int(t) for t in ids], skip_special_tokens=False),
+                     lambda texts: [e.ids for e in tok.encode_batch(texts, add_special_tokens=False)])
+
+
 class ParallelTokenizer:
     """encode_documents over a stream of text batches, on num_threads threads,
     results in input order. At most `lookahead` chunks are in flight, so memory
-    stays flat however long the stream is."""
+    stays flat however long the stream is. tokenizer: a Tokenizer (GPT-2's
+    when None)."""
 
-    def __init__(self, num_threads=None, docs_per_chunk=64):
+    def __init__(self, num_threads=None, docs_per_chunk=64, tokenizer=None):
         self.num_threads = num_threads or usable_cores()
         self.docs_per_chunk = docs_per_chunk
         self.lookahead = 4 * self.num_threads
+        self.tokenizer = tokenizer or load_tokenizer()
 
     def map(self, text_batches):
         """Yield (tokens, document lengths) for consecutive chunks of the
         documents in text_batches (an iterable of lists of str)."""
         gpt2_encoding()  # build it once, before the threads start
+        encode_chunk = self.tokenizer.encode_documents
         pending = collections.deque()
         with ThreadPoolExecutor(self.num_threads) as pool:
             for texts in text_batches:
                 for i in range(0, len(texts), self.docs_per_chunk):
-                    pending.append(pool.submit(encode_documents, texts[i:i + self.docs_per_chunk]))
+                    pending.append(pool.submit(encode_chunk, texts[i:i + self.docs_per_chunk]))
                     while len(pending) > self.lookahead:
                         yield pending.popleft().result()
             while pending:

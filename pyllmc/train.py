@@ -36,11 +36,13 @@ from tqdm import tqdm
 
 from . import checkpoint, distributed
 from .cli import HelpFormatter
-from ._lib import FileFormatError, LlmcIOError
+from ._lib import FileFormatError, LlmcIOError, UnsupportedError
 from .sample import sample_text
 from .schedule import SCHEDULES, continued_rate
 from .files import os_error_message, read_regular, write_atomic
+from .generate import Generator
 from .shards import ShardError, val_batches, DataLoader
+from .tokenizer import TokenizerError, load_tokenizer
 
 # dense bf16 peak of GPUs whose name contains the key (first match wins)
 PEAK_TFLOPS = [("H100 PCIe", 756.0), ("H100", 989.4), ("H200", 989.4), ("A100", 312.0)]
@@ -49,7 +51,7 @@ PEAK_TFLOPS = [("H100 PCIe", 756.0), ("H100", 989.4), ("H200", 989.4), ("A100", 
 # schedule, ...) must stay as it was, but --steps may grow (see restore_settings).
 FREE_ON_RESUME = ("print_every", "no_progress", "keep_last", "checkpoint_every", "val_every",
                   "start_if_empty",
-                  "val_steps", "sample_every", "sample_length", "hellaswag_every",
+                  "val_steps", "sample_every", "sample_length", "tokenizer", "hellaswag_every",
                   "hellaswag_data", "hellaswag_limit", "num_threads", "peak_tflops", "recompute",
                   "precision",  # an FP8 run may go on in bf16 and the other way round
                   # how the ranks are laid out: a checkpoint resumes on any number of them
@@ -85,8 +87,15 @@ def build_parser():
                         "--seed and the epoch (default: file order, as written)")
     g = p.add_argument_group("model")
     g.add_argument("--model", metavar="PRESET_OR_FILE",
-                   help="d12, d24, d36, d48 (GPT-2 124M..1558M, fresh weights) or an llm.c model "
-                        "file to start from (default: the shape given below)")
+                   help="d12, d24, d36, d48 (GPT-2 124M..1558M, fresh weights), llama-124m, "
+                        "llama3.2-1b, llama3.2-3b, llama3.1-8b (Llama 3 shapes, fresh weights) or an "
+                        "llm.c model file to start from (default: the shape given below)")
+    g.add_argument("--family", choices=("gpt2", "llama"), default="gpt2",
+                   help="architecture of the shape below, without --model")
+    g.add_argument("--num-kv-heads", type=int, default=0,
+                   help="Llama: key/value heads (0: --num-heads), without --model")
+    g.add_argument("--ffn-hidden", type=int, default=0,
+                   help="Llama: SwiGLU width (0: 8C/3 rounded up to 256), without --model")
     g.add_argument("--num-layers", type=int, default=4, help="layers, without --model")
     g.add_argument("--num-heads", type=int, default=4, help="attention heads, without --model")
     g.add_argument("--channels", type=int, default=128, help="embedding width, without --model")
@@ -132,6 +141,9 @@ def build_parser():
     g.add_argument("--sample-every", type=int, default=100,
                    help="print a text sample every N steps, and at the end (0: never)")
     g.add_argument("--sample-length", type=int, default=64, help="tokens per sample")
+    g.add_argument("--tokenizer", metavar="TOKENIZER_JSON",
+                   help="the data's local tokenizer.json, for the samples (default: GPT-2's; "
+                        "samples are skipped when the model's vocabulary is larger)")
     g.add_argument("--hellaswag-every", type=int, default=0,
                    help="HellaSwag accuracy every N steps, and at the end (0: never)")
     g.add_argument("--hellaswag-data", metavar="PATH",
@@ -305,8 +317,12 @@ def open_model(args, team, resume_file=None):
     elif args.model:
         config = pyllmc.Config.preset(args.model)
     else:
+        llama = args.family == "llama"
         config = pyllmc.Config(max_seq_len=args.max_seq_len, num_layers=args.num_layers,
-                               num_heads=args.num_heads, channels=args.channels)
+                               num_heads=args.num_heads, channels=args.channels,
+                               family=pyllmc._lib.FAMILIES[args.family],
+                               num_kv_heads=args.num_kv_heads if llama else 0,
+                               ffn_hidden=args.ffn_hidden if llama else 0)
     if args.seq_len > config.max_seq_len:
         model = f"the model in {path}" if path else "the model (--max-seq-len)"
         raise TrainError(f"-T {args.seq_len} is longer than the {config.max_seq_len} positions of "
@@ -332,7 +348,7 @@ def default_recompute(config):
     return 0 if config.channels <= 768 else 1 if config.channels <= 1280 else 2
 
 
-PRESETS = ("d12", "d24", "d36", "d48")
+PRESETS = ("d12", "d24", "d36", "d48", "llama-124m", "llama3.2-1b", "llama3.2-3b", "llama3.1-8b")
 
 
 def peak_flops(args):
@@ -709,6 +725,10 @@ def run(args, me, given=(), settings=""):
     the saved ones; settings: the digest of the command line, the same on every
     rank."""
     team = Team(me, settings)
+    try:
+        tokenizer = load_tokenizer(args.tokenizer)
+    except TokenizerError as e:
+        raise TrainError(str(e)) from None
     start_step, state, model = resume_point(args, given, team)
     check_args(args)
     micro_steps, rows = batch_layout(args, me)
@@ -752,6 +772,13 @@ def run(args, me, given=(), settings=""):
            f"{tokens_per_step:,} tokens per step, {total_steps} steps")
     if start_step:
         report(f"resuming from step {start_step} ({checkpoint.paths(args.out_dir, start_step)['model']})")
+    samples = args.sample_every and not quiet and cfg.vocab_size <= tokenizer.vocab_size
+    if samples:
+        try:  # a backend without generation for this family (CUDA Llama) still trains
+            Generator.plan_memory(model, 1, 2)
+        except UnsupportedError as e:
+            samples = False
+            report(f"text samples off: {e}")
 
     log = None if quiet else RunLog(args.out_dir, start_step)
     recent = collections.deque(state["recent_losses"] if state else [], maxlen=args.spike_window)
@@ -797,8 +824,9 @@ def run(args, me, given=(), settings=""):
                           hellaswag_acc_norm=result["acc_norm"], hellaswag_acc=result["acc"])
                 say(f"step {step:5d} | HellaSwag acc_norm {result['acc_norm']:.4f} "
                     f"({result['num_examples']} examples)")
-            if step > 0 and args.sample_every and due(args.sample_every, step) and not quiet:
-                text = sample_text(model, "", args.sample_length, top_k=40, seed=args.seed + step)
+            if step > 0 and samples and due(args.sample_every, step):
+                text = sample_text(model, "", args.sample_length, top_k=40, seed=args.seed + step,
+                                   tokenizer=tokenizer)
                 say(f"--- sample at step {step} ---\n{text.strip()}\n---")
             if step > start_step and due(args.checkpoint_every, step):
                 save(step)

@@ -11,6 +11,8 @@ CUDA backend's bf16 activations and activation gradients alone. Tolerances:
 - 20 AdamW steps: every loss within 0.02 of the CPU run's (losses 6 -> 2.7; seen: 2.3e-3)
 - same seed, same batches: bit-identical losses, norms and weights; a run
   resumed from a checkpoint repeats the uninterrupted one bit for bit.
+- Llama (RMSNorm, RoPE with Llama 3.1 scaling, GQA, SwiGLU, tied and untied):
+  the same tolerances, determinism and resume.
 """
 import numpy as np
 import pytest
@@ -293,6 +295,95 @@ def test_nccl_world_size_1_matches_the_plain_path(tmp_path, zero):
     x, y = micro[3]
     assert dist.step(x, y, lr=1e-3) == resumed.step(x, y, lr=1e-3)
     assert np.array_equal(dist.parameters(), resumed.parameters())
+
+
+# ---- Llama (the same tolerances as GPT-2's above) ----------------------------
+
+def llama(**kw):
+    fields = dict(max_seq_len=64, vocab_size=777, num_layers=2, num_heads=8, channels=128,
+                  family=pyllmc._lib.FAMILIES["llama"], num_kv_heads=2, ffn_hidden=344,
+                  untied_head=1, rope_theta=500000.0, rope_scaling_factor=8.0,
+                  rope_low_freq_factor=1.0, rope_high_freq_factor=4.0, rope_original_max_seq_len=32)
+    fields.update(kw)
+    return pyllmc.Config(**fields)
+
+
+LLAMA_GQA4 = llama()
+LLAMA_TIED_MHA = llama(num_heads=4, num_kv_heads=4, untied_head=0, rope_scaling_factor=0.0,
+                       rope_low_freq_factor=0.0, rope_high_freq_factor=0.0,
+                       rope_original_max_seq_len=0, rope_theta=10000.0)
+# Llama 3.2 1B's block width (C 2048, 32 heads of 64, 8 KV heads), two layers
+LLAMA_1B_WIDTH = llama(num_layers=2, num_heads=32, channels=2048, num_kv_heads=8, ffn_hidden=8192,
+                       untied_head=0)
+
+
+def llama_tensor_slices(cfg):
+    from pyllmc import hf
+    out, offset = {}, 0
+    for name, shape in hf.llama_shapes(cfg):
+        size = int(np.prod(shape))
+        out[name] = slice(offset, offset + size)
+        offset += size
+    return out
+
+
+@pytest.mark.parametrize("cfg,B,T", [(LLAMA_GQA4, 3, 61), (LLAMA_TIED_MHA, 4, 64),
+                                   (LLAMA_1B_WIDTH, 2, 32)], ids=["gqa4", "tied-mha", "1b-width"])
+def test_llama_forward_backward_match_cpu(cfg, B, T):
+    cpu, gpu = pair(cfg, B, T)
+    x, y = batch(gpu.config, B, T)
+    y[0, :3] = -1
+    lc, lg = cpu.logits(x), gpu.logits(x)
+    assert np.isfinite(lg).all() and rel(lg, lc) < 2e-2, rel(lg, lc)
+    loss_c, loss_g = cpu.backward(x, y), gpu.backward(x, y)
+    assert abs(loss_g - loss_c) < 1e-2, (loss_g, loss_c)
+    gc, gg = cpu.gradients(), gpu.gradients()
+    errors = {name: rel(gg[sl], gc[sl]) for name, sl in llama_tensor_slices(gpu.config).items()}
+    print("gradient relative errors:", {k: f"{v:.2e}" for k, v in errors.items()})
+    bad = {k: v for k, v in errors.items() if not v < 2e-2}
+    assert not bad, bad
+    mc, pc = cpu.eval(x[:, :T - 5], y[:, :T - 5], per_token=True)
+    mg, pg = gpu.eval(x[:, :T - 5], y[:, :T - 5], per_token=True)
+    assert abs(mg - mc) < 1e-2 and np.abs(pg - pc).max() < 5e-2
+
+
+def test_llama_training_tracks_cpu_and_is_deterministic():
+    B, T = 4, 64
+    cpu, gpu = pair(LLAMA_GQA4, B, T)
+    again = pyllmc.Model.from_config(LLAMA_GQA4, device="cuda", max_batch_size=B, max_seq_len=T)
+    again.set_parameters(gpu.parameters())
+    batches = patterned_batches(LLAMA_GQA4, 20, B, T)
+    hp = dict(lr=1e-3, weight_decay=0.1, grad_clip=1.0)
+    lc = [cpu.step(x, y, **hp)[0] for x, y in batches]
+    lg = train(gpu, batches)
+    assert max(abs(a - b[0]) for a, b in zip(lc, lg)) < 0.02
+    assert lg[-1][0] < lg[0][0] - 1.0
+    assert train(again, batches) == lg
+    assert np.array_equal(again.parameters(), gpu.parameters())
+
+
+@pytest.mark.parametrize("recompute", [0, 2])
+def test_llama_resume_is_bit_identical(tmp_path, recompute):
+    B, T = 2, 32
+    batches = patterned_batches(LLAMA_GQA4, 6, B, T, seed=3)
+    kw = dict(device="cuda", max_batch_size=B, max_seq_len=T, seed=11, recompute=recompute)
+    a = pyllmc.Model.from_config(LLAMA_GQA4, **kw)
+    train(a, batches[:3])
+    a.save(tmp_path / "model.bin")
+    a.save_optimizer(tmp_path / "optim.bin")
+    rest_a = train(a, batches[3:])
+    b = pyllmc.Model.load(tmp_path / "model.bin", **kw)
+    b.load_optimizer(tmp_path / "optim.bin")
+    assert train(b, batches[3:]) == rest_a
+    assert np.array_equal(a.parameters(), b.parameters())
+
+
+def test_llama_8b_that_does_not_fit_says_so_before_allocating():
+    cfg = pyllmc.Config.preset("llama3.1-8b")
+    need = pyllmc.Model.plan_memory(cfg, device="cuda", max_batch_size=1, max_seq_len=1024)
+    with pytest.raises(pyllmc.OutOfMemoryError, match="needs .* GB of GPU memory"):
+        pyllmc.Model.from_config(cfg, device="cuda", max_batch_size=1, max_seq_len=1024)
+    assert need > 4 * 4 * 8_030_261_248
 
 
 # ---- FP8 (precision="fp8"): the block products in E4M3/E5M2 -----------------------------

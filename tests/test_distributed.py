@@ -166,6 +166,20 @@ def test_resume_on_the_same_world_size_is_bit_identical(runs, data, tmp_path):
         (runs["r2z"] / "model_00000010.bin").read_bytes()
 
 
+@needs_mpi
+def test_llama_on_two_ranks_with_zero1_follows_one_rank_and_resumes_on_one(data, tmp_path):
+    """The data-parallel path and ZeRO-1 take the Llama family unchanged."""
+    llama = ["--family", "llama", "--num-heads", "4", "--num-kv-heads", "2", "--ffn-hidden", "48"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    train(["--out-dir", one, *llama], data)
+    train(["--out-dir", two, "--zero", "1", *llama], data, nproc=2)
+    assert_same_trajectory(one, two)
+    resumed = tmp_path / "resumed"
+    resume_copy(two, resumed)
+    train(["--out-dir", resumed, "--resume", *llama], data)
+    assert_same_trajectory(two, resumed)
+
+
 def rank_pids(out_dir, rank):
     """Processes of the run writing to out_dir that MPI started as `rank`."""
     pids = []

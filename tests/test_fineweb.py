@@ -108,11 +108,11 @@ def test_resume_after_interruption_skips_finished_shards(tmp_path, monkeypatch):
 
     # interrupted while writing shard 3: a temp file is left, no progress for it
     real_write = fineweb.write_shard
-    def failing_write(path, tokens):
+    def failing_write(path, tokens, **kw):
         if path.endswith("_000003.bin"):
             open(path + ".tmp.1", "wb").write(b"partial")
             raise KeyboardInterrupt
-        real_write(path, tokens)
+        real_write(path, tokens, **kw)
     monkeypatch.setattr(fineweb, "write_shard", failing_write)
     with pytest.raises(KeyboardInterrupt):
         run([src], tmp_path / "out")
@@ -120,7 +120,7 @@ def test_resume_after_interruption_skips_finished_shards(tmp_path, monkeypatch):
 
     # the finished shards are not tokenized again
     written = []
-    monkeypatch.setattr(fineweb, "write_shard", lambda p, t: (written.append(p), real_write(p, t)))
+    monkeypatch.setattr(fineweb, "write_shard", lambda p, t, **kw: (written.append(p), real_write(p, t, **kw)))
     run([src], tmp_path / "out")
     assert [os.path.basename(p) for p in written] == shard_names("t", len(expected))[3:]
     os.remove(tmp_path / "out" / "t_train_000003.bin.tmp.1")

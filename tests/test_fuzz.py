@@ -4,6 +4,7 @@ device), each loaded by tests/fuzz_worker.py in child processes. Each file
 must load or be refused with a clean exception; never a signal, a hang or
 another exception. Many files per child keep it under a minute on 2 cores;
 when a child dies or hangs, the file it was on is named."""
+import dataclasses
 import json
 import os
 import random
@@ -138,11 +139,25 @@ def corpus(tmp_path_factory):
         m.save(folder / "base_bf16.bin", dtype="bf16")
         m.save_optimizer(folder / "base_optim.bin")
     shards.write_shard(folder / "base_shard.bin", rng.choices(range(64), k=300))
+    shards.write_shard(folder / "base_wide_shard.bin", rng.choices(range(70000), k=300), wide=True)
+    # Llama files (llm.c's llama3 layout): tied with RoPE scaling, and untied in bf16
+    llama = pyllmc.Config(family=1, max_seq_len=16, vocab_size=64, num_layers=2, num_heads=2,
+                          channels=16, num_kv_heads=1, ffn_hidden=24, rope_scaling_factor=8.0,
+                          rope_low_freq_factor=1.0, rope_high_freq_factor=4.0,
+                          rope_original_max_seq_len=8)
+    for name, cfg, dtype in [("base_llama.bin", llama, "fp32"),
+                             ("base_llama_untied_bf16.bin",
+                              dataclasses.replace(llama, untied_head=1), "bf16")]:
+        with pyllmc.Model.from_config(cfg, max_batch_size=1, max_seq_len=4, num_threads=1) as m:
+            m.save(folder / name, dtype=dtype)
     bases = {
         "model": [base_model.read_bytes(), (folder / "base_bf16.bin").read_bytes(),
-                  struct.pack("<8i", *WRAPPING_HEADER) + bytes(1024 - 32)],
+                  struct.pack("<8i", *WRAPPING_HEADER) + bytes(1024 - 32),
+                  (folder / "base_llama.bin").read_bytes(),
+                  (folder / "base_llama_untied_bf16.bin").read_bytes()],
         "optimizer": [(folder / "base_optim.bin").read_bytes()],
-        "shard": [(folder / "base_shard.bin").read_bytes()],
+        "shard": [(folder / "base_shard.bin").read_bytes(),
+                  (folder / "base_wide_shard.bin").read_bytes()],
         "hellaswag_bin": [hellaswag_file(folder / "base_hellaswag.bin")],
     }
     files = []
@@ -154,7 +169,7 @@ def corpus(tmp_path_factory):
             if kind == "hellaswag_jsonl":
                 path.write_bytes(mutate_jsonl(rng))
             else:
-                path.write_bytes(mutate(rng.choice(bases[kind]), rng, header_fields=10))
+                path.write_bytes(mutate(rng.choice(bases[kind]), rng, header_fields=16))
             files.append((kind, str(path)))
     rng.shuffle(files)  # every worker gets every kind
     return files, str(base_model), folder

@@ -1,6 +1,6 @@
 """Generation through the key/value cache (llmc.h "Generation", pyllmc.generate)
-on the CPU backend: greedy tokens equal transformers' cached greedy generate
-on the same weights, each step's log-probabilities match a full forward
+on the CPU backend, for GPT-2 and Llama: greedy tokens equal transformers'
+cached greedy generate on the same weights, each step's log-probabilities match a full forward
 without cache, batches equal sequences run alone, seeds repeat, bad
 arguments are refused."""
 import numpy as np
@@ -81,6 +81,60 @@ def test_each_step_matches_a_forward_without_cache(hf_pair):
         full, want = full_forward_logprobs(ours, prompt, toks)
         assert toks == full.argmax(1).tolist()
         np.testing.assert_allclose(lp, want, atol=1e-4, rtol=0)
+
+
+# ---- Llama: RMSNorm, RoPE at each new token's position, grouped-query attention over the
+# cache, SwiGLU; query heads per key/value head 2; with and without Llama 3.1's RoPE scaling
+# (an original length short enough that all three frequency bands occur), tied and untied.
+
+LLAMA_CASES = {
+    "scaled_untied": dict(rope_theta=500000.0, tie_word_embeddings=False,
+                          rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                        "high_freq_factor": 4.0,
+                                        "original_max_position_embeddings": 24}),
+    "plain_tied": dict(rope_theta=10000.0, tie_word_embeddings=True),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(LLAMA_CASES))
+def llama_pair(request, tmp_path_factory):
+    """A random transformers LlamaForCausalLM (weights wide enough that greedy
+    choices are clear-cut, RMSNorm weights off 1) exported as transformers
+    saves it, and the same weights imported into an llmc Model."""
+    from pyllmc import hf
+    torch.manual_seed(1)
+    config = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=CHANNELS, intermediate_size=88,
+                                      num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+                                      num_key_value_heads=HEADS // 2,
+                                      max_position_embeddings=POSITIONS, rms_norm_eps=1e-5,
+                                      bos_token_id=None, eos_token_id=None,
+                                      attn_implementation="eager", **LLAMA_CASES[request.param])
+    model = transformers.LlamaForCausalLM(config).float().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.add_(torch.randn_like(p) * 0.2)
+            else:
+                p.normal_(0.0, 0.2)
+    folder = tmp_path_factory.mktemp("llama")
+    model.save_pretrained(folder / "hf", safe_serialization=True)
+    hf.import_hf(folder / "hf", folder / "model.bin")
+    with Model.load(folder / "model.bin", max_batch_size=1, num_threads=1) as ours:
+        assert ours.config.is_llama and ours.config.num_kv_heads == HEADS // 2
+        assert ours.config.untied_head == (not config.tie_word_embeddings)
+        yield model, ours
+
+
+def test_llama_greedy_equals_transformers_generate(llama_pair):
+    test_greedy_equals_transformers_generate(llama_pair)
+
+
+def test_llama_each_step_matches_a_forward_without_cache(llama_pair):
+    test_each_step_matches_a_forward_without_cache(llama_pair)
+
+
+def test_llama_batch_equals_each_sequence_alone(llama_pair):
+    test_a_batch_equals_each_sequence_alone(llama_pair, dict(temperature=0.8, top_k=20))
 
 
 SETTINGS = [dict(temperature=0), dict(temperature=0.8, top_k=20), dict(temperature=1.2, top_p=0.9),

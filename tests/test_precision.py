@@ -86,3 +86,29 @@ def test_optimizer_file_versions(tmp_path):
     (tmp_path / "v1_word10.bin").write_bytes(with_header(data, h1=1, h10=5))
     m.load_optimizer(tmp_path / "v1_word10.bin")
     m.close()
+
+
+LLAMA = Config(family=_lib.FAMILIES["llama"], max_seq_len=16, vocab_size=97, num_layers=2,
+               num_heads=4, channels=32, num_kv_heads=2)
+
+
+def test_fp8_refused_for_llama_on_cuda():
+    """FP8 casts GPT-2's block products; the CUDA plan (no GPU needed) says so."""
+    try:
+        Model.plan_memory(LLAMA, device="cuda")
+    except pyllmc.UnsupportedError:
+        pytest.skip("libllmc built without the CUDA backend")
+    with pytest.raises(pyllmc.UnsupportedError, match="fp8 is for GPT-2 models"):
+        Model.plan_memory(LLAMA, device="cuda", precision="fp8")
+
+
+def test_llama_optimizer_file_keeps_scaling_count_and_family_apart(tmp_path):
+    """Word 10 is the scaling-state count; the family fields follow it."""
+    with Model.from_config(LLAMA, max_batch_size=1, max_seq_len=8) as m:
+        x = np.arange(8, dtype=np.int32)[None] % 97
+        m.step(x, x, lr=1e-3)
+        m.save_optimizer(tmp_path / "opt.bin")
+        h = struct.unpack("<256i", (tmp_path / "opt.bin").read_bytes()[:HEADER_BYTES])
+        assert h[1] == 2 and h[10] == 0 and h[11] == _lib.FAMILIES["llama"] and h[12] == 2
+        m.load_optimizer(tmp_path / "opt.bin")
+        assert m.step_count == 1

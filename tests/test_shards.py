@@ -61,7 +61,7 @@ def test_failed_write_keeps_old_file(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("content, message", [
-    (llmc_shard_bytes([1, 2], magic=20240326), "not a token shard (magic 20240326, expected 20240520)"),
+    (llmc_shard_bytes([1, 2], magic=20240326), "not a token shard (magic 20240326, expected 20240520 or 20240801)"),
     (llmc_shard_bytes([1, 2], version=7), "shard version 7 is not supported"),
     (llmc_shard_bytes([1, 2, 3])[:-2], "header says 3 tokens (1030 bytes) but the file has 1028 bytes"),
     (llmc_shard_bytes([1, 2]) + b"\0\0", "header says 2 tokens (1028 bytes) but the file has 1030 bytes"),

@@ -221,7 +221,8 @@ def test_clear_errors(tmp_path, env):
         (["--out-dir", a_file / "sub"], f"output folder {a_file / 'sub'} is not writable"),
         (["--total-batch-size", 100], "--total-batch-size 100 is not a multiple of B*T = 4*32"),
         (["--model", tmp_path / "missing.bin"], "missing.bin"),
-        (["--model", "d99"], "--model d99: neither a preset (d12, d24, d36, d48) nor a model file"),
+        (["--model", "d99"], "--model d99: neither a preset (d12, d24, d36, d48, llama-124m, "
+                                 "llama3.2-1b, llama3.2-3b, llama3.1-8b) nor a model file"),
         (["--hellaswag-every", 1, "--hellaswag-data", tmp_path / "none.jsonl"],
          f"{tmp_path / 'none.jsonl'}: No such file or directory"),
         (["--model", short], "short_train_000001.bin"),

@@ -1,14 +1,15 @@
 /*
  * llmc.h: the whole public C API of libllmc.
  *
- * libllmc holds one GPT-2 model (weights, gradients, AdamW state and the
- * activation memory for a planned batch shape) behind an opaque handle and
- * trains it. Every function returns an llmc_status; on failure
+ * libllmc holds one model of a family (GPT-2 or Llama 3: weights, gradients,
+ * AdamW state and the activation memory for a planned batch shape) behind an
+ * opaque handle and trains it. Every function returns an llmc_status; on failure
  * llmc_last_error() gives a message naming the problem. The library never
  * exits or aborts on anything a caller can get wrong.
  *
- * Model files are llm.c's format (magic 20240326; version 3 = fp32,
- * version 5 = bf16), so checkpoints move freely between llm.c and llmc.
+ * Model files are llm.c's formats (GPT-2: magic 20240326, Llama 3: magic
+ * 20240803 of llm.c's llama3 branch; version 3 = fp32, version 5 = bf16), so
+ * checkpoints move freely between llm.c and llmc.
  *
  * Typical use (tests/c_api_example.c runs exactly this, with B = 2, T = 16
  * and inputs/targets of B*T token ids; `make test` builds and runs it):
@@ -75,7 +76,8 @@ extern "C" {
 /* Bumped whenever a signature or struct below changes; pyllmc checks it.
  * 4: llmc_status_string; reserved options must be zero.
  * 5: llmc_options.precision (taken from the reserved words); generation
- *    (llmc_generator, llmc_sampling, llmc_token_event). */
+ *    (llmc_generator, llmc_sampling, llmc_token_event); llmc_config's model
+ *    family (Llama 3) fields. */
 #define LLMC_ABI_VERSION 5
 
 typedef enum llmc_status {
@@ -120,14 +122,36 @@ typedef enum llmc_dtype {
     LLMC_DTYPE_BF16 = 1, /* llm.c version 5 */
 } llmc_dtype;
 
-/* Model shape; the same fields as llm.c's checkpoint header. */
+typedef enum llmc_family {
+    LLMC_FAMILY_GPT2 = 0,  /* LayerNorm, learned positions, GELU MLP, biases, tied head */
+    LLMC_FAMILY_LLAMA = 1, /* Llama 3 as transformers' LlamaForCausalLM: RMSNorm, RoPE,
+                            * grouped-query attention, SwiGLU MLP, no biases */
+} llmc_family;
+
+/* Model shape. The first six fields are llm.c's GPT-2 checkpoint header; the
+ * rest describe the family and are all zero for GPT-2 (a config written
+ * before they existed, zero-filled, is the same GPT-2). For Llama a zero
+ * field takes the default in its comment when a model is created, and
+ * llmc_get_config returns the filled-in value. */
 typedef struct llmc_config {
-    int32_t max_seq_len;       /* learned positions, e.g. 1024 */
+    int32_t max_seq_len;       /* GPT-2: learned positions; Llama: longest sequence */
     int32_t vocab_size;        /* e.g. 50257 */
     int32_t padded_vocab_size; /* vocab_size rounded up (0 in llmc_init: to a multiple of 128) */
     int32_t num_layers;
     int32_t num_heads;
     int32_t channels;          /* must be divisible by num_heads */
+    int32_t family;            /* llmc_family */
+    int32_t num_kv_heads;      /* Llama: key/value heads, dividing num_heads (0: num_heads) */
+    int32_t ffn_hidden;        /* Llama: SwiGLU hidden size (0: 8C/3 rounded up to 256) */
+    int32_t untied_head;       /* Llama: 1 = the output layer has its own weights, 0 = wte's */
+    float rope_theta;          /* Llama: RoPE base (0: 10000) */
+    float norm_eps;            /* Llama: RMSNorm epsilon (0: 1e-5) */
+    /* Llama 3.1's RoPE frequency scaling: factor 0 = none; else all four set
+     * (Llama 3.1: 8, 1, 4, 8192; Llama 3.2: 32, 1, 4, 8192) */
+    float rope_scaling_factor;
+    float rope_low_freq_factor;
+    float rope_high_freq_factor;
+    int32_t rope_original_max_seq_len;
 } llmc_config;
 
 /* How a model is placed and how much activation memory is planned. */
@@ -160,7 +184,8 @@ typedef struct llmc_options {
 } llmc_options;
 
 /* AdamW hyper-parameters of one optimizer step. Weight decay applies to the
- * 2-D weights only (wte, wpe and the four matmul weights of each block).
+ * 2-D weights only (wte, wpe or Llama's output layer, and the four matmul
+ * weights of each block).
  * All must be finite: 0 <= lr <= 1e30, 0 <= beta1, beta2 < 1, eps > 0,
  * weight_decay >= 0; grad_clip <= 0 disables clipping. */
 typedef struct llmc_adamw {
@@ -229,8 +254,10 @@ LLMC_API int llmc_cuda_available(void);
  * zero); set fields on the copy. */
 LLMC_API llmc_options llmc_default_options(void);
 LLMC_API llmc_adamw llmc_default_adamw(void);
-/* "d12", "d24", "d36", "d48" (GPT-2 124M, 350M, 774M, 1558M) into *out;
- * an unknown name is LLMC_ERR_INVALID_ARGUMENT and *out is unchanged. */
+/* "d12", "d24", "d36", "d48" (GPT-2 124M, 350M, 774M, 1558M), "llama-124m"
+ * (a Llama of GPT-2 124M's size on GPT-2's vocabulary), "llama3.2-1b",
+ * "llama3.2-3b", "llama3.1-8b" (those models' shapes) into *out; an unknown
+ * name is LLMC_ERR_INVALID_ARGUMENT and *out is unchanged. */
 LLMC_API llmc_status llmc_config_preset(const char *name, llmc_config *out);
 
 /* The shape in a model file's header, checked (with the file's size) as
@@ -238,7 +265,9 @@ LLMC_API llmc_status llmc_config_preset(const char *name, llmc_config *out);
  * written only on success. */
 LLMC_API llmc_status llmc_read_config(const char *path, llmc_config *out);
 
-/* A fresh model with GPT-2's random init, deterministic for options->seed.
+/* A fresh model with GPT-2's random init (N(0, 0.02), residual projections
+ * scaled by 1/sqrt(2L), norms 1, biases 0; the same for Llama), deterministic
+ * for options->seed.
  * options NULL: llmc_default_options(). *out gets the handle (NULL on
  * failure, when nothing stays allocated). */
 LLMC_API llmc_status llmc_init(const llmc_config *config, const llmc_options *options,
@@ -304,7 +333,13 @@ LLMC_API llmc_status llmc_logits(llmc_model *model, const int32_t *inputs, int B
                                  int last_only, float *out);
 
 /* Parameters, gradients, in llm.c's tensor order, as one fp32 vector of
- * llmc_num_parameters() floats. For the CUDA backend these are the fp32
+ * llmc_num_parameters() floats. Llama holds, in that order: wte (Vp, C), the
+ * output layer (Vp, C; in wpe's place, as llm.c's llama3 files; absent when
+ * tied), and per layer ln1w, qkvw ((NH + 2 NKV) hs rows: q, k, v), attprojw,
+ * ln2w, fcw (2F rows: the up projection, then the gate), fcprojw, then lnfw;
+ * no biases. q and k rows are in Meta's order (RoPE rotates the pairs 2i,
+ * 2i+1 of a head), as llm.c's files; transformers' order differs by a
+ * permutation within each head (pyllmc.hf converts). For the CUDA backend these are the fp32
  * master weights. llmc_set_parameters drops gradients not yet applied and
  * does not check the values (a caller may set anything); a failed
  * set_parameters on CUDA may leave the weights partly written. */

@@ -39,6 +39,28 @@ llmc_status llmc_config_check(llmc_config *c, const char *source, llmc_status ba
  * instead of the OS killing the process when the pages are touched. */
 llmc_status llmc_host_memory_check(size_t bytes, const char *what);
 
+/* Shapes of a checked config's blocks, for both families. */
+static inline int llmc_is_llama(const llmc_config *c) { return c->family == LLMC_FAMILY_LLAMA; }
+static inline int llmc_kv_heads(const llmc_config *c) {
+    return llmc_is_llama(c) ? c->num_kv_heads : c->num_heads;
+}
+/* Columns of the fused q, k, v projection: 3C for GPT-2. */
+static inline size_t llmc_qkv_width(const llmc_config *c) {
+    return (size_t)(c->num_heads + 2 * llmc_kv_heads(c)) * (c->channels / c->num_heads);
+}
+/* Columns of the MLP's first projection (GPT-2 4C; Llama 2F: up, then gate)
+ * and of its activation (4C; F). */
+static inline size_t llmc_fc_width(const llmc_config *c) {
+    return llmc_is_llama(c) ? 2 * (size_t)c->ffn_hidden : 4 * (size_t)c->channels;
+}
+static inline size_t llmc_fc_act_width(const llmc_config *c) {
+    return llmc_is_llama(c) ? (size_t)c->ffn_hidden : 4 * (size_t)c->channels;
+}
+
+/* RoPE's inverse frequencies of a Llama config, head_size/2 floats, as
+ * transformers computes them in fp32 (with Llama 3.1's scaling when set). */
+void llmc_rope_inv_freq(const llmc_config *c, float *out);
+
 /* GPT-2's initialisation of elements start..start+count-1 of parameter
  * tensor `tensor`, a pure function of the config, the seed and the
  * element's index (so it can be produced a piece at a time). */

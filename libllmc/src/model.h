@@ -36,6 +36,11 @@ enum {
     P_LNFW,     /* (C) */
     P_LNFB,     /* (C) */
 };
+/* Llama (llmc_config.family) keeps the same order with its own shapes
+ * (llmc.h, llmc_get_parameters): the biases, lnfb and (tied) the output
+ * layer are empty; an untied output layer takes wpe's slot, as in llm.c's
+ * llama3 files. */
+#define P_LMHEAD P_WPE
 
 typedef struct llmc_backend llmc_backend;
 
@@ -79,8 +84,11 @@ struct llmc_model {
  * if a size does not fit in size_t, else 1. */
 int llmc_param_layout(const llmc_config *c, size_t sizes[LLMC_NUM_PARAM_TENSORS],
                       size_t offsets[LLMC_NUM_PARAM_TENSORS], size_t *total);
-/* llm.c's name of a parameter tensor ("wte", "ln1w", ...). */
-const char *llmc_param_name(int tensor);
+/* llm.c's name of a parameter tensor of c's family ("wte", "ln1w", ...,
+ * "lm_head" for Llama's output layer). */
+const char *llmc_param_name(const llmc_config *c, int tensor);
+/* The tensor the LM head reads: the output layer, or wte when tied. */
+int llmc_head_tensor(const llmc_config *c);
 /* 1 for the tensors stacked across layers (ln1w..fcprojb), else 0. */
 int llmc_param_is_per_layer(int tensor);
 /* 1 for the tensors AdamW decays (the 2-D weights), else 0. */

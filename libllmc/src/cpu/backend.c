@@ -1,6 +1,7 @@
 /*
  * backend.c: the CPU fp32 backend: memory, the GPT-2 forward and backward
- * passes over the kernels of layers.h, and the optimizer step.
+ * passes over the kernels of layers.h (Llama's are in llama.c), and the
+ * optimizer step.
  *
  * Memory is planned from options.max_batch_size x options.max_seq_len and
  * allocated in tiers, as llm.c does, so that a model used only for
@@ -28,51 +29,9 @@
 #include "../comm.h"
 #include "../config.h"
 #include "../model.h"
+#include "backend.h"
 #include "decode.h"
 #include "layers.h"
-
-/* Activations of one transformer block for the planned batch (N = B*T rows). */
-typedef struct {
-    float *ln1, *ln1_mean, *ln1_rstd; /* (N, C), (N), (N) */
-    float *qkv;                       /* (N, 3C) */
-    float *att;                       /* (B, NH, T, T) softmax probabilities */
-    float *atty;                      /* (N, C) the heads' outputs */
-    float *res2;                      /* (N, C) residual stream after attention */
-    float *ln2, *ln2_mean, *ln2_rstd;
-    float *fch, *fch_gelu;            /* (N, 4C) */
-    float *res3;                      /* (N, C) residual stream after the MLP */
-} block_acts;
-
-/* One aligned allocation carved into named buffers. */
-typedef struct {
-    float *mem;
-    size_t bytes;
-} arena;
-
-typedef struct {
-    int threads;
-
-    arena params_mem;
-    float *param[LLMC_NUM_PARAM_TENSORS]; /* each tensor inside params_mem */
-
-    /* forward activations */
-    arena acts_mem;
-    int stored_blocks;    /* 1 (shared by every block) before training, L after */
-    block_acts *blocks;   /* stored_blocks of them */
-    float *encoded;       /* (N, C) */
-    float *lnf, *lnf_mean, *lnf_rstd;
-    float *losses;        /* (N) */
-    float *logits;        /* (chunk rows, V) */
-    float *head_rows;     /* (chunk rows, C) counted rows gathered for eval's LM head */
-
-    /* training state */
-    arena grads_mem;
-    float *grad[LLMC_NUM_PARAM_TENSORS];
-    float *dres, *dln, *datty, *dqkv, *dfch; /* one block's activation gradients */
-    float *att_scratch;                      /* per thread, see attention_backward */
-    arena moments_mem;
-    float *mom1, *mom2; /* the whole vector, or this rank's shard with ZeRO-1 */
-} cpu_state;
 
 /* ---- distribution ---------------------------------------------------------- */
 
@@ -139,23 +98,28 @@ static void split_tensors(const llmc_model *m, float *base, float *tensors[LLMC_
 /* Forward activations with `blocks` blocks stored; on failure the old ones stay. */
 static llmc_status alloc_activations(llmc_model *m, int blocks) {
     cpu_state *s = m->impl;
+    const llmc_config *c = &m->config;
     const size_t B = m->options.max_batch_size, T = m->options.max_seq_len, N = B * T;
-    const size_t C = m->config.channels, NH = m->config.num_heads, V = m->config.vocab_size;
+    const size_t C = c->channels, NH = c->num_heads, V = c->vocab_size;
+    const size_t QKV = llmc_qkv_width(c), FC = llmc_fc_width(c), ACT = llmc_fc_act_width(c);
     const size_t chunk_rows = N < CLASSIFIER_CHUNK_ROWS ? N : CLASSIFIER_CHUNK_ROWS;
+    /* RMSNorm keeps no means; RoPE's table covers the planned positions */
+    const size_t means = llmc_is_llama(c) ? 0 : N;
+    const size_t rope = llmc_is_llama(c) ? T * (C / NH / 2) : 0;
     block_acts *ba = calloc(blocks, sizeof *ba);
     if (ba == NULL) return llmc_error(LLMC_ERR_OUT_OF_MEMORY, "out of host memory");
     float *ln1, *ln1_mean, *ln1_rstd, *qkv, *att, *atty, *res2, *ln2, *ln2_mean, *ln2_rstd, *fch,
-        *fch_gelu, *res3;
+        *fch_act, *res3;
     const size_t L = blocks;
     buffer bufs[] = {
-        {&ln1, L * N * C},          {&ln1_mean, L * N},  {&ln1_rstd, L * N},
-        {&qkv, L * N * 3 * C},      {&att, L * B * NH * T * T},
+        {&ln1, L * N * C},          {&ln1_mean, L * means}, {&ln1_rstd, L * N},
+        {&qkv, L * N * QKV},        {&att, L * B * NH * T * T},
         {&atty, L * N * C},         {&res2, L * N * C},  {&ln2, L * N * C},
-        {&ln2_mean, L * N},         {&ln2_rstd, L * N},  {&fch, L * N * 4 * C},
-        {&fch_gelu, L * N * 4 * C}, {&res3, L * N * C},
-        {&s->encoded, N * C},       {&s->lnf, N * C},    {&s->lnf_mean, N},
+        {&ln2_mean, L * means},     {&ln2_rstd, L * N},  {&fch, L * N * FC},
+        {&fch_act, L * N * ACT},    {&res3, L * N * C},
+        {&s->encoded, N * C},       {&s->lnf, N * C},    {&s->lnf_mean, means},
         {&s->lnf_rstd, N},          {&s->losses, N},     {&s->logits, chunk_rows * V},
-        {&s->head_rows, chunk_rows * C},
+        {&s->head_rows, chunk_rows * C}, {&s->rope_cos, rope}, {&s->rope_sin, rope},
     };
     arena mem;
     /* the buffers above are written only if the allocation succeeds */
@@ -166,14 +130,25 @@ static llmc_status alloc_activations(llmc_model *m, int blocks) {
     }
     for (size_t l = 0; l < L; l++) {
         ba[l] = (block_acts){
-            .ln1 = ln1 + l * N * C,         .ln1_mean = ln1_mean + l * N,
-            .ln1_rstd = ln1_rstd + l * N,   .qkv = qkv + l * N * 3 * C,
+            .ln1 = ln1 + l * N * C,         .ln1_mean = ln1_mean + l * means,
+            .ln1_rstd = ln1_rstd + l * N,   .qkv = qkv + l * N * QKV,
             .att = att + l * B * NH * T * T, .atty = atty + l * N * C,
             .res2 = res2 + l * N * C,       .ln2 = ln2 + l * N * C,
-            .ln2_mean = ln2_mean + l * N,   .ln2_rstd = ln2_rstd + l * N,
-            .fch = fch + l * N * 4 * C,     .fch_gelu = fch_gelu + l * N * 4 * C,
+            .ln2_mean = ln2_mean + l * means, .ln2_rstd = ln2_rstd + l * N,
+            .fch = fch + l * N * FC,        .fch_act = fch_act + l * N * ACT,
             .res3 = res3 + l * N * C,
         };
+    }
+    if (rope) {
+        float *inv_freq = malloc(C / NH / 2 * sizeof(float));
+        if (inv_freq == NULL) {
+            free(ba);
+            free(mem.mem);
+            return llmc_error(LLMC_ERR_OUT_OF_MEMORY, "out of host memory");
+        }
+        llmc_rope_inv_freq(c, inv_freq);
+        rope_table(s->rope_cos, s->rope_sin, inv_freq, (int)T, (int)(C / NH / 2));
+        free(inv_freq);
     }
     arena_free(&s->acts_mem);
     free(s->blocks);
@@ -187,12 +162,15 @@ static llmc_status alloc_activations(llmc_model *m, int blocks) {
 static llmc_status ensure_training_state(llmc_model *m) {
     cpu_state *s = m->impl;
     if (s->grads_mem.mem) return LLMC_OK;
+    const llmc_config *c = &m->config;
     const size_t N = (size_t)m->options.max_batch_size * m->options.max_seq_len;
-    const size_t C = m->config.channels, T = m->options.max_seq_len;
+    const size_t C = c->channels, T = m->options.max_seq_len;
+    const size_t dact = llmc_is_llama(c) ? N * llmc_fc_act_width(c) : 0; /* GELU's is in place */
     float *grads = NULL;
     buffer bufs[] = {
         {&grads, m->num_params},   {&s->dres, N * C},     {&s->dln, N * C},
-        {&s->datty, N * C},        {&s->dqkv, N * 3 * C}, {&s->dfch, N * 4 * C},
+        {&s->datty, N * C},        {&s->dqkv, N * llmc_qkv_width(c)},
+        {&s->dfch, N * llmc_fc_width(c)}, {&s->dact, dact},
         {&s->att_scratch, s->threads * attention_scratch_floats(T)},
     };
     llmc_status st = arena_alloc(&s->grads_mem, bufs, sizeof bufs / sizeof bufs[0], 0, "gradients");
@@ -224,8 +202,10 @@ static llmc_status check_tensor_limits(const llmc_model *m) {
     const double B = m->options.max_batch_size, T = m->options.max_seq_len, N = B * T;
     const double C = m->config.channels, NH = m->config.num_heads;
     const double chunk = N < CLASSIFIER_CHUNK_ROWS ? N : CLASSIFIER_CHUNK_ROWS;
+    const double widest = (double)llmc_fc_width(&m->config) > (double)llmc_qkv_width(&m->config)
+                              ? (double)llmc_fc_width(&m->config) : (double)llmc_qkv_width(&m->config);
     const struct { const char *name; double elements; } tensors[] = {
-        {"(B*T, 4C) MLP activation", N * 4 * C}, {"(B, NH, T, T) attention", B * NH * T * T},
+        {"(B*T, 4C) MLP activation", N * widest}, {"(B, NH, T, T) attention", B * NH * T * T},
         {"(rows, V) logits chunk", chunk * m->config.vocab_size}, {"(T, C) row stride", T * C},
         {"(Vp, C) token embedding", (double)m->config.padded_vocab_size * C},
     };
@@ -242,11 +222,17 @@ static llmc_status check_tensor_limits(const llmc_model *m) {
 /* Floats of the whole training plan, in double: an upper bound for every
  * buffer size computed later, checked once so that none can wrap around. */
 static double training_plan_floats(const llmc_model *m, int threads) {
+    const llmc_config *c = &m->config;
     const double B = m->options.max_batch_size, T = m->options.max_seq_len, N = B * T;
-    const double C = m->config.channels, NH = m->config.num_heads, L = m->config.num_layers;
-    const double per_block = N * (16 * C + 4) + B * NH * T * T;
-    const double others = N * (3 * C + 3) + CLASSIFIER_CHUNK_ROWS * ((double)m->config.vocab_size + C);
-    const double grads = N * 10 * C + threads * (T * T + 16);
+    const double C = c->channels, NH = c->num_heads, L = c->num_layers;
+    const double QKV = (double)llmc_qkv_width(c), FC = (double)llmc_fc_width(c);
+    const double ACT = (double)llmc_fc_act_width(c), dact = llmc_is_llama(c) ? ACT : 0.0;
+    /* GPT-2: 16C + 4 floats per row (Llama's RMSNorm keeps no means: an
+     * upper bound), and the RoPE table */
+    const double per_block = N * (5 * C + QKV + FC + ACT + 4) + B * NH * T * T;
+    const double others = N * (3 * C + 3) + CLASSIFIER_CHUNK_ROWS * ((double)c->vocab_size + C) +
+                          (llmc_is_llama(c) ? T * C / NH : 0.0);
+    const double grads = N * (3 * C + QKV + FC + dact) + threads * (T * T + 16);
     return (double)param_floats(m) + m->num_params + 2.0 * moment_floats(m) + L * per_block +
            others + grads + 1024.0 * 16;
 }
@@ -425,17 +411,8 @@ static llmc_status cpu_get_opt_state(llmc_model *m, float *mom1, float *mom2) {
 
 /* ---- forward and backward ------------------------------------------------------- */
 
-static const block_acts *block_at(const cpu_state *s, int l) {
-    return &s->blocks[s->stored_blocks == 1 ? 0 : l];
-}
-
-/* The residual stream entering block l. */
-static const float *block_input(const cpu_state *s, int l) {
-    return l == 0 ? s->encoded : block_at(s, l - 1)->res3;
-}
-
-/* Up to the final LayerNorm (s->lnf), for B x T tokens. */
-static void forward(llmc_model *m, const int32_t *tokens, int B, int T) {
+/* GPT-2 up to the final LayerNorm (s->lnf), for B x T tokens. */
+static void gpt2_forward(llmc_model *m, const int32_t *tokens, int B, int T) {
     cpu_state *s = m->impl;
     const int L = m->config.num_layers, C = m->config.channels, NH = m->config.num_heads;
     const int N = B * T;
@@ -449,26 +426,26 @@ static void forward(llmc_model *m, const int32_t *tokens, int B, int T) {
         const size_t lC = (size_t)l * C;
         layernorm_forward(a->ln1, a->ln1_mean, a->ln1_rstd, x, p[P_LN1W] + lC, p[P_LN1B] + lC, N, C);
         matmul_forward(a->qkv, a->ln1, p[P_QKVW] + lC * 3 * C, p[P_QKVB] + 3 * lC, NULL, N, C, 3 * C);
-        attention_forward(a->atty, a->att, a->qkv, B, T, C, NH);
+        attention_forward(a->atty, a->att, a->qkv, B, T, C, NH, NH);
         matmul_forward(a->res2, a->atty, p[P_ATTPROJW] + lC * C, p[P_ATTPROJB] + lC, x, N, C, C);
         layernorm_forward(a->ln2, a->ln2_mean, a->ln2_rstd, a->res2, p[P_LN2W] + lC, p[P_LN2B] + lC,
                           N, C);
         matmul_forward(a->fch, a->ln2, p[P_FCW] + lC * 4 * C, p[P_FCB] + 4 * lC, NULL, N, C, 4 * C);
-        gelu_forward(a->fch_gelu, a->fch, (size_t)N * 4 * C);
-        matmul_forward(a->res3, a->fch_gelu, p[P_FCPROJW] + lC * 4 * C, p[P_FCPROJB] + lC, a->res2,
+        gelu_forward(a->fch_act, a->fch, (size_t)N * 4 * C);
+        matmul_forward(a->res3, a->fch_act, p[P_FCPROJW] + lC * 4 * C, p[P_FCPROJB] + lC, a->res2,
                        N, 4 * C, C);
     }
     layernorm_forward(s->lnf, s->lnf_mean, s->lnf_rstd, block_input(s, L), p[P_LNFW], p[P_LNFB], N, C);
 }
 
-/* Backward of one micro-batch, gradients accumulating; returns the loss sum. */
-static double backward_micro(llmc_model *m, const int32_t *tokens, const int32_t *targets, int B,
-                             int T, float dloss) {
+/* GPT-2's backward of one micro-batch, gradients accumulating; returns the loss sum. */
+static double gpt2_backward_micro(llmc_model *m, const int32_t *tokens, const int32_t *targets,
+                                  int B, int T, float dloss) {
     cpu_state *s = m->impl;
     const int L = m->config.num_layers, C = m->config.channels, NH = m->config.num_heads;
     const int N = B * T, V = m->config.vocab_size;
     float **p = s->param, **g = s->grad;
-    forward(m, tokens, B, T);
+    gpt2_forward(m, tokens, B, T);
     /* the LM head's input gradient goes to dln, its weight gradient into wte's */
     classifier_forward_backward(s->losses, s->dln, g[P_WTE], s->logits, s->lnf, p[P_WTE], targets,
                                 N, C, V, dloss);
@@ -483,7 +460,7 @@ static double backward_micro(llmc_model *m, const int32_t *tokens, const int32_t
         const block_acts *a = block_at(s, l);
         const size_t lC = (size_t)l * C;
         /* res3 = res2 + fcproj(gelu(fc(ln2(res2)))) */
-        matmul_backward(s->dfch, g[P_FCPROJW] + lC * 4 * C, g[P_FCPROJB] + lC, s->dres, a->fch_gelu,
+        matmul_backward(s->dfch, g[P_FCPROJW] + lC * 4 * C, g[P_FCPROJB] + lC, s->dres, a->fch_act,
                         p[P_FCPROJW] + lC * 4 * C, N, 4 * C, C);
         gelu_backward(s->dfch, a->fch, s->dfch, (size_t)N * 4 * C);
         matmul_backward(s->dln, g[P_FCW] + lC * 4 * C, g[P_FCB] + 4 * lC, s->dfch, a->ln2,
@@ -493,7 +470,7 @@ static double backward_micro(llmc_model *m, const int32_t *tokens, const int32_t
         /* res2 = x + attproj(attention(qkv(ln1(x)))) */
         matmul_backward(s->datty, g[P_ATTPROJW] + lC * C, g[P_ATTPROJB] + lC, s->dres, a->atty,
                         p[P_ATTPROJW] + lC * C, N, C, C);
-        attention_backward(s->dqkv, s->att_scratch, s->datty, a->qkv, a->att, B, T, C, NH);
+        attention_backward(s->dqkv, s->att_scratch, s->datty, a->qkv, a->att, B, T, C, NH, NH);
         matmul_backward(s->dln, g[P_QKVW] + lC * 3 * C, g[P_QKVB] + 3 * lC, s->dqkv, a->ln1,
                         p[P_QKVW] + lC * 3 * C, N, C, 3 * C);
         layernorm_backward(s->dres, g[P_LN1W] + lC, g[P_LN1B] + lC, s->dln, block_input(s, l),
@@ -501,6 +478,19 @@ static double backward_micro(llmc_model *m, const int32_t *tokens, const int32_t
     }
     encoder_backward(g[P_WTE], g[P_WPE], s->dres, tokens, B, T, C);
     return loss_sum;
+}
+
+/* The family's composition: up to the final norm (s->lnf) ... */
+static void forward(llmc_model *m, const int32_t *tokens, int B, int T) {
+    if (llmc_is_llama(&m->config)) llama_forward(m, tokens, B, T);
+    else gpt2_forward(m, tokens, B, T);
+}
+
+/* ... and one micro-batch's forward and backward. */
+static double backward_micro(llmc_model *m, const int32_t *tokens, const int32_t *targets, int B,
+                             int T, float dloss) {
+    return llmc_is_llama(&m->config) ? llama_backward_micro(m, tokens, targets, B, T, dloss)
+                                     : gpt2_backward_micro(m, tokens, targets, B, T, dloss);
 }
 
 static llmc_status cpu_backward(llmc_model *m, const int32_t *inputs, const int32_t *targets,
@@ -548,8 +538,9 @@ static llmc_status cpu_eval(llmc_model *m, const int32_t *inputs, const int32_t 
                             int T, float *per_token_losses) {
     cpu_state *s = enter(m);
     forward(m, inputs, B, T);
-    classifier_losses(per_token_losses, s->logits, s->head_rows, s->lnf, s->param[P_WTE], targets,
-                      B * T, m->config.channels, m->config.vocab_size);
+    classifier_losses(per_token_losses, s->logits, s->head_rows, s->lnf,
+                      s->param[llmc_head_tensor(&m->config)], targets, B * T, m->config.channels,
+                      m->config.vocab_size);
     return LLMC_OK;
 }
 
@@ -557,11 +548,12 @@ static llmc_status cpu_logits(llmc_model *m, const int32_t *inputs, int B, int T
                               float *out) {
     cpu_state *s = enter(m);
     const int C = m->config.channels, V = m->config.vocab_size;
+    const float *head = s->param[llmc_head_tensor(&m->config)];
     forward(m, inputs, B, T);
     if (last_only) /* row T-1 of each sequence: a stride of T rows */
-        gemm(0, 1, B, V, C, 1.0f, s->lnf + (size_t)(T - 1) * C, T * C, s->param[P_WTE], C, 0.0f, out, V);
+        gemm(0, 1, B, V, C, 1.0f, s->lnf + (size_t)(T - 1) * C, T * C, head, C, 0.0f, out, V);
     else
-        gemm(0, 1, B * T, V, C, 1.0f, s->lnf, C, s->param[P_WTE], C, 0.0f, out, V);
+        gemm(0, 1, B * T, V, C, 1.0f, s->lnf, C, head, C, 0.0f, out, V);
     return LLMC_OK;
 }
 

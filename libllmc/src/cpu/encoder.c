@@ -1,5 +1,6 @@
 /*
- * encoder.c: token embedding plus learned position embedding.
+ * encoder.c: token embedding plus learned position embedding (GPT-2), or
+ * the token embedding alone (Llama: wpe and dwpe NULL).
  */
 #include <omp.h>
 #include <string.h>
@@ -11,8 +12,12 @@ void encoder_forward(float *out, const int32_t *tokens, const float *wte, const 
 #pragma omp parallel for if ((size_t)B * T * C >= PARALLEL_MIN_FLOATS)
     for (int bt = 0; bt < B * T; bt++) {
         const float *te = wte + (size_t)tokens[bt] * C;
-        const float *pe = wpe + (size_t)(bt % T) * C;
         float *o = out + (size_t)bt * C;
+        if (wpe == NULL) {
+            memcpy(o, te, (size_t)C * sizeof(float));
+            continue;
+        }
+        const float *pe = wpe + (size_t)(bt % T) * C;
         for (int c = 0; c < C; c++) o[c] = te[c] + pe[c];
     }
 }
@@ -29,8 +34,12 @@ void encoder_backward(float *dwte, float *dwpe, const float *dout, const int32_t
         int c0 = (int)((long)C * id / nt), c1 = (int)((long)C * (id + 1) / nt);
         for (int bt = 0; bt < B * T; bt++) {
             float *dte = dwte + (size_t)tokens[bt] * C;
-            float *dpe = dwpe + (size_t)(bt % T) * C;
             const float *d = dout + (size_t)bt * C;
+            if (dwpe == NULL) {
+                for (int c = c0; c < c1; c++) dte[c] += d[c];
+                continue;
+            }
+            float *dpe = dwpe + (size_t)(bt % T) * C;
             for (int c = c0; c < c1; c++) {
                 dte[c] += d[c];
                 dpe[c] += d[c];

@@ -2,9 +2,11 @@
  * kvcache.c: the key/value cache of generation and causal attention over
  * it, for rows that are single tokens of cached sequences.
  *
- * Layout of one layer's keys (and alike its values): (S, NH, T, hs), so that
- * the keys a query reads (one slot, one head, positions 0..pos) are one
- * contiguous run of (pos + 1) * hs floats.
+ * Layout of one layer's keys (and alike its values): (S, NKV, T, hs), so
+ * that the keys a query reads (one slot, one key/value head, positions
+ * 0..pos) are one contiguous run of (pos + 1) * hs floats. A qkv row holds
+ * the NH query heads, then the NKV key heads, then the NKV value heads
+ * (GPT-2: NKV = NH); query head h reads key/value head h / (NH / NKV).
  */
 #include <math.h>
 #include <omp.h>
@@ -13,12 +15,13 @@
 #include "layers.h"
 
 void kv_store(float *keys, float *values, const float *qkv, const int32_t *slot,
-              const int32_t *pos, int n, int C, int NH, int T) {
+              const int32_t *pos, int n, int C, int NH, int NKV, int T) {
     const int hs = C / NH;
+    const size_t width = (size_t)(NH + 2 * NKV) * hs;
     for (int i = 0; i < n; i++) {
-        const float *k = qkv + (size_t)i * 3 * C + C, *v = k + C;
-        for (int h = 0; h < NH; h++) {
-            const size_t at = (((size_t)slot[i] * NH + h) * T + pos[i]) * hs;
+        const float *k = qkv + i * width + C, *v = k + (size_t)NKV * hs;
+        for (int h = 0; h < NKV; h++) {
+            const size_t at = (((size_t)slot[i] * NKV + h) * T + pos[i]) * hs;
             memcpy(keys + at, k + h * hs, hs * sizeof(float));
             memcpy(values + at, v + h * hs, hs * sizeof(float));
         }
@@ -27,8 +30,9 @@ void kv_store(float *keys, float *values, const float *qkv, const int32_t *slot,
 
 void attention_cached(float *out, float *scratch, const float *qkv, const float *keys,
                       const float *values, const int32_t *slot, const int32_t *pos, int n, int C,
-                      int NH, int T) {
-    const int hs = C / NH;
+                      int NH, int NKV, int T) {
+    const int hs = C / NH, group = NH / NKV;
+    const size_t width = (size_t)(NH + 2 * NKV) * hs;
     const float scale = 1.0f / sqrtf((float)hs);
     double work = 0.0;
     for (int i = 0; i < n; i++) work += (double)(pos[i] + 1) * C;
@@ -36,8 +40,8 @@ void attention_cached(float *out, float *scratch, const float *qkv, const float 
     for (int i = 0; i < n; i++) {
         for (int h = 0; h < NH; h++) {
             float *score = scratch + (size_t)omp_get_thread_num() * T;
-            const float *q = qkv + (size_t)i * 3 * C + h * hs;
-            const size_t base = ((size_t)slot[i] * NH + h) * T * hs;
+            const float *q = qkv + i * width + h * hs;
+            const size_t base = ((size_t)slot[i] * NKV + h / group) * T * hs;
             const float *k = keys + base, *v = values + base;
             const int len = pos[i] + 1;
             float max = -INFINITY;

@@ -69,7 +69,8 @@ void gemm_serial(int trans_a, int trans_b, int M, int N, int K, float alpha, con
 void gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
           const float *B, int ldb, float beta, float *C, int ldc);
 
-/* out (N, OC) = residual + inp (N, C) @ weight^T + bias; residual may be NULL. */
+/* out (N, OC) = residual + inp (N, C) @ weight^T + bias; residual and bias
+ * may be NULL. */
 void matmul_forward(float *out, const float *inp, const float *weight, const float *bias,
                     const float *residual, int N, int C, int OC);
 /* matmul_forward for a few rows (at most MATMUL_FEW_ROWS; bias and residual
@@ -79,7 +80,8 @@ void matmul_forward(float *out, const float *inp, const float *weight, const flo
 #define MATMUL_FEW_ROWS 16
 void matmul_forward_few(float *out, const float *inp, const float *weight, const float *bias,
                         const float *residual, int N, int C, int OC);
-/* dinp = dout @ weight (overwritten); dweight += dout^T @ inp; dbias += column sums of dout. */
+/* dinp = dout @ weight (overwritten); dweight += dout^T @ inp; dbias += column
+ * sums of dout (skipped when dbias is NULL). */
 void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
                      const float *weight, int N, int C, int OC);
 /* dst[c] += sum over rows of src (N, C), summed row by row in order. */
@@ -87,7 +89,7 @@ void column_sums_add(float *dst, const float *src, int N, int C);
 
 /* ---- encoder.c ------------------------------------------------------------ */
 
-/* out (B, T, C) = wte[tokens] + wpe[0..T). */
+/* out (B, T, C) = wte[tokens] + wpe[0..T); wpe (and dwpe) NULL: wte[tokens]. */
 void encoder_forward(float *out, const int32_t *tokens, const float *wte, const float *wpe, int B,
                      int T, int C);
 void encoder_backward(float *dwte, float *dwpe, const float *dout, const int32_t *tokens, int B,
@@ -102,17 +104,48 @@ void layernorm_backward(float *dinp, float *dweight, float *dbias, const float *
                         const float *inp, const float *weight, const float *mean,
                         const float *rstd, int N, int C);
 
+/* ---- rmsnorm.c ------------------------------------------------------------ */
+
+void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *weight, int N, int C,
+                     float eps);
+/* dinp += gradient through the normalisation (the residual stream); dweight +=. */
+void rmsnorm_backward(float *dinp, float *dweight, const float *dout, const float *inp,
+                      const float *weight, const float *rstd, int N, int C);
+
+/* ---- rope.c --------------------------------------------------------------- */
+
+/* cos_t, sin_t (T, half) of the angles t * inv_freq[i]. */
+void rope_table(float *cos_t, float *sin_t, const float *inv_freq, int T, int half);
+/* Rotates the NH query and NKV key heads (hs channels each) at the start of
+ * every qkv row ((NH + 2 NKV) hs wide; B*T rows, position = row % T), in
+ * place; inverse rotates back (the backward pass of the rotation). */
+void rope_rotate(float *qkv, const float *cos_t, const float *sin_t, int B, int T, int NH, int NKV,
+                 int hs, int inverse);
+/* rope_rotate (forward) of n qkv rows, row i at position pos[i] (decoding). */
+void rope_rotate_at(float *qkv, const float *cos_t, const float *sin_t, const int32_t *pos, int n,
+                    int NH, int NKV, int hs);
+
+/* ---- swiglu.c ------------------------------------------------------------- */
+
+/* out (N, F) = up * silu(gate), inp rows (N, 2F) = [up | gate]. */
+void swiglu_forward(float *out, const float *inp, int N, int F);
+/* dinp (N, 2F) overwritten from dout (N, F). */
+void swiglu_backward(float *dinp, const float *dout, const float *inp, int N, int F);
+
 /* ---- attention.c ---------------------------------------------------------- */
 
 /* Rows of the attention matrix handled at a time (see attention.c). */
 #define ATTENTION_TILE 64
 
-/* Causal multi-head attention. qkv (B, T, 3C) holds q, k, v for NH heads;
+/* Causal multi-head attention. qkv (B, T, C + 2 NKV hs) holds q for NH heads,
+ * then k and v for NKV heads (NKV divides NH; query head h reads key/value
+ * head h / (NH / NKV); GPT-2: NKV = NH, rows 3C wide);
  * att (B, NH, T, T) receives the softmax probabilities: row i those of keys
  * 0..i, then zeros up to the end of its tile of ATTENTION_TILE rows; the
  * rest of the row is never written nor read. out (B, T, C) gets the heads'
  * outputs side by side. */
-void attention_forward(float *out, float *att, const float *qkv, int B, int T, int C, int NH);
+void attention_forward(float *out, float *att, const float *qkv, int B, int T, int C, int NH,
+                       int NKV);
 /* dqkv (overwritten) from dout; scratch holds attention_scratch_floats(T)
  * floats per OpenMP thread. */
 static inline size_t attention_scratch_floats(int T) {
@@ -121,7 +154,7 @@ static inline size_t attention_scratch_floats(int T) {
     return ((size_t)T * T + 15) & ~(size_t)15;
 }
 void attention_backward(float *dqkv, float *scratch, const float *dout, const float *qkv,
-                        const float *att, int B, int T, int C, int NH);
+                        const float *att, int B, int T, int C, int NH, int NKV);
 
 /* ---- gelu.c --------------------------------------------------------------- */
 
@@ -136,11 +169,11 @@ void gelu_backward(float *dinp, const float *inp, const float *dout, size_t n);
  * only vocabulary-sized activation the backend keeps. */
 #define CLASSIFIER_CHUNK_ROWS 512
 
-/* The LM head (tied to wte, first V rows) with softmax cross-entropy and its
- * backward pass, over N rows of x (N, C), CLASSIFIER_CHUNK_ROWS at a time
- * through logits_buf (CLASSIFIER_CHUNK_ROWS * V floats). losses[i] gets row
- * i's loss (0 where targets[i] == -1); for a loss weighted dloss per counted
- * row, dx (N, C) is overwritten and dwte += . */
+/* The LM head (wte: the tied head's or Llama's output layer, first V rows)
+ * with softmax cross-entropy and its backward pass, over N rows of x (N, C),
+ * CLASSIFIER_CHUNK_ROWS at a time through logits_buf (CLASSIFIER_CHUNK_ROWS * V
+ * floats). losses[i] gets row i's loss (0 where targets[i] == -1); for a loss
+ * weighted dloss per counted row, dx (N, C) is overwritten and dwte += . */
 void classifier_forward_backward(float *losses, float *dx, float *dwte, float *logits_buf,
                                  const float *x, const float *wte, const int32_t *targets, int N,
                                  int C, int V, float dloss);
@@ -162,16 +195,17 @@ void adamw_update(float *params, const float *grads, float *mom1, float *mom2, s
                   int64_t t);
 
 /* ---- kvcache.c (generation) ---------------------------------------------
- * One layer's cache: keys and values (S, NH, T, hs) each. Row i of qkv
- * (n, 3C) is token position pos[i] of slot slot[i]. */
+ * One layer's cache: keys and values (S, NKV, T, hs) each. Row i of qkv
+ * (n, (NH + 2 NKV) hs; GPT-2 3C) is token position pos[i] of slot slot[i]. */
 
 /* Copies each row's keys and values into the cache. */
 void kv_store(float *keys, float *values, const float *qkv, const int32_t *slot,
-              const int32_t *pos, int n, int C, int NH, int T);
+              const int32_t *pos, int n, int C, int NH, int NKV, int T);
 /* out (n, C): each row's query attends over positions 0..pos[i] of its
- * slot; scratch holds T floats per OpenMP thread. */
+ * slot (query head h over key/value head h / (NH / NKV)); scratch holds T
+ * floats per OpenMP thread. */
 void attention_cached(float *out, float *scratch, const float *qkv, const float *keys,
                       const float *values, const int32_t *slot, const int32_t *pos, int n, int C,
-                      int NH, int T);
+                      int NH, int NKV, int T);
 
 #endif /* LLMC_CPU_LAYERS_H */

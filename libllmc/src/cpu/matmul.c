@@ -56,13 +56,17 @@ void gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const floa
 void matmul_forward(float *out, const float *inp, const float *weight, const float *bias,
                     const float *residual, int N, int C, int OC) {
     /* start from residual + bias, then let the product accumulate onto it */
+    if (bias) {
 #pragma omp parallel for if ((size_t)N * OC >= PARALLEL_MIN_FLOATS)
-    for (int n = 0; n < N; n++) {
-        float *o = out + (size_t)n * OC;
-        const float *r = residual ? residual + (size_t)n * OC : NULL;
-        for (int j = 0; j < OC; j++) o[j] = (r ? r[j] : 0.0f) + bias[j];
+        for (int n = 0; n < N; n++) {
+            float *o = out + (size_t)n * OC;
+            const float *r = residual ? residual + (size_t)n * OC : NULL;
+            for (int j = 0; j < OC; j++) o[j] = (r ? r[j] : 0.0f) + bias[j];
+        }
+    } else if (residual && residual != out) {
+        memcpy(out, residual, (size_t)N * OC * sizeof(float));
     }
-    gemm(0, 1, N, OC, C, 1.0f, inp, C, weight, C, 1.0f, out, OC);
+    gemm(0, 1, N, OC, C, 1.0f, inp, C, weight, C, bias || residual ? 1.0f : 0.0f, out, OC);
 }
 
 void column_sums_add(float *dst, const float *src, int N, int C) {
@@ -82,7 +86,7 @@ void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dou
                      const float *weight, int N, int C, int OC) {
     gemm(0, 0, N, C, OC, 1.0f, dout, OC, weight, C, 0.0f, dinp, C);
     gemm(1, 0, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f, dweight, C);
-    column_sums_add(dbias, dout, N, OC);
+    if (dbias) column_sums_add(dbias, dout, N, OC);
 }
 
 void matmul_forward_few(float *out, const float *inp, const float *weight, const float *bias,

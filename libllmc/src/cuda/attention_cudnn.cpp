@@ -32,7 +32,7 @@ using GraphKey = std::tuple<int, int, int>;  // kind, B, T
 struct attn_ctx {
     cudnnHandle_t handle = nullptr;
     cudaStream_t stream = nullptr;
-    int NH = 0, HS = 0;
+    int NH = 0, NKV = 0, HS = 0;
     void *workspace = nullptr;
     size_t workspace_bytes = 0;
     std::map<GraphKey, std::shared_ptr<fe::graph::Graph>> graphs;
@@ -44,7 +44,8 @@ static int fail(char *err, size_t errlen, int code, const char *what, const std:
 }
 
 /* A (B, NH, T, HS) view of rows of row_width elements: the heads sit side by
- * side in each row (row_width = 3C for the packed QKV, C for O and dO). */
+ * side in each row (row_width = (NH + 2 NKV) HS for the packed QKV, C for O
+ * and dO). */
 static std::shared_ptr<fe::graph::Tensor_attributes>
 head_tensor(fe::graph::Graph &g, const char *name, int64_t uid, int B, int T, int NH, int HS,
             int64_t row_width) {
@@ -63,11 +64,11 @@ static std::shared_ptr<fe::graph::Graph> new_graph() {
     return g;
 }
 
-static void define_forward(fe::graph::Graph &g, bool train, int B, int T, int NH, int HS) {
-    const int64_t C = (int64_t)NH * HS;
-    auto q = head_tensor(g, "Q", Q, B, T, NH, HS, 3 * (int64_t)NH * HS);
-    auto k = head_tensor(g, "K", K, B, T, NH, HS, 3 * (int64_t)NH * HS);
-    auto v = head_tensor(g, "V", V, B, T, NH, HS, 3 * (int64_t)NH * HS);
+static void define_forward(fe::graph::Graph &g, bool train, int B, int T, int NH, int NKV, int HS) {
+    const int64_t C = (int64_t)NH * HS, W = (int64_t)(NH + 2 * NKV) * HS;
+    auto q = head_tensor(g, "Q", Q, B, T, NH, HS, W);
+    auto k = head_tensor(g, "K", K, B, T, NKV, HS, W);
+    auto v = head_tensor(g, "V", V, B, T, NKV, HS, W);
     auto opts = fe::graph::SDPA_attributes()
                     .set_name("sdpa")
                     .set_generate_stats(train)
@@ -84,11 +85,12 @@ static void define_forward(fe::graph::Graph &g, bool train, int B, int T, int NH
     }
 }
 
-static void define_backward(fe::graph::Graph &g, int B, int T, int NH, int HS, bool deterministic) {
-    const int64_t C = (int64_t)NH * HS;
-    auto q = head_tensor(g, "Q", Q, B, T, NH, HS, 3 * (int64_t)NH * HS);
-    auto k = head_tensor(g, "K", K, B, T, NH, HS, 3 * (int64_t)NH * HS);
-    auto v = head_tensor(g, "V", V, B, T, NH, HS, 3 * (int64_t)NH * HS);
+static void define_backward(fe::graph::Graph &g, int B, int T, int NH, int NKV, int HS,
+                            bool deterministic) {
+    const int64_t W = (int64_t)(NH + 2 * NKV) * HS;
+    auto q = head_tensor(g, "Q", Q, B, T, NH, HS, W);
+    auto k = head_tensor(g, "K", K, B, T, NKV, HS, W);
+    auto v = head_tensor(g, "V", V, B, T, NKV, HS, W);
     auto o = head_tensor(g, "O", O, B, T, NH, HS, (int64_t)NH * HS);
     auto dout = head_tensor(g, "dO", DO, B, T, NH, HS, (int64_t)NH * HS);
     auto lse = g.tensor(fe::graph::Tensor_attributes()
@@ -104,10 +106,11 @@ static void define_backward(fe::graph::Graph &g, int B, int T, int NH, int HS, b
                     .set_deterministic_algorithm(deterministic);
     auto [dq, dk, dv] = g.sdpa_backward(q, k, v, o, dout, lse, opts);
     const int64_t uids[3] = {DQ, DK, DV};
+    const int heads[3] = {NH, NKV, NKV};
     std::shared_ptr<fe::graph::Tensor_attributes> outs[3] = {dq, dk, dv};
     for (int i = 0; i < 3; i++)
-        outs[i]->set_output(true).set_uid(uids[i]).set_dim({B, NH, T, HS}).set_stride(
-            {3 * C * T, HS, 3 * C, 1});
+        outs[i]->set_output(true).set_uid(uids[i]).set_dim({B, heads[i], T, HS}).set_stride(
+            {W * T, HS, W, 1});
 }
 
 /* Builds (or finds) the graph for (kind, B, T) and makes sure the workspace fits it. */
@@ -123,9 +126,9 @@ static int get_graph(attn_ctx *ctx, Kind kind, int B, int T, fe::graph::Graph **
         for (int attempt = 0; attempt < (kind == BACKWARD ? 2 : 1); attempt++) {
             g = new_graph();
             if (kind == BACKWARD)
-                define_backward(*g, B, T, ctx->NH, ctx->HS, attempt == 0);
+                define_backward(*g, B, T, ctx->NH, ctx->NKV, ctx->HS, attempt == 0);
             else
-                define_forward(*g, kind == FORWARD_TRAIN, B, T, ctx->NH, ctx->HS);
+                define_forward(*g, kind == FORWARD_TRAIN, B, T, ctx->NH, ctx->NKV, ctx->HS);
             st = g->validate();
             if (st.is_good()) st = g->build_operation_graph(ctx->handle);
             if (st.is_good()) st = g->create_execution_plans({fe::HeurMode_t::A});
@@ -167,12 +170,13 @@ static int execute(attn_ctx *ctx, fe::graph::Graph *g, std::unordered_map<int64_
     return OK;
 }
 
-int attn_create(attn_ctx **out, int max_B, int max_T, int NH, int HS, cudaStream_t stream,
-                char *err, size_t errlen) {
+int attn_create(attn_ctx **out, int max_B, int max_T, int NH, int NKV, int HS,
+                cudaStream_t stream, char *err, size_t errlen) {
     *out = nullptr;
     attn_ctx *ctx = new (std::nothrow) attn_ctx;
     if (!ctx) return fail(err, errlen, OOM, "create", "out of host memory");
     ctx->NH = NH;
+    ctx->NKV = NKV;
     ctx->HS = HS;
     ctx->stream = stream;
     cudnnStatus_t cs = cudnnCreate(&ctx->handle);
@@ -212,12 +216,12 @@ int attn_forward(attn_ctx *ctx, __nv_bfloat16 *out, float *lse, const __nv_bfloa
     fe::graph::Graph *g;
     int rc = get_graph(ctx, lse ? FORWARD_TRAIN : FORWARD_INFER, B, T, &g, err, errlen);
     if (rc != OK) return rc;
-    const size_t C = (size_t)ctx->NH * ctx->HS;
+    const size_t C = (size_t)ctx->NH * ctx->HS, KV = (size_t)ctx->NKV * ctx->HS;
     void *base = const_cast<__nv_bfloat16 *>(qkv);
     std::unordered_map<int64_t, void *> pack = {
         {Q, base},
         {K, (void *)((__nv_bfloat16 *)base + C)},
-        {V, (void *)((__nv_bfloat16 *)base + 2 * C)},
+        {V, (void *)((__nv_bfloat16 *)base + C + KV)},
         {O, out},
     };
     if (lse) pack[LSE] = lse;
@@ -230,15 +234,15 @@ int attn_backward(attn_ctx *ctx, __nv_bfloat16 *dqkv, const __nv_bfloat16 *dout,
     fe::graph::Graph *g;
     int rc = get_graph(ctx, BACKWARD, B, T, &g, err, errlen);
     if (rc != OK) return rc;
-    const size_t C = (size_t)ctx->NH * ctx->HS;
+    const size_t C = (size_t)ctx->NH * ctx->HS, KV = (size_t)ctx->NKV * ctx->HS;
     __nv_bfloat16 *base = const_cast<__nv_bfloat16 *>(qkv);
     std::unordered_map<int64_t, void *> pack = {
-        {Q, base},          {K, base + C},
-        {V, base + 2 * C},  {O, const_cast<__nv_bfloat16 *>(out)},
+        {Q, base},              {K, base + C},
+        {V, base + C + KV},     {O, const_cast<__nv_bfloat16 *>(out)},
         {DO, const_cast<__nv_bfloat16 *>(dout)},
         {LSE, const_cast<float *>(lse)},
-        {DQ, dqkv},         {DK, dqkv + C},
-        {DV, dqkv + 2 * C},
+        {DQ, dqkv},             {DK, dqkv + C},
+        {DV, dqkv + C + KV},
     };
     return execute(ctx, g, pack, err, errlen);
 }

@@ -1,8 +1,9 @@
 /*
- * backend.cu: the CUDA backend's llmc_backend: memory plan, GPT-2 forward and
- * backward over the kernels of this folder, the fused classifier + loss, and
- * AdamW. Built as the plugin build/libllmc_cuda.so, which api.c loads when a
- * model asks for LLMC_DEVICE_CUDA.
+ * backend.cu: the CUDA backend's llmc_backend: memory plan, the GPT-2 and
+ * Llama forward and backward passes over the kernels of this folder (one
+ * composition per family), the fused classifier + loss, and AdamW. Built as
+ * the plugin build/libllmc_cuda.so, which api.c loads when a model asks for
+ * LLMC_DEVICE_CUDA.
  *
  * Precision: bf16 weights, activations and activation gradients; fp32 weight
  * gradients (accumulated across micro-steps), fp32 master weights and AdamW
@@ -37,6 +38,9 @@
 
 #include "attention.h"
 #include "comm_nccl.cuh"
+extern "C" {
+#include "config.h"
+}
 #include "decode.cuh"
 #include "fp8.cuh"
 #include "kernels.cuh"
@@ -52,6 +56,12 @@ struct cuda_state {
     mm_ctx *mm = nullptr;
     attn_ctx *attn = nullptr;
     int Bmax = 0, Tmax = 0, L = 0, C = 0, NH = 0, V = 0, Vp = 0;
+    /* The family's shape: GPT-2 NKV = NH, QKV = 3C, FC = ACT = 4C; Llama
+     * (llama) NKV key/value heads, FC = 2F (up | gate), ACT = F; the tensor
+     * the LM head reads. */
+    bool llama = false;
+    int NKV = 0, QKV = 0, FC = 0, ACT = 0, head = P_WTE;
+    float eps = 0.0f;
     size_t Nmax = 0;  // Bmax * Tmax rows
     int recompute = 0;
     uint64_t seed = 0;
@@ -71,6 +81,7 @@ struct cuda_state {
     /* Activations kept for backward; a per-layer array unless recomputed, in
      * which case the name points at one shared buffer. */
     bf16 *encoded = nullptr, *lnf = nullptr;
+    float *rope_cos = nullptr, *rope_sin = nullptr;  // Llama: (Tmax, HS/2)
     bf16 *ln1 = nullptr, *ln2 = nullptr, *qkv = nullptr, *atty = nullptr, *res2 = nullptr,
          *res3 = nullptr, *fch = nullptr, *fch_gelu = nullptr;
     float *ln1_mean = nullptr, *ln1_rstd = nullptr, *ln2_mean = nullptr, *ln2_rstd = nullptr,
@@ -80,6 +91,7 @@ struct cuda_state {
     /* Scratch: gradient of the residual stream, a C-wide and a 4C-wide buffer,
      * one chunk of logits, reduction partials, device scalars. */
     bf16 *dres = nullptr, *dC = nullptr, *d4C = nullptr, *logits = nullptr;
+    bf16 *dact = nullptr;  // Llama: (N, F) gradient of the SwiGLU output (GELU's is fused)
     float *partial = nullptr, *norm = nullptr;
     double *loss = nullptr;
 
@@ -176,6 +188,26 @@ llmc_status attn_status(int rc, const char *err) {
     return rc == 0 ? LLMC_OK : llmc_error((llmc_status)rc, "%s", err);
 }
 
+/* RoPE's cos and sin of every planned position, computed on the host in
+ * fp32 as the CPU backend's (llmc_rope_inv_freq), then uploaded. */
+llmc_status upload_rope_table(cuda_state *g, const llmc_config &c) {
+    const int half = g->C / g->NH / 2;
+    std::vector<float> inv_freq(half), table(2 * (size_t)g->Tmax * half);
+    llmc_rope_inv_freq(&c, inv_freq.data());
+    for (int t = 0; t < g->Tmax; t++)
+        for (int i = 0; i < half; i++) {
+            const float angle = (float)t * inv_freq[i];
+            table[(size_t)t * half + i] = (float)cos((double)angle);
+            table[((size_t)g->Tmax + t) * half + i] = (float)sin((double)angle);
+        }
+    const size_t bytes = (size_t)g->Tmax * half * sizeof(float);
+    CUDA_TRY(cudaMemcpyAsync(g->rope_cos, table.data(), bytes, cudaMemcpyHostToDevice, g->stream));
+    CUDA_TRY(cudaMemcpyAsync(g->rope_sin, table.data() + (size_t)g->Tmax * half, bytes,
+                             cudaMemcpyHostToDevice, g->stream));
+    CUDA_TRY(cudaStreamSynchronize(g->stream));  // the host table goes out of scope
+    return LLMC_OK;
+}
+
 /* The FP8 buffers (see cuda_state). */
 llmc_status plan_fp8(cuda_state *g) {
     const size_t N = g->Nmax, L = g->L;
@@ -216,17 +248,28 @@ llmc_status plan(llmc_model *m, cuda_state *g) {
     g->Nmax = (size_t)g->Bmax * g->Tmax;
     g->recompute = m->options.recompute;
     g->seed = m->options.seed;
+    g->llama = llmc_is_llama(&c);
+    g->NKV = llmc_kv_heads(&c);
+    g->QKV = (int)llmc_qkv_width(&c);
+    g->FC = (int)llmc_fc_width(&c);
+    g->ACT = (int)llmc_fc_act_width(&c);
+    g->head = llmc_head_tensor(&c);
+    g->eps = c.norm_eps;
     const int HS = g->C / g->NH;
-    if (g->C % 8 || g->C > LN_MAX_CHANNELS || HS % 8 || HS > 128 || g->Vp % 8)
+    /* LayerNorm's kernels hold a row in registers; RMSNorm's loop over it */
+    const int max_channels = g->llama ? LLMC_DIM_LIMIT : LN_MAX_CHANNELS;
+    if (g->C % 8 || g->C > max_channels || HS % 8 || HS > 128 || g->Vp % 8 || g->ACT % 8)
         return llmc_error(LLMC_ERR_UNSUPPORTED,
-                          "the CUDA backend needs channels and head size multiples of 8, "
-                          "channels <= %d, head size <= 128 and padded_vocab_size a multiple of "
-                          "8 (got C=%d, head size %d, padded vocab %d)",
-                          LN_MAX_CHANNELS, g->C, HS, g->Vp);
+                          "the CUDA backend needs channels, head size and MLP width multiples of "
+                          "8, channels <= %d, head size <= 128 and padded_vocab_size a multiple "
+                          "of 8 (got C=%d, head size %d, MLP width %d, padded vocab %d)",
+                          max_channels, g->C, HS, g->ACT, g->Vp);
     if (g->recompute < 0 || g->recompute > 2)
         return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "recompute must be 0, 1 or 2 (got %d)",
                           g->recompute);
     g->fp8 = m->options.precision == LLMC_PRECISION_FP8;
+    if (g->fp8 && g->llama)
+        return llmc_error(LLMC_ERR_UNSUPPORTED, "precision fp8 is for GPT-2 models (the FP8 block products are GPT-2's); use bf16 for Llama");
     if (g->fp8 && g->C % 16)
         return llmc_error(LLMC_ERR_UNSUPPORTED, "precision fp8 needs channels a multiple of 16 "
                           "(got %d)", g->C);
@@ -278,20 +321,21 @@ llmc_status plan(llmc_model *m, cuda_state *g) {
     }
 
     const size_t N = g->Nmax, C = g->C, L = g->L;
+    const size_t QKV = g->QKV, FC = g->FC, ACT = g->ACT;
     /* recomputed in backward, or in FP8 needed there only as their FP8 transposes */
     const size_t ln_layers = g->recompute >= 2 || g->fp8 ? 1 : L;
     const size_t gelu_layers = g->recompute >= 1 || g->fp8 ? 1 : L;
     g->ln_stride = ln_layers == 1 ? 0 : N * C;
-    g->gelu_stride = gelu_layers == 1 ? 0 : N * 4 * C;
+    g->gelu_stride = gelu_layers == 1 ? 0 : N * ACT;
     TRY(alloc_n(g, &g->encoded, N * C, "activations (embeddings)"));
     TRY(alloc_n(g, &g->lnf, N * C, "activations (final LayerNorm)"));
     TRY(alloc_n(g, &g->ln1, ln_layers * N * C, "activations (LayerNorm 1)"));
     TRY(alloc_n(g, &g->ln2, ln_layers * N * C, "activations (LayerNorm 2)"));
-    TRY(alloc_n(g, &g->qkv, L * N * 3 * C, "activations (QKV)"));
+    TRY(alloc_n(g, &g->qkv, L * N * QKV, "activations (QKV)"));
     TRY(alloc_n(g, &g->atty, L * N * C, "activations (attention)"));
     TRY(alloc_n(g, &g->res2, L * N * C, "activations (residual)"));
     TRY(alloc_n(g, &g->res3, L * N * C, "activations (residual)"));
-    TRY(alloc_n(g, &g->fch, L * N * 4 * C, "activations (MLP)"));
+    TRY(alloc_n(g, &g->fch, L * N * FC, "activations (MLP)"));
     TRY(alloc_n(g, &g->ln1_mean, L * N, "LayerNorm statistics"));
     TRY(alloc_n(g, &g->ln1_rstd, L * N, "LayerNorm statistics"));
     TRY(alloc_n(g, &g->ln2_mean, L * N, "LayerNorm statistics"));
@@ -301,14 +345,21 @@ llmc_status plan(llmc_model *m, cuda_state *g) {
     TRY(alloc_n(g, &g->lse, L * N * g->NH, "attention statistics"));
     TRY(alloc_n(g, &g->dres, N * C, "gradient scratch"));
     TRY(alloc_n(g, &g->dC, N * C, "gradient scratch"));
-    TRY(alloc_n(g, &g->d4C, N * 4 * C, "gradient scratch"));
-    /* Recomputed, the GELU output of a layer lives only from its recomputation
-     * to the fcproj weight gradient that reads it, before the next write of d4C
-     * (the gradient of that GELU's input): the two share memory. */
+    /* the MLP's input gradient (4C; Llama 2F) and the attention's dqkv */
+    TRY(alloc_n(g, &g->d4C, N * std::max(FC, QKV), "gradient scratch"));
+    if (g->llama) {
+        TRY(alloc_n(g, &g->dact, N * ACT, "gradient scratch"));
+        TRY(alloc_n(g, &g->rope_cos, (size_t)g->Tmax * (HS / 2), "RoPE table"));
+        TRY(alloc_n(g, &g->rope_sin, (size_t)g->Tmax * (HS / 2), "RoPE table"));
+    }
+    /* Recomputed, the GELU (SwiGLU) output of a layer lives only from its
+     * recomputation to the fcproj weight gradient that reads it, before the
+     * next write of d4C (the gradient of the MLP's first product): the two
+     * share memory. */
     if (gelu_layers == 1)
         g->fch_gelu = g->d4C;
     else
-        TRY(alloc_n(g, &g->fch_gelu, gelu_layers * N * 4 * C, "activations (GELU)"));
+        TRY(alloc_n(g, &g->fch_gelu, gelu_layers * N * ACT, "activations (GELU)"));
     if (g->fp8) TRY(plan_fp8(g));
     /* at least two rows: logits() reuses it for one row of fp32 */
     TRY(alloc_n(g, &g->logits, std::max<size_t>(2, std::min<size_t>(N, CLASSIFIER_CHUNK_ROWS)) * g->Vp,
@@ -318,10 +369,12 @@ llmc_status plan(llmc_model *m, cuda_state *g) {
     TRY(alloc_n(g, &g->loss, 1, "scalars"));
     if (g->dry_run) return LLMC_OK;
     g->next.assign(g->Vp, 0);
+    if (g->llama) TRY(upload_rope_table(g, c));
 
     if (g->fp8) fp8_reset(g->f8, g->stream);
     char err[512] = "";
-    TRY(attn_status(attn_create(&g->attn, g->Bmax, g->Tmax, g->NH, HS, g->stream, err, sizeof err), err));
+    TRY(attn_status(attn_create(&g->attn, g->Bmax, g->Tmax, g->NH, g->NKV, HS, g->stream, err,
+                                sizeof err), err));
     CUDA_TRY(cudaStreamSynchronize(g->stream));
     return LLMC_OK;
 }
@@ -346,9 +399,29 @@ struct guarded<F> {
     }
 };
 
+llmc_status cuda_plan_bytes(const llmc_model *m, size_t *bytes);
+
+/* A plan beyond the GPU's free memory is refused before anything is
+ * allocated, with the sizes (an 8B model's AdamW state alone is 64 GB). */
+llmc_status check_fits(const llmc_model *m) {
+    size_t need = 0, free_b = 0, total_b = 0;
+    TRY(cuda_plan_bytes(m, &need));
+    CUDA_TRY(cudaMemGetInfo(&free_b, &total_b));
+    if (need <= free_b) return LLMC_OK;
+    return llmc_error(LLMC_ERR_OUT_OF_MEMORY,
+                      "CUDA out of memory: this model needs %.2f GB of GPU memory to train at "
+                      "max_batch_size %d x max_seq_len %d (%zu parameters: bf16 weights, fp32 "
+                      "masters, gradients and AdamW moments, then activations), GPU %d has %.2f "
+                      "GB free of %.2f GB: lower max_batch_size or max_seq_len, set recompute, "
+                      "or split the AdamW state over more ranks (zero_stage 1)",
+                      need / 1e9, m->options.max_batch_size, m->options.max_seq_len,
+                      m->num_params, m->options.device_index, free_b / 1e9, total_b / 1e9);
+}
+
 llmc_status cuda_create(llmc_model *m) {
     m->impl = nullptr;
     TRY(set_device(m));
+    TRY(guarded<check_fits>::call(m));
     cuda_state *g = new (std::nothrow) cuda_state;
     if (!g) return llmc_error(LLMC_ERR_OUT_OF_MEMORY, "out of host memory");
     m->impl = g;  // for llmc_agree's all-reduce
@@ -393,7 +466,7 @@ llmc_status reduce_bucket(cuda_state *g, int l) {
     int n = 0;
     for (int i = 0; i < LLMC_NUM_PARAM_TENSORS; i++) {
         const bool per_layer = llmc_param_is_per_layer(i);
-        if (per_layer != (l >= 0)) continue;
+        if (per_layer != (l >= 0) || g->size[i] == 0) continue;  // Llama's empty biases
         bufs[n] = G(g, i, l >= 0 ? l : 0);
         counts[n++] = per_layer ? g->size[i] / g->L : g->size[i];
     }
@@ -473,9 +546,9 @@ struct Layer {
 
 Layer layer(cuda_state *g, int l) {
     const size_t N = g->Nmax, C = g->C;
-    return {g->ln1 + l * g->ln_stride,  g->ln2 + l * g->ln_stride,  g->qkv + l * N * 3 * C,
+    return {g->ln1 + l * g->ln_stride,  g->ln2 + l * g->ln_stride,  g->qkv + l * N * g->QKV,
             g->atty + l * N * C,        g->res2 + l * N * C,        g->res3 + l * N * C,
-            g->fch + l * N * 4 * C,     g->fch_gelu + l * g->gelu_stride,
+            g->fch + l * N * g->FC,     g->fch_gelu + l * g->gelu_stride,
             g->ln1_mean + l * N,        g->ln1_rstd + l * N,        g->ln2_mean + l * N,
             g->ln2_rstd + l * N,        g->lse + l * N * g->NH};
 }
@@ -590,7 +663,10 @@ llmc_status input_grad(cuda_state *g, int p, int l, bf16 *dinp, const bf16 *dout
                                      descale(g, FP8_W, l, p), N, IC, OC);
 }
 
+llmc_status llama_forward(cuda_state *g, const int *tokens, int B, int T, bool training);
+
 llmc_status forward(cuda_state *g, const int *tokens, int B, int T, bool training) {
+    if (g->llama) return llama_forward(g, tokens, B, T, training);
     const int N = B * T, C = g->C, L = g->L;
     cudaStream_t s = g->stream;
     char err[512] = "";
@@ -633,14 +709,14 @@ llmc_status classifier(cuda_state *g, const bf16 *lnf, const int *targets, float
     for (int r0 = 0; r0 < N; r0 += chunk) {
         const int rows = std::min(chunk, N - r0);
         const bf16 *x = lnf + (size_t)r0 * C;
-        TRY(matmul_forward(g->mm, g->logits, x, C, P(g, P_WTE), nullptr, rows, C, g->Vp, nullptr,
+        TRY(matmul_forward(g->mm, g->logits, x, C, P(g, g->head), nullptr, rows, C, g->Vp, nullptr,
                            chunk));
         crossentropy_forward_backward(g->logits, losses + r0, targets + r0, rows, g->V, g->Vp,
                                       dloss, backward, g->stream);
         if (!backward) continue;
-        TRY(matmul_backward_input(g->mm, g->dC + (size_t)r0 * C, g->logits, P(g, P_WTE), rows, C,
+        TRY(matmul_backward_input(g->mm, g->dC + (size_t)r0 * C, g->logits, P(g, g->head), rows, C,
                                   g->Vp, nullptr));
-        TRY(matmul_backward_weight(g->mm, G(g, P_WTE), g->logits, x, rows, C, g->Vp));
+        TRY(matmul_backward_weight(g->mm, G(g, g->head), g->logits, x, rows, C, g->Vp));
     }
     CUDA_CHECK_LAUNCH();
     return LLMC_OK;
@@ -650,8 +726,12 @@ llmc_status classifier(cuda_state *g, const bf16 *lnf, const int *targets, float
 
 /* With reduce, each layer's gradients (then the rest) are summed across
  * ranks as soon as they are complete. */
+llmc_status llama_backward_layers(cuda_state *g, const int *staged, int num_buckets, int B, int T,
+                                  bool reduce);
+
 llmc_status backward_layers(cuda_state *g, const int *staged, int num_buckets, int B, int T,
                             bool reduce) {
+    if (g->llama) return llama_backward_layers(g, staged, num_buckets, B, T, reduce);
     const int N = B * T, C = g->C, L = g->L;
     cudaStream_t s = g->stream;
     char err[512] = "";
@@ -701,6 +781,90 @@ llmc_status backward_layers(cuda_state *g, const int *staged, int num_buckets, i
     const int *order = staged + 2 * N, *start = staged + 3 * N, *token = staged + 4 * N + 1;
     encoder_backward(G(g, P_WTE), G(g, P_WPE), g->dres, order, start, token, num_buckets, B, T, C,
                      s);
+    CUDA_CHECK_LAUNCH();
+    if (reduce) {
+        TRY(reduce_bucket(g, -1));
+        TRY(nccl_join(g->comm, s));
+    }
+    return LLMC_OK;
+}
+
+/* ---- Llama ------------------------------------------------------------ */
+
+/* A block, pre-norm, no biases (RMSNorm w, RoPE, grouped-query attention):
+ *   h = x + attproj(attention(rope(qkv(rms1(x))))),  y = h + fcproj(swiglu(fc(rms2(h)))) */
+llmc_status llama_forward(cuda_state *g, const int *tokens, int B, int T, bool training) {
+    const int N = B * T, C = g->C, L = g->L, HS = g->C / g->NH;
+    cudaStream_t s = g->stream;
+    char err[512] = "";
+    encoder_forward(g->encoded, tokens, P(g, P_WTE), nullptr, B, T, C, s);
+    Layer first = layer(g, 0);
+    rmsnorm_forward(first.ln1, first.ln1_rstd, g->encoded, P(g, P_LN1W), N, C, g->eps, s);
+    for (int l = 0; l < L; l++) {
+        Layer a = layer(g, l);
+        const bf16 *res_in = l == 0 ? g->encoded : layer(g, l - 1).res3;
+        TRY(matmul_forward(g->mm, a.qkv, a.ln1, C, P(g, P_QKVW, l), nullptr, N, C, g->QKV,
+                           nullptr));
+        rope_rotate(a.qkv, g->rope_cos, g->rope_sin, B, T, g->NH, g->NKV, HS, false, s);
+        TRY(attn_status(attn_forward(g->attn, a.atty, training ? a.lse : nullptr, a.qkv, B, T, err,
+                                     sizeof err), err));
+        TRY(matmul_forward(g->mm, g->dC, a.atty, C, P(g, P_ATTPROJW, l), nullptr, N, C, C,
+                           nullptr));
+        residual_rmsnorm_forward(a.res2, a.ln2, a.ln2_rstd, res_in, g->dC, P(g, P_LN2W, l), N, C,
+                                 g->eps, s);
+        TRY(matmul_forward(g->mm, a.fch, a.ln2, C, P(g, P_FCW, l), nullptr, N, C, g->FC, nullptr));
+        swiglu_forward(a.fch_gelu, a.fch, N, g->ACT, s);
+        TRY(matmul_forward(g->mm, g->dC, a.fch_gelu, g->ACT, P(g, P_FCPROJW, l), nullptr, N,
+                           g->ACT, C, nullptr));
+        const bool last = l + 1 == L;
+        residual_rmsnorm_forward(a.res3, last ? g->lnf : layer(g, l + 1).ln1,
+                                 last ? g->lnf_rstd : layer(g, l + 1).ln1_rstd, a.res2, g->dC,
+                                 last ? P(g, P_LNFW) : P(g, P_LN1W, l + 1), N, C, g->eps, s);
+    }
+    CUDA_CHECK_LAUNCH();
+    return LLMC_OK;
+}
+
+/* As backward_layers, for Llama: dC holds the final norm's output gradient. */
+llmc_status llama_backward_layers(cuda_state *g, const int *staged, int num_buckets, int B, int T,
+                                  bool reduce) {
+    const int N = B * T, C = g->C, L = g->L, HS = g->C / g->NH, F = g->ACT;
+    cudaStream_t s = g->stream;
+    char err[512] = "";
+    CUDA_TRY(cudaMemsetAsync(g->dres, 0, (size_t)N * C * sizeof(bf16), s));
+    rmsnorm_backward(g->dres, G(g, P_LNFW), g->partial, g->dC, layer(g, L - 1).res3, P(g, P_LNFW),
+                     g->lnf_rstd, N, C, s);
+    for (int l = L - 1; l >= 0; l--) {
+        Layer a = layer(g, l);
+        const bf16 *res_in = l == 0 ? g->encoded : layer(g, l - 1).res3;
+        /* MLP */
+        if (g->recompute >= 1) swiglu_forward(a.fch_gelu, a.fch, N, F, s);
+        TRY(matmul_backward_weight(g->mm, G(g, P_FCPROJW, l), g->dres, a.fch_gelu, N, F, C));
+        TRY(matmul_backward_input(g->mm, g->dact, g->dres, P(g, P_FCPROJW, l), N, F, C, nullptr));
+        swiglu_backward(g->d4C, g->dact, a.fch, N, F, s);
+        if (g->recompute >= 2)
+            rmsnorm_forward(a.ln2, a.ln2_rstd, a.res2, P(g, P_LN2W, l), N, C, g->eps, s);
+        TRY(matmul_backward_weight(g->mm, G(g, P_FCW, l), g->d4C, a.ln2, N, C, g->FC));
+        TRY(matmul_backward_input(g->mm, g->dC, g->d4C, P(g, P_FCW, l), N, C, g->FC, nullptr));
+        rmsnorm_backward(g->dres, G(g, P_LN2W, l), g->partial, g->dC, a.res2, P(g, P_LN2W, l),
+                         a.ln2_rstd, N, C, s);
+        /* attention */
+        TRY(matmul_backward_weight(g->mm, G(g, P_ATTPROJW, l), g->dres, a.atty, N, C, C));
+        TRY(matmul_backward_input(g->mm, g->dC, g->dres, P(g, P_ATTPROJW, l), N, C, C, nullptr));
+        bf16 *dqkv = g->d4C;
+        TRY(attn_status(attn_backward(g->attn, dqkv, g->dC, a.qkv, a.atty, a.lse, B, T, err,
+                                      sizeof err), err));
+        rope_rotate(dqkv, g->rope_cos, g->rope_sin, B, T, g->NH, g->NKV, HS, true, s);
+        if (g->recompute >= 2)
+            rmsnorm_forward(a.ln1, a.ln1_rstd, res_in, P(g, P_LN1W, l), N, C, g->eps, s);
+        TRY(matmul_backward_weight(g->mm, G(g, P_QKVW, l), dqkv, a.ln1, N, C, g->QKV));
+        TRY(matmul_backward_input(g->mm, g->dC, dqkv, P(g, P_QKVW, l), N, C, g->QKV, nullptr));
+        rmsnorm_backward(g->dres, G(g, P_LN1W, l), g->partial, g->dC, res_in, P(g, P_LN1W, l),
+                         a.ln1_rstd, N, C, s);
+        if (reduce) TRY(reduce_bucket(g, l));
+    }
+    const int *order = staged + 2 * N, *start = staged + 3 * N, *token = staged + 4 * N + 1;
+    encoder_backward(G(g, P_WTE), nullptr, g->dres, order, start, token, num_buckets, B, T, C, s);
     CUDA_CHECK_LAUNCH();
     if (reduce) {
         TRY(reduce_bucket(g, -1));
@@ -844,7 +1008,7 @@ llmc_status cuda_logits(llmc_model *m, const int32_t *inputs, int B, int T, int 
     float *buf = (float *)g->logits;
     for (int r0 = 0; r0 < rows_total; r0 += chunk) {
         const int rows = std::min(chunk, rows_total - r0);
-        TRY(matmul_forward_fp32(g->mm, buf, first + (size_t)r0 * stride, stride, P(g, P_WTE), rows,
+        TRY(matmul_forward_fp32(g->mm, buf, first + (size_t)r0 * stride, stride, P(g, g->head), rows,
                                 C, g->Vp));
         CUDA_TRY(cudaMemcpy2DAsync(out + (size_t)r0 * g->V, g->V * sizeof(float), buf,
                                    g->Vp * sizeof(float), g->V * sizeof(float), rows,

@@ -75,7 +75,8 @@ CUDNN_FE_FLAGS := -std=c++17 -O2 -fPIC -fvisibility=hidden -DCUDNN_FRONTEND_SKIP
 CUDA_CU  := $(wildcard libllmc/src/cuda/*.cu)
 CUDA_OBJ := $(patsubst %.cu,$(BUILD)/%.o,$(CUDA_CU)) $(BUILD)/libllmc/src/cuda/attention_cudnn.o
 CUDA_HDR := $(wildcard libllmc/src/cuda/*.cuh) libllmc/src/cuda/attention.h \
-    libllmc/include/llmc.h libllmc/src/model.h libllmc/src/comm.h libllmc/src/error.h
+    libllmc/include/llmc.h libllmc/src/model.h libllmc/src/config.h libllmc/src/comm.h \
+    libllmc/src/error.h
 ifeq ($(filter clean,$(MAKECMDGOALS)),)
 $(info CUDA backend: nvcc $(NVCC), sm_$(CUDA_ARCH); cuBLASLt $(CUBLASLT_LIB); cuDNN $(CUDNN_LIB) \
     $(CUDNN_VERSION) (headers $(CUDNN_INC)); cudnn-frontend $(CUDNN_FE_INC); NCCL $(or $(NCCL_INC),none: no distributed mode))

@@ -58,7 +58,16 @@ size_t total_bytes(const Layout &l) {
     return t;
 }
 
+/* The families decode_forward composes. */
+llmc_status check_family(const llmc_model *m) {
+    if (m->config.family != LLMC_FAMILY_GPT2)
+        return llmc_error(LLMC_ERR_UNSUPPORTED, "generation on the CUDA backend is for GPT-2 "
+                          "models; load this Llama on the CPU backend to generate");
+    return LLMC_OK;
+}
+
 llmc_status cuda_cache_plan_bytes(const llmc_model *m, int S, int T, int R, size_t *bytes) {
+    TRY(check_family(m));
     *bytes = total_bytes(layout(m, S, T, R));
     return LLMC_OK;
 }
@@ -72,6 +81,7 @@ void release(cuda_cache *c) {
 }
 
 llmc_status cuda_cache_create(llmc_model *m, int S, int T, int R, void **out) {
+    TRY(check_family(m));
     cuda_weights w;
     TRY(cuda_decode_weights(m, &w));
     const Layout l = layout(m, S, T, R);

@@ -1,6 +1,6 @@
 /*
- * encoder.cu: out[b,t] = wte[token] + wpe[t], and the gradients of both
- * tables. The backward pass is deterministic without atomics: wpe's gradient
+ * encoder.cu: out[b,t] = wte[token] + wpe[t] (Llama: wte[token], wpe NULL),
+ * and the gradients of both tables. The backward pass is deterministic without atomics: wpe's gradient
  * sums over the batch in order, and wte's is gathered one distinct token at a
  * time from rows the host sorted by token.
  */
@@ -14,6 +14,10 @@ __global__ void encoder_forward_kernel(bf16 *out, const int *tokens, const bf16 
     const int row = (int)(i / vecs), c = (int)(i % vecs) * 8;
     const int t = row % T;
     Vec16<bf16> a = load16(wte + (size_t)tokens[row] * C + c);
+    if (wpe == nullptr) {
+        store16(out + (size_t)row * C + c, a);
+        return;
+    }
     Vec16<bf16> p = load16(wpe + (size_t)t * C + c);
     Vec16<bf16> o;
     for (int k = 0; k < 8; k++)
@@ -52,7 +56,7 @@ __global__ void wte_backward_kernel(float *dwte, const bf16 *dout, const int *or
 void encoder_backward(float *dwte, float *dwpe, const bf16 *dout, const int *order,
                       const int *bucket_start, const int *bucket_token, int num_buckets, int B,
                       int T, int C, cudaStream_t s) {
-    wpe_backward_kernel<<<ceil_div((long)T * C, 256), 256, 0, s>>>(dwpe, dout, B, T, C);
+    if (dwpe) wpe_backward_kernel<<<ceil_div((long)T * C, 256), 256, 0, s>>>(dwpe, dout, B, T, C);
     if (num_buckets > 0)
         wte_backward_kernel<<<num_buckets, 256, 0, s>>>(dwte, dout, order, bucket_start,
                                                         bucket_token, C);

@@ -18,7 +18,8 @@
 #define SUM_SQUARES_BLOCKS 256
 #define PARTIAL_FLOATS(C) ((size_t)LN_BACKWARD_BLOCKS * 3 * (C))
 
-/* encoder.cu: token + position embeddings, and their gradients.
+/* encoder.cu: token + position embeddings (Llama: wpe and dwpe NULL, the
+ * token embedding alone), and their gradients.
  * The wte gradient is gathered per distinct token: `order` lists the rows
  * sorted by token, bucket_start[i]..bucket_start[i+1] those of bucket_token[i]. */
 void encoder_forward(bf16 *out, const int *tokens, const bf16 *wte, const bf16 *wpe, int B, int T,
@@ -41,6 +42,28 @@ void residual_layernorm_forward(bf16 *res_out, bf16 *out, float *mean, float *rs
 void layernorm_backward(bf16 *dinp, float *dw, float *db, float *dsum, float *partial,
                         const bf16 *dout, const bf16 *inp, const bf16 *w, const float *mean,
                         const float *rstd, int N, int C, cudaStream_t s);
+
+/* rmsnorm.cu (Llama): as the LayerNorm launchers with no bias and no mean;
+ * any C that is a multiple of 8. rmsnorm_backward: dinp += dRMS/dinp, dw +=
+ * (fp32, through partial: BIAS_ROW_SPLITS x C floats). */
+void rmsnorm_forward(bf16 *out, float *rstd, const bf16 *inp, const bf16 *w, int N, int C,
+                     float eps, cudaStream_t s);
+void residual_rmsnorm_forward(bf16 *res_out, bf16 *out, float *rstd, const bf16 *res_in,
+                              const bf16 *branch, const bf16 *w, int N, int C, float eps,
+                              cudaStream_t s);
+void rmsnorm_backward(bf16 *dinp, float *dw, float *partial, const bf16 *dout, const bf16 *inp,
+                      const bf16 *w, const float *rstd, int N, int C, cudaStream_t s);
+
+/* rope.cu (Llama): rotates the NH query and NKV key heads (hs channels) at
+ * the start of each of the B*T qkv rows ((NH + 2 NKV) hs wide) by the
+ * position's angles (cos_t, sin_t: (T, hs/2)); inverse for the backward pass. */
+void rope_rotate(bf16 *qkv, const float *cos_t, const float *sin_t, int B, int T, int NH, int NKV,
+                 int hs, bool inverse, cudaStream_t s);
+
+/* swiglu.cu (Llama): out (N, F) = up * silu(gate) of inp rows (N, 2F) =
+ * [up | gate]; the backward pass overwrites dinp (N, 2F). F % 8 == 0. */
+void swiglu_forward(bf16 *out, const bf16 *inp, int N, int F, cudaStream_t s);
+void swiglu_backward(bf16 *dinp, const bf16 *dout, const bf16 *inp, int N, int F, cudaStream_t s);
 
 /* reduce.cu: for c < n, out0[c] (c < split) or out1[c - split] += the sum over
  * k < rows of partial[k * width + c]. */
