@@ -29,7 +29,6 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from tqdm import tqdm
@@ -806,11 +805,7 @@ def run(args, me, given=(), settings=""):
 
     stop = StopRequest()
 
-    # the loader runs one step ahead in a thread; data_state is its position
-    # after the batches of the last step taken, what a checkpoint records
-    reader = ThreadPoolExecutor(max_workers=1)
-    data_state = loader.state()
-    next_batches = reader.submit(read_step_batches, loader, me, micro_steps, rows)
+    data_state = loader.state()  # after the batches of the last step taken
     try:
         for step in range(start_step, total_steps + 1):
             if val and due(args.val_every, step):
@@ -838,9 +833,7 @@ def run(args, me, given=(), settings=""):
                 raise Interrupted(stop.signal_name, step, args, me.distributed)
 
             t0 = time.perf_counter()
-            inputs, targets, data_state = next_batches.result()
-            if step + 1 < total_steps:  # read while the GPU (or the CPU's BLAS) runs this step
-                next_batches = reader.submit(read_step_batches, loader, me, micro_steps, rows)
+            inputs, targets, data_state = read_step_batches(loader, me, micro_steps, rows)
             lr = rate(step)
             loss, norm, problem, skipped = train_step(model, inputs, targets, lr, recent, args)
             if problem:
@@ -870,7 +863,6 @@ def run(args, me, given=(), settings=""):
         kept = checkpoint.complete_steps(args.out_dir)
         raise TrainError("interrupted" + (f"; --resume goes on from step {kept[-1]}" if kept else ""))
     finally:
-        reader.shutdown(cancel_futures=True)
         stop.restore()
         bar.close()
         if log:
