@@ -11,10 +11,9 @@ for the same windows; perplexity is exp(loss).
 import argparse
 import json
 import math
-import sys
 
-from .cli import HelpFormatter
-from .files import os_error_message, write_atomic
+from .cli import HelpFormatter, one_line_errors
+from .files import write_atomic
 from .shards import DataLoader, ShardError
 
 
@@ -54,7 +53,7 @@ def main(argv=None):
         p.error("-B, -T and --max-batches must be 1 or more")
 
     import pyllmc
-    try:
+    with one_line_errors(ShardError, pyllmc.LlmcError, pyllmc.LibraryError):
         config = pyllmc.Config.from_file(args.model)
         seq_len = args.seq_len or min(config.max_seq_len, 1024)
         if seq_len > config.max_seq_len:
@@ -67,12 +66,6 @@ def main(argv=None):
             write_atomic(args.json, [json.dumps({"model": args.model, "data": args.data,
                                                  "batch_size": args.batch_size,
                                                  "seq_len": seq_len, **result}, indent=1).encode()])
-    except OSError as e:
-        print(f"error: {os_error_message(e)}", file=sys.stderr)
-        sys.exit(1)
-    except (ShardError, pyllmc.LlmcError, pyllmc.LibraryError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
     print(f"{args.model}: val loss {result['loss']:.4f}, perplexity {result['perplexity']:.2f} "
           f"({result['batches']} batches of {args.batch_size}x{seq_len}, {result['tokens']:,} "
           "tokens)")

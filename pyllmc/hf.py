@@ -28,13 +28,13 @@ import contextlib
 import json
 import math
 import os
-import sys
 
 import numpy as np
 
 from . import _lib
 from .files import open_regular, os_error_message, write_atomic
 from .safetensors_file import SafetensorsError, SafetensorsFile, unique_keys
+from .cli import one_line_errors
 
 # HF's names of each layer's tensors, in llm.c's order, and whether HF keeps
 # it transposed (Conv1D). wte, wpe come before them and ln_f after.
@@ -504,7 +504,7 @@ def llama_hf_to_llmc(tensors, config, where="the weights"):
 def llmc_to_llama_hf(params, config):
     """LlamaForCausalLM's tensors (name -> array) from llmc's flat Llama vector."""
     V, C, L = config.vocab_size, config.channels, config.num_layers
-    H, KV, F = config.num_heads, config.num_kv_heads, config.ffn_hidden
+    H, KV = config.num_heads, config.num_kv_heads
     hs = C // H
     parts, offset = {}, 0
     for name, shape in llama_shapes(config):
@@ -567,7 +567,7 @@ def main(argv=None):
     e.add_argument("--force", action="store_true",
                    help="overwrite those files where the folder already holds them")
     args = p.parse_args(argv)
-    try:
+    with one_line_errors(HfError, _lib.LlmcError, _lib.LibraryError):
         if args.command == "import":
             config = import_hf(args.hf_dir, args.model, args.force)
             print(f"{args.model}: {config.num_layers} layers, {config.channels} channels, "
@@ -576,12 +576,6 @@ def main(argv=None):
             config, files = export_hf(args.model, args.hf_dir, args.force)
             print(f"{args.hf_dir}: {' + '.join(files)}; {config.num_layers} layers, "
                   f"{config.channels} channels, vocabulary {config.vocab_size}")
-    except OSError as e:
-        print(f"error: {os_error_message(e)}", file=sys.stderr)
-        sys.exit(1)
-    except (HfError, _lib.LlmcError, _lib.LibraryError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,8 @@ streams; several are printed whole, each under its header, once done).
 import argparse
 import sys
 
-from .files import os_error_message
 from .tokenizer import load_tokenizer
+from .cli import one_line_errors
 
 
 def tokens_text(tokenizer, tokens):
@@ -82,7 +82,7 @@ def main(argv=None):
         p.error("--max-new-tokens and --num-samples must be >= 1")
 
     import pyllmc
-    try:
+    with one_line_errors(pyllmc.LlmcError, pyllmc.LibraryError, ValueError):
         tokenizer = load_tokenizer(args.tokenizer)
         prompts = read_prompts(args)
         tokens = [tokenizer.encode(t) if t else [tokenizer.eot] for t in prompts]
@@ -107,12 +107,6 @@ def main(argv=None):
                 for i, (prompt, sampled) in enumerate(zip(tokens, new)):
                     text = tokens_text(tokenizer, prompt[0 if prompts[i] else 1:] + sampled)
                     print(f"--- sample {i + 1} ---\n{text}")
-    except OSError as e:
-        print(f"error: {os_error_message(e)}", file=sys.stderr)
-        sys.exit(1)
-    except (pyllmc.LlmcError, pyllmc.LibraryError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -16,13 +16,12 @@ import http.server
 import json
 import queue
 import secrets
-import sys
 import threading
 import time
 
-from .files import os_error_message
 from .generate import FINISH_REASONS, Generator
 from .tokenizer import EOT, decode_bytes, encode
+from .cli import one_line_errors
 
 MAX_BODY_BYTES = 1 << 20
 SOCKET_TIMEOUT_S = 30
@@ -297,15 +296,9 @@ def main(argv=None):
         p.error("--max-batch must be >= 1")
 
     import pyllmc
-    try:
+    with one_line_errors(pyllmc.LlmcError, pyllmc.LibraryError, ValueError):
         model = pyllmc.Model.load(args.checkpoint, device=args.device, max_batch_size=1)
         server = Server((args.host, args.port), model, args.checkpoint, args.max_batch)
-    except OSError as e:
-        print(f"error: {os_error_message(e)}", file=sys.stderr)
-        sys.exit(1)
-    except (pyllmc.LlmcError, pyllmc.LibraryError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
     host, port = server.server_address[:2]
     print(f"serving {args.checkpoint} on http://{host}:{port}/v1/completions", flush=True)
     try:

@@ -60,6 +60,20 @@ __device__ __forceinline__ bf16 bf16_stochastic(float x, uint32_t random) {
     return __ushort_as_bfloat16((unsigned short)(bits >> 16));
 }
 
+/* One row's residual add, res_out = res_in + branch (C channels, rounded to
+ * bf16 as stored), by the 32 lanes of a warp in 16-byte slices; the fused
+ * residual + normalization kernels then normalize res_out. */
+__device__ __forceinline__ void residual_add_row(bf16 *res_out, const bf16 *res_in,
+                                                 const bf16 *branch, int C, int lane) {
+    for (int c = lane * 8; c < C; c += 256) {
+        Vec16<bf16> r = load16(res_in + c), x = load16(branch + c), o;
+        for (int k = 0; k < 8; k++)
+            o.v[k] = __float2bfloat16(__bfloat162float(r.v[k]) + __bfloat162float(x.v[k]));
+        store16(res_out + c, o);
+    }
+    __syncwarp();
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xFFFFFFFFu, v, o);
     return v;

@@ -59,13 +59,7 @@ __global__ void residual_layernorm_forward_kernel(bf16 *res_out, bf16 *out, floa
     const int row = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (row >= N) return;
     const size_t off = (size_t)row * C;
-    for (int c = lane * 8; c < C; c += 256) {
-        Vec16<bf16> r = load16(res_in + off + c), x = load16(branch + off + c), o;
-        for (int k = 0; k < 8; k++)
-            o.v[k] = __float2bfloat16(__bfloat162float(r.v[k]) + __bfloat162float(x.v[k]));
-        store16(res_out + off + c, o);
-    }
-    __syncwarp();
+    residual_add_row(res_out + off, res_in + off, branch + off, C, lane);
     normalize_row(out + off, mean + row, rstd + row, res_out + off, w, b, C, lane);
 }
 
