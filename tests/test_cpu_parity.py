@@ -8,6 +8,7 @@ from torch.nn import functional as F
 
 from pyllmc import Config, Model, OutOfMemoryError
 from torch_gpt2 import GPT, GPTConfig
+from torch_reference import rel_err, torch_on_one_thread  # noqa: F401 (autouse fixture)
 
 # (config, B, T): T below the model's max_seq_len and B below the planned
 # max_batch_size, so that the backend's use of its planned buffers is tested
@@ -19,21 +20,6 @@ CASES = {"small": SMALL, "odd": ODD, "long": LONG}
 # GPT-2's vocabulary, where the LM head's products are large enough to be
 # shared among threads in several parts
 FULL_VOCAB = (Config(max_seq_len=64, vocab_size=50257, num_layers=1, num_heads=2, channels=64), 2, 64)
-
-
-@pytest.fixture(autouse=True)
-def torch_on_one_thread():
-    """The reference models here are tiny: threads only cost PyTorch time."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def rel_err(a, b):
-    """Largest difference relative to the largest reference magnitude."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return np.abs(a - b).max() / max(np.abs(b).max(), 1e-30)
 
 
 def make_pair(config, B, seed=0, num_threads=0, perturbed=False):

@@ -17,6 +17,7 @@ transformers = pytest.importorskip("transformers")
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
 
 from pyllmc import Config, Model, UnsupportedError, hf  # noqa: E402
+from torch_reference import rel_err, torch_on_one_thread  # noqa: E402,F401 (autouse fixture)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -42,21 +43,6 @@ CASES = {
                        num_attention_heads=4, num_key_value_heads=1, tie_word_embeddings=True,
                        rope_theta=10000.0), 3, 23),
 }
-
-
-@pytest.fixture(autouse=True)
-def torch_on_one_thread():
-    """The reference models here are tiny: threads only cost PyTorch time."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def rel_err(a, b):
-    """Largest difference relative to the largest reference magnitude."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return np.abs(a - b).max() / max(np.abs(b).max(), 1e-30)
 
 
 def hf_model(fields, seed=0):
