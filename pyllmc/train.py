@@ -541,11 +541,10 @@ def check_loss(loss, recent, args):
 
 
 def read_step_batches(loader, me, micro_steps, rows):
-    """This rank's (inputs, targets) of one step, each (micro_steps, rows, T),
-    and the loader's position after the step (the same on every rank). With
-    rows < B, the step is one batch whose rows the ranks split between them;
-    else every rank reads its share of the step's batches and skips the
-    others'."""
+    """This rank's (inputs, targets) of one step, each (micro_steps, rows, T);
+    the loader moves past the whole step on every rank alike. With rows < B,
+    the step is one batch whose rows the ranks split between them; else every
+    rank reads its share of the step's batches and skips the others'."""
     if rows < loader.B:
         x, y = loader.next_batch()
         mine = slice(me.rank * rows, (me.rank + 1) * rows)
@@ -555,8 +554,7 @@ def read_step_batches(loader, me, micro_steps, rows):
         loader.skip(me.rank * micro_steps)
         batches = [loader.next_batch() for _ in range(micro_steps)]
         loader.skip((ranks - 1 - me.rank) * micro_steps)
-    return (np.stack([x for x, _ in batches]), np.stack([y for _, y in batches]),
-            loader.state())
+    return np.stack([x for x, _ in batches]), np.stack([y for _, y in batches])
 
 
 def train_step(model, inputs, targets, lr, recent, args):
@@ -795,7 +793,7 @@ def run(args, me, given=(), settings=""):
         return continued_rate(step, total_steps, args.lr, lr_rebase, **schedule_settings(args))
 
     def save(step):
-        state = {"step": step, "data": data_state, "recent_losses": list(recent),
+        state = {"step": step, "data": loader.state(), "recent_losses": list(recent),
                  "seed": args.seed, "args": vars(args), "config": dataclasses.asdict(cfg)}
         if lr_rebase:
             state["lr_rebase"] = list(lr_rebase)
@@ -805,7 +803,6 @@ def run(args, me, given=(), settings=""):
 
     stop = StopRequest()
 
-    data_state = loader.state()  # after the batches of the last step taken
     try:
         for step in range(start_step, total_steps + 1):
             if val and due(args.val_every, step):
@@ -833,7 +830,7 @@ def run(args, me, given=(), settings=""):
                 raise Interrupted(stop.signal_name, step, args, me.distributed)
 
             t0 = time.perf_counter()
-            inputs, targets, data_state = read_step_batches(loader, me, micro_steps, rows)
+            inputs, targets = read_step_batches(loader, me, micro_steps, rows)
             lr = rate(step)
             loss, norm, problem, skipped = train_step(model, inputs, targets, lr, recent, args)
             if problem:

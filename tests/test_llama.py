@@ -308,6 +308,17 @@ def run_hf(*args):
                           capture_output=True, text=True)
 
 
+def imported_logits(ref, folder, tmp_path, x):
+    """`pyllmc.hf import` of folder: the model's config and its logits of x,
+    and the reference model ref's logits of x."""
+    with torch.no_grad():
+        ref_logits = ref(torch.from_numpy(x)).logits.numpy()
+    r = run_hf("import", folder, tmp_path / "m.bin")
+    assert r.returncode == 0, r.stderr
+    with Model.load(tmp_path / "m.bin", max_batch_size=x.shape[0], max_seq_len=x.shape[1]) as model:
+        return model.config, model.logits(x), ref_logits
+
+
 @pytest.mark.parametrize("tied", [False, True])
 def test_hugging_face_import_and_export_keep_the_logits(tmp_path, tied):
     fields = dict(CASES["gqa4_untied_scaled"][0], tie_word_embeddings=tied)
@@ -315,14 +326,10 @@ def test_hugging_face_import_and_export_keep_the_logits(tmp_path, tied):
     folder = tmp_path / "llama"
     ref.save_pretrained(folder, safe_serialization=True)
     x = np.random.default_rng(6).integers(0, fields["vocab_size"], (2, 30))
-    with torch.no_grad():
-        ref_logits = ref(torch.from_numpy(x)).logits.numpy()
-    r = run_hf("import", folder, tmp_path / "m.bin")
-    assert r.returncode == 0, r.stderr
-    with Model.load(tmp_path / "m.bin", max_batch_size=2, max_seq_len=30) as model:
-        assert model.config.untied_head == (not tied)
-        assert model.config.rope_scaling_factor == 8.0
-        assert rel_err(model.logits(x), ref_logits) < 1e-5
+    config, logits, ref_logits = imported_logits(ref, folder, tmp_path, x)
+    assert config.untied_head == (not tied)
+    assert config.rope_scaling_factor == 8.0
+    assert rel_err(logits, ref_logits) < 1e-5
     r = run_hf("export", tmp_path / "m.bin", tmp_path / "out")
     assert r.returncode == 0, r.stderr
     back = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "out").float().eval()
@@ -377,12 +384,8 @@ def test_bf16_sharded_hugging_face_checkpoints_import(tmp_path):
     assert (folder / "model.safetensors.index.json").exists()
     assert len(list(folder.glob("model-*.safetensors"))) > 1
     x = np.random.default_rng(7).integers(0, fields["vocab_size"], (2, 20))
-    with torch.no_grad():
-        ref_logits = ref(torch.from_numpy(x)).logits.numpy()
-    r = run_hf("import", folder, tmp_path / "m.bin")
-    assert r.returncode == 0, r.stderr
-    with Model.load(tmp_path / "m.bin", max_batch_size=2, max_seq_len=20) as model:
-        assert rel_err(model.logits(x), ref_logits) < 1e-5
+    _, logits, ref_logits = imported_logits(ref, folder, tmp_path, x)
+    assert rel_err(logits, ref_logits) < 1e-5
 
 
 def test_a_damaged_safetensors_file_is_refused(hf_dir, tmp_path):
