@@ -1,10 +1,11 @@
 """
 Where a CUDA training step spends its GPU time: one d12 step (B=64, T=1024,
-2 micro-steps) under torch.profiler, whose CUPTI tracing records every kernel
+2 micro-steps, real FineWeb tokens) under torch.profiler, whose CUPTI tracing records every kernel
 in the process (libllmc's, cuBLASLt's and cuDNN's alike). torch is used only
 as the tracer here, never by the library. Prints kernels by total GPU time.
 
     python bench/gpu_profile.py [--preset d12 --batch 64 --seq 1024 --micro 2 --recompute 0]
+                                [--precision fp8] [--data SHARD]
 """
 import argparse
 import time
@@ -14,6 +15,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import pyllmc
+from bench.gpu_bench import DEFAULT_DATA
+from pyllmc.shards import DataLoader
 
 
 def idle_report(prof, wall_ms):
@@ -44,14 +47,16 @@ def main():
     p.add_argument("--seq", type=int, default=1024)
     p.add_argument("--micro", type=int, default=2)
     p.add_argument("--recompute", type=int, default=0)
+    p.add_argument("--precision", default="default", choices=["default", "fp8"])
+    p.add_argument("--data", default=str(DEFAULT_DATA), help="token shard to read the batch from")
     p.add_argument("--rows", type=int, default=25)
     a = p.parse_args()
     torch.cuda.init()
     m = pyllmc.Model.from_config(a.preset, device="cuda", max_batch_size=a.batch,
-                                 max_seq_len=a.seq, recompute=a.recompute)
-    rng = np.random.default_rng(0)
-    tok = rng.integers(0, m.config.vocab_size, size=(a.micro, a.batch, a.seq + 1), dtype=np.int32)
-    x, y = tok[..., :-1].copy(), tok[..., 1:].copy()
+                                 max_seq_len=a.seq, recompute=a.recompute, precision=a.precision)
+    loader = DataLoader(a.data, a.batch, a.seq, shuffle=False, seed=0)
+    batches = [loader.next_batch() for _ in range(a.micro)]
+    x, y = np.stack([b[0] for b in batches]), np.stack([b[1] for b in batches])
     m.step(x, y, lr=1e-4)  # warm-up: graphs, heuristics
     t = time.perf_counter()
     m.step(x, y, lr=1e-4)

@@ -8,6 +8,7 @@ and, at d12, its fastest setting; llmc through its trainer as users run it
 torch.compile. One table last, with each peer's time divided by llmc's.
 
     python3 -m bench.peer_bench [--sizes d12,d24,d36,d48] [--llmc d48=1,2] [--fp8] [--torch]
+    python3 -m bench.peer_bench --sizes llama-124m,llama3.2-1b --torch [--seq-len 2048]
 
 Every system reads the same FineWeb token shard (--data; llm.c's step time
 depends on the token distribution: its embedding gradient works per distinct
@@ -17,6 +18,13 @@ warm-up (the trainer's per-step `ms` in main.jsonl, gpu_bench.py's and
 gpu_torch_peer.py's medians, llm.c's printed step times from step 2 on).
 Memory, the same way for all: the peak of the GPU's used memory (nvidia-smi,
 sampled every 0.2 s) while the run's process lives, less what was used before.
+
+Every system trains with the same optimizer settings: AdamW at a constant
+learning rate of 6e-4 from the first step, weight decay 0.1 (the library
+loop's; the trainer's default warm-up would keep its early updates smaller
+than the loop's, and the step time of a power-limited GPU depends on the
+values it multiplies). The Llama presets have no llm.c row (its llama3
+branch cannot train from scratch); --torch trains transformers' Llama.
 """
 import argparse
 import json
@@ -31,10 +39,20 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-# size: micro-batch B, micro-steps per optimizer step, timed llmc steps (T = 1024)
-SIZES = {"d12": (64, 8, 8), "d24": (32, 16, 4), "d36": (32, 4, 6), "d48": (16, 4, 6)}
-T = 1024
-LLMC_DEFAULT = {"d12": "0,1", "d24": "1,2", "d36": "1,2", "d48": "1,2"}
+# size: micro-batch B at T = 1024 (at other --seq-len, B * T stays), micro-steps per
+# optimizer step, timed llmc steps
+SIZES = {"d12": (64, 8, 8), "d24": (32, 16, 4), "d36": (32, 4, 6), "d48": (16, 4, 6),
+         "llama-124m": (64, 8, 8), "llama3.2-1b": (16, 4, 6)}
+LLMC_DEFAULT = {"d12": "0,1", "d24": "1,2", "d36": "1,2", "d48": "1,2", "llama-124m": "0",
+                "llama3.2-1b": "0"}
+LR, WEIGHT_DECAY = 6e-4, 0.1
+T = 1024  # --seq-len
+
+
+def shape(size):
+    """(B, micro-steps, timed steps) of size at this T."""
+    B, micro, steps = SIZES[size]
+    return max(1, B * 1024 // T), micro, steps
 # llm.c settings per size: (label, extra flags); the first is its default
 LLM_C = {"d12": [("default (-r 1)", []), ("fastest (-r 0 -ge 2)", ["-r", "0", "-ge", "2"])]}
 
@@ -75,11 +93,12 @@ def llm_c_step_times(text, first):
 
 
 def run_llm_c(peers, size, flags, data, steps):
-    B, micro, _ = SIZES[size]
+    B, micro, _ = shape(size)
     train, val = data
     cmd = ["bash", str(peers / "llm.c.sh"), "run", "-i", str(train), "-j", str(val), "-v", "100000",
            "-m", "1", "-s", "0", "-h", "0", "-n", "0", "-e", size, "-b", str(B), "-t", str(T),
-           "-d", str(B * T * micro), "-x", str(steps), *flags]
+           "-d", str(B * T * micro), "-x", str(steps), "-l", str(LR), "-u", "0", "-q", "1.0",
+           "-c", str(WEIGHT_DECAY), *flags]
     out, rc, gb = run_watched(cmd)
     ms = llm_c_step_times(out, 2)
     if rc != 0 or not ms:
@@ -90,7 +109,7 @@ def run_llm_c(peers, size, flags, data, steps):
 
 def run_llmc(size, recompute, steps, fp8, data):
     """The library's loop (gpu_bench.py) on the shard: ms/step, GB."""
-    B, micro, _ = SIZES[size]
+    B, micro, _ = shape(size)
     spec = f"{size},{B},{T},{micro},{recompute}" + (",fp8" if fp8 else "")
     out, rc, gb = run_watched([sys.executable, str(HERE / "gpu_bench.py"), "--child", "--run", spec,
                                "--steps", str(steps), "--warmup", "2", "--data", str(data)])
@@ -106,12 +125,13 @@ def run_trainer(size, recompute, steps, fp8, data):
     """`python -m pyllmc.train` on the shard as a user runs it: median of its
     logged step times after 2 warm-up steps, GB. Its folder is in /dev/shm
     (the final checkpoint of d48 is 18 GB)."""
-    B, micro, _ = SIZES[size]
+    B, micro, _ = shape(size)
     out_dir = Path(tempfile.mkdtemp(prefix="llmc-trainer-", dir="/dev/shm"))
     cmd = [sys.executable, "-m", "pyllmc.train", "--device", "cuda", "--model", size, "-B", str(B),
            "-T", str(T), "--total-batch-size", str(B * T * micro), "--steps", str(steps + 2),
            "--train-data", str(data), "--sample-every", "0", "--no-progress", "--print-every", "0",
-           "--recompute", str(recompute), "--out-dir", str(out_dir / "run"), "--lr", "6e-4",
+           "--recompute", str(recompute), "--out-dir", str(out_dir / "run"), "--lr", str(LR),
+           "--warmup-steps", "0", "--lr-schedule", "constant", "--weight-decay", str(WEIGHT_DECAY),
            *(["--precision", "fp8"] if fp8 else [])]
     try:
         out, rc, gb = run_watched(cmd, cwd=HERE.parent)
@@ -127,7 +147,7 @@ def run_trainer(size, recompute, steps, fp8, data):
 
 
 def run_torch(size, fp8, data):
-    B, micro, _ = SIZES[size]
+    B, micro, _ = shape(size)
     out, rc, gb = run_watched([sys.executable, "-m", "bench.gpu_torch_peer", "--preset", size,
                                "-B", str(B), "-T", str(T), "--micro-steps", str(micro), "--compile",
                                "--data", str(data), *(["--fp8"] if fp8 else [])],
@@ -141,7 +161,8 @@ def run_torch(size, fp8, data):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", default="d12,d24,d36,d48")
+    p.add_argument("--sizes", default="d12,d24,d36,d48", help=f"of {', '.join(SIZES)}")
+    p.add_argument("--seq-len", type=int, default=1024, help="T (B shrinks to keep B x T)")
     p.add_argument("--llmc", action="append", default=[],
                    help="SIZE=R1,R2: llmc's recompute settings at SIZE (default %s)" % LLMC_DEFAULT)
     p.add_argument("--peers", default=str(HERE.parent / ".carry" / "peers"),
@@ -156,14 +177,16 @@ def main():
     p.add_argument("--no-trainer", action="store_true", help="llmc's library loop only")
     p.add_argument("--json")
     a = p.parse_args()
+    global T
+    T = a.seq_len
     settings = dict(LLMC_DEFAULT, **dict(s.split("=", 1) for s in a.llmc))
     train = sorted(Path(a.data).glob("*train*.bin"))[0]
     val = sorted(Path(a.data).glob("*val*.bin"))[0]
     rows = []
     for size in a.sizes.split(","):
-        B, micro, steps = SIZES[size]
+        B, micro, steps = shape(size)
         peers = {}
-        for label, flags in LLM_C.get(size, [("default", [])]):
+        for label, flags in [] if size.startswith("llama") else LLM_C.get(size, [("default", [])]):
             peers[f"llm.c {label}"] = run_llm_c(Path(a.peers), size, flags, (train, val),
                                                 a.llm_c_steps)
             print(f"llm.c {size} {label}: {peers[f'llm.c {label}']}", flush=True)

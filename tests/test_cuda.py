@@ -260,6 +260,22 @@ def test_out_of_gpu_memory_is_an_error():
     assert np.isfinite(m.step(x, y, lr=1e-3)[0])
 
 
+def test_single_position_plan_initialises_and_t1_is_a_clear_error():
+    """cuDNN's attention has no T=1 graph: a model planned at max_seq_len 1
+    (made only to be saved, say) still initialises, and a T=1 step is an
+    UnsupportedError naming T=1, after which the model still trains."""
+    m = pyllmc.Model.from_config(SMALL, device="cuda", max_batch_size=2, max_seq_len=1)
+    x, y = batch(SMALL, 2, 1)
+    with pytest.raises(pyllmc.UnsupportedError, match="T=1"):
+        m.step(x, y, lr=1e-3)
+    m.close()
+    m = pyllmc.Model.from_config(SMALL, device="cuda", max_batch_size=2, max_seq_len=16)
+    x, y = batch(SMALL, 2, 16)
+    with pytest.raises(pyllmc.UnsupportedError, match="T=1"):
+        m.logits(x[:, :1])
+    assert np.isfinite(m.step(x, y, lr=1e-3)[0])
+
+
 def nccl_model(cfg, zero, **kw):
     """A model in distributed mode with one rank (NCCL), or skip if NCCL is absent."""
     try:

@@ -53,8 +53,10 @@
  *    model.
  *  - Limits: every dimension 1..2^24, at most 2^38 parameters,
  *    max_batch_size x max_seq_len at most 2^24 tokens (the CPU backend also
- *    keeps each activation tensor under 2^31 elements), step counts below
- *    2^53; memory is checked against what the host can give before it is
+ *    keeps each activation tensor under 2^31 elements; the CUDA backend's
+ *    attention needs T >= 2 per call: T = 1 is LLMC_ERR_UNSUPPORTED, though
+ *    a model planned at max_seq_len 1 initialises), step counts below 2^53;
+ *    memory is checked against what the host can give before it is
  *    allocated, so a plan too big fails with LLMC_ERR_OUT_OF_MEMORY.
  */
 #ifndef LLMC_H

@@ -23,7 +23,7 @@ namespace {
 
 enum Uid : int64_t { Q = 1, K, V, O, LSE, DO, DQ, DK, DV };
 enum Kind { FORWARD_TRAIN, FORWARD_INFER, BACKWARD };
-enum { OK = 0, OOM = 4, DEVICE = 6 };
+enum { OK = 0, OOM = 4, UNSUPPORTED = 5, DEVICE = 6 };
 
 using GraphKey = std::tuple<int, int, int>;  // kind, B, T
 
@@ -116,6 +116,10 @@ static void define_backward(fe::graph::Graph &g, int B, int T, int NH, int NKV, 
 /* Builds (or finds) the graph for (kind, B, T) and makes sure the workspace fits it. */
 static int get_graph(attn_ctx *ctx, Kind kind, int B, int T, fe::graph::Graph **out, char *err,
                      size_t errlen) {
+    if (T < 2)  // cuDNN's fused attention: "s_q = s_kv = 1 is not supported"
+        return fail(err, errlen, UNSUPPORTED, "sequence length",
+                    "T=1 is not supported (cuDNN has no single-position graph); use T >= 2, "
+                    "or the CPU backend");
     GraphKey key{kind, B, T};
     auto it = ctx->graphs.find(key);
     if (it == ctx->graphs.end()) {
@@ -187,7 +191,9 @@ int attn_create(attn_ctx **out, int max_B, int max_T, int NH, int NKV, int HS,
         return rc;
     }
     /* Plan the workspace for the largest shape now, so that a training run
-     * does not discover it is out of memory later. */
+     * does not discover it is out of memory later (at T >= 2: a model made
+     * with max_seq_len 1, e.g. only to be saved, still initialises). */
+    if (max_T < 2) max_T = 2;
     fe::graph::Graph *g;
     const Kind kinds[3] = {FORWARD_TRAIN, BACKWARD, FORWARD_INFER};
     for (Kind kind : kinds) {
