@@ -5,6 +5,7 @@ sequence a random prompt of --prompt-len tokens followed by exactly
 --new-tokens greedy tokens (no stop token), prefill included in the time.
 
     python -m bench.generate_bench                      # GPU: d12 and d48, batch 1, 8, 64
+    python -m bench.generate_bench --sizes llama-124m   # a Llama, against LlamaForCausalLM
     python -m bench.generate_bench --device cpu --sizes d12 --batches 1,8
 
 GPU: llmc (bf16 weights and cache, decode steps as CUDA graphs) against
@@ -74,11 +75,17 @@ def hf_runner(model, prompts, new_tokens, device, compile):
 
 def bound_tokens_per_s(config, prompt_len, new_tokens, bandwidth, dtype_bytes):
     """Batch 1: every weight read once per token (the LM head reads the
-    vocabulary's rows of wte, the position table one row) and the cache at
-    its average length."""
+    vocabulary's rows, the embeddings one row each) and the cache at its
+    average length."""
     C, L, V = config.channels, config.num_layers, config.vocab_size
-    weights = V * C + L * (12 * C * C + 13 * C) + 2 * C
-    cache = 2 * L * C * (prompt_len + new_tokens / 2)
+    kv = (config.num_kv_heads if config.is_llama else config.num_heads) * (C // config.num_heads)
+    qkv = C + 2 * kv
+    fc, act = (2 * config.ffn_hidden, config.ffn_hidden) if config.is_llama else (4 * C, 4 * C)
+    block = C * qkv + C * C + C * fc + act * C + 2 * C  # the products and the norms' gains
+    if not config.is_llama:
+        block += qkv + C + fc + C + 2 * C  # GPT-2's biases and LayerNorm shifts
+    weights = V * C + L * block + (C if config.is_llama else 2 * C)
+    cache = 2 * L * kv * (prompt_len + new_tokens / 2)
     return bandwidth / ((weights + cache) * dtype_bytes)
 
 
@@ -110,8 +117,11 @@ def main(argv=None):
             hf.export_hf(os.path.join(tmp, "model.bin"), os.path.join(tmp, "hf"))
             dtype = torch.bfloat16 if cuda else torch.float32
 
+            peer = (transformers.LlamaForCausalLM if config.is_llama
+                    else transformers.GPT2LMHeadModel)
+
             def load_hf():
-                return transformers.GPT2LMHeadModel.from_pretrained(
+                return peer.from_pretrained(
                     os.path.join(tmp, "hf"), torch_dtype=dtype).to(args.device).eval()
             theirs = load_hf()
             ours = pyllmc.Model.load(os.path.join(tmp, "model.bin"), device=args.device,

@@ -35,11 +35,10 @@ from tqdm import tqdm
 
 from . import checkpoint, distributed
 from .cli import HelpFormatter
-from ._lib import FileFormatError, LlmcIOError, UnsupportedError
+from ._lib import FileFormatError, LlmcIOError
 from .sample import sample_text
 from .schedule import SCHEDULES, continued_rate
 from .files import os_error_message, read_regular, write_atomic
-from .generate import Generator
 from .shards import ShardError, val_batches, DataLoader
 from .tokenizer import TokenizerError, load_tokenizer
 
@@ -770,12 +769,6 @@ def run(args, me, given=(), settings=""):
     if start_step:
         report(f"resuming from step {start_step} ({checkpoint.paths(args.out_dir, start_step)['model']})")
     samples = args.sample_every and not quiet and cfg.vocab_size <= tokenizer.vocab_size
-    if samples:
-        try:  # a backend without generation for this family (CUDA Llama) still trains
-            Generator.plan_memory(model, 1, 2)
-        except UnsupportedError as e:
-            samples = False
-            report(f"text samples off: {e}")
 
     log = None if quiet else RunLog(args.out_dir, start_step)
     recent = collections.deque(state["recent_losses"] if state else [], maxlen=args.spike_window)

@@ -13,6 +13,10 @@ CUDA backend's bf16 activations and activation gradients alone. Tolerances:
   resumed from a checkpoint repeats the uninterrupted one bit for bit.
 - Llama (RMSNorm, RoPE with Llama 3.1 scaling, GQA, SwiGLU, tied and untied):
   the same tolerances, determinism and resume.
+- generation (GPT-2 and Llama, tied and untied): 50 greedy tokens the CPU's, or a first
+  divergence at a near-tie (CPU log-probability gap < 0.05), never before token 10; the
+  log-probabilities of every step up to it within 0.1 of the CPU's full forward; same seed,
+  same tokens; a sequence alone within 0.05 of its log-probabilities in a batch.
 """
 import numpy as np
 import pytest
@@ -567,12 +571,22 @@ def test_fp8_needs_batch_multiple_of_16():
 
 
 # ---- generation (llmc_generator on CUDA: bf16 cache, graphs) -------------------
+# GPT-2 and Llamas of odd sizes (GQA ratio 2, head size 24, Llama 3.1 rope scaling), untied and
+# tied; the cache holds max_seq_len 96 positions, beyond the training plan's 64 (its own RoPE table)
+LLAMA_GEN = llama(max_seq_len=96, num_layers=3, num_heads=6, num_kv_heads=3, channels=144,
+                  ffn_hidden=232)
+LLAMA_GEN_TIED = llama(max_seq_len=96, num_layers=3, num_heads=6, num_kv_heads=3, channels=144,
+                       ffn_hidden=232, untied_head=0)
+GENERATION_MODELS = {"gpt2": SMALL, "llama": LLAMA_GEN, "llama-tied": LLAMA_GEN_TIED}
 
-def trained_pair():
-    """SMALL trained 60 CPU steps on a repeating sequence (so that greedy choices
+
+@pytest.fixture(scope="module", params=list(GENERATION_MODELS))
+def trained_pair(request):
+    """A model trained 60 CPU steps on a repeating sequence (so that greedy choices
     are mostly clear-cut), its bf16-exact weights in a CPU and a CUDA model."""
-    cpu, gpu = pair(SMALL, 4, 64)
-    for x, y in patterned_batches(SMALL, 60, 4, 64, seed=3):
+    cfg = GENERATION_MODELS[request.param]
+    cpu, gpu = pair(cfg, 4, 64)
+    for x, y in patterned_batches(cfg, 60, 4, 64, seed=3):
         cpu.step(x, y, lr=3e-3)
     p = bf16_exact(cpu.parameters())
     cpu.set_parameters(p)
@@ -580,10 +594,10 @@ def trained_pair():
     return cpu, gpu
 
 
-def test_greedy_generation_matches_cpu_or_diverges_at_a_near_tie():
-    cpu, gpu = trained_pair()
+def test_greedy_generation_matches_cpu_or_diverges_at_a_near_tie(trained_pair):
+    cpu, gpu = trained_pair
     rng = np.random.default_rng(4)
-    prompts = [rng.integers(0, SMALL.vocab_size, size=n).tolist() for n in (1, 5, 12)]
+    prompts = [rng.integers(0, cpu.config.vocab_size, size=n).tolist() for n in (1, 5, 12)]
     want, _ = cpu.generate(prompts, max_new_tokens=50, temperature=0, stop_token=None, logprobs=True)
     got, got_lp = gpu.generate(prompts, max_new_tokens=50, temperature=0, stop_token=None,
                                logprobs=True)
@@ -602,8 +616,8 @@ def test_greedy_generation_matches_cpu_or_diverges_at_a_near_tie():
         assert same >= 10, same
 
 
-def test_generation_is_deterministic_and_graphs_replay_the_eager_step():
-    _, gpu = trained_pair()
+def test_generation_is_deterministic_and_graphs_replay_the_eager_step(trained_pair):
+    _, gpu = trained_pair
     prompts = [[1, 2, 3], [7] * 9, [5]]
     runs = [gpu.generate(prompts, max_new_tokens=40, temperature=0.9, top_k=50, top_p=0.95,
                          seed=8, stop_token=None, logprobs=True) for _ in range(2)]
@@ -617,10 +631,17 @@ def test_generation_is_deterministic_and_graphs_replay_the_eager_step():
         np.testing.assert_allclose(lp[0][:agree], runs[0][1][i][:agree], atol=0.05)
 
 
-def test_a_cache_too_big_for_the_gpu_is_an_error():
-    deep = pyllmc.Config(max_seq_len=64, vocab_size=512, num_layers=64, num_heads=4, channels=128)
-    gpu = pyllmc.Model.from_config(deep, device="cuda", max_batch_size=1, max_seq_len=8)
+# 64 layers of 2^24 cached positions; GPT-2: 128 channels x 2 (k, v) x 2 bytes each, 550 GB in
+# all; Llama (4 key/value heads of 16 channels for 8 query heads): 275 GB
+DEEP = {"gpt2": pyllmc.Config(max_seq_len=64, vocab_size=512, num_layers=64, num_heads=4,
+                              channels=128),
+        "llama": llama(num_layers=64, num_heads=8, num_kv_heads=4, channels=128)}
+
+
+@pytest.mark.parametrize("family", list(DEEP))
+def test_a_cache_too_big_for_the_gpu_is_an_error(family):
+    gpu = pyllmc.Model.from_config(DEEP[family], device="cuda", max_batch_size=1, max_seq_len=8)
     from pyllmc.generate import Generator
     with pytest.raises(pyllmc.OutOfMemoryError, match="key/value cache"):
-        Generator(gpu, 2**18, 64)  # 64 layers x 2^24 positions x 128 x 2 (k, v) x 2 bytes: 550 GB
+        Generator(gpu, 2**18, 64)  # 2^18 sequences x 64 positions
     assert gpu.generate([[1, 2]], max_new_tokens=3, temperature=0, stop_token=None)

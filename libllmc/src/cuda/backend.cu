@@ -188,26 +188,6 @@ llmc_status attn_status(int rc, const char *err) {
     return rc == 0 ? LLMC_OK : llmc_error((llmc_status)rc, "%s", err);
 }
 
-/* RoPE's cos and sin of every planned position, computed on the host in
- * fp32 as the CPU backend's (llmc_rope_inv_freq), then uploaded. */
-llmc_status upload_rope_table(cuda_state *g, const llmc_config &c) {
-    const int half = g->C / g->NH / 2;
-    std::vector<float> inv_freq(half), table(2 * (size_t)g->Tmax * half);
-    llmc_rope_inv_freq(&c, inv_freq.data());
-    for (int t = 0; t < g->Tmax; t++)
-        for (int i = 0; i < half; i++) {
-            const float angle = (float)t * inv_freq[i];
-            table[(size_t)t * half + i] = (float)cos((double)angle);
-            table[((size_t)g->Tmax + t) * half + i] = (float)sin((double)angle);
-        }
-    const size_t bytes = (size_t)g->Tmax * half * sizeof(float);
-    CUDA_TRY(cudaMemcpyAsync(g->rope_cos, table.data(), bytes, cudaMemcpyHostToDevice, g->stream));
-    CUDA_TRY(cudaMemcpyAsync(g->rope_sin, table.data() + (size_t)g->Tmax * half, bytes,
-                             cudaMemcpyHostToDevice, g->stream));
-    CUDA_TRY(cudaStreamSynchronize(g->stream));  // the host table goes out of scope
-    return LLMC_OK;
-}
-
 /* The FP8 buffers (see cuda_state). */
 llmc_status plan_fp8(cuda_state *g) {
     const size_t N = g->Nmax, L = g->L;
@@ -369,7 +349,7 @@ llmc_status plan(llmc_model *m, cuda_state *g) {
     TRY(alloc_n(g, &g->loss, 1, "scalars"));
     if (g->dry_run) return LLMC_OK;
     g->next.assign(g->Vp, 0);
-    if (g->llama) TRY(upload_rope_table(g, c));
+    if (g->llama) TRY(rope_upload_table(g->rope_cos, g->rope_sin, &c, g->Tmax, g->stream));
 
     if (g->fp8) fp8_reset(g->f8, g->stream);
     char err[512] = "";

@@ -1,9 +1,9 @@
 /*
  * decode.cu: the CUDA backend's generation (model.h's llmc_decode_ops): a
  * bf16 key/value cache and the forward pass of rows that are single tokens
- * of cached sequences, over the training kernels (LayerNorm fused with the
- * residual add, cuBLASLt products with fused bias and GELU) and the cache
- * kernels of kvcache.cu.
+ * of cached sequences, one composition per model family over the training
+ * kernels (the norms fused with the residual add, cuBLASLt products with
+ * fused bias and GELU, SwiGLU, RoPE) and the cache kernels of kvcache.cu.
  *
  * A decode step (every live sequence's newest token, logits for each) of n
  * rows runs as a CUDA graph, captured the second time n is seen (the first
@@ -12,8 +12,9 @@
  * before it, and the logits copied back after. Prefill chunks run eagerly.
  *
  * Memory, planned and checked against the free device memory at creation:
- * every layer's keys and values for S slots of T positions, the activations
- * of R rows and the fp32 logits of S rows.
+ * every layer's keys and values for S slots of T positions (NKV heads),
+ * the activations of R rows, the fp32 logits of S rows and, for Llama,
+ * RoPE's table of T positions.
  */
 #include <cstring>
 #include <new>
@@ -21,33 +22,55 @@
 
 #include "decode.cuh"
 #include "kernels.cuh"
+extern "C" {
+#include "config.h"
+}
 
 namespace {
 
+struct cuda_cache;
+/* A family's forward of n rows (metadata already on the device), with the
+ * logits of n_out rows. */
+typedef llmc_status (*decode_forward_fn)(cuda_cache *c, const cuda_weights &w, int n, int n_out);
+
 struct cuda_cache {
-    int S, T, R, L, C, NH, V, Vp;
+    int S, T, R, L, C, NH, NKV, hs, V, Vp;
+    int F;        // Llama: the MLP's hidden width (SwiGLU's output)
+    float eps;    // Llama: RMSNorm's epsilon
+    int head;     // the LM head's tensor
+    decode_forward_fn forward;
     void *mem = nullptr;
     size_t bytes = 0;
-    bf16 *keys, *values;             // (L, S, NH, T, hs) each
-    bf16 *x, *ln, *qkv, *atty, *branch, *fch, *fch_gelu;
-    float *mean, *rstd, *logits;     // (R), (R), (S, Vp)
+    bf16 *keys, *values;             // (L, S, NKV, T, hs) each
+    bf16 *x, *ln, *qkv, *atty, *branch, *fch, *fch_act;  // (R, C | QKV | FC | ACT)
+    float *mean, *rstd, *logits;     // (R) (GPT-2), (R), (S, Vp)
     int *rows;                       // slot, pos, token (R each), out_rows (S)
+    float *rope_cos, *rope_sin;      // Llama: (T, hs/2)
     int *rows_host = nullptr;        // pinned staging of rows
     std::vector<cudaGraphExec_t> graphs;  // per step size n (1..S): captured graph
     std::vector<char> seen;               // per n: ran once eagerly
 };
 
-/* Buffers in allocation order, bytes each (256-byte aligned). */
+/* Buffers in allocation order (the order of cuda_cache's pointers), bytes
+ * each (256-byte aligned); a family's unused buffers take 0 bytes. */
+enum { B_KEYS, B_VALUES, B_X, B_LN, B_QKV, B_ATTY, B_BRANCH, B_FCH, B_FCH_ACT, B_MEAN, B_RSTD,
+       B_LOGITS, B_ROWS, B_ROPE_COS, B_ROPE_SIN, NUM_BUFFERS };
 struct Layout {
-    size_t bytes[14];
+    size_t bytes[NUM_BUFFERS];
 };
 
 Layout layout(const llmc_model *m, int S, int T, int R) {
-    const size_t L = m->config.num_layers, C = m->config.channels, Vp = m->config.padded_vocab_size;
-    const size_t kv = L * S * (size_t)T * C * sizeof(bf16), row = (size_t)R * C * sizeof(bf16);
-    return {{kv, kv, row, row, 3 * row, row, row, 4 * row, 4 * row, R * sizeof(float),
-             R * sizeof(float), (size_t)S * Vp * sizeof(float), (3 * (size_t)R + S) * sizeof(int),
-             0}};
+    const llmc_config *c = &m->config;
+    const bool llama = llmc_is_llama(c);
+    const size_t L = c->num_layers, C = c->channels, Vp = c->padded_vocab_size;
+    const size_t hs = C / c->num_heads, QKV = llmc_qkv_width(c), FC = llmc_fc_width(c);
+    const size_t ACT = llmc_fc_act_width(c);
+    const size_t kv = L * S * (size_t)T * llmc_kv_heads(c) * hs * sizeof(bf16);
+    const size_t row = (size_t)R * sizeof(bf16), stats = (size_t)R * sizeof(float);
+    const size_t rope = llama ? (size_t)T * (hs / 2) * sizeof(float) : 0;
+    return {{kv, kv, row * C, row * C, row * QKV, row * C, row * C, row * FC, row * ACT,
+             llama ? 0 : stats, stats, (size_t)S * Vp * sizeof(float),
+             (3 * (size_t)R + S) * sizeof(int), rope, rope}};
 }
 
 size_t aligned(size_t b) { return (b + 255) & ~(size_t)255; }
@@ -58,16 +81,7 @@ size_t total_bytes(const Layout &l) {
     return t;
 }
 
-/* The families decode_forward composes. */
-llmc_status check_family(const llmc_model *m) {
-    if (m->config.family != LLMC_FAMILY_GPT2)
-        return llmc_error(LLMC_ERR_UNSUPPORTED, "generation on the CUDA backend is for GPT-2 "
-                          "models; load this Llama on the CPU backend to generate");
-    return LLMC_OK;
-}
-
 llmc_status cuda_cache_plan_bytes(const llmc_model *m, int S, int T, int R, size_t *bytes) {
-    TRY(check_family(m));
     *bytes = total_bytes(layout(m, S, T, R));
     return LLMC_OK;
 }
@@ -80,10 +94,13 @@ void release(cuda_cache *c) {
     delete c;
 }
 
+llmc_status gpt2_decode_forward(cuda_cache *c, const cuda_weights &w, int n, int n_out);
+llmc_status llama_decode_forward(cuda_cache *c, const cuda_weights &w, int n, int n_out);
+
 llmc_status cuda_cache_create(llmc_model *m, int S, int T, int R, void **out) {
-    TRY(check_family(m));
     cuda_weights w;
     TRY(cuda_decode_weights(m, &w));
+    const llmc_config *cf = &m->config;
     const Layout l = layout(m, S, T, R);
     const size_t bytes = total_bytes(l);
     size_t free_b = 0, total_b = 0;
@@ -95,8 +112,11 @@ llmc_status cuda_cache_create(llmc_model *m, int S, int T, int R, void **out) {
                           free_b / 1e9, total_b / 1e9);
     cuda_cache *c = new (std::nothrow) cuda_cache;
     if (!c) return llmc_error(LLMC_ERR_OUT_OF_MEMORY, "out of host memory");
-    c->S = S, c->T = T, c->R = R, c->L = m->config.num_layers, c->C = m->config.channels;
-    c->NH = m->config.num_heads, c->V = m->config.vocab_size, c->Vp = m->config.padded_vocab_size;
+    c->S = S, c->T = T, c->R = R, c->L = cf->num_layers, c->C = cf->channels;
+    c->NH = cf->num_heads, c->NKV = llmc_kv_heads(cf), c->hs = cf->channels / cf->num_heads;
+    c->V = cf->vocab_size, c->Vp = cf->padded_vocab_size;
+    c->F = (int)llmc_fc_act_width(cf), c->eps = cf->norm_eps, c->head = llmc_head_tensor(cf);
+    c->forward = llmc_is_llama(cf) ? llama_decode_forward : gpt2_decode_forward;
     c->bytes = bytes;
     try {
         c->graphs.assign(S + 1, nullptr);
@@ -111,14 +131,25 @@ llmc_status cuda_cache_create(llmc_model *m, int S, int T, int R, void **out) {
         release(c);
         return cuda_status(e, "key/value cache", __FILE__, __LINE__);
     }
-    void **bufs[] = {(void **)&c->keys, (void **)&c->values, (void **)&c->x, (void **)&c->ln,
-                     (void **)&c->qkv, (void **)&c->atty, (void **)&c->branch, (void **)&c->fch,
-                     (void **)&c->fch_gelu, (void **)&c->mean, (void **)&c->rstd,
-                     (void **)&c->logits, (void **)&c->rows};
+    void *bufs[NUM_BUFFERS] = {};
     char *p = (char *)c->mem;
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
-        *bufs[i] = p;
+    for (int i = 0; i < NUM_BUFFERS; i++) {
+        bufs[i] = p;
         p += aligned(l.bytes[i]);
+    }
+    c->keys = (bf16 *)bufs[B_KEYS], c->values = (bf16 *)bufs[B_VALUES];
+    c->x = (bf16 *)bufs[B_X], c->ln = (bf16 *)bufs[B_LN], c->qkv = (bf16 *)bufs[B_QKV];
+    c->atty = (bf16 *)bufs[B_ATTY], c->branch = (bf16 *)bufs[B_BRANCH];
+    c->fch = (bf16 *)bufs[B_FCH], c->fch_act = (bf16 *)bufs[B_FCH_ACT];
+    c->mean = (float *)bufs[B_MEAN], c->rstd = (float *)bufs[B_RSTD];
+    c->logits = (float *)bufs[B_LOGITS], c->rows = (int *)bufs[B_ROWS];
+    c->rope_cos = (float *)bufs[B_ROPE_COS], c->rope_sin = (float *)bufs[B_ROPE_SIN];
+    if (llmc_is_llama(cf)) {
+        const llmc_status st = rope_upload_table(c->rope_cos, c->rope_sin, cf, T, w.stream);
+        if (st != LLMC_OK) {
+            release(c);
+            return st;
+        }
     }
     *out = c;
     return LLMC_OK;
@@ -135,41 +166,89 @@ const bf16 *W(const cuda_weights &w, int tensor, int l = 0) {
     return w.tensor[tensor] + (size_t)l * w.layer_stride[tensor];
 }
 
-/* GPT-2: learned positions, pre-LayerNorm blocks, tied LM head. Queues the
- * n rows (metadata already on the device) and the logits of n_out rows. */
+/* What both families share around their blocks: the rows' metadata (on the
+ * device), a layer's attention through the cache, the LM head. */
+struct Rows {
+    const int *slot, *pos, *tok, *out;
+};
+Rows rows_of(const cuda_cache *c) {
+    return {c->rows, c->rows + c->R, c->rows + 2 * c->R, c->rows + 3 * c->R};
+}
+
+/* The new rows' keys and values (in c->qkv) into layer l's cache, then
+ * their attention over it into c->atty. */
+void cached_attention(cuda_cache *c, const Rows &r, int l, int n, cudaStream_t s) {
+    const size_t layer_kv = (size_t)c->S * c->T * c->NKV * c->hs;
+    bf16 *keys = c->keys + l * layer_kv, *values = c->values + l * layer_kv;
+    kv_store(keys, values, c->qkv, r.slot, r.pos, n, c->NH, c->NKV, c->hs, c->T, s);
+    attention_cached(c->atty, c->qkv, keys, values, r.slot, r.pos, n, c->NH, c->NKV, c->hs, c->T,
+                     s);
+}
+
+/* fp32 logits of rows r.out[0..n_out) of the final norm's output (c->ln),
+ * gathered into c->atty (free by then), through the LM head. */
+llmc_status head_logits(cuda_cache *c, const cuda_weights &w, const Rows &r, int n_out) {
+    if (n_out > 0) {
+        gather_rows(c->atty, c->ln, r.out, n_out, c->C, w.stream);
+        TRY(matmul_forward_fp32(w.mm, c->logits, c->atty, c->C, W(w, c->head), n_out, c->C,
+                                c->Vp));
+    }
+    CUDA_CHECK_LAUNCH();
+    return LLMC_OK;
+}
+
+/* GPT-2: learned positions, pre-LayerNorm blocks, tied LM head. */
 llmc_status gpt2_decode_forward(cuda_cache *c, const cuda_weights &w, int n, int n_out) {
-    const int C = c->C, L = c->L, NH = c->NH;
+    const int C = c->C, L = c->L;
     cudaStream_t s = w.stream;
-    const int *slot = c->rows, *pos = c->rows + c->R, *tok = c->rows + 2 * c->R;
-    const int *out_rows = c->rows + 3 * c->R;
-    const size_t layer_kv = (size_t)c->S * c->T * C;
-    decode_embed(c->x, tok, pos, W(w, P_WTE), W(w, P_WPE), n, C, s);
+    const Rows r = rows_of(c);
+    decode_embed(c->x, r.tok, r.pos, W(w, P_WTE), W(w, P_WPE), n, C, s);
     layernorm_forward(c->ln, c->mean, c->rstd, c->x, W(w, P_LN1W), W(w, P_LN1B), n, C, s);
     for (int l = 0; l < L; l++) {
-        bf16 *keys = c->keys + l * layer_kv, *values = c->values + l * layer_kv;
         TRY(matmul_forward(w.mm, c->qkv, c->ln, C, W(w, P_QKVW, l), W(w, P_QKVB, l), n, C, 3 * C,
                            nullptr));
-        kv_store(keys, values, c->qkv, slot, pos, n, C, NH, c->T, s);
-        attention_cached(c->atty, c->qkv, keys, values, slot, pos, n, C, NH, c->T, s);
+        cached_attention(c, r, l, n, s);
         TRY(matmul_forward(w.mm, c->branch, c->atty, C, W(w, P_ATTPROJW, l), W(w, P_ATTPROJB, l),
                            n, C, C, nullptr));
         residual_layernorm_forward(c->x, c->ln, c->mean, c->rstd, c->x, c->branch, W(w, P_LN2W, l),
                                    W(w, P_LN2B, l), n, C, s);
-        TRY(matmul_forward(w.mm, c->fch_gelu, c->ln, C, W(w, P_FCW, l), W(w, P_FCB, l), n, C,
+        TRY(matmul_forward(w.mm, c->fch_act, c->ln, C, W(w, P_FCW, l), W(w, P_FCB, l), n, C,
                            4 * C, c->fch));
-        TRY(matmul_forward(w.mm, c->branch, c->fch_gelu, 4 * C, W(w, P_FCPROJW, l),
+        TRY(matmul_forward(w.mm, c->branch, c->fch_act, 4 * C, W(w, P_FCPROJW, l),
                            W(w, P_FCPROJB, l), n, 4 * C, C, nullptr));
         const bool last = l + 1 == L;
         residual_layernorm_forward(c->x, c->ln, c->mean, c->rstd, c->x, c->branch,
                                    last ? W(w, P_LNFW) : W(w, P_LN1W, l + 1),
                                    last ? W(w, P_LNFB) : W(w, P_LN1B, l + 1), n, C, s);
     }
-    if (n_out > 0) {
-        gather_rows(c->atty, c->ln, out_rows, n_out, C, s);
-        TRY(matmul_forward_fp32(w.mm, c->logits, c->atty, C, W(w, P_WTE), n_out, C, c->Vp));
+    return head_logits(c, w, r, n_out);
+}
+
+/* Llama, as backend.cu's llama_forward: RMSNorm, no biases, RoPE on the new
+ * rows' q and k at their own positions before the keys enter the cache,
+ * grouped-query attention, SwiGLU, the output layer or (tied) wte as head. */
+llmc_status llama_decode_forward(cuda_cache *c, const cuda_weights &w, int n, int n_out) {
+    const int C = c->C, L = c->L, F = c->F, QKV = (c->NH + 2 * c->NKV) * c->hs;
+    cudaStream_t s = w.stream;
+    const Rows r = rows_of(c);
+    gather_rows(c->x, W(w, P_WTE), r.tok, n, C, s);
+    rmsnorm_forward(c->ln, c->rstd, c->x, W(w, P_LN1W), n, C, c->eps, s);
+    for (int l = 0; l < L; l++) {
+        TRY(matmul_forward(w.mm, c->qkv, c->ln, C, W(w, P_QKVW, l), nullptr, n, C, QKV, nullptr));
+        rope_rotate_at(c->qkv, c->rope_cos, c->rope_sin, r.pos, n, c->NH, c->NKV, c->hs, s);
+        cached_attention(c, r, l, n, s);
+        TRY(matmul_forward(w.mm, c->branch, c->atty, C, W(w, P_ATTPROJW, l), nullptr, n, C, C,
+                           nullptr));
+        residual_rmsnorm_forward(c->x, c->ln, c->rstd, c->x, c->branch, W(w, P_LN2W, l), n, C,
+                                 c->eps, s);
+        TRY(matmul_forward(w.mm, c->fch, c->ln, C, W(w, P_FCW, l), nullptr, n, C, 2 * F, nullptr));
+        swiglu_forward(c->fch_act, c->fch, n, F, s);
+        TRY(matmul_forward(w.mm, c->branch, c->fch_act, F, W(w, P_FCPROJW, l), nullptr, n, F, C,
+                           nullptr));
+        residual_rmsnorm_forward(c->x, c->ln, c->rstd, c->x, c->branch,
+                                 l + 1 == L ? W(w, P_LNFW) : W(w, P_LN1W, l + 1), n, C, c->eps, s);
     }
-    CUDA_CHECK_LAUNCH();
-    return LLMC_OK;
+    return head_logits(c, w, r, n_out);
 }
 
 /* A step of n rows through its graph: captured on the second sight of n. */
@@ -180,11 +259,11 @@ llmc_status run_step(cuda_cache *c, const cuda_weights &w, int n) {
     }
     if (!c->seen[n]) {
         c->seen[n] = 1;
-        return gpt2_decode_forward(c, w, n, n);
+        return c->forward(c, w, n, n);
     }
     cudaGraph_t graph = nullptr;
     CUDA_TRY(cudaStreamBeginCapture(w.stream, cudaStreamCaptureModeThreadLocal));
-    llmc_status st = gpt2_decode_forward(c, w, n, n);
+    llmc_status st = c->forward(c, w, n, n);
     cudaError_t e = cudaStreamEndCapture(w.stream, &graph);
     if (st != LLMC_OK) {
         if (graph) cudaGraphDestroy(graph);
@@ -215,7 +294,7 @@ llmc_status cuda_cache_forward(llmc_model *m, void *cache, int n, const int32_t 
                              cudaMemcpyHostToDevice, w.stream));
     bool step = n_out == n;
     for (int i = 0; i < n_out && step; i++) step = out_rows[i] == i;
-    TRY(step ? run_step(c, w, n) : gpt2_decode_forward(c, w, n, n_out));
+    TRY(step ? run_step(c, w, n) : c->forward(c, w, n, n_out));
     if (n_out > 0)
         CUDA_TRY(cudaMemcpy2DAsync(logits, c->V * sizeof(float), c->logits, c->Vp * sizeof(float),
                                    c->V * sizeof(float), n_out, cudaMemcpyDeviceToHost, w.stream));

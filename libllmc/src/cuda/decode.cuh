@@ -20,17 +20,19 @@ struct cuda_weights {
 llmc_status cuda_decode_weights(llmc_model *m, cuda_weights *out);
 
 /* kvcache.cu. Rows are single tokens: row i is position pos[i] of sequence
- * slot slot[i]. One layer's cache: keys and values (S, NH, T, hs) bf16. */
-/* x[i] = wte[tokens[i]] + wpe[pos[i]]. */
+ * slot slot[i]; a qkv row is (NH + 2 NKV) hs wide: queries, keys, values.
+ * One layer's cache: keys and values (S, NKV, T, hs) bf16. */
+/* x[i] = wte[tokens[i]] + wpe[pos[i]] (GPT-2). */
 void decode_embed(bf16 *x, const int *tokens, const int *pos, const bf16 *wte, const bf16 *wpe,
                   int n, int C, cudaStream_t s);
-/* The keys and values of qkv's rows (n, 3C) into the cache. */
+/* The keys and values of qkv's n rows into the cache. */
 void kv_store(bf16 *keys, bf16 *values, const bf16 *qkv, const int *slot, const int *pos, int n,
-              int C, int NH, int T, cudaStream_t s);
-/* out (n, C): each row's query (in qkv) over positions 0..pos[i] of its slot;
- * fp32 softmax and sums. head size <= 128, a multiple of 8. */
+              int NH, int NKV, int hs, int T, cudaStream_t s);
+/* out (n, NH hs): each row's queries (in qkv) over positions 0..pos[i] of
+ * its slot, query head h over key/value head h / (NH / NKV); fp32 softmax
+ * and sums. hs <= 128, a multiple of 8. */
 void attention_cached(bf16 *out, const bf16 *qkv, const bf16 *keys, const bf16 *values,
-                      const int *slot, const int *pos, int n, int C, int NH, int T,
+                      const int *slot, const int *pos, int n, int NH, int NKV, int hs, int T,
                       cudaStream_t s);
 
 #endif

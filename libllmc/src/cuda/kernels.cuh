@@ -59,6 +59,14 @@ void rmsnorm_backward(bf16 *dinp, float *dw, float *partial, const bf16 *dout, c
  * position's angles (cos_t, sin_t: (T, hs/2)); inverse for the backward pass. */
 void rope_rotate(bf16 *qkv, const float *cos_t, const float *sin_t, int B, int T, int NH, int NKV,
                  int hs, bool inverse, cudaStream_t s);
+/* The same on n rows of single tokens, row i at position pos[i] (generation). */
+void rope_rotate_at(bf16 *qkv, const float *cos_t, const float *sin_t, const int *pos, int n,
+                    int NH, int NKV, int hs, cudaStream_t s);
+/* Fills the device tables cos_t and sin_t (T, hs/2) for positions 0..T-1 of
+ * config c (its theta and Llama 3.1 scaling), computed on the host exactly
+ * as the CPU backend's; returns once they are on the device. */
+llmc_status rope_upload_table(float *cos_t, float *sin_t, const llmc_config *c, int T,
+                              cudaStream_t s);
 
 /* swiglu.cu (Llama): out (N, F) = up * silu(gate) of inp rows (N, 2F) =
  * [up | gate]; the backward pass overwrites dinp (N, 2F). F % 8 == 0. */

@@ -2,6 +2,11 @@
  * kvcache.cu: the key/value cache of generation and causal attention over
  * it (decode.cuh), bf16 in memory, fp32 arithmetic.
  *
+ * A qkv row holds the NH query heads, then the NKV key heads, then the NKV
+ * value heads (GPT-2: NKV = NH); one layer's cache is (S, NKV, T, hs) keys
+ * and alike values, and query head h reads key/value head h / (NH / NKV), as
+ * the CPU backend's cpu/kvcache.c.
+ *
  * Attention: one block per (row, head); its warps take every WARPS-th
  * position, each keeping a running max, sum and weighted sum of values
  * (online softmax), merged across warps at the end. At batch 1 a decode
@@ -33,30 +38,31 @@ void decode_embed(bf16 *x, const int *tokens, const int *pos, const bf16 *wte, c
 }
 
 __global__ void kv_store_kernel(bf16 *keys, bf16 *values, const bf16 *qkv, const int *slot,
-                                const int *pos, int n, int C, int NH, int T) {
-    const int vecs = 2 * C / 8, hs = C / NH;
+                                const int *pos, int n, int NH, int NKV, int hs, int T) {
+    const int kv_width = NKV * hs, vecs = 2 * kv_width / 8;
     const long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long)n * vecs) return;
-    const int r = (int)(i / vecs), c = (int)(i % vecs) * 8;  // c in [0, 2C): keys then values
-    const int which = c / C, h = (c % C) / hs, d = (c % C) % hs;
-    bf16 *dst = (which ? values : keys) + (((size_t)slot[r] * NH + h) * T + pos[r]) * hs + d;
-    store16(dst, load16(qkv + (size_t)r * 3 * C + C + c));
+    const int r = (int)(i / vecs), c = (int)(i % vecs) * 8;  // c in [0, 2 NKV hs): keys then values
+    const int which = c / kv_width, h = (c % kv_width) / hs, d = (c % kv_width) % hs;
+    bf16 *dst = (which ? values : keys) + (((size_t)slot[r] * NKV + h) * T + pos[r]) * hs + d;
+    store16(dst, load16(qkv + (size_t)r * (NH + 2 * NKV) * hs + NH * hs + c));
 }
 
 void kv_store(bf16 *keys, bf16 *values, const bf16 *qkv, const int *slot, const int *pos, int n,
-              int C, int NH, int T, cudaStream_t s) {
-    const long work = (long)n * (2 * C / 8);
-    kv_store_kernel<<<ceil_div(work, 256), 256, 0, s>>>(keys, values, qkv, slot, pos, n, C, NH, T);
+              int NH, int NKV, int hs, int T, cudaStream_t s) {
+    const long work = (long)n * (2 * NKV * hs / 8);
+    kv_store_kernel<<<ceil_div(work, 256), 256, 0, s>>>(keys, values, qkv, slot, pos, n, NH, NKV,
+                                                        hs, T);
 }
 
 __global__ void attention_cached_kernel(bf16 *out, const bf16 *qkv, const bf16 *keys,
                                         const bf16 *values, const int *slot, const int *pos,
-                                        int C, int NH, int T) {
-    const int r = blockIdx.x, h = blockIdx.y, hs = C / NH;
+                                        int NH, int NKV, int hs, int T) {
+    const int r = blockIdx.x, h = blockIdx.y, C = NH * hs;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const float scale = rsqrtf((float)hs);
-    const size_t base = ((size_t)slot[r] * NH + h) * T * hs;
-    const bf16 *q = qkv + (size_t)r * 3 * C + h * hs;
+    const size_t base = ((size_t)slot[r] * NKV + h / (NH / NKV)) * T * hs;
+    const bf16 *q = qkv + (size_t)r * (NH + 2 * NKV) * hs + h * hs;
     float qd[MAX_HEAD_DIMS_PER_LANE], acc[MAX_HEAD_DIMS_PER_LANE];
     for (int j = 0; j < MAX_HEAD_DIMS_PER_LANE; j++) {
         const int d = lane + 32 * j;
@@ -105,8 +111,8 @@ __global__ void attention_cached_kernel(bf16 *out, const bf16 *qkv, const bf16 *
 }
 
 void attention_cached(bf16 *out, const bf16 *qkv, const bf16 *keys, const bf16 *values,
-                      const int *slot, const int *pos, int n, int C, int NH, int T,
+                      const int *slot, const int *pos, int n, int NH, int NKV, int hs, int T,
                       cudaStream_t s) {
     attention_cached_kernel<<<dim3(n, NH), 32 * ATTN_WARPS, 0, s>>>(out, qkv, keys, values, slot,
-                                                                    pos, C, NH, T);
+                                                                    pos, NH, NKV, hs, T);
 }
