@@ -1,7 +1,9 @@
 """
 Training curves of a run: `python -m pyllmc.plot OUT_DIR` reads
 OUT_DIR/main.jsonl and draws train/val loss, learning rate and gradient norm
-(and HellaSwag accuracy, when logged) into OUT_DIR/curves.png.
+(and HellaSwag accuracy, when logged) into OUT_DIR/curves.png. Several runs
+(`python -m pyllmc.plot RUN_A RUN_B -o both.png`) share the panels, each
+line named by its run's folder.
 
 Drawing needs matplotlib, which the rest of llmc does not: install it with
 `pip install matplotlib` to plot.
@@ -38,8 +40,9 @@ PANELS = [  # (title, [(series, label)], log scale)
 ]
 
 
-def plot(out_dir, output=None):
-    """Draw the run's curves; returns the PNG's path."""
+def plot(out_dirs, output=None):
+    """Draw the curves of one run (a folder) or several (a list of folders,
+    drawn over each other; then output is needed); returns the PNG's path."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -47,27 +50,33 @@ def plot(out_dir, output=None):
     except ImportError:
         raise ImportError("plotting needs matplotlib, which llmc does not install: "
                           "pip install matplotlib") from None
-    series = load_log(out_dir)
-    panels = [p for p in PANELS if any(name in series for name, _ in p[1])]
+    several = not isinstance(out_dirs, (str, os.PathLike))
+    if several and len(out_dirs) > 1 and not output:
+        raise ValueError("several runs: name the PNG with -o")
+    out_dirs = list(out_dirs) if several else [out_dirs]
+    names = [os.path.basename(os.path.abspath(d)) for d in out_dirs]
+    runs = [load_log(d) for d in out_dirs]
+    panels = [p for p in PANELS if any(name in series for series in runs for name, _ in p[1])]
     if not panels:
-        raise ValueError(f"{out_dir}/main.jsonl holds no steps yet")
+        raise ValueError(f"{out_dirs[0]}/main.jsonl holds no steps yet")
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
     for ax, (title, curves, log_scale) in zip(axes[0], panels):
-        for name, label in curves:
-            if name in series:
-                steps, values = series[name]
-                ax.plot(steps, values, label=label, marker="o" if len(steps) < 30 else None,
-                        markersize=3)
+        for run, series in zip(names, runs):
+            for name, label in curves:
+                if name in series:
+                    steps, values = series[name]
+                    ax.plot(steps, values, label=f"{run} {label}" if len(runs) > 1 else label,
+                            marker="o" if len(steps) < 30 else None, markersize=3)
         ax.set_title(title)
         ax.set_xlabel("step")
         if log_scale:
             ax.set_yscale("log")
-        if len(curves) > 1:
+        if len(curves) > 1 or len(runs) > 1:
             ax.legend()
         ax.grid(alpha=0.3)
-    fig.suptitle(os.path.basename(os.path.abspath(out_dir)))
+    fig.suptitle(" vs ".join(names))
     fig.tight_layout()
-    output = output or os.path.join(out_dir, "curves.png")
+    output = output or os.path.join(out_dirs[0], "curves.png")
     fig.savefig(output, dpi=100)
     plt.close(fig)
     return output
@@ -75,12 +84,14 @@ def plot(out_dir, output=None):
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m pyllmc.plot",
-                                description="Draw a training run's curves to a PNG.")
-    p.add_argument("out_dir", help="the run's --out-dir (holding main.jsonl)")
-    p.add_argument("-o", "--output", help="PNG path (default: OUT_DIR/curves.png)")
+                                description="Draw a training run's curves (or several runs' "
+                                "over each other) to a PNG.")
+    p.add_argument("out_dirs", nargs="+", metavar="out_dir",
+                   help="a run's --out-dir (holding main.jsonl)")
+    p.add_argument("-o", "--output", help="PNG path (default, one run: OUT_DIR/curves.png)")
     args = p.parse_args(argv)
     try:
-        print(plot(args.out_dir, args.output))
+        print(plot(args.out_dirs, args.output))
     except (ImportError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)

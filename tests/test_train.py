@@ -325,3 +325,10 @@ def test_plot(tmp_path, monkeypatch):
         return
     png = plot.plot(tmp_path)
     assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "main.jsonl").write_text((tmp_path / "main.jsonl").read_text())
+    with pytest.raises(ValueError, match="-o"):
+        plot.plot([tmp_path, other])
+    png = plot.plot([tmp_path, other], tmp_path / "both.png")
+    assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
