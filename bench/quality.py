@@ -2,7 +2,8 @@
 Two training runs that differ in one setting, side by side on real text:
 the same seed, data, batches and learning rates through `python -m
 pyllmc.train`, then their final validation losses, the relative gap and
-whether either diverged (a train loss above its first one after warm-up).
+whether either diverged (a loss that is not finite, or a validation loss
+above the first one after warm-up).
 
     python -m bench.quality fp8 --model d12 --steps 2000      # --precision bf16 against fp8
     python -m bench.quality llama --steps 250                 # d12 against llama-124m
@@ -13,6 +14,7 @@ Every run's main.jsonl is kept under --out (plot them together with
 """
 import argparse
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -39,14 +41,16 @@ def run(label, flags, a, data):
     if proc.returncode != 0:
         print(f"{label}: failed (rc {proc.returncode})\n{(proc.stdout + proc.stderr)[-3000:]}")
         return None
-    for checkpoint in out.glob("*.bin"):  # only the log is kept (d48's are 18 GB)
-        checkpoint.unlink()
+    for path in out.iterdir():  # only the log is kept (d48's checkpoints are 18 GB)
+        if path.name != "main.jsonl":
+            path.unlink()
     log = [json.loads(line) for line in open(out / "main.jsonl")]
     val = [(r["step"], r["val_loss"]) for r in log if "val_loss" in r]
     train = [r["train_loss"] for r in log if "train_loss" in r]
-    after_warmup = train[a.warmup:] or train
+    # one small batch's loss is too noisy to judge by: the validation curve after warm-up
+    after_warmup = [v for step, v in val if step >= a.warmup] or [v for _, v in val]
     return {"label": label, "final_val": val[-1][1], "val": val,
-            "diverged": max(after_warmup) > after_warmup[0] or not all(v == v for v in train),
+            "diverged": max(after_warmup) > after_warmup[0] or not all(math.isfinite(v) for v in train),
             "ms": sorted(r["ms"] for r in log if "ms" in r)[len(train) // 2]}
 
 
