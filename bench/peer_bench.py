@@ -132,6 +132,7 @@ def run_trainer(size, recompute, steps, fp8, data):
            "--train-data", str(data), "--sample-every", "0", "--no-progress", "--print-every", "0",
            "--recompute", str(recompute), "--out-dir", str(out_dir / "run"), "--lr", str(LR),
            "--warmup-steps", "0", "--lr-schedule", "constant", "--weight-decay", str(WEIGHT_DECAY),
+           "--seed", "0",  # the loop's: the same weights, so the two differ only in the program
            *(["--precision", "fp8"] if fp8 else [])]
     try:
         out, rc, gb = run_watched(cmd, cwd=HERE.parent)
