@@ -139,9 +139,10 @@ def build_parser():
     g.add_argument("--sample-every", type=int, default=100,
                    help="print a text sample every N steps, and at the end (0: never)")
     g.add_argument("--sample-length", type=int, default=64, help="tokens per sample")
-    g.add_argument("--tokenizer", metavar="TOKENIZER_JSON",
-                   help="the data's local tokenizer.json, for the samples (default: GPT-2's; "
-                        "samples are skipped when the model's vocabulary is larger)")
+    g.add_argument("--tokenizer", metavar="FILE",
+                   help="the data's local tokenizer.json or tiktoken rank file, for the samples "
+                        "(default: GPT-2's; samples are skipped when the model's vocabulary is "
+                        "larger)")
     g.add_argument("--hellaswag-every", type=int, default=0,
                    help="HellaSwag accuracy every N steps, and at the end (0: never)")
     g.add_argument("--hellaswag-data", metavar="PATH",

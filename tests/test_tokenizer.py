@@ -139,7 +139,7 @@ def test_llama3_rank_file_tokenizes_as_transformers_converts_it(llama3_tokenizer
         assert ours.decode([i]) == text == hf.id_to_token(i)
     assert [ours.decode([i]) for i in range(128_000, 128_256)] == \
         [hf.id_to_token(i) for i in range(128_000, 128_256)]
-    # Llama 3's pattern, not GPT-2's: digits in groups of three, "'LL" one piece
+    # Llama 3's pattern, not GPT-2's: digits in groups of three
     assert [ours.decode([t]) for t in ours.encode("1234567")] == ["123", "456", "7"]
     assert ours.encode("<|eot_id|>") != [128_009]  # special tokens in text are plain text
     tokens, lengths = ours.encode_documents(["a b", "", "東京"])
