@@ -20,7 +20,7 @@ from torch.nn import functional as F
 
 import pyllmc
 from pyllmc import hellaswag
-from pyllmc.tokenizer import gpt2_encoding
+from pyllmc.tokenizer import gpt2_encoding, load_tokenizer
 from hellaswag_files import write_eval_file
 from torch_gpt2 import GPT, GPTConfig
 from torch_reference import torch_on_one_thread  # noqa: F401 (autouse fixture)
@@ -416,3 +416,31 @@ def test_a_llama_scores_as_transformers_llama_for_causal_lm(data, tmp_path):
     assert result == {"acc": np.mean(ref_sums.argmin(1) == labels),
                       "acc_norm": np.mean(ref_means.argmin(1) == labels),
                       "num_examples": len(RECORDS)}
+
+
+def test_another_vocabulary_through_tokenizer(data, llama3_tokenizer_files, tmp_path, capsys):
+    """--tokenizer: the text in a Llama-3-shaped rank file's tokens (as
+    transformers' conversion of it gives them), scored by a model of that
+    vocabulary; llm.c's .bin (GPT-2 tokens) and bad files are refused."""
+    import tokenizers
+    rank_path, json_path = llama3_tokenizer_files
+    hf = tokenizers.Tokenizer.from_file(str(json_path))
+    encode = lambda text: hf.encode(text, add_special_tokens=False).ids  # noqa: E731
+    tok = load_tokenizer(rank_path)
+    examples = hellaswag.load_examples(data[0], tokenizer=tok)
+    assert as_tuples(examples) == [(encode(r["ctx"]), [encode(" " + e) for e in r["endings"]],
+                                    int(r["label"])) for r in RECORDS]
+    with pytest.raises(hellaswag.DataError, match="holds GPT-2 tokens"):
+        hellaswag.load_examples(data[1], tokenizer=tok)
+    config = pyllmc.Config(family=1, max_seq_len=128, vocab_size=128_256, num_layers=1,
+                           num_heads=2, channels=16, num_kv_heads=1)
+    with pyllmc.Model.from_config(config, max_batch_size=1, max_seq_len=8) as m:
+        m.save(tmp_path / "llama.bin")
+    args = [str(tmp_path / "llama.bin"), "--data", str(data[0]), "--limit", "2", "--batch-size",
+            "2", "--quiet"]
+    assert hellaswag.main(args + ["--tokenizer", str(rank_path)]) == 0
+    assert "examples  2" in capsys.readouterr().out
+    with pytest.warns(UserWarning, match="128,256 tokens, the tokenizer's \\(gpt2\\) 50,257"):
+        assert hellaswag.main(args) == 0
+    assert hellaswag.main(args + ["--tokenizer", str(tmp_path / "llama.bin")]) == 1
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'llama.bin'}: line 1")
