@@ -1,8 +1,9 @@
 """
-HellaSwag accuracy of a GPT-2 checkpoint:
+HellaSwag accuracy of a model file (GPT-2 or Llama):
 
     python evals/hellaswag.py model.bin                    # fetches the val set once
     python evals/hellaswag.py model.bin --data hellaswag_val.jsonl --limit 500
+    python evals/hellaswag.py llama1b.bin --tokenizer Llama-3.2-1B/tokenizer.json
 
 The command users type; the code is pyllmc.hellaswag (also
 `python -m pyllmc.hellaswag`), installed by `make`.

@@ -376,8 +376,9 @@ def main(argv=None):
                         "rest is training, so a small corpus gets both")
     p.add_argument("--max-shards", type=int, help="stop after this many shards")
     p.add_argument("--num-threads", type=int, default=0, help="tokenizer threads (0: all cores)")
-    p.add_argument("--tokenizer", metavar="TOKENIZER_JSON",
-                   help="a local tokenizer.json (e.g. a Llama 3 model folder's) instead of GPT-2's; "
+    p.add_argument("--tokenizer", metavar="FILE",
+                   help="a local tokenizer.json or tiktoken rank file (e.g. a Llama 3 model "
+                        "folder's tokenizer.json or original/tokenizer.model) instead of GPT-2's; "
                         "vocabularies beyond 65,536 tokens get llm.c's uint32 shards")
     args = p.parse_args(argv)
 

@@ -1,8 +1,9 @@
 """
-HellaSwag accuracy of a GPT-2 checkpoint, scored through libllmc.
+HellaSwag accuracy of a model file (GPT-2 or Llama), scored through libllmc.
 
     python -m pyllmc.hellaswag model.bin              # fetches the val set once; any folder
     python evals/hellaswag.py model.bin --data hellaswag_val.jsonl --limit 500   # in the repo
+    python -m pyllmc.hellaswag llama1b.bin --tokenizer Llama-3.2-1B/tokenizer.json  # its vocabulary
 
 Completion style, as llm.c and build-nanogpt score it: each example's context
 is followed by " " + ending for each of its 4 endings, and the loss is taken
@@ -15,7 +16,9 @@ From Python (the training program's --hellaswag-every):
     evaluate(model, examples)           # -> {"acc", "acc_norm", "num_examples"}
 
 Data: rowanz/hellaswag's jsonl (downloaded once into a cache dir, or a local
-file), or llm.c's tokenized eval file (hellaswag_val.bin, magic 20240522).
+file), or llm.c's tokenized eval file (hellaswag_val.bin, magic 20240522,
+GPT-2 tokens). The text is tokenized with GPT-2's BPE, or the tokenizer given
+(pyllmc.tokenizer.load_tokenizer: a model's tokenizer.json or rank file).
 """
 
 import argparse
@@ -35,7 +38,7 @@ from tqdm import tqdm
 
 import pyllmc
 from . import files
-from .tokenizer import gpt2_encoding
+from .tokenizer import TokenizerError, load_tokenizer
 from .files import NotRegularFileError, open_regular, read_regular
 
 VAL_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
@@ -69,7 +72,7 @@ class DownloadError(OSError):
 
 @dataclass(frozen=True)
 class Example:
-    """One HellaSwag question, tokenized with GPT-2's BPE."""
+    """One HellaSwag question, tokenized."""
     context: list      # token ids of ctx
     endings: list      # NUM_ENDINGS lists: token ids of " " + ending
     label: int         # index of the correct ending
@@ -82,16 +85,21 @@ def default_cache_dir():
     return Path(files.cache_dir()) / "hellaswag"
 
 
-def load_examples(path=None, cache_dir=None, url=VAL_URL):
+def load_examples(path=None, cache_dir=None, url=VAL_URL, tokenizer=None):
     """HellaSwag examples, tokenized. path: a local jsonl or llm.c .bin file;
-    None downloads the validation set into cache_dir once and reuses it."""
+    None downloads the validation set into cache_dir once and reuses it.
+    tokenizer: a pyllmc.tokenizer.Tokenizer, GPT-2's when None."""
     if path is None:
         path = download(url, Path(cache_dir or default_cache_dir()) / "hellaswag_val.jsonl")
     path = Path(path)
+    tokenizer = tokenizer or load_tokenizer()
     try:
         if is_eval_file(path):
+            if tokenizer.name != "gpt2":
+                raise DataError(f"{path}: llm.c's tokenized eval file holds GPT-2 tokens, not "
+                                f"{tokenizer.name}'s; give the jsonl to tokenize it")
             return read_eval_file(path)
-        return tokenize(read_jsonl(path))
+        return tokenize(read_jsonl(path), tokenizer)
     except NotRegularFileError as e:
         raise DataError(str(e)) from None
 
@@ -183,26 +191,24 @@ def parse_record(record, where):
     return ctx, endings, label
 
 
-def tokenize(rows):
+def tokenize(rows, tokenizer):
     """Examples from (ctx, endings, label) rows: the context, and " " + each
-    ending, encoded with GPT-2's BPE."""
+    ending, encoded by tokenizer (a pyllmc.tokenizer.Tokenizer)."""
     texts = [ctx for ctx, _, _ in rows]
     texts += [" " + ending for _, endings, _ in rows for ending in endings]
-    tokens = encode_parallel(gpt2_encoding(), texts)
+    tokens = encode_parallel(tokenizer.encode, texts)
     n = len(rows)
     return [Example(tokens[i], tokens[n + NUM_ENDINGS * i: n + NUM_ENDINGS * (i + 1)], label)
             for i, (_, _, label) in enumerate(rows)]
 
 
-def encode_parallel(encoding, texts):
-    """encoding.encode_ordinary of each text, over all cores. tiktoken
-    releases the GIL while it encodes, so threads scale; each thread takes a
-    contiguous slice, because encode_ordinary_batch's one future per text
+def encode_parallel(encode, texts):
+    """encode(text) of each text, over all cores. tiktoken releases the GIL
+    while it encodes, so threads scale; each thread takes a contiguous slice, because encode_ordinary_batch's one future per text
     costs more than encoding a HellaSwag sentence (3.3 s against 0.6 s for
     50,000 texts on one core)."""
     num_threads = min(os.cpu_count() or 1, 32)
     bounds = [len(texts) * i // num_threads for i in range(num_threads + 1)]
-    encode = encoding.encode_ordinary
 
     def encode_slice(i):
         return [encode(text) for text in texts[bounds[i]:bounds[i + 1]]]
@@ -425,7 +431,8 @@ def open_model(checkpoint, examples, device="cpu", batch_size=None, num_threads=
 
 def run(args):
     t0 = time.perf_counter()
-    examples = load_examples(args.data, args.cache_dir)
+    tokenizer = load_tokenizer(args.tokenizer)
+    examples = load_examples(args.data, args.cache_dir, tokenizer=tokenizer)
     if args.limit is not None:
         examples = examples[:args.limit]
     t_data = time.perf_counter()
@@ -433,6 +440,11 @@ def run(args):
     device = args.device or ("cuda" if pyllmc.cuda_available() else "cpu")
     with open_model(args.checkpoint, examples, device, args.batch_size, args.threads) as model:
         t_model = time.perf_counter()
+        if model.config.vocab_size != tokenizer.vocab_size:
+            warnings.warn(f"the model's vocabulary has {model.config.vocab_size:,} tokens, the "
+                          f"tokenizer's ({tokenizer.name}) {tokenizer.vocab_size:,}: the scores "
+                          "mean something only if the model learnt these tokens (--tokenizer "
+                          "gives the model's own)")
         result = evaluate(model, examples, args.batch_size, progress=not args.quiet)
     t_end = time.perf_counter()
 
@@ -453,7 +465,7 @@ def run(args):
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="python evals/hellaswag.py",
-        description="HellaSwag accuracy (completion style, as llm.c) of a GPT-2 checkpoint.")
+        description="HellaSwag accuracy (completion style, as llm.c) of a model file.")
     parser.add_argument("checkpoint", help="model file in llm.c's format (fp32 or bf16)")
     parser.add_argument("--data", help="local HellaSwag file: rowanz/hellaswag jsonl or llm.c's "
                                        "tokenized hellaswag_val.bin (default: the validation set, "
@@ -461,6 +473,9 @@ def main(argv=None):
     parser.add_argument("--cache-dir",
                         help=f"where the downloaded set is kept (default {default_cache_dir()})")
     parser.add_argument("--limit", type=int, help="score only the first N examples")
+    parser.add_argument("--tokenizer", metavar="FILE",
+                        help="the model's local tokenizer.json or tiktoken rank file (default: "
+                             "GPT-2's; llm.c's tokenized .bin holds GPT-2 tokens only)")
     parser.add_argument("--device", choices=["cpu", "cuda"],
                         help="default: cuda when available, else cpu")
     parser.add_argument("--batch-size", type=int,
@@ -479,7 +494,7 @@ def main(argv=None):
     except pyllmc.OutOfMemoryError as e:
         print(f"error: {e} (a smaller --batch-size needs less)", file=sys.stderr)
         return 1
-    except (DataError, DownloadError, pyllmc.LlmcError, pyllmc.LibraryError) as e:
+    except (DataError, DownloadError, TokenizerError, pyllmc.LlmcError, pyllmc.LibraryError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except OSError as e:

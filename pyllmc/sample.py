@@ -73,10 +73,11 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0, help="random seed of the first sample "
                    "(sample i uses seed + i)")
     p.add_argument("--stop-at-eot", action="store_true", help="end a sample at the token that starts "
-                   "documents (GPT-2's <|endoftext|>)")
+                   "documents (GPT-2's <|endoftext|>, Llama 3's <|begin_of_text|>)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--tokenizer", metavar="TOKENIZER_JSON",
-                   help="the model's local tokenizer.json (default: GPT-2's)")
+    p.add_argument("--tokenizer", metavar="FILE",
+                   help="the model's local tokenizer.json or tiktoken rank file (Llama 3's "
+                        "original/tokenizer.model) (default: GPT-2's)")
     args = p.parse_args(argv)
     if args.max_new_tokens < 1 or args.num_samples < 1:
         p.error("--max-new-tokens and --num-samples must be >= 1")

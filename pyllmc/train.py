@@ -139,9 +139,10 @@ def build_parser():
     g.add_argument("--sample-every", type=int, default=100,
                    help="print a text sample every N steps, and at the end (0: never)")
     g.add_argument("--sample-length", type=int, default=64, help="tokens per sample")
-    g.add_argument("--tokenizer", metavar="TOKENIZER_JSON",
-                   help="the data's local tokenizer.json, for the samples (default: GPT-2's; "
-                        "samples are skipped when the model's vocabulary is larger)")
+    g.add_argument("--tokenizer", metavar="FILE",
+                   help="the data's local tokenizer.json or tiktoken rank file, for the samples "
+                        "and HellaSwag (default: GPT-2's; samples are skipped when the model's "
+                        "vocabulary is larger)")
     g.add_argument("--hellaswag-every", type=int, default=0,
                    help="HellaSwag accuracy every N steps, and at the end (0: never)")
     g.add_argument("--hellaswag-data", metavar="PATH",
@@ -392,11 +393,11 @@ def hellaswag_accuracy(module, model, examples, me):
     return {"acc": acc / n, "acc_norm": acc_norm / n, "num_examples": int(n)}
 
 
-def load_hellaswag(args):
-    """pyllmc.hellaswag and its examples."""
+def load_hellaswag(args, tokenizer):
+    """pyllmc.hellaswag and its examples, in tokenizer's tokens."""
     from . import hellaswag
     try:
-        examples = hellaswag.load_examples(args.hellaswag_data)
+        examples = hellaswag.load_examples(args.hellaswag_data, tokenizer=tokenizer)
     except (hellaswag.DataError, hellaswag.DownloadError) as e:
         raise TrainError(f"--hellaswag-every needs the HellaSwag data: {e}") from None
     return hellaswag, examples[:args.hellaswag_limit]
@@ -745,7 +746,7 @@ def run(args, me, given=(), settings=""):
         if me.is_root:
             print(f"{args.out_dir}: the run already reached step {start_step} of {total_steps}")
         return
-    hellaswag = load_hellaswag(args) if args.hellaswag_every else None
+    hellaswag = load_hellaswag(args, tokenizer) if args.hellaswag_every else None
     model = model or open_model(args, team)
     check_agreement(model, args, team, start_step)
     if team.nccl_id is not None and args.rendezvous == "fs":  # every rank has joined

@@ -248,3 +248,32 @@ def test_undecodable_bytes_are_replaced_and_counted(tmp_path, capsys):
     expected = reference_shards([good, "Mostly fine. " * 200 + "\ufffd",
                                  "caf\ufffd and \ufffd already there " * 50], 10**8)[0]
     np.testing.assert_array_equal(stream, expected)
+
+
+def test_a_llama3_rank_file_gives_uint32_shards(llama3_tokenizer_files, tmp_path, capsys):
+    """--tokenizer with a Llama-3-shaped tiktoken rank file: the stream is
+    each document as <|begin_of_text|> then its tokens as transformers'
+    conversion of the file gives them, in llm.c's uint32 shards."""
+    import tokenizers
+    rank_path, json_path = llama3_tokenizer_files
+    docs = make_docs(40, seed=5)
+    hf = tokenizers.Tokenizer.from_file(str(json_path))
+    expected = [t for doc in docs for t in [128_000, *hf.encode(doc, add_special_tokens=False).ids]]
+    jsonl = write_jsonl(tmp_path / "corpus.jsonl", docs)
+    fineweb.main(["--input", str(jsonl), "-o", str(tmp_path / "out"), "-s", "1000",
+                  "--tokenizer", str(rank_path)])
+    shards = sorted((tmp_path / "out").glob("*.bin"), key=lambda p: p.name.split("_")[-1])
+    assert len(shards) >= 3
+    for shard in shards:
+        assert list(np.fromfile(shard, dtype="<i4", count=2)) == [20240801, 7]  # uint32 shards
+    got = np.concatenate([read_shard(p) for p in shards])
+    assert got.dtype == np.uint32 and got.max() > 65_535
+    np.testing.assert_array_equal(got, expected)
+    progress = json.loads((tmp_path / "out" / "corpus_progress.json").read_text())
+    assert progress["tokenizer"] == str(rank_path)
+    capsys.readouterr()
+    with pytest.raises(SystemExit):  # a file that is no tokenizer: one line, no traceback
+        fineweb.main(["--input", str(jsonl), "-o", str(tmp_path / "bad"),
+                      "--tokenizer", str(shards[0])])
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {shards[0]}: line 1 is") and err.count("\n") == 1

@@ -20,9 +20,10 @@ from torch.nn import functional as F
 
 import pyllmc
 from pyllmc import hellaswag
-from pyllmc.tokenizer import gpt2_encoding
+from pyllmc.tokenizer import gpt2_encoding, load_tokenizer
 from hellaswag_files import write_eval_file
 from torch_gpt2 import GPT, GPTConfig
+from torch_reference import torch_on_one_thread  # noqa: F401 (autouse fixture)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -378,3 +379,68 @@ def test_cli_as_a_script_reports_bad_data(data, checkpoint, tmp_path):
                          capture_output=True, text=True, timeout=120, check=False)
     assert run.returncode == 1
     assert "bad.jsonl:1: 'label' is 9" in run.stderr and "Traceback" not in run.stderr
+
+
+# ---- a Llama ----------------------------------------------------------------------
+
+def test_a_llama_scores_as_transformers_llama_for_causal_lm(data, tmp_path):
+    """A tiny random Llama (GQA, untied) on GPT-2's vocabulary, written as a
+    model file and scored by the command line's path, against transformers'
+    LlamaForCausalLM with the same weights, one sequence at a time."""
+    transformers = pytest.importorskip("transformers")
+    from pyllmc import hf
+    torch.manual_seed(0)
+    ref = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=50257, hidden_size=32, intermediate_size=44, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+        tie_word_embeddings=False, rope_theta=10000.0, attn_implementation="eager")).float().eval()
+    with torch.no_grad():
+        for p in ref.parameters():  # larger than the init: preferences that are not uniform
+            p.normal_(0.0, 0.3 if p.dim() == 1 else 0.08).add_(1.0 if p.dim() == 1 else 0.0)
+    config = hf.read_llama_config(ref.config.to_dict(), "test")
+    state = {k: v.detach().numpy() for k, v in ref.state_dict().items()}
+    with pyllmc.Model.from_config(config, max_batch_size=1, max_seq_len=8) as m:
+        m.set_parameters(hf.llama_hf_to_llmc(state, m.config))
+        m.save(tmp_path / "llama.bin")
+    examples = hellaswag.load_examples(data[1])
+    with hellaswag.open_model(tmp_path / "llama.bin", examples, batch_size=7) as model:
+        assert model.config.is_llama
+        sums, counts = hellaswag.score(model, examples)
+        result = hellaswag.evaluate(model, examples)
+    gpt = lambda x: (ref(x).logits, None)  # noqa: E731 (torch_scores' model call)
+    ref_sums, ref_means = torch_scores(gpt, reference_tokens(RECORDS), config.max_seq_len)
+    assert np.abs(sums / counts - ref_means).max() < 1e-5
+    assert np.all(np.abs(sums - ref_sums) < 1e-5 * counts)
+    assert len(set((sums / counts).argmin(1))) > 1  # the model tells endings apart
+    labels = np.array([e.label for e in examples])
+    assert result == {"acc": np.mean(ref_sums.argmin(1) == labels),
+                      "acc_norm": np.mean(ref_means.argmin(1) == labels),
+                      "num_examples": len(RECORDS)}
+
+
+def test_another_vocabulary_through_tokenizer(data, llama3_tokenizer_files, tmp_path, capsys):
+    """--tokenizer: the text in a Llama-3-shaped rank file's tokens (as
+    transformers' conversion of it gives them), scored by a model of that
+    vocabulary; llm.c's .bin (GPT-2 tokens) and bad files are refused."""
+    import tokenizers
+    rank_path, json_path = llama3_tokenizer_files
+    hf = tokenizers.Tokenizer.from_file(str(json_path))
+    encode = lambda text: hf.encode(text, add_special_tokens=False).ids  # noqa: E731
+    tok = load_tokenizer(rank_path)
+    examples = hellaswag.load_examples(data[0], tokenizer=tok)
+    assert as_tuples(examples) == [(encode(r["ctx"]), [encode(" " + e) for e in r["endings"]],
+                                    int(r["label"])) for r in RECORDS]
+    with pytest.raises(hellaswag.DataError, match="holds GPT-2 tokens"):
+        hellaswag.load_examples(data[1], tokenizer=tok)
+    config = pyllmc.Config(family=1, max_seq_len=128, vocab_size=128_256, num_layers=1,
+                           num_heads=2, channels=16, num_kv_heads=1)
+    with pyllmc.Model.from_config(config, max_batch_size=1, max_seq_len=8) as m:
+        m.save(tmp_path / "llama.bin")
+    args = [str(tmp_path / "llama.bin"), "--data", str(data[0]), "--limit", "2", "--batch-size",
+            "2", "--quiet"]
+    assert hellaswag.main(args + ["--tokenizer", str(rank_path)]) == 0
+    assert "examples  2" in capsys.readouterr().out
+    with pytest.warns(UserWarning, match="128,256 tokens, the tokenizer's \\(gpt2\\) 50,257"):
+        assert hellaswag.main(args) == 0
+    assert hellaswag.main(args + ["--tokenizer", str(tmp_path / "llama.bin")]) == 1
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'llama.bin'}: line 1")

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from pyllmc import Config, Model, fineweb
+from pyllmc import Config, Model, fineweb, sample
 from pyllmc.sample import sample_text
 from pyllmc.shards import DataLoader, ShardError, read_shard, read_shard_header, write_shard
 from pyllmc.tokenizer import TokenizerError, load_tokenizer
@@ -90,3 +90,27 @@ def test_fineweb_prepares_wide_shards_that_train_a_llama(tokenizer_json, tmp_pat
         assert losses[-1] < losses[0]
         text = sample_text(model, "alpha", 5, temperature=0, tokenizer=tok)
         assert text.startswith("alpha")
+
+
+def test_sampling_a_llama_from_the_command_line_with_either_tokenizer_file(
+        llama3_tokenizer_files, tmp_path, capsys):
+    """`python -m pyllmc.sample LLAMA.bin --tokenizer FILE --prompt ...` with
+    Llama 3's vocabulary as a tiktoken rank file and as a tokenizer.json: the
+    same text, the prompt followed by the model's greedy tokens."""
+    config = Config(family=1, max_seq_len=48, vocab_size=128_256, num_layers=1, num_heads=2,
+                    channels=16, num_kv_heads=1)
+    prompt = "Hello, I'm a language model, 1234567"
+    tok = load_tokenizer(llama3_tokenizer_files[0])
+    with Model.from_config(config, max_batch_size=1, max_seq_len=48, seed=3) as model:
+        model.save(tmp_path / "llama.bin")
+        new = model.generate([tok.encode(prompt)], 12, temperature=0)[0]
+    expected = tok.decode(tok.encode(prompt) + new)
+    assert expected.startswith(prompt) and len(expected) > len(prompt)
+    for path in llama3_tokenizer_files:
+        sample.main([str(tmp_path / "llama.bin"), "--tokenizer", str(path), "--prompt", prompt,
+                     "--max-new-tokens", "12", "--temperature", "0"])
+        assert capsys.readouterr().out == expected + "\n"
+    with pytest.raises(SystemExit):
+        sample.main([str(tmp_path / "llama.bin"), "--tokenizer", str(tmp_path / "llama.bin")])
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path / 'llama.bin'}: line 1") and err.count("\n") == 1
