@@ -12,6 +12,10 @@
 #            (bench/multi_gpu.py; MULTI_ARGS adds its flags, e.g. "--sizes d48 --no-check")
 #     generate: tests, then tokens/s of generation against transformers at d12 and d48
 #               (bench/generate_bench.py; GEN_ARGS adds its flags, e.g. "--sizes d12")
+#     ab: tests, then this tree against another one carried as .ab-main (e.g. main: `git archive
+#         main | tar -x -C .ab-main`), built beside it, alternating the two libraries (LLMC_LIB)
+#         through this tree's bench scripts: bench/gpu_bench.py runs AB_RUNS (default d12 and d48
+#         in FP8, llama-124m in bf16), then generation if AB_GEN is set (generate_bench flags)
 #     dist: tests, one-GPU runs of the trainer's distributed launch paths
 #           (--nproc-per-node 1 with its TCP rendezvous, mpirun -np 1), and
 #           d12 with and without the NCCL path (world size 1), alternated
@@ -43,6 +47,15 @@ if [ "$MODE" = peers ] || [ "$MODE" = multi ]; then  # llm.c builds beside llmc
     peer_build=$!
 fi
 make -j"$(nproc)" lib "${DEPS_ARG[@]}" > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
+if [ "$MODE" = ab ]; then  # the other tree, sharing the cuDNN unit when attention is the same in both
+    if cmp -s libllmc/src/cuda/attention_cudnn.cpp .ab-main/libllmc/src/cuda/attention_cudnn.cpp &&
+       cmp -s libllmc/src/cuda/attention.h .ab-main/libllmc/src/cuda/attention.h; then
+        mkdir -p .ab-main/build/libllmc/src/cuda
+        cp build/libllmc/src/cuda/attention_cudnn.o .ab-main/build/libllmc/src/cuda/
+    fi
+    make -C .ab-main -j"$(nproc)" lib "${DEPS_ARG[@]}" > "$OUT/build-ab.log" 2>&1 ||
+        { tail -40 "$OUT/build-ab.log"; exit 1; }
+fi
 grep -E "^CUDA backend" "$OUT/build.log"
 echo "build: $(( $(date +%s) - start )) s"
 # FP8_PROBE="N C ...": cuBLASLt's bf16 and FP8 times for one block's products at these shapes
@@ -73,6 +86,21 @@ if [ "$MODE" = peers ]; then
 fi
 if [ "$MODE" = generate ]; then
     python3 -m bench.generate_bench $GEN_ARGS 2>&1 | grep -v "Loading weights" | tee "$OUT/generate.log"
+fi
+if [ "$MODE" = ab ]; then
+    for run in ${AB_RUNS:-d12,64,1024,8,0,fp8 d48,16,1024,4,2,fp8 llama-124m,64,1024,8,0}; do
+        for lib in .ab-main/build build .ab-main/build build; do
+            echo "== $lib $(LLMC_LIB=$PWD/$lib/libllmc.so python3 bench/gpu_bench.py --run $run \
+                --steps 4 2>&1 | tail -1)"
+        done
+    done 2>&1 | tee "$OUT/ab.log"
+    if [ -n "$AB_GEN" ]; then
+        for lib in .ab-main/build build; do
+            echo "== $lib"
+            LLMC_LIB=$PWD/$lib/libllmc.so python3 -m bench.generate_bench $AB_GEN 2>&1 |
+                grep -v "Loading weights" | tail -12
+        done 2>&1 | tee -a "$OUT/ab.log"
+    fi
 fi
 if [ "$MODE" = multi ]; then
     python3 -m bench.multi_gpu --json "$OUT/multi.json" $MULTI_ARGS 2>&1 | tee "$OUT/multi.log"
