@@ -8,8 +8,9 @@ above the first one after warm-up).
     python -m bench.quality fp8 --model d12 --steps 2000      # --precision bf16 against fp8
     python -m bench.quality llama --steps 250                 # d12 against llama-124m
 
-Every run's main.jsonl is kept under --out (plot them together with
-`python -m pyllmc.plot OUT/a OUT/b`). The data are FineWeb token shards
+Every run's main.jsonl is kept under --out, with summary.json (the numbers
+printed; plot the runs together with `python -m pyllmc.plot OUT/a OUT/b -o
+both.png`). The data are FineWeb token shards
 (--data, ../shared/data/fineweb_sample carried as .carry/fineweb_sample).
 """
 import argparse
@@ -73,8 +74,10 @@ def main():
         sys.exit(1)
     first, second = results
     gap = (second["final_val"] - first["final_val"]) / first["final_val"]
-    print(json.dumps({"comparison": a.comparison, "model": a.model, "steps": a.steps, "B": a.B,
-                      "T": a.T, "lr": a.lr, "runs": results, "relative_gap": gap}))
+    summary = json.dumps({"comparison": a.comparison, "model": a.model, "steps": a.steps, "B": a.B,
+                          "T": a.T, "lr": a.lr, "runs": results, "relative_gap": gap})
+    (Path(a.out) / "summary.json").write_text(summary)
+    print(summary)
     print(f"{a.comparison}{' ' + a.model if a.comparison == 'fp8' else ''}: {a.steps} steps of {a.B}x{a.T}: "
           + "; ".join(f"{r['label']} val {r['final_val']:.4f}{' DIVERGED' if r['diverged'] else ''} "
                       f"({r['ms']:.1f} ms/step)" for r in results)
