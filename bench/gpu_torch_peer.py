@@ -10,8 +10,9 @@ accumulation, clipping), optionally under torch.compile.
 Batches are real text, the consecutive windows of a token shard (--data, FineWeb by
 default), as in bench/gpu_bench.py. --fp8 trains the block's four linear layers in FP8
 with torchao's float8 training (tensorwise scaling, torchao's "tensorwise" recipe), the
-LM head and the rest in bf16 as llmc's FP8 mode does; torchao must be importable
-(carry its wheel: the GPU machine has no network). GPT-2 presets only, as in llmc.
+LM head and the rest in bf16 as llmc's FP8 mode does (a Llama's lm_head is left out of
+the conversion); torchao must be importable (carry its wheel: the GPU machine has no
+network).
 
 A llama preset (llama-124m, llama3.2-1b, llama3.2-3b, llama3.1-8b) trains
 transformers' LlamaForCausalLM of that shape instead (fp32 weights as
@@ -86,8 +87,6 @@ def main():
 
     torch.backends.cuda.matmul.allow_tf32 = True
     if args.preset in LLAMA_PRESETS:
-        if args.fp8:
-            p.error("--fp8 trains GPT-2 presets only (llmc refuses fp8 for Llama)")
         model, optimizer = llama_model(args.preset)
     else:
         L, H, C = PRESETS[args.preset]
@@ -98,7 +97,8 @@ def main():
             group["fused"] = True
     if args.fp8:
         from torchao.float8 import Float8LinearConfig, convert_to_float8_training
-        convert_to_float8_training(model, config=Float8LinearConfig.from_recipe_name("tensorwise"))
+        convert_to_float8_training(model, config=Float8LinearConfig.from_recipe_name("tensorwise"),
+                                   module_filter_fn=lambda module, fqn: "lm_head" not in fqn)
     forward = torch.compile(model) if args.compile else model
     loader = DataLoader(args.data, args.B, args.T, shuffle=False, seed=0)
     batches = []
