@@ -119,11 +119,8 @@ def main(argv=None):
 
             peer = (transformers.LlamaForCausalLM if config.is_llama
                     else transformers.GPT2LMHeadModel)
-
-            def load_hf():
-                return peer.from_pretrained(
-                    os.path.join(tmp, "hf"), torch_dtype=dtype).to(args.device).eval()
-            theirs = load_hf()
+            theirs = peer.from_pretrained(os.path.join(tmp, "hf"),
+                                          torch_dtype=dtype).to(args.device).eval()
             ours = pyllmc.Model.load(os.path.join(tmp, "model.bin"), device=args.device,
                                      max_batch_size=1, max_seq_len=64)  # training plan unused
         for batch in batches:

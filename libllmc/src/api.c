@@ -310,16 +310,6 @@ void llmc_free(llmc_model *m) {
         if ((m) == NULL) return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "%s: model is NULL", __func__); \
     } while (0)
 
-/* Runs `call` (an expression) with the model's lock held and returns its value. */
-#define LOCKED(m, type, call)                                     \
-    do {                                                          \
-        pthread_mutex_t *lock_ = (pthread_mutex_t *)&(m)->lock;   \
-        pthread_mutex_lock(lock_);                                \
-        type result_ = (call);                                    \
-        pthread_mutex_unlock(lock_);                              \
-        return result_;                                           \
-    } while (0)
-
 /* config and options never change after creation: no lock needed */
 llmc_status llmc_get_config(const llmc_model *m, llmc_config *out) {
     CHECK_MODEL(m);

@@ -258,10 +258,7 @@ static llmc_status plan_locked(llmc_model *m, int S, int T, size_t *bytes) {
 llmc_status llmc_generator_plan_memory(llmc_model *m, int S, int T, size_t *bytes_out) {
     if (m == NULL || bytes_out == NULL)
         return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "llmc_generator_plan_memory: NULL argument");
-    pthread_mutex_lock(&m->lock);
-    llmc_status st = plan_locked(m, S, T, bytes_out);
-    pthread_mutex_unlock(&m->lock);
-    return st;
+    LOCKED(m, llmc_status, plan_locked(m, S, T, bytes_out));
 }
 
 static void free_locked(llmc_generator *g) {
@@ -324,10 +321,7 @@ llmc_status llmc_generator_create(llmc_model *m, int S, int T, llmc_generator **
     if (m == NULL || out == NULL)
         return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "llmc_generator_create: NULL argument");
     *out = NULL;
-    pthread_mutex_lock(&m->lock);
-    llmc_status st = create_locked(m, S, T, out);
-    pthread_mutex_unlock(&m->lock);
-    return st;
+    LOCKED(m, llmc_status, create_locked(m, S, T, out));
 }
 
 void llmc_generator_free(llmc_generator *g) {
@@ -421,10 +415,7 @@ llmc_status llmc_generator_start(llmc_generator *g, int n, const int32_t *tokens
                                  int32_t *ids_out) {
     if (g == NULL || tokens == NULL || lengths == NULL || sampling == NULL || ids_out == NULL)
         return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "llmc_generator_start: NULL argument");
-    pthread_mutex_lock(&g->model->lock);
-    llmc_status st = start_locked(g, n, tokens, lengths, sampling, ids_out);
-    pthread_mutex_unlock(&g->model->lock);
-    return st;
+    LOCKED(g->model, llmc_status, start_locked(g, n, tokens, lengths, sampling, ids_out));
 }
 
 /* One step over the k live slots: a forward of their pending tokens, then
@@ -501,10 +492,7 @@ llmc_status llmc_generator_run(llmc_generator *g, int max_steps, llmc_token_even
                                int capacity, int *n_events) {
     if (g == NULL || events == NULL || n_events == NULL)
         return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "llmc_generator_run: NULL argument");
-    pthread_mutex_lock(&g->model->lock);
-    llmc_status st = run_locked(g, max_steps, events, capacity, n_events);
-    pthread_mutex_unlock(&g->model->lock);
-    return st;
+    LOCKED(g->model, llmc_status, run_locked(g, max_steps, events, capacity, n_events));
 }
 
 llmc_status llmc_generator_cancel(llmc_generator *g, int32_t id) {
@@ -520,10 +508,7 @@ llmc_status llmc_generator_cancel(llmc_generator *g, int32_t id) {
 
 int llmc_generator_live(llmc_generator *g) {
     if (g == NULL) return 0;
-    pthread_mutex_lock(&g->model->lock);
-    const int k = live_count(g);
-    pthread_mutex_unlock(&g->model->lock);
-    return k;
+    LOCKED(g->model, int, live_count(g));
 }
 
 size_t llmc_generator_memory_bytes(llmc_generator *g) {

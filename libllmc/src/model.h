@@ -168,4 +168,15 @@ extern const llmc_backend llmc_cpu_backend;
 /* NULL when the library was built without CUDA. */
 const llmc_backend *llmc_cuda_backend_get(void);
 
+/* Runs `call` (an expression) with the model's lock held and returns its
+ * value: the body of an API function (api.c, generate.c). */
+#define LOCKED(m, type, call)                                     \
+    do {                                                          \
+        pthread_mutex_t *lock_ = (pthread_mutex_t *)&(m)->lock;   \
+        pthread_mutex_lock(lock_);                                \
+        type result_ = (call);                                    \
+        pthread_mutex_unlock(lock_);                              \
+        return result_;                                           \
+    } while (0)
+
 #endif /* LLMC_MODEL_H */
