@@ -16,9 +16,12 @@
  * FP8 (options.precision): the four block products take FP8 operands
  * (fp8.cuh). Forward casts each product's input (keeping, when training,
  * its transpose for the weight gradient, per layer unless recomputed like
- * the bf16 activation it replaces); backward casts each output gradient,
- * both ways; the weights are cast, both ways, after every update. The bf16
- * LayerNorm and GELU outputs are then scratch of one layer.
+ * the bf16 activation it replaces, or from recompute 1 on, cast again from
+ * the attention output attention's backward keeps anyway); backward casts
+ * each output gradient, both ways, summing qkv's and fc's bias gradients on
+ * the way; the weights are cast, both ways, after every update. The bf16
+ * LayerNorm outputs are then scratch of one layer, and the GELU output is
+ * never written: fcproj's cast applies GELU to fc's pre-activation.
  *
  * Distributed mode (world_size >= 1): during the last micro-step's backward,
  * each layer's gradients are summed across ranks by NCCL on a stream of
@@ -201,8 +204,10 @@ llmc_status plan_fp8(cuda_state *g) {
     for (uint8_t **scratch : {&g->x8, &g->g8, &g->gT8})
         TRY(alloc_n(g, scratch, N * 4 * g->C, "FP8 operands"));
     for (int p = 0; p < FP8_PRODUCTS; p++) {
-        /* kept per layer unless the bf16 input is recomputed in backward anyway */
-        g->xT_saved[p] = p == FP8_ATTPROJ || (p == FP8_FCPROJ ? g->recompute < 1 : g->recompute < 2);
+        /* kept per layer unless the bf16 input is recomputed in backward anyway; the
+         * attention output (kept in bf16 for attention's backward) is cast again from
+         * recompute 1 on, like the GELU output */
+        g->xT_saved[p] = p == FP8_QKV || p == FP8_FC ? g->recompute < 2 : g->recompute < 1;
         g->xT_stride[p] = g->xT_saved[p] ? N * product_in(g, p) : 0;
         TRY(alloc_n(g, &g->xT8[p], (g->xT_saved[p] ? L : 1) * N * product_in(g, p),
                     "FP8 activations (transposed)"));
@@ -555,27 +560,43 @@ void quantize_weights(cuda_state *g) {
     cudaMemsetAsync(g->f8.amax + first, 0, (size_t)g->L * FP8_PRODUCTS * sizeof(float), s);
     for (int p = 0; p < FP8_PRODUCTS; p++) {
         const int IC = product_in(g, p), OC = product_out(g, p);
-        fp8_amax(P(g, PRODUCT_WEIGHT[p]), nullptr, OC, IC, g->L, (size_t)OC * IC, g->f8, first + p, s);
+        fp8_amax(P(g, PRODUCT_WEIGHT[p]), FP8_AS_IS, nullptr, OC, IC, g->L, (size_t)OC * IC, g->f8,
+                 first + p, s);
     }
     fp8_set_scales(g->f8, first, g->L * FP8_PRODUCTS, 1, false, s);
     for (int p = 0; p < FP8_PRODUCTS; p++) {
         const int IC = product_in(g, p), OC = product_out(g, p);
-        fp8_quantize(W8(g, p, 0), WT8(g, p, 0), P(g, PRODUCT_WEIGHT[p]), nullptr, OC, IC, g->L,
-                     (size_t)OC * IC, (size_t)OC * IC, g->f8, first + p, false, s);
+        fp8_quantize(W8(g, p, 0), WT8(g, p, 0), P(g, PRODUCT_WEIGHT[p]), FP8_AS_IS, nullptr, OC,
+                     IC, g->L, (size_t)OC * IC, (size_t)OC * IC, g->f8, first + p, false, nullptr,
+                     nullptr, s);
     }
 }
 
-/* rows x cols of x into out and/or outT for slot: with the step's delayed
- * scale, or before the scales have a history, scaled from x itself (its
- * amax is recorded first). record: a training pass (the step's amax). */
-void quantize_operand(cuda_state *g, int slot, bf16 *x, const bf16 *gelu_pre, int rows, int cols,
-                      void *out, void *outT, bool record) {
+/* rows x cols of x, transformed (fp8.cuh), into out and/or outT for slot:
+ * with the step's delayed scale, or before the scales have a history,
+ * scaled from x itself (its amax is recorded first). record: a training
+ * pass (the step's amax). dbias (may be NULL): the column sums are added
+ * to it. */
+void quantize_operand(cuda_state *g, int slot, const bf16 *x, int transform, const bf16 *gelu_pre,
+                      int rows, int cols, void *out, void *outT, bool record,
+                      float *dbias = nullptr) {
     if (!g->fp8_warm) {
-        fp8_amax(x, gelu_pre, rows, cols, 1, 0, g->f8, slot, g->stream);
+        fp8_amax(x, transform, gelu_pre, rows, cols, 1, 0, g->f8, slot, g->stream);
         fp8_set_scales(g->f8, slot, 1, 1, false, g->stream);
         record = false;  // amax holds it already
     }
-    fp8_quantize(out, outT, x, gelu_pre, rows, cols, 1, 0, 0, g->f8, slot, record, g->stream);
+    fp8_quantize(out, outT, x, transform, gelu_pre, rows, cols, 1, 0, 0, g->f8, slot, record,
+                 dbias, g->partial, g->stream);
+}
+
+/* Product p's input as its FP8 cast reads it, from the bf16 input inp: GPT-2's
+ * fcproj casts GELU(fc's pre-activation), so that in FP8 the bf16 GELU output
+ * is never written (nor recomputed). */
+void quantize_input(cuda_state *g, int p, int l, const bf16 *inp, int N, void *out, void *outT,
+                    bool record) {
+    const bool gelu = p == FP8_FCPROJ && !g->llama;
+    quantize_operand(g, g->f8.slot(FP8_X, l, p), gelu ? layer(g, l).fch : inp,
+                     gelu ? FP8_GELU : FP8_AS_IS, nullptr, N, product_in(g, p), out, outT, record);
 }
 
 /* After a step's backward: its largest magnitudes (the largest of every
@@ -595,36 +616,43 @@ llmc_status update_activation_scales(cuda_state *g) {
 }
 
 /* Block product p of layer l: out (N, OC) = inp @ w^T + bias, with GELU and
- * its input into gelu_pre for fc. In FP8 inp is cast first, and when
- * training its transpose is kept for the weight gradient. */
-llmc_status block_forward(cuda_state *g, int p, int l, bf16 *out, bf16 *inp, int N,
+ * its input into gelu_pre for fc. In FP8 inp is cast first (quantize_input),
+ * and when training its transpose is kept for the weight gradient; fc then
+ * writes only its pre-activation, gelu_pre, which fcproj's cast reads. */
+llmc_status block_forward(cuda_state *g, int p, int l, bf16 *out, const bf16 *inp, int N,
                           bf16 *gelu_pre, bool training) {
     const int IC = product_in(g, p), OC = product_out(g, p);
     const bf16 *w = P(g, PRODUCT_WEIGHT[p], l), *bias = P(g, PRODUCT_BIAS[p], l);
     if (!g->fp8) return matmul_forward(g->mm, out, inp, IC, w, bias, N, IC, OC, gelu_pre);
-    const int slot = g->f8.slot(FP8_X, l, p);
-    quantize_operand(g, slot, inp, nullptr, N, IC, g->x8,
-                     training && g->xT_saved[p] ? XT8(g, p, l) : nullptr, training);
-    return matmul_forward_fp8(g->mm, out, g->x8, W8(g, p, l), g->f8.descale_of(slot),
-                              descale(g, FP8_W, l, p), bias, N, IC, OC, gelu_pre);
+    quantize_input(g, p, l, inp, N, g->x8, training && g->xT_saved[p] ? XT8(g, p, l) : nullptr,
+                   training);
+    return matmul_forward_fp8(g->mm, gelu_pre ? gelu_pre : out, g->x8, W8(g, p, l),
+                              descale(g, FP8_X, l, p), descale(g, FP8_W, l, p), bias, N, IC, OC);
 }
 
-/* Backward of block product p of layer l, in three parts called in this
- * order around the caller's recomputations:
+/* Backward of block product p of layer l, in parts called in this order
+ * around the caller's recomputations:
  * grad_operand: FP8 casts dout (N, OC), both ways; with gelu_pre, dout is
- *   first taken through GELU' in place (the bf16 path does that in the
+ *   taken through GELU' on the way (the bf16 path does that in the
  *   epilogue of the product before, input_grad's gelu_pre);
+ * bias_grad (qkv and fc; the projections' bias gradients come from the
+ *   LayerNorm backward): in FP8 grad_operand's cast has summed it already;
  * input_operand: FP8 casts a recomputed bf16 input, inp, into its transpose;
  * weight_grad and input_grad: dw += dout^T inp and dinp = dout @ w. */
-void grad_operand(cuda_state *g, int p, int l, bf16 *dout, const bf16 *gelu_pre, int N) {
+bool cast_sums_bias(int p) { return p == FP8_QKV || p == FP8_FC; }
+void grad_operand(cuda_state *g, int p, int l, const bf16 *dout, const bf16 *gelu_pre, int N) {
     if (g->fp8)
-        quantize_operand(g, g->f8.slot(FP8_G, l, p), dout, gelu_pre, N, product_out(g, p), g->g8,
-                         g->gT8, true);
+        quantize_operand(g, g->f8.slot(FP8_G, l, p), dout,
+                         gelu_pre ? FP8_GELU_GRAD : FP8_AS_IS, gelu_pre, N, product_out(g, p),
+                         g->g8, g->gT8, true,
+                         cast_sums_bias(p) ? G(g, PRODUCT_BIAS[p], l) : nullptr);
 }
-void input_operand(cuda_state *g, int p, int l, bf16 *inp, int N) {
-    if (g->fp8 && !g->xT_saved[p])
-        quantize_operand(g, g->f8.slot(FP8_X, l, p), inp, nullptr, N, product_in(g, p), nullptr,
-                         XT8(g, p, l), false);
+void bias_grad(cuda_state *g, int p, int l, const bf16 *dout, int N) {
+    if (!g->fp8)
+        bias_backward(G(g, PRODUCT_BIAS[p], l), g->partial, dout, N, product_out(g, p), g->stream);
+}
+void input_operand(cuda_state *g, int p, int l, const bf16 *inp, int N) {
+    if (g->fp8 && !g->xT_saved[p]) quantize_input(g, p, l, inp, N, nullptr, XT8(g, p, l), false);
 }
 llmc_status weight_grad(cuda_state *g, int p, int l, const bf16 *dout, const bf16 *inp, int N) {
     const int IC = product_in(g, p), OC = product_out(g, p);
@@ -723,7 +751,7 @@ llmc_status backward_layers(cuda_state *g, const int *staged, int num_buckets, i
         const bf16 *res_in = l == 0 ? g->encoded : layer(g, l - 1).res3;
         /* MLP */
         grad_operand(g, FP8_FCPROJ, l, g->dres, nullptr, N);
-        if (g->recompute >= 1) gelu_forward(a.fch_gelu, a.fch, (size_t)N * 4 * C, s);
+        if (g->recompute >= 1 && !g->fp8) gelu_forward(a.fch_gelu, a.fch, (size_t)N * 4 * C, s);
         input_operand(g, FP8_FCPROJ, l, a.fch_gelu, N);
         TRY(weight_grad(g, FP8_FCPROJ, l, g->dres, a.fch_gelu, N));
         TRY(input_grad(g, FP8_FCPROJ, l, g->d4C, g->dres, a.fch, N));
@@ -733,13 +761,14 @@ llmc_status backward_layers(cuda_state *g, const int *staged, int num_buckets, i
                               P(g, P_LN2B, l), N, C, s);
         input_operand(g, FP8_FC, l, a.ln2, N);
         TRY(weight_grad(g, FP8_FC, l, g->d4C, a.ln2, N));
-        bias_backward(G(g, P_FCB, l), g->partial, g->d4C, N, 4 * C, s);
+        bias_grad(g, FP8_FC, l, g->d4C, N);
         TRY(input_grad(g, FP8_FC, l, g->dC, g->d4C, nullptr, N));
         layernorm_backward(g->dres, G(g, P_LN2W, l), G(g, P_LN2B, l), G(g, P_ATTPROJB, l),
                            g->partial, g->dC, a.res2,
                            P(g, P_LN2W, l), a.ln2_mean, a.ln2_rstd, N, C, s);
         /* attention */
         grad_operand(g, FP8_ATTPROJ, l, g->dres, nullptr, N);
+        input_operand(g, FP8_ATTPROJ, l, a.atty, N);
         TRY(weight_grad(g, FP8_ATTPROJ, l, g->dres, a.atty, N));
         TRY(input_grad(g, FP8_ATTPROJ, l, g->dC, g->dres, nullptr, N));
         bf16 *dqkv = g->d4C;
@@ -751,7 +780,7 @@ llmc_status backward_layers(cuda_state *g, const int *staged, int num_buckets, i
                               P(g, P_LN1B, l), N, C, s);
         input_operand(g, FP8_QKV, l, a.ln1, N);
         TRY(weight_grad(g, FP8_QKV, l, dqkv, a.ln1, N));
-        bias_backward(G(g, P_QKVB, l), g->partial, dqkv, N, 3 * C, s);
+        bias_grad(g, FP8_QKV, l, dqkv, N);
         TRY(input_grad(g, FP8_QKV, l, g->dC, dqkv, nullptr, N));
         layernorm_backward(g->dres, G(g, P_LN1W, l), G(g, P_LN1B, l),
                            l > 0 ? G(g, P_FCPROJB, l - 1) : nullptr, g->partial, g->dC, res_in,

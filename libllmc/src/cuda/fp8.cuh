@@ -51,20 +51,30 @@ struct fp8_scaling {
  * history: its first step scales from the current tensors). */
 void fp8_reset(const fp8_scaling &s, cudaStream_t st);
 
+/* What a cast applies to each value first: nothing; GELU (fcproj's input
+ * from fc's pre-activation, so that the bf16 GELU output is never
+ * written); the gradient through GELU, in * GELU'(gelu_pre), rounded to
+ * bf16 as the bf16 path's DGELU epilogue rounds (fc's output gradient). */
+enum { FP8_AS_IS = 0, FP8_GELU = 1, FP8_GELU_GRAD = 2 };
+
 /* Quantizes `layers` matrices of rows x cols bf16 (layer z at in + z *
- * in_stride, its slot at first_slot + z * FP8_PRODUCTS) into out (row-major,
- * may be NULL) and outT (its transpose, cols x rows, may be NULL), E5M2 for
- * G slots, else E4M3, saturating. With gelu_pre, in is first multiplied by
- * GELU'(gelu_pre) and written back (the MLP's backward). record: the
- * slot's amax takes the largest magnitude read. rows and cols must be
- * multiples of 8 where outT is written (cols a multiple of 8 always). */
-void fp8_quantize(void *out, void *outT, bf16 *in, const bf16 *gelu_pre, int rows, int cols,
-                  int layers, size_t in_stride, size_t out_stride, const fp8_scaling &s,
-                  int first_slot, bool record, cudaStream_t st);
+ * in_stride, its slot at first_slot + z * FP8_PRODUCTS), transformed, into
+ * out (row-major, may be NULL) and outT (its transpose, cols x rows, may be
+ * NULL), E5M2 for G slots, else E4M3, saturating. record: the slot's amax
+ * takes the largest magnitude cast. dbias (may be NULL; layers 1): the
+ * column sums of the values cast are added to it (a bias gradient), through
+ * partial (CAST_ROW_SPLITS x cols floats). rows and cols must be multiples
+ * of 8 where outT is written (cols a multiple of 8 always). */
+#define CAST_ROW_SPLITS 256
+void fp8_quantize(void *out, void *outT, const bf16 *in, int transform, const bf16 *gelu_pre,
+                  int rows, int cols, int layers, size_t in_stride, size_t out_stride,
+                  const fp8_scaling &s, int first_slot, bool record, float *dbias, float *partial,
+                  cudaStream_t st);
 /* Only the amax of the same matrices (into the slots), for scaling from the
  * current tensors. */
-void fp8_amax(const bf16 *in, const bf16 *gelu_pre, int rows, int cols, int layers,
-              size_t in_stride, const fp8_scaling &s, int first_slot, cudaStream_t st);
+void fp8_amax(const bf16 *in, int transform, const bf16 *gelu_pre, int rows, int cols,
+              int layers, size_t in_stride, const fp8_scaling &s, int first_slot,
+              cudaStream_t st);
 /* Scales of `count` slots (first_slot, first_slot + stride, ...):
  * delayed: amax joins the history, the scale follows the history's largest
  * value and amax is cleared; else the scale follows amax alone (kept). A slot

@@ -11,8 +11,9 @@
 
 /* The two-pass reductions: a fixed grid writes rows of partial sums, then
  * add_partials adds them in a fixed order. Blocks of the LayerNorm backward
- * (3C wide partials), row splits of the bias gradient (OC <= 4C wide), blocks
- * of the sum of squares; the partial buffer holds PARTIAL_FLOATS(C) floats. */
+ * (3C wide partials), row splits of the bias gradient (OC <= 4C wide) and of
+ * the FP8 casts' column sums (fp8.cuh: 256 x 4C), blocks of the sum of
+ * squares; the partial buffer holds PARTIAL_FLOATS(C) floats. */
 #define LN_BACKWARD_BLOCKS 512
 #define BIAS_ROW_SPLITS 128
 #define SUM_SQUARES_BLOCKS 256

@@ -37,12 +37,13 @@ llmc_status matmul_backward_weight(mm_ctx *ctx, float *dw, const bf16 *dout, con
  * E5M2 (gradients) as fp8.cu casts them, each with the device scale that
  * undoes its cast (descale); inp8/dout8 are (N, IC)/(N, OC) rows, w8 the
  * (OC, IC) weight, wT8 its (IC, OC) transpose, inpT8/doutT8 the (IC, N)/
- * (OC, N) transposes of the activations. No DGELU epilogue: cuBLASLt's FP8
- * kernels with it ran 2.8x slower than without on an H200 (fp8.cu applies
- * GELU' in the gradient's cast instead). */
+ * (OC, N) transposes of the activations. No GELU epilogues: cuBLASLt's FP8
+ * kernels with DGELU ran 2.8x slower than without on an H200, and fp8.cu's
+ * casts apply GELU (to fcproj's input) and GELU' (to fc's output gradient)
+ * while reading those tensors anyway. */
 llmc_status matmul_forward_fp8(mm_ctx *ctx, bf16 *out, const void *inp8, const void *w8,
                                const float *inp_descale, const float *w_descale, const bf16 *bias,
-                               int N, int IC, int OC, bf16 *gelu_pre);
+                               int N, int IC, int OC);
 llmc_status matmul_backward_input_fp8(mm_ctx *ctx, bf16 *dinp, const void *dout8, const void *wT8,
                                       const float *dout_descale, const float *w_descale, int N,
                                       int IC, int OC);
