@@ -107,9 +107,8 @@ struct cuda_state {
     /* FP8: scaling state, E4M3 block weights and their transposes (product
      * p's, all layers, from w8_off[p]), the scratch operands of one product
      * (input, output gradient and its transpose: N x widest_operand bytes
-     * each), and each
-     * product's transposed inputs for the weight gradient (xT_stride apart
-     * per layer; one shared layer where recomputed). */
+     * each), and each product's transposed inputs for the weight gradient
+     * (xT_stride apart per layer; one shared layer where recomputed). */
     bool fp8 = false;
     bool fp8_warm = false;  // the scales have a history: delayed scaling
     fp8_scaling f8;
