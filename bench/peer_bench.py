@@ -8,7 +8,7 @@ and, at d12, its fastest setting; llmc through its trainer as users run it
 torch.compile. One table last, with each peer's time divided by llmc's.
 
     python3 -m bench.peer_bench [--sizes d12,d24,d36,d48] [--llmc d48=1,2] [--fp8] [--torch]
-    python3 -m bench.peer_bench --sizes llama-124m,llama3.2-1b --torch [--seq-len 2048]
+    python3 -m bench.peer_bench --sizes llama-124m,llama3.2-1b --torch [--fp8] [--seq-len 2048]
 
 Every system reads the same FineWeb token shard (--data; llm.c's step time
 depends on the token distribution: its embedding gradient works per distinct

@@ -58,7 +58,7 @@ def run(label, flags, a, data):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("comparison", choices=sorted(COMPARISONS))
-    p.add_argument("--model", default="d12", help="fp8: the GPT-2 preset")
+    p.add_argument("--model", default="d12", help="fp8: the preset (GPT-2 or Llama)")
     p.add_argument("--device", default="cuda")
     p.add_argument("-B", type=int, default=4)
     p.add_argument("-T", type=int, default=512)

@@ -413,7 +413,18 @@ def test_llama_8b_that_does_not_fit_says_so_before_allocating():
 # so the bounds are ~6-8x bf16's above: logits ||fp8 - cpu|| / ||cpu|| < 0.12 (seen on an H200:
 # under 0.08 at C=128 and 80, 0.089 at d48's width), mean loss within 5e-2, every parameter's
 # gradient ||fp8 - cpu|| / ||cpu|| < 0.15 (seen: 2e-3..0.12); 20 AdamW steps within 0.05 of the
-# bf16 run's losses (seen: 3.5e-3).
+# bf16 run's losses (seen: 3.5e-3). Llama (GQA ratio 2, F = 176, tied and untied) under the same
+# bounds, determinism, resume and recompute rules.
+LLAMA_FP8 = llama(num_heads=4, channels=64, num_kv_heads=2, ffn_hidden=176)
+LLAMA_FP8_TIED = llama(num_heads=4, channels=64, num_kv_heads=2, ffn_hidden=176, untied_head=0)
+FP8_MODELS = {"gpt2": SMALL, "llama": LLAMA_FP8, "llama-tied": LLAMA_FP8_TIED}
+
+
+def slices_of(cfg):
+    """name -> slice of the flat parameter vector, for either family."""
+    llama_family = cfg.family == pyllmc._lib.FAMILIES["llama"]
+    return llama_tensor_slices(cfg) if llama_family else tensor_slices(cfg)
+
 
 def fp8_supported():
     try:
@@ -429,8 +440,9 @@ fp8_only = pytest.mark.skipif(not pyllmc.cuda_available() or not fp8_supported()
 
 
 @fp8_only
-@pytest.mark.parametrize("cfg,B,T", [(SMALL, 4, 64), (ODD, 3, 32), (D48_WIDTH, 2, 32)],
-                         ids=["small", "odd", "d48-width"])
+@pytest.mark.parametrize("cfg,B,T", [(SMALL, 4, 64), (ODD, 3, 32), (D48_WIDTH, 2, 32),
+                                     (LLAMA_FP8, 3, 32), (LLAMA_FP8_TIED, 2, 64)],
+                         ids=["small", "odd", "d48-width", "llama", "llama-tied"])
 def test_fp8_matches_cpu(cfg, B, T):
     cpu, gpu = pair(cfg, B, T, precision="fp8")
     assert gpu.precision == "fp8"
@@ -442,7 +454,7 @@ def test_fp8_matches_cpu(cfg, B, T):
     loss_c, loss_g = cpu.backward(x, y), gpu.backward(x, y)
     assert abs(loss_g - loss_c) < 5e-2, (loss_g, loss_c)
     gc, gg = cpu.gradients(), gpu.gradients()
-    errors = {name: rel(gg[sl], gc[sl]) for name, sl in tensor_slices(cfg).items()
+    errors = {name: rel(gg[sl], gc[sl]) for name, sl in slices_of(cfg).items()
               if np.linalg.norm(gc[sl]) > 0}
     print("fp8 gradient relative errors:", {k: f"{v:.2e}" for k, v in errors.items()})
     bad = {k: v for k, v in errors.items() if not v < 0.15}
@@ -455,13 +467,14 @@ def test_fp8_matches_cpu(cfg, B, T):
 
 
 @fp8_only
-def test_fp8_training_tracks_bf16():
-    B, T = 4, 64
+@pytest.mark.parametrize("model", list(FP8_MODELS))
+def test_fp8_training_tracks_bf16(model):
+    B, T, cfg = 4, 64, FP8_MODELS[model]
     runs = []
     for precision in ("default", "fp8"):
-        m = pyllmc.Model.from_config(SMALL, device="cuda", max_batch_size=B, max_seq_len=T, seed=1,
+        m = pyllmc.Model.from_config(cfg, device="cuda", max_batch_size=B, max_seq_len=T, seed=1,
                                      precision=precision)
-        runs.append([loss for loss, _ in train(m, patterned_batches(SMALL, 20, B, T))])
+        runs.append([loss for loss, _ in train(m, patterned_batches(cfg, 20, B, T))])
         m.close()
     print("losses (bf16, fp8):", [(round(a, 4), round(b, 4)) for a, b in zip(*runs)])
     assert np.abs(np.subtract(*runs)).max() < 0.05
@@ -469,12 +482,13 @@ def test_fp8_training_tracks_bf16():
 
 
 @fp8_only
-def test_fp8_deterministic_and_recompute():
-    B, T = 2, 64
-    batches = patterned_batches(SMALL, 5, B, T, seed=4)
+@pytest.mark.parametrize("model", list(FP8_MODELS))
+def test_fp8_deterministic_and_recompute(model):
+    B, T, cfg = 2, 64, FP8_MODELS[model]
+    batches = patterned_batches(cfg, 5, B, T, seed=4)
     runs = []
     for recompute in (0, 0, 1, 2):
-        m = pyllmc.Model.from_config(SMALL, device="cuda", max_batch_size=B, max_seq_len=T, seed=5,
+        m = pyllmc.Model.from_config(cfg, device="cuda", max_batch_size=B, max_seq_len=T, seed=5,
                                      recompute=recompute, precision="fp8")
         runs.append(([loss for loss, _ in train(m, batches)], m.parameters()))
         m.close()
@@ -484,14 +498,15 @@ def test_fp8_deterministic_and_recompute():
 
 
 @fp8_only
-def test_fp8_resume_is_bit_identical(tmp_path):
+@pytest.mark.parametrize("model", ["gpt2", "llama"])
+def test_fp8_resume_is_bit_identical(tmp_path, model):
     """The scaling state travels in the optimizer file: a resumed FP8 run
     repeats the uninterrupted one bit for bit; a bf16 run's optimizer file
     loads into an FP8 model and the other way round."""
-    B, T = 2, 32
-    batches = patterned_batches(SMALL, 6, B, T, seed=3)
+    B, T, cfg = 2, 32, FP8_MODELS[model]
+    batches = patterned_batches(cfg, 6, B, T, seed=3)
     opts = dict(device="cuda", max_batch_size=B, max_seq_len=T, seed=11)
-    a = pyllmc.Model.from_config(SMALL, precision="fp8", **opts)
+    a = pyllmc.Model.from_config(cfg, precision="fp8", **opts)
     train(a, batches[:3])
     a.save(tmp_path / "model.bin")
     a.save_optimizer(tmp_path / "optim.bin")

@@ -15,14 +15,17 @@ import pyllmc
 from pyllmc import Config, Model, _lib
 
 TINY = Config(max_seq_len=16, vocab_size=97, num_layers=2, num_heads=2, channels=16)
+LLAMA = Config(family=_lib.FAMILIES["llama"], max_seq_len=16, vocab_size=97, num_layers=2,
+               num_heads=4, channels=32, num_kv_heads=2)
 HEADER_BYTES = 256 * 4
 
 
-def test_fp8_refused_on_the_cpu():
+@pytest.mark.parametrize("config", [TINY, LLAMA], ids=["gpt2", "llama"])
+def test_fp8_refused_on_the_cpu(config):
     with pytest.raises(pyllmc.UnsupportedError, match="fp8 needs the CUDA backend"):
-        Model.from_config(TINY, precision="fp8")
+        Model.from_config(config, precision="fp8")
     with pytest.raises(pyllmc.UnsupportedError, match="fp8"):
-        Model.plan_memory(TINY, precision="fp8")
+        Model.plan_memory(config, precision="fp8")
     with pytest.raises(pyllmc.InvalidArgumentError, match="precision 'fp16'"):
         Model.from_config(TINY, precision="fp16")
     with Model.from_config(TINY) as m:
@@ -88,18 +91,48 @@ def test_optimizer_file_versions(tmp_path):
     m.close()
 
 
-LLAMA = Config(family=_lib.FAMILIES["llama"], max_seq_len=16, vocab_size=97, num_layers=2,
-               num_heads=4, channels=32, num_kv_heads=2)
+def cuda_plan(config, **kw):
+    """The CUDA backend's plan (the plugin, no GPU needed)."""
+    return Model.plan_memory(config, device="cuda", max_batch_size=2,
+                             max_seq_len=config.max_seq_len, **kw)
 
 
-def test_fp8_refused_for_llama_on_cuda():
-    """FP8 casts GPT-2's block products; the CUDA plan (no GPU needed) says so."""
-    try:
-        Model.plan_memory(LLAMA, device="cuda")
-    except pyllmc.UnsupportedError:
-        pytest.skip("libllmc built without the CUDA backend")
-    with pytest.raises(pyllmc.UnsupportedError, match="fp8 is for GPT-2 models"):
-        Model.plan_memory(LLAMA, device="cuda", precision="fp8")
+needs_cuda_plugin = pytest.mark.skipif(
+    not (_lib.REPO_ROOT / "build" / "libllmc_cuda.so").exists(),
+    reason="libllmc built without the CUDA backend")
+
+
+@needs_cuda_plugin
+def test_fp8_llama_plan_counts_the_fp8_buffers():
+    """With recompute 2 the bf16 activations of both precisions are the same,
+    so the difference is exactly the FP8 buffers: E4M3 block weights and their
+    transposes, three scratch operands as wide as the widest product operand
+    (here fc's 2F), each product input's transpose (per layer for the attention
+    projection only) and 3 x 4 x L scaling slots of 22 floats each."""
+    c = Config(family=_lib.FAMILIES["llama"], max_seq_len=32, vocab_size=97, num_layers=2,
+               num_heads=4, channels=64, num_kv_heads=2, ffn_hidden=176)
+    L, C, F, N = 2, 64, 176, 2 * 32
+    QKV = (4 + 2 * 2) * (C // 4)
+    bf16 = cuda_plan(c, recompute=2)
+    fp8 = cuda_plan(c, recompute=2, precision="fp8")
+    weights = L * (QKV * C + C * C + 2 * F * C + C * F)
+    inputs_T = L * N * C + N * (C + C + F)
+    slots = 3 * 4 * L
+    assert fp8 - bf16 == 2 * weights + 3 * N * 2 * F + inputs_T + slots * (1 + 4 + 1 + 16) * 4
+    # with less recomputed, FP8 keeps transposes of inputs where bf16 keeps bf16 norms and SwiGLU
+    assert cuda_plan(c, precision="fp8") > cuda_plan(c, recompute=1, precision="fp8") > fp8
+
+
+@needs_cuda_plugin
+def test_fp8_llama_widths_must_be_multiples_of_16():
+    """cuBLASLt's FP8 layouts: C, the qkv width, 2F and F; the message names them."""
+    bad = Config(family=_lib.FAMILIES["llama"], max_seq_len=32, vocab_size=97, num_layers=2,
+                 num_heads=4, channels=64, num_kv_heads=2, ffn_hidden=168)
+    cuda_plan(bad)  # bf16 takes F = 168
+    with pytest.raises(pyllmc.UnsupportedError,
+                       match="multiples of 16 .*MLP width 168.*fc projection product is 168 -> 64"):
+        cuda_plan(bad, precision="fp8")
+    assert cuda_plan(LLAMA, precision="fp8") > 0
 
 
 def test_llama_optimizer_file_keeps_scaling_count_and_family_apart(tmp_path):

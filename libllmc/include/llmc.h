@@ -108,12 +108,14 @@ typedef enum llmc_device {
  * the largest magnitudes of the 16 steps before it (a model's first step
  * scales from its current tensors); a tensor that jumps above its history
  * saturates at the format's largest value for that step. Embeddings,
- * attention, LayerNorm, the LM head and the loss stay bf16, and the master
- * weights and AdamW moments fp32, so model files are the same as in bf16.
+ * attention, the norms, RoPE, the activations (GELU, SwiGLU), the LM head
+ * and the loss stay bf16, and the master weights and AdamW moments fp32, so
+ * model files are the same as in bf16. Both families (GPT-2 and Llama).
  * The scaling state is part of the optimizer file (llmc_save_optimizer), so
- * a resumed FP8 run is bit-exact. FP8 training needs B*T and channels
- * multiples of 16. On the CPU backend or an older GPU, FP8 is
- * LLMC_ERR_UNSUPPORTED. */
+ * a resumed FP8 run is bit-exact. FP8 needs every block product's widths
+ * (channels, the qkv width, the MLP widths: GPT-2's 4C, Llama's 2F and F)
+ * multiples of 16, and FP8 training B*T a multiple of 16. On the CPU
+ * backend or an older GPU, FP8 is LLMC_ERR_UNSUPPORTED. */
 typedef enum llmc_precision {
     LLMC_PRECISION_DEFAULT = 0,
     LLMC_PRECISION_FP8 = 1,

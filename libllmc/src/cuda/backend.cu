@@ -14,14 +14,16 @@
  * packed fp32 vector is converted tensor by tensor on the way in and out.
  *
  * FP8 (options.precision): the four block products take FP8 operands
- * (fp8.cuh). Forward casts each product's input (keeping, when training,
- * its transpose for the weight gradient, per layer unless recomputed like
- * the bf16 activation it replaces, or from recompute 1 on, cast again from
- * the attention output attention's backward keeps anyway); backward casts
- * each output gradient, both ways, summing qkv's and fc's bias gradients on
- * the way; the weights are cast, both ways, after every update. The bf16
- * LayerNorm outputs are then scratch of one layer, and the GELU output is
- * never written: fcproj's cast applies GELU to fc's pre-activation.
+ * (fp8.cuh), in both families through the same helpers (block_forward and
+ * the backward parts after it), with each family's product widths. Forward
+ * casts each product's input (keeping, when training, its transpose for the
+ * weight gradient, per layer unless recomputed like the bf16 activation it
+ * replaces, or from recompute 1 on, cast again from the attention output
+ * attention's backward keeps anyway); backward casts each output gradient,
+ * both ways, summing GPT-2's qkv and fc bias gradients on the way; the
+ * weights are cast, both ways, after every update. The bf16 norm outputs
+ * (and Llama's SwiGLU output) are then scratch of one layer; GPT-2's GELU
+ * output is never written: fcproj's cast applies GELU to fc's pre-activation.
  *
  * Distributed mode (world_size >= 1): during the last micro-step's backward,
  * each layer's gradients are summed across ranks by NCCL on a stream of
@@ -107,9 +109,9 @@ struct cuda_state {
 
     /* FP8: scaling state, E4M3 block weights and their transposes (product
      * p's, all layers, from w8_off[p]), the scratch operands of one product
-     * (input, output gradient and its transpose: N x 4C bytes each), and each
-     * product's transposed inputs for the weight gradient (xT_stride apart
-     * per layer; one shared layer where recomputed). */
+     * (input, output gradient and its transpose: N x widest_operand bytes
+     * each), and each product's transposed inputs for the weight gradient
+     * (xT_stride apart per layer; one shared layer where recomputed). */
     bool fp8 = false;
     bool fp8_warm = false;  // the scales have a history: delayed scaling
     fp8_scaling f8;
@@ -123,12 +125,23 @@ struct cuda_state {
     size_t bytes = 0;
 };
 
-/* The parameters and shape of block product p. */
+/* The parameters and shape of block product p: qkv C -> QKV, attention
+ * projection C -> C, fc C -> FC, fc projection ACT -> C (GPT-2: 3C, 4C, 4C;
+ * Llama: grouped q|k|v, 2F = up|gate, F). */
 const int PRODUCT_WEIGHT[FP8_PRODUCTS] = {P_QKVW, P_ATTPROJW, P_FCW, P_FCPROJW};
 const int PRODUCT_BIAS[FP8_PRODUCTS] = {P_QKVB, P_ATTPROJB, P_FCB, P_FCPROJB};
-int product_in(const cuda_state *g, int p) { return p == FP8_FCPROJ ? 4 * g->C : g->C; }
+const char *const PRODUCT_NAME[FP8_PRODUCTS] = {"qkv", "attention projection", "fc",
+                                                "fc projection"};
+int product_in(const cuda_state *g, int p) { return p == FP8_FCPROJ ? g->ACT : g->C; }
 int product_out(const cuda_state *g, int p) {
-    return p == FP8_QKV ? 3 * g->C : p == FP8_FC ? 4 * g->C : g->C;
+    return p == FP8_QKV ? g->QKV : p == FP8_FC ? g->FC : g->C;
+}
+/* The widest input or output of any block product (GPT-2 4C; Llama the
+ * largest of QKV and 2F): the width of the FP8 scratch operands. */
+size_t widest_operand(const cuda_state *g) {
+    int w = 0;
+    for (int p = 0; p < FP8_PRODUCTS; p++) w = std::max({w, product_in(g, p), product_out(g, p)});
+    return w;
 }
 
 cuda_state *impl(const llmc_model *m) { return (cuda_state *)m->impl; }
@@ -202,7 +215,7 @@ llmc_status plan_fp8(cuda_state *g) {
     TRY(alloc_n(g, &g->w8, w_total, "FP8 weights"));
     TRY(alloc_n(g, &g->wT8, w_total, "FP8 weights (transposed)"));
     for (uint8_t **scratch : {&g->x8, &g->g8, &g->gT8})
-        TRY(alloc_n(g, scratch, N * 4 * g->C, "FP8 operands"));
+        TRY(alloc_n(g, scratch, N * widest_operand(g), "FP8 operands"));
     for (int p = 0; p < FP8_PRODUCTS; p++) {
         /* kept per layer unless the bf16 input is recomputed in backward anyway; the
          * attention output (kept in bf16 for attention's backward) is cast again from
@@ -253,11 +266,13 @@ llmc_status plan(llmc_model *m, cuda_state *g) {
         return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "recompute must be 0, 1 or 2 (got %d)",
                           g->recompute);
     g->fp8 = m->options.precision == LLMC_PRECISION_FP8;
-    if (g->fp8 && g->llama)
-        return llmc_error(LLMC_ERR_UNSUPPORTED, "precision fp8 is for GPT-2 models (the FP8 block products are GPT-2's); use bf16 for Llama");
-    if (g->fp8 && g->C % 16)
-        return llmc_error(LLMC_ERR_UNSUPPORTED, "precision fp8 needs channels a multiple of 16 "
-                          "(got %d)", g->C);
+    for (int p = 0; g->fp8 && p < FP8_PRODUCTS; p++)  // cuBLASLt's FP8 leading dimensions
+        if (product_in(g, p) % 16 || product_out(g, p) % 16)
+            return llmc_error(LLMC_ERR_UNSUPPORTED, "precision fp8 needs every block product's "
+                              "widths multiples of 16 (channels %d, qkv width %d, fc width %d, "
+                              "MLP width %d): the %s product is %d -> %d",
+                              g->C, g->QKV, g->FC, g->ACT, PRODUCT_NAME[p], product_in(g, p),
+                              product_out(g, p));
     if (g->fp8 && !g->dry_run) {
         int major = 0, minor = 0;
         CUDA_TRY(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor,
@@ -615,14 +630,16 @@ llmc_status update_activation_scales(cuda_state *g) {
     return LLMC_OK;
 }
 
-/* Block product p of layer l: out (N, OC) = inp @ w^T + bias, with GELU and
- * its input into gelu_pre for fc. In FP8 inp is cast first (quantize_input),
- * and when training its transpose is kept for the weight gradient; fc then
- * writes only its pre-activation, gelu_pre, which fcproj's cast reads. */
+/* Block product p of layer l: out (N, OC) = inp @ w^T + bias (Llama: no
+ * bias), with GELU and its input into gelu_pre for GPT-2's fc. In FP8 inp is
+ * cast first (quantize_input), and when training its transpose is kept for
+ * the weight gradient; GPT-2's fc then writes only its pre-activation,
+ * gelu_pre, which fcproj's cast reads. */
 llmc_status block_forward(cuda_state *g, int p, int l, bf16 *out, const bf16 *inp, int N,
                           bf16 *gelu_pre, bool training) {
     const int IC = product_in(g, p), OC = product_out(g, p);
-    const bf16 *w = P(g, PRODUCT_WEIGHT[p], l), *bias = P(g, PRODUCT_BIAS[p], l);
+    const bf16 *w = P(g, PRODUCT_WEIGHT[p], l);
+    const bf16 *bias = g->size[PRODUCT_BIAS[p]] ? P(g, PRODUCT_BIAS[p], l) : nullptr;
     if (!g->fp8) return matmul_forward(g->mm, out, inp, IC, w, bias, N, IC, OC, gelu_pre);
     quantize_input(g, p, l, inp, N, g->x8, training && g->xT_saved[p] ? XT8(g, p, l) : nullptr,
                    training);
@@ -639,13 +656,15 @@ llmc_status block_forward(cuda_state *g, int p, int l, bf16 *out, const bf16 *in
  *   LayerNorm backward): in FP8 grad_operand's cast has summed it already;
  * input_operand: FP8 casts a recomputed bf16 input, inp, into its transpose;
  * weight_grad and input_grad: dw += dout^T inp and dinp = dout @ w. */
-bool cast_sums_bias(int p) { return p == FP8_QKV || p == FP8_FC; }
+bool cast_sums_bias(const cuda_state *g, int p) {
+    return g->size[PRODUCT_BIAS[p]] && (p == FP8_QKV || p == FP8_FC);
+}
 void grad_operand(cuda_state *g, int p, int l, const bf16 *dout, const bf16 *gelu_pre, int N) {
     if (g->fp8)
         quantize_operand(g, g->f8.slot(FP8_G, l, p), dout,
                          gelu_pre ? FP8_GELU_GRAD : FP8_AS_IS, gelu_pre, N, product_out(g, p),
                          g->g8, g->gT8, true,
-                         cast_sums_bias(p) ? G(g, PRODUCT_BIAS[p], l) : nullptr);
+                         cast_sums_bias(g, p) ? G(g, PRODUCT_BIAS[p], l) : nullptr);
 }
 void bias_grad(cuda_state *g, int p, int l, const bf16 *dout, int N) {
     if (!g->fp8)
@@ -812,19 +831,16 @@ llmc_status llama_forward(cuda_state *g, const int *tokens, int B, int T, bool t
     for (int l = 0; l < L; l++) {
         Layer a = layer(g, l);
         const bf16 *res_in = l == 0 ? g->encoded : layer(g, l - 1).res3;
-        TRY(matmul_forward(g->mm, a.qkv, a.ln1, C, P(g, P_QKVW, l), nullptr, N, C, g->QKV,
-                           nullptr));
+        TRY(block_forward(g, FP8_QKV, l, a.qkv, a.ln1, N, nullptr, training));
         rope_rotate(a.qkv, g->rope_cos, g->rope_sin, B, T, g->NH, g->NKV, HS, false, s);
         TRY(attn_status(attn_forward(g->attn, a.atty, training ? a.lse : nullptr, a.qkv, B, T, err,
                                      sizeof err), err));
-        TRY(matmul_forward(g->mm, g->dC, a.atty, C, P(g, P_ATTPROJW, l), nullptr, N, C, C,
-                           nullptr));
+        TRY(block_forward(g, FP8_ATTPROJ, l, g->dC, a.atty, N, nullptr, training));
         residual_rmsnorm_forward(a.res2, a.ln2, a.ln2_rstd, res_in, g->dC, P(g, P_LN2W, l), N, C,
                                  g->eps, s);
-        TRY(matmul_forward(g->mm, a.fch, a.ln2, C, P(g, P_FCW, l), nullptr, N, C, g->FC, nullptr));
+        TRY(block_forward(g, FP8_FC, l, a.fch, a.ln2, N, nullptr, training));
         swiglu_forward(a.fch_gelu, a.fch, N, g->ACT, s);
-        TRY(matmul_forward(g->mm, g->dC, a.fch_gelu, g->ACT, P(g, P_FCPROJW, l), nullptr, N,
-                           g->ACT, C, nullptr));
+        TRY(block_forward(g, FP8_FCPROJ, l, g->dC, a.fch_gelu, N, nullptr, training));
         const bool last = l + 1 == L;
         residual_rmsnorm_forward(a.res3, last ? g->lnf : layer(g, l + 1).ln1,
                                  last ? g->lnf_rstd : layer(g, l + 1).ln1_rstd, a.res2, g->dC,
@@ -847,27 +863,35 @@ llmc_status llama_backward_layers(cuda_state *g, const int *staged, int num_buck
         Layer a = layer(g, l);
         const bf16 *res_in = l == 0 ? g->encoded : layer(g, l - 1).res3;
         /* MLP */
+        grad_operand(g, FP8_FCPROJ, l, g->dres, nullptr, N);
         if (g->recompute >= 1) swiglu_forward(a.fch_gelu, a.fch, N, F, s);
-        TRY(matmul_backward_weight(g->mm, G(g, P_FCPROJW, l), g->dres, a.fch_gelu, N, F, C));
-        TRY(matmul_backward_input(g->mm, g->dact, g->dres, P(g, P_FCPROJW, l), N, F, C, nullptr));
+        input_operand(g, FP8_FCPROJ, l, a.fch_gelu, N);
+        TRY(weight_grad(g, FP8_FCPROJ, l, g->dres, a.fch_gelu, N));
+        TRY(input_grad(g, FP8_FCPROJ, l, g->dact, g->dres, nullptr, N));
         swiglu_backward(g->d4C, g->dact, a.fch, N, F, s);
+        grad_operand(g, FP8_FC, l, g->d4C, nullptr, N);
         if (g->recompute >= 2)
             rmsnorm_forward(a.ln2, a.ln2_rstd, a.res2, P(g, P_LN2W, l), N, C, g->eps, s);
-        TRY(matmul_backward_weight(g->mm, G(g, P_FCW, l), g->d4C, a.ln2, N, C, g->FC));
-        TRY(matmul_backward_input(g->mm, g->dC, g->d4C, P(g, P_FCW, l), N, C, g->FC, nullptr));
+        input_operand(g, FP8_FC, l, a.ln2, N);
+        TRY(weight_grad(g, FP8_FC, l, g->d4C, a.ln2, N));
+        TRY(input_grad(g, FP8_FC, l, g->dC, g->d4C, nullptr, N));
         rmsnorm_backward(g->dres, G(g, P_LN2W, l), g->partial, g->dC, a.res2, P(g, P_LN2W, l),
                          a.ln2_rstd, N, C, s);
         /* attention */
-        TRY(matmul_backward_weight(g->mm, G(g, P_ATTPROJW, l), g->dres, a.atty, N, C, C));
-        TRY(matmul_backward_input(g->mm, g->dC, g->dres, P(g, P_ATTPROJW, l), N, C, C, nullptr));
+        grad_operand(g, FP8_ATTPROJ, l, g->dres, nullptr, N);
+        input_operand(g, FP8_ATTPROJ, l, a.atty, N);
+        TRY(weight_grad(g, FP8_ATTPROJ, l, g->dres, a.atty, N));
+        TRY(input_grad(g, FP8_ATTPROJ, l, g->dC, g->dres, nullptr, N));
         bf16 *dqkv = g->d4C;
         TRY(attn_status(attn_backward(g->attn, dqkv, g->dC, a.qkv, a.atty, a.lse, B, T, err,
                                       sizeof err), err));
         rope_rotate(dqkv, g->rope_cos, g->rope_sin, B, T, g->NH, g->NKV, HS, true, s);
+        grad_operand(g, FP8_QKV, l, dqkv, nullptr, N);
         if (g->recompute >= 2)
             rmsnorm_forward(a.ln1, a.ln1_rstd, res_in, P(g, P_LN1W, l), N, C, g->eps, s);
-        TRY(matmul_backward_weight(g->mm, G(g, P_QKVW, l), dqkv, a.ln1, N, C, g->QKV));
-        TRY(matmul_backward_input(g->mm, g->dC, dqkv, P(g, P_QKVW, l), N, C, g->QKV, nullptr));
+        input_operand(g, FP8_QKV, l, a.ln1, N);
+        TRY(weight_grad(g, FP8_QKV, l, dqkv, a.ln1, N));
+        TRY(input_grad(g, FP8_QKV, l, g->dC, dqkv, nullptr, N));
         rmsnorm_backward(g->dres, G(g, P_LN1W, l), g->partial, g->dC, res_in, P(g, P_LN1W, l),
                          a.ln1_rstd, N, C, s);
         if (reduce) TRY(reduce_bucket(g, l));
