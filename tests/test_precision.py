@@ -107,8 +107,9 @@ def test_fp8_llama_plan_counts_the_fp8_buffers():
     """With recompute 2 the bf16 activations of both precisions are the same,
     so the difference is exactly the FP8 buffers: E4M3 block weights and their
     transposes, three scratch operands as wide as the widest product operand
-    (here fc's 2F), each product input's transpose (per layer for the attention
-    projection only) and 3 x 4 x L scaling slots of 22 floats each."""
+    (here fc's 2F), one layer of each product input's transpose, 3 x 4 x L
+    scaling slots of 22 floats each, and the LM head's: its weight both ways,
+    one chunk of E5M2 logit gradients (all N rows here) and 3 x 4 slots."""
     c = Config(family=_lib.FAMILIES["llama"], max_seq_len=32, vocab_size=97, num_layers=2,
                num_heads=4, channels=64, num_kv_heads=2, ffn_hidden=176)
     L, C, F, N = 2, 64, 176, 2 * 32
@@ -116,9 +117,12 @@ def test_fp8_llama_plan_counts_the_fp8_buffers():
     bf16 = cuda_plan(c, recompute=2)
     fp8 = cuda_plan(c, recompute=2, precision="fp8")
     weights = L * (QKV * C + C * C + 2 * F * C + C * F)
-    inputs_T = L * N * C + N * (C + C + F)
-    slots = 3 * 4 * L
-    assert fp8 - bf16 == 2 * weights + 3 * N * 2 * F + inputs_T + slots * (1 + 4 + 1 + 16) * 4
+    inputs_T = N * (C + C + C + F)
+    slots = 3 * 4 * L + 3 * 4
+    Vp = 128  # the vocabulary, 97, padded to a multiple of 128
+    head = 2 * Vp * C + N * Vp
+    assert fp8 - bf16 == (2 * weights + 3 * N * 2 * F + inputs_T + head
+                          + slots * (1 + 4 + 1 + 16) * 4)
     # with less recomputed, FP8 keeps transposes of inputs where bf16 keeps bf16 norms and SwiGLU
     assert cuda_plan(c, precision="fp8") > cuda_plan(c, recompute=1, precision="fp8") > fp8
 

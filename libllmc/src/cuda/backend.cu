@@ -120,6 +120,13 @@ struct cuda_state {
     uint8_t *xT8[FP8_PRODUCTS] = {};
     size_t xT_stride[FP8_PRODUCTS] = {};
     bool xT_saved[FP8_PRODUCTS] = {};
+    /* The LM head's forward and input-gradient products when training: the
+     * head weight in E4M3 both ways, one chunk's logit gradients in E5M2, and
+     * their scales (slots of product 0), all set afresh, so nothing is saved:
+     * the final norm's output scaled from its own amax, the weight from its
+     * own, the gradients from their bound |softmax - onehot| * dloss <= dloss. */
+    fp8_scaling head_scaling;
+    uint8_t *head8 = nullptr, *headT8 = nullptr, *dlogits8 = nullptr;
 
     std::vector<void *> allocations;
     size_t bytes = 0;
@@ -133,6 +140,10 @@ const int PRODUCT_BIAS[FP8_PRODUCTS] = {P_QKVB, P_ATTPROJB, P_FCB, P_FCPROJB};
 const char *const PRODUCT_NAME[FP8_PRODUCTS] = {"qkv", "attention projection", "fc",
                                                 "fc projection"};
 int product_in(const cuda_state *g, int p) { return p == FP8_FCPROJ ? g->ACT : g->C; }
+/* Rows of logits the classifier computes at once. */
+size_t classifier_chunk(const cuda_state *g) {
+    return std::min<size_t>(g->Nmax, CLASSIFIER_CHUNK_ROWS);
+}
 int product_out(const cuda_state *g, int p) {
     return p == FP8_QKV ? g->QKV : p == FP8_FC ? g->FC : g->C;
 }
@@ -231,6 +242,15 @@ llmc_status plan_fp8(cuda_state *g) {
     TRY(alloc_n(g, &g->f8.descale, slots * FP8_DESCALE_STRIDE, "FP8 scales"));
     TRY(alloc_n(g, &g->f8.amax, slots, "FP8 scales"));
     TRY(alloc_n(g, &g->f8.history, slots * FP8_HISTORY, "FP8 scale history"));
+    fp8_scaling &h = g->head_scaling;
+    h.L = 1;
+    TRY(alloc_n(g, &h.scale, h.slots(), "FP8 scales"));
+    TRY(alloc_n(g, &h.descale, h.slots() * FP8_DESCALE_STRIDE, "FP8 scales"));
+    TRY(alloc_n(g, &h.amax, h.slots(), "FP8 scales"));
+    TRY(alloc_n(g, &h.history, h.slots() * FP8_HISTORY, "FP8 scale history"));
+    TRY(alloc_n(g, &g->head8, (size_t)g->Vp * g->C, "FP8 LM head"));
+    TRY(alloc_n(g, &g->headT8, (size_t)g->Vp * g->C, "FP8 LM head"));
+    TRY(alloc_n(g, &g->dlogits8, classifier_chunk(g) * g->Vp, "FP8 logit gradients"));
     return LLMC_OK;
 }
 
@@ -362,7 +382,7 @@ llmc_status plan(llmc_model *m, cuda_state *g) {
         TRY(alloc_n(g, &g->fch_gelu, gelu_layers * N * ACT, "activations (GELU)"));
     if (g->fp8) TRY(plan_fp8(g));
     /* at least two rows: logits() reuses it for one row of fp32 */
-    TRY(alloc_n(g, &g->logits, std::max<size_t>(2, std::min<size_t>(N, CLASSIFIER_CHUNK_ROWS)) * g->Vp,
+    TRY(alloc_n(g, &g->logits, std::max<size_t>(2, classifier_chunk(g)) * g->Vp,
                 "logits chunk"));
     TRY(alloc_n(g, &g->partial, PARTIAL_FLOATS(C), "reduction scratch"));
     TRY(alloc_n(g, &g->norm, 1, "scalars"));
@@ -371,7 +391,10 @@ llmc_status plan(llmc_model *m, cuda_state *g) {
     g->next.assign(g->Vp, 0);
     if (g->llama) TRY(rope_upload_table(g->rope_cos, g->rope_sin, &c, g->Tmax, g->stream));
 
-    if (g->fp8) fp8_reset(g->f8, g->stream);
+    if (g->fp8) {
+        fp8_reset(g->f8, g->stream);
+        fp8_reset(g->head_scaling, g->stream);
+    }
     char err[512] = "";
     TRY(attn_status(attn_create(&g->attn, g->Bmax, g->Tmax, g->NH, g->NKV, HS, g->stream, err,
                                 sizeof err), err));
@@ -585,6 +608,13 @@ void quantize_weights(cuda_state *g) {
                      IC, g->L, (size_t)OC * IC, (size_t)OC * IC, g->f8, first + p, false, nullptr,
                      nullptr, s);
     }
+    const fp8_scaling &h = g->head_scaling;
+    const int w = h.slot(FP8_W, 0, 0);
+    cudaMemsetAsync(h.amax + w, 0, sizeof(float), s);
+    fp8_amax(P(g, g->head), FP8_AS_IS, nullptr, g->Vp, g->C, 1, 0, h, w, s);
+    fp8_set_scales(h, w, 1, 1, false, s);
+    fp8_quantize(g->head8, g->headT8, P(g, g->head), FP8_AS_IS, nullptr, g->Vp, g->C, 1, 0, 0, h,
+                 w, false, nullptr, nullptr, s);
 }
 
 /* rows x cols of x, transformed (fp8.cuh), into out and/or outT for slot:
@@ -729,20 +759,49 @@ llmc_status forward(cuda_state *g, const int *tokens, int B, int T, bool trainin
  * backward, the gradient of x into dC and the classifier's into wte's
  * gradient), CLASSIFIER_CHUNK_ROWS rows of logits at a time. Every chunk
  * runs the matmul algorithm of a full one, so a row's loss does not depend on
- * the rows beside it (an eval scores a gather of rows). */
+ * the rows beside it (an eval scores a gather of rows).
+ * FP8 training runs the forward and input-gradient products in FP8 (see
+ * head_scaling); the weight gradient stays bf16 (in FP8 it would need both
+ * operands transposed, which costs about what it saves), and so do evals,
+ * whose rows must not depend on the rows beside them through a scale. */
 llmc_status classifier(cuda_state *g, const bf16 *lnf, const int *targets, float *losses, int N,
                        float dloss, bool backward) {
-    const int C = g->C, chunk = (int)std::min<size_t>(g->Nmax, CLASSIFIER_CHUNK_ROWS);
+    const int C = g->C, chunk = (int)classifier_chunk(g);
+    const bool fp8 = g->fp8 && backward;
+    const fp8_scaling &h = g->head_scaling;
+    const int xs = h.slot(FP8_X, 0, 0), ws = h.slot(FP8_W, 0, 0), gs = h.slot(FP8_G, 0, 0);
+    float grad8_scale = 0.0f;
+    if (fp8) {
+        CUDA_TRY(cudaMemsetAsync(h.amax + xs, 0, sizeof(float), g->stream));
+        fp8_amax(lnf, FP8_AS_IS, nullptr, N, C, 1, 0, h, xs, g->stream);
+        fp8_set_scales(h, xs, 1, 1, false, g->stream);
+        fp8_quantize(g->x8, nullptr, lnf, FP8_AS_IS, nullptr, N, C, 1, 0, 0, h, xs, false, nullptr,
+                     nullptr, g->stream);
+        int e = 0;  // the largest power of two with dloss * 2^e <= E5M2's largest finite value
+        if (dloss > 0.0f) frexpf(57344.0f / dloss, &e);
+        grad8_scale = ldexpf(1.0f, std::max(-126, std::min(126, e - 1)));
+        fp8_set_scale(h, gs, grad8_scale, g->stream);
+    }
     for (int r0 = 0; r0 < N; r0 += chunk) {
         const int rows = std::min(chunk, N - r0);
         const bf16 *x = lnf + (size_t)r0 * C;
-        TRY(matmul_forward(g->mm, g->logits, x, C, P(g, g->head), nullptr, rows, C, g->Vp, nullptr,
-                           chunk));
+        if (fp8)
+            TRY(matmul_forward_fp8(g->mm, g->logits, g->x8 + (size_t)r0 * C, g->head8,
+                                   h.descale_of(xs), h.descale_of(ws), nullptr, rows, C, g->Vp,
+                                   chunk));
+        else
+            TRY(matmul_forward(g->mm, g->logits, x, C, P(g, g->head), nullptr, rows, C, g->Vp,
+                               nullptr, chunk));
         crossentropy_forward_backward(g->logits, losses + r0, targets + r0, rows, g->V, g->Vp,
-                                      dloss, backward, g->stream);
+                                      dloss, backward, fp8 ? g->dlogits8 : nullptr, grad8_scale,
+                                      g->stream);
         if (!backward) continue;
-        TRY(matmul_backward_input(g->mm, g->dC + (size_t)r0 * C, g->logits, P(g, g->head), rows, C,
-                                  g->Vp, nullptr));
+        if (fp8)
+            TRY(matmul_backward_input_fp8(g->mm, g->dC + (size_t)r0 * C, g->dlogits8, g->headT8,
+                                          h.descale_of(gs), h.descale_of(ws), rows, C, g->Vp));
+        else
+            TRY(matmul_backward_input(g->mm, g->dC + (size_t)r0 * C, g->logits, P(g, g->head),
+                                      rows, C, g->Vp, nullptr));
         TRY(matmul_backward_weight(g->mm, G(g, g->head), g->logits, x, rows, C, g->Vp));
     }
     CUDA_CHECK_LAUNCH();
@@ -1034,7 +1093,7 @@ llmc_status cuda_logits(llmc_model *m, const int32_t *inputs, int B, int T, int 
     TRY(stage_batch(g, inputs, nullptr, N, nullptr));
     TRY(forward(g, g->tokens, B, T, false));
     /* fp32 logits in the bf16 chunk buffer: half as many rows at a time. */
-    const int chunk = (int)std::max<size_t>(2, std::min<size_t>(g->Nmax, CLASSIFIER_CHUNK_ROWS)) / 2;
+    const int chunk = (int)std::max<size_t>(2, classifier_chunk(g)) / 2;
     const int rows_total = last_only ? B : (int)N;
     const int stride = last_only ? T * C : C;  // between consecutive rows of lnf
     const bf16 *first = g->lnf + (last_only ? (size_t)(T - 1) * C : 0);

@@ -171,6 +171,11 @@ __global__ void set_scales_kernel(float *scale, float *descale, float *amax, flo
     descale[(size_t)slot * FP8_DESCALE_STRIDE] = ldexpf(1.0f, -e);
 }
 
+__global__ void set_scale_kernel(float *scale, float *descale, int slot, float value) {
+    scale[slot] = value;
+    descale[(size_t)slot * FP8_DESCALE_STRIDE] = 1.0f / value;
+}
+
 __global__ void reset_kernel(float *scale, float *descale, float *amax, float *history, int n) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
@@ -218,6 +223,10 @@ void fp8_amax(const bf16 *in, int transform, const bf16 *gelu_pre, int rows, int
     cast_kernel<true>(transform)<<<cast_grid(rows, cols, layers), CAST_THREADS, 0, st>>>(
         nullptr, nullptr, in, gelu_pre, rows, cols, in_stride, 0, s.scale, s.amax, nullptr,
         first_slot, true, false);
+}
+
+void fp8_set_scale(const fp8_scaling &s, int slot, float scale, cudaStream_t st) {
+    set_scale_kernel<<<1, 1, 0, st>>>(s.scale, s.descale, slot, scale);
 }
 
 void fp8_set_scales(const fp8_scaling &s, int first_slot, int count, int stride, bool delayed,

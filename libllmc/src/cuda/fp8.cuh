@@ -75,6 +75,8 @@ void fp8_quantize(void *out, void *outT, const bf16 *in, int transform, const bf
 void fp8_amax(const bf16 *in, int transform, const bf16 *gelu_pre, int rows, int cols,
               int layers, size_t in_stride, const fp8_scaling &s, int first_slot,
               cudaStream_t st);
+/* One slot's scale, a power of two, and its descale. */
+void fp8_set_scale(const fp8_scaling &s, int slot, float scale, cudaStream_t st);
 /* Scales of `count` slots (first_slot, first_slot + stride, ...):
  * delayed: amax joins the history, the scale follows the history's largest
  * value and amax is cleared; else the scale follows amax alone (kept). A slot

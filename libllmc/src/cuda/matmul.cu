@@ -362,11 +362,11 @@ llmc_status matmul_backward_weight(mm_ctx *ctx, float *dw, const bf16 *dout, con
  * cuBLASLt's periodic fp32 promotion. */
 llmc_status matmul_forward_fp8(mm_ctx *ctx, bf16 *out, const void *inp8, const void *w8,
                                const float *inp_descale, const float *w_descale, const bf16 *bias,
-                               int N, int IC, int OC) {
+                               int N, int IC, int OC, int plan_rows) {
     const Fp8Operands f8{CUDA_R_8F_E4M3, CUDA_R_8F_E4M3, w_descale, inp_descale, true};
-    return lt_matmul(ctx, out, CUDA_R_16BF, w8, inp8, OC, N, N, IC, true, false, IC, IC, OC, false,
-                     bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT, bias, nullptr, 0,
-                     &f8);
+    return lt_matmul(ctx, out, CUDA_R_16BF, w8, inp8, OC, N, plan_rows, IC, true, false, IC, IC, OC,
+                     false,
+                     bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT, bias, nullptr, 0, &f8);
 }
 
 /* dinp^T (IC, N) = wT8 (IC, OC) rows . dout8 (N, OC) rows. */

@@ -43,7 +43,7 @@ llmc_status matmul_backward_weight(mm_ctx *ctx, float *dw, const bf16 *dout, con
  * while reading those tensors anyway. */
 llmc_status matmul_forward_fp8(mm_ctx *ctx, bf16 *out, const void *inp8, const void *w8,
                                const float *inp_descale, const float *w_descale, const bf16 *bias,
-                               int N, int IC, int OC);
+                               int N, int IC, int OC, int plan_rows = 0);
 llmc_status matmul_backward_input_fp8(mm_ctx *ctx, bf16 *dinp, const void *dout8, const void *wT8,
                                       const float *dout_descale, const float *w_descale, int N,
                                       int IC, int OC);
