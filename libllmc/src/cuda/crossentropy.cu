@@ -77,7 +77,7 @@ __global__ void __launch_bounds__(CE_THREADS)
                 d = (p - (j == target ? 1.0f : 0.0f)) * dloss;
             }
             g.v[k] = __float2bfloat16(d);
-            q[k] = __nv_cvt_float_to_fp8(d * grad8_scale, __NV_SATFINITE, __NV_E5M2);
+            q[k] = __nv_cvt_float_to_fp8(d * grad8_scale, __NV_SATFINITE, __NV_E4M3);
         }
         store16(x + c, g);
         if (grad8) *reinterpret_cast<uint2 *>(grad8 + c) = *reinterpret_cast<uint2 *>(q);

@@ -88,7 +88,7 @@ void gelu_forward(bf16 *out, const bf16 *inp, size_t n, cudaStream_t s);
  * bf16 logits rows. losses[r] gets each row's loss (0 where target < 0). With
  * write_grad, the logits are overwritten by dloss * (softmax - onehot), zero in
  * padded columns and in ignored rows; with grad8 (may be NULL) that gradient
- * times grad8_scale is also written there as E5M2 (rows x Vp bytes). */
+ * times grad8_scale is also written there as E4M3 (rows x Vp bytes). */
 void crossentropy_forward_backward(bf16 *logits, float *losses, const int *targets, int rows,
                                    int V, int Vp, float dloss, int write_grad, uint8_t *grad8,
                                    float grad8_scale, cudaStream_t s);

@@ -372,8 +372,9 @@ llmc_status matmul_forward_fp8(mm_ctx *ctx, bf16 *out, const void *inp8, const v
 /* dinp^T (IC, N) = wT8 (IC, OC) rows . dout8 (N, OC) rows. */
 llmc_status matmul_backward_input_fp8(mm_ctx *ctx, bf16 *dinp, const void *dout8, const void *wT8,
                                       const float *dout_descale, const float *w_descale, int N,
-                                      int IC, int OC) {
-    const Fp8Operands f8{CUDA_R_8F_E4M3, CUDA_R_8F_E5M2, w_descale, dout_descale, false};
+                                      int IC, int OC, bool dout_e4m3) {
+    const Fp8Operands f8{CUDA_R_8F_E4M3, dout_e4m3 ? CUDA_R_8F_E4M3 : CUDA_R_8F_E5M2, w_descale,
+                         dout_descale, false};
     return lt_matmul(ctx, dinp, CUDA_R_16BF, wT8, dout8, IC, N, N, OC, true, false, OC, OC, IC,
                      false, CUBLASLT_EPILOGUE_DEFAULT, nullptr, nullptr, 0, &f8);
 }
