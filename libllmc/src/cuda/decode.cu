@@ -143,10 +143,13 @@ llmc_status cuda_cache_create(llmc_model *m, int S, int T, int R, void **out) {
     const size_t rows_words = 3 * (size_t)R + S, picks_words = (size_t)S * 2;
     const size_t host_words = rows_words + picks_words + (size_t)S * c->V;
     cudaError_t e = cudaMalloc(&c->mem, bytes);
-    if (e == cudaSuccess) e = cudaMallocHost(&c->host, host_words * 4);
     if (e != cudaSuccess) {
         release(c);
         return cuda_status(e, "key/value cache", __FILE__, __LINE__);
+    }
+    if ((e = cudaMallocHost(&c->host, host_words * 4)) != cudaSuccess) {
+        release(c);
+        return cuda_status(e, "page-locked host memory for the logits", __FILE__, __LINE__);
     }
     void *bufs[NUM_BUFFERS] = {};
     char *p = (char *)c->mem;
