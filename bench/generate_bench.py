@@ -7,6 +7,7 @@ sequence a random prompt of --prompt-len tokens followed by exactly
     python -m bench.generate_bench                      # GPU: d12 and d48, batch 1, 8, 64
     python -m bench.generate_bench --sizes llama-124m   # a Llama, against LlamaForCausalLM
     python -m bench.generate_bench --device cpu --sizes d12 --batches 1,8
+    python -m bench.generate_bench --no-peer            # llmc alone (A/B of two library builds)
 
 GPU: llmc (bf16 weights and cache, decode steps as CUDA graphs) against
 transformers in bf16 with its static cache, eager and compiled by generate
@@ -89,6 +90,14 @@ def bound_tokens_per_s(config, prompt_len, new_tokens, bandwidth, dtype_bytes):
     return bandwidth / ((weights + cache) * dtype_bytes)
 
 
+def peer_model(config, folder, device):
+    """transformers' model of folder/model.bin (exported to folder/hf)."""
+    hf.export_hf(os.path.join(folder, "model.bin"), os.path.join(folder, "hf"))
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    peer = transformers.LlamaForCausalLM if config.is_llama else transformers.GPT2LMHeadModel
+    return peer.from_pretrained(os.path.join(folder, "hf"), torch_dtype=dtype).to(device).eval()
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m bench.generate_bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -101,6 +110,7 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--bandwidth", type=float, default=4.8e12, help="bytes/s of device memory")
     ap.add_argument("--no-compile", action="store_true", help="skip transformers + torch.compile")
+    ap.add_argument("--no-peer", action="store_true", help="llmc's rows alone (no transformers)")
     args = ap.parse_args(argv)
     cuda = args.device == "cuda"
     sizes = (args.sizes or ("d12,d48" if cuda else "d12")).split(",")
@@ -114,13 +124,7 @@ def main(argv=None):
         with tempfile.TemporaryDirectory() as tmp:
             with pyllmc.Model.from_config(config, max_batch_size=1, max_seq_len=1, seed=1) as m:
                 m.save(os.path.join(tmp, "model.bin"))
-            hf.export_hf(os.path.join(tmp, "model.bin"), os.path.join(tmp, "hf"))
-            dtype = torch.bfloat16 if cuda else torch.float32
-
-            peer = (transformers.LlamaForCausalLM if config.is_llama
-                    else transformers.GPT2LMHeadModel)
-            theirs = peer.from_pretrained(os.path.join(tmp, "hf"),
-                                          torch_dtype=dtype).to(args.device).eval()
+            theirs = None if args.no_peer else peer_model(config, tmp, args.device)
             ours = pyllmc.Model.load(os.path.join(tmp, "model.bin"), device=args.device,
                                      max_batch_size=1, max_seq_len=64)  # training plan unused
         for batch in batches:
@@ -129,9 +133,10 @@ def main(argv=None):
             row = {"size": size, "batch": batch}
             row["llmc"] = tokens / best_time(llmc_runner(ours, prompts, args.new_tokens),
                                              args.repeats)
-            row["hf"] = tokens / best_time(hf_runner(theirs, prompts, args.new_tokens,
-                                                     args.device, compile=False), args.repeats)
-            if cuda and not args.no_compile:
+            if theirs is not None:
+                row["hf"] = tokens / best_time(hf_runner(theirs, prompts, args.new_tokens,
+                                                         args.device, compile=False), args.repeats)
+            if theirs is not None and cuda and not args.no_compile:
                 row["hf_compile"] = tokens / best_time(
                     hf_runner(theirs, prompts, args.new_tokens, args.device, compile=True),
                     args.repeats)
@@ -146,10 +151,11 @@ def main(argv=None):
 
 
 def print_row(row, flush=False):
-    best_hf = max(row["hf"], row.get("hf_compile", 0.0))
-    cells = [f"{row['size']:>4}", f"{row['batch']:>5}", f"{row['llmc']:>10.1f}", f"{row['hf']:>10.1f}",
+    best_hf = max(row.get("hf", 0.0), row.get("hf_compile", 0.0))
+    cells = [f"{row['size']:>4}", f"{row['batch']:>5}", f"{row['llmc']:>10.1f}",
+             f"{row['hf']:>10.1f}" if "hf" in row else f"{'-':>10}",
              f"{row['hf_compile']:>12.1f}" if "hf_compile" in row else f"{'-':>12}",
-             f"{row['llmc'] / best_hf:>8.2f}x"]
+             f"{row['llmc'] / best_hf:>8.2f}x" if best_hf else f"{'-':>9}"]
     if "bound" in row:
         cells.append(f"{row['bound']:>9.1f} ({row['llmc'] / row['bound']:.0%})")
     print(" | ".join(cells), flush=flush)

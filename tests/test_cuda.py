@@ -15,8 +15,11 @@ CUDA backend's bf16 activations and activation gradients alone. Tolerances:
   the same tolerances, determinism and resume.
 - generation (GPT-2 and Llama, tied and untied): 50 greedy tokens the CPU's, or a first
   divergence at a near-tie (CPU log-probability gap < 0.05), never before token 10; the
-  log-probabilities of every step up to it within 0.1 of the CPU's full forward; same seed,
-  same tokens; a sequence alone within 0.05 of its log-probabilities in a batch.
+  log-probabilities of every step up to it within 0.1 of the CPU's full forward, at batch
+  1, 2, 6 (gemv.cu's products, device argmax) and 11 (cuBLASLt's); same seed, same tokens;
+  a sequence alone within 0.05 of its log-probabilities in a batch; steps of up to 8 rows
+  bit-identical alone and in a batch, the host's argmax the device's; sampled tokens
+  (temperature, top-k, top-p) the CPU's for a seed in at least 4 of 6 sequences.
 """
 import numpy as np
 import pytest
@@ -609,10 +612,13 @@ def trained_pair(request):
     return cpu, gpu
 
 
-def test_greedy_generation_matches_cpu_or_diverges_at_a_near_tie(trained_pair):
+# steps of up to 8 rows run gemv.cu's products, larger ones cuBLASLt's
+@pytest.mark.parametrize("batch", [1, 2, 6, 11], ids=lambda b: f"batch{b}")
+def test_greedy_generation_matches_cpu_or_diverges_at_a_near_tie(trained_pair, batch):
     cpu, gpu = trained_pair
     rng = np.random.default_rng(4)
-    prompts = [rng.integers(0, cpu.config.vocab_size, size=n).tolist() for n in (1, 5, 12)]
+    lengths = [1, 12][:batch] + rng.integers(1, 13, size=batch - min(batch, 2)).tolist()
+    prompts = [rng.integers(0, cpu.config.vocab_size, size=n).tolist() for n in lengths]
     want, _ = cpu.generate(prompts, max_new_tokens=50, temperature=0, stop_token=None, logprobs=True)
     got, got_lp = gpu.generate(prompts, max_new_tokens=50, temperature=0, stop_token=None,
                                logprobs=True)
@@ -644,6 +650,55 @@ def test_generation_is_deterministic_and_graphs_replay_the_eager_step(trained_pa
         agree = next((j for j, (a, b) in enumerate(zip(alone[0], runs[0][0][i])) if a != b), 40)
         assert agree >= 10
         np.testing.assert_allclose(lp[0][:agree], runs[0][1][i][:agree], atol=0.05)
+
+
+def test_gemv_steps_are_batch_invariant_and_the_device_argmax_is_the_hosts(trained_pair):
+    """Prompts of one token (no prefill): every step runs gemv.cu, whose rows do not
+    depend on the others', and greedy picks on the device; so each sequence is bit for
+    bit the same alone or in a batch of 6. A sampled sequence in the batch sends its
+    greedy neighbours through the host's argmax on the same logits: the same tokens,
+    log-probabilities within float rounding. In a batch of 11 (cuBLASLt) the tokens
+    agree but for near-ties, the log-probabilities within bf16 rounding."""
+    _, gpu = trained_pair
+    firsts = [[t] for t in (3, 17, 1, 250, 99, 7, 42, 5, 11, 300, 64)]
+    greedy = dict(max_new_tokens=30, temperature=0, stop_token=None, logprobs=True)
+    alone = [gpu.generate([p], **greedy) for p in firsts[:6]]
+    batch6 = gpu.generate(firsts[:6], **greedy)
+    for i, (tokens, lp) in enumerate(alone):
+        assert batch6[0][i] == tokens[0]
+        assert np.array_equal(np.float32(batch6[1][i]), np.float32(lp[0])), i
+    from pyllmc.generate import Generator
+    with Generator(gpu, 6, 31) as gen:
+        settings = [gen.sampling(30, temperature=0, stop_token=None) for _ in range(5)]
+        settings.append(gen.sampling(30, temperature=0.8, seed=1, stop_token=None))
+        ids = gen.start(firsts[:6], settings)
+        events = gen.run(30)
+    for i in range(5):
+        mine = [(tok, lp) for seq, tok, lp, _ in events if seq == ids[i]]
+        assert [tok for tok, _ in mine] == alone[i][0][0]
+        np.testing.assert_allclose([lp for _, lp in mine], alone[i][1][0], atol=1e-4)
+    batch11 = gpu.generate(firsts, **greedy)
+    for i, (tokens, lp) in enumerate(alone):
+        same = next((j for j, (a, b) in enumerate(zip(tokens[0], batch11[0][i])) if a != b), 30)
+        assert same >= 10, (i, same)
+        np.testing.assert_allclose(batch11[1][i][:same], lp[0][:same], atol=0.05)
+
+
+@pytest.mark.parametrize("kw", [dict(temperature=0.7), dict(temperature=1.0, top_k=5),
+                                dict(temperature=0.9, top_p=0.8),
+                                dict(temperature=1.2, top_k=20, top_p=0.9)],
+                         ids=["temperature", "top-k", "top-p", "top-k-top-p"])
+def test_sampled_tokens_are_the_cpus_for_a_seed(trained_pair, kw):
+    """Sampled steps copy the logits into page-locked memory and sample on the host with
+    the CPU backend's rules and draws: on a trained model (clear-cut logits) most
+    sequences are the CPU's token for token; the others part at a draw that bf16's
+    rounding moves across a boundary."""
+    cpu, gpu = trained_pair
+    rng = np.random.default_rng(6)
+    prompts = [rng.integers(0, cpu.config.vocab_size, size=n).tolist() for n in (1, 3, 7, 2, 9, 4)]
+    run = dict(max_new_tokens=20, seed=12, stop_token=None, **kw)
+    want, got = cpu.generate(prompts, **run), gpu.generate(prompts, **run)
+    assert sum(w == g for w, g in zip(want, got)) >= 4, (want, got)
 
 
 # 64 layers of 2^24 cached positions; GPT-2: 128 channels x 2 (k, v) x 2 bytes each, 550 GB in

@@ -407,7 +407,14 @@ LLMC_API size_t llmc_memory_bytes(const llmc_model *model); /* 0 for NULL */
  * sequence's seed and the token's index, so a sequence's tokens depend on
  * its prompt, sampling settings and seed alone, not on what else runs in
  * the batch (up to the rounding of batched products: a near-tie between two
- * tokens can go either way between batch shapes).
+ * tokens can go either way between batch shapes; on CUDA, steps of up to 8
+ * sequences round alike whatever the batch).
+ *
+ * On CUDA, a step whose sequences are all greedy picks its tokens on the
+ * device (only tokens and log-probabilities come back): the same argmax
+ * (the lowest id on a tie) as the host's for finite logits, the
+ * log-probability the same up to float rounding; any sampled sequence in
+ * the step sends every row's logits to the host, sampled there.
  *
  * A generator uses its model (the weights at each call: changing them in
  * between leaves the cache holding keys of the old weights) and must be

@@ -42,9 +42,11 @@ struct llmc_generator {
     int32_t *pending;   /* newest token, next step's input */
     int32_t *generated; /* tokens sampled so far */
     llmc_sampling *sampling;
-    /* one forward's rows (R) and the logits of a step's rows (S, V) */
+    /* one forward's rows (R) and the logits of a step's rows (S, V): the
+     * backend's host_logits, or owned (own_logits) */
     int32_t *row_slot, *row_pos, *row_token, *out_rows;
     float *logits;
+    int own_logits;
     /* sampling scratch, V of each per thread */
     int32_t *order;
     float *weights;
@@ -272,7 +274,7 @@ static void free_locked(llmc_generator *g) {
     free(g->row_pos);
     free(g->row_token);
     free(g->out_rows);
-    free(g->logits);
+    if (g->own_logits) free(g->logits);
     free(g->order);
     free(g->weights);
     free(g);
@@ -299,11 +301,10 @@ static llmc_status create_locked(llmc_model *m, int S, int T, llmc_generator **o
     g->row_pos = calloc(R, sizeof(int32_t));
     g->row_token = calloc(R, sizeof(int32_t));
     g->out_rows = calloc(S, sizeof(int32_t));
-    g->logits = calloc((size_t)S * V, sizeof(float));
     g->order = calloc((size_t)threads * V, sizeof(int32_t));
     g->weights = calloc((size_t)threads * V, sizeof(float));
     if (!g->live || !g->len || !g->pending || !g->generated || !g->sampling || !g->row_slot ||
-        !g->row_pos || !g->row_token || !g->out_rows || !g->logits || !g->order || !g->weights) {
+        !g->row_pos || !g->row_token || !g->out_rows || !g->order || !g->weights) {
         free_locked(g);
         return llmc_error(LLMC_ERR_OUT_OF_MEMORY, "out of host memory for a generator");
     }
@@ -312,6 +313,12 @@ static llmc_status create_locked(llmc_model *m, int S, int T, llmc_generator **o
         g->cache = NULL;
         free_locked(g);
         return st;
+    }
+    g->own_logits = ops->host_logits == NULL;
+    g->logits = g->own_logits ? calloc((size_t)S * V, sizeof(float)) : ops->host_logits(g->cache);
+    if (g->logits == NULL) {
+        free_locked(g);
+        return llmc_error(LLMC_ERR_OUT_OF_MEMORY, "out of host memory for a generator's logits");
     }
     *out = g;
     return LLMC_OK;
@@ -418,22 +425,8 @@ llmc_status llmc_generator_start(llmc_generator *g, int n, const int32_t *tokens
     LOCKED(g->model, llmc_status, start_locked(g, n, tokens, lengths, sampling, ids_out));
 }
 
-/* One step over the k live slots: a forward of their pending tokens, then
- * one sampled token (and event) each. */
-static llmc_status step(llmc_generator *g, int k, llmc_token_event *events) {
-    int r = 0;
-    for (int s = 0; s < g->S; s++) {
-        if (!g->live[s]) continue;
-        g->row_slot[r] = s;
-        g->row_pos[r] = g->len[s];
-        g->row_token[r] = g->pending[s];
-        g->out_rows[r] = r;
-        r++;
-    }
-    llmc_status st = g->model->backend->decode->forward(g->model, g->cache, k, g->row_slot,
-                                                         g->row_pos, g->row_token, k, g->out_rows,
-                                                         g->logits);
-    if (st != LLMC_OK) return st;
+/* The host's sampling of a step's k rows of logits (g->logits). */
+static void sample_rows(llmc_generator *g, int k, llmc_token_event *events) {
     const int V = g->V;
     /* no more threads than the rows, the scratch, or the caller's OpenMP
      * setting (the CPU backend's num_threads) */
@@ -448,6 +441,10 @@ static llmc_status step(llmc_generator *g, int k, llmc_token_event *events) {
                                      g->weights + (size_t)t * V, &logprob);
         events[i] = (llmc_token_event){.sequence = s, .token = token, .logprob = logprob};
     }
+}
+
+/* The step's tokens become the slots' pending ones; sequences that end stop. */
+static void finish_step(llmc_generator *g, int k, llmc_token_event *events) {
     for (int i = 0; i < k; i++) {
         const int s = g->row_slot[i];
         const llmc_sampling *sp = &g->sampling[s];
@@ -460,6 +457,33 @@ static llmc_status step(llmc_generator *g, int k, llmc_token_event *events) {
                                                                     : LLMC_FINISH_NONE;
         if (events[i].finish != LLMC_FINISH_NONE) g->live[s] = 0;
     }
+}
+
+/* One step over the k live slots: a forward of their pending tokens, then
+ * one sampled token (and event) each. When every row is greedy and the
+ * backend picks greedy tokens itself (CUDA: on the device), only the tokens
+ * and their log-probabilities come back, not the logits. */
+static llmc_status step(llmc_generator *g, int k, llmc_token_event *events) {
+    const llmc_decode_ops *ops = g->model->backend->decode;
+    int r = 0, greedy = ops->greedy != NULL;
+    for (int s = 0; s < g->S; s++) {
+        if (!g->live[s]) continue;
+        g->row_slot[r] = s;
+        g->row_pos[r] = g->len[s];
+        g->row_token[r] = g->pending[s];
+        g->out_rows[r] = r;
+        greedy &= g->sampling[s].temperature == 0.0f;
+        r++;
+    }
+    llmc_status st = ops->forward(g->model, g->cache, k, g->row_slot, g->row_pos, g->row_token, k,
+                                  g->out_rows, greedy ? NULL : g->logits);
+    if (st == LLMC_OK && greedy) st = ops->greedy(g->model, g->cache, k, events);
+    if (st != LLMC_OK) return st;
+    if (greedy)
+        for (int i = 0; i < k; i++) events[i].sequence = g->row_slot[i];
+    else
+        sample_rows(g, k, events);
+    finish_step(g, k, events);
     return LLMC_OK;
 }
 

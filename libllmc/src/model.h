@@ -59,10 +59,21 @@ typedef struct llmc_decode_ops {
      * attends over positions 0..pos[i] of its slot (earlier calls' rows or
      * this call's); rows of one slot come in position order. The logits
      * (vocab_size floats) of rows out_rows[0..n_out) go to consecutive rows
-     * of logits (host memory). */
+     * of logits (host memory). With `greedy`, logits may be NULL: they stay
+     * in the backend for the call to greedy that must follow. */
     llmc_status (*forward)(llmc_model *m, void *cache, int n, const int32_t *slot,
                            const int32_t *pos, const int32_t *tokens, int n_out,
                            const int32_t *out_rows, float *logits);
+    /* Optional (NULL: the generator allocates its own). Host memory for the
+     * logits of S rows (S x vocab_size floats), owned by the cache, that
+     * forward copies into fastest (CUDA: page-locked). */
+    float *(*host_logits)(void *cache);
+    /* Optional (NULL: every row is sampled on the host). After a forward of
+     * n_out logit rows given logits NULL: events[i].token = row i's argmax
+     * (the lowest id on a tie, as generate.c's sample() for finite logits)
+     * and events[i].logprob its log-probability (sample()'s formula, float
+     * rounding apart), i < n_out. */
+    llmc_status (*greedy)(llmc_model *m, void *cache, int n_out, llmc_token_event *events);
 } llmc_decode_ops;
 
 struct llmc_model {

@@ -74,6 +74,12 @@ __device__ __forceinline__ void residual_add_row(bf16 *res_out, const bf16 *res_
     __syncwarp();
 }
 
+/* GELU, the tanh form GPT-2 uses. */
+__device__ __forceinline__ float gelu_tanh(float v) {
+    const float k = 0.7978845608028654f;  // sqrt(2 / pi)
+    return 0.5f * v * (1.0f + tanhf(k * (v + 0.044715f * v * v * v)));
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xFFFFFFFFu, v, o);
     return v;

@@ -9,12 +9,17 @@
  * rows runs as a CUDA graph, captured the second time n is seen (the first
  * run picks and times the products' algorithms, which cannot happen inside
  * a capture); only the rows' slots, positions and tokens are uploaded
- * before it, and the logits copied back after. Prefill chunks run eagerly.
+ * before it, and the logits copied back after (into page-locked memory, the
+ * generator's logits buffer: host_logits), or for a greedy step only each
+ * row's argmax and log-probability (greedy.cu). Prefill chunks run eagerly.
+ * Products of steps of up to GEMV_MAX_ROWS rows run through gemv.cu, which
+ * streams each weight once for all rows; larger ones through cuBLASLt.
  *
  * Memory, planned and checked against the free device memory at creation:
  * every layer's keys and values for S slots of T positions (NKV heads),
  * the activations of R rows, the fp32 logits of S rows and, for Llama,
- * RoPE's table of T positions.
+ * RoPE's table of T positions; page-locked host memory for the rows'
+ * metadata, the greedy picks and the logits of S rows.
  */
 #include <cstring>
 #include <new>
@@ -30,8 +35,10 @@ namespace {
 
 struct cuda_cache;
 /* A family's forward of n rows (metadata already on the device), with the
- * logits of n_out rows. */
-typedef llmc_status (*decode_forward_fn)(cuda_cache *c, const cuda_weights &w, int n, int n_out);
+ * logits of n_out rows; in_order: those are rows 0..n_out-1 (a step), read
+ * in place. */
+typedef llmc_status (*decode_forward_fn)(cuda_cache *c, const cuda_weights &w, int n, int n_out,
+                                         bool in_order);
 
 struct cuda_cache {
     int S, T, R, L, C, NH, NKV, hs, V, Vp;
@@ -46,7 +53,12 @@ struct cuda_cache {
     float *mean, *rstd, *logits;     // (R) (GPT-2), (R), (S, Vp)
     int *rows;                       // slot, pos, token (R each), out_rows (S)
     float *rope_cos, *rope_sin;      // Llama: (T, hs/2)
-    int *rows_host = nullptr;        // pinned staging of rows
+    greedy_pick *picks;              // (S)
+    void *host = nullptr;            // page-locked: rows_host, picks_host, logits_host
+    int *rows_host;                  // staging of rows (3R + S)
+    greedy_pick *picks_host;         // (S)
+    float *logits_host;              // (S, V): the generator's logits (host_logits)
+    bool in_flight = false;          // a forward's work left for greedy to wait for
     std::vector<cudaGraphExec_t> graphs;  // per step size n (1..S): captured graph
     std::vector<char> seen;               // per n: ran once eagerly
 };
@@ -54,7 +66,7 @@ struct cuda_cache {
 /* Buffers in allocation order (the order of cuda_cache's pointers), bytes
  * each (256-byte aligned); a family's unused buffers take 0 bytes. */
 enum { B_KEYS, B_VALUES, B_X, B_LN, B_QKV, B_ATTY, B_BRANCH, B_FCH, B_FCH_ACT, B_MEAN, B_RSTD,
-       B_LOGITS, B_ROWS, B_ROPE_COS, B_ROPE_SIN, NUM_BUFFERS };
+       B_LOGITS, B_ROWS, B_ROPE_COS, B_ROPE_SIN, B_PICKS, NUM_BUFFERS };
 struct Layout {
     size_t bytes[NUM_BUFFERS];
 };
@@ -70,7 +82,7 @@ Layout layout(const llmc_model *m, int S, int T, int R) {
     const size_t rope = llama ? (size_t)T * (hs / 2) * sizeof(float) : 0;
     return {{kv, kv, row * C, row * C, row * QKV, row * C, row * C, row * FC, row * ACT,
              llama ? 0 : stats, stats, (size_t)S * Vp * sizeof(float),
-             (3 * (size_t)R + S) * sizeof(int), rope, rope}};
+             (3 * (size_t)R + S) * sizeof(int), rope, rope, (size_t)S * sizeof(greedy_pick)}};
 }
 
 size_t aligned(size_t b) { return (b + 255) & ~(size_t)255; }
@@ -89,13 +101,15 @@ llmc_status cuda_cache_plan_bytes(const llmc_model *m, int S, int T, int R, size
 void release(cuda_cache *c) {
     for (cudaGraphExec_t g : c->graphs)
         if (g) cudaGraphExecDestroy(g);
-    if (c->rows_host) cudaFreeHost(c->rows_host);
+    if (c->host) cudaFreeHost(c->host);
     cudaFree(c->mem);
     delete c;
 }
 
-llmc_status gpt2_decode_forward(cuda_cache *c, const cuda_weights &w, int n, int n_out);
-llmc_status llama_decode_forward(cuda_cache *c, const cuda_weights &w, int n, int n_out);
+llmc_status gpt2_decode_forward(cuda_cache *c, const cuda_weights &w, int n, int n_out,
+                                bool in_order);
+llmc_status llama_decode_forward(cuda_cache *c, const cuda_weights &w, int n, int n_out,
+                                 bool in_order);
 
 llmc_status cuda_cache_create(llmc_model *m, int S, int T, int R, void **out) {
     cuda_weights w;
@@ -125,11 +139,17 @@ llmc_status cuda_cache_create(llmc_model *m, int S, int T, int R, void **out) {
         delete c;
         return llmc_error(LLMC_ERR_OUT_OF_MEMORY, "out of host memory");
     }
+    /* host: 4-byte words all (ints, then picks, then floats) */
+    const size_t rows_words = 3 * (size_t)R + S, picks_words = (size_t)S * 2;
+    const size_t host_words = rows_words + picks_words + (size_t)S * c->V;
     cudaError_t e = cudaMalloc(&c->mem, bytes);
-    if (e == cudaSuccess) e = cudaMallocHost(&c->rows_host, (3 * (size_t)R + S) * sizeof(int));
     if (e != cudaSuccess) {
         release(c);
         return cuda_status(e, "key/value cache", __FILE__, __LINE__);
+    }
+    if ((e = cudaMallocHost(&c->host, host_words * 4)) != cudaSuccess) {
+        release(c);
+        return cuda_status(e, "page-locked host memory for the logits", __FILE__, __LINE__);
     }
     void *bufs[NUM_BUFFERS] = {};
     char *p = (char *)c->mem;
@@ -144,6 +164,10 @@ llmc_status cuda_cache_create(llmc_model *m, int S, int T, int R, void **out) {
     c->mean = (float *)bufs[B_MEAN], c->rstd = (float *)bufs[B_RSTD];
     c->logits = (float *)bufs[B_LOGITS], c->rows = (int *)bufs[B_ROWS];
     c->rope_cos = (float *)bufs[B_ROPE_COS], c->rope_sin = (float *)bufs[B_ROPE_SIN];
+    c->picks = (greedy_pick *)bufs[B_PICKS];
+    c->rows_host = (int *)c->host;
+    c->picks_host = (greedy_pick *)(c->rows_host + rows_words);
+    c->logits_host = (float *)(c->rows_host + rows_words + picks_words);
     if (llmc_is_llama(cf)) {
         const llmc_status st = rope_upload_table(c->rope_cos, c->rope_sin, cf, T, w.stream);
         if (st != LLMC_OK) {
@@ -185,70 +209,84 @@ void cached_attention(cuda_cache *c, const Rows &r, int l, int n, cudaStream_t s
                      s);
 }
 
+/* out (n, OC) = inp @ weight^T + bias (NULL: none), GELU of it with gelu:
+ * gemv.cu for steps of few rows, else cuBLASLt (its GELU epilogue saves the
+ * pre-activation, into c->fch). */
+llmc_status linear(cuda_cache *c, const cuda_weights &w, bf16 *out, const bf16 *inp,
+                   const bf16 *weight, const bf16 *bias, int n, int IC, int OC, bool gelu) {
+    if (gemv_fits(n, IC, inp, weight)) {
+        gemv_forward(out, inp, weight, bias, n, IC, OC, gelu, w.stream);
+        return LLMC_OK;
+    }
+    return matmul_forward(w.mm, out, inp, IC, weight, bias, n, IC, OC, gelu ? c->fch : nullptr);
+}
+
 /* fp32 logits of rows r.out[0..n_out) of the final norm's output (c->ln),
- * gathered into c->atty (free by then), through the LM head. */
-llmc_status head_logits(cuda_cache *c, const cuda_weights &w, const Rows &r, int n_out) {
+ * gathered into c->atty (free by then) unless in_order, through the LM head. */
+llmc_status head_logits(cuda_cache *c, const cuda_weights &w, const Rows &r, int n_out,
+                        bool in_order) {
     if (n_out > 0) {
-        gather_rows(c->atty, c->ln, r.out, n_out, c->C, w.stream);
-        TRY(matmul_forward_fp32(w.mm, c->logits, c->atty, c->C, W(w, c->head), n_out, c->C,
-                                c->Vp));
+        const bf16 *inp = in_order ? c->ln : c->atty, *head = W(w, c->head);
+        if (!in_order) gather_rows(c->atty, c->ln, r.out, n_out, c->C, w.stream);
+        if (gemv_fits(n_out, c->C, inp, head))
+            gemv_forward_fp32(c->logits, inp, head, n_out, c->C, c->Vp, w.stream);
+        else
+            TRY(matmul_forward_fp32(w.mm, c->logits, inp, c->C, head, n_out, c->C, c->Vp));
     }
     CUDA_CHECK_LAUNCH();
     return LLMC_OK;
 }
 
 /* GPT-2: learned positions, pre-LayerNorm blocks, tied LM head. */
-llmc_status gpt2_decode_forward(cuda_cache *c, const cuda_weights &w, int n, int n_out) {
+llmc_status gpt2_decode_forward(cuda_cache *c, const cuda_weights &w, int n, int n_out,
+                                bool in_order) {
     const int C = c->C, L = c->L;
     cudaStream_t s = w.stream;
     const Rows r = rows_of(c);
     decode_embed(c->x, r.tok, r.pos, W(w, P_WTE), W(w, P_WPE), n, C, s);
     layernorm_forward(c->ln, c->mean, c->rstd, c->x, W(w, P_LN1W), W(w, P_LN1B), n, C, s);
     for (int l = 0; l < L; l++) {
-        TRY(matmul_forward(w.mm, c->qkv, c->ln, C, W(w, P_QKVW, l), W(w, P_QKVB, l), n, C, 3 * C,
-                           nullptr));
+        TRY(linear(c, w, c->qkv, c->ln, W(w, P_QKVW, l), W(w, P_QKVB, l), n, C, 3 * C, false));
         cached_attention(c, r, l, n, s);
-        TRY(matmul_forward(w.mm, c->branch, c->atty, C, W(w, P_ATTPROJW, l), W(w, P_ATTPROJB, l),
-                           n, C, C, nullptr));
+        TRY(linear(c, w, c->branch, c->atty, W(w, P_ATTPROJW, l), W(w, P_ATTPROJB, l), n, C, C,
+                   false));
         residual_layernorm_forward(c->x, c->ln, c->mean, c->rstd, c->x, c->branch, W(w, P_LN2W, l),
                                    W(w, P_LN2B, l), n, C, s);
-        TRY(matmul_forward(w.mm, c->fch_act, c->ln, C, W(w, P_FCW, l), W(w, P_FCB, l), n, C,
-                           4 * C, c->fch));
-        TRY(matmul_forward(w.mm, c->branch, c->fch_act, 4 * C, W(w, P_FCPROJW, l),
-                           W(w, P_FCPROJB, l), n, 4 * C, C, nullptr));
+        TRY(linear(c, w, c->fch_act, c->ln, W(w, P_FCW, l), W(w, P_FCB, l), n, C, 4 * C, true));
+        TRY(linear(c, w, c->branch, c->fch_act, W(w, P_FCPROJW, l), W(w, P_FCPROJB, l), n, 4 * C,
+                   C, false));
         const bool last = l + 1 == L;
         residual_layernorm_forward(c->x, c->ln, c->mean, c->rstd, c->x, c->branch,
                                    last ? W(w, P_LNFW) : W(w, P_LN1W, l + 1),
                                    last ? W(w, P_LNFB) : W(w, P_LN1B, l + 1), n, C, s);
     }
-    return head_logits(c, w, r, n_out);
+    return head_logits(c, w, r, n_out, in_order);
 }
 
 /* Llama, as backend.cu's llama_forward: RMSNorm, no biases, RoPE on the new
  * rows' q and k at their own positions before the keys enter the cache,
  * grouped-query attention, SwiGLU, the output layer or (tied) wte as head. */
-llmc_status llama_decode_forward(cuda_cache *c, const cuda_weights &w, int n, int n_out) {
+llmc_status llama_decode_forward(cuda_cache *c, const cuda_weights &w, int n, int n_out,
+                                 bool in_order) {
     const int C = c->C, L = c->L, F = c->F, QKV = (c->NH + 2 * c->NKV) * c->hs;
     cudaStream_t s = w.stream;
     const Rows r = rows_of(c);
     gather_rows(c->x, W(w, P_WTE), r.tok, n, C, s);
     rmsnorm_forward(c->ln, c->rstd, c->x, W(w, P_LN1W), n, C, c->eps, s);
     for (int l = 0; l < L; l++) {
-        TRY(matmul_forward(w.mm, c->qkv, c->ln, C, W(w, P_QKVW, l), nullptr, n, C, QKV, nullptr));
+        TRY(linear(c, w, c->qkv, c->ln, W(w, P_QKVW, l), nullptr, n, C, QKV, false));
         rope_rotate_at(c->qkv, c->rope_cos, c->rope_sin, r.pos, n, c->NH, c->NKV, c->hs, s);
         cached_attention(c, r, l, n, s);
-        TRY(matmul_forward(w.mm, c->branch, c->atty, C, W(w, P_ATTPROJW, l), nullptr, n, C, C,
-                           nullptr));
+        TRY(linear(c, w, c->branch, c->atty, W(w, P_ATTPROJW, l), nullptr, n, C, C, false));
         residual_rmsnorm_forward(c->x, c->ln, c->rstd, c->x, c->branch, W(w, P_LN2W, l), n, C,
                                  c->eps, s);
-        TRY(matmul_forward(w.mm, c->fch, c->ln, C, W(w, P_FCW, l), nullptr, n, C, 2 * F, nullptr));
+        TRY(linear(c, w, c->fch, c->ln, W(w, P_FCW, l), nullptr, n, C, 2 * F, false));
         swiglu_forward(c->fch_act, c->fch, n, F, s);
-        TRY(matmul_forward(w.mm, c->branch, c->fch_act, F, W(w, P_FCPROJW, l), nullptr, n, F, C,
-                           nullptr));
+        TRY(linear(c, w, c->branch, c->fch_act, W(w, P_FCPROJW, l), nullptr, n, F, C, false));
         residual_rmsnorm_forward(c->x, c->ln, c->rstd, c->x, c->branch,
                                  l + 1 == L ? W(w, P_LNFW) : W(w, P_LN1W, l + 1), n, C, c->eps, s);
     }
-    return head_logits(c, w, r, n_out);
+    return head_logits(c, w, r, n_out, in_order);
 }
 
 /* A step of n rows through its graph: captured on the second sight of n. */
@@ -259,11 +297,11 @@ llmc_status run_step(cuda_cache *c, const cuda_weights &w, int n) {
     }
     if (!c->seen[n]) {
         c->seen[n] = 1;
-        return c->forward(c, w, n, n);
+        return c->forward(c, w, n, n, true);
     }
     cudaGraph_t graph = nullptr;
     CUDA_TRY(cudaStreamBeginCapture(w.stream, cudaStreamCaptureModeThreadLocal));
-    llmc_status st = c->forward(c, w, n, n);
+    llmc_status st = c->forward(c, w, n, n, true);
     cudaError_t e = cudaStreamEndCapture(w.stream, &graph);
     if (st != LLMC_OK) {
         if (graph) cudaGraphDestroy(graph);
@@ -285,6 +323,10 @@ llmc_status cuda_cache_forward(llmc_model *m, void *cache, int n, const int32_t 
     cuda_cache *c = (cuda_cache *)cache;
     cuda_weights w;
     TRY(cuda_decode_weights(m, &w));
+    if (c->in_flight) {  // a forward whose greedy never came: its upload may still read h
+        c->in_flight = false;
+        CUDA_TRY(cudaStreamSynchronize(w.stream));
+    }
     int *h = c->rows_host;
     memcpy(h, slot, n * sizeof(int));
     memcpy(h + c->R, pos, n * sizeof(int));
@@ -294,11 +336,34 @@ llmc_status cuda_cache_forward(llmc_model *m, void *cache, int n, const int32_t 
                              cudaMemcpyHostToDevice, w.stream));
     bool step = n_out == n;
     for (int i = 0; i < n_out && step; i++) step = out_rows[i] == i;
-    TRY(step ? run_step(c, w, n) : c->forward(c, w, n, n_out));
+    TRY(step ? run_step(c, w, n) : c->forward(c, w, n, n_out, false));
+    if (n_out > 0 && logits == nullptr) {  // greedy() follows and waits
+        c->in_flight = true;
+        return LLMC_OK;
+    }
     if (n_out > 0)
         CUDA_TRY(cudaMemcpy2DAsync(logits, c->V * sizeof(float), c->logits, c->Vp * sizeof(float),
                                    c->V * sizeof(float), n_out, cudaMemcpyDeviceToHost, w.stream));
     CUDA_TRY(cudaStreamSynchronize(w.stream));
+    return LLMC_OK;
+}
+
+float *cuda_cache_host_logits(void *cache) { return ((cuda_cache *)cache)->logits_host; }
+
+llmc_status cuda_cache_greedy(llmc_model *m, void *cache, int n_out, llmc_token_event *events) {
+    cuda_cache *c = (cuda_cache *)cache;
+    cuda_weights w;
+    TRY(cuda_decode_weights(m, &w));
+    c->in_flight = false;
+    greedy_rows(c->picks, c->logits, n_out, c->V, c->Vp, w.stream);
+    CUDA_CHECK_LAUNCH();
+    CUDA_TRY(cudaMemcpyAsync(c->picks_host, c->picks, n_out * sizeof(greedy_pick),
+                             cudaMemcpyDeviceToHost, w.stream));
+    CUDA_TRY(cudaStreamSynchronize(w.stream));
+    for (int i = 0; i < n_out; i++) {
+        events[i].token = c->picks_host[i].token;
+        events[i].logprob = c->picks_host[i].logprob;
+    }
     return LLMC_OK;
 }
 
@@ -309,4 +374,6 @@ const llmc_decode_ops cuda_decode_ops = {
     cuda_cache_create,
     cuda_cache_destroy,
     cuda_cache_forward,
+    cuda_cache_host_logits,
+    cuda_cache_greedy,
 };

@@ -1,6 +1,7 @@
 /*
  * decode.cuh: generation on the CUDA backend: what decode.cu takes from
- * backend.cu, and the key/value cache kernels (kvcache.cu).
+ * backend.cu, the key/value cache kernels (kvcache.cu) and the greedy
+ * choice (greedy.cu).
  */
 #ifndef LLMC_CUDA_DECODE_CUH
 #define LLMC_CUDA_DECODE_CUH
@@ -34,5 +35,13 @@ void kv_store(bf16 *keys, bf16 *values, const bf16 *qkv, const int *slot, const 
 void attention_cached(bf16 *out, const bf16 *qkv, const bf16 *keys, const bf16 *values,
                       const int *slot, const int *pos, int n, int NH, int NKV, int hs, int T,
                       cudaStream_t s);
+
+/* greedy.cu: for each of n rows of logits (Vp apart, the first V counted):
+ * the argmax (the lowest id on a tie) and its log-probability. */
+struct greedy_pick {
+    int token;
+    float logprob;
+};
+void greedy_rows(greedy_pick *out, const float *logits, int n, int V, int Vp, cudaStream_t s);
 
 #endif

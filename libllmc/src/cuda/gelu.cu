@@ -8,12 +8,8 @@
 __global__ void gelu_forward_kernel(bf16 *out, const bf16 *inp, size_t n) {
     size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * 8;
     if (i >= n) return;
-    const float k = 0.7978845608028654f;  // sqrt(2 / pi)
     Vec16<bf16> x = load16(inp + i), y;
-    for (int j = 0; j < 8; j++) {
-        float v = __bfloat162float(x.v[j]);
-        y.v[j] = __float2bfloat16(0.5f * v * (1.0f + tanhf(k * (v + 0.044715f * v * v * v))));
-    }
+    for (int j = 0; j < 8; j++) y.v[j] = __float2bfloat16(gelu_tanh(__bfloat162float(x.v[j])));
     store16(out + i, y);
 }
 

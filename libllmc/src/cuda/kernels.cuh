@@ -81,6 +81,20 @@ void add_partials(float *out0, float *out1, const float *partial, int rows, int 
 /* reduce.cu: dbias += column sums of dout (N, OC). */
 void bias_backward(float *dbias, float *partial, const bf16 *dout, int N, int OC, cudaStream_t s);
 
+/* gemv.cu: out (n, OC) = inp (n, IC) @ w^T (+ bias, NULL for none; GELU of the
+ * sum with gelu), fp32 sums, for decode steps of n <= GEMV_MAX_ROWS rows: w is
+ * streamed once for all n rows (a step of few tokens is bound by reading the
+ * weights). A row's result is bit for bit the same whatever the other rows
+ * (n = 1..8). Only where gemv_fits: IC a multiple of 8, inp and w 16-byte
+ * aligned (otherwise cuBLASLt, matmul.cuh). */
+#define GEMV_MAX_ROWS 8
+bool gemv_fits(int n, int IC, const void *inp, const void *w);
+void gemv_forward(bf16 *out, const bf16 *inp, const bf16 *w, const bf16 *bias, int n, int IC,
+                  int OC, bool gelu, cudaStream_t s);
+/* The same, fp32 out, no bias (the LM head's logits). */
+void gemv_forward_fp32(float *out, const bf16 *inp, const bf16 *w, int n, int IC, int OC,
+                       cudaStream_t s);
+
 /* gelu.cu: GELU (tanh form), for recomputing the MLP activation in backward. */
 void gelu_forward(bf16 *out, const bf16 *inp, size_t n, cudaStream_t s);
 

@@ -1,0 +1,153 @@
+/*
+ * gemv.cu: the linear layers of decode steps of few rows (kernels.cuh,
+ * gemv_forward): out (n, OC) = inp (n, IC) @ w^T (+ bias) (GELU), n <= 8.
+ *
+ * A step of a few tokens reads every weight once and does almost no
+ * arithmetic with it, so its products are bound by the weights' bandwidth;
+ * cuBLASLt's GEMM tiles waste most of their work and launch latency there.
+ * Here each block owns GEMV_OUT_ROWS rows of w, its warps split IC between
+ * them, each lane streaming 16-byte slices of those rows (GEMV_UNROLL
+ * slices per row in flight) against all n input rows, which the L1 cache
+ * serves to every block; so w is read once per step for all n rows.
+ *
+ * Sums: fp32, each lane's in IC order, then a fixed tree across the lanes
+ * and the warps, whatever n is: a row's result does not depend on the other
+ * rows of the step (a sequence decodes the same alone or in a batch of up
+ * to 8), and a graph replays the eager step bit for bit.
+ */
+#include <algorithm>
+
+#include "kernels.cuh"
+
+#define GEMV_OUT_ROWS 4   // rows of w per block
+#define GEMV_MAX_WARPS 4  // warps splitting IC
+#define GEMV_UNROLL 2     // 16-byte slices of each row a lane loads before using them
+#define GEMV_SLICE 256    // elements of IC a warp covers per slice (32 lanes x 8)
+
+/* Sums each of the M values (M a power of two <= 32) over the warp's lanes;
+ * afterwards v[0] of lane l holds the total of value l / (32 / M). The pairs
+ * added are those of warp_sum (offsets 16, 8, ..., 1) for every value,
+ * whatever M is, so a value's total does not depend on M; 31 shuffles for
+ * M = 32 instead of warp_sum's 160. */
+template <int M>
+__device__ __forceinline__ void warp_sum_scatter(float (&v)[M], int lane) {
+#pragma unroll
+    for (int step = 0; step < 5; step++) {
+        const int o = 16 >> step, half = (M >> step) / 2;  // half: values each side keeps
+        if (half == 0) {  // one value left: summed as warp_sum does
+            v[0] += __shfl_xor_sync(0xFFFFFFFFu, v[0], o);
+            continue;
+        }
+        const bool upper = lane & o;  // keeps the upper half, sends the lower
+#pragma unroll
+        for (int i = 0; i < M / 2; i++) {
+            if (i < half) {
+                const float send = upper ? v[i] : v[i + half];
+                const float keep = upper ? v[i + half] : v[i];
+                v[i] = keep + __shfl_xor_sync(0xFFFFFFFFu, send, o);
+            }
+        }
+    }
+}
+
+__host__ __device__ constexpr int pow2_ceil(int x) { return x <= 1 ? 1 : 2 * pow2_ceil((x + 1) / 2); }
+
+/* Adds the 8 products of a 16-byte slice of w and one of x to acc, in order. */
+__device__ __forceinline__ float dot8(const uint4 &w, const uint4 &x, float acc) {
+    const __nv_bfloat162 *w2 = reinterpret_cast<const __nv_bfloat162 *>(&w);
+    const __nv_bfloat162 *x2 = reinterpret_cast<const __nv_bfloat162 *>(&x);
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+        const float2 a = __bfloat1622float2(w2[e]), b = __bfloat1622float2(x2[e]);
+        acc = fmaf(a.x, b.x, acc);
+        acc = fmaf(a.y, b.y, acc);
+    }
+    return acc;
+}
+
+/* Block: GEMV_OUT_ROWS rows of w from blockIdx.x * GEMV_OUT_ROWS; blockDim.x
+ * / 32 warps over IC. out is bf16, or fp32 with fp32_out. */
+template <int N>
+__global__ void __launch_bounds__(GEMV_MAX_WARPS * 32)
+    gemv_kernel(void *out, bool fp32_out, const bf16 *inp, const bf16 *w, const bf16 *bias,
+                bool gelu, int IC, int OC) {
+    constexpr int M = pow2_ceil(GEMV_OUT_ROWS * N);  // values per lane, padded for the tree
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+    const int row0 = blockIdx.x * GEMV_OUT_ROWS;
+    const bf16 *wrow[GEMV_OUT_ROWS];
+#pragma unroll
+    for (int r = 0; r < GEMV_OUT_ROWS; r++)  // rows past OC read the last row, never stored
+        wrow[r] = w + (size_t)min(row0 + r, OC - 1) * IC;
+    float acc[M];
+#pragma unroll
+    for (int i = 0; i < M; i++) acc[i] = 0.0f;
+    const int stride = warps * GEMV_SLICE;
+    for (int k0 = warp * GEMV_SLICE + lane * 8; k0 < IC; k0 += GEMV_UNROLL * stride) {
+        uint4 ws[GEMV_UNROLL][GEMV_OUT_ROWS];
+#pragma unroll
+        for (int u = 0; u < GEMV_UNROLL; u++) {
+            const int k = k0 + u * stride;
+#pragma unroll
+            for (int r = 0; r < GEMV_OUT_ROWS; r++)  // streamed: w is read once per step
+                ws[u][r] = k < IC ? __ldcs(reinterpret_cast<const uint4 *>(wrow[r] + k))
+                                  : make_uint4(0, 0, 0, 0);
+        }
+#pragma unroll
+        for (int u = 0; u < GEMV_UNROLL; u++) {
+            const int k = k0 + u * stride;
+            if (k >= IC) break;
+#pragma unroll
+            for (int j = 0; j < N; j++) {
+                const uint4 x = *reinterpret_cast<const uint4 *>(inp + (size_t)j * IC + k);
+#pragma unroll
+                for (int r = 0; r < GEMV_OUT_ROWS; r++)
+                    acc[r * N + j] = dot8(ws[u][r], x, acc[r * N + j]);
+            }
+        }
+    }
+    warp_sum_scatter<M>(acc, lane);
+    __shared__ float partial[GEMV_MAX_WARPS][M];
+    if (lane % (32 / M) == 0) partial[warp][lane / (32 / M)] = acc[0];
+    __syncthreads();
+    for (int t = threadIdx.x; t < GEMV_OUT_ROWS * N; t += blockDim.x) {
+        const int r = t / N, j = t % N, row = row0 + r;
+        if (row >= OC) continue;
+        float sum = 0.0f;
+        for (int q = 0; q < warps; q++) sum += partial[q][t];
+        if (bias) sum += __bfloat162float(bias[row]);
+        if (gelu) sum = gelu_tanh(sum);
+        if (fp32_out) ((float *)out)[(size_t)j * OC + row] = sum;
+        else ((bf16 *)out)[(size_t)j * OC + row] = __float2bfloat16(sum);
+    }
+}
+
+bool gemv_fits(int n, int IC, const void *inp, const void *w) {
+    return n >= 1 && n <= GEMV_MAX_ROWS && IC % 8 == 0 && (uintptr_t)inp % 16 == 0 &&
+           (uintptr_t)w % 16 == 0;
+}
+
+static void gemv_launch(void *out, bool fp32_out, const bf16 *inp, const bf16 *w,
+                        const bf16 *bias, bool gelu, int n, int IC, int OC, cudaStream_t s) {
+    /* as many warps as IC has room for, GEMV_UNROLL slices each */
+    const int warps = std::min(GEMV_MAX_WARPS, std::max(1, ceil_div(IC, GEMV_UNROLL * GEMV_SLICE)));
+    const dim3 grid(ceil_div(OC, GEMV_OUT_ROWS)), block(32 * warps);
+    switch (n) {
+#define GEMV_CASE(N)                                                                         \
+    case N:                                                                                 \
+        gemv_kernel<N><<<grid, block, 0, s>>>(out, fp32_out, inp, w, bias, gelu, IC, OC); \
+        break;
+        GEMV_CASE(1) GEMV_CASE(2) GEMV_CASE(3) GEMV_CASE(4)
+        GEMV_CASE(5) GEMV_CASE(6) GEMV_CASE(7) GEMV_CASE(8)
+#undef GEMV_CASE
+    }
+}
+
+void gemv_forward(bf16 *out, const bf16 *inp, const bf16 *w, const bf16 *bias, int n, int IC,
+                  int OC, bool gelu, cudaStream_t s) {
+    gemv_launch(out, false, inp, w, bias, gelu, n, IC, OC, s);
+}
+
+void gemv_forward_fp32(float *out, const bf16 *inp, const bf16 *w, int n, int IC, int OC,
+                       cudaStream_t s) {
+    gemv_launch(out, true, inp, w, nullptr, false, n, IC, OC, s);
+}
