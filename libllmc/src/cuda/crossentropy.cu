@@ -3,7 +3,6 @@
  * logits' gradient in place. The classifier runs it over chunks of rows, so
  * the full (B*T, Vp) logits never exist at once, in any precision.
  */
-#include <cuda_fp8.h>
 #include <math_constants.h>
 
 #include "kernels.cuh"
@@ -23,20 +22,17 @@ __device__ __forceinline__ MaxSum combine(MaxSum a, MaxSum b) {
 }
 
 __global__ void __launch_bounds__(CE_THREADS)
-    crossentropy_kernel(bf16 *logits, float *losses, const int *targets, int V, int Vp, float dloss,
-                        int write_grad, uint8_t *grad8, float grad8_scale) {
+    crossentropy_kernel(bf16 *logits, float *losses, float *lse_out, const int *targets, int V,
+                        int Vp, float dloss, int write_grad) {
     __shared__ MaxSum shared[CE_THREADS / 32];
     const int row = blockIdx.x;
     const int target = targets[row];
     bf16 *x = logits + (size_t)row * Vp;
-    if (grad8) grad8 += (size_t)row * Vp;
     if (target < 0) {  // ignored position: no loss, no gradient
         if (write_grad)
-            for (int c = threadIdx.x * 8; c < Vp; c += CE_THREADS * 8) {
-                store16(x + c, Vec16<bf16>{});
-                if (grad8) *reinterpret_cast<uint2 *>(grad8 + c) = make_uint2(0, 0);
-            }
+            for (int c = threadIdx.x * 8; c < Vp; c += CE_THREADS * 8) store16(x + c, Vec16<bf16>{});
         if (threadIdx.x == 0) losses[row] = 0.0f;
+        if (threadIdx.x == 0 && lse_out) lse_out[row] = 0.0f;
         return;
     }
     MaxSum ms = {-CUDART_INF_F, 0.0f};
@@ -63,12 +59,12 @@ __global__ void __launch_bounds__(CE_THREADS)
     for (int w = 1; w < CE_THREADS / 32; w++) ms = combine(ms, shared[w]);
     const float lse = ms.max + logf(ms.sum);
     if (threadIdx.x == 0) losses[row] = lse - __bfloat162float(x[target]);
+    if (threadIdx.x == 0 && lse_out) lse_out[row] = lse;
     if (!write_grad) return;
     __syncthreads();  // everyone has read x[target] before it is overwritten
     const float inv_sum = 1.0f / ms.sum;
     for (int c = threadIdx.x * 8; c < Vp; c += CE_THREADS * 8) {
         Vec16<bf16> v = load16(x + c), g;
-        uint8_t q[8];
         for (int k = 0; k < 8; k++) {
             const int j = c + k;
             float d = 0.0f;
@@ -77,16 +73,14 @@ __global__ void __launch_bounds__(CE_THREADS)
                 d = (p - (j == target ? 1.0f : 0.0f)) * dloss;
             }
             g.v[k] = __float2bfloat16(d);
-            q[k] = __nv_cvt_float_to_fp8(d * grad8_scale, __NV_SATFINITE, __NV_E4M3);
         }
         store16(x + c, g);
-        if (grad8) *reinterpret_cast<uint2 *>(grad8 + c) = *reinterpret_cast<uint2 *>(q);
     }
 }
 
-void crossentropy_forward_backward(bf16 *logits, float *losses, const int *targets, int rows,
-                                   int V, int Vp, float dloss, int write_grad, uint8_t *grad8,
-                                   float grad8_scale, cudaStream_t s) {
-    crossentropy_kernel<<<rows, CE_THREADS, 0, s>>>(logits, losses, targets, V, Vp, dloss,
-                                                    write_grad, grad8, grad8_scale);
+void crossentropy_forward_backward(bf16 *logits, float *losses, float *lse, const int *targets,
+                                   int rows, int V, int Vp, float dloss, int write_grad,
+                                   cudaStream_t s) {
+    crossentropy_kernel<<<rows, CE_THREADS, 0, s>>>(logits, losses, lse, targets, V, Vp, dloss,
+                                                    write_grad);
 }
