@@ -32,8 +32,8 @@
 #ifndef CAST_MIN_BLOCKS  // blocks per SM that __launch_bounds__ leaves registers for
 #define CAST_MIN_BLOCKS 3
 #endif
-#ifndef CAST_PREFETCH  // 1: the next tile's loads are issued before this tile is converted
-#define CAST_PREFETCH 1
+#ifndef CAST_PREFETCH  // the next tile's loads, 0: none before it; 1: all before this tile is
+#define CAST_PREFETCH 1  // converted; 2: each row's into the registers of this tile's row just read
 #endif
 #ifndef CAST_REG_TRANSPOSE  // 1: transposes in registers, 16-byte transposed stores, one barrier per tile
 #define CAST_REG_TRANSPOSE 0
@@ -121,15 +121,20 @@ struct Chunk {
 };
 
 template <int transform>
+__device__ __forceinline__ void load_row(Chunk &c, int h, const bf16 *in, const bf16 *gelu_pre,
+                                         int r0, int tr, int col, int rows, int cols) {
+    const int r = r0 + tile_row(tr, h);
+    if (r >= rows || col >= cols) return;
+    c.v[h] = load16(in + (size_t)r * cols + col);
+    if (transform == FP8_GELU_GRAD) c.pre[h] = load16(gelu_pre + (size_t)r * cols + col);
+}
+
+template <int transform>
 __device__ __forceinline__ void load_chunk(Chunk &c, const bf16 *in, const bf16 *gelu_pre,
                                            int r0, int tr, int col, int rows, int cols) {
 #pragma unroll
-    for (int h = 0; h < CAST_ROWS; h++) {
-        const int r = r0 + tile_row(tr, h);
-        if (r >= rows || col >= cols) continue;
-        c.v[h] = load16(in + (size_t)r * cols + col);
-        if (transform == FP8_GELU_GRAD) c.pre[h] = load16(gelu_pre + (size_t)r * cols + col);
-    }
+    for (int h = 0; h < CAST_ROWS; h++)
+        load_row<transform>(c, h, in, gelu_pre, r0, tr, col, rows, cols);
 }
 
 /* amax_only: read (and transform) without writing anything but amax.
@@ -157,24 +162,28 @@ quantize_kernel(uint8_t *out, uint8_t *outT, const bf16 *in, const bf16 *gelu_pr
     int r0 = blockIdx.y * TILE_ROWS, buf = 0;
     if (CAST_PREFETCH) load_chunk<transform>(cur, in, gelu_pre, r0, tr, col, rows, cols);
     for (; r0 < rows; r0 += stride, buf ^= 1) {
-        if (!CAST_PREFETCH)
+        const bool more = r0 + stride < rows;
+        if (CAST_PREFETCH == 0)
             load_chunk<transform>(cur, in, gelu_pre, r0, tr, col, rows, cols);
-        else if (r0 + stride < rows)
+        else if (CAST_PREFETCH == 1 && more)
             load_chunk<transform>(next, in, gelu_pre, r0 + stride, tr, col, rows, cols);
         uint32_t q[CAST_ROWS][2];  // each row's 8 values in FP8 (zeros outside the matrix)
 #pragma unroll
         for (int h = 0; h < CAST_ROWS; h++) {
             const int r = tile_row(tr, h), row = r0 + r;
+            const Vec16<bf16> v = cur.v[h], pre = cur.pre[h];
+            if (CAST_PREFETCH == 2 && more)
+                load_row<transform>(cur, h, in, gelu_pre, r0 + stride, tr, col, rows, cols);
             q[h][0] = q[h][1] = 0;
             if (row < rows && col < cols) {
                 float x[8];
                 for (int j = 0; j < 8; j++) {
-                    x[j] = __bfloat162float(cur.v[h].v[j]);
+                    x[j] = __bfloat162float(v.v[j]);
                     if (transform == FP8_GELU)
                         x[j] = gelu(x[j]);
                     else if (transform == FP8_GELU_GRAD)  // rounded to bf16 as the bf16 path's
                         x[j] = __bfloat162float(__float2bfloat16(
-                            x[j] * gelu_grad(__bfloat162float(cur.pre[h].v[j]))));
+                            x[j] * gelu_grad(__bfloat162float(pre.v[j]))));
                     m = fmaxf(m, fabsf(x[j]));
                     sums[j] += x[j];
                 }
@@ -230,7 +239,7 @@ quantize_kernel(uint8_t *out, uint8_t *outT, const bf16 *in, const bf16 *gelu_pr
             }
             __syncthreads();  // the next tile reuses the shared tile
         }
-        if (CAST_PREFETCH) cur = next;
+        if (CAST_PREFETCH == 1) cur = next;
     }
     if (record) {
         m = warp_max(m);
