@@ -12,7 +12,8 @@ set -o pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/fp8_cast_probe}
 mkdir -p "$OUT"
-NVCC=${NVCC:-$(command -v nvcc || ls "${CUDA_HOME:-/nonexistent}/bin/nvcc" /usr/local/cuda/bin/nvcc 2>/dev/null | head -1)}
+NVCC=${NVCC:-$(command -v nvcc ||
+    ls "${CUDA_HOME:-/nonexistent}/bin/nvcc" /usr/local/cuda/bin/nvcc 2>/dev/null | head -1)}
 [ -x "$NVCC" ] || { echo "no nvcc found (set NVCC or CUDA_HOME)"; exit 1; }
 FLAGS="-std=c++17 -O3 -arch=sm_90 -Ilibllmc/include -Ilibllmc/src $NVCC_FLAGS"
 
@@ -40,7 +41,8 @@ if [ $# -gt 0 ]; then  # the named ones, the default always
         'BEGIN {split(names, n); for (i in n) want[n[i]] = 1} NF && want[$1]')
 fi
 
-nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,clocks.max.mem --format=csv,noheader || true
+nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,clocks.max.mem --format=csv,noheader ||
+    true
 start=$(date +%s)
 rm -f "$OUT"/probe_*
 "$NVCC" $FLAGS -c libllmc/src/cuda/reduce.cu -o "$OUT/reduce.o" || exit 1
@@ -85,11 +87,11 @@ awk '$1 == "row" {
             k = cases[c]
             printf "\n%-26s %-18s %9s %6s %8s  %s\n", k, "variant", "us", "TB/s", "vs def", "check"
             for (i = 1; i <= n[k]; i++) order[i] = i
-            for (i = 1; i <= n[k]; i++)  # by time, fastest first (failed builds last)
-                for (j = i + 1; j <= n[k]; j++) {
-                    a = us[k, order[i]] + 0; b = us[k, order[j]] + 0
-                    if ((a == 0 ? 1e30 : a) > (b == 0 ? 1e30 : b)) { t = order[i]; order[i] = order[j]; order[j] = t }
-                }
+            for (i = 1; i <= n[k]; i++)  # by time, fastest first
+                for (j = i + 1; j <= n[k]; j++)
+                    if (us[k, order[i]] + 0 > us[k, order[j]] + 0) {
+                        t = order[i]; order[i] = order[j]; order[j] = t
+                    }
             for (i = 1; i <= n[k]; i++) {
                 r = order[i]
                 printf "%-26s %-18s %9.1f %6.2f %7.3fx  %s\n", "", v[k, r], us[k, r], tbs[k, r],

@@ -35,7 +35,7 @@
 #ifndef CAST_PREFETCH  // the next tile's loads, 0: none before it; 1: all before this tile is
 #define CAST_PREFETCH 1  // converted; 2: each row's into the registers of this tile's row just read
 #endif
-#ifndef CAST_REG_TRANSPOSE  // 1: transposes in registers, 16-byte transposed stores, one barrier per tile
+#ifndef CAST_REG_TRANSPOSE  // 1: transposes in registers, 16-byte outT stores, a barrier a tile
 #define CAST_REG_TRANSPOSE 0
 #endif
 #ifndef CAST_WAVES  // k > 0: rather than CAST_ROW_SPLITS, k waves of resident blocks
@@ -78,8 +78,8 @@ __device__ __forceinline__ float gelu_grad(float x) {
 __device__ __forceinline__ void to_fp8x8(uint32_t q[2], const float x[8], float s, bool e5m2) {
     q[0] = q[1] = 0;
     for (int j = 0; j < 8; j += 2) {
-        const uint32_t pair = __nv_cvt_float2_to_fp8x2(make_float2(x[j] * s, x[j + 1] * s),
-                                                       __NV_SATFINITE, e5m2 ? __NV_E5M2 : __NV_E4M3);
+        const uint32_t pair = __nv_cvt_float2_to_fp8x2(
+            make_float2(x[j] * s, x[j + 1] * s), __NV_SATFINITE, e5m2 ? __NV_E5M2 : __NV_E4M3);
         q[j / 4] |= pair << (j % 4 * 8);  // x[j] in the low byte
     }
 }
@@ -110,7 +110,7 @@ __device__ __forceinline__ int swizzled(int c, int w) {
 
 /* Shared memory of a block: the staged transposed tile, then the column sums. */
 union alignas(16) CastShared {
-    uint8_t bytes[TILE_ROWS][TILE + 1];   // byte staging: +1, the transposed reads hit distinct banks
+    uint8_t bytes[TILE_ROWS][TILE + 1];   // byte staging: +1, transposed reads in distinct banks
     uint32_t words[2][TILE][TILE_WORDS];  // register transposes: by column, two tiles in turn
     float col_sums[THREAD_ROWS][TILE];
 };
@@ -195,12 +195,13 @@ quantize_kernel(uint8_t *out, uint8_t *outT, const bf16 *in, const bf16 *gelu_pr
                 }
             }
             if (!CAST_REG_TRANSPOSE && outT)
-                for (int j = 0; j < 8; j++) sh.bytes[r][tc + j] = (uint8_t)(q[h][j / 4] >> (j % 4 * 8));
+                for (int j = 0; j < 8; j++)
+                    sh.bytes[r][tc + j] = (uint8_t)(q[h][j / 4] >> (j % 4 * 8));
         }
         if (outT && CAST_REG_TRANSPOSE) {
 #pragma unroll
             for (int g = 0; g < CAST_ROWS / 4; g++) {
-                const int w = g * THREAD_ROWS + tr;  // the word of rows 4w..4w+3 = tile_row(tr, 4g..4g+3)
+                const int w = g * THREAD_ROWS + tr;  // rows 4w..4w+3: tile_row(tr, 4g..4g+3)
                 for (int half = 0; half < 2; half++) {
                     const uint32_t a[4] = {q[4 * g][half], q[4 * g + 1][half], q[4 * g + 2][half],
                                            q[4 * g + 3][half]};
@@ -217,7 +218,8 @@ quantize_kernel(uint8_t *out, uint8_t *outT, const bf16 *in, const bf16 *gelu_pr
                 const int c = k / (TILE_WORDS / 4), w = k % (TILE_WORDS / 4) * 4;
                 const int tcol = c0 + c, trow = r0 + w * 4;
                 if (tcol >= cols || trow >= rows) continue;
-                const uint4 v = *reinterpret_cast<const uint4 *>(&sh.words[buf][c][swizzled(c, w)]);
+                const uint4 v =
+                    *reinterpret_cast<const uint4 *>(&sh.words[buf][c][swizzled(c, w)]);
                 uint8_t *dst = outT + (size_t)tcol * rows + trow;
                 if (wide) {  // rows % 16 == 0: all 16 rows are in the matrix
                     *reinterpret_cast<uint4 *>(dst) = v;
