@@ -2,14 +2,16 @@
  * fp8.cu: casts of bf16 tensors to FP8 for the block products, with their
  * largest magnitudes recorded on the way, and the per-tensor scales.
  *
- * A block of 256 threads owns 64 columns and walks down the rows in 64 x 64
- * tiles (a fixed number of blocks per column strip, CAST_ROW_SPLITS), so
- * that each block's amax and column sums cover several tiles and the next
- * tile's loads are in flight while the current one is converted. Each
- * thread moves 8 values at a time: 16-byte loads of bf16, 8-byte stores of
- * FP8 in the row-major output, and the tile staged in shared memory for the
- * transposed output (Hopper's FP8 products take only the "TN" layout, so a
- * weight gradient needs both operands with the token dimension innermost).
+ * A block owns 64 columns and walks down the rows in tiles of TILE_ROWS x 64
+ * (a fixed number of blocks per column strip, CAST_ROW_SPLITS), so that each
+ * block's amax and column sums cover several tiles and the next tile's loads
+ * are in flight while the current one is converted. Each thread moves 8
+ * values at a time: 16-byte loads of bf16, 8-byte stores of FP8 in the
+ * row-major output. The transposed output (Hopper's FP8 products take only
+ * the "TN" layout, so a weight gradient needs both operands with the token
+ * dimension innermost) goes through shared memory: either byte by byte with
+ * 8-byte stores, or (CAST_REG_TRANSPOSE) as 4 x 4 byte transposes in
+ * registers, 4-byte words in shared memory and 16-byte stores.
  * Largest magnitudes combine by atomicMax on the float bits (non-negative
  * floats order as their bits do): a max is the same in any order, and the
  * column sums go through fixed partials, so runs stay bit-identical.
@@ -19,9 +21,38 @@
 #include "fp8.cuh"
 #include "kernels.cuh"
 
-#define TILE 64
+/* The cast kernel's knobs: bench/fp8_cast_probe.sh builds and times variants
+ * with -D; every variant writes the same bytes. */
+#ifndef CAST_THREADS  // threads per block, 8 across a tile's row
 #define CAST_THREADS 256
-#define HALF_ROWS (CAST_THREADS / 8)  // a thread's two rows of a tile are this far apart
+#endif
+#ifndef CAST_ROWS  // rows per thread per tile
+#define CAST_ROWS 2
+#endif
+#ifndef CAST_MIN_BLOCKS  // blocks per SM that __launch_bounds__ leaves registers for
+#define CAST_MIN_BLOCKS 3
+#endif
+#ifndef CAST_PREFETCH  // the next tile's loads, 0: none before it; 1: all before this tile is
+#define CAST_PREFETCH 1  // converted; 2: each row's into the registers of this tile's row just read
+#endif
+#ifndef CAST_REG_TRANSPOSE  // 1: transposes in registers, 16-byte outT stores, a barrier a tile
+#define CAST_REG_TRANSPOSE 0
+#endif
+#ifndef CAST_WAVES  // k > 0: rather than CAST_ROW_SPLITS, k waves of resident blocks
+#define CAST_WAVES 0
+#endif
+
+#define TILE 64                            // columns of a tile
+#define THREAD_ROWS (CAST_THREADS / 8)     // rows a tile's threads cover at a time
+#define TILE_ROWS (THREAD_ROWS * CAST_ROWS)
+#define TILE_WORDS (TILE_ROWS / 4)         // 4-byte words of a transposed tile's column
+#define SWIZZLE_GROUPS (TILE_WORDS / 4 < 8 ? TILE_WORDS / 4 : 8)
+
+static_assert(CAST_THREADS % 32 == 0 && CAST_THREADS <= 1024, "CAST_THREADS: whole warps");
+static_assert(!CAST_REG_TRANSPOSE || (CAST_ROWS % 4 == 0 && (TILE_WORDS & (TILE_WORDS - 1)) == 0),
+              "CAST_REG_TRANSPOSE: CAST_ROWS a multiple of 4, tiles of a power of two rows");
+static_assert(CAST_ROW_SPLITS * 4 <= LN_BACKWARD_BLOCKS * 3,
+              "the partial buffer (PARTIAL_FLOATS) holds CAST_ROW_SPLITS rows of 4C");
 
 namespace {
 
@@ -43,91 +74,174 @@ __device__ __forceinline__ float gelu_grad(float x) {
     return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * k * (1.0f + 3.0f * a * x * x);
 }
 
-__device__ __forceinline__ uint8_t to_fp8(float x, bool e5m2) {
-    return __nv_cvt_float_to_fp8(x, __NV_SATFINITE, e5m2 ? __NV_E5M2 : __NV_E4M3);
+/* x[0..7] scaled and cast, two per instruction: x[j] in byte j % 4 of q[j / 4]. */
+__device__ __forceinline__ void to_fp8x8(uint32_t q[2], const float x[8], float s, bool e5m2) {
+    q[0] = q[1] = 0;
+    for (int j = 0; j < 8; j += 2) {
+        const uint32_t pair = __nv_cvt_float2_to_fp8x2(
+            make_float2(x[j] * s, x[j + 1] * s), __NV_SATFINITE, e5m2 ? __NV_E5M2 : __NV_E4M3);
+        q[j / 4] |= pair << (j % 4 * 8);  // x[j] in the low byte
+    }
 }
 
-/* One thread's share of a tile: rows row and row + HALF_ROWS, 8 columns. */
+/* The 4 x 4 bytes of a (row i in a[i], column j in byte j) transposed: column j in t[j], row i
+ * in its byte i. */
+__device__ __forceinline__ void transpose4x4(uint32_t t[4], const uint32_t a[4]) {
+    const uint32_t lo01 = __byte_perm(a[0], a[1], 0x5140), hi01 = __byte_perm(a[0], a[1], 0x7362);
+    const uint32_t lo23 = __byte_perm(a[2], a[3], 0x5140), hi23 = __byte_perm(a[2], a[3], 0x7362);
+    t[0] = __byte_perm(lo01, lo23, 0x5410);
+    t[1] = __byte_perm(lo01, lo23, 0x7632);
+    t[2] = __byte_perm(hi01, hi23, 0x5410);
+    t[3] = __byte_perm(hi01, hi23, 0x7632);
+}
+
+/* A tile's row for thread row tr's h-th row. Register transposes take 4 consecutive rows per
+ * thread, in groups THREAD_ROWS words apart, so that a warp's 32 word stores of one column
+ * offset land in 32 banks once swizzled. */
+__device__ __forceinline__ int tile_row(int tr, int h) {
+    return CAST_REG_TRANSPOSE ? (h / 4 * THREAD_ROWS + tr) * 4 + h % 4 : tr + h * THREAD_ROWS;
+}
+
+/* Where word w (rows 4w..4w+3) of a transposed tile's column c is kept: XOR-ed by a multiple of
+ * 4 that differs across the 8 column groups of 8, so 16-byte groups stay whole and aligned. */
+__device__ __forceinline__ int swizzled(int c, int w) {
+    return w ^ (c / 8 % SWIZZLE_GROUPS * 4);
+}
+
+/* Shared memory of a block: the staged transposed tile, then the column sums. */
+union alignas(16) CastShared {
+    uint8_t bytes[TILE_ROWS][TILE + 1];   // byte staging: +1, transposed reads in distinct banks
+    uint32_t words[2][TILE][TILE_WORDS];  // register transposes: by column, two tiles in turn
+    float col_sums[THREAD_ROWS][TILE];
+};
+
+/* One thread's share of a tile: CAST_ROWS rows (tile_row), 8 columns. */
 struct Chunk {
-    Vec16<bf16> v[2], pre[2];
+    Vec16<bf16> v[CAST_ROWS], pre[CAST_ROWS];
 };
 
 template <int transform>
+__device__ __forceinline__ void load_row(Chunk &c, int h, const bf16 *in, const bf16 *gelu_pre,
+                                         int r0, int tr, int col, int rows, int cols) {
+    const int r = r0 + tile_row(tr, h);
+    if (r >= rows || col >= cols) return;
+    c.v[h] = load16(in + (size_t)r * cols + col);
+    if (transform == FP8_GELU_GRAD) c.pre[h] = load16(gelu_pre + (size_t)r * cols + col);
+}
+
+template <int transform>
 __device__ __forceinline__ void load_chunk(Chunk &c, const bf16 *in, const bf16 *gelu_pre,
-                                           int row, int col, int rows, int cols) {
-    for (int h = 0; h < 2; h++) {
-        const int r = row + h * HALF_ROWS;
-        if (r >= rows || col >= cols) continue;
-        c.v[h] = load16(in + (size_t)r * cols + col);
-        if (transform == FP8_GELU_GRAD) c.pre[h] = load16(gelu_pre + (size_t)r * cols + col);
-    }
+                                           int r0, int tr, int col, int rows, int cols) {
+#pragma unroll
+    for (int h = 0; h < CAST_ROWS; h++)
+        load_row<transform>(c, h, in, gelu_pre, r0, tr, col, rows, cols);
 }
 
 /* amax_only: read (and transform) without writing anything but amax.
  * partial (may be NULL): row split blockIdx.y's sums of this block's
  * columns, of the values as cast. */
 template <bool amax_only, int transform>
-__global__ void __launch_bounds__(CAST_THREADS, 3)
+__global__ void __launch_bounds__(CAST_THREADS, CAST_MIN_BLOCKS)
 quantize_kernel(uint8_t *out, uint8_t *outT, const bf16 *in, const bf16 *gelu_pre, int rows,
                 int cols, size_t in_stride, size_t out_stride, const float *scale, float *amax,
                 float *partial, int first_slot, bool record, bool e5m2) {
-    __shared__ uint8_t tile[TILE][TILE + 1];  // +1: the transposed reads hit distinct banks
+    __shared__ CastShared sh;
     __shared__ float warp_amax[CAST_THREADS / 32];
-    __shared__ float col_sums[HALF_ROWS][TILE];
     const int z = blockIdx.z, slot = first_slot + z * FP8_PRODUCTS;
     in += z * in_stride;
     if (transform == FP8_GELU_GRAD) gelu_pre += z * in_stride;
     if (out) out += z * out_stride;
     if (outT) outT += z * out_stride;
+    // 16-byte transposed stores where every column of outT starts 16-byte aligned
+    const bool wide = rows % 16 == 0 && reinterpret_cast<uintptr_t>(outT) % 16 == 0;
     const int c0 = blockIdx.x * TILE, tr = threadIdx.x / 8, tc = threadIdx.x % 8 * 8;
-    const int col = c0 + tc, stride = gridDim.y * TILE;
+    const int col = c0 + tc, stride = gridDim.y * TILE_ROWS;
     const float s = amax_only ? 1.0f : scale[slot];
     float m = 0.0f, sums[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     Chunk cur, next;
-    int r0 = blockIdx.y * TILE;
-    load_chunk<transform>(cur, in, gelu_pre, r0 + tr, col, rows, cols);
-    for (; r0 < rows; r0 += stride) {
-        if (r0 + stride < rows)
-            load_chunk<transform>(next, in, gelu_pre, r0 + stride + tr, col, rows, cols);
-        for (int h = 0; h < 2; h++) {
-            const int r = tr + h * HALF_ROWS, row = r0 + r;
-            uint8_t q[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int r0 = blockIdx.y * TILE_ROWS, buf = 0;
+    if (CAST_PREFETCH) load_chunk<transform>(cur, in, gelu_pre, r0, tr, col, rows, cols);
+    for (; r0 < rows; r0 += stride, buf ^= 1) {
+        const bool more = r0 + stride < rows;
+        if (CAST_PREFETCH == 0)
+            load_chunk<transform>(cur, in, gelu_pre, r0, tr, col, rows, cols);
+        else if (CAST_PREFETCH == 1 && more)
+            load_chunk<transform>(next, in, gelu_pre, r0 + stride, tr, col, rows, cols);
+        uint32_t q[CAST_ROWS][2];  // each row's 8 values in FP8 (zeros outside the matrix)
+#pragma unroll
+        for (int h = 0; h < CAST_ROWS; h++) {
+            const int r = tile_row(tr, h), row = r0 + r;
+            const Vec16<bf16> v = cur.v[h], pre = cur.pre[h];
+            if (CAST_PREFETCH == 2 && more)
+                load_row<transform>(cur, h, in, gelu_pre, r0 + stride, tr, col, rows, cols);
+            q[h][0] = q[h][1] = 0;
             if (row < rows && col < cols) {
                 float x[8];
                 for (int j = 0; j < 8; j++) {
-                    x[j] = __bfloat162float(cur.v[h].v[j]);
+                    x[j] = __bfloat162float(v.v[j]);
                     if (transform == FP8_GELU)
                         x[j] = gelu(x[j]);
                     else if (transform == FP8_GELU_GRAD)  // rounded to bf16 as the bf16 path's
                         x[j] = __bfloat162float(__float2bfloat16(
-                            x[j] * gelu_grad(__bfloat162float(cur.pre[h].v[j]))));
+                            x[j] * gelu_grad(__bfloat162float(pre.v[j]))));
                     m = fmaxf(m, fabsf(x[j]));
                     sums[j] += x[j];
                 }
                 if (!amax_only) {
-                    for (int j = 0; j < 8; j++) q[j] = to_fp8(x[j] * s, e5m2);
+                    to_fp8x8(q[h], x, s, e5m2);
                     if (out)
                         *reinterpret_cast<uint2 *>(out + (size_t)row * cols + col) =
-                            *reinterpret_cast<uint2 *>(q);
+                            make_uint2(q[h][0], q[h][1]);
                 }
             }
-            if (outT)
-                for (int j = 0; j < 8; j++) tile[r][tc + j] = q[j];
+            if (!CAST_REG_TRANSPOSE && outT)
+                for (int j = 0; j < 8; j++)
+                    sh.bytes[r][tc + j] = (uint8_t)(q[h][j / 4] >> (j % 4 * 8));
         }
-        if (outT) {
+        if (outT && CAST_REG_TRANSPOSE) {
+#pragma unroll
+            for (int g = 0; g < CAST_ROWS / 4; g++) {
+                const int w = g * THREAD_ROWS + tr;  // rows 4w..4w+3: tile_row(tr, 4g..4g+3)
+                for (int half = 0; half < 2; half++) {
+                    const uint32_t a[4] = {q[4 * g][half], q[4 * g + 1][half], q[4 * g + 2][half],
+                                           q[4 * g + 3][half]};
+                    uint32_t t[4];
+                    transpose4x4(t, a);
+                    for (int j = 0; j < 4; j++) {
+                        const int c = tc + half * 4 + j;
+                        sh.words[buf][c][swizzled(c, w)] = t[j];
+                    }
+                }
+            }
+            __syncthreads();  // no second barrier: the next tile is staged in the other buffer
+            for (int k = threadIdx.x; k < TILE * TILE_WORDS / 4; k += CAST_THREADS) {
+                const int c = k / (TILE_WORDS / 4), w = k % (TILE_WORDS / 4) * 4;
+                const int tcol = c0 + c, trow = r0 + w * 4;
+                if (tcol >= cols || trow >= rows) continue;
+                const uint4 v =
+                    *reinterpret_cast<const uint4 *>(&sh.words[buf][c][swizzled(c, w)]);
+                uint8_t *dst = outT + (size_t)tcol * rows + trow;
+                if (wide) {  // rows % 16 == 0: all 16 rows are in the matrix
+                    *reinterpret_cast<uint4 *>(dst) = v;
+                } else {  // rows % 8 == 0: the first 8 are
+                    *reinterpret_cast<uint2 *>(dst) = make_uint2(v.x, v.y);
+                    if (trow + 8 < rows) *reinterpret_cast<uint2 *>(dst + 8) = make_uint2(v.z, v.w);
+                }
+            }
+        } else if (outT) {
             __syncthreads();
-            for (int k = threadIdx.x; k < TILE * TILE / 8; k += CAST_THREADS) {
-                const int c = k / (TILE / 8), rr = k % (TILE / 8) * 8;
+            for (int k = threadIdx.x; k < TILE * TILE_ROWS / 8; k += CAST_THREADS) {
+                const int c = k / (TILE_ROWS / 8), rr = k % (TILE_ROWS / 8) * 8;
                 const int tcol = c0 + c, trow = r0 + rr;
                 if (tcol >= cols || trow >= rows) continue;
-                uint8_t q[8];
-                for (int j = 0; j < 8; j++) q[j] = tile[rr + j][c];
+                uint8_t b[8];
+                for (int j = 0; j < 8; j++) b[j] = sh.bytes[rr + j][c];
                 *reinterpret_cast<uint2 *>(outT + (size_t)tcol * rows + trow) =
-                    *reinterpret_cast<uint2 *>(q);
+                    *reinterpret_cast<uint2 *>(b);
             }
             __syncthreads();  // the next tile reuses the shared tile
         }
-        cur = next;
+        if (CAST_PREFETCH == 1) cur = next;
     }
     if (record) {
         m = warp_max(m);
@@ -139,12 +253,13 @@ quantize_kernel(uint8_t *out, uint8_t *outT, const bf16 *in, const bf16 *gelu_pr
         }
     }
     if (!partial) return;
-    for (int j = 0; j < 8; j++) col_sums[tr][tc + j] = sums[j];
+    __syncthreads();  // the column sums take the shared tiles' place
+    for (int j = 0; j < 8; j++) sh.col_sums[tr][tc + j] = sums[j];
     __syncthreads();
-    if (threadIdx.x < TILE && c0 + (int)threadIdx.x < cols) {
+    for (int c = threadIdx.x; c < TILE && c0 + c < cols; c += CAST_THREADS) {
         float t = 0.0f;
-        for (int r = 0; r < HALF_ROWS; r++) t += col_sums[r][threadIdx.x];
-        partial[(size_t)blockIdx.y * cols + c0 + threadIdx.x] = t;
+        for (int r = 0; r < THREAD_ROWS; r++) t += sh.col_sums[r][c];
+        partial[(size_t)blockIdx.y * cols + c0 + c] = t;
     }
 }
 
@@ -184,9 +299,19 @@ __global__ void reset_kernel(float *scale, float *descale, float *amax, float *h
     for (int k = 0; k < FP8_HISTORY; k++) history[(size_t)i * FP8_HISTORY + k] = 0.0f;
 }
 
-/* Column strips of 64 on x, at most CAST_ROW_SPLITS blocks down each strip on y, layers on z. */
-dim3 cast_grid(int rows, int cols, int layers) {
-    return dim3(ceil_div(cols, TILE), std::min(ceil_div(rows, TILE), CAST_ROW_SPLITS), layers);
+/* Column strips of 64 on x, layers on z, and on y at most CAST_ROW_SPLITS blocks down each
+ * strip; with CAST_WAVES, as many as fill that many waves of the kernel's resident blocks (one
+ * occupancy query per launch). */
+dim3 cast_grid(const void *kernel, int rows, int cols, int layers) {
+    const int strips = ceil_div(cols, TILE);
+    int splits = std::min(ceil_div(rows, TILE_ROWS), CAST_ROW_SPLITS);
+    int device = 0, sms = 0, per_sm = 0;
+    if (CAST_WAVES > 0 && cudaGetDevice(&device) == cudaSuccess &&
+        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) == cudaSuccess &&
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, CAST_THREADS, 0) ==
+            cudaSuccess)
+        splits = std::max(1, std::min(splits, CAST_WAVES * sms * per_sm / (strips * layers)));
+    return dim3(strips, splits, layers);
 }
 
 }  // namespace
@@ -210,8 +335,9 @@ void fp8_quantize(void *out, void *outT, const bf16 *in, int transform, const bf
                   const fp8_scaling &s, int first_slot, bool record, float *dbias, float *partial,
                   cudaStream_t st) {
     const bool e5m2 = first_slot >= s.slot(FP8_G, 0, 0);
-    const dim3 grid = cast_grid(rows, cols, layers);
-    cast_kernel<false>(transform)<<<grid, CAST_THREADS, 0, st>>>(
+    const auto kernel = cast_kernel<false>(transform);
+    const dim3 grid = cast_grid((const void *)kernel, rows, cols, layers);
+    kernel<<<grid, CAST_THREADS, 0, st>>>(
         (uint8_t *)out, (uint8_t *)outT, in, gelu_pre, rows, cols, in_stride, out_stride, s.scale,
         s.amax, dbias ? partial : nullptr, first_slot, record, e5m2);
     if (dbias) add_partials(dbias, dbias, partial, grid.y, cols, cols, cols, st);
@@ -220,7 +346,8 @@ void fp8_quantize(void *out, void *outT, const bf16 *in, int transform, const bf
 void fp8_amax(const bf16 *in, int transform, const bf16 *gelu_pre, int rows, int cols,
               int layers, size_t in_stride, const fp8_scaling &s, int first_slot,
               cudaStream_t st) {
-    cast_kernel<true>(transform)<<<cast_grid(rows, cols, layers), CAST_THREADS, 0, st>>>(
+    const auto kernel = cast_kernel<true>(transform);
+    kernel<<<cast_grid((const void *)kernel, rows, cols, layers), CAST_THREADS, 0, st>>>(
         nullptr, nullptr, in, gelu_pre, rows, cols, in_stride, 0, s.scale, s.amax, nullptr,
         first_slot, true, false);
 }

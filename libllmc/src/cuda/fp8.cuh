@@ -65,7 +65,9 @@ enum { FP8_AS_IS = 0, FP8_GELU = 1, FP8_GELU_GRAD = 2 };
  * column sums of the values cast are added to it (a bias gradient), through
  * partial (CAST_ROW_SPLITS x cols floats). rows and cols must be multiples
  * of 8 where outT is written (cols a multiple of 8 always). */
+#ifndef CAST_ROW_SPLITS  // a knob of bench/fp8_cast_probe.sh, as fp8.cu's
 #define CAST_ROW_SPLITS 256
+#endif
 void fp8_quantize(void *out, void *outT, const bf16 *in, int transform, const bf16 *gelu_pre,
                   int rows, int cols, int layers, size_t in_stride, size_t out_stride,
                   const fp8_scaling &s, int first_slot, bool record, float *dbias, float *partial,
