@@ -234,11 +234,11 @@ int main(int argc, char **argv) {
     for (const Case &c : CASES) {
         const size_t n = (size_t)c.rows * c.cols;
         const int slot = c.dbias ? s.slot(FP8_G, 0, FP8_FC) : s.slot(FP8_X, 0, FP8_FCPROJ);
-        const bf16 *gelu_pre = c.transform == FP8_GELU_GRAD ? pre : nullptr;
+        const fp8_transform t{c.transform, c.transform == FP8_GELU_GRAD ? pre : nullptr};
         // scaled from the tensor's own amax (the amax-only kernel), as before a history exists
         Signature sg;
         fp8_reset(s, 0);
-        fp8_amax(in, c.transform, gelu_pre, c.rows, c.cols, 1, 0, s, slot, 0);
+        fp8_amax(in, t, c.rows, c.cols, 1, 0, s, slot, 0);
         CK(cudaMemcpy(&sg.amax_only, s.amax + slot, 4, cudaMemcpyDeviceToHost));
         fp8_set_scales(s, slot, 1, 1, false, 0);
         CK(cudaMemset(s.amax, 0, s.slots() * sizeof(float)));
@@ -246,8 +246,8 @@ int main(int argc, char **argv) {
         CK(cudaMemset(out, 0, n));
         CK(cudaMemset(outT, 0, n));
         auto cast = [&]() {
-            fp8_quantize(out, outT, in, c.transform, gelu_pre, c.rows, c.cols, 1, 0, 0, s, slot,
-                         true, c.dbias ? dbias : nullptr, partial, 0);
+            fp8_quantize(out, outT, in, t, c.rows, c.cols, 1, 0, 0, s, slot, true,
+                         c.dbias ? dbias : nullptr, partial, 0);
         };
         cast();
         CK(cudaDeviceSynchronize());

@@ -109,7 +109,8 @@ def test_fp8_llama_plan_counts_the_fp8_buffers():
     transposes, three scratch operands as wide as the widest product operand
     (here fc's 2F), one layer of each product input's transpose, 3 x 4 x L
     scaling slots of 22 floats each, and the LM head's: its weight both ways,
-    one chunk of E5M2 logit gradients (all N rows here) and 3 x 4 slots."""
+    per chunk of rows (all N here) the final norm's output transposed, the
+    logit gradients both ways and the rows' log-sum-exps, and 3 x 4 slots."""
     c = Config(family=_lib.FAMILIES["llama"], max_seq_len=32, vocab_size=97, num_layers=2,
                num_heads=4, channels=64, num_kv_heads=2, ffn_hidden=176)
     L, C, F, N = 2, 64, 176, 2 * 32
@@ -120,7 +121,7 @@ def test_fp8_llama_plan_counts_the_fp8_buffers():
     inputs_T = N * (C + C + C + F)
     slots = 3 * 4 * L + 3 * 4
     Vp = 128  # the vocabulary, 97, padded to a multiple of 128
-    head = 2 * Vp * C + N * Vp
+    head = 2 * Vp * C + N * C + 2 * N * Vp + N * 4  # chunks of N rows: lnfT8, dlogits8 both ways, lse
     assert fp8 - bf16 == (2 * weights + 3 * N * 2 * F + inputs_T + head
                           + slots * (1 + 4 + 1 + 16) * 4)
     # with less recomputed, FP8 keeps transposes of inputs where bf16 keeps bf16 norms and SwiGLU

@@ -120,15 +120,16 @@ struct cuda_state {
     uint8_t *xT8[FP8_PRODUCTS] = {};
     size_t xT_stride[FP8_PRODUCTS] = {};
     bool xT_saved[FP8_PRODUCTS] = {};
-    /* The LM head's forward and input-gradient products when training: the
-     * head weight in E4M3 both ways, one chunk's logit gradients in E4M3, and
+    /* The LM head's three products when training: the head weight in E4M3
+     * both ways; per chunk of rows, the final norm's output and the logits'
+     * gradients (E4M3 too: fp8.cuh) both ways, and the rows' log-sum-exps;
      * their scales (slots of product 0), all set afresh, so nothing is saved:
-     * the final norm's output scaled from its own amax, the weight from its
-     * own, the gradients from their bound |softmax - onehot| * dloss <= dloss.
-     * Bounded, the gradients need no E5M2 range: they are E4M3, one mantissa
-     * bit more (E5M2 put the odd-size test's ln1w gradient over its bound). */
+     * the norm's output scaled from its own amax, the weight from its own,
+     * the gradients from their bound |softmax - onehot| * dloss <= dloss. */
     fp8_scaling head_scaling;
-    uint8_t *head8 = nullptr, *headT8 = nullptr, *dlogits8 = nullptr;
+    uint8_t *head8 = nullptr, *headT8 = nullptr, *lnfT8 = nullptr, *dlogits8 = nullptr,
+            *dlogitsT8 = nullptr;
+    float *head_lse = nullptr;
 
     std::vector<void *> allocations;
     size_t bytes = 0;
@@ -252,7 +253,11 @@ llmc_status plan_fp8(cuda_state *g) {
     TRY(alloc_n(g, &h.history, h.slots() * FP8_HISTORY, "FP8 scale history"));
     TRY(alloc_n(g, &g->head8, (size_t)g->Vp * g->C, "FP8 LM head"));
     TRY(alloc_n(g, &g->headT8, (size_t)g->Vp * g->C, "FP8 LM head"));
-    TRY(alloc_n(g, &g->dlogits8, classifier_chunk(g) * g->Vp, "FP8 logit gradients"));
+    const size_t chunk = classifier_chunk(g);
+    TRY(alloc_n(g, &g->lnfT8, chunk * g->C, "FP8 LM head"));
+    TRY(alloc_n(g, &g->dlogits8, chunk * g->Vp, "FP8 logit gradients"));
+    TRY(alloc_n(g, &g->dlogitsT8, chunk * g->Vp, "FP8 logit gradients"));
+    TRY(alloc_n(g, &g->head_lse, chunk, "FP8 LM head"));
     return LLMC_OK;
 }
 
@@ -600,23 +605,22 @@ void quantize_weights(cuda_state *g) {
     cudaMemsetAsync(g->f8.amax + first, 0, (size_t)g->L * FP8_PRODUCTS * sizeof(float), s);
     for (int p = 0; p < FP8_PRODUCTS; p++) {
         const int IC = product_in(g, p), OC = product_out(g, p);
-        fp8_amax(P(g, PRODUCT_WEIGHT[p]), FP8_AS_IS, nullptr, OC, IC, g->L, (size_t)OC * IC, g->f8,
-                 first + p, s);
+        fp8_amax(P(g, PRODUCT_WEIGHT[p]), {}, OC, IC, g->L, (size_t)OC * IC, g->f8, first + p, s);
     }
     fp8_set_scales(g->f8, first, g->L * FP8_PRODUCTS, 1, false, s);
     for (int p = 0; p < FP8_PRODUCTS; p++) {
         const int IC = product_in(g, p), OC = product_out(g, p);
-        fp8_quantize(W8(g, p, 0), WT8(g, p, 0), P(g, PRODUCT_WEIGHT[p]), FP8_AS_IS, nullptr, OC,
-                     IC, g->L, (size_t)OC * IC, (size_t)OC * IC, g->f8, first + p, false, nullptr,
-                     nullptr, s);
+        fp8_quantize(W8(g, p, 0), WT8(g, p, 0), P(g, PRODUCT_WEIGHT[p]), {}, OC, IC, g->L,
+                     (size_t)OC * IC, (size_t)OC * IC, g->f8, first + p, false, nullptr, nullptr,
+                     s);
     }
     const fp8_scaling &h = g->head_scaling;
     const int w = h.slot(FP8_W, 0, 0);
     cudaMemsetAsync(h.amax + w, 0, sizeof(float), s);
-    fp8_amax(P(g, g->head), FP8_AS_IS, nullptr, g->Vp, g->C, 1, 0, h, w, s);
+    fp8_amax(P(g, g->head), {}, g->Vp, g->C, 1, 0, h, w, s);
     fp8_set_scales(h, w, 1, 1, false, s);
-    fp8_quantize(g->head8, g->headT8, P(g, g->head), FP8_AS_IS, nullptr, g->Vp, g->C, 1, 0, 0, h,
-                 w, false, nullptr, nullptr, s);
+    fp8_quantize(g->head8, g->headT8, P(g, g->head), {}, g->Vp, g->C, 1, 0, 0, h, w, false,
+                 nullptr, nullptr, s);
 }
 
 /* rows x cols of x, transformed (fp8.cuh), into out and/or outT for slot:
@@ -624,16 +628,15 @@ void quantize_weights(cuda_state *g) {
  * scaled from x itself (its amax is recorded first). record: a training
  * pass (the step's amax). dbias (may be NULL): the column sums are added
  * to it. */
-void quantize_operand(cuda_state *g, int slot, const bf16 *x, int transform, const bf16 *gelu_pre,
-                      int rows, int cols, void *out, void *outT, bool record,
-                      float *dbias = nullptr) {
+void quantize_operand(cuda_state *g, int slot, const bf16 *x, const fp8_transform &t, int rows,
+                      int cols, void *out, void *outT, bool record, float *dbias = nullptr) {
     if (!g->fp8_warm) {
-        fp8_amax(x, transform, gelu_pre, rows, cols, 1, 0, g->f8, slot, g->stream);
+        fp8_amax(x, t, rows, cols, 1, 0, g->f8, slot, g->stream);
         fp8_set_scales(g->f8, slot, 1, 1, false, g->stream);
         record = false;  // amax holds it already
     }
-    fp8_quantize(out, outT, x, transform, gelu_pre, rows, cols, 1, 0, 0, g->f8, slot, record,
-                 dbias, g->partial, g->stream);
+    fp8_quantize(out, outT, x, t, rows, cols, 1, 0, 0, g->f8, slot, record, dbias, g->partial,
+                 g->stream);
 }
 
 /* Product p's input as its FP8 cast reads it, from the bf16 input inp: GPT-2's
@@ -643,7 +646,7 @@ void quantize_input(cuda_state *g, int p, int l, const bf16 *inp, int N, void *o
                     bool record) {
     const bool gelu = p == FP8_FCPROJ && !g->llama;
     quantize_operand(g, g->f8.slot(FP8_X, l, p), gelu ? layer(g, l).fch : inp,
-                     gelu ? FP8_GELU : FP8_AS_IS, nullptr, N, product_in(g, p), out, outT, record);
+                     {gelu ? FP8_GELU : FP8_AS_IS}, N, product_in(g, p), out, outT, record);
 }
 
 /* After a step's backward: its largest magnitudes (the largest of every
@@ -694,7 +697,7 @@ bool cast_sums_bias(const cuda_state *g, int p) {
 void grad_operand(cuda_state *g, int p, int l, const bf16 *dout, const bf16 *gelu_pre, int N) {
     if (g->fp8)
         quantize_operand(g, g->f8.slot(FP8_G, l, p), dout,
-                         gelu_pre ? FP8_GELU_GRAD : FP8_AS_IS, gelu_pre, N, product_out(g, p),
+                         {gelu_pre ? FP8_GELU_GRAD : FP8_AS_IS, gelu_pre}, N, product_out(g, p),
                          g->g8, g->gT8, true,
                          cast_sums_bias(g, p) ? G(g, PRODUCT_BIAS[p], l) : nullptr);
 }
@@ -762,50 +765,57 @@ llmc_status forward(cuda_state *g, const int *tokens, int B, int T, bool trainin
  * gradient), CLASSIFIER_CHUNK_ROWS rows of logits at a time. Every chunk
  * runs the matmul algorithm of a full one, so a row's loss does not depend on
  * the rows beside it (an eval scores a gather of rows).
- * FP8 training runs the forward and input-gradient products in FP8 (see
- * head_scaling); the weight gradient stays bf16 (in FP8 it would need both
- * operands transposed, which costs about what it saves), and so do evals,
- * whose rows must not depend on the rows beside them through a scale. */
+ * FP8 training runs the three products in FP8 (see head_scaling): the
+ * cross-entropy kernel leaves the logits and gives each row's log-sum-exp,
+ * from which the cast of the logits writes their gradients, both ways, with
+ * no bf16 gradient written. Evals stay bf16: their rows must not depend on
+ * the rows beside them through a scale. */
 llmc_status classifier(cuda_state *g, const bf16 *lnf, const int *targets, float *losses, int N,
                        float dloss, bool backward) {
     const int C = g->C, chunk = (int)classifier_chunk(g);
+    cudaStream_t s = g->stream;
     const bool fp8 = g->fp8 && backward;
     const fp8_scaling &h = g->head_scaling;
     const int xs = h.slot(FP8_X, 0, 0), ws = h.slot(FP8_W, 0, 0), gs = h.slot(FP8_G, 0, 0);
-    float grad8_scale = 0.0f;
     if (fp8) {
-        CUDA_TRY(cudaMemsetAsync(h.amax + xs, 0, sizeof(float), g->stream));
-        fp8_amax(lnf, FP8_AS_IS, nullptr, N, C, 1, 0, h, xs, g->stream);
-        fp8_set_scales(h, xs, 1, 1, false, g->stream);
-        fp8_quantize(g->x8, nullptr, lnf, FP8_AS_IS, nullptr, N, C, 1, 0, 0, h, xs, false, nullptr,
-                     nullptr, g->stream);
+        CUDA_TRY(cudaMemsetAsync(h.amax + xs, 0, sizeof(float), s));
+        fp8_amax(lnf, {}, N, C, 1, 0, h, xs, s);
+        fp8_set_scales(h, xs, 1, 1, false, s);
         int e = 0;  // the largest power of two with dloss * 2^e <= E4M3's largest finite value
         if (dloss > 0.0f) frexpf(448.0f / dloss, &e);
-        grad8_scale = ldexpf(1.0f, std::max(-126, std::min(126, e - 1)));
-        fp8_set_scale(h, gs, grad8_scale, g->stream);
+        fp8_set_scale(h, gs, ldexpf(1.0f, std::max(-126, std::min(126, e - 1))), s);
     }
     for (int r0 = 0; r0 < N; r0 += chunk) {
         const int rows = std::min(chunk, N - r0);
         const bf16 *x = lnf + (size_t)r0 * C;
-        if (fp8)
-            TRY(matmul_forward_fp8(g->mm, g->logits, g->x8 + (size_t)r0 * C, g->head8,
-                                   h.descale_of(xs), h.descale_of(ws), nullptr, rows, C, g->Vp,
-                                   chunk));
-        else
+        if (fp8) {
+            fp8_quantize(g->x8, g->lnfT8, x, {}, rows, C, 1, 0, 0, h, xs, false, nullptr, nullptr,
+                         s);
+            TRY(matmul_forward_fp8(g->mm, g->logits, g->x8, g->head8, h.descale_of(xs),
+                                   h.descale_of(ws), nullptr, rows, C, g->Vp, chunk));
+        } else {
             TRY(matmul_forward(g->mm, g->logits, x, C, P(g, g->head), nullptr, rows, C, g->Vp,
                                nullptr, chunk));
-        crossentropy_forward_backward(g->logits, losses + r0, targets + r0, rows, g->V, g->Vp,
-                                      dloss, backward, fp8 ? g->dlogits8 : nullptr, grad8_scale,
-                                      g->stream);
+        }
+        crossentropy_forward_backward(g->logits, losses + r0, fp8 ? g->head_lse : nullptr,
+                                      targets + r0, rows, g->V, g->Vp, dloss, backward && !fp8, s);
         if (!backward) continue;
-        if (fp8)
+        if (fp8) {
+            const fp8_transform t{FP8_SOFTMAX_GRAD, nullptr, g->head_lse, targets + r0, dloss,
+                                  g->V};
+            fp8_quantize(g->dlogits8, g->dlogitsT8, g->logits, t, rows, g->Vp, 1, 0, 0, h, gs,
+                         false, nullptr, nullptr, s);
             TRY(matmul_backward_input_fp8(g->mm, g->dC + (size_t)r0 * C, g->dlogits8, g->headT8,
                                           h.descale_of(gs), h.descale_of(ws), rows, C, g->Vp,
                                           true));
-        else
+            TRY(matmul_backward_weight_fp8(g->mm, G(g, g->head), g->dlogitsT8, g->lnfT8,
+                                           h.descale_of(gs), h.descale_of(xs), rows, C, g->Vp,
+                                           true));
+        } else {
             TRY(matmul_backward_input(g->mm, g->dC + (size_t)r0 * C, g->logits, P(g, g->head),
                                       rows, C, g->Vp, nullptr));
-        TRY(matmul_backward_weight(g->mm, G(g, g->head), g->logits, x, rows, C, g->Vp));
+            TRY(matmul_backward_weight(g->mm, G(g, g->head), g->logits, x, rows, C, g->Vp));
+        }
     }
     CUDA_CHECK_LAUNCH();
     return LLMC_OK;

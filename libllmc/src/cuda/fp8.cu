@@ -137,19 +137,43 @@ __device__ __forceinline__ void load_chunk(Chunk &c, const bf16 *in, const bf16 
         load_row<transform>(c, h, in, gelu_pre, r0, tr, col, rows, cols);
 }
 
+/* The 8 values of row `row` from column col on, transformed (fp8.cuh). */
+template <int transform>
+__device__ __forceinline__ void transformed(float x[8], const Vec16<bf16> &v,
+                                            const Vec16<bf16> &pre, const fp8_transform &t,
+                                            int row, int col) {
+    float lse = 0.0f;
+    int target = -1;
+    if (transform == FP8_SOFTMAX_GRAD) {
+        lse = t.row_lse[row];
+        target = t.row_target[row];
+    }
+    for (int j = 0; j < 8; j++) {
+        x[j] = __bfloat162float(v.v[j]);
+        if (transform == FP8_GELU) {
+            x[j] = gelu(x[j]);
+        } else if (transform == FP8_GELU_GRAD) {  // rounded to bf16 as the bf16 path's
+            x[j] = __bfloat162float(__float2bfloat16(x[j] * gelu_grad(__bfloat162float(pre.v[j]))));
+        } else if (transform == FP8_SOFTMAX_GRAD) {  // as crossentropy.cu's gradient
+            const bool real = target >= 0 && col + j < t.vocab;
+            x[j] = real ? (__expf(x[j] - lse) - (col + j == target ? 1.0f : 0.0f)) * t.dloss : 0.0f;
+        }
+    }
+}
+
 /* amax_only: read (and transform) without writing anything but amax.
  * partial (may be NULL): row split blockIdx.y's sums of this block's
  * columns, of the values as cast. */
 template <bool amax_only, int transform>
 __global__ void __launch_bounds__(CAST_THREADS, CAST_MIN_BLOCKS)
-quantize_kernel(uint8_t *out, uint8_t *outT, const bf16 *in, const bf16 *gelu_pre, int rows,
+quantize_kernel(uint8_t *out, uint8_t *outT, const bf16 *in, const fp8_transform t, int rows,
                 int cols, size_t in_stride, size_t out_stride, const float *scale, float *amax,
                 float *partial, int first_slot, bool record, bool e5m2) {
     __shared__ CastShared sh;
     __shared__ float warp_amax[CAST_THREADS / 32];
     const int z = blockIdx.z, slot = first_slot + z * FP8_PRODUCTS;
     in += z * in_stride;
-    if (transform == FP8_GELU_GRAD) gelu_pre += z * in_stride;
+    const bf16 *gelu_pre = transform == FP8_GELU_GRAD ? t.gelu_pre + z * in_stride : nullptr;
     if (out) out += z * out_stride;
     if (outT) outT += z * out_stride;
     // 16-byte transposed stores where every column of outT starts 16-byte aligned
@@ -177,13 +201,8 @@ quantize_kernel(uint8_t *out, uint8_t *outT, const bf16 *in, const bf16 *gelu_pr
             q[h][0] = q[h][1] = 0;
             if (row < rows && col < cols) {
                 float x[8];
+                transformed<transform>(x, v, pre, t, row, col);
                 for (int j = 0; j < 8; j++) {
-                    x[j] = __bfloat162float(v.v[j]);
-                    if (transform == FP8_GELU)
-                        x[j] = gelu(x[j]);
-                    else if (transform == FP8_GELU_GRAD)  // rounded to bf16 as the bf16 path's
-                        x[j] = __bfloat162float(__float2bfloat16(
-                            x[j] * gelu_grad(__bfloat162float(pre.v[j]))));
                     m = fmaxf(m, fabsf(x[j]));
                     sums[j] += x[j];
                 }
@@ -322,34 +341,33 @@ void fp8_reset(const fp8_scaling &s, cudaStream_t st) {
 }
 
 template <bool amax_only>
-void (*cast_kernel(int transform))(uint8_t *, uint8_t *, const bf16 *, const bf16 *, int, int,
-                                   size_t, size_t, const float *, float *, float *, int, bool,
+void (*cast_kernel(int transform))(uint8_t *, uint8_t *, const bf16 *, const fp8_transform, int,
+                                   int, size_t, size_t, const float *, float *, float *, int, bool,
                                    bool) {
-    return transform == FP8_GELU        ? quantize_kernel<amax_only, FP8_GELU>
-           : transform == FP8_GELU_GRAD ? quantize_kernel<amax_only, FP8_GELU_GRAD>
-                                        : quantize_kernel<amax_only, FP8_AS_IS>;
+    return transform == FP8_GELU           ? quantize_kernel<amax_only, FP8_GELU>
+           : transform == FP8_GELU_GRAD    ? quantize_kernel<amax_only, FP8_GELU_GRAD>
+           : transform == FP8_SOFTMAX_GRAD ? quantize_kernel<amax_only, FP8_SOFTMAX_GRAD>
+                                           : quantize_kernel<amax_only, FP8_AS_IS>;
 }
 
-void fp8_quantize(void *out, void *outT, const bf16 *in, int transform, const bf16 *gelu_pre,
-                  int rows, int cols, int layers, size_t in_stride, size_t out_stride,
-                  const fp8_scaling &s, int first_slot, bool record, float *dbias, float *partial,
-                  cudaStream_t st) {
-    const bool e5m2 = first_slot >= s.slot(FP8_G, 0, 0);
-    const auto kernel = cast_kernel<false>(transform);
+void fp8_quantize(void *out, void *outT, const bf16 *in, const fp8_transform &t, int rows,
+                  int cols, int layers, size_t in_stride, size_t out_stride, const fp8_scaling &s,
+                  int first_slot, bool record, float *dbias, float *partial, cudaStream_t st) {
+    const bool e5m2 = first_slot >= s.slot(FP8_G, 0, 0) && t.kind != FP8_SOFTMAX_GRAD;
+    const auto kernel = cast_kernel<false>(t.kind);
     const dim3 grid = cast_grid((const void *)kernel, rows, cols, layers);
     kernel<<<grid, CAST_THREADS, 0, st>>>(
-        (uint8_t *)out, (uint8_t *)outT, in, gelu_pre, rows, cols, in_stride, out_stride, s.scale,
-        s.amax, dbias ? partial : nullptr, first_slot, record, e5m2);
+        (uint8_t *)out, (uint8_t *)outT, in, t, rows, cols, in_stride, out_stride, s.scale, s.amax,
+        dbias ? partial : nullptr, first_slot, record, e5m2);
     if (dbias) add_partials(dbias, dbias, partial, grid.y, cols, cols, cols, st);
 }
 
-void fp8_amax(const bf16 *in, int transform, const bf16 *gelu_pre, int rows, int cols,
-              int layers, size_t in_stride, const fp8_scaling &s, int first_slot,
-              cudaStream_t st) {
-    const auto kernel = cast_kernel<true>(transform);
+void fp8_amax(const bf16 *in, const fp8_transform &t, int rows, int cols, int layers,
+              size_t in_stride, const fp8_scaling &s, int first_slot, cudaStream_t st) {
+    const auto kernel = cast_kernel<true>(t.kind);
     kernel<<<cast_grid((const void *)kernel, rows, cols, layers), CAST_THREADS, 0, st>>>(
-        nullptr, nullptr, in, gelu_pre, rows, cols, in_stride, 0, s.scale, s.amax, nullptr,
-        first_slot, true, false);
+        nullptr, nullptr, in, t, rows, cols, in_stride, 0, s.scale, s.amax, nullptr, first_slot,
+        true, false);
 }
 
 void fp8_set_scale(const fp8_scaling &s, int slot, float scale, cudaStream_t st) {

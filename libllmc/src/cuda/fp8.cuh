@@ -54,8 +54,20 @@ void fp8_reset(const fp8_scaling &s, cudaStream_t st);
 /* What a cast applies to each value first: nothing; GELU (fcproj's input
  * from fc's pre-activation, so that the bf16 GELU output is never
  * written); the gradient through GELU, in * GELU'(gelu_pre), rounded to
- * bf16 as the bf16 path's DGELU epilogue rounds (fc's output gradient). */
-enum { FP8_AS_IS = 0, FP8_GELU = 1, FP8_GELU_GRAD = 2 };
+ * bf16 as the bf16 path's DGELU epilogue rounds (fc's output gradient); the
+ * cross-entropy's gradient from bf16 logits, (softmax - onehot) * dloss
+ * (the LM head's output gradient; cast to E4M3 even in a G slot: its
+ * magnitude is bounded by dloss, so it needs E4M3's precision, not E5M2's
+ * range). */
+enum { FP8_AS_IS = 0, FP8_GELU = 1, FP8_GELU_GRAD = 2, FP8_SOFTMAX_GRAD = 3 };
+struct fp8_transform {
+    int kind = FP8_AS_IS;
+    const bf16 *gelu_pre = nullptr;   // GELU_GRAD: GELU's input, laid out as the cast's input
+    const float *row_lse = nullptr;   // SOFTMAX_GRAD: each row's log-sum-exp,
+    const int *row_target = nullptr;  //   its target (< 0: the row has no gradient),
+    float dloss = 0.0f;               //   the loss's scale
+    int vocab = 0;                    //   and the real columns (the rest are padding)
+};
 
 /* Quantizes `layers` matrices of rows x cols bf16 (layer z at in + z *
  * in_stride, its slot at first_slot + z * FP8_PRODUCTS), transformed, into
@@ -68,15 +80,13 @@ enum { FP8_AS_IS = 0, FP8_GELU = 1, FP8_GELU_GRAD = 2 };
 #ifndef CAST_ROW_SPLITS  // a knob of bench/fp8_cast_probe.sh, as fp8.cu's
 #define CAST_ROW_SPLITS 256
 #endif
-void fp8_quantize(void *out, void *outT, const bf16 *in, int transform, const bf16 *gelu_pre,
-                  int rows, int cols, int layers, size_t in_stride, size_t out_stride,
-                  const fp8_scaling &s, int first_slot, bool record, float *dbias, float *partial,
-                  cudaStream_t st);
+void fp8_quantize(void *out, void *outT, const bf16 *in, const fp8_transform &t, int rows,
+                  int cols, int layers, size_t in_stride, size_t out_stride, const fp8_scaling &s,
+                  int first_slot, bool record, float *dbias, float *partial, cudaStream_t st);
 /* Only the amax of the same matrices (into the slots), for scaling from the
  * current tensors. */
-void fp8_amax(const bf16 *in, int transform, const bf16 *gelu_pre, int rows, int cols,
-              int layers, size_t in_stride, const fp8_scaling &s, int first_slot,
-              cudaStream_t st);
+void fp8_amax(const bf16 *in, const fp8_transform &t, int rows, int cols, int layers,
+              size_t in_stride, const fp8_scaling &s, int first_slot, cudaStream_t st);
 /* One slot's scale, a power of two, and its descale. */
 void fp8_set_scale(const fp8_scaling &s, int slot, float scale, cudaStream_t st);
 /* Scales of `count` slots (first_slot, first_slot + stride, ...):

@@ -382,8 +382,10 @@ llmc_status matmul_backward_input_fp8(mm_ctx *ctx, bf16 *dinp, const void *dout8
 /* dw^T (IC, OC) += inpT8 (IC, N) rows . doutT8 (OC, N) rows, fp32. */
 llmc_status matmul_backward_weight_fp8(mm_ctx *ctx, float *dw, const void *doutT8,
                                        const void *inpT8, const float *dout_descale,
-                                       const float *inp_descale, int N, int IC, int OC) {
-    const Fp8Operands f8{CUDA_R_8F_E4M3, CUDA_R_8F_E5M2, inp_descale, dout_descale, false};
+                                       const float *inp_descale, int N, int IC, int OC,
+                                       bool dout_e4m3) {
+    const Fp8Operands f8{CUDA_R_8F_E4M3, dout_e4m3 ? CUDA_R_8F_E4M3 : CUDA_R_8F_E5M2, inp_descale,
+                         dout_descale, false};
     return lt_matmul(ctx, dw, CUDA_R_32F, inpT8, doutT8, IC, OC, OC, N, true, false, N, N, IC, true,
                      CUBLASLT_EPILOGUE_DEFAULT, nullptr, nullptr, 0, &f8);
 }

@@ -44,12 +44,14 @@ llmc_status matmul_backward_weight(mm_ctx *ctx, float *dw, const bf16 *dout, con
 llmc_status matmul_forward_fp8(mm_ctx *ctx, bf16 *out, const void *inp8, const void *w8,
                                const float *inp_descale, const float *w_descale, const bf16 *bias,
                                int N, int IC, int OC, int plan_rows = 0);
-/* dout8 is E5M2, or E4M3 with dout_e4m3 (the LM head's bounded logit gradients). */
+/* The gradients (dout8, doutT8) are E5M2, or E4M3 with dout_e4m3 (the LM
+ * head's logit gradients, bounded: fp8.cuh). */
 llmc_status matmul_backward_input_fp8(mm_ctx *ctx, bf16 *dinp, const void *dout8, const void *wT8,
                                       const float *dout_descale, const float *w_descale, int N,
                                       int IC, int OC, bool dout_e4m3 = false);
 llmc_status matmul_backward_weight_fp8(mm_ctx *ctx, float *dw, const void *doutT8,
                                        const void *inpT8, const float *dout_descale,
-                                       const float *inp_descale, int N, int IC, int OC);
+                                       const float *inp_descale, int N, int IC, int OC,
+                                       bool dout_e4m3 = false);
 
 #endif
