@@ -64,8 +64,9 @@ CUDA_PLUGIN := $(BUILD)/libllmc_cuda.so
 CUDA_INCS := -Ilibllmc/include -Ilibllmc/src $(addprefix -I,$(sort $(CUDART_INC) $(CUBLAS_INC) $(NVRTC_INC) $(CUDNN_INC)))
 CUDA_RPATHS := $(sort $(dir $(CUBLASLT_LIB) $(CUDNN_LIB) $(NVRTC_LIB)))
 cuda_comma := ,
+# CUDA_DEFS: extra -D flags, e.g. a variant of fp8.cu's cast knobs (bench/fp8_cast_probe.sh)
 NVCCFLAGS := -std=c++17 -O3 -gencode arch=compute_$(CUDA_ARCH),code=sm_$(CUDA_ARCH) \
-    -Xcompiler -fPIC,-fvisibility=hidden,-Wall $(CUDA_INCS)
+    -Xcompiler -fPIC,-fvisibility=hidden,-Wall $(CUDA_INCS) $(CUDA_DEFS)
 # The frontend calls NVRTC for some engines, hence libnvrtc.
 # cudnn-frontend is header-only and slow to compile: its one unit is built by
 # the host compiler, without the frontend's JSON serialisation, and depends on
