@@ -415,7 +415,10 @@ def test_llama_8b_that_does_not_fit_says_so_before_allocating():
 # Tolerances: FP8 rounds each operand to 3 (E4M3) or 2 (E5M2) mantissa bits, against bf16's 7,
 # so the bounds are ~6-8x bf16's above: logits ||fp8 - cpu|| / ||cpu|| < 0.12 (seen on an H200:
 # under 0.08 at C=128 and 80, 0.089 at d48's width), mean loss within 5e-2, every parameter's
-# gradient ||fp8 - cpu|| / ||cpu|| < 0.15 (seen: 2e-3..0.12); 20 AdamW steps within 0.05 of the
+# gradient ||fp8 - cpu|| / ||cpu|| < 0.2 (seen: 2e-3..0.12 with the LM head in bf16; with its
+# products in FP8 every gradient passes through one more FP8 product, up to 0.157 at d48's width
+# on a 64-token batch, while 2,000 training steps at d12 ended within 0.12% of bf16's validation
+# loss: BENCHMARKS.md); 20 AdamW steps within 0.05 of the
 # bf16 run's losses (seen: 3.5e-3). Llama (GQA ratio 2, F = 176, tied and untied) under the same
 # bounds, determinism, resume and recompute rules.
 LLAMA_FP8 = llama(num_heads=4, channels=64, num_kv_heads=2, ffn_hidden=176)
@@ -460,11 +463,11 @@ def test_fp8_matches_cpu(cfg, B, T):
     errors = {name: rel(gg[sl], gc[sl]) for name, sl in slices_of(cfg).items()
               if np.linalg.norm(gc[sl]) > 0}
     print("fp8 gradient relative errors:", {k: f"{v:.2e}" for k, v in errors.items()})
-    bad = {k: v for k, v in errors.items() if not v < 0.15}
+    bad = {k: v for k, v in errors.items() if not v < 0.2}
     assert not bad, bad
     # a second backward scales from the first one's history (delayed scaling)
     assert abs(gpu.backward(x, y) - loss_c) < 5e-2
-    assert rel(gpu.gradients(), gc) < 0.15
+    assert rel(gpu.gradients(), gc) < 0.2
     mc, mg = cpu.eval(x, y), gpu.eval(x, y)
     assert abs(mg - mc) < 5e-2
 
