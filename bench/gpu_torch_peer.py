@@ -141,7 +141,8 @@ def main():
     tokens = args.micro_steps * args.B * args.T
     result = {"peer": "pytorch" + (" compile" if args.compile else " eager") + (" fp8" if args.fp8 else ""),
               "torch": torch.__version__,
-              "preset": args.preset + ("-untied" if args.untied else ""), "B": args.B, "T": args.T, "micro_steps": args.micro_steps,
+              "preset": args.preset + ("-untied" if args.untied else ""), "B": args.B, "T": args.T,
+              "micro_steps": args.micro_steps,
               "ms_per_step": ms, "tokens_per_s": tokens / (ms / 1000),
               "peak_gb": torch.cuda.max_memory_allocated() / 1e9, "warmup_s": warmup_s}
     print(json.dumps(result))

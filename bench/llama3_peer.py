@@ -14,9 +14,10 @@ What the branch needs, from its source:
   train_llama3.cu:558), llm.c's 256 ints + 256 floats: llmc writes that format
   (Model.save(path, "bf16")). The SwiGLU width comes from multiple_of and
   ffn_dim_multiplier (train_llama3.cu:151); llmc writes multiple_of = the width.
-- It always has an output layer of its own (wlmhead, train_llama3.cu:115 and 156) that it
-  trains apart from wte, so a tied model (Llama 3.2 1B) trains untied there: llmc's row
-  beside it is the untied shape (peer_bench's `llama3.2-1b-untied`).
+- It always has an output layer of its own (wlmhead, train_llama3.cu:156), the logits'
+  weight (743) with its own gradient (839), apart from wte: a tied model (Llama 3.2 1B)
+  trains untied there (1.50B parameters, not 1.24B), so llmc's row beside it is the
+  untied shape (peer_bench's `llama3.2-1b-untied`).
 - Shards: llm.c's uint16 GPT-2 files (magic 20240520) or uint32 (20240801 v7), both read
   (llmc/dataloader.h:78-90): the FineWeb sample's GPT-2 shard as it is, the same tokens
   llmc reads (GPT-2 ids are valid in Llama 3's 128,256 vocabulary).
@@ -37,6 +38,7 @@ What the branch needs, from its source:
 import argparse
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import sysconfig
@@ -68,6 +70,9 @@ def build(peers, work):
     returns its path. The copy keeps the files' times, so make rebuilds only what changed."""
     peers, work = Path(peers).resolve(), Path(work)
     shutil.copytree(peers / BRANCH, work, symlinks=True, dirs_exist_ok=True)
+    for path in [work, *work.rglob("*")]:  # the carried source may be read-only
+        if not path.is_symlink():
+            path.chmod(path.stat().st_mode | stat.S_IWUSR)
     frontend = work / "cudnn-frontend"
     if not frontend.is_symlink():
         frontend.symlink_to(peers / FRONTEND)
