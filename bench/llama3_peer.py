@@ -47,7 +47,9 @@ from pathlib import Path
 BRANCH = "llm.c-llama3"
 FRONTEND = "cudnn-frontend-1.12.0"
 CUDA = Path("/usr/local/cuda")
-NVML_STUB = CUDA / "targets/x86_64-linux/lib/stubs/libnvidia-ml.so"
+# NVML to link against: the toolkit's stub (llm.c.sh's), else the driver's library
+NVML = [CUDA / "targets/x86_64-linux/lib/stubs/libnvidia-ml.so",
+        Path("/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1")]
 
 
 def wheel_paths():
@@ -67,7 +69,8 @@ def run_env():
 
 def build(peers, work):
     """Builds work/train_llama3cu from peers/llm.c-llama3 with llm.c.sh's make line;
-    returns its path. The copy keeps the files' times, so make rebuilds only what changed."""
+    returns its path. The copy keeps the files' times, so cuDNN's unit (the slow part) is
+    built once; train_llama3cu is a phony target of its Makefile, compiled each time."""
     peers, work = Path(peers).resolve(), Path(work)
     shutil.copytree(peers / BRANCH, work, symlinks=True, dirs_exist_ok=True)
     for path in [work, *work.rglob("*")]:  # the carried source may be read-only
@@ -77,19 +80,21 @@ def build(peers, work):
     if not frontend.is_symlink():
         frontend.symlink_to(peers / FRONTEND)
     # the wheels ship only versioned names: give the linker unversioned ones
-    (lib_dirs, include_dirs), links = wheel_paths(), work / "link"
+    (cu13_lib, cudnn_lib), (cu13_include, cudnn_include) = wheel_paths()
+    links = work / "link"
     links.mkdir(exist_ok=True)
-    for name, target in [("libcublas.so", lib_dirs[0] / "libcublas.so.13"),
-                         ("libcublasLt.so", lib_dirs[0] / "libcublasLt.so.13"),
-                         ("libcudnn.so", lib_dirs[1] / "libcudnn.so.9"),
-                         ("libnvidia-ml.so", NVML_STUB)]:
+    for name, target in [("libcublas.so", cu13_lib / "libcublas.so.13"),
+                         ("libcublasLt.so", cu13_lib / "libcublasLt.so.13"),
+                         ("libcudnn.so", cudnn_lib / "libcudnn.so.9"),
+                         ("libnvidia-ml.so", next((p for p in NVML if p.exists()), NVML[0]))]:
         (links / name).unlink(missing_ok=True)
         (links / name).symlink_to(target)
-    # the toolkit's headers before the wheels': the wheel's CUDA may be newer than nvcc, and
-    # its device intrinsics then call builtins this nvcc lacks (ptxas: unresolved
-    # __nv_fshl_wrap_impl, from the branch's __funnelshift_l in llmc/adamw.cuh:28)
-    includes = " ".join(["-Icudnn-frontend/include", f"-I{CUDA / 'include'}",
-                         *(f"-I{d}" for d in include_dirs)])
+    # cuDNN's header beside its library, then the toolkit's CUDA headers before the cu13
+    # wheel's: that wheel may be newer than nvcc, and its device intrinsics then call
+    # builtins this nvcc lacks (ptxas: unresolved __nv_fshl_wrap_impl, from the branch's
+    # __funnelshift_l in llmc/adamw.cuh:28); cuBLAS's headers come from the wheel
+    includes = (f"-Icudnn-frontend/include -I{cudnn_include} -I{CUDA / 'include'} "
+                f"-I{cu13_include}")
     cmd = ["make", "train_llama3cu", "USE_CUDNN=1", "NO_MULTI_GPU=1", "NO_USE_MPI=1",
            "GPU_COMPUTE_CAPABILITY=90", f"NVCC_INCLUDES={includes}",
            f"NVCC_LDLIBS=-L{links} -L{CUDA / 'lib64'}"]
