@@ -4,7 +4,8 @@ Training speed of the CUDA backend: ms/step, tokens/s, MFU and GPU memory.
     python bench/gpu_bench.py                      # the default set below, a table last
     python bench/gpu_bench.py --run d12,64,1024,8,1 --steps 10
 
-A run is preset,B,T,micro_steps,recompute[,dp|dpz|fp8]...; dp runs the model in
+A run is preset,B,T,micro_steps,recompute[,dp|dpz|fp8]... (the preset may be an
+llm.c model file, FILE.bin, to start from instead); dp runs the model in
 distributed mode with one rank (NCCL path: gradient buckets all-reduced during
 the backward), dpz the same with ZeRO-1, fp8 with FP8 block products. Each runs
 in its own process so that its memory is its own. Batches are real text: the
@@ -81,8 +82,9 @@ def run_one(spec, steps, warmup, data):
         batches.append((np.stack([x for x, _ in micro_batches]),
                         np.stack([y for _, y in micro_batches])))
     t0 = time.perf_counter()
-    m = pyllmc.Model.from_config(preset, device="cuda", max_batch_size=B, max_seq_len=T,
-                                 recompute=recompute, seed=0, **options)
+    create = pyllmc.Model.load if preset.endswith(".bin") else pyllmc.Model.from_config
+    m = create(preset, device="cuda", max_batch_size=B, max_seq_len=T, recompute=recompute, seed=0,
+               **options)
     create_s = time.perf_counter() - t0
     cfg = m.config
     times, losses = [], []
@@ -110,7 +112,7 @@ def run_one(spec, steps, warmup, data):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", action="append",
-                   help="preset,B,T,micro_steps,recompute[,dp|dpz|fp8]... (repeatable)")
+                   help="preset or FILE.bin,B,T,micro_steps,recompute[,dp|dpz|fp8]... (repeatable)")
     p.add_argument("--data", default=str(DEFAULT_DATA),
                    help="token shard(s) the batches come from (default: %(default)s)")
     p.add_argument("--steps", type=int, default=8, help="timed steps per run")

@@ -6,7 +6,9 @@
 #     quick: tests and the two d12 benchmarks
 #     profile: tests and a kernel-time profile of d12 (bench/gpu_profile.py)
 #     peers: tests, then llmc (trainer and library loop) against llm.c at d12, d24, d36 and d48
-#            in this call, on real text (bench/peer_bench.py; PEER_ARGS adds its flags, e.g. --fp8)
+#            in this call, on real text (bench/peer_bench.py; PEER_ARGS adds its flags, e.g. --fp8;
+#            llm.c's llama3 branch, when carried, builds beside llm.c for `--sizes llama3.2-1b-untied`)
+#   NO_TESTS=1 (any mode): skip tests/test_cuda.py (a short call that measures only)
 #   FP8_PROBE="65536 768" (any mode): also cuBLASLt's bf16 and FP8 product times at those shapes
 #     multi: tests, then data parallel on this machine's GPUs beside llm.c built with MPI
 #            (bench/multi_gpu.py; MULTI_ARGS adds its flags, e.g. "--sizes d48 --no-check")
@@ -22,7 +24,8 @@
 # Needs, carried beside the tree when the machine has no network:
 #   .carry/cudnn-frontend/include  the cudnn-frontend headers (pip nvidia-cudnn-frontend)
 #   .carry/whl/*.whl               wheels the machine lacks (scipy-openblas32)
-#   .carry/peers                   peers mode: a copy of ../shared/peers (llm.c and its build script)
+#   .carry/peers                   peers mode: a copy of ../shared/peers (llm.c and its build script,
+#                                  llm.c-llama3 and the cudnn-frontend it builds with)
 #   .carry/fineweb_sample          real FineWeb token shards (../shared/data/fineweb_sample): every
 #                                  benchmark reads them
 # Logs go to $OUT (or /tmp/gpu_check).
@@ -45,6 +48,10 @@ start=$(date +%s)
 if [ "$MODE" = peers ] || [ "$MODE" = multi ]; then  # llm.c builds beside llmc
     bash .carry/peers/llm.c.sh build $([ "$MODE" = multi ] && echo mpi) > "$OUT/llm.c-build.log" 2>&1 &
     peer_build=$!
+    if [ "$MODE" = peers ] && [ -d .carry/peers/llm.c-llama3 ]; then  # peer_bench finds it built
+        python3 -m bench.llama3_peer > "$OUT/llama3-build.log" 2>&1 &
+        llama3_build=$!
+    fi
 fi
 make -j"$(nproc)" lib "${DEPS_ARG[@]}" > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
 if [ "$MODE" = ab ]; then  # the other tree, sharing the cuDNN unit when attention is the same in both
@@ -65,8 +72,11 @@ if [ -n "$FP8_PROBE" ]; then
     while [ $# -ge 2 ]; do /tmp/fp8_probe "$1" "$2" | tee -a "$OUT/fp8_probe.log"; shift 2; done
 fi
 
-python3 -m pytest -q -rs tests/test_cuda.py -s 2>&1 | tee "$OUT/tests.log" | grep -vE "^\s*$" | tail -25
-tests_rc=$?
+tests_rc=0
+if [ "${NO_TESTS:-0}" != 1 ]; then
+    python3 -m pytest -q -rs tests/test_cuda.py -s 2>&1 | tee "$OUT/tests.log" | grep -vE "^\s*$" | tail -25
+    tests_rc=$?
+fi
 
 if [ "$MODE" = full ]; then
     if [ -f bench/hellaswag_bench.py ]; then
@@ -80,6 +90,8 @@ fi
 if [ "$MODE" = peers ] || [ "$MODE" = multi ]; then
     wait $peer_build || { tail -20 "$OUT/llm.c-build.log"; exit 1; }
     echo "llm.c built: $(( $(date +%s) - start )) s"
+    # a failed llama3 build is reported by peer_bench, which tries once more
+    [ -n "$llama3_build" ] && { wait $llama3_build; tail -1 "$OUT/llama3-build.log"; }
 fi
 if [ "$MODE" = peers ]; then
     python3 -m bench.peer_bench --json "$OUT/peers.json" $PEER_ARGS 2>&1 | tee "$OUT/peers.log"

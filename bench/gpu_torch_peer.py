@@ -16,13 +16,15 @@ network).
 
 A llama preset (llama-124m, llama3.2-1b, llama3.2-3b, llama3.1-8b) trains
 transformers' LlamaForCausalLM of that shape instead (fp32 weights as
-masters, bf16 autocast, SDPA attention, fused AdamW decaying the 2-D weights).
+masters, bf16 autocast, SDPA attention, fused AdamW decaying the 2-D weights);
+--untied gives it an output layer of its own (bench/peer_bench.py's PRESET-untied).
 
 Steps are timed with CUDA events after warm-up steps (the first ones include
 compilation); the median is printed with tokens/s and peak GPU memory
 (torch.cuda.max_memory_allocated, i.e. the caching allocator's peak).
 """
 import argparse
+import dataclasses
 import json
 import statistics
 import time
@@ -55,13 +57,15 @@ class LlamaLoss(torch.nn.Module):
         return logits, loss
 
 
-def llama_model(preset):
-    """(model, fused AdamW) of a llmc Llama preset's shape."""
+def llama_model(preset, untied=False):
+    """(model, fused AdamW) of a llmc Llama preset's shape, untied: with its own output layer."""
     import transformers
 
     import pyllmc
     from pyllmc import hf
     config = pyllmc.Config.preset(preset)
+    if untied:
+        config = dataclasses.replace(config, untied_head=1)
     hf_config = transformers.LlamaConfig(**hf.llama_hf_config(config), attn_implementation="sdpa")
     model = LlamaLoss(transformers.LlamaForCausalLM(hf_config)).cuda()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -79,6 +83,7 @@ def main():
     p.add_argument("--micro-steps", type=int, default=8)
     p.add_argument("--steps", type=int, default=6, help="timed steps")
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--untied", action="store_true", help="a Llama preset with its own output layer")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--fp8", action="store_true", help="torchao float8 training (tensorwise)")
     p.add_argument("--data", default=str(DEFAULT_DATA), help="token shard(s) to read batches from")
@@ -87,7 +92,7 @@ def main():
 
     torch.backends.cuda.matmul.allow_tf32 = True
     if args.preset in LLAMA_PRESETS:
-        model, optimizer = llama_model(args.preset)
+        model, optimizer = llama_model(args.preset, args.untied)
     else:
         L, H, C = PRESETS[args.preset]
         model = init_gpt2_(GPT(GPTConfig(num_layers=L, num_heads=H, channels=C))).cuda()
@@ -136,7 +141,8 @@ def main():
     tokens = args.micro_steps * args.B * args.T
     result = {"peer": "pytorch" + (" compile" if args.compile else " eager") + (" fp8" if args.fp8 else ""),
               "torch": torch.__version__,
-              "preset": args.preset, "B": args.B, "T": args.T, "micro_steps": args.micro_steps,
+              "preset": args.preset + ("-untied" if args.untied else ""), "B": args.B, "T": args.T,
+              "micro_steps": args.micro_steps,
               "ms_per_step": ms, "tokens_per_s": tokens / (ms / 1000),
               "peak_gb": torch.cuda.max_memory_allocated() / 1e9, "warmup_s": warmup_s}
     print(json.dumps(result))
