@@ -9,9 +9,10 @@
  * values at a time: 16-byte loads of bf16, 8-byte stores of FP8 in the
  * row-major output. The transposed output (Hopper's FP8 products take only
  * the "TN" layout, so a weight gradient needs both operands with the token
- * dimension innermost) goes through shared memory: either byte by byte with
- * 8-byte stores, or (CAST_REG_TRANSPOSE) as 4 x 4 byte transposes in
- * registers, 4-byte words in shared memory and 16-byte stores.
+ * dimension innermost) goes through shared memory byte by byte, with 8-byte
+ * stores. (Transposing 4 x 4 bytes in registers for 16-byte stores, loading
+ * the next tile row by row and sizing the grid to whole waves all measured
+ * slower on the H200: bench/CUDA_NOTES.md.)
  * Largest magnitudes combine by atomicMax on the float bits (non-negative
  * floats order as their bits do): a max is the same in any order, and the
  * column sums go through fixed partials, so runs stay bit-identical.
@@ -32,25 +33,15 @@
 #ifndef CAST_MIN_BLOCKS  // blocks per SM that __launch_bounds__ leaves registers for
 #define CAST_MIN_BLOCKS 4
 #endif
-#ifndef CAST_PREFETCH  // the next tile's loads, 0: none before it; 1: all before this tile is
-#define CAST_PREFETCH 1  // converted; 2: each row's into the registers of this tile's row just read
-#endif
-#ifndef CAST_REG_TRANSPOSE  // 1: transposes in registers, 16-byte outT stores, a barrier a tile
-#define CAST_REG_TRANSPOSE 0
-#endif
-#ifndef CAST_WAVES  // k > 0: rather than CAST_ROW_SPLITS, k waves of resident blocks
-#define CAST_WAVES 0
+#ifndef CAST_PREFETCH  // 1: the next tile's loads issued before this tile is converted
+#define CAST_PREFETCH 1
 #endif
 
 #define TILE 64                            // columns of a tile
 #define THREAD_ROWS (CAST_THREADS / 8)     // rows a tile's threads cover at a time
 #define TILE_ROWS (THREAD_ROWS * CAST_ROWS)
-#define TILE_WORDS (TILE_ROWS / 4)         // 4-byte words of a transposed tile's column
-#define SWIZZLE_GROUPS (TILE_WORDS / 4 < 8 ? TILE_WORDS / 4 : 8)
 
 static_assert(CAST_THREADS % 32 == 0 && CAST_THREADS <= 1024, "CAST_THREADS: whole warps");
-static_assert(!CAST_REG_TRANSPOSE || (CAST_ROWS % 4 == 0 && (TILE_WORDS & (TILE_WORDS - 1)) == 0),
-              "CAST_REG_TRANSPOSE: CAST_ROWS a multiple of 4, tiles of a power of two rows");
 static_assert(CAST_ROW_SPLITS * 4 <= LN_BACKWARD_BLOCKS * 3,
               "the partial buffer (PARTIAL_FLOATS) holds CAST_ROW_SPLITS rows of 4C");
 
@@ -84,34 +75,12 @@ __device__ __forceinline__ void to_fp8x8(uint32_t q[2], const float x[8], float 
     }
 }
 
-/* The 4 x 4 bytes of a (row i in a[i], column j in byte j) transposed: column j in t[j], row i
- * in its byte i. */
-__device__ __forceinline__ void transpose4x4(uint32_t t[4], const uint32_t a[4]) {
-    const uint32_t lo01 = __byte_perm(a[0], a[1], 0x5140), hi01 = __byte_perm(a[0], a[1], 0x7362);
-    const uint32_t lo23 = __byte_perm(a[2], a[3], 0x5140), hi23 = __byte_perm(a[2], a[3], 0x7362);
-    t[0] = __byte_perm(lo01, lo23, 0x5410);
-    t[1] = __byte_perm(lo01, lo23, 0x7632);
-    t[2] = __byte_perm(hi01, hi23, 0x5410);
-    t[3] = __byte_perm(hi01, hi23, 0x7632);
-}
-
-/* A tile's row for thread row tr's h-th row. Register transposes take 4 consecutive rows per
- * thread, in groups THREAD_ROWS words apart, so that a warp's 32 word stores of one column
- * offset land in 32 banks once swizzled. */
-__device__ __forceinline__ int tile_row(int tr, int h) {
-    return CAST_REG_TRANSPOSE ? (h / 4 * THREAD_ROWS + tr) * 4 + h % 4 : tr + h * THREAD_ROWS;
-}
-
-/* Where word w (rows 4w..4w+3) of a transposed tile's column c is kept: XOR-ed by a multiple of
- * 4 that differs across the 8 column groups of 8, so 16-byte groups stay whole and aligned. */
-__device__ __forceinline__ int swizzled(int c, int w) {
-    return w ^ (c / 8 % SWIZZLE_GROUPS * 4);
-}
+/* A tile's row for thread row tr's h-th row. */
+__device__ __forceinline__ int tile_row(int tr, int h) { return tr + h * THREAD_ROWS; }
 
 /* Shared memory of a block: the staged transposed tile, then the column sums. */
 union alignas(16) CastShared {
-    uint8_t bytes[TILE_ROWS][TILE + 1];   // byte staging: +1, transposed reads in distinct banks
-    uint32_t words[2][TILE][TILE_WORDS];  // register transposes: by column, two tiles in turn
+    uint8_t bytes[TILE_ROWS][TILE + 1];  // +1: the transposed reads hit distinct banks
     float col_sums[THREAD_ROWS][TILE];
 };
 
@@ -180,16 +149,14 @@ quantize_kernel(uint8_t *out, uint8_t *outT, const bf16 *in, const fp8_transform
     const bf16 *gelu_pre = transform == FP8_GELU_GRAD ? t.gelu_pre + z * in_stride : nullptr;
     if (out) out += z * out_stride;
     if (outT) outT += z * out_stride;
-    // 16-byte transposed stores where every column of outT starts 16-byte aligned
-    const bool wide = rows % 16 == 0 && reinterpret_cast<uintptr_t>(outT) % 16 == 0;
     const int c0 = blockIdx.x * TILE, tr = threadIdx.x / 8, tc = threadIdx.x % 8 * 8;
     const int col = c0 + tc, stride = gridDim.y * TILE_ROWS;
     const float s = amax_only ? 1.0f : scale[slot];
     float m = 0.0f, sums[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     Chunk cur, next;
-    int r0 = blockIdx.y * TILE_ROWS, buf = 0;
+    int r0 = blockIdx.y * TILE_ROWS;
     if (CAST_PREFETCH) load_chunk<transform>(cur, in, gelu_pre, r0, tr, col, rows, cols);
-    for (; r0 < rows; r0 += stride, buf ^= 1) {
+    for (; r0 < rows; r0 += stride) {
         const bool more = r0 + stride < rows;
         if (CAST_PREFETCH == 0)
             load_chunk<transform>(cur, in, gelu_pre, r0, tr, col, rows, cols);
@@ -200,8 +167,6 @@ quantize_kernel(uint8_t *out, uint8_t *outT, const bf16 *in, const fp8_transform
         for (int h = 0; h < CAST_ROWS; h++) {
             const int r = tile_row(tr, h), row = r0 + r;
             const Vec16<bf16> v = cur.v[h], pre = cur.pre[h];
-            if (CAST_PREFETCH == 2 && more)
-                load_row<transform>(cur, h, in, gelu_pre, r0 + stride, tr, col, rows, cols);
             q[h][0] = q[h][1] = 0;
             if (row < rows && col < cols) {
                 float x[8];
@@ -217,41 +182,11 @@ quantize_kernel(uint8_t *out, uint8_t *outT, const bf16 *in, const fp8_transform
                             make_uint2(q[h][0], q[h][1]);
                 }
             }
-            if (!CAST_REG_TRANSPOSE && outT)
+            if (outT)
                 for (int j = 0; j < 8; j++)
                     sh.bytes[r][tc + j] = (uint8_t)(q[h][j / 4] >> (j % 4 * 8));
         }
-        if (outT && CAST_REG_TRANSPOSE) {
-#pragma unroll
-            for (int g = 0; g < CAST_ROWS / 4; g++) {
-                const int w = g * THREAD_ROWS + tr;  // rows 4w..4w+3: tile_row(tr, 4g..4g+3)
-                for (int half = 0; half < 2; half++) {
-                    const uint32_t a[4] = {q[4 * g][half], q[4 * g + 1][half], q[4 * g + 2][half],
-                                           q[4 * g + 3][half]};
-                    uint32_t t[4];
-                    transpose4x4(t, a);
-                    for (int j = 0; j < 4; j++) {
-                        const int c = tc + half * 4 + j;
-                        sh.words[buf][c][swizzled(c, w)] = t[j];
-                    }
-                }
-            }
-            __syncthreads();  // no second barrier: the next tile is staged in the other buffer
-            for (int k = threadIdx.x; k < TILE * TILE_WORDS / 4; k += CAST_THREADS) {
-                const int c = k / (TILE_WORDS / 4), w = k % (TILE_WORDS / 4) * 4;
-                const int tcol = c0 + c, trow = r0 + w * 4;
-                if (tcol >= cols || trow >= rows) continue;
-                const uint4 v =
-                    *reinterpret_cast<const uint4 *>(&sh.words[buf][c][swizzled(c, w)]);
-                uint8_t *dst = outT + (size_t)tcol * rows + trow;
-                if (wide) {  // rows % 16 == 0: all 16 rows are in the matrix
-                    *reinterpret_cast<uint4 *>(dst) = v;
-                } else {  // rows % 8 == 0: the first 8 are
-                    *reinterpret_cast<uint2 *>(dst) = make_uint2(v.x, v.y);
-                    if (trow + 8 < rows) *reinterpret_cast<uint2 *>(dst + 8) = make_uint2(v.z, v.w);
-                }
-            }
-        } else if (outT) {
+        if (outT) {
             __syncthreads();
             for (int k = threadIdx.x; k < TILE * TILE_ROWS / 8; k += CAST_THREADS) {
                 const int c = k / (TILE_ROWS / 8), rr = k % (TILE_ROWS / 8) * 8;
@@ -322,19 +257,9 @@ __global__ void reset_kernel(float *scale, float *descale, float *amax, float *h
     for (int k = 0; k < FP8_HISTORY; k++) history[(size_t)i * FP8_HISTORY + k] = 0.0f;
 }
 
-/* Column strips of 64 on x, layers on z, and on y at most CAST_ROW_SPLITS blocks down each
- * strip; with CAST_WAVES, as many as fill that many waves of the kernel's resident blocks (one
- * occupancy query per launch). */
-dim3 cast_grid(const void *kernel, int rows, int cols, int layers) {
-    const int strips = ceil_div(cols, TILE);
-    int splits = std::min(ceil_div(rows, TILE_ROWS), CAST_ROW_SPLITS);
-    int device = 0, sms = 0, per_sm = 0;
-    if (CAST_WAVES > 0 && cudaGetDevice(&device) == cudaSuccess &&
-        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) == cudaSuccess &&
-        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, CAST_THREADS, 0) ==
-            cudaSuccess)
-        splits = std::max(1, std::min(splits, CAST_WAVES * sms * per_sm / (strips * layers)));
-    return dim3(strips, splits, layers);
+/* Column strips of 64 on x, at most CAST_ROW_SPLITS blocks down each strip on y, layers on z. */
+dim3 cast_grid(int rows, int cols, int layers) {
+    return dim3(ceil_div(cols, TILE), std::min(ceil_div(rows, TILE_ROWS), CAST_ROW_SPLITS), layers);
 }
 
 }  // namespace
@@ -359,7 +284,7 @@ void fp8_quantize(void *out, void *outT, const bf16 *in, const fp8_transform &t,
                   int first_slot, bool record, float *dbias, float *partial, cudaStream_t st) {
     const bool e5m2 = first_slot >= s.slot(FP8_G, 0, 0) && t.kind != FP8_SOFTMAX_GRAD;
     const auto kernel = cast_kernel<false>(t.kind);
-    const dim3 grid = cast_grid((const void *)kernel, rows, cols, layers);
+    const dim3 grid = cast_grid(rows, cols, layers);
     kernel<<<grid, CAST_THREADS, 0, st>>>(
         (uint8_t *)out, (uint8_t *)outT, in, t, rows, cols, in_stride, out_stride, s.scale, s.amax,
         dbias ? partial : nullptr, first_slot, record, e5m2);
@@ -369,7 +294,7 @@ void fp8_quantize(void *out, void *outT, const bf16 *in, const fp8_transform &t,
 void fp8_amax(const bf16 *in, const fp8_transform &t, int rows, int cols, int layers,
               size_t in_stride, const fp8_scaling &s, int first_slot, cudaStream_t st) {
     const auto kernel = cast_kernel<true>(t.kind);
-    kernel<<<cast_grid((const void *)kernel, rows, cols, layers), CAST_THREADS, 0, st>>>(
+    kernel<<<cast_grid(rows, cols, layers), CAST_THREADS, 0, st>>>(
         nullptr, nullptr, in, t, rows, cols, in_stride, 0, s.scale, s.amax, nullptr, first_slot,
         true, false);
 }
