@@ -143,10 +143,6 @@ const int PRODUCT_BIAS[FP8_PRODUCTS] = {P_QKVB, P_ATTPROJB, P_FCB, P_FCPROJB};
 const char *const PRODUCT_NAME[FP8_PRODUCTS] = {"qkv", "attention projection", "fc",
                                                 "fc projection"};
 int product_in(const cuda_state *g, int p) { return p == FP8_FCPROJ ? g->ACT : g->C; }
-/* Rows of logits the classifier computes at once. */
-size_t classifier_chunk(const cuda_state *g) {
-    return std::min<size_t>(g->Nmax, CLASSIFIER_CHUNK_ROWS);
-}
 int product_out(const cuda_state *g, int p) {
     return p == FP8_QKV ? g->QKV : p == FP8_FC ? g->FC : g->C;
 }
@@ -156,6 +152,10 @@ size_t widest_operand(const cuda_state *g) {
     int w = 0;
     for (int p = 0; p < FP8_PRODUCTS; p++) w = std::max({w, product_in(g, p), product_out(g, p)});
     return w;
+}
+/* Rows of logits the classifier computes at once. */
+size_t classifier_chunk(const cuda_state *g) {
+    return std::min<size_t>(g->Nmax, CLASSIFIER_CHUNK_ROWS);
 }
 
 cuda_state *impl(const llmc_model *m) { return (cuda_state *)m->impl; }
@@ -616,9 +616,7 @@ void quantize_weights(cuda_state *g) {
     }
     const fp8_scaling &h = g->head_scaling;
     const int w = h.slot(FP8_W, 0, 0);
-    cudaMemsetAsync(h.amax + w, 0, sizeof(float), s);
-    fp8_amax(P(g, g->head), {}, g->Vp, g->C, 1, 0, h, w, s);
-    fp8_set_scales(h, w, 1, 1, false, s);
+    fp8_current_scale(P(g, g->head), g->Vp, g->C, h, w, s);
     fp8_quantize(g->head8, g->headT8, P(g, g->head), {}, g->Vp, g->C, 1, 0, 0, h, w, false,
                  nullptr, nullptr, s);
 }
@@ -778,12 +776,8 @@ llmc_status classifier(cuda_state *g, const bf16 *lnf, const int *targets, float
     const fp8_scaling &h = g->head_scaling;
     const int xs = h.slot(FP8_X, 0, 0), ws = h.slot(FP8_W, 0, 0), gs = h.slot(FP8_G, 0, 0);
     if (fp8) {
-        CUDA_TRY(cudaMemsetAsync(h.amax + xs, 0, sizeof(float), s));
-        fp8_amax(lnf, {}, N, C, 1, 0, h, xs, s);
-        fp8_set_scales(h, xs, 1, 1, false, s);
-        int e = 0;  // the largest power of two with dloss * 2^e <= E4M3's largest finite value
-        if (dloss > 0.0f) frexpf(448.0f / dloss, &e);
-        fp8_set_scale(h, gs, ldexpf(1.0f, std::max(-126, std::min(126, e - 1))), s);
+        fp8_current_scale(lnf, N, C, h, xs, s);
+        fp8_set_scale(h, gs, dloss > 0.0f ? fp8_pow2_scale(dloss, FP8_E4M3_MAX) : 1.0f, s);
     }
     for (int r0 = 0; r0 < N; r0 += chunk) {
         const int rows = std::min(chunk, N - r0);

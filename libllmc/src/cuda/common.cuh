@@ -74,10 +74,19 @@ __device__ __forceinline__ void residual_add_row(bf16 *res_out, const bf16 *res_
     __syncwarp();
 }
 
-/* GELU, the tanh form GPT-2 uses. */
+/* tanh in one instruction (max error ~2^-11), for results rounded coarser than that. */
+__device__ __forceinline__ float tanh_approx(float x) {
+    float y;
+    asm("tanh.approx.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+/* GELU, the tanh form GPT-2 uses; approx: with tanh_approx (FP8's casts). */
+template <bool approx = false>
 __device__ __forceinline__ float gelu_tanh(float v) {
     const float k = 0.7978845608028654f;  // sqrt(2 / pi)
-    return 0.5f * v * (1.0f + tanhf(k * (v + 0.044715f * v * v * v)));
+    const float u = k * (v + 0.044715f * v * v * v);
+    return 0.5f * v * (1.0f + (approx ? tanh_approx(u) : tanhf(u)));
 }
 
 __device__ __forceinline__ float warp_sum(float v) {

@@ -47,21 +47,11 @@ static_assert(CAST_ROW_SPLITS * 4 <= LN_BACKWARD_BLOCKS * 3,
 
 namespace {
 
-/* tanh in one instruction (max error ~2^-11): GELU' is rounded to bf16 (2^-8) anyway. */
-__device__ __forceinline__ float fast_tanh(float x) {
-    float y;
-    asm("tanh.approx.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-}
-
-/* GELU's tanh form (as gelu.cu) and its derivative (as the bf16 path's DGELU epilogue). */
-__device__ __forceinline__ float gelu(float x) {
-    const float k = 0.7978845608028654f, a = 0.044715f;  // sqrt(2/pi)
-    return 0.5f * x * (1.0f + fast_tanh(k * (x + a * x * x * x)));
-}
+/* The derivative of GELU's tanh form (as the bf16 path's DGELU epilogue), with
+ * tanh_approx: the result is rounded to bf16 (2^-8), then to FP8. */
 __device__ __forceinline__ float gelu_grad(float x) {
-    const float k = 0.7978845608028654f, a = 0.044715f;
-    const float t = fast_tanh(k * (x + a * x * x * x));
+    const float k = 0.7978845608028654f, a = 0.044715f;  // sqrt(2/pi)
+    const float t = tanh_approx(k * (x + a * x * x * x));
     return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * k * (1.0f + 3.0f * a * x * x);
 }
 
@@ -90,20 +80,15 @@ struct Chunk {
 };
 
 template <int transform>
-__device__ __forceinline__ void load_row(Chunk &c, int h, const bf16 *in, const bf16 *gelu_pre,
-                                         int r0, int tr, int col, int rows, int cols) {
-    const int r = r0 + tile_row(tr, h);
-    if (r >= rows || col >= cols) return;
-    c.v[h] = load16(in + (size_t)r * cols + col);
-    if (transform == FP8_GELU_GRAD) c.pre[h] = load16(gelu_pre + (size_t)r * cols + col);
-}
-
-template <int transform>
 __device__ __forceinline__ void load_chunk(Chunk &c, const bf16 *in, const bf16 *gelu_pre,
                                            int r0, int tr, int col, int rows, int cols) {
 #pragma unroll
-    for (int h = 0; h < CAST_ROWS; h++)
-        load_row<transform>(c, h, in, gelu_pre, r0, tr, col, rows, cols);
+    for (int h = 0; h < CAST_ROWS; h++) {
+        const int r = r0 + tile_row(tr, h);
+        if (r >= rows || col >= cols) continue;
+        c.v[h] = load16(in + (size_t)r * cols + col);
+        if (transform == FP8_GELU_GRAD) c.pre[h] = load16(gelu_pre + (size_t)r * cols + col);
+    }
 }
 
 /* The 8 values of row `row` from column col on, transformed (fp8.cuh). */
@@ -120,7 +105,7 @@ __device__ __forceinline__ void transformed(float x[8], const Vec16<bf16> &v,
     for (int j = 0; j < 8; j++) {
         x[j] = __bfloat162float(v.v[j]);
         if (transform == FP8_GELU) {
-            x[j] = gelu(x[j]);
+            x[j] = gelu_tanh<true>(x[j]);  // cast to FP8 next: the approximate tanh
         } else if (transform == FP8_GELU_GRAD) {  // rounded to bf16 as the bf16 path's
             x[j] = __bfloat162float(__float2bfloat16(x[j] * gelu_grad(__bfloat162float(pre.v[j]))));
         } else if (transform == FP8_SOFTMAX_GRAD) {  // as crossentropy.cu's gradient
@@ -132,10 +117,10 @@ __device__ __forceinline__ void transformed(float x[8], const Vec16<bf16> &v,
 
 /* amax_only: read (and transform) without writing anything but amax.
  * partial (may be NULL): row split blockIdx.y's sums of this block's
- * columns, of the values as cast. */
-/* GELU_GRAD's casts keep twice the loads in flight: held to CAST_MIN_BLOCKS they
- * spilled and ran 5% slower than with one block fewer (bench/fp8_cast_probe on
- * an H200; the others ran 13-23% faster at 4 blocks than at 3). */
+ * columns, of the values as cast. GELU_GRAD's casts keep twice the loads in
+ * flight: held to CAST_MIN_BLOCKS they spilled and ran 5% slower than with
+ * one block fewer (bench/fp8_cast_probe on an H200; the others ran 13-23%
+ * faster at 4 blocks than at 3). */
 template <bool amax_only, int transform>
 __global__ void __launch_bounds__(CAST_THREADS, transform == FP8_GELU_GRAD ? CAST_MIN_BLOCKS - 1
                                                                           : CAST_MIN_BLOCKS)
@@ -236,12 +221,8 @@ __global__ void set_scales_kernel(float *scale, float *descale, float *amax, flo
         amax[slot] = 0.0f;
     }
     if (!(a > 0.0f) || !isfinite(a)) return;  // nothing seen yet, or a broken step: keep it
-    const float fp8_max = slot >= g_first ? 57344.0f : 448.0f;  // E5M2, E4M3
-    int e;
-    frexpf(fp8_max / a, &e);  // fp8_max / a = f * 2^e, f in [0.5, 1): 2^(e-1) <= fp8_max / a
-    e = max(-126, min(126, e - 1));
-    scale[slot] = ldexpf(1.0f, e);
-    descale[(size_t)slot * FP8_DESCALE_STRIDE] = ldexpf(1.0f, -e);
+    scale[slot] = fp8_pow2_scale(a, slot >= g_first ? FP8_E5M2_MAX : FP8_E4M3_MAX);
+    descale[(size_t)slot * FP8_DESCALE_STRIDE] = 1.0f / scale[slot];  // exact: a power of two
 }
 
 __global__ void set_scale_kernel(float *scale, float *descale, int slot, float value) {
@@ -297,6 +278,13 @@ void fp8_amax(const bf16 *in, const fp8_transform &t, int rows, int cols, int la
     kernel<<<cast_grid(rows, cols, layers), CAST_THREADS, 0, st>>>(
         nullptr, nullptr, in, t, rows, cols, in_stride, 0, s.scale, s.amax, nullptr, first_slot,
         true, false);
+}
+
+void fp8_current_scale(const bf16 *in, int rows, int cols, const fp8_scaling &s, int slot,
+                       cudaStream_t st) {
+    cudaMemsetAsync(s.amax + slot, 0, sizeof(float), st);
+    fp8_amax(in, {}, rows, cols, 1, 0, s, slot, st);
+    fp8_set_scales(s, slot, 1, 1, false, st);
 }
 
 void fp8_set_scale(const fp8_scaling &s, int slot, float scale, cudaStream_t st) {

@@ -25,6 +25,17 @@ typedef __nv_fp8_e4m3 fp8e4;
 typedef __nv_fp8_e5m2 fp8e5;
 
 #define FP8_HISTORY 16
+#define FP8_E4M3_MAX 448.0f   // the largest finite values
+#define FP8_E5M2_MAX 57344.0f
+
+/* The scale of a tensor whose largest magnitude is amax > 0: the largest power
+ * of two s with amax * s <= fp8_max (2^-126..2^126), so that scaling is exact. */
+__host__ __device__ inline float fp8_pow2_scale(float amax, float fp8_max) {
+    int e;
+    frexpf(fp8_max / amax, &e);  // fp8_max / amax = f * 2^e, f in [0.5, 1)
+    e = e - 1 < -126 ? -126 : e - 1 > 126 ? 126 : e - 1;
+    return ldexpf(1.0f, e);
+}
 enum { FP8_X = 0, FP8_W = 1, FP8_G = 2, FP8_ROLES = 3 };
 enum { FP8_QKV = 0, FP8_ATTPROJ = 1, FP8_FC = 2, FP8_FCPROJ = 3, FP8_PRODUCTS = 4 };
 
@@ -87,6 +98,10 @@ void fp8_quantize(void *out, void *outT, const bf16 *in, const fp8_transform &t,
  * current tensors. */
 void fp8_amax(const bf16 *in, const fp8_transform &t, int rows, int cols, int layers,
               size_t in_stride, const fp8_scaling &s, int first_slot, cudaStream_t st);
+/* Current scaling of one matrix: slot's amax cleared, taken from in (rows x
+ * cols, as is) and its scale set from it. */
+void fp8_current_scale(const bf16 *in, int rows, int cols, const fp8_scaling &s, int slot,
+                       cudaStream_t st);
 /* One slot's scale, a power of two, and its descale. */
 void fp8_set_scale(const fp8_scaling &s, int slot, float scale, cudaStream_t st);
 /* Scales of `count` slots (first_slot, first_slot + stride, ...):
