@@ -6,6 +6,10 @@ as the tracer here, never by the library. Prints kernels by total GPU time.
 
     python bench/gpu_profile.py [--preset d12 --batch 64 --seq 1024 --micro 2 --recompute 0]
                                 [--precision fp8] [--data SHARD]
+    python bench/gpu_profile.py --generate 64 [--preset d12 --new-tokens 64]
+
+--generate B profiles greedy generation instead: B prompts of 128 real tokens, then
+--new-tokens decode steps (prefill included; decode steps run as CUDA graphs).
 """
 import argparse
 import time
@@ -35,7 +39,7 @@ def idle_report(prof, wall_ms):
         end = max(end, b)
     span = end - spans[0][0]
     big = [g for g in gaps if g > 20]
-    print(f"unprofiled step {wall_ms:.1f} ms; profiled GPU span {span / 1e3:.1f} ms, busy "
+    print(f"unprofiled run {wall_ms:.1f} ms; profiled GPU span {span / 1e3:.1f} ms, busy "
           f"{busy / 1e3:.1f} ms, idle {(span - busy) / 1e3:.1f} ms in {len(gaps)} gaps "
           f"({len(big)} over 20 us, {sum(big) / 1e3:.1f} ms; largest {max(gaps, default=0):.0f} us)")
 
@@ -50,24 +54,37 @@ def main():
     p.add_argument("--precision", default="default", choices=["default", "fp8"])
     p.add_argument("--data", default=str(DEFAULT_DATA), help="token shard to read the batch from")
     p.add_argument("--rows", type=int, default=25)
+    p.add_argument("--generate", type=int, default=0, metavar="B", help="profile generation instead")
+    p.add_argument("--new-tokens", type=int, default=64)
     a = p.parse_args()
     torch.cuda.init()
     m = pyllmc.Model.from_config(a.preset, device="cuda", max_batch_size=a.batch,
                                  max_seq_len=a.seq, recompute=a.recompute, precision=a.precision)
-    loader = DataLoader(a.data, a.batch, a.seq, shuffle=False, seed=0)
-    batches = [loader.next_batch() for _ in range(a.micro)]
-    x, y = np.stack([b[0] for b in batches]), np.stack([b[1] for b in batches])
-    m.step(x, y, lr=1e-4)  # warm-up: graphs, heuristics
+    if a.generate:
+        prompts = DataLoader(a.data, a.generate, 128, shuffle=False, seed=0).next_batch()[0].tolist()
+
+        def work():
+            m.generate(prompts, max_new_tokens=a.new_tokens, temperature=0, stop_token=None)
+        what = f"greedy generation of {a.new_tokens} tokens for {a.generate} prompts"
+    else:
+        loader = DataLoader(a.data, a.batch, a.seq, shuffle=False, seed=0)
+        batches = [loader.next_batch() for _ in range(a.micro)]
+        x, y = np.stack([b[0] for b in batches]), np.stack([b[1] for b in batches])
+
+        def work():
+            m.step(x, y, lr=1e-4)
+        what = f"one step of {a.micro} micro-steps"
+    work()  # warm-up: graphs, heuristics
     t = time.perf_counter()
-    m.step(x, y, lr=1e-4)
+    work()
     wall_ms = 1000 * (time.perf_counter() - t)
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        m.step(x, y, lr=1e-4)
+        work()
     idle_report(prof, wall_ms)
     events = [e for e in prof.key_averages() if e.device_time_total > 0]
     events.sort(key=lambda e: -e.device_time_total)
     total = sum(e.device_time_total for e in events)
-    print(f"GPU time in kernels and copies: {total / 1e3:.1f} ms for one step of {a.micro} micro-steps")
+    print(f"GPU time in kernels and copies: {total / 1e3:.1f} ms for {what}")
     for e in events[:a.rows]:
         print(f"{100 * e.device_time_total / total:5.1f}% {e.device_time_total / 1e3:8.2f} ms "
               f"{e.count:6d}x  {e.key[:100]}")
