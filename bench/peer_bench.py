@@ -5,9 +5,9 @@ and, at d12, its fastest setting; llmc through its trainer as users run it
 (`python -m pyllmc.train`) and through the library's own loop
 (bench/gpu_bench.py) at the recompute settings asked for, in bf16 and with
 --fp8 also in FP8; optionally PyTorch (bench/gpu_torch_peer.py) under
-torch.compile. One table last, with each peer's time divided by llmc's.
+torch.compile in bf16 (--torch) and with torchao's float8 training (--torchao). One table last, with each peer's time divided by llmc's.
 
-    python3 -m bench.peer_bench [--sizes d12,d24,d36,d48] [--llmc d48=1,2] [--fp8] [--torch]
+    python3 -m bench.peer_bench [--sizes d12,d24,d36,d48] [--llmc d48=1,2] [--fp8] [--torch] [--torchao]
     python3 -m bench.peer_bench --sizes llama-124m,llama3.2-1b --torch [--fp8] [--seq-len 2048]
     python3 -m bench.peer_bench --sizes llama3.2-1b-untied [--fp8] [--torch]
 
@@ -226,8 +226,9 @@ def main():
                    help="where llm.c-llama3 is built (bench/llama3_peer.py)")
     p.add_argument("--llm-c-steps", type=int, default=10, help="llm.c steps per run")
     p.add_argument("--torch", action="store_true",
-                   help="also PyTorch torch.compile (slow to compile); with --fp8 also torchao's "
-                   "float8 training")
+                   help="also PyTorch torch.compile in bf16 (slow to compile)")
+    p.add_argument("--torchao", action="store_true",
+                   help="also PyTorch torch.compile with torchao's float8 training")
     p.add_argument("--data", default=str(HERE.parent / ".carry" / "fineweb_sample"),
                    help="folder of FineWeb token shards (*train*.bin, *val*.bin)")
     p.add_argument("--fp8", action="store_true", help="also llmc with FP8 block products")
@@ -263,7 +264,7 @@ def main():
                     peers[name] = llama3_binary and run_llama3_peer(
                         llama3_binary, model, size, recompute, (train, val), a.llm_c_steps)
                     print(f"{name} {size}: {peers[name]}", flush=True)
-            for fp8 in ([False, True] if a.torch and a.fp8 else [False] if a.torch else []):
+            for fp8 in [False] * a.torch + [True] * a.torchao:
                 name = "torch.compile" + (" fp8" if fp8 else "")
                 peers[name] = run_torch(size, fp8, train)
                 print(f"{name} {size}: {peers[name]}", flush=True)
