@@ -25,7 +25,7 @@
 #   .carry/cudnn-frontend/include  the cudnn-frontend headers (pip nvidia-cudnn-frontend)
 #   .carry/whl/*.whl               wheels the machine lacks (scipy-openblas32)
 #   .carry/peers                   peers mode: a copy of ../shared/peers (llm.c and its build script,
-#                                  llm.c-llama3 and the cudnn-frontend it builds with)
+#                                  llm.c-llama3, and the cudnn-frontend llm.c builds with)
 #   .carry/fineweb_sample          real FineWeb token shards (../shared/data/fineweb_sample): every
 #                                  benchmark reads them
 # Logs go to $OUT (or /tmp/gpu_check).

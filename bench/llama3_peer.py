@@ -5,7 +5,10 @@ command line and its step times. bench/peer_bench.py runs it beside llmc.
 
     python3 -m bench.llama3_peer [--peers .carry/peers] [--work /tmp/llmc-llama3-peer]
 
-builds train_llama3cu with llm.c.sh's flags (cuDNN attention, bf16, sm_90, no NCCL/MPI)
+builds train_llama3cu with llm.c.sh's flags but without cuDNN (bf16, sm_90, no NCCL/MPI):
+the branch's Llama blocks have no cuDNN attention yet, a cuDNN build prints "cuDNN path
+TODO" and exits 0 at the first layer (train_llama3.cu:708, 913; found on the H200), so it
+runs its own attention kernels, which keep each layer's attention matrix.
 in a copy of the branch under --work, so the carried source stays as it came.
 
 What the branch needs, from its source:
@@ -45,7 +48,6 @@ import sysconfig
 from pathlib import Path
 
 BRANCH = "llm.c-llama3"
-FRONTEND = "cudnn-frontend-1.12.0"
 CUDA = Path("/usr/local/cuda")
 # NVML to link against: the toolkit's stub (llm.c.sh's), else the driver's library
 NVML = [CUDA / "targets/x86_64-linux/lib/stubs/libnvidia-ml.so",
@@ -53,9 +55,9 @@ NVML = [CUDA / "targets/x86_64-linux/lib/stubs/libnvidia-ml.so",
 
 
 def wheel_paths():
-    """(lib folders, include folders) of the nvidia pip wheels (cuBLAS, cuDNN) of this Python."""
+    """(lib folders, include folders) of the nvidia pip wheels (cuBLAS) of this Python."""
     nvidia = Path(sysconfig.get_paths()["purelib"]) / "nvidia"
-    return [nvidia / "cu13/lib", nvidia / "cudnn/lib"], [nvidia / "cu13/include", nvidia / "cudnn/include"]
+    return [nvidia / "cu13/lib"], [nvidia / "cu13/include"]
 
 
 def run_env():
@@ -69,33 +71,27 @@ def run_env():
 
 def build(peers, work):
     """Builds work/train_llama3cu from peers/llm.c-llama3 with llm.c.sh's make line;
-    returns its path. The copy keeps the files' times, so cuDNN's unit (the slow part) is
-    built once; train_llama3cu is a phony target of its Makefile, compiled each time."""
+    returns its path; train_llama3cu is a phony target of its Makefile, compiled each time."""
     peers, work = Path(peers).resolve(), Path(work)
     shutil.copytree(peers / BRANCH, work, symlinks=True, dirs_exist_ok=True)
     for path in [work, *work.rglob("*")]:  # the carried source may be read-only
         if not path.is_symlink():
             path.chmod(path.stat().st_mode | stat.S_IWUSR)
-    frontend = work / "cudnn-frontend"
-    if not frontend.is_symlink():
-        frontend.symlink_to(peers / FRONTEND)
     # the wheels ship only versioned names: give the linker unversioned ones
-    (cu13_lib, cudnn_lib), (cu13_include, cudnn_include) = wheel_paths()
+    (cu13_lib,), (cu13_include,) = wheel_paths()
     links = work / "link"
     links.mkdir(exist_ok=True)
     for name, target in [("libcublas.so", cu13_lib / "libcublas.so.13"),
                          ("libcublasLt.so", cu13_lib / "libcublasLt.so.13"),
-                         ("libcudnn.so", cudnn_lib / "libcudnn.so.9"),
                          ("libnvidia-ml.so", next((p for p in NVML if p.exists()), NVML[0]))]:
         (links / name).unlink(missing_ok=True)
         (links / name).symlink_to(target)
-    # cuDNN's header beside its library, then the toolkit's CUDA headers before the cu13
-    # wheel's: that wheel may be newer than nvcc, and its device intrinsics then call
-    # builtins this nvcc lacks (ptxas: unresolved __nv_fshl_wrap_impl, from the branch's
-    # __funnelshift_l in llmc/adamw.cuh:28); cuBLAS's headers come from the wheel
-    includes = (f"-Icudnn-frontend/include -I{cudnn_include} -I{CUDA / 'include'} "
-                f"-I{cu13_include}")
-    cmd = ["make", "train_llama3cu", "USE_CUDNN=1", "NO_MULTI_GPU=1", "NO_USE_MPI=1",
+    # the toolkit's CUDA headers before the cu13 wheel's: that wheel may be newer than
+    # nvcc, and its device intrinsics then call builtins this nvcc lacks (ptxas: unresolved
+    # __nv_fshl_wrap_impl, from the branch's __funnelshift_l in llmc/adamw.cuh:28);
+    # cuBLAS's headers come from the wheel
+    includes = f"-I{CUDA / 'include'} -I{cu13_include}"
+    cmd = ["make", "train_llama3cu", "USE_CUDNN=0", "NO_MULTI_GPU=1", "NO_USE_MPI=1",
            "GPU_COMPUTE_CAPABILITY=90", f"NVCC_INCLUDES={includes}",
            f"NVCC_LDLIBS=-L{links} -L{CUDA / 'lib64'}"]
     proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True)
@@ -139,7 +135,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     here = Path(__file__).resolve().parent.parent
     p.add_argument("--peers", default=str(here / ".carry" / "peers"),
-                   help="folder holding llm.c-llama3 and cudnn-frontend-1.12.0")
+                   help="folder holding llm.c-llama3")
     p.add_argument("--work", default="/tmp/llmc-llama3-peer", help="where the copy is built")
     a = p.parse_args()
     try:
