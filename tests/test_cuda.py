@@ -570,13 +570,22 @@ def test_fp8_zero_and_jumping_tensors():
 @pytest.mark.parametrize("zero", [0, 1])
 def test_fp8_nccl_world_size_1(zero):
     """The largest magnitudes reduced across ranks (one here): the NCCL path
-    gives the plain path's losses bit for bit."""
+    gives the plain path's losses bit for bit. With ZeRO-1 the model keeps
+    bf16 block weights (the plain path only E4M3 ones, quantized from the
+    masters and transposed per layer in backward): the same bits still, and
+    generation (which rounds its own bf16 block weights from the masters
+    there) gives the same tokens and log-probabilities."""
     B, T = 2, 32
     batches = patterned_batches(SMALL, 4, B, T, seed=6)
     plain = pyllmc.Model.from_config(SMALL, device="cuda", max_batch_size=B, max_seq_len=T, seed=2,
                                      precision="fp8")
     dist = nccl_model(SMALL, zero, max_batch_size=B, max_seq_len=T, seed=2, precision="fp8")
     assert train(plain, batches) == train(dist, batches)
+    prompts = [[1, 2, 3], [7] * 9]
+    outs = [m.generate(prompts, max_new_tokens=12, temperature=0, stop_token=None, logprobs=True)
+            for m in (plain, dist)]
+    assert outs[0] == outs[1]
+    assert train(plain, batches[:1]) == train(dist, batches[:1])  # generating changed nothing
 
 
 @fp8_only

@@ -3,7 +3,9 @@
  * model computes with are re-derived from the masters by stochastic rounding
  * whose random bits depend only on (seed, element index). Calling
  * round_params with the same seed therefore reproduces the bf16 weights of a
- * step exactly, which is what makes a resumed run bit-identical.
+ * step exactly, which is what makes a resumed run bit-identical. A tensor
+ * without a bf16 copy (param NULL: FP8's block weights) is rounded later, a
+ * matrix at a time, by the same rule.
  */
 #include "kernels.cuh"
 
@@ -22,7 +24,7 @@ __global__ void adamw_kernel(float *master, bf16 *param, float *m, float *v, con
     m[i] = mi;
     v[i] = vi;
     master[i] = w;
-    param[i] = bf16_stochastic(w, hash2(seed, (uint32_t)(index0 + i)));
+    if (param) param[i] = bf16_stochastic(w, hash2(seed, (uint32_t)(index0 + i)));
 }
 
 void adamw_update(float *master, bf16 *param, float *m, float *v, const float *grad, size_t n,

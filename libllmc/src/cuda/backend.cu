@@ -72,7 +72,9 @@ struct cuda_state {
     uint64_t seed = 0;
 
     /* Parameters (bf16 working copy, fp32 master, AdamW moments, fp32 gradients),
-     * all in the same padded layout. */
+     * all in the same padded layout, but for the bf16 copy without the block
+     * weights in w8_only mode: tensor i's bf16 copy is at params_of[i] (nullptr:
+     * none). */
     size_t off[LLMC_NUM_PARAM_TENSORS] = {}, size[LLMC_NUM_PARAM_TENSORS] = {}, total = 0;
     /* Distributed mode: total padded to world_size shards of `shard`
      * elements; with ZeRO-1 masters and moments hold [lo, lo + shard) only. */
@@ -80,7 +82,7 @@ struct cuda_state {
     bool zero1 = false;
     size_t shard = 0, lo = 0, padded_total = 0;
     bool dry_run = false;  // llmc_plan_memory: count the bytes, allocate nothing
-    bf16 *params = nullptr;
+    bf16 *params = nullptr, *params_of[LLMC_NUM_PARAM_TENSORS] = {};
     float *master = nullptr, *mom1 = nullptr, *mom2 = nullptr, *grads = nullptr;
 
     /* Activations kept for backward; a per-layer array unless recomputed, in
@@ -115,6 +117,14 @@ struct cuda_state {
     bool fp8 = false;
     bool fp8_warm = false;  // the scales have a history: delayed scaling
     fp8_scaling f8;
+    /* w8_only (FP8 without ZeRO-1): the block weights exist only in E4M3,
+     * quantized from the fp32 masters a matrix at a time through the bf16
+     * scratch w16 (with the rounding the bf16 copy would have had), their
+     * transposes made per layer in backward into wT8 (one matrix). Saves 3
+     * bytes a block parameter: what FP8 needs to fit in bf16's memory. */
+    bool w8_only = false;
+    bf16 *w16 = nullptr;
+    bf16 *decode_w16 = nullptr;  // w8_only: the block weights as generation reads them
     uint8_t *w8 = nullptr, *wT8 = nullptr, *x8 = nullptr, *g8 = nullptr, *gT8 = nullptr;
     size_t w8_off[FP8_PRODUCTS] = {};
     uint8_t *xT8[FP8_PRODUCTS] = {};
@@ -140,6 +150,9 @@ struct cuda_state {
  * Llama: grouped q|k|v, 2F = up|gate, F). */
 const int PRODUCT_WEIGHT[FP8_PRODUCTS] = {P_QKVW, P_ATTPROJW, P_FCW, P_FCPROJW};
 const int PRODUCT_BIAS[FP8_PRODUCTS] = {P_QKVB, P_ATTPROJB, P_FCB, P_FCPROJB};
+bool is_product_weight(int i) {
+    return i == P_QKVW || i == P_ATTPROJW || i == P_FCW || i == P_FCPROJW;
+}
 const char *const PRODUCT_NAME[FP8_PRODUCTS] = {"qkv", "attention projection", "fc",
                                                 "fc projection"};
 int product_in(const cuda_state *g, int p) { return p == FP8_FCPROJ ? g->ACT : g->C; }
@@ -195,7 +208,9 @@ size_t slice(const cuda_state *g, int i, int l) {
     const bool per_layer = llmc_param_is_per_layer(i);
     return g->off[i] + (per_layer ? (size_t)l * (g->size[i] / g->L) : 0);
 }
-bf16 *P(cuda_state *g, int i, int l = 0) { return g->params + slice(g, i, l); }
+bf16 *P(cuda_state *g, int i, int l = 0) {
+    return g->params_of[i] ? g->params_of[i] + (slice(g, i, l) - g->off[i]) : nullptr;
+}
 float *G(cuda_state *g, int i, int l = 0) { return g->grads + slice(g, i, l); }
 
 void free_all(cuda_state *g) {
@@ -221,13 +236,15 @@ llmc_status attn_status(int rc, const char *err) {
 /* The FP8 buffers (see cuda_state). */
 llmc_status plan_fp8(cuda_state *g) {
     const size_t N = g->Nmax, L = g->L;
-    size_t w_total = 0;
+    size_t w_total = 0, w_largest = 0;
     for (int p = 0; p < FP8_PRODUCTS; p++) {
         g->w8_off[p] = w_total;
         w_total += g->size[PRODUCT_WEIGHT[p]];
+        w_largest = std::max(w_largest, (size_t)product_in(g, p) * product_out(g, p));
     }
     TRY(alloc_n(g, &g->w8, w_total, "FP8 weights"));
-    TRY(alloc_n(g, &g->wT8, w_total, "FP8 weights (transposed)"));
+    TRY(alloc_n(g, &g->wT8, g->w8_only ? w_largest : w_total, "FP8 weights (transposed)"));
+    if (g->w8_only) TRY(alloc_n(g, &g->w16, w_largest, "bf16 weight scratch"));
     for (uint8_t **scratch : {&g->x8, &g->g8, &g->gT8})
         TRY(alloc_n(g, scratch, N * widest_operand(g), "FP8 operands"));
     for (int p = 0; p < FP8_PRODUCTS; p++) {
@@ -335,13 +352,23 @@ llmc_status plan(llmc_model *m, cuda_state *g) {
         g->zero1 = o.zero_stage == 1;
     }
     const size_t whole = g->padded_total, owned = g->zero1 ? g->shard : g->total;
-    TRY(alloc_n(g, &g->params, whole, "bf16 weights"));
+    g->w8_only = g->fp8 && !g->zero1;
+    size_t bf16_at[LLMC_NUM_PARAM_TENSORS], bf16_total = 0;  // w8_only: without the block weights
+    for (int i = 0; i < LLMC_NUM_PARAM_TENSORS; i++) {
+        bf16_at[i] = g->w8_only ? bf16_total : g->off[i];
+        if (!(g->w8_only && is_product_weight(i)))
+            bf16_total += (g->size[i] + PARAM_ALIGN - 1) / PARAM_ALIGN * PARAM_ALIGN;
+    }
+    if (!g->w8_only) bf16_total = whole;
+    TRY(alloc_n(g, &g->params, bf16_total, "bf16 weights"));
+    for (int i = 0; i < LLMC_NUM_PARAM_TENSORS; i++)
+        g->params_of[i] = g->w8_only && is_product_weight(i) ? nullptr : g->params + bf16_at[i];
     TRY(alloc_n(g, &g->master, owned, "fp32 master weights"));
     TRY(alloc_n(g, &g->mom1, owned, "AdamW first moments"));
     TRY(alloc_n(g, &g->mom2, owned, "AdamW second moments"));
     TRY(alloc_n(g, &g->grads, whole, "gradients"));
     if (!g->dry_run) {
-        CUDA_TRY(cudaMemsetAsync(g->params, 0, whole * sizeof(bf16), g->stream));
+        CUDA_TRY(cudaMemsetAsync(g->params, 0, bf16_total * sizeof(bf16), g->stream));
         CUDA_TRY(cudaMemsetAsync(g->grads, 0, whole * sizeof(float), g->stream));
         for (float *p : {g->master, g->mom1, g->mom2})
             CUDA_TRY(cudaMemsetAsync(p, 0, owned * sizeof(float), g->stream));
@@ -588,31 +615,43 @@ Layer layer(cuda_state *g, int l) {
 uint8_t *W8(cuda_state *g, int p, int l) {
     return g->w8 + g->w8_off[p] + (size_t)l * product_in(g, p) * product_out(g, p);
 }
-uint8_t *WT8(cuda_state *g, int p, int l) {
+uint8_t *kept_WT8(cuda_state *g, int p, int l) {
     return g->wT8 + g->w8_off[p] + (size_t)l * product_in(g, p) * product_out(g, p);
+}
+/* The transposed E4M3 weight of product p, layer l: kept, or in w8_only mode
+ * transposed now into the one-matrix scratch. */
+const uint8_t *WT8(cuda_state *g, int p, int l) {
+    if (!g->w8_only) return kept_WT8(g, p, l);
+    fp8_transpose(g->wT8, W8(g, p, l), product_out(g, p), product_in(g, p), g->stream);
+    return g->wT8;
 }
 uint8_t *XT8(cuda_state *g, int p, int l) { return g->xT8[p] + l * g->xT_stride[p]; }
 const float *descale(cuda_state *g, int role, int l, int p) {
     return g->f8.descale_of(g->f8.slot(role, l, p));
 }
 
-/* The E4M3 weights and their transposes from the bf16 weights, each matrix
- * scaled from its own largest magnitude. */
-void quantize_weights(cuda_state *g) {
+/* The E4M3 weights (and unless w8_only their transposes) from the bf16
+ * weights, each matrix scaled from its own largest magnitude. In w8_only mode
+ * each matrix is first rounded from its masters into w16 as the bf16 copy
+ * would have been after the step whose rounding seed is seed, so that both
+ * modes compute with the same bits. */
+void quantize_weights(cuda_state *g, uint32_t seed) {
     if (!g->fp8) return;
     cudaStream_t s = g->stream;
-    const int first = g->f8.slot(FP8_W, 0, 0);
-    cudaMemsetAsync(g->f8.amax + first, 0, (size_t)g->L * FP8_PRODUCTS * sizeof(float), s);
     for (int p = 0; p < FP8_PRODUCTS; p++) {
-        const int IC = product_in(g, p), OC = product_out(g, p);
-        fp8_amax(P(g, PRODUCT_WEIGHT[p]), {}, OC, IC, g->L, (size_t)OC * IC, g->f8, first + p, s);
-    }
-    fp8_set_scales(g->f8, first, g->L * FP8_PRODUCTS, 1, false, s);
-    for (int p = 0; p < FP8_PRODUCTS; p++) {
-        const int IC = product_in(g, p), OC = product_out(g, p);
-        fp8_quantize(W8(g, p, 0), WT8(g, p, 0), P(g, PRODUCT_WEIGHT[p]), {}, OC, IC, g->L,
-                     (size_t)OC * IC, (size_t)OC * IC, g->f8, first + p, false, nullptr, nullptr,
-                     s);
+        const int IC = product_in(g, p), OC = product_out(g, p), w = PRODUCT_WEIGHT[p];
+        for (int l = 0; l < g->L; l++) {
+            const bf16 *weight = P(g, w, l);
+            if (g->w8_only) {
+                const size_t at = slice(g, w, l);
+                round_params(g->w16, g->master + at, (size_t)OC * IC, seed, at, s);
+                weight = g->w16;
+            }
+            const int slot = g->f8.slot(FP8_W, l, p);
+            fp8_current_scale(weight, OC, IC, g->f8, slot, s);
+            fp8_quantize(W8(g, p, l), g->w8_only ? nullptr : kept_WT8(g, p, l), weight, {},
+                         OC, IC, 1, 0, 0, g->f8, slot, false, nullptr, nullptr, s);
+        }
     }
     const fp8_scaling &h = g->head_scaling;
     const int w = h.slot(FP8_W, 0, 0);
@@ -1028,14 +1067,15 @@ llmc_status cuda_update(llmc_model *m, const llmc_adamw *hp, float grad_scale, i
     for (int i = 0; i < LLMC_NUM_PARAM_TENSORS; i++) {
         const size_t a = std::max(g->off[i], lo), b = std::min(g->off[i] + g->size[i], hi);
         if (a >= b) continue;
-        adamw_update(g->master + (a - lo), g->params + a, g->mom1 + (a - lo), g->mom2 + (a - lo),
+        bf16 *rounded = g->params_of[i] ? g->params_of[i] + (a - g->off[i]) : nullptr;
+        adamw_update(g->master + (a - lo), rounded, g->mom1 + (a - lo), g->mom2 + (a - lo),
                      g->grads + a, b - a, hp->lr, hp->beta1, hp->beta2, bias_corr1, bias_corr2,
                      hp->eps, llmc_param_is_decayed(i) ? hp->weight_decay : 0.0f, grad_scale, seed,
                      a, g->stream);
     }
     CUDA_CHECK_LAUNCH();
     if (g->zero1) TRY(nccl_allgather(g->comm, g->params, g->shard, true, g->stream));
-    quantize_weights(g);
+    quantize_weights(g, seed);
     CUDA_CHECK_LAUNCH();
     return sync(g);  // api.c advances m->step to t
 }
@@ -1152,14 +1192,17 @@ llmc_status rederive_bf16(llmc_model *m) {
     cuda_state *g = impl(m);
     const uint32_t seed = rounding_seed(g->seed, m->step);
     if (!g->zero1) {
-        round_params(g->params, g->master, g->total, seed, 0, g->stream);
+        for (int i = 0; i < LLMC_NUM_PARAM_TENSORS; i++)
+            if (g->params_of[i])
+                round_params(g->params_of[i], g->master + g->off[i], g->size[i], seed, g->off[i],
+                             g->stream);
     } else {
         if (g->lo < g->total)
             round_params(g->params + g->lo, g->master, std::min(g->shard, g->total - g->lo), seed,
                          g->lo, g->stream);
         TRY(nccl_allgather(g->comm, g->params, g->shard, true, g->stream));
     }
-    quantize_weights(g);
+    quantize_weights(g, seed);
     CUDA_CHECK_LAUNCH();
     return sync(g);
 }
@@ -1182,8 +1225,9 @@ llmc_status cuda_params_written(llmc_model *m) {
     TRY(set_device(m));
     cuda_state *g = impl(m);
     if (!g->zero1) return rederive_bf16(m);
-    round_params(g->params, g->grads, g->total, rounding_seed(g->seed, m->step), 0, g->stream);
-    quantize_weights(g);
+    const uint32_t seed = rounding_seed(g->seed, m->step);
+    round_params(g->params, g->grads, g->total, seed, 0, g->stream);
+    quantize_weights(g, seed);
     CUDA_CHECK_LAUNCH();
     return whole_to_shard(g, g->master);
 }
@@ -1277,7 +1321,7 @@ llmc_status cuda_set_scaling(llmc_model *m, const float *state, int present) {
     if (!present) {
         fp8_reset(g->f8, g->stream);
         g->fp8_warm = false;
-        quantize_weights(g);
+        quantize_weights(g, rounding_seed(g->seed, m->step));
         CUDA_CHECK_LAUNCH();
         return sync(g);
     }
@@ -1303,7 +1347,7 @@ llmc_status cuda_set_scaling(llmc_model *m, const float *state, int present) {
     if (found) {  // llmc_read_optimizer_file checked finiteness; this is the rest
         fp8_reset(g->f8, g->stream);
         g->fp8_warm = false;
-        quantize_weights(g);
+        quantize_weights(g, rounding_seed(g->seed, m->step));
         CUDA_CHECK_LAUNCH();
         TRY(sync(g));
         return llmc_error(LLMC_ERR_FORMAT, "FP8 scaling state: scale %d is not a positive power of "
@@ -1311,7 +1355,7 @@ llmc_status cuda_set_scaling(llmc_model *m, const float *state, int present) {
     }
     descales_kernel<<<ceil_div(n, 256), 256, 0, g->stream>>>(g->f8.descale, g->f8.scale, n);
     CUDA_TRY(cudaMemsetAsync(g->f8.amax, 0, n * sizeof(float), g->stream));
-    quantize_weights(g);
+    quantize_weights(g, rounding_seed(g->seed, m->step));
     CUDA_CHECK_LAUNCH();
     return sync(g);
 }
@@ -1323,15 +1367,32 @@ size_t cuda_memory_bytes(const llmc_model *m) {
 
 }  // namespace
 
+/* In w8_only mode generation reads bf16 block weights that training does
+ * not keep: they are rounded from the masters (as the bf16 copy would have
+ * been) into memory allocated on the first call and kept with the model, and
+ * rounded again on every call, i.e. whenever a generator is made. */
 llmc_status cuda_decode_weights(llmc_model *m, cuda_weights *out) {
     TRY(set_device(m));
     cuda_state *g = impl(m);
     out->stream = g->stream;
     out->mm = g->mm;
+    size_t block_total = 0;
+    for (int p = 0; p < FP8_PRODUCTS; p++) block_total += g->size[PRODUCT_WEIGHT[p]];
+    if (g->w8_only && !g->decode_w16)
+        TRY(alloc_n(g, &g->decode_w16, block_total, "bf16 block weights for generation"));
+    const uint32_t seed = rounding_seed(g->seed, m->step);
+    size_t at = 0;
     for (int i = 0; i < LLMC_NUM_PARAM_TENSORS; i++) {
         out->tensor[i] = P(g, i);
         out->layer_stride[i] = llmc_param_is_per_layer(i) ? g->size[i] / g->L : 0;
+        if (!out->tensor[i]) {  // a block weight in w8_only mode
+            round_params(g->decode_w16 + at, g->master + g->off[i], g->size[i], seed, g->off[i],
+                         g->stream);
+            out->tensor[i] = g->decode_w16 + at;
+            at += g->size[i];
+        }
     }
+    CUDA_TRY(cudaGetLastError());
     return LLMC_OK;
 }
 

@@ -238,6 +238,34 @@ __global__ void reset_kernel(float *scale, float *descale, float *amax, float *h
     for (int k = 0; k < FP8_HISTORY; k++) history[(size_t)i * FP8_HISTORY + k] = 0.0f;
 }
 
+/* A 64 x 64 tile of bytes through shared memory: each of the 256 threads
+ * reads 16 bytes of a row and writes 16 bytes of a column. Rows of the tile
+ * 68 bytes apart, so that a column's bytes spread over the banks. */
+__global__ void __launch_bounds__(256) transpose_bytes_kernel(uint8_t *outT, const uint8_t *in,
+                                                              int rows, int cols) {
+    __shared__ uint32_t tile[64][17];
+    const int r0 = blockIdx.y * 64, c0 = blockIdx.x * 64;
+    const int r = threadIdx.x / 4, piece = threadIdx.x % 4;
+    if (r0 + r < rows && c0 + piece * 16 < cols) {
+        const uint4 v = *(const uint4 *)(in + (size_t)(r0 + r) * cols + c0 + piece * 16);
+        tile[r][piece * 4 + 0] = v.x, tile[r][piece * 4 + 1] = v.y;
+        tile[r][piece * 4 + 2] = v.z, tile[r][piece * 4 + 3] = v.w;
+    }
+    __syncthreads();
+    const int c = threadIdx.x / 4;  // the column this thread writes, rows piece * 16 ...
+    if (c0 + c >= cols || r0 + piece * 16 >= rows) return;
+    uint32_t word[4];
+    for (int w = 0; w < 4; w++) {
+        word[w] = 0;
+        for (int k = 0; k < 4; k++) {
+            const uint32_t b = (tile[piece * 16 + w * 4 + k][c / 4] >> (8 * (c % 4))) & 0xFFu;
+            word[w] |= b << (8 * k);
+        }
+    }
+    *(uint4 *)(outT + (size_t)(c0 + c) * rows + r0 + piece * 16) =
+        make_uint4(word[0], word[1], word[2], word[3]);
+}
+
 /* Column strips of 64 on x, at most CAST_ROW_SPLITS blocks down each strip on y, layers on z. */
 dim3 cast_grid(int rows, int cols, int layers) {
     return dim3(ceil_div(cols, TILE), std::min(ceil_div(rows, TILE_ROWS), CAST_ROW_SPLITS), layers);
@@ -296,4 +324,9 @@ void fp8_set_scales(const fp8_scaling &s, int first_slot, int count, int stride,
     set_scales_kernel<<<ceil_div(count, 128), 128, 0, st>>>(s.scale, s.descale, s.amax, s.history,
                                                             first_slot, count, stride, delayed,
                                                             s.slot(FP8_G, 0, 0));
+}
+
+void fp8_transpose(uint8_t *outT, const uint8_t *in, int rows, int cols, cudaStream_t st) {
+    transpose_bytes_kernel<<<dim3(ceil_div(cols, 64), ceil_div(rows, 64)), 256, 0, st>>>(
+        outT, in, rows, cols);
 }

@@ -102,6 +102,9 @@ void fp8_amax(const bf16 *in, const fp8_transform &t, int rows, int cols, int la
  * cols, as is) and its scale set from it. */
 void fp8_current_scale(const bf16 *in, int rows, int cols, const fp8_scaling &s, int slot,
                        cudaStream_t st);
+/* outT (cols x rows) = the transpose of the E4M3 matrix in (rows x cols);
+ * rows and cols multiples of 16, both pointers 16-byte aligned. */
+void fp8_transpose(uint8_t *outT, const uint8_t *in, int rows, int cols, cudaStream_t st);
 /* One slot's scale, a power of two, and its descale. */
 void fp8_set_scale(const fp8_scaling &s, int slot, float scale, cudaStream_t st);
 /* Scales of `count` slots (first_slot, first_slot + stride, ...):
