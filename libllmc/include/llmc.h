@@ -107,10 +107,17 @@ typedef enum llmc_device {
  * power-of-two scale, fp32 accumulation. Scales are delayed: a step uses
  * the largest magnitudes of the 16 steps before it (a model's first step
  * scales from its current tensors); a tensor that jumps above its history
- * saturates at the format's largest value for that step. Embeddings,
- * attention, the norms, RoPE, the activations (GELU, SwiGLU), the LM head
- * and the loss stay bf16, and the master weights and AdamW moments fp32, so
+ * saturates at the format's largest value for that step. While training,
+ * the LM head's three products are FP8 too (its weight and input scaled from
+ * their current largest magnitudes, the logits' gradients E4M3 scaled from
+ * the loss's scale, their bound); evaluation and logits keep a bf16 head.
+ * Embeddings, attention, the norms, RoPE, the activations (GELU, SwiGLU) and
+ * the loss stay bf16, and the master weights and AdamW moments fp32, so
  * model files are the same as in bf16. Both families (GPT-2 and Llama).
+ * Without ZeRO-1 the block weights are kept in E4M3 only (no bf16 copy):
+ * a generator (llmc_generator_create) rounds bf16 ones from the masters
+ * when it is created, so generation sees the weights as they were when the
+ * latest generator was created.
  * The scaling state is part of the optimizer file (llmc_save_optimizer), so
  * a resumed FP8 run is bit-exact. FP8 needs every block product's widths
  * (channels, the qkv width, the MLP widths: GPT-2's 4C, Llama's 2F and F)
