@@ -912,8 +912,9 @@ llmc_status backward_layers(cuda_state *g, const int *staged, int num_buckets, i
         if (reduce) TRY(reduce_bucket(g, l));
     }
     const int *order = staged + 2 * N, *start = staged + 3 * N, *token = staged + 4 * N + 1;
-    encoder_backward(G(g, P_WTE), G(g, P_WPE), g->dres, order, start, token, num_buckets, B, T, C,
-                     s);
+    // d4C is free again after layer 0's backward
+    encoder_backward(G(g, P_WTE), G(g, P_WPE), (float *)g->d4C, g->dres, order, start, token,
+                     num_buckets, B, T, C, s);
     CUDA_CHECK_LAUNCH();
     if (reduce) {
         TRY(reduce_bucket(g, -1));
@@ -1002,7 +1003,8 @@ llmc_status llama_backward_layers(cuda_state *g, const int *staged, int num_buck
         if (reduce) TRY(reduce_bucket(g, l));
     }
     const int *order = staged + 2 * N, *start = staged + 3 * N, *token = staged + 4 * N + 1;
-    encoder_backward(G(g, P_WTE), nullptr, g->dres, order, start, token, num_buckets, B, T, C, s);
+    encoder_backward(G(g, P_WTE), nullptr, (float *)g->d4C, g->dres, order, start, token,
+                     num_buckets, B, T, C, s);  // d4C is free again after layer 0's backward
     CUDA_CHECK_LAUNCH();
     if (reduce) {
         TRY(reduce_bucket(g, -1));

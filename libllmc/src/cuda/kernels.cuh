@@ -25,9 +25,10 @@
  * sorted by token, bucket_start[i]..bucket_start[i+1] those of bucket_token[i]. */
 void encoder_forward(bf16 *out, const int *tokens, const bf16 *wte, const bf16 *wpe, int B, int T,
                      int C, cudaStream_t s);
-void encoder_backward(float *dwte, float *dwpe, const bf16 *dout, const int *order,
-                      const int *bucket_start, const int *bucket_token, int num_buckets, int B,
-                      int T, int C, cudaStream_t s);
+/* partial: scratch of 2 * ceil(B*T / 32) * C floats. */
+void encoder_backward(float *dwte, float *dwpe, float *partial, const bf16 *dout,
+                      const int *order, const int *bucket_start, const int *bucket_token,
+                      int num_buckets, int B, int T, int C, cudaStream_t s);
 
 /* layernorm.cu. mean/rstd are saved per row for the backward pass. */
 void layernorm_forward(bf16 *out, float *mean, float *rstd, const bf16 *inp, const bf16 *w,
