@@ -55,16 +55,6 @@ __device__ __forceinline__ float gelu_grad(float x) {
     return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * k * (1.0f + 3.0f * a * x * x);
 }
 
-/* x[0..7] scaled and cast, two per instruction: x[j] in byte j % 4 of q[j / 4]. */
-__device__ __forceinline__ void to_fp8x8(uint32_t q[2], const float x[8], float s, bool e5m2) {
-    q[0] = q[1] = 0;
-    for (int j = 0; j < 8; j += 2) {
-        const uint32_t pair = __nv_cvt_float2_to_fp8x2(
-            make_float2(x[j] * s, x[j + 1] * s), __NV_SATFINITE, e5m2 ? __NV_E5M2 : __NV_E4M3);
-        q[j / 4] |= pair << (j % 4 * 8);  // x[j] in the low byte
-    }
-}
-
 /* A tile's row for thread row tr's h-th row. */
 __device__ __forceinline__ int tile_row(int tr, int h) { return tr + h * THREAD_ROWS; }
 

@@ -36,6 +36,15 @@ __host__ __device__ inline float fp8_pow2_scale(float amax, float fp8_max) {
     e = e - 1 < -126 ? -126 : e - 1 > 126 ? 126 : e - 1;
     return ldexpf(1.0f, e);
 }
+/* x[0..7] scaled and cast, two per instruction: x[j] in byte j % 4 of q[j / 4]. */
+__device__ __forceinline__ void to_fp8x8(uint32_t q[2], const float x[8], float s, bool e5m2) {
+    q[0] = q[1] = 0;
+    for (int j = 0; j < 8; j += 2) {
+        const uint32_t pair = __nv_cvt_float2_to_fp8x2(
+            make_float2(x[j] * s, x[j + 1] * s), __NV_SATFINITE, e5m2 ? __NV_E5M2 : __NV_E4M3);
+        q[j / 4] |= pair << (j % 4 * 8);  // x[j] in the low byte
+    }
+}
 enum { FP8_X = 0, FP8_W = 1, FP8_G = 2, FP8_ROLES = 3 };
 enum { FP8_QKV = 0, FP8_ATTPROJ = 1, FP8_FC = 2, FP8_FCPROJ = 3, FP8_PRODUCTS = 4 };
 

@@ -31,12 +31,21 @@ void encoder_backward(float *dwte, float *dwpe, float *partial, const bf16 *dout
                       int num_buckets, int B, int T, int C, cudaStream_t s);
 
 /* layernorm.cu. mean/rstd are saved per row for the backward pass. */
+/* With fp8.out set, the output goes there instead of out: E4M3 at *fp8.scale,
+ * each value rounded to bf16 first (the bits a cast of the bf16 output
+ * gives), and fp8.amax (may be NULL) takes their largest magnitude. */
+struct ln_fp8_out {
+    uint8_t *out = nullptr;
+    const float *scale = nullptr;
+    float *amax = nullptr;
+};
 void layernorm_forward(bf16 *out, float *mean, float *rstd, const bf16 *inp, const bf16 *w,
-                       const bf16 *b, int N, int C, cudaStream_t s);
+                       const bf16 *b, int N, int C, cudaStream_t s, const ln_fp8_out &fp8 = {});
 /* res_out = res_in + branch, out = LayerNorm(res_out). */
 void residual_layernorm_forward(bf16 *res_out, bf16 *out, float *mean, float *rstd,
                                 const bf16 *res_in, const bf16 *branch, const bf16 *w,
-                                const bf16 *b, int N, int C, cudaStream_t s);
+                                const bf16 *b, int N, int C, cudaStream_t s,
+                                const ln_fp8_out &fp8 = {});
 /* dinp += dLN/dinp; dw, db += (fp32); and when dsum is not NULL, dsum +=
  * the column sums of the updated dinp: the bias gradient of the projection
  * whose output joined the residual stream there, at no extra pass. */

@@ -5,16 +5,20 @@
  */
 #include <algorithm>
 
+#include "fp8.cuh"
 #include "kernels.cuh"
 
 #define LN_EPS 1e-5f
 #define ROWS_PER_BLOCK 8  // warps per block
 
-/* Normalizes row x (already in memory) into out. Shared by both forward
- * kernels so that a recomputed LayerNorm is bit-identical to the original. */
-__device__ __forceinline__ void normalize_row(bf16 *out, float *mean_out, float *rstd_out,
-                                              const bf16 *x, const bf16 *w, const bf16 *b, int C,
-                                              int lane) {
+/* Normalizes row `row` of x (already in memory) into out, or into fp8.out
+ * (kernels.cuh), returning the lane's largest magnitude written there.
+ * Shared by both forward kernels so that a recomputed LayerNorm is
+ * bit-identical to the original. */
+__device__ __forceinline__ float normalize_row(bf16 *out, float *mean_out, float *rstd_out,
+                                               const bf16 *x, const bf16 *w, const bf16 *b,
+                                               int row, int C, int lane, const ln_fp8_out &fp8) {
+    x += (size_t)row * C;
     float sum = 0.0f;
     for (int c = lane * 8; c < C; c += 256) {
         Vec16<bf16> v = load16(x + c);
@@ -30,50 +34,83 @@ __device__ __forceinline__ void normalize_row(bf16 *out, float *mean_out, float 
         }
     }
     const float rstd = rsqrtf(warp_sum(var) / C + LN_EPS);
+    const float scale = fp8.out ? *fp8.scale : 0.0f;
+    float amax = 0.0f;
     for (int c = lane * 8; c < C; c += 256) {
         Vec16<bf16> v = load16(x + c), wv = load16(w + c), bv = load16(b + c), o;
         for (int k = 0; k < 8; k++)
             o.v[k] = __float2bfloat16((__bfloat162float(v.v[k]) - mean) * rstd *
                                           __bfloat162float(wv.v[k]) +
                                       __bfloat162float(bv.v[k]));
-        store16(out + c, o);
+        if (!fp8.out) {
+            store16(out + (size_t)row * C + c, o);
+            continue;
+        }
+        float y[8];
+        for (int k = 0; k < 8; k++) {
+            y[k] = __bfloat162float(o.v[k]);
+            amax = fmaxf(amax, fabsf(y[k]));
+        }
+        uint32_t q[2];
+        to_fp8x8(q, y, scale, false);
+        *(uint2 *)(fp8.out + (size_t)row * C + c) = make_uint2(q[0], q[1]);
     }
     if (lane == 0) {
         *mean_out = mean;
         *rstd_out = rstd;
     }
+    return amax;
+}
+
+/* The block's largest magnitude into *amax (atomicMax on the float's bits,
+ * order-free for non-negative floats, so deterministic). */
+__device__ __forceinline__ void record_amax(float *amax, float lane_amax) {
+    __shared__ float warp_amax[ROWS_PER_BLOCK];
+    const float m = warp_max(lane_amax);
+    if (threadIdx.x % 32 == 0) warp_amax[threadIdx.x / 32] = m;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        float block = warp_amax[0];
+        for (int w = 1; w < ROWS_PER_BLOCK; w++) block = fmaxf(block, warp_amax[w]);
+        atomicMax(reinterpret_cast<unsigned int *>(amax), __float_as_uint(block));
+    }
 }
 
 __global__ void layernorm_forward_kernel(bf16 *out, float *mean, float *rstd, const bf16 *inp,
-                                         const bf16 *w, const bf16 *b, int N, int C) {
+                                         const bf16 *w, const bf16 *b, int N, int C,
+                                         const ln_fp8_out fp8) {
     const int row = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (row >= N) return;
-    normalize_row(out + (size_t)row * C, mean + row, rstd + row, inp + (size_t)row * C, w, b, C,
-                  lane);
+    float amax = 0.0f;
+    if (row < N) amax = normalize_row(out, mean + row, rstd + row, inp, w, b, row, C, lane, fp8);
+    if (fp8.amax) record_amax(fp8.amax, amax);
 }
 
 __global__ void residual_layernorm_forward_kernel(bf16 *res_out, bf16 *out, float *mean,
                                                   float *rstd, const bf16 *res_in,
                                                   const bf16 *branch, const bf16 *w, const bf16 *b,
-                                                  int N, int C) {
+                                                  int N, int C, const ln_fp8_out fp8) {
     const int row = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (row >= N) return;
-    const size_t off = (size_t)row * C;
-    residual_add_row(res_out + off, res_in + off, branch + off, C, lane);
-    normalize_row(out + off, mean + row, rstd + row, res_out + off, w, b, C, lane);
+    float amax = 0.0f;
+    if (row < N) {
+        const size_t off = (size_t)row * C;
+        residual_add_row(res_out + off, res_in + off, branch + off, C, lane);
+        amax = normalize_row(out, mean + row, rstd + row, res_out, w, b, row, C, lane, fp8);
+    }
+    if (fp8.amax) record_amax(fp8.amax, amax);
 }
 
 void layernorm_forward(bf16 *out, float *mean, float *rstd, const bf16 *inp, const bf16 *w,
-                       const bf16 *b, int N, int C, cudaStream_t s) {
+                       const bf16 *b, int N, int C, cudaStream_t s, const ln_fp8_out &fp8) {
     layernorm_forward_kernel<<<ceil_div(N, ROWS_PER_BLOCK), 32 * ROWS_PER_BLOCK, 0, s>>>(
-        out, mean, rstd, inp, w, b, N, C);
+        out, mean, rstd, inp, w, b, N, C, fp8);
 }
 
 void residual_layernorm_forward(bf16 *res_out, bf16 *out, float *mean, float *rstd,
                                 const bf16 *res_in, const bf16 *branch, const bf16 *w,
-                                const bf16 *b, int N, int C, cudaStream_t s) {
+                                const bf16 *b, int N, int C, cudaStream_t s,
+                                const ln_fp8_out &fp8) {
     residual_layernorm_forward_kernel<<<ceil_div(N, ROWS_PER_BLOCK), 32 * ROWS_PER_BLOCK, 0, s>>>(
-        res_out, out, mean, rstd, res_in, branch, w, b, N, C);
+        res_out, out, mean, rstd, res_in, branch, w, b, N, C, fp8);
 }
 
 /* Each warp takes rows in a fixed stride. A lane owns channels
