@@ -8,6 +8,7 @@ and, at d12, its fastest setting; llmc through its trainer as users run it
 torch.compile in bf16 (--torch) and with torchao's float8 training (--torchao). One table last, with each peer's time divided by llmc's.
 
     python3 -m bench.peer_bench [--sizes d12,d24,d36,d48] [--llmc d48=1,2] [--fp8] [--torch] [--torchao]
+    python3 -m bench.peer_bench --sizes d12 --llmc d12=0 --precisions fp8 --llm-c-settings fastest
     python3 -m bench.peer_bench --sizes llama-124m,llama3.2-1b --torch [--fp8] [--seq-len 2048]
     python3 -m bench.peer_bench --sizes llama3.2-1b-untied [--fp8] [--torch]
 
@@ -232,12 +233,19 @@ def main():
     p.add_argument("--data", default=str(HERE.parent / ".carry" / "fineweb_sample"),
                    help="folder of FineWeb token shards (*train*.bin, *val*.bin)")
     p.add_argument("--fp8", action="store_true", help="also llmc with FP8 block products")
+    p.add_argument("--precisions", help="llmc's precisions, comma-separated (default: bf16, "
+                   "with --fp8 bf16,fp8; e.g. fp8 alone for a short call)")
+    p.add_argument("--llm-c-settings", default="all", choices=["all", "default", "fastest"],
+                   help="which of llm.c's settings run where it has several (d12)")
     p.add_argument("--no-trainer", action="store_true", help="llmc's library loop only")
     p.add_argument("--json")
     a = p.parse_args()
     global T
     T = a.seq_len
     settings = dict(LLMC_DEFAULT, **dict(s.split("=", 1) for s in a.llmc))
+    precisions = (a.precisions or ("bf16,fp8" if a.fp8 else "bf16")).split(",")
+    if not set(precisions) <= {"bf16", "fp8"}:
+        p.error(f"--precisions {a.precisions}: expected bf16 and/or fp8")
     train = sorted(Path(a.data).glob("*train*.bin"))[0]
     val = sorted(Path(a.data).glob("*val*.bin"))[0]
     rows = []
@@ -254,6 +262,8 @@ def main():
                 llama3_peer.write_model(model, llmc_config(size))
                 print(f"wrote {model} in {time.perf_counter() - t0:.0f} s", flush=True)
             for label, flags in [] if size.startswith("llama") else LLM_C.get(size, [("default", [])]):
+                if a.llm_c_settings != "all" and not label.startswith(a.llm_c_settings):
+                    continue
                 peers[f"llm.c {label}"] = run_llm_c(Path(a.peers), size, flags, (train, val),
                                                     a.llm_c_steps)
                 print(f"llm.c {size} {label}: {peers[f'llm.c {label}']}", flush=True)
@@ -269,7 +279,7 @@ def main():
                 peers[name] = run_torch(size, fp8, train)
                 print(f"{name} {size}: {peers[name]}", flush=True)
             for r in settings[size].split(","):
-                for fp8 in ([False, True] if a.fp8 else [False]):
+                for fp8 in [name == "fp8" for name in precisions]:
                     mine = {"loop": run_llmc(size, int(r), steps, fp8, train, model)}
                     if not a.no_trainer:
                         mine["trainer"] = run_trainer(size, int(r), steps, fp8, train, model)
