@@ -110,8 +110,8 @@ def test_fp8_llama_plan_counts_the_fp8_buffers():
     matrix's transpose and bf16 rounding scratch, three scratch operands as wide as the widest product operand
     (here fc's 2F), one layer of each product input's transpose, 3 x 4 x L
     scaling slots of 22 floats each, and the LM head's: its weight both ways,
-    per chunk of rows (all N here) the final norm's output transposed, the
-    logit gradients both ways and the rows' log-sum-exps, and 3 x 4 slots."""
+    per chunk of rows (all N here) the final norm's output transposed and the
+    logit gradients both ways, and 3 x 4 slots."""
     c = Config(family=_lib.FAMILIES["llama"], max_seq_len=32, vocab_size=97, num_layers=2,
                num_heads=4, channels=64, num_kv_heads=2, ffn_hidden=176)
     L, C, F, N = 2, 64, 176, 2 * 32
@@ -123,7 +123,7 @@ def test_fp8_llama_plan_counts_the_fp8_buffers():
     inputs_T = N * (C + C + C + F)
     slots = 3 * 4 * L + 3 * 4
     Vp = 128  # the vocabulary, 97, padded to a multiple of 128
-    head = 2 * Vp * C + N * C + 2 * N * Vp + N * 4  # chunks of N rows: lnfT8, dlogits8 both ways, lse
+    head = 2 * Vp * C + N * C + 2 * N * Vp  # chunks of N rows: lnfT8, dlogits8 both ways
     assert fp8 - bf16 == (weights + 3 * largest - 2 * weights + 3 * N * 2 * F + inputs_T + head
                           + slots * (1 + 4 + 1 + 16) * 4)
     # with less recomputed, FP8 keeps transposes of inputs where bf16 keeps bf16 norms and SwiGLU
@@ -152,6 +152,11 @@ def test_fp8_llama_widths_must_be_multiples_of_16():
                        match="multiples of 16 .*MLP width 168.*fc projection product is 168 -> 64"):
         cuda_plan(bad, precision="fp8")
     assert cuda_plan(LLAMA, precision="fp8") > 0
+    odd_vocab = Config(max_seq_len=32, vocab_size=97, padded_vocab_size=104, num_layers=1,
+                       num_heads=2, channels=64)
+    cuda_plan(odd_vocab)
+    with pytest.raises(pyllmc.UnsupportedError, match="padded_vocab_size a multiple of 16 .got 104"):
+        cuda_plan(odd_vocab, precision="fp8")
 
 
 def test_llama_optimizer_file_keeps_scaling_count_and_family_apart(tmp_path):

@@ -132,14 +132,13 @@ struct cuda_state {
     bool xT_saved[FP8_PRODUCTS] = {};
     /* The LM head's three products when training: the head weight in E4M3
      * both ways; per chunk of rows, the final norm's output and the logits'
-     * gradients (E4M3 too: fp8.cuh) both ways, and the rows' log-sum-exps;
+     * gradients (E4M3, which the cross-entropy writes row-major) both ways;
      * their scales (slots of product 0), all set afresh, so nothing is saved:
      * the norm's output scaled from its own amax, the weight from its own,
      * the gradients from their bound |softmax - onehot| * dloss <= dloss. */
     fp8_scaling head_scaling;
     uint8_t *head8 = nullptr, *headT8 = nullptr, *lnfT8 = nullptr, *dlogits8 = nullptr,
             *dlogitsT8 = nullptr;
-    float *head_lse = nullptr;
 
     std::vector<void *> allocations;
     size_t bytes = 0;
@@ -274,7 +273,6 @@ llmc_status plan_fp8(cuda_state *g) {
     TRY(alloc_n(g, &g->lnfT8, chunk * g->C, "FP8 LM head"));
     TRY(alloc_n(g, &g->dlogits8, chunk * g->Vp, "FP8 logit gradients"));
     TRY(alloc_n(g, &g->dlogitsT8, chunk * g->Vp, "FP8 logit gradients"));
-    TRY(alloc_n(g, &g->head_lse, chunk, "FP8 LM head"));
     return LLMC_OK;
 }
 
@@ -317,6 +315,9 @@ llmc_status plan(llmc_model *m, cuda_state *g) {
                               "MLP width %d): the %s product is %d -> %d",
                               g->C, g->QKV, g->FC, g->ACT, PRODUCT_NAME[p], product_in(g, p),
                               product_out(g, p));
+    if (g->fp8 && g->Vp % 16)  // the LM head's FP8 products (and its byte transposes)
+        return llmc_error(LLMC_ERR_UNSUPPORTED, "precision fp8 needs padded_vocab_size a multiple "
+                          "of 16 (got %d)", g->Vp);
     if (g->fp8 && !g->dry_run) {
         int major = 0, minor = 0;
         CUDA_TRY(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor,
@@ -835,9 +836,10 @@ llmc_status classifier(cuda_state *g, const bf16 *lnf, const int *targets, float
     const bool fp8 = g->fp8 && backward;
     const fp8_scaling &h = g->head_scaling;
     const int xs = h.slot(FP8_X, 0, 0), ws = h.slot(FP8_W, 0, 0), gs = h.slot(FP8_G, 0, 0);
+    const float dlogits_scale = dloss > 0.0f ? fp8_pow2_scale(dloss, FP8_E4M3_MAX) : 1.0f;
     if (fp8) {
         fp8_current_scale(lnf, N, C, h, xs, s);
-        fp8_set_scale(h, gs, dloss > 0.0f ? fp8_pow2_scale(dloss, FP8_E4M3_MAX) : 1.0f, s);
+        fp8_set_scale(h, gs, dlogits_scale, s);
     }
     for (int r0 = 0; r0 < N; r0 += chunk) {
         const int rows = std::min(chunk, N - r0);
@@ -851,14 +853,12 @@ llmc_status classifier(cuda_state *g, const bf16 *lnf, const int *targets, float
             TRY(matmul_forward(g->mm, g->logits, x, C, P(g, g->head), nullptr, rows, C, g->Vp,
                                nullptr, chunk));
         }
-        crossentropy_forward_backward(g->logits, losses + r0, fp8 ? g->head_lse : nullptr,
-                                      targets + r0, rows, g->V, g->Vp, dloss, backward && !fp8, s);
+        crossentropy_forward_backward(g->logits, losses + r0, targets + r0, rows, g->V, g->Vp,
+                                      dloss, backward, s, fp8 ? g->dlogits8 : nullptr,
+                                      dlogits_scale);
         if (!backward) continue;
         if (fp8) {
-            const fp8_transform t{FP8_SOFTMAX_GRAD, nullptr, g->head_lse, targets + r0, dloss,
-                                  g->V};
-            fp8_quantize(g->dlogits8, g->dlogitsT8, g->logits, t, rows, g->Vp, 1, 0, 0, h, gs,
-                         false, nullptr, nullptr, s);
+            fp8_transpose(g->dlogitsT8, g->dlogits8, rows, g->Vp, s);
             TRY(matmul_backward_input_fp8(g->mm, g->dC + (size_t)r0 * C, g->dlogits8, g->headT8,
                                           h.descale_of(gs), h.descale_of(ws), rows, C, g->Vp,
                                           true));

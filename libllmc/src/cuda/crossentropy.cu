@@ -1,10 +1,12 @@
 /*
  * crossentropy.cu: softmax + cross-entropy over bf16 logits rows, writing the
- * logits' gradient in place. The classifier runs it over chunks of rows, so
- * the full (B*T, Vp) logits never exist at once, in any precision.
+ * logits' gradient in place (bf16) or into an E4M3 copy (FP8's LM head). The
+ * classifier runs it over chunks of rows, so the full (B*T, Vp) logits never
+ * exist at once, in any precision.
  */
 #include <math_constants.h>
 
+#include "fp8.cuh"
 #include "kernels.cuh"
 
 #define CE_THREADS 512
@@ -23,17 +25,21 @@ __device__ __forceinline__ MaxSum combine(MaxSum a, MaxSum b) {
 }
 
 __global__ void __launch_bounds__(CE_THREADS)
-    crossentropy_kernel(bf16 *logits, float *losses, float *lse_out, const int *targets, int V,
-                        int Vp, float dloss, int write_grad) {
+    crossentropy_kernel(bf16 *logits, float *losses, const int *targets, int V, int Vp,
+                        float dloss, int write_grad, uint8_t *grad8, float grad8_scale) {
     __shared__ MaxSum shared[CE_THREADS / 32];
     const int row = blockIdx.x;
     const int target = targets[row];
     bf16 *x = logits + (size_t)row * Vp;
+    uint8_t *x8 = grad8 ? grad8 + (size_t)row * Vp : nullptr;
     if (target < 0) {  // ignored position: no loss, no gradient
-        if (write_grad)
-            for (int c = threadIdx.x * 8; c < Vp; c += CE_THREADS * 8) store16(x + c, Vec16<bf16>{});
+        for (int c = threadIdx.x * 8; write_grad && c < Vp; c += CE_THREADS * 8) {
+            if (grad8)
+                *(uint2 *)(x8 + c) = make_uint2(0, 0);
+            else
+                store16(x + c, Vec16<bf16>{});
+        }
         if (threadIdx.x == 0) losses[row] = 0.0f;
-        if (threadIdx.x == 0 && lse_out) lse_out[row] = 0.0f;
         return;
     }
     /* CE_LOADS 16-byte loads in flight per thread (a row is ~12 per thread at
@@ -70,28 +76,32 @@ __global__ void __launch_bounds__(CE_THREADS)
     for (int w = 1; w < CE_THREADS / 32; w++) ms = combine(ms, shared[w]);
     const float lse = ms.max + logf(ms.sum);
     if (threadIdx.x == 0) losses[row] = lse - __bfloat162float(x[target]);
-    if (threadIdx.x == 0 && lse_out) lse_out[row] = lse;
     if (!write_grad) return;
     __syncthreads();  // everyone has read x[target] before it is overwritten
-    const float inv_sum = 1.0f / ms.sum;
     for (int c = threadIdx.x * 8; c < Vp; c += CE_THREADS * 8) {
-        Vec16<bf16> v = load16(x + c), g;
+        const Vec16<bf16> v = load16(x + c);
+        float d[8];
         for (int k = 0; k < 8; k++) {
             const int j = c + k;
-            float d = 0.0f;
-            if (j < V) {
-                const float p = __expf(__bfloat162float(v.v[k]) - ms.max) * inv_sum;
-                d = (p - (j == target ? 1.0f : 0.0f)) * dloss;
-            }
-            g.v[k] = __float2bfloat16(d);
+            d[k] = j < V ? (__expf(__bfloat162float(v.v[k]) - lse) - (j == target ? 1.0f : 0.0f)) *
+                               dloss
+                         : 0.0f;
         }
-        store16(x + c, g);
+        if (grad8) {
+            uint32_t q[2];
+            to_fp8x8(q, d, grad8_scale, false);
+            *(uint2 *)(x8 + c) = make_uint2(q[0], q[1]);
+        } else {
+            Vec16<bf16> g;
+            for (int k = 0; k < 8; k++) g.v[k] = __float2bfloat16(d[k]);
+            store16(x + c, g);
+        }
     }
 }
 
-void crossentropy_forward_backward(bf16 *logits, float *losses, float *lse, const int *targets,
-                                   int rows, int V, int Vp, float dloss, int write_grad,
-                                   cudaStream_t s) {
-    crossentropy_kernel<<<rows, CE_THREADS, 0, s>>>(logits, losses, lse, targets, V, Vp, dloss,
-                                                    write_grad);
+void crossentropy_forward_backward(bf16 *logits, float *losses, const int *targets, int rows,
+                                   int V, int Vp, float dloss, int write_grad, cudaStream_t s,
+                                   uint8_t *grad8, float grad8_scale) {
+    crossentropy_kernel<<<rows, CE_THREADS, 0, s>>>(logits, losses, targets, V, Vp, dloss,
+                                                    write_grad, grad8, grad8_scale);
 }

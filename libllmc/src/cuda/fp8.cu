@@ -81,26 +81,16 @@ __device__ __forceinline__ void load_chunk(Chunk &c, const bf16 *in, const bf16 
     }
 }
 
-/* The 8 values of row `row` from column col on, transformed (fp8.cuh). */
+/* 8 values, transformed (fp8.cuh). */
 template <int transform>
 __device__ __forceinline__ void transformed(float x[8], const Vec16<bf16> &v,
-                                            const Vec16<bf16> &pre, const fp8_transform &t,
-                                            int row, int col) {
-    float lse = 0.0f;
-    int target = -1;
-    if (transform == FP8_SOFTMAX_GRAD) {
-        lse = t.row_lse[row];
-        target = t.row_target[row];
-    }
+                                            const Vec16<bf16> &pre) {
     for (int j = 0; j < 8; j++) {
         x[j] = __bfloat162float(v.v[j]);
         if (transform == FP8_GELU) {
             x[j] = gelu_tanh<true>(x[j]);  // cast to FP8 next: the approximate tanh
         } else if (transform == FP8_GELU_GRAD) {  // rounded to bf16 as the bf16 path's
             x[j] = __bfloat162float(__float2bfloat16(x[j] * gelu_grad(__bfloat162float(pre.v[j]))));
-        } else if (transform == FP8_SOFTMAX_GRAD) {  // as crossentropy.cu's gradient
-            const bool real = target >= 0 && col + j < t.vocab;
-            x[j] = real ? (__expf(x[j] - lse) - (col + j == target ? 1.0f : 0.0f)) * t.dloss : 0.0f;
         }
     }
 }
@@ -145,7 +135,7 @@ quantize_kernel(uint8_t *out, uint8_t *outT, const bf16 *in, const fp8_transform
             q[h][0] = q[h][1] = 0;
             if (row < rows && col < cols) {
                 float x[8];
-                transformed<transform>(x, v, pre, t, row, col);
+                transformed<transform>(x, v, pre);
                 for (int j = 0; j < 8; j++) {
                     m = fmaxf(m, fabsf(x[j]));
                     sums[j] += x[j];
@@ -272,16 +262,15 @@ template <bool amax_only>
 void (*cast_kernel(int transform))(uint8_t *, uint8_t *, const bf16 *, const fp8_transform, int,
                                    int, size_t, size_t, const float *, float *, float *, int, bool,
                                    bool) {
-    return transform == FP8_GELU           ? quantize_kernel<amax_only, FP8_GELU>
-           : transform == FP8_GELU_GRAD    ? quantize_kernel<amax_only, FP8_GELU_GRAD>
-           : transform == FP8_SOFTMAX_GRAD ? quantize_kernel<amax_only, FP8_SOFTMAX_GRAD>
-                                           : quantize_kernel<amax_only, FP8_AS_IS>;
+    return transform == FP8_GELU        ? quantize_kernel<amax_only, FP8_GELU>
+           : transform == FP8_GELU_GRAD ? quantize_kernel<amax_only, FP8_GELU_GRAD>
+                                        : quantize_kernel<amax_only, FP8_AS_IS>;
 }
 
 void fp8_quantize(void *out, void *outT, const bf16 *in, const fp8_transform &t, int rows,
                   int cols, int layers, size_t in_stride, size_t out_stride, const fp8_scaling &s,
                   int first_slot, bool record, float *dbias, float *partial, cudaStream_t st) {
-    const bool e5m2 = first_slot >= s.slot(FP8_G, 0, 0) && t.kind != FP8_SOFTMAX_GRAD;
+    const bool e5m2 = first_slot >= s.slot(FP8_G, 0, 0);
     const auto kernel = cast_kernel<false>(t.kind);
     const dim3 grid = cast_grid(rows, cols, layers);
     kernel<<<grid, CAST_THREADS, 0, st>>>(

@@ -74,19 +74,11 @@ void fp8_reset(const fp8_scaling &s, cudaStream_t st);
 /* What a cast applies to each value first: nothing; GELU (fcproj's input
  * from fc's pre-activation, so that the bf16 GELU output is never
  * written); the gradient through GELU, in * GELU'(gelu_pre), rounded to
- * bf16 as the bf16 path's DGELU epilogue rounds (fc's output gradient); the
- * cross-entropy's gradient from bf16 logits, (softmax - onehot) * dloss
- * (the LM head's output gradient; cast to E4M3 even in a G slot: its
- * magnitude is bounded by dloss, so it needs E4M3's precision, not E5M2's
- * range). */
-enum { FP8_AS_IS = 0, FP8_GELU = 1, FP8_GELU_GRAD = 2, FP8_SOFTMAX_GRAD = 3 };
+ * bf16 as the bf16 path's DGELU epilogue rounds (fc's output gradient). */
+enum { FP8_AS_IS = 0, FP8_GELU = 1, FP8_GELU_GRAD = 2 };
 struct fp8_transform {
     int kind = FP8_AS_IS;
-    const bf16 *gelu_pre = nullptr;   // GELU_GRAD: GELU's input, laid out as the cast's input
-    const float *row_lse = nullptr;   // SOFTMAX_GRAD: each row's log-sum-exp,
-    const int *row_target = nullptr;  //   its target (< 0: the row has no gradient),
-    float dloss = 0.0f;               //   the loss's scale
-    int vocab = 0;                    //   and the real columns (the rest are padding)
+    const bf16 *gelu_pre = nullptr;  // GELU_GRAD: GELU's input, laid out as the cast's input
 };
 
 /* Quantizes `layers` matrices of rows x cols bf16 (layer z at in + z *
