@@ -17,7 +17,7 @@
  *
  * Memory, planned and checked against the free device memory at creation:
  * every layer's keys and values for S slots of T positions (NKV heads),
- * the activations of R rows, the fp32 logits of S rows and, for Llama,
+ * the activations of R rows, the cache attention's partials of R rows, the fp32 logits of S rows and, for Llama,
  * RoPE's table of T positions; page-locked host memory for the rows'
  * metadata, the greedy picks and the logits of S rows.
  */
@@ -52,6 +52,8 @@ struct cuda_cache {
     bf16 *x, *ln, *qkv, *atty, *branch, *fch, *fch_act;  // (R, C | QKV | FC | ACT)
     float *mean, *rstd, *logits;     // (R) (GPT-2), (R), (S, Vp)
     int *rows;                       // slot, pos, token (R each), out_rows (S)
+    float *attn_partial;             // (R, NH, ATTN_MAX_SPLITS, hs + 2)
+    int *attn_done;                  // (R, NH), zero between steps
     float *rope_cos, *rope_sin;      // Llama: (T, hs/2)
     greedy_pick *picks;              // (S)
     void *host = nullptr;            // page-locked: rows_host, picks_host, logits_host
@@ -66,7 +68,7 @@ struct cuda_cache {
 /* Buffers in allocation order (the order of cuda_cache's pointers), bytes
  * each (256-byte aligned); a family's unused buffers take 0 bytes. */
 enum { B_KEYS, B_VALUES, B_X, B_LN, B_QKV, B_ATTY, B_BRANCH, B_FCH, B_FCH_ACT, B_MEAN, B_RSTD,
-       B_LOGITS, B_ROWS, B_ROPE_COS, B_ROPE_SIN, B_PICKS, NUM_BUFFERS };
+       B_LOGITS, B_ROWS, B_ATTN_PARTIAL, B_ATTN_DONE, B_ROPE_COS, B_ROPE_SIN, B_PICKS, NUM_BUFFERS };
 struct Layout {
     size_t bytes[NUM_BUFFERS];
 };
@@ -80,9 +82,11 @@ Layout layout(const llmc_model *m, int S, int T, int R) {
     const size_t kv = L * S * (size_t)T * llmc_kv_heads(c) * hs * sizeof(bf16);
     const size_t row = (size_t)R * sizeof(bf16), stats = (size_t)R * sizeof(float);
     const size_t rope = llama ? (size_t)T * (hs / 2) * sizeof(float) : 0;
+    const size_t heads = (size_t)R * c->num_heads;
     return {{kv, kv, row * C, row * C, row * QKV, row * C, row * C, row * FC, row * ACT,
              llama ? 0 : stats, stats, (size_t)S * Vp * sizeof(float),
-             (3 * (size_t)R + S) * sizeof(int), rope, rope, (size_t)S * sizeof(greedy_pick)}};
+             (3 * (size_t)R + S) * sizeof(int), heads * ATTN_MAX_SPLITS * (hs + 2) * sizeof(float),
+             heads * sizeof(int), rope, rope, (size_t)S * sizeof(greedy_pick)}};
 }
 
 size_t aligned(size_t b) { return (b + 255) & ~(size_t)255; }
@@ -163,11 +167,16 @@ llmc_status cuda_cache_create(llmc_model *m, int S, int T, int R, void **out) {
     c->fch = (bf16 *)bufs[B_FCH], c->fch_act = (bf16 *)bufs[B_FCH_ACT];
     c->mean = (float *)bufs[B_MEAN], c->rstd = (float *)bufs[B_RSTD];
     c->logits = (float *)bufs[B_LOGITS], c->rows = (int *)bufs[B_ROWS];
+    c->attn_partial = (float *)bufs[B_ATTN_PARTIAL], c->attn_done = (int *)bufs[B_ATTN_DONE];
     c->rope_cos = (float *)bufs[B_ROPE_COS], c->rope_sin = (float *)bufs[B_ROPE_SIN];
     c->picks = (greedy_pick *)bufs[B_PICKS];
     c->rows_host = (int *)c->host;
     c->picks_host = (greedy_pick *)(c->rows_host + rows_words);
     c->logits_host = (float *)(c->rows_host + rows_words + picks_words);
+    if ((e = cudaMemsetAsync(c->attn_done, 0, l.bytes[B_ATTN_DONE], w.stream)) != cudaSuccess) {
+        release(c);
+        return cuda_status(e, "zeroing the attention's counters", __FILE__, __LINE__);
+    }
     if (llmc_is_llama(cf)) {
         const llmc_status st = rope_upload_table(c->rope_cos, c->rope_sin, cf, T, w.stream);
         if (st != LLMC_OK) {
@@ -205,8 +214,8 @@ void cached_attention(cuda_cache *c, const Rows &r, int l, int n, cudaStream_t s
     const size_t layer_kv = (size_t)c->S * c->T * c->NKV * c->hs;
     bf16 *keys = c->keys + l * layer_kv, *values = c->values + l * layer_kv;
     kv_store(keys, values, c->qkv, r.slot, r.pos, n, c->NH, c->NKV, c->hs, c->T, s);
-    attention_cached(c->atty, c->qkv, keys, values, r.slot, r.pos, n, c->NH, c->NKV, c->hs, c->T,
-                     s);
+    attention_cached(c->atty, c->attn_partial, c->attn_done, c->qkv, keys, values, r.slot, r.pos, n,
+                     c->NH, c->NKV, c->hs, c->T, s);
 }
 
 /* out (n, OC) = inp @ weight^T + bias (NULL: none), GELU of it with gelu:

@@ -50,8 +50,6 @@ __device__ __forceinline__ void warp_sum_scatter(float (&v)[M], int lane) {
     }
 }
 
-__host__ __device__ constexpr int pow2_ceil(int x) { return x <= 1 ? 1 : 2 * pow2_ceil((x + 1) / 2); }
-
 /* Adds the 8 products of a 16-byte slice of w and one of x to acc, in order. */
 __device__ __forceinline__ float dot8(const uint4 &w, const uint4 &x, float acc) {
     const __nv_bfloat162 *w2 = reinterpret_cast<const __nv_bfloat162 *>(&w);
