@@ -68,7 +68,7 @@ __device__ __forceinline__ int attn_chunk(int len) {
     return max(ATTN_MIN_CHUNK, (len + ATTN_MAX_SPLITS - 1) / ATTN_MAX_SPLITS);
 }
 
-/* A group's running softmax over its positions, or a block's or a row's. */
+/* A lane group's running softmax over its positions (8 dims per lane). */
 struct Softmax {
     float max, sum, acc[8];
 };
