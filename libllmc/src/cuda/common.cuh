@@ -128,7 +128,9 @@ __device__ __forceinline__ void residual_slice(float (&x)[8], bf16 *res_out, con
 
 static inline int ceil_div(long a, long b) { return (int)((a + b - 1) / b); }
 /* The least power of two >= x. */
-__host__ __device__ constexpr int pow2_ceil(int x) { return x <= 1 ? 1 : 2 * pow2_ceil((x + 1) / 2); }
+__host__ __device__ constexpr int pow2_ceil(int x) {
+    return x <= 1 ? 1 : 2 * pow2_ceil((x + 1) / 2);
+}
 
 /* CUDA error -> llmc_status with a message naming the call and place. */
 static inline llmc_status cuda_status(cudaError_t e, const char *what, const char *file, int line) {

@@ -18,9 +18,10 @@
  *
  * Memory, planned and checked against the free device memory at creation:
  * every layer's keys and values for S slots of T positions (NKV heads),
- * the activations of R rows, the cache attention's partials of R rows, the fp32 logits of S rows and, for Llama,
- * RoPE's table of T positions; page-locked host memory for the rows'
- * metadata, the greedy picks and the logits of S rows.
+ * the activations of R rows, the cache attention's partials and counters
+ * of R rows, the fp32 logits of S rows and, for Llama, RoPE's table of T
+ * positions; page-locked host memory for the rows' metadata, the greedy
+ * picks and the logits of S rows.
  */
 #include <cstring>
 #include <new>
@@ -68,7 +69,8 @@ struct cuda_cache {
 
 /* Buffers in allocation order (the order of cuda_cache's pointers), bytes
  * each (256-byte aligned); a family's unused buffers take 0 bytes. */
-enum { B_KEYS, B_VALUES, B_X, B_LN, B_QKV, B_ATTY, B_BRANCH, B_FCH, B_FCH_ACT, B_LOGITS, B_ROWS, B_ATTN_PARTIAL, B_ATTN_DONE, B_ROPE_COS, B_ROPE_SIN, B_PICKS, NUM_BUFFERS };
+enum { B_KEYS, B_VALUES, B_X, B_LN, B_QKV, B_ATTY, B_BRANCH, B_FCH, B_FCH_ACT, B_LOGITS, B_ROWS,
+       B_ATTN_PARTIAL, B_ATTN_DONE, B_ROPE_COS, B_ROPE_SIN, B_PICKS, NUM_BUFFERS };
 struct Layout {
     size_t bytes[NUM_BUFFERS];
 };
@@ -292,8 +294,9 @@ llmc_status llama_decode_forward(cuda_cache *c, const cuda_weights &w, int n, in
         TRY(linear(c, w, c->fch, c->ln, W(w, P_FCW, l), nullptr, n, C, 2 * F, false));
         swiglu_forward(c->fch_act, c->fch, n, F, s);
         TRY(linear(c, w, c->branch, c->fch_act, W(w, P_FCPROJW, l), nullptr, n, F, C, false));
-        decode_rmsnorm(c->x, c->ln, c->x, c->branch, l + 1 == L ? W(w, P_LNFW) : W(w, P_LN1W, l + 1),
-                       n, C, c->eps, s);
+        const bool last = l + 1 == L;
+        decode_rmsnorm(c->x, c->ln, c->x, c->branch, last ? W(w, P_LNFW) : W(w, P_LN1W, l + 1), n,
+                       C, c->eps, s);
     }
     return head_logits(c, w, r, n_out, in_order);
 }

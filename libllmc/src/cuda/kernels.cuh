@@ -61,7 +61,9 @@ void rmsnorm_backward(bf16 *dinp, float *dw, float *partial, const bf16 *dout, c
  * row (decode_norm_threads(C) threads, two 16-byte slices each at most):
  * C <= DECODE_NORM_MAX_CHANNELS. Not the training kernels' bits. */
 #define DECODE_NORM_MAX_CHANNELS (1024 * 8 * 2)
-static inline int decode_norm_threads(int C) { return C / 8 < 1024 ? 32 * ceil_div(C / 8, 32) : 1024; }
+static inline int decode_norm_threads(int C) {
+    return C / 8 < 1024 ? 32 * ceil_div(C / 8, 32) : 1024;
+}
 void decode_layernorm(bf16 *res_out, bf16 *out, const bf16 *res_in, const bf16 *branch,
                       const bf16 *w, const bf16 *b, int n, int C, cudaStream_t s);
 void decode_rmsnorm(bf16 *res_out, bf16 *out, const bf16 *res_in, const bf16 *branch,

@@ -185,10 +185,10 @@ void attention_cached(bf16 *out, float *partial, int *done, const bf16 *qkv, con
                       int hs, int T, cudaStream_t s) {
     const dim3 grid(n, NH, ATTN_MAX_SPLITS);
     switch (pow2_ceil(hs / 8)) {  // lanes per position
-#define ATTN_CASE(LP)                                                                         \
-    case LP:                                                                                  \
-        attention_cached_kernel<LP><<<grid, ATTN_THREADS, 0, s>>>(out, partial, done, qkv, keys, \
-                                                                  values, slot, pos, NH, NKV, hs, T); \
+#define ATTN_CASE(LP)                                                                   \
+    case LP:                                                                            \
+        attention_cached_kernel<LP><<<grid, ATTN_THREADS, 0, s>>>(                      \
+            out, partial, done, qkv, keys, values, slot, pos, NH, NKV, hs, T);          \
         break;
         ATTN_CASE(1) ATTN_CASE(2) ATTN_CASE(4) ATTN_CASE(8) ATTN_CASE(16)
 #undef ATTN_CASE
