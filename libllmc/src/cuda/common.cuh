@@ -126,6 +126,23 @@ __device__ __forceinline__ void residual_slice(float (&x)[8], bf16 *res_out, con
     for (int k = 0; k < 8; k++) x[k] = __bfloat162float(r.v[k]);
 }
 
+/* Programmatic dependent launch (Hopper): a kernel launched with
+ * cudaLaunchAttributeProgrammaticStreamSerialization may start once every block of
+ * the kernel before it has called pdl_launch_dependents (or exited), and must
+ * pdl_wait before it reads what that kernel writes or writes what it reads;
+ * pdl_wait returns once that kernel has completed and its writes are visible.
+ * Both are no-ops for a kernel launched plainly, and before sm_90. */
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_wait() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
 static inline int ceil_div(long a, long b) { return (int)((a + b - 1) / b); }
 /* The least power of two >= x. */
 __host__ __device__ constexpr int pow2_ceil(int x) {
