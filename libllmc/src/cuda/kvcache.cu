@@ -81,6 +81,7 @@ __global__ void __launch_bounds__(ATTN_THREADS)
     attention_cached_kernel(bf16 *out, float *partial, int *done, const bf16 *qkv,
                             const bf16 *keys, const bf16 *values, const int *slot, const int *pos,
                             int NH, int NKV, int hs, int T) {
+    pdl_launch_dependents();  // the GEMV that follows (gemv.cu) may start loading its weights
     constexpr int GROUPS = ATTN_THREADS / LP;
     const int r = blockIdx.x, h = blockIdx.y, range = blockIdx.z;
     const int len = pos[r] + 1, chunk = attn_chunk(len), ranges = (len + chunk - 1) / chunk;

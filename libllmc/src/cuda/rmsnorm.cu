@@ -67,6 +67,7 @@ template <int K>
 __global__ void __launch_bounds__(1024)
     decode_rmsnorm_kernel(bf16 *res_out, bf16 *out, const bf16 *res_in, const bf16 *branch,
                           const bf16 *w, int C, float eps) {
+    pdl_launch_dependents();  // the GEMV that follows (gemv.cu) may start loading its weights
     __shared__ float shared32[32];
     const size_t off = (size_t)blockIdx.x * C;
     float x[K][8];
