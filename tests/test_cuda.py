@@ -727,3 +727,98 @@ def test_a_cache_too_big_for_the_gpu_is_an_error(family):
     with pytest.raises(pyllmc.OutOfMemoryError, match="key/value cache"):
         Generator(gpu, 2**18, 64)  # 2^18 sequences x 64 positions
     assert gpu.generate([[1, 2]], max_new_tokens=3, temperature=0, stop_token=None)
+
+
+# ---- the cache attention's position ranges (flash-decoding) --------------------
+# Long prompts (positions 1, 2, 17, 300, 540: one range, several, 16 ranges of 34 with a short
+# last one) at head sizes 8 (25 heads, d48's count), 24 (GQA 2, lanes past hs idle), 64 (d48's
+# size) and 128 (GQA 4); trained 60 steps as trained_pair, planned for the long positions.
+LONG_MODELS = {
+    "gpt2-25heads": pyllmc.Config(max_seq_len=600, vocab_size=512, num_layers=2, num_heads=25,
+                                  channels=200),
+    "gpt2-hs64": pyllmc.Config(max_seq_len=600, vocab_size=512, num_layers=2, num_heads=2,
+                               channels=128),
+    "llama-gqa2-hs24": llama(max_seq_len=600, num_layers=2, num_heads=6, num_kv_heads=3,
+                             channels=144, ffn_hidden=232),
+    "llama-gqa4-hs128": llama(max_seq_len=600, num_layers=2, num_heads=4, num_kv_heads=1,
+                              channels=512, ffn_hidden=512),
+}
+LONG_PROMPTS = {1: [540], 2: [1, 300], 6: [1, 2, 17, 300, 540, 33],
+                9: [1, 2, 17, 300, 540, 33, 64, 5, 129]}
+
+
+@pytest.fixture(scope="module", params=list(LONG_MODELS))
+def long_pair(request):
+    cfg = LONG_MODELS[request.param]
+    cpu, gpu = pair(cfg, 4, cfg.max_seq_len)
+    for x, y in patterned_batches(cfg, 60, 4, 64, seed=3):
+        cpu.step(x, y, lr=3e-3)
+    p = bf16_exact(cpu.parameters())
+    cpu.set_parameters(p)
+    gpu.set_parameters(p)
+    return cpu, gpu
+
+
+def assert_greedy_steps_match_cpu(cpu, prompts, got, got_lp, steps):
+    """Every step of the GPU's greedy path against the CPU's full forward over the same
+    tokens: the chosen token's log-probability within bf16 tolerance, and the CPU's
+    argmax or a near-tie (so no step is skipped after a divergence)."""
+    for prompt, g, lp in zip(prompts, got, got_lp):
+        assert len(g) == steps
+        logits = cpu.logits(np.array(prompt + g, dtype=np.int32)[None])[0, len(prompt) - 1:-1]
+        logp = logits.astype(np.float64) - logits.max(1, keepdims=True)
+        logp -= np.log(np.exp(logp).sum(1, keepdims=True))
+        at = np.arange(len(g))
+        np.testing.assert_allclose(lp, logp[at, g], atol=0.1, err_msg=f"prompt {len(prompt)}")
+        gap = logp.max(1) - logp[at, g]
+        assert gap.max() < 0.05, (len(prompt), gap.argmax(), gap.max())
+
+
+@pytest.mark.parametrize("batch", list(LONG_PROMPTS), ids=lambda b: f"batch{b}")
+def test_decode_attention_ranges_match_cpu(long_pair, batch):
+    cpu, gpu = long_pair
+    rng = np.random.default_rng(7)
+    prompts = [rng.integers(0, cpu.config.vocab_size, size=n).tolist() for n in LONG_PROMPTS[batch]]
+    got, got_lp = gpu.generate(prompts, max_new_tokens=40, temperature=0, stop_token=None,
+                               logprobs=True)
+    assert_greedy_steps_match_cpu(cpu, prompts, got, got_lp, 40)
+
+
+# ---- gemv.cu's long rows: IC 1600 (2 warps, not a multiple of 256 elements) and 6400 (7 warps)
+# at d48's width; IC 8200 (8 warps and a second round of one slice, past 8 x 4 x 256) in a Llama's
+# MLP projection. Trained 60 GPU steps as trained_pair (the CPU is slow at these widths).
+WIDE_MODELS = {
+    "gpt2-d48-width": pyllmc.Config(max_seq_len=48, vocab_size=512, num_layers=2, num_heads=25,
+                                    channels=1600),
+    "llama-ffn8200": llama(max_seq_len=48, num_layers=2, num_heads=4, num_kv_heads=2,
+                           channels=128, ffn_hidden=8200),
+}
+
+
+@pytest.fixture(scope="module", params=list(WIDE_MODELS))
+def wide_pair(request):
+    cfg = WIDE_MODELS[request.param]
+    cpu, gpu = pair(cfg, 4, cfg.max_seq_len)
+    for x, y in patterned_batches(cfg, 60, 4, 32, seed=3):
+        gpu.step(x, y, lr=3e-3)
+    p = bf16_exact(gpu.parameters())
+    cpu.set_parameters(p)
+    gpu.set_parameters(p)
+    return cpu, gpu
+
+
+def test_gemv_long_rows_match_cpu_and_are_batch_invariant(wide_pair):
+    """gemv.cu's paths for long rows (several warps per row, a second round) against the
+    CPU's forward, and a row's result the same bit for bit alone or in a batch of 5."""
+    cpu, gpu = wide_pair
+    rng = np.random.default_rng(9)
+    prompts = [rng.integers(0, cpu.config.vocab_size, size=n).tolist() for n in (1, 5, 2, 1, 7)]
+    greedy = dict(max_new_tokens=30, temperature=0, stop_token=None, logprobs=True)
+    got, got_lp = gpu.generate(prompts, **greedy)
+    assert_greedy_steps_match_cpu(cpu, prompts, got, got_lp, 30)
+    firsts = [[t] for t in (3, 17, 1, 250, 99)]  # no prefill: every step runs gemv.cu
+    batch5 = gpu.generate(firsts, **greedy)
+    for i, prompt in enumerate(firsts[:2]):
+        tokens, lp = gpu.generate([prompt], **greedy)
+        assert batch5[0][i] == tokens[0]
+        assert np.array_equal(np.float32(batch5[1][i]), np.float32(lp[0])), i

@@ -98,7 +98,56 @@ __device__ __forceinline__ float warp_max(float v) {
     return v;
 }
 
+/* The sum of v over the block (blockDim.x a multiple of 32), in every
+ * thread: each warp's sum, then the warps' sums added by every warp in the
+ * same tree, so that all threads hold the same bits. shared32: 32 floats of
+ * shared memory; calls may follow each other with the same shared32. */
+__device__ __forceinline__ float block_sum(float v, float *shared32) {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    v = warp_sum(v);
+    __syncthreads();  // a previous call's reads of shared32 are done
+    if (lane == 0) shared32[warp] = v;
+    __syncthreads();
+    return warp_sum(lane < (int)(blockDim.x / 32) ? shared32[lane] : 0.0f);
+}
+
+/* Slice c..c+7 of a decode row as floats: res_in, or with a branch
+ * res_in + branch rounded to bf16 as stored into res_out (the residual
+ * stream), so that the norm that follows sees what the next layer reads. */
+__device__ __forceinline__ void residual_slice(float (&x)[8], bf16 *res_out, const bf16 *res_in,
+                                               const bf16 *branch, int c) {
+    Vec16<bf16> r = load16(res_in + c);
+    if (branch) {
+        const Vec16<bf16> b = load16(branch + c);
+        for (int k = 0; k < 8; k++)
+            r.v[k] = __float2bfloat16(__bfloat162float(r.v[k]) + __bfloat162float(b.v[k]));
+        store16(res_out + c, r);
+    }
+    for (int k = 0; k < 8; k++) x[k] = __bfloat162float(r.v[k]);
+}
+
+/* Programmatic dependent launch (Hopper): a kernel launched with
+ * cudaLaunchAttributeProgrammaticStreamSerialization may start once every block of
+ * the kernel before it has called pdl_launch_dependents (or exited), and must
+ * pdl_wait before it reads what that kernel writes or writes what it reads;
+ * pdl_wait returns once that kernel has completed and its writes are visible.
+ * Both are no-ops for a kernel launched plainly, and before sm_90. */
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_wait() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
 static inline int ceil_div(long a, long b) { return (int)((a + b - 1) / b); }
+/* The least power of two >= x. */
+__host__ __device__ constexpr int pow2_ceil(int x) {
+    return x <= 1 ? 1 : 2 * pow2_ceil((x + 1) / 2);
+}
 
 /* CUDA error -> llmc_status with a message naming the call and place. */
 static inline llmc_status cuda_status(cudaError_t e, const char *what, const char *file, int line) {

@@ -2,8 +2,9 @@
  * decode.cu: the CUDA backend's generation (model.h's llmc_decode_ops): a
  * bf16 key/value cache and the forward pass of rows that are single tokens
  * of cached sequences, one composition per model family over the training
- * kernels (the norms fused with the residual add, cuBLASLt products with
- * fused bias and GELU, SwiGLU, RoPE) and the cache kernels of kvcache.cu.
+ * kernels (cuBLASLt products with fused bias and GELU, SwiGLU, RoPE), the
+ * decode norms (layernorm.cu, rmsnorm.cu: the residual add fused, a block
+ * per row) and the cache kernels of kvcache.cu.
  *
  * A decode step (every live sequence's newest token, logits for each) of n
  * rows runs as a CUDA graph, captured the second time n is seen (the first
@@ -17,9 +18,10 @@
  *
  * Memory, planned and checked against the free device memory at creation:
  * every layer's keys and values for S slots of T positions (NKV heads),
- * the activations of R rows, the fp32 logits of S rows and, for Llama,
- * RoPE's table of T positions; page-locked host memory for the rows'
- * metadata, the greedy picks and the logits of S rows.
+ * the activations of R rows, the cache attention's partials and counters
+ * of R rows, the fp32 logits of S rows and, for Llama, RoPE's table of T
+ * positions; page-locked host memory for the rows' metadata, the greedy
+ * picks and the logits of S rows.
  */
 #include <cstring>
 #include <new>
@@ -50,8 +52,10 @@ struct cuda_cache {
     size_t bytes = 0;
     bf16 *keys, *values;             // (L, S, NKV, T, hs) each
     bf16 *x, *ln, *qkv, *atty, *branch, *fch, *fch_act;  // (R, C | QKV | FC | ACT)
-    float *mean, *rstd, *logits;     // (R) (GPT-2), (R), (S, Vp)
+    float *logits;                   // (S, Vp)
     int *rows;                       // slot, pos, token (R each), out_rows (S)
+    float *attn_partial;             // (R, NH, ATTN_MAX_SPLITS, hs + 2)
+    int *attn_done;                  // (R, NH), zero between steps
     float *rope_cos, *rope_sin;      // Llama: (T, hs/2)
     greedy_pick *picks;              // (S)
     void *host = nullptr;            // page-locked: rows_host, picks_host, logits_host
@@ -65,8 +69,8 @@ struct cuda_cache {
 
 /* Buffers in allocation order (the order of cuda_cache's pointers), bytes
  * each (256-byte aligned); a family's unused buffers take 0 bytes. */
-enum { B_KEYS, B_VALUES, B_X, B_LN, B_QKV, B_ATTY, B_BRANCH, B_FCH, B_FCH_ACT, B_MEAN, B_RSTD,
-       B_LOGITS, B_ROWS, B_ROPE_COS, B_ROPE_SIN, B_PICKS, NUM_BUFFERS };
+enum { B_KEYS, B_VALUES, B_X, B_LN, B_QKV, B_ATTY, B_BRANCH, B_FCH, B_FCH_ACT, B_LOGITS, B_ROWS,
+       B_ATTN_PARTIAL, B_ATTN_DONE, B_ROPE_COS, B_ROPE_SIN, B_PICKS, NUM_BUFFERS };
 struct Layout {
     size_t bytes[NUM_BUFFERS];
 };
@@ -78,11 +82,13 @@ Layout layout(const llmc_model *m, int S, int T, int R) {
     const size_t hs = C / c->num_heads, QKV = llmc_qkv_width(c), FC = llmc_fc_width(c);
     const size_t ACT = llmc_fc_act_width(c);
     const size_t kv = L * S * (size_t)T * llmc_kv_heads(c) * hs * sizeof(bf16);
-    const size_t row = (size_t)R * sizeof(bf16), stats = (size_t)R * sizeof(float);
+    const size_t row = (size_t)R * sizeof(bf16);
     const size_t rope = llama ? (size_t)T * (hs / 2) * sizeof(float) : 0;
+    const size_t heads = (size_t)R * c->num_heads;
     return {{kv, kv, row * C, row * C, row * QKV, row * C, row * C, row * FC, row * ACT,
-             llama ? 0 : stats, stats, (size_t)S * Vp * sizeof(float),
-             (3 * (size_t)R + S) * sizeof(int), rope, rope, (size_t)S * sizeof(greedy_pick)}};
+             (size_t)S * Vp * sizeof(float),
+             (3 * (size_t)R + S) * sizeof(int), heads * ATTN_MAX_SPLITS * (hs + 2) * sizeof(float),
+             heads * sizeof(int), rope, rope, (size_t)S * sizeof(greedy_pick)}};
 }
 
 size_t aligned(size_t b) { return (b + 255) & ~(size_t)255; }
@@ -115,6 +121,10 @@ llmc_status cuda_cache_create(llmc_model *m, int S, int T, int R, void **out) {
     cuda_weights w;
     TRY(cuda_decode_weights(m, &w));
     const llmc_config *cf = &m->config;
+    if (cf->channels > DECODE_NORM_MAX_CHANNELS)
+        return llmc_error(LLMC_ERR_INVALID_ARGUMENT,
+                          "generation on CUDA needs channels <= %d (got %d)",
+                          DECODE_NORM_MAX_CHANNELS, cf->channels);
     const Layout l = layout(m, S, T, R);
     const size_t bytes = total_bytes(l);
     size_t free_b = 0, total_b = 0;
@@ -161,13 +171,17 @@ llmc_status cuda_cache_create(llmc_model *m, int S, int T, int R, void **out) {
     c->x = (bf16 *)bufs[B_X], c->ln = (bf16 *)bufs[B_LN], c->qkv = (bf16 *)bufs[B_QKV];
     c->atty = (bf16 *)bufs[B_ATTY], c->branch = (bf16 *)bufs[B_BRANCH];
     c->fch = (bf16 *)bufs[B_FCH], c->fch_act = (bf16 *)bufs[B_FCH_ACT];
-    c->mean = (float *)bufs[B_MEAN], c->rstd = (float *)bufs[B_RSTD];
     c->logits = (float *)bufs[B_LOGITS], c->rows = (int *)bufs[B_ROWS];
+    c->attn_partial = (float *)bufs[B_ATTN_PARTIAL], c->attn_done = (int *)bufs[B_ATTN_DONE];
     c->rope_cos = (float *)bufs[B_ROPE_COS], c->rope_sin = (float *)bufs[B_ROPE_SIN];
     c->picks = (greedy_pick *)bufs[B_PICKS];
     c->rows_host = (int *)c->host;
     c->picks_host = (greedy_pick *)(c->rows_host + rows_words);
     c->logits_host = (float *)(c->rows_host + rows_words + picks_words);
+    if ((e = cudaMemsetAsync(c->attn_done, 0, l.bytes[B_ATTN_DONE], w.stream)) != cudaSuccess) {
+        release(c);
+        return cuda_status(e, "zeroing the attention's counters", __FILE__, __LINE__);
+    }
     if (llmc_is_llama(cf)) {
         const llmc_status st = rope_upload_table(c->rope_cos, c->rope_sin, cf, T, w.stream);
         if (st != LLMC_OK) {
@@ -205,8 +219,8 @@ void cached_attention(cuda_cache *c, const Rows &r, int l, int n, cudaStream_t s
     const size_t layer_kv = (size_t)c->S * c->T * c->NKV * c->hs;
     bf16 *keys = c->keys + l * layer_kv, *values = c->values + l * layer_kv;
     kv_store(keys, values, c->qkv, r.slot, r.pos, n, c->NH, c->NKV, c->hs, c->T, s);
-    attention_cached(c->atty, c->qkv, keys, values, r.slot, r.pos, n, c->NH, c->NKV, c->hs, c->T,
-                     s);
+    attention_cached(c->atty, c->attn_partial, c->attn_done, c->qkv, keys, values, r.slot, r.pos, n,
+                     c->NH, c->NKV, c->hs, c->T, s);
 }
 
 /* out (n, OC) = inp @ weight^T + bias (NULL: none), GELU of it with gelu:
@@ -244,21 +258,19 @@ llmc_status gpt2_decode_forward(cuda_cache *c, const cuda_weights &w, int n, int
     cudaStream_t s = w.stream;
     const Rows r = rows_of(c);
     decode_embed(c->x, r.tok, r.pos, W(w, P_WTE), W(w, P_WPE), n, C, s);
-    layernorm_forward(c->ln, c->mean, c->rstd, c->x, W(w, P_LN1W), W(w, P_LN1B), n, C, s);
+    decode_layernorm(c->x, c->ln, c->x, nullptr, W(w, P_LN1W), W(w, P_LN1B), n, C, s);
     for (int l = 0; l < L; l++) {
         TRY(linear(c, w, c->qkv, c->ln, W(w, P_QKVW, l), W(w, P_QKVB, l), n, C, 3 * C, false));
         cached_attention(c, r, l, n, s);
         TRY(linear(c, w, c->branch, c->atty, W(w, P_ATTPROJW, l), W(w, P_ATTPROJB, l), n, C, C,
                    false));
-        residual_layernorm_forward(c->x, c->ln, c->mean, c->rstd, c->x, c->branch, W(w, P_LN2W, l),
-                                   W(w, P_LN2B, l), n, C, s);
+        decode_layernorm(c->x, c->ln, c->x, c->branch, W(w, P_LN2W, l), W(w, P_LN2B, l), n, C, s);
         TRY(linear(c, w, c->fch_act, c->ln, W(w, P_FCW, l), W(w, P_FCB, l), n, C, 4 * C, true));
         TRY(linear(c, w, c->branch, c->fch_act, W(w, P_FCPROJW, l), W(w, P_FCPROJB, l), n, 4 * C,
                    C, false));
         const bool last = l + 1 == L;
-        residual_layernorm_forward(c->x, c->ln, c->mean, c->rstd, c->x, c->branch,
-                                   last ? W(w, P_LNFW) : W(w, P_LN1W, l + 1),
-                                   last ? W(w, P_LNFB) : W(w, P_LN1B, l + 1), n, C, s);
+        decode_layernorm(c->x, c->ln, c->x, c->branch, last ? W(w, P_LNFW) : W(w, P_LN1W, l + 1),
+                         last ? W(w, P_LNFB) : W(w, P_LN1B, l + 1), n, C, s);
     }
     return head_logits(c, w, r, n_out, in_order);
 }
@@ -272,19 +284,19 @@ llmc_status llama_decode_forward(cuda_cache *c, const cuda_weights &w, int n, in
     cudaStream_t s = w.stream;
     const Rows r = rows_of(c);
     gather_rows(c->x, W(w, P_WTE), r.tok, n, C, s);
-    rmsnorm_forward(c->ln, c->rstd, c->x, W(w, P_LN1W), n, C, c->eps, s);
+    decode_rmsnorm(c->x, c->ln, c->x, nullptr, W(w, P_LN1W), n, C, c->eps, s);
     for (int l = 0; l < L; l++) {
         TRY(linear(c, w, c->qkv, c->ln, W(w, P_QKVW, l), nullptr, n, C, QKV, false));
         rope_rotate_at(c->qkv, c->rope_cos, c->rope_sin, r.pos, n, c->NH, c->NKV, c->hs, s);
         cached_attention(c, r, l, n, s);
         TRY(linear(c, w, c->branch, c->atty, W(w, P_ATTPROJW, l), nullptr, n, C, C, false));
-        residual_rmsnorm_forward(c->x, c->ln, c->rstd, c->x, c->branch, W(w, P_LN2W, l), n, C,
-                                 c->eps, s);
+        decode_rmsnorm(c->x, c->ln, c->x, c->branch, W(w, P_LN2W, l), n, C, c->eps, s);
         TRY(linear(c, w, c->fch, c->ln, W(w, P_FCW, l), nullptr, n, C, 2 * F, false));
         swiglu_forward(c->fch_act, c->fch, n, F, s);
         TRY(linear(c, w, c->branch, c->fch_act, W(w, P_FCPROJW, l), nullptr, n, F, C, false));
-        residual_rmsnorm_forward(c->x, c->ln, c->rstd, c->x, c->branch,
-                                 l + 1 == L ? W(w, P_LNFW) : W(w, P_LN1W, l + 1), n, C, c->eps, s);
+        const bool last = l + 1 == L;
+        decode_rmsnorm(c->x, c->ln, c->x, c->branch, last ? W(w, P_LNFW) : W(w, P_LN1W, l + 1), n,
+                       C, c->eps, s);
     }
     return head_logits(c, w, r, n_out, in_order);
 }

@@ -7,8 +7,15 @@
  * cuBLASLt's GEMM tiles waste most of their work and launch latency there.
  * Here each block owns GEMV_OUT_ROWS rows of w, its warps split IC between
  * them, each lane streaming 16-byte slices of those rows (GEMV_UNROLL
- * slices per row in flight) against all n input rows, which the L1 cache
- * serves to every block; so w is read once per step for all n rows.
+ * slices per row in flight: the whole of the block's rows at once up to IC =
+ * GEMV_MAX_WARPS x GEMV_UNROLL x 256, so even the long rows of 6400/8192 take
+ * one round trip) against all n input rows, which the L1 cache serves to
+ * every block; so w is read once per step for all n rows.
+ *
+ * Launched as a programmatic dependent (Hopper's PDL): a block issues its
+ * weight loads before waiting for the previous kernel, whose output is its
+ * input, and lets the next GEMV start the same way; so a product's first
+ * round trip overlaps the tail of the kernel before it.
  *
  * Sums: fp32, each lane's in IC order, then a fixed tree across the lanes
  * and the warps, whatever n is: a row's result does not depend on the other
@@ -19,9 +26,21 @@
 
 #include "kernels.cuh"
 
+/* Knobs, each overridable with CUDA_DEFS=-D... for a measured variant. A row's
+ * sums depend on the warp count alone (chosen from IC, GEMV_UNROLL and
+ * GEMV_MAX_WARPS), never on GEMV_OUT_ROWS, GEMV_PDL or n. */
+#ifndef GEMV_OUT_ROWS
 #define GEMV_OUT_ROWS 4   // rows of w per block
-#define GEMV_MAX_WARPS 4  // warps splitting IC
-#define GEMV_UNROLL 2     // 16-byte slices of each row a lane loads before using them
+#endif
+#ifndef GEMV_MAX_WARPS
+#define GEMV_MAX_WARPS 8  // warps splitting IC
+#endif
+#ifndef GEMV_UNROLL
+#define GEMV_UNROLL 4     // 16-byte slices of each row a lane loads before using them
+#endif
+#ifndef GEMV_PDL
+#define GEMV_PDL 1        // 0: plain launches (to measure what PDL gains)
+#endif
 #define GEMV_SLICE 256    // elements of IC a warp covers per slice (32 lanes x 8)
 
 /* Sums each of the M values (M a power of two <= 32) over the warp's lanes;
@@ -50,8 +69,6 @@ __device__ __forceinline__ void warp_sum_scatter(float (&v)[M], int lane) {
     }
 }
 
-__host__ __device__ constexpr int pow2_ceil(int x) { return x <= 1 ? 1 : 2 * pow2_ceil((x + 1) / 2); }
-
 /* Adds the 8 products of a 16-byte slice of w and one of x to acc, in order. */
 __device__ __forceinline__ float dot8(const uint4 &w, const uint4 &x, float acc) {
     const __nv_bfloat162 *w2 = reinterpret_cast<const __nv_bfloat162 *>(&w);
@@ -65,6 +82,21 @@ __device__ __forceinline__ float dot8(const uint4 &w, const uint4 &x, float acc)
     return acc;
 }
 
+/* Loads the GEMV_UNROLL slices of each row that a lane uses from k0 on
+ * (stride apart); zeros past IC. Streamed: w is read once per step. */
+__device__ __forceinline__ void load_slices(uint4 (&ws)[GEMV_UNROLL][GEMV_OUT_ROWS],
+                                            const bf16 *const (&wrow)[GEMV_OUT_ROWS], int k0,
+                                            int stride, int IC) {
+#pragma unroll
+    for (int u = 0; u < GEMV_UNROLL; u++) {
+        const int k = k0 + u * stride;
+#pragma unroll
+        for (int r = 0; r < GEMV_OUT_ROWS; r++)
+            ws[u][r] = k < IC ? __ldcs(reinterpret_cast<const uint4 *>(wrow[r] + k))
+                              : make_uint4(0, 0, 0, 0);
+    }
+}
+
 /* Block: GEMV_OUT_ROWS rows of w from blockIdx.x * GEMV_OUT_ROWS; blockDim.x
  * / 32 warps over IC. out is bf16, or fp32 with fp32_out. */
 template <int N>
@@ -72,6 +104,7 @@ __global__ void __launch_bounds__(GEMV_MAX_WARPS * 32)
     gemv_kernel(void *out, bool fp32_out, const bf16 *inp, const bf16 *w, const bf16 *bias,
                 bool gelu, int IC, int OC) {
     constexpr int M = pow2_ceil(GEMV_OUT_ROWS * N);  // values per lane, padded for the tree
+    pdl_launch_dependents();  // the next GEMV may start loading its weights now
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
     const int row0 = blockIdx.x * GEMV_OUT_ROWS;
     const bf16 *wrow[GEMV_OUT_ROWS];
@@ -82,16 +115,11 @@ __global__ void __launch_bounds__(GEMV_MAX_WARPS * 32)
 #pragma unroll
     for (int i = 0; i < M; i++) acc[i] = 0.0f;
     const int stride = warps * GEMV_SLICE;
-    for (int k0 = warp * GEMV_SLICE + lane * 8; k0 < IC; k0 += GEMV_UNROLL * stride) {
-        uint4 ws[GEMV_UNROLL][GEMV_OUT_ROWS];
-#pragma unroll
-        for (int u = 0; u < GEMV_UNROLL; u++) {
-            const int k = k0 + u * stride;
-#pragma unroll
-            for (int r = 0; r < GEMV_OUT_ROWS; r++)  // streamed: w is read once per step
-                ws[u][r] = k < IC ? __ldcs(reinterpret_cast<const uint4 *>(wrow[r] + k))
-                                  : make_uint4(0, 0, 0, 0);
-        }
+    int k0 = warp * GEMV_SLICE + lane * 8;
+    uint4 ws[GEMV_UNROLL][GEMV_OUT_ROWS];
+    load_slices(ws, wrow, k0, stride, IC);  // the weights do not depend on the previous kernel
+    pdl_wait();                             // inp (and out's readers) do
+    while (true) {  // each lane's sums in IC order, however many rounds
 #pragma unroll
         for (int u = 0; u < GEMV_UNROLL; u++) {
             const int k = k0 + u * stride;
@@ -104,6 +132,9 @@ __global__ void __launch_bounds__(GEMV_MAX_WARPS * 32)
                     acc[r * N + j] = dot8(ws[u][r], x, acc[r * N + j]);
             }
         }
+        k0 += GEMV_UNROLL * stride;
+        if (k0 >= IC) break;
+        load_slices(ws, wrow, k0, stride, IC);
     }
     warp_sum_scatter<M>(acc, lane);
     __shared__ float partial[GEMV_MAX_WARPS][M];
@@ -126,15 +157,37 @@ bool gemv_fits(int n, int IC, const void *inp, const void *w) {
            (uintptr_t)w % 16 == 0;
 }
 
+/* As a programmatic dependent where the device has PDL (sm_90 on), so that its
+ * weight loads overlap the previous kernel's tail (the file's comment). */
+template <int N>
+static void gemv_launch_n(dim3 grid, dim3 block, void *out, bool fp32_out, const bf16 *inp,
+                          const bf16 *w, const bf16 *bias, bool gelu, int IC, int OC,
+                          cudaStream_t s) {
+    int device = 0, major = 0;
+    cudaGetDevice(&device);
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+    cudaLaunchAttribute pdl[1];
+    pdl[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    pdl[0].val.programmaticStreamSerializationAllowed = GEMV_PDL && major >= 9;
+    cudaLaunchConfig_t config = {};
+    config.gridDim = grid;
+    config.blockDim = block;
+    config.stream = s;
+    config.attrs = pdl;
+    config.numAttrs = 1;
+    cudaLaunchKernelEx(&config, gemv_kernel<N>, out, fp32_out, inp, w, bias, gelu, IC, OC);
+}
+
 static void gemv_launch(void *out, bool fp32_out, const bf16 *inp, const bf16 *w,
                         const bf16 *bias, bool gelu, int n, int IC, int OC, cudaStream_t s) {
-    /* as many warps as IC has room for, GEMV_UNROLL slices each */
+    /* as many warps as IC has room for, GEMV_UNROLL slices each: one round up to
+     * GEMV_MAX_WARPS warps; chosen from IC alone, so that a row's sums are too */
     const int warps = std::min(GEMV_MAX_WARPS, std::max(1, ceil_div(IC, GEMV_UNROLL * GEMV_SLICE)));
     const dim3 grid(ceil_div(OC, GEMV_OUT_ROWS)), block(32 * warps);
     switch (n) {
-#define GEMV_CASE(N)                                                                         \
-    case N:                                                                                 \
-        gemv_kernel<N><<<grid, block, 0, s>>>(out, fp32_out, inp, w, bias, gelu, IC, OC); \
+#define GEMV_CASE(N)                                                                           \
+    case N:                                                                                   \
+        gemv_launch_n<N>(grid, block, out, fp32_out, inp, w, bias, gelu, IC, OC, s);          \
         break;
         GEMV_CASE(1) GEMV_CASE(2) GEMV_CASE(3) GEMV_CASE(4)
         GEMV_CASE(5) GEMV_CASE(6) GEMV_CASE(7) GEMV_CASE(8)

@@ -65,6 +65,20 @@ void residual_rmsnorm_forward(bf16 *res_out, bf16 *out, float *rstd, const bf16 
 void rmsnorm_backward(bf16 *dinp, float *dw, float *partial, const bf16 *dout, const bf16 *inp,
                       const bf16 *w, const float *rstd, int N, int C, cudaStream_t s);
 
+/* The norms of decode rows (no mean/rstd saved: nothing runs backward):
+ * out = norm(x) of each of n rows, x = res_in, or with a branch (not NULL)
+ * res_out = res_in + branch, rounded to bf16, and x = res_out. A block per
+ * row (decode_norm_threads(C) threads, two 16-byte slices each at most):
+ * C <= DECODE_NORM_MAX_CHANNELS. Not the training kernels' bits. */
+#define DECODE_NORM_MAX_CHANNELS (1024 * 8 * 2)
+static inline int decode_norm_threads(int C) {
+    return C / 8 < 1024 ? 32 * ceil_div(C / 8, 32) : 1024;
+}
+void decode_layernorm(bf16 *res_out, bf16 *out, const bf16 *res_in, const bf16 *branch,
+                      const bf16 *w, const bf16 *b, int n, int C, cudaStream_t s);
+void decode_rmsnorm(bf16 *res_out, bf16 *out, const bf16 *res_in, const bf16 *branch,
+                    const bf16 *w, int n, int C, float eps, cudaStream_t s);
+
 /* rope.cu (Llama): rotates the NH query and NKV key heads (hs channels) at
  * the start of each of the B*T qkv rows ((NH + 2 NKV) hs wide) by the
  * position's angles (cos_t, sin_t: (T, hs/2)); inverse for the backward pass. */

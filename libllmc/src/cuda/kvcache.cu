@@ -7,16 +7,22 @@
  * and alike values, and query head h reads key/value head h / (NH / NKV), as
  * the CPU backend's cpu/kvcache.c.
  *
- * Attention: one block per (row, head); its warps take every WARPS-th
- * position, each keeping a running max, sum and weighted sum of values
- * (online softmax), merged across warps at the end. At batch 1 a decode
- * step has only NH blocks, so many warps per block keep the reads of a long
- * cache spread over enough threads.
+ * Attention (flash-decoding): the len = pos + 1 positions a row sees are cut
+ * into ranges of attn_chunk(len) positions, one block per (row, head,
+ * range), so that a batch-1 step of a long cache still fills the GPU. In a
+ * block, groups of hs/8 lanes (rounded up to a power of two) take one
+ * position each, a 16-byte slice of its key and value per lane, two
+ * positions in flight per group, each group keeping a running max, sum and
+ * weighted sum of values (online softmax); the block merges its groups in
+ * group order into a partial (max, sum, hs sums). The last of a (row, head)'s
+ * blocks to finish (a counter) merges the partials in range order. The
+ * ranges depend on len alone and every merge has a fixed order, so a row's
+ * result depends neither on its batch nor on which block finishes last.
  */
 #include "decode.cuh"
 
-#define ATTN_WARPS 16
-#define MAX_HEAD_DIMS_PER_LANE 4  // head size <= 128
+#define ATTN_THREADS 128   // >= the largest head size, 128
+#define ATTN_MIN_CHUNK 32  // positions per range at least
 
 __global__ void decode_embed_kernel(bf16 *x, const int *tokens, const int *pos, const bf16 *wte,
                                     const bf16 *wpe, int n, int C) {
@@ -55,64 +61,137 @@ void kv_store(bf16 *keys, bf16 *values, const bf16 *qkv, const int *slot, const 
                                                         hs, T);
 }
 
-__global__ void attention_cached_kernel(bf16 *out, const bf16 *qkv, const bf16 *keys,
-                                        const bf16 *values, const int *slot, const int *pos,
-                                        int NH, int NKV, int hs, int T) {
-    const int r = blockIdx.x, h = blockIdx.y, C = NH * hs;
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const float scale = rsqrtf((float)hs);
-    const size_t base = ((size_t)slot[r] * NKV + h / (NH / NKV)) * T * hs;
-    const bf16 *q = qkv + (size_t)r * (NH + 2 * NKV) * hs + h * hs;
-    float qd[MAX_HEAD_DIMS_PER_LANE], acc[MAX_HEAD_DIMS_PER_LANE];
-    for (int j = 0; j < MAX_HEAD_DIMS_PER_LANE; j++) {
-        const int d = lane + 32 * j;
-        qd[j] = d < hs ? __bfloat162float(q[d]) * scale : 0.0f;
-        acc[j] = 0.0f;
-    }
-    float max = -INFINITY, sum = 0.0f;
-    const int len = pos[r] + 1;
-    for (int t = warp; t < len; t += ATTN_WARPS) {
-        const bf16 *k = keys + base + (size_t)t * hs, *v = values + base + (size_t)t * hs;
-        float dot = 0.0f;
-        for (int j = 0; j < MAX_HEAD_DIMS_PER_LANE; j++) {
-            const int d = lane + 32 * j;
-            if (d < hs) dot += qd[j] * __bfloat162float(k[d]);
-        }
-        const float score = warp_sum(dot);
-        const float new_max = fmaxf(max, score);
-        const float correction = __expf(max - new_max), p = __expf(score - new_max);
-        sum = sum * correction + p;
-        for (int j = 0; j < MAX_HEAD_DIMS_PER_LANE; j++) {
-            const int d = lane + 32 * j;
-            acc[j] = acc[j] * correction + (d < hs ? p * __bfloat162float(v[d]) : 0.0f);
-        }
-        max = new_max;
-    }
-    __shared__ float warp_max_s[ATTN_WARPS], warp_sum_s[ATTN_WARPS];
-    __shared__ float warp_acc[ATTN_WARPS][32 * MAX_HEAD_DIMS_PER_LANE];
-    if (lane == 0) {
-        warp_max_s[warp] = max;
-        warp_sum_s[warp] = sum;
-    }
-    for (int j = 0; j < MAX_HEAD_DIMS_PER_LANE; j++) warp_acc[warp][lane + 32 * j] = acc[j];
-    __syncthreads();
-    float total_max = -INFINITY;
-    for (int w = 0; w < ATTN_WARPS; w++) total_max = fmaxf(total_max, warp_max_s[w]);
-    for (int d = threadIdx.x; d < hs; d += blockDim.x) {
-        float num = 0.0f, den = 0.0f;
-        for (int w = 0; w < ATTN_WARPS; w++) {
-            if (warp_sum_s[w] == 0.0f) continue;  // a warp that saw no position
-            const float f = __expf(warp_max_s[w] - total_max);
-            num += warp_acc[w][d] * f;
-            den += warp_sum_s[w] * f;
-        }
-        out[(size_t)r * C + h * hs + d] = __float2bfloat16(num / den);
-    }
+/* Positions per range of a row that sees len positions: at least
+ * ATTN_MIN_CHUNK (a block's groups' two rounds at hs = 64), at most
+ * ATTN_MAX_SPLITS ranges. */
+__device__ __forceinline__ int attn_chunk(int len) {
+    return max(ATTN_MIN_CHUNK, (len + ATTN_MAX_SPLITS - 1) / ATTN_MAX_SPLITS);
 }
 
-void attention_cached(bf16 *out, const bf16 *qkv, const bf16 *keys, const bf16 *values,
-                      const int *slot, const int *pos, int n, int NH, int NKV, int hs, int T,
-                      cudaStream_t s) {
-    attention_cached_kernel<<<dim3(n, NH), 32 * ATTN_WARPS, 0, s>>>(out, qkv, keys, values, slot,
-                                                                    pos, NH, NKV, hs, T);
+/* A lane group's running softmax over its positions (8 dims per lane). */
+struct Softmax {
+    float max, sum, acc[8];
+};
+
+/* Block (r, h, range): LP lanes per position. partial: one record of hs + 2
+ * floats (max, sum, hs sums) per (row, head, range); done: a counter per
+ * (row, head), 0 between launches. */
+template <int LP>
+__global__ void __launch_bounds__(ATTN_THREADS)
+    attention_cached_kernel(bf16 *out, float *partial, int *done, const bf16 *qkv,
+                            const bf16 *keys, const bf16 *values, const int *slot, const int *pos,
+                            int NH, int NKV, int hs, int T) {
+    pdl_launch_dependents();  // the GEMV that follows (gemv.cu) may start loading its weights
+    constexpr int GROUPS = ATTN_THREADS / LP;
+    const int r = blockIdx.x, h = blockIdx.y, range = blockIdx.z;
+    const int len = pos[r] + 1, chunk = attn_chunk(len), ranges = (len + chunk - 1) / chunk;
+    if (range >= ranges) return;  // the whole block: a shorter row than the grid's longest
+    const int group = threadIdx.x / LP, d = threadIdx.x % LP * 8;
+    const bool owns = d < hs;  // the lanes past hs (hs/8 not a power of two) add zeros
+    const float scale = rsqrtf((float)hs);
+    float q[8] = {};
+    if (owns) {
+        const Vec16<bf16> qv = load16(qkv + (size_t)r * (NH + 2 * NKV) * hs + h * hs + d);
+        for (int k = 0; k < 8; k++) q[k] = __bfloat162float(qv.v[k]) * scale;
+    }
+    const size_t base = ((size_t)slot[r] * NKV + h / (NH / NKV)) * T * hs + d;
+    Softmax m = {-INFINITY, 0.0f, {}};
+    const int begin = range * chunk, end = min(len, begin + chunk);
+    /* block-uniform trip count: every lane reaches the group's shuffles */
+    for (int t0 = begin; t0 < end; t0 += 2 * GROUPS) {
+        Vec16<bf16> kv[2], vv[2];
+#pragma unroll
+        for (int u = 0; u < 2; u++) {
+            const int t = t0 + u * GROUPS + group;
+            if (owns && t < end) {
+                kv[u] = load16(keys + base + (size_t)t * hs);
+                vv[u] = load16(values + base + (size_t)t * hs);
+            } else {
+                for (int k = 0; k < 8; k++) kv[u].v[k] = vv[u].v[k] = __float2bfloat16(0.0f);
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < 2; u++) {
+            float score = 0.0f;
+            for (int k = 0; k < 8; k++) score += q[k] * __bfloat162float(kv[u].v[k]);
+#pragma unroll
+            for (int o = LP / 2; o > 0; o >>= 1) score += __shfl_xor_sync(0xFFFFFFFFu, score, o);
+            if (t0 + u * GROUPS + group >= end) continue;
+            const float new_max = fmaxf(m.max, score);
+            const float correction = __expf(m.max - new_max), p = __expf(score - new_max);
+            m.sum = m.sum * correction + p;
+            for (int k = 0; k < 8; k++)
+                m.acc[k] = m.acc[k] * correction + p * __bfloat162float(vv[u].v[k]);
+            m.max = new_max;
+        }
+    }
+    /* the block's groups, merged in group order by thread i < hs for dim i */
+    __shared__ float group_max[GROUPS], group_sum[GROUPS];
+    __shared__ float group_acc[ATTN_THREADS * 8];  // group g's dim i at g * LP * 8 + i
+    if (threadIdx.x % LP == 0) {
+        group_max[group] = m.max;
+        group_sum[group] = m.sum;
+    }
+    for (int k = 0; k < 8; k++) group_acc[threadIdx.x * 8 + k] = m.acc[k];
+    __syncthreads();
+    const int i = threadIdx.x;
+    float block_max = -INFINITY, num = 0.0f, den = 0.0f;
+    if (i < hs) {
+        for (int g = 0; g < GROUPS; g++) block_max = fmaxf(block_max, group_max[g]);
+        for (int g = 0; g < GROUPS; g++) {
+            if (group_sum[g] == 0.0f) continue;  // a group that saw no position
+            const float f = __expf(group_max[g] - block_max);
+            num += group_acc[g * LP * 8 + i] * f;
+            den += group_sum[g] * f;
+        }
+    }
+    bf16 *o = out + ((size_t)r * NH + h) * hs;
+    if (ranges == 1) {  // the row's only range: no partial to merge
+        if (i < hs) o[i] = __float2bfloat16(num / den);
+        return;
+    }
+    const size_t record = hs + 2, first = ((size_t)r * NH + h) * ATTN_MAX_SPLITS;
+    float *mine = partial + (first + range) * record;
+    if (i < hs) mine[2 + i] = num;
+    if (i == 0) {
+        mine[0] = block_max;
+        mine[1] = den;
+    }
+    /* publish the record before counting it (the CUDA threadFenceReduction pattern) */
+    __threadfence();
+    __syncthreads();
+    __shared__ bool last;
+    if (i == 0) {
+        int *counter = done + (size_t)r * NH + h;
+        last = atomicAdd(counter, 1) == ranges - 1;
+        if (last) *counter = 0;  // every range has counted: ready for the next launch
+    }
+    __syncthreads();
+    if (!last || i >= hs) return;
+    __threadfence();
+    const float *rec = partial + first * record;  // other blocks' records: read from L2
+    float row_max = -INFINITY;
+    for (int j = 0; j < ranges; j++) row_max = fmaxf(row_max, __ldcg(rec + j * record));
+    num = den = 0.0f;
+    for (int j = 0; j < ranges; j++) {
+        const float f = __expf(__ldcg(rec + j * record) - row_max);
+        num += __ldcg(rec + j * record + 2 + i) * f;
+        den += __ldcg(rec + j * record + 1) * f;
+    }
+    o[i] = __float2bfloat16(num / den);
+}
+
+void attention_cached(bf16 *out, float *partial, int *done, const bf16 *qkv, const bf16 *keys,
+                      const bf16 *values, const int *slot, const int *pos, int n, int NH, int NKV,
+                      int hs, int T, cudaStream_t s) {
+    const dim3 grid(n, NH, ATTN_MAX_SPLITS);
+    switch (pow2_ceil(hs / 8)) {  // lanes per position
+#define ATTN_CASE(LP)                                                                   \
+    case LP:                                                                            \
+        attention_cached_kernel<LP><<<grid, ATTN_THREADS, 0, s>>>(                      \
+            out, partial, done, qkv, keys, values, slot, pos, NH, NKV, hs, T);          \
+        break;
+        ATTN_CASE(1) ATTN_CASE(2) ATTN_CASE(4) ATTN_CASE(8) ATTN_CASE(16)
+#undef ATTN_CASE
+    }
 }

@@ -63,18 +63,6 @@ void bias_backward(float *dbias, float *partial, const bf16 *dout, int N, int OC
     add_partials(dbias, dbias, partial, BIAS_ROW_SPLITS, OC, OC, OC, s);
 }
 
-__device__ float block_sum(float v, float *shared32) {
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    v = warp_sum(v);
-    if (lane == 0) shared32[warp] = v;
-    __syncthreads();
-    if (warp == 0) {
-        v = lane < (int)(blockDim.x / 32) ? shared32[lane] : 0.0f;
-        v = warp_sum(v);
-    }
-    return v;  // valid in thread 0
-}
-
 __global__ void sum_squares_kernel(float *partial, const float *x, size_t n) {
     __shared__ float shared32[32];
     float acc = 0.0f;
@@ -83,7 +71,7 @@ __global__ void sum_squares_kernel(float *partial, const float *x, size_t n) {
         Vec16<float> v = load16(x + i);  // n is a multiple of 4
         for (int k = 0; k < 4; k++) acc += v.v[k] * v.v[k];
     }
-    acc = block_sum(acc, shared32);
+    acc = block_sum(acc, shared32);  // every thread holds it; thread 0 writes
     if (threadIdx.x == 0) partial[blockIdx.x] = acc;
 }
 
