@@ -67,7 +67,7 @@ def shape(size):
 # llm.c settings per size: (label, extra flags); the first is its default
 LLM_C = {"d12": [("default (-r 1)", []), ("fastest (-r 0 -ge 2)", ["-r", "0", "-ge", "2"])]}
 # llm.c's llama3 branch: (label, its recompute) per size it runs at
-LLAMA3_PEER = {"llama3.2-1b-untied": [("default (-r 1)", 1), ("-r 0", 0)]}
+LLAMA3_PEER = {"llama3.2-1b-untied": [("default (-r 1)", 1), ("fastest (-r 0)", 0)]}
 FOOTNOTES = {"llm.c-llama3": "llm.c-llama3: llm.c's llama3 branch fine-tuning llmc's file "
              "(the loop and the trainer start from it too); it shuffles its batches (no flag "
              "for file order) where the others read consecutive windows, and applies Llama "
@@ -236,13 +236,15 @@ def main():
     p.add_argument("--precisions", help="llmc's precisions, comma-separated (default: bf16, "
                    "with --fp8 bf16,fp8; e.g. fp8 alone for a short call)")
     p.add_argument("--llm-c-settings", default="all", choices=["all", "default", "fastest"],
-                   help="which of llm.c's settings run where it has several (d12)")
+                   help="which of llm.c's settings run where it has several (d12, llm.c-llama3)")
     p.add_argument("--no-trainer", action="store_true", help="llmc's library loop only")
     p.add_argument("--json")
     a = p.parse_args()
     global T
     T = a.seq_len
     settings = dict(LLMC_DEFAULT, **dict(s.split("=", 1) for s in a.llmc))
+    def wanted(label):  # one of llm.c's settings (--llm-c-settings)
+        return a.llm_c_settings == "all" or label.startswith(a.llm_c_settings)
     precisions = (a.precisions or ("bf16,fp8" if a.fp8 else "bf16")).split(",")
     if not set(precisions) <= {"bf16", "fp8"}:
         p.error(f"--precisions {a.precisions}: expected bf16 and/or fp8")
@@ -262,7 +264,7 @@ def main():
                 llama3_peer.write_model(model, llmc_config(size))
                 print(f"wrote {model} in {time.perf_counter() - t0:.0f} s", flush=True)
             for label, flags in [] if size.startswith("llama") else LLM_C.get(size, [("default", [])]):
-                if a.llm_c_settings != "all" and not label.startswith(a.llm_c_settings):
+                if not wanted(label):
                     continue
                 peers[f"llm.c {label}"] = run_llm_c(Path(a.peers), size, flags, (train, val),
                                                     a.llm_c_steps)
@@ -270,6 +272,8 @@ def main():
             if size in LLAMA3_PEER:
                 llama3_binary = llama3_binary or build_llama3_peer(a.peers, a.llama3_work)
                 for label, recompute in LLAMA3_PEER[size]:
+                    if not wanted(label):
+                        continue
                     name = f"llm.c-llama3 {label}"
                     peers[name] = llama3_binary and run_llama3_peer(
                         llama3_binary, model, size, recompute, (train, val), a.llm_c_steps)
