@@ -1218,7 +1218,7 @@ llmc_status rederive_bf16(llmc_model *m) {
     const uint32_t seed = rounding_seed(g->seed, m->step);
     if (!g->zero1) {
         for (int i = 0; i < LLMC_NUM_PARAM_TENSORS; i++)
-            if (g->params_of[i])
+            if (g->params_of[i] && g->size[i])  // a launch of no blocks is an error (Llama's biases)
                 round_params(g->params_of[i], g->master + g->off[i], g->size[i], seed, g->off[i],
                              g->stream);
     } else {
