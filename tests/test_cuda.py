@@ -610,18 +610,23 @@ LLAMA_GEN_TIED = llama(max_seq_len=96, num_layers=3, num_heads=6, num_kv_heads=3
 GENERATION_MODELS = {"gpt2": SMALL, "llama": LLAMA_GEN, "llama-tied": LLAMA_GEN_TIED}
 
 
-@pytest.fixture(scope="module", params=list(GENERATION_MODELS))
-def trained_pair(request):
-    """A model trained 60 CPU steps on a repeating sequence (so that greedy choices
-    are mostly clear-cut), its bf16-exact weights in a CPU and a CUDA model."""
-    cfg = GENERATION_MODELS[request.param]
-    cpu, gpu = pair(cfg, 4, 64)
-    for x, y in patterned_batches(cfg, 60, 4, 64, seed=3):
-        cpu.step(x, y, lr=3e-3)
-    p = bf16_exact(cpu.parameters())
+def trained_copies(cfg, T, plan_T=64, on="cpu"):
+    """A model trained 60 steps (on the CPU or the GPU) on a repeating sequence of length
+    T (so that greedy choices are mostly clear-cut), its bf16-exact weights in a CPU and a
+    CUDA model planned for plan_T positions."""
+    cpu, gpu = pair(cfg, 4, plan_T)
+    trainer = cpu if on == "cpu" else gpu
+    for x, y in patterned_batches(cfg, 60, 4, T, seed=3):
+        trainer.step(x, y, lr=3e-3)
+    p = bf16_exact(trainer.parameters())
     cpu.set_parameters(p)
     gpu.set_parameters(p)
     return cpu, gpu
+
+
+@pytest.fixture(scope="module", params=list(GENERATION_MODELS))
+def trained_pair(request):
+    return trained_copies(GENERATION_MODELS[request.param], 64)
 
 
 # steps of up to 8 rows run gemv.cu's products, larger ones cuBLASLt's
@@ -750,13 +755,7 @@ LONG_PROMPTS = {1: [540], 2: [1, 300], 6: [1, 2, 17, 300, 540, 33],
 @pytest.fixture(scope="module", params=list(LONG_MODELS))
 def long_pair(request):
     cfg = LONG_MODELS[request.param]
-    cpu, gpu = pair(cfg, 4, cfg.max_seq_len)
-    for x, y in patterned_batches(cfg, 60, 4, 64, seed=3):
-        cpu.step(x, y, lr=3e-3)
-    p = bf16_exact(cpu.parameters())
-    cpu.set_parameters(p)
-    gpu.set_parameters(p)
-    return cpu, gpu
+    return trained_copies(cfg, 64, plan_T=cfg.max_seq_len)
 
 
 def assert_greedy_steps_match_cpu(cpu, prompts, got, got_lp, steps):
@@ -798,13 +797,7 @@ WIDE_MODELS = {
 @pytest.fixture(scope="module", params=list(WIDE_MODELS))
 def wide_pair(request):
     cfg = WIDE_MODELS[request.param]
-    cpu, gpu = pair(cfg, 4, cfg.max_seq_len)
-    for x, y in patterned_batches(cfg, 60, 4, 32, seed=3):
-        gpu.step(x, y, lr=3e-3)
-    p = bf16_exact(gpu.parameters())
-    cpu.set_parameters(p)
-    gpu.set_parameters(p)
-    return cpu, gpu
+    return trained_copies(cfg, 32, plan_T=cfg.max_seq_len, on="gpu")
 
 
 def test_gemv_long_rows_match_cpu_and_are_batch_invariant(wide_pair):
