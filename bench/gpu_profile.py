@@ -54,14 +54,16 @@ def main():
     p.add_argument("--precision", default="default", choices=["default", "fp8"])
     p.add_argument("--data", default=str(DEFAULT_DATA), help="token shard to read the batch from")
     p.add_argument("--rows", type=int, default=25)
-    p.add_argument("--generate", type=int, default=0, metavar="B", help="profile generation instead")
+    p.add_argument("--generate", type=int, default=0, metavar="B",
+                   help="profile generation instead")
     p.add_argument("--new-tokens", type=int, default=64)
     a = p.parse_args()
     torch.cuda.init()
     m = pyllmc.Model.from_config(a.preset, device="cuda", max_batch_size=a.batch,
                                  max_seq_len=a.seq, recompute=a.recompute, precision=a.precision)
     if a.generate:
-        prompts = DataLoader(a.data, a.generate, 128, shuffle=False, seed=0).next_batch()[0].tolist()
+        loader = DataLoader(a.data, a.generate, 128, shuffle=False, seed=0)
+        prompts = loader.next_batch()[0].tolist()
 
         def work():
             m.generate(prompts, max_new_tokens=a.new_tokens, temperature=0, stop_token=None)

@@ -5,9 +5,11 @@ and, at d12, its fastest setting; llmc through its trainer as users run it
 (`python -m pyllmc.train`) and through the library's own loop
 (bench/gpu_bench.py) at the recompute settings asked for, in bf16 and with
 --fp8 also in FP8; optionally PyTorch (bench/gpu_torch_peer.py) under
-torch.compile in bf16 (--torch) and with torchao's float8 training (--torchao). One table last, with each peer's time divided by llmc's.
+torch.compile in bf16 (--torch) and with torchao's float8 training
+(--torchao). One table last, with each peer's time divided by llmc's.
 
-    python3 -m bench.peer_bench [--sizes d12,d24,d36,d48] [--llmc d48=1,2] [--fp8] [--torch] [--torchao]
+    python3 -m bench.peer_bench [--sizes d12,d24,d36,d48] [--llmc d48=1,2] [--fp8] [--torch]
+                                [--torchao]
     python3 -m bench.peer_bench --sizes d12 --llmc d12=0 --precisions fp8 --llm-c-settings fastest
     python3 -m bench.peer_bench --sizes llama-124m,llama3.2-1b --torch [--fp8] [--seq-len 2048]
     python3 -m bench.peer_bench --sizes llama3.2-1b-untied [--fp8] [--torch]
