@@ -38,6 +38,7 @@
 #include <cmath>
 #include <cstring>
 #include <exception>
+#include <iterator>
 #include <new>
 #include <vector>
 
@@ -150,7 +151,8 @@ struct cuda_state {
 const int PRODUCT_WEIGHT[FP8_PRODUCTS] = {P_QKVW, P_ATTPROJW, P_FCW, P_FCPROJW};
 const int PRODUCT_BIAS[FP8_PRODUCTS] = {P_QKVB, P_ATTPROJB, P_FCB, P_FCPROJB};
 bool is_product_weight(int i) {
-    return i == P_QKVW || i == P_ATTPROJW || i == P_FCW || i == P_FCPROJW;
+    return std::find(std::begin(PRODUCT_WEIGHT), std::end(PRODUCT_WEIGHT), i) !=
+           std::end(PRODUCT_WEIGHT);
 }
 const char *const PRODUCT_NAME[FP8_PRODUCTS] = {"qkv", "attention projection", "fc",
                                                 "fc projection"};
@@ -1393,31 +1395,42 @@ size_t cuda_memory_bytes(const llmc_model *m) {
 }  // namespace
 
 /* In w8_only mode generation reads bf16 block weights that training does
- * not keep: they are rounded from the masters (as the bf16 copy would have
- * been) into memory allocated on the first call and kept with the model, and
- * rounded again on every call, i.e. whenever a generator is made. */
+ * not keep: decode_w16 (the block weights one after the other), allocated on
+ * the first call and kept with the model, rounded from the masters (as the
+ * bf16 copy would have been) by every call, i.e. whenever a generator is made. */
+llmc_status cuda_decode_round_weights(llmc_model *m) {
+    TRY(set_device(m));
+    cuda_state *g = impl(m);
+    if (!g->w8_only) return LLMC_OK;
+    size_t block_total = 0;
+    for (int w : PRODUCT_WEIGHT) block_total += g->size[w];
+    if (!g->decode_w16)
+        TRY(alloc_n(g, &g->decode_w16, block_total, "bf16 block weights for generation"));
+    const uint32_t seed = rounding_seed(g->seed, m->step);
+    size_t at = 0;
+    for (int w : PRODUCT_WEIGHT) {
+        round_params(g->decode_w16 + at, g->master + g->off[w], g->size[w], seed, g->off[w],
+                     g->stream);
+        at += g->size[w];
+    }
+    CUDA_TRY(cudaGetLastError());
+    return LLMC_OK;
+}
+
 llmc_status cuda_decode_weights(llmc_model *m, cuda_weights *out) {
     TRY(set_device(m));
     cuda_state *g = impl(m);
     out->stream = g->stream;
     out->mm = g->mm;
-    size_t block_total = 0;
-    for (int p = 0; p < FP8_PRODUCTS; p++) block_total += g->size[PRODUCT_WEIGHT[p]];
-    if (g->w8_only && !g->decode_w16)
-        TRY(alloc_n(g, &g->decode_w16, block_total, "bf16 block weights for generation"));
-    const uint32_t seed = rounding_seed(g->seed, m->step);
-    size_t at = 0;
+    size_t at = 0;  // w8_only: where each block weight lies in decode_w16
     for (int i = 0; i < LLMC_NUM_PARAM_TENSORS; i++) {
         out->tensor[i] = P(g, i);
         out->layer_stride[i] = llmc_param_is_per_layer(i) ? g->size[i] / g->L : 0;
-        if (!out->tensor[i]) {  // a block weight in w8_only mode
-            round_params(g->decode_w16 + at, g->master + g->off[i], g->size[i], seed, g->off[i],
-                         g->stream);
+        if (!out->tensor[i]) {
             out->tensor[i] = g->decode_w16 + at;
             at += g->size[i];
         }
     }
-    CUDA_TRY(cudaGetLastError());
     return LLMC_OK;
 }
 

@@ -118,6 +118,7 @@ llmc_status llama_decode_forward(cuda_cache *c, const cuda_weights &w, int n, in
                                  bool in_order);
 
 llmc_status cuda_cache_create(llmc_model *m, int S, int T, int R, void **out) {
+    TRY(cuda_decode_round_weights(m));
     cuda_weights w;
     TRY(cuda_decode_weights(m, &w));
     const llmc_config *cf = &m->config;

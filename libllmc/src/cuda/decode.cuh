@@ -18,7 +18,11 @@ struct cuda_weights {
     const bf16 *tensor[LLMC_NUM_PARAM_TENSORS]; /* layer 0's slice of each */
     size_t layer_stride[LLMC_NUM_PARAM_TENSORS]; /* elements between layers (0: whole tensor) */
 };
+/* The weights every generator call reads (and the CUDA device made current);
+ * cuda_decode_round_weights, called when a generator is made, first rounds
+ * the bf16 block weights that FP8 training does not keep (backend.cu). */
 llmc_status cuda_decode_weights(llmc_model *m, cuda_weights *out);
+llmc_status cuda_decode_round_weights(llmc_model *m);
 
 /* kvcache.cu. Rows are single tokens: row i is position pos[i] of sequence
  * slot slot[i]; a qkv row is (NH + 2 NKV) hs wide: queries, keys, values.
