@@ -8,10 +8,11 @@
  * costs tens of microseconds. Its first choice is not always its fastest
  * (d12 on an H100: 956 -> 938 ms/step with the choice below), so the first
  * time a shape runs, its first 8 candidates are timed on the product's own
- * operands and the fastest is kept among those whose output is bit for bit
- * the first choice's: which one wins may vary between processes, the
- * numbers do not, so runs and resumed runs stay bit-identical. Products that
- * accumulate into their output are not timed (see fastest_identical).
+ * operands and the fastest is kept among those that add up each element in
+ * the first choice's order (same_sums) and give its output bit for bit:
+ * which one wins may vary between processes, the numbers do not, so runs
+ * and resumed runs stay bit-identical. Products that accumulate into their
+ * output are not timed (see fastest_identical).
  */
 #include <cublasLt.h>
 
@@ -159,15 +160,41 @@ static float time_algo(mm_ctx *ctx, Descs &ds, const Product &p, const cublasLtM
     return ms < 0 ? -1.0f : ms / reps;
 }
 
-/* Index of the fastest of the heuristic's candidates whose output is bit
- * for bit that of its first choice (checked before and after timing, so a
- * candidate that does not repeat itself is out too). Any of them gives the
- * same numbers, so a run is reproducible whichever one the timing picks.
- * Only products that overwrite their output are timed: for those adding to
- * it (weight gradients across micro-steps), candidates that agree on one
- * probe were seen to add the old sum differently on other data (a few
- * elements of a gradient differed between two processes), so they keep the
- * heuristic's first choice. */
+/* Whether algorithms a and b sum each output element in the same order: the
+ * same kernel family (ID, inner shape, custom option) and the same split of
+ * the inner dimension (split-K count and how its pieces are reduced), so
+ * they differ only in tiles, stages, cluster shape and block order, which
+ * change what each block computes, not the order of any element's sums. */
+static bool same_sums(const cublasLtMatmulAlgo_t *a, const cublasLtMatmulAlgo_t *b) {
+    const cublasLtMatmulAlgoConfigAttributes_t attrs[] = {
+        CUBLASLT_ALGO_CONFIG_ID, CUBLASLT_ALGO_CONFIG_INNER_SHAPE_ID,
+        CUBLASLT_ALGO_CONFIG_CUSTOM_OPTION, CUBLASLT_ALGO_CONFIG_SPLITK_NUM,
+        CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME};
+    for (auto attr : attrs) {
+        uint64_t va = 0, vb = 0;  // every one of them is at most 8 bytes
+        size_t na = 0, nb = 0;
+        if (cublasLtMatmulAlgoConfigGetAttribute(a, attr, &va, sizeof(va), &na) !=
+                CUBLAS_STATUS_SUCCESS ||
+            cublasLtMatmulAlgoConfigGetAttribute(b, attr, &vb, sizeof(vb), &nb) !=
+                CUBLAS_STATUS_SUCCESS ||
+            na != nb || va != vb)
+            return false;
+    }
+    return true;
+}
+
+/* Index of the fastest of the heuristic's candidates that sum as its first
+ * choice does (same_sums) and whose output is bit for bit the first
+ * choice's (checked before and after timing, so a candidate that does not
+ * repeat itself is out too). Any of them gives the same numbers, so a run is
+ * reproducible whichever one the timing picks. The fingerprint alone is not
+ * enough: rounded to bf16, the outputs of a candidate that sums in another
+ * order (split-K) often match on the probe and differ on later data, which
+ * made a resumed run's gradient norm differ in its last bits (fifth session,
+ * tests/test_cuda.py's NCCL resume). Only products that overwrite their
+ * output are timed: for those adding to it (weight gradients across
+ * micro-steps), candidates that agree on one probe were seen to add the old
+ * sum differently on other data, so they keep the heuristic's first choice. */
 static int fastest_identical(mm_ctx *ctx, Descs &ds, const Product &p,
                              const cublasLtMatmulHeuristicResult_t *cands, int count) {
     int best = 0;
@@ -176,7 +203,8 @@ static int fastest_identical(mm_ctx *ctx, Descs &ds, const Product &p,
     if (run_and_fingerprint(ctx, ds, p, &cands[0].algo, ref))
         best_ms = time_algo(ctx, ds, p, &cands[0].algo);
     for (int i = 1; i < count && best_ms > 0; i++) {
-        if (!run_and_fingerprint(ctx, ds, p, &cands[i].algo, fp) || fp[0] != ref[0] ||
+        if (!same_sums(&cands[0].algo, &cands[i].algo) ||
+            !run_and_fingerprint(ctx, ds, p, &cands[i].algo, fp) || fp[0] != ref[0] ||
             fp[1] != ref[1])
             continue;
         const float ms = time_algo(ctx, ds, p, &cands[i].algo);
