@@ -12,10 +12,11 @@
  * one round trip) against all n input rows, which the L1 cache serves to
  * every block; so w is read once per step for all n rows.
  *
- * Launched as a programmatic dependent (Hopper's PDL): a block issues its
- * weight loads before waiting for the previous kernel, whose output is its
- * input, and lets the next GEMV start the same way; so a product's first
- * round trip overlaps the tail of the kernel before it.
+ * Launched as a programmatic dependent (Hopper's PDL, common.cuh's
+ * launch_pdl): a block issues its weight loads before waiting for the
+ * previous kernel, whose output is its input, and lets the next kernel start
+ * the same way; so a product's first round trip overlaps the tail of the
+ * kernels before it.
  *
  * Sums: fp32, each lane's in IC order, then a fixed tree across the lanes
  * and the warps, whatever n is: a row's result does not depend on the other
@@ -28,7 +29,7 @@
 
 /* Knobs, each overridable with CUDA_DEFS=-D... for a measured variant. A row's
  * sums depend on the warp count alone (chosen from IC, GEMV_UNROLL and
- * GEMV_MAX_WARPS), never on GEMV_OUT_ROWS, GEMV_PDL or n. */
+ * GEMV_MAX_WARPS), never on GEMV_OUT_ROWS, LLMC_PDL or n. */
 #ifndef GEMV_OUT_ROWS
 #define GEMV_OUT_ROWS 4   // rows of w per block
 #endif
@@ -37,9 +38,6 @@
 #endif
 #ifndef GEMV_UNROLL
 #define GEMV_UNROLL 4     // 16-byte slices of each row a lane loads before using them
-#endif
-#ifndef GEMV_PDL
-#define GEMV_PDL 1        // 0: plain launches (to measure what PDL gains)
 #endif
 #define GEMV_SLICE 256    // elements of IC a warp covers per slice (32 lanes x 8)
 
@@ -157,27 +155,6 @@ bool gemv_fits(int n, int IC, const void *inp, const void *w) {
            (uintptr_t)w % 16 == 0;
 }
 
-/* As a programmatic dependent where the device has PDL (sm_90 on), so that its
- * weight loads overlap the previous kernel's tail (the file's comment). */
-template <int N>
-static void gemv_launch_n(dim3 grid, dim3 block, void *out, bool fp32_out, const bf16 *inp,
-                          const bf16 *w, const bf16 *bias, bool gelu, int IC, int OC,
-                          cudaStream_t s) {
-    int device = 0, major = 0;
-    cudaGetDevice(&device);
-    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
-    cudaLaunchAttribute pdl[1];
-    pdl[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    pdl[0].val.programmaticStreamSerializationAllowed = GEMV_PDL && major >= 9;
-    cudaLaunchConfig_t config = {};
-    config.gridDim = grid;
-    config.blockDim = block;
-    config.stream = s;
-    config.attrs = pdl;
-    config.numAttrs = 1;
-    cudaLaunchKernelEx(&config, gemv_kernel<N>, out, fp32_out, inp, w, bias, gelu, IC, OC);
-}
-
 static void gemv_launch(void *out, bool fp32_out, const bf16 *inp, const bf16 *w,
                         const bf16 *bias, bool gelu, int n, int IC, int OC, cudaStream_t s) {
     /* as many warps as IC has room for, GEMV_UNROLL slices each: one round up to
@@ -185,9 +162,9 @@ static void gemv_launch(void *out, bool fp32_out, const bf16 *inp, const bf16 *w
     const int warps = std::min(GEMV_MAX_WARPS, std::max(1, ceil_div(IC, GEMV_UNROLL * GEMV_SLICE)));
     const dim3 grid(ceil_div(OC, GEMV_OUT_ROWS)), block(32 * warps);
     switch (n) {
-#define GEMV_CASE(N)                                                                           \
-    case N:                                                                                   \
-        gemv_launch_n<N>(grid, block, out, fp32_out, inp, w, bias, gelu, IC, OC, s);          \
+#define GEMV_CASE(N)                                                                     \
+    case N:                                                                             \
+        launch_pdl(gemv_kernel<N>, grid, block, s, out, fp32_out, inp, w, bias, gelu, IC, OC); \
         break;
         GEMV_CASE(1) GEMV_CASE(2) GEMV_CASE(3) GEMV_CASE(4)
         GEMV_CASE(5) GEMV_CASE(6) GEMV_CASE(7) GEMV_CASE(8)

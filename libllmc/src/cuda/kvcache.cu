@@ -26,6 +26,7 @@
 
 __global__ void decode_embed_kernel(bf16 *x, const int *tokens, const int *pos, const bf16 *wte,
                                     const bf16 *wpe, int n, int C) {
+    pdl_launch_dependents();  // the norm that follows may start
     const int vecs = C / 8;
     const long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long)n * vecs) return;
@@ -45,6 +46,8 @@ void decode_embed(bf16 *x, const int *tokens, const int *pos, const bf16 *wte, c
 
 __global__ void kv_store_kernel(bf16 *keys, bf16 *values, const bf16 *qkv, const int *slot,
                                 const int *pos, int n, int NH, int NKV, int hs, int T) {
+    pdl_launch_dependents();
+    pdl_wait();  // qkv is the GEMV's before
     const int kv_width = NKV * hs, vecs = 2 * kv_width / 8;
     const long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long)n * vecs) return;
@@ -57,8 +60,8 @@ __global__ void kv_store_kernel(bf16 *keys, bf16 *values, const bf16 *qkv, const
 void kv_store(bf16 *keys, bf16 *values, const bf16 *qkv, const int *slot, const int *pos, int n,
               int NH, int NKV, int hs, int T, cudaStream_t s) {
     const long work = (long)n * (2 * NKV * hs / 8);
-    kv_store_kernel<<<ceil_div(work, 256), 256, 0, s>>>(keys, values, qkv, slot, pos, n, NH, NKV,
-                                                        hs, T);
+    launch_pdl(kv_store_kernel, dim3(ceil_div(work, 256)), dim3(256), s, keys, values, qkv, slot,
+               pos, n, NH, NKV, hs, T);
 }
 
 /* Positions per range of a row that sees len positions: at least
@@ -82,6 +85,7 @@ __global__ void __launch_bounds__(ATTN_THREADS)
                             const bf16 *keys, const bf16 *values, const int *slot, const int *pos,
                             int NH, int NKV, int hs, int T) {
     pdl_launch_dependents();  // the GEMV that follows (gemv.cu) may start loading its weights
+    pdl_wait();               // the keys and values kv_store wrote
     constexpr int GROUPS = ATTN_THREADS / LP;
     const int r = blockIdx.x, h = blockIdx.y, range = blockIdx.z;
     const int len = pos[r] + 1, chunk = attn_chunk(len), ranges = (len + chunk - 1) / chunk;
@@ -188,8 +192,8 @@ void attention_cached(bf16 *out, float *partial, int *done, const bf16 *qkv, con
     switch (pow2_ceil(hs / 8)) {  // lanes per position
 #define ATTN_CASE(LP)                                                                   \
     case LP:                                                                            \
-        attention_cached_kernel<LP><<<grid, ATTN_THREADS, 0, s>>>(                      \
-            out, partial, done, qkv, keys, values, slot, pos, NH, NKV, hs, T);          \
+        launch_pdl(attention_cached_kernel<LP>, grid, dim3(ATTN_THREADS), s, out, partial, \
+                   done, qkv, keys, values, slot, pos, NH, NKV, hs, T);                 \
         break;
         ATTN_CASE(1) ATTN_CASE(2) ATTN_CASE(4) ATTN_CASE(8) ATTN_CASE(16)
 #undef ATTN_CASE

@@ -122,6 +122,7 @@ __global__ void __launch_bounds__(1024)
     decode_layernorm_kernel(bf16 *res_out, bf16 *out, const bf16 *res_in, const bf16 *branch,
                             const bf16 *w, const bf16 *b, int C) {
     pdl_launch_dependents();  // the GEMV that follows (gemv.cu) may start loading its weights
+    pdl_wait();               // the residual branch is the kernel before's
     __shared__ float shared32[32];
     const size_t off = (size_t)blockIdx.x * C;
     float x[K][8];
@@ -159,10 +160,8 @@ __global__ void __launch_bounds__(1024)
 void decode_layernorm(bf16 *res_out, bf16 *out, const bf16 *res_in, const bf16 *branch,
                       const bf16 *w, const bf16 *b, int n, int C, cudaStream_t s) {
     const int threads = decode_norm_threads(C);
-    if (ceil_div(C / 8, threads) == 1)
-        decode_layernorm_kernel<1><<<n, threads, 0, s>>>(res_out, out, res_in, branch, w, b, C);
-    else
-        decode_layernorm_kernel<2><<<n, threads, 0, s>>>(res_out, out, res_in, branch, w, b, C);
+    launch_pdl(ceil_div(C / 8, threads) == 1 ? decode_layernorm_kernel<1> : decode_layernorm_kernel<2>,
+               dim3(n), dim3(threads), s, res_out, out, res_in, branch, w, b, C);
 }
 
 /* Each warp takes rows in a fixed stride. A lane owns channels

@@ -68,6 +68,7 @@ __global__ void __launch_bounds__(1024)
     decode_rmsnorm_kernel(bf16 *res_out, bf16 *out, const bf16 *res_in, const bf16 *branch,
                           const bf16 *w, int C, float eps) {
     pdl_launch_dependents();  // the GEMV that follows (gemv.cu) may start loading its weights
+    pdl_wait();               // the residual branch is the kernel before's
     __shared__ float shared32[32];
     const size_t off = (size_t)blockIdx.x * C;
     float x[K][8];
@@ -96,10 +97,8 @@ __global__ void __launch_bounds__(1024)
 void decode_rmsnorm(bf16 *res_out, bf16 *out, const bf16 *res_in, const bf16 *branch,
                     const bf16 *w, int n, int C, float eps, cudaStream_t s) {
     const int threads = decode_norm_threads(C);
-    if (ceil_div(C / 8, threads) == 1)
-        decode_rmsnorm_kernel<1><<<n, threads, 0, s>>>(res_out, out, res_in, branch, w, C, eps);
-    else
-        decode_rmsnorm_kernel<2><<<n, threads, 0, s>>>(res_out, out, res_in, branch, w, C, eps);
+    launch_pdl(ceil_div(C / 8, threads) == 1 ? decode_rmsnorm_kernel<1> : decode_rmsnorm_kernel<2>,
+               dim3(n), dim3(threads), s, res_out, out, res_in, branch, w, C, eps);
 }
 
 /* dinp += rstd * (g - xhat * mean(g * xhat)), g = dout * w, xhat = x * rstd. */

@@ -14,9 +14,13 @@ extern "C" {
 #include "config.h"
 }
 
-/* pos NULL: row r is at position r % T; else at pos[r]. */
+/* pos NULL: row r is at position r % T; else at pos[r]. Launched as a
+ * programmatic dependent (common.cuh's launch_pdl): in a generation step it
+ * sits between the qkv GEMV and the cache. */
 __global__ void rope_kernel(bf16 *qkv, const float *cos_t, const float *sin_t, const int *pos,
                             int N, int T, int heads, int width, int half, float sign) {
+    pdl_launch_dependents();
+    pdl_wait();
     const long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long)N * heads * half) return;
     const int row = (int)(i / ((long)heads * half)), rest = (int)(i % ((long)heads * half));
@@ -32,8 +36,8 @@ static void rope_launch(bf16 *qkv, const float *cos_t, const float *sin_t, const
                         int T, int NH, int NKV, int hs, float sign, cudaStream_t s) {
     const int heads = NH + NKV, half = hs / 2;
     const long n = (long)N * heads * half;
-    rope_kernel<<<ceil_div(n, 256), 256, 0, s>>>(qkv, cos_t, sin_t, pos, N, T, heads,
-                                                  (NH + 2 * NKV) * hs, half, sign);
+    launch_pdl(rope_kernel, dim3(ceil_div(n, 256)), dim3(256), s, qkv, cos_t, sin_t, pos, N, T,
+               heads, (NH + 2 * NKV) * hs, half, sign);
 }
 
 void rope_rotate(bf16 *qkv, const float *cos_t, const float *sin_t, int B, int T, int NH, int NKV,

@@ -5,7 +5,11 @@
  */
 #include "kernels.cuh"
 
+/* Launched as a programmatic dependent (common.cuh's launch_pdl): in a
+ * generation step it sits between two GEMVs. */
 __global__ void swiglu_forward_kernel(bf16 *out, const bf16 *inp, int N, int F) {
+    pdl_launch_dependents();
+    pdl_wait();
     const long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
     const int vecs = F / 8;
     if (i >= (long)N * vecs) return;
@@ -37,7 +41,7 @@ __global__ void swiglu_backward_kernel(bf16 *dinp, const bf16 *dout, const bf16 
 
 void swiglu_forward(bf16 *out, const bf16 *inp, int N, int F, cudaStream_t s) {
     const long n = (long)N * (F / 8);
-    swiglu_forward_kernel<<<ceil_div(n, 256), 256, 0, s>>>(out, inp, N, F);
+    launch_pdl(swiglu_forward_kernel, dim3(ceil_div(n, 256)), dim3(256), s, out, inp, N, F);
 }
 
 void swiglu_backward(bf16 *dinp, const bf16 *dout, const bf16 *inp, int N, int F, cudaStream_t s) {
