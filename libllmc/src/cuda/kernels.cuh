@@ -71,6 +71,7 @@ void rmsnorm_backward(bf16 *dinp, float *dw, float *partial, const bf16 *dout, c
  * row (decode_norm_threads(C) threads, two 16-byte slices each at most):
  * C <= DECODE_NORM_MAX_CHANNELS. Not the training kernels' bits. */
 #define DECODE_NORM_MAX_CHANNELS (1024 * 8 * 2)
+#define LN_EPS 1e-5f  // GPT-2's LayerNorm
 static inline int decode_norm_threads(int C) {
     return C / 8 < 1024 ? 32 * ceil_div(C / 8, 32) : 1024;
 }
@@ -110,14 +111,26 @@ void bias_backward(float *dbias, float *partial, const bf16 *dout, int N, int OC
  * streamed once for all n rows (a step of few tokens is bound by reading the
  * weights). A row's result is bit for bit the same whatever the other rows
  * (n = 1..8). Only where gemv_fits: IC a multiple of 8, inp and w 16-byte
- * aligned (otherwise cuBLASLt, matmul.cuh). */
+ * aligned (otherwise cuBLASLt, matmul.cuh).
+ * norm (kind not GEMV_NO_NORM): the product takes norm(inp) instead of inp,
+ * each row normalized over its IC values and rounded to bf16 as
+ * decode_layernorm / decode_rmsnorm round it (their statistics summed in
+ * another order); residual: out += the result (out is the residual stream,
+ * the sum rounded to bf16 before it is added, as a branch would be). */
 #define GEMV_MAX_ROWS 8
+enum { GEMV_NO_NORM, GEMV_LAYERNORM, GEMV_RMSNORM };
+struct gemv_norm {
+    int kind = GEMV_NO_NORM;
+    const bf16 *w = nullptr, *b = nullptr;  // b: LayerNorm's bias
+    float eps = 0.0f;
+};
 bool gemv_fits(int n, int IC, const void *inp, const void *w);
 void gemv_forward(bf16 *out, const bf16 *inp, const bf16 *w, const bf16 *bias, int n, int IC,
-                  int OC, bool gelu, cudaStream_t s);
+                  int OC, bool gelu, cudaStream_t s, const gemv_norm &norm = gemv_norm(),
+                  bool residual = false);
 /* The same, fp32 out, no bias (the LM head's logits). */
 void gemv_forward_fp32(float *out, const bf16 *inp, const bf16 *w, int n, int IC, int OC,
-                       cudaStream_t s);
+                       cudaStream_t s, const gemv_norm &norm = gemv_norm());
 
 /* gelu.cu: GELU (tanh form), for recomputing the MLP activation in backward. */
 void gelu_forward(bf16 *out, const bf16 *inp, size_t n, cudaStream_t s);

@@ -8,7 +8,6 @@
 #include "fp8.cuh"
 #include "kernels.cuh"
 
-#define LN_EPS 1e-5f
 #define ROWS_PER_BLOCK 8  // warps per block
 
 /* Normalizes row `row` of x (already in memory) into out, or into fp8.out
