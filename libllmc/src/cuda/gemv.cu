@@ -122,13 +122,12 @@ __device__ __forceinline__ void block_sums(float (&v)[N], float (*part)[N]) {
     }
 }
 
-/* Each input row's mean (LayerNorm; 0 for RMSNorm) and reciprocal standard
- * deviation (RMSNorm: root mean square) over its IC values. */
-template <int N, int NORM>
-__device__ __forceinline__ void row_stats(const bf16 *inp, int IC, float eps, float (&mean)[N],
-                                          float (&rstd)[N]) {
+/* Each input row's sum of (x - center[j])^P (P = 1 or 2) over its IC values,
+ * summed over the block: every thread gets the totals. */
+template <int N, int P>
+__device__ __forceinline__ void row_sums(float (&acc)[N], const bf16 *inp, int IC,
+                                         const float (&center)[N]) {
     __shared__ float part[GEMV_MAX_WARPS][N];
-    float acc[N];
 #pragma unroll
     for (int j = 0; j < N; j++) acc[j] = 0.0f;
     for (int k = threadIdx.x * 8; k < IC; k += blockDim.x * 8)
@@ -136,32 +135,29 @@ __device__ __forceinline__ void row_stats(const bf16 *inp, int IC, float eps, fl
         for (int j = 0; j < N; j++) {
             const Vec16<bf16> x = load16(inp + (size_t)j * IC + k);
             for (int e = 0; e < 8; e++) {
-                const float v = __bfloat162float(x.v[e]);
-                acc[j] += NORM == GEMV_LAYERNORM ? v : v * v;
+                const float d = __bfloat162float(x.v[e]) - center[j];
+                acc[j] += P == 1 ? d : d * d;
             }
         }
     block_sums<N>(acc, part);
+}
+
+/* Each input row's mean (LayerNorm; 0 for RMSNorm) and reciprocal standard
+ * deviation (RMSNorm: root mean square) over its IC values. */
+template <int N, int NORM>
+__device__ __forceinline__ void row_stats(const bf16 *inp, int IC, float eps, float (&mean)[N],
+                                          float (&rstd)[N]) {
+    float acc[N];
 #pragma unroll
-    for (int j = 0; j < N; j++) {
-        mean[j] = NORM == GEMV_LAYERNORM ? acc[j] / IC : 0.0f;
-        rstd[j] = rsqrtf(acc[j] / IC + eps);  // RMSNorm's; LayerNorm's follows
+    for (int j = 0; j < N; j++) mean[j] = 0.0f;
+    if (NORM == GEMV_LAYERNORM) {
+        row_sums<N, 1>(acc, inp, IC, mean);
+#pragma unroll
+        for (int j = 0; j < N; j++) mean[j] = acc[j] / IC;
     }
-    if constexpr (NORM == GEMV_LAYERNORM) {
+    row_sums<N, 2>(acc, inp, IC, mean);
 #pragma unroll
-        for (int j = 0; j < N; j++) acc[j] = 0.0f;
-        for (int k = threadIdx.x * 8; k < IC; k += blockDim.x * 8)
-#pragma unroll
-            for (int j = 0; j < N; j++) {
-                const Vec16<bf16> x = load16(inp + (size_t)j * IC + k);
-                for (int e = 0; e < 8; e++) {
-                    const float d = __bfloat162float(x.v[e]) - mean[j];
-                    acc[j] += d * d;
-                }
-            }
-        block_sums<N>(acc, part);
-#pragma unroll
-        for (int j = 0; j < N; j++) rstd[j] = rsqrtf(acc[j] / IC + eps);
-    }
+    for (int j = 0; j < N; j++) rstd[j] = rsqrtf(acc[j] / IC + eps);
 }
 
 /* A 16-byte slice of an input row normalized by the norm's slices w and b
