@@ -181,13 +181,13 @@ __device__ __forceinline__ uint4 normalized(const uint4 &x, const uint4 &w, cons
 
 /* Block: GEMV_OUT_ROWS rows of w from blockIdx.x * GEMV_OUT_ROWS; blockDim.x
  * / 32 warps over IC. out is bf16, or fp32 with fp32_out; NORM: the input
- * rows' norm (kernels.cuh's GEMV_*), norm's weights in norm_w, norm_b. */
+ * rows' norm (kernels.cuh's GEMV_*) with norm.w and norm.b; residual: out +=. */
 template <int N, int NORM>
 __global__ void __launch_bounds__(GEMV_MAX_WARPS * 32)
     gemv_kernel(void *out, bool fp32_out, const bf16 *inp, const bf16 *w, const bf16 *bias,
                 bool gelu, bool residual, gemv_norm norm, int IC, int OC) {
     constexpr int M = pow2_ceil(GEMV_OUT_ROWS * N);  // values per lane, padded for the tree
-    pdl_launch_dependents();  // the next GEMV may start loading its weights now
+    pdl_launch_dependents();  // the next kernel may start (a GEMV: loading its weights)
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
     const int row0 = blockIdx.x * GEMV_OUT_ROWS;
     const bf16 *wrow[GEMV_OUT_ROWS];
@@ -240,7 +240,8 @@ __global__ void __launch_bounds__(GEMV_MAX_WARPS * 32)
             ((float *)out)[(size_t)j * OC + row] = sum;
             continue;
         }
-        bf16 *o = (bf16 *)out + (size_t)j * OC + row, result = __float2bfloat16(sum);
+        bf16 *o = (bf16 *)out + (size_t)j * OC + row;
+        const bf16 result = __float2bfloat16(sum);
         *o = residual ? __float2bfloat16(__bfloat162float(*o) + __bfloat162float(result)) : result;
     }
 }
