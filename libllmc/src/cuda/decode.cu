@@ -3,11 +3,11 @@
  * bf16 key/value cache and the forward pass of rows that are single tokens
  * of cached sequences, one composition per model family over the training
  * kernels (cuBLASLt products with fused bias and GELU, SwiGLU, RoPE), the
- * decode norms (layernorm.cu, rmsnorm.cu: the residual add fused, a block
- * per row) and the cache kernels of kvcache.cu.
+ * decode norms (layernorm.cu's decode_norm, both families': the residual
+ * add fused, a block per row) and the cache kernels of kvcache.cu.
  *
  * Where a step's products run through gemv.cu, the layer's norms are
- * computed inside the products that read them (gemv_norm) and the
+ * computed inside the products that read them (row_norm) and the
  * projections add into the residual stream themselves, so a GPT-2 layer is
  * 6 kernels (its 4 products, kv_store, attention); through cuBLASLt
  * the norm kernels run as before, each adding the branch the projection
@@ -52,7 +52,7 @@ typedef llmc_status (*decode_forward_fn)(cuda_cache *c, const cuda_weights &w, i
 struct cuda_cache {
     int S, T, R, L, C, NH, NKV, hs, V, Vp;
     int F;        // Llama: the MLP's hidden width (SwiGLU's output)
-    int norm;     // GEMV_LAYERNORM (GPT-2) or GEMV_RMSNORM (Llama)
+    int norm;     // NORM_LAYER (GPT-2) or NORM_RMS (Llama)
     float eps;    // the norms' epsilon
     int head;     // the LM head's tensor
     decode_forward_fn forward;
@@ -150,7 +150,7 @@ llmc_status cuda_cache_create(llmc_model *m, int S, int T, int R, void **out) {
     c->NH = cf->num_heads, c->NKV = llmc_kv_heads(cf), c->hs = cf->channels / cf->num_heads;
     c->V = cf->vocab_size, c->Vp = cf->padded_vocab_size;
     c->F = (int)llmc_fc_act_width(cf), c->head = llmc_head_tensor(cf);
-    c->norm = llmc_is_llama(cf) ? GEMV_RMSNORM : GEMV_LAYERNORM;
+    c->norm = llmc_is_llama(cf) ? NORM_RMS : NORM_LAYER;
     c->eps = llmc_is_llama(cf) ? cf->norm_eps : LN_EPS;
     c->forward = llmc_is_llama(cf) ? llama_decode_forward : gpt2_decode_forward;
     c->bytes = bytes;
@@ -248,8 +248,8 @@ llmc_status linear(cuda_cache *c, const cuda_weights &w, bf16 *out, const bf16 *
 }
 
 /* A layer's norm of the family (b: LayerNorm's bias, NULL for RMSNorm). */
-gemv_norm norm_of(const cuda_cache *c, const bf16 *weight, const bf16 *bias) {
-    gemv_norm nm;
+row_norm norm_of(const cuda_cache *c, const bf16 *weight, const bf16 *bias) {
+    row_norm nm;
     nm.kind = c->norm;
     nm.w = weight;
     nm.b = bias;
@@ -259,16 +259,14 @@ gemv_norm norm_of(const cuda_cache *c, const bf16 *weight, const bf16 *bias) {
 
 /* c->ln = norm(x) of n rows by the norm kernel, after adding the branch a
  * projection through cuBLASLt left pending. */
-void norm_rows(cuda_cache *c, const gemv_norm &nm, int n, cudaStream_t s) {
-    const bf16 *branch = c->pending ? c->branch : nullptr;
-    if (nm.kind == GEMV_RMSNORM) decode_rmsnorm(c->x, c->ln, c->x, branch, nm.w, n, c->C, nm.eps, s);
-    else decode_layernorm(c->x, c->ln, c->x, branch, nm.w, nm.b, n, c->C, s);
+void norm_rows(cuda_cache *c, const row_norm &nm, int n, cudaStream_t s) {
+    decode_norm(c->x, c->ln, c->x, c->pending ? c->branch : nullptr, nm, n, c->C, s);
     c->pending = false;
 }
 
 /* out = norm(x) @ weight^T + bias (GELU of it with gelu): the norm inside the
  * GEMV where it fits, else the norm kernel, then linear. */
-llmc_status normed_linear(cuda_cache *c, const cuda_weights &w, bf16 *out, const gemv_norm &nm,
+llmc_status normed_linear(cuda_cache *c, const cuda_weights &w, bf16 *out, const row_norm &nm,
                           const bf16 *weight, const bf16 *bias, int n, int OC, bool gelu) {
     if (!c->pending && gemv_fits(n, c->C, c->x, weight)) {
         gemv_forward(out, c->x, weight, bias, n, c->C, OC, gelu, w.stream, nm);
@@ -283,7 +281,7 @@ llmc_status normed_linear(cuda_cache *c, const cuda_weights &w, bf16 *out, const
 llmc_status residual_linear(cuda_cache *c, const cuda_weights &w, const bf16 *inp,
                             const bf16 *weight, const bf16 *bias, int n, int IC) {
     if (gemv_fits(n, IC, inp, weight)) {
-        gemv_forward(c->x, inp, weight, bias, n, IC, c->C, false, w.stream, gemv_norm(), true);
+        gemv_forward(c->x, inp, weight, bias, n, IC, c->C, false, w.stream, row_norm(), true);
         return LLMC_OK;
     }
     TRY(matmul_forward(w.mm, c->branch, inp, IC, weight, bias, n, IC, c->C, nullptr));
@@ -294,7 +292,7 @@ llmc_status residual_linear(cuda_cache *c, const cuda_weights &w, const bf16 *in
 /* fp32 logits of rows r.out[0..n_out) of final_norm(x) through the LM head,
  * gathered into c->atty (free by then) unless in_order. */
 llmc_status head_logits(cuda_cache *c, const cuda_weights &w, const Rows &r, int n, int n_out,
-                        bool in_order, const gemv_norm &final_norm) {
+                        bool in_order, const row_norm &final_norm) {
     if (n_out == 0) return LLMC_OK;
     const bf16 *head = W(w, c->head);
     const bool fused = !c->pending && gemv_fits(n_out, c->C, c->x, head);

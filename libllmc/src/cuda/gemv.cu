@@ -23,7 +23,7 @@
  * rows of the step (a sequence decodes the same alone or in a batch of up
  * to 8), and a graph replays the eager step bit for bit.
  *
- * Around the product (kernels.cuh's gemv_norm, residual), so that a layer's
+ * Around the product (kernels.cuh's row_norm, residual), so that a layer's
  * norms and residual adds cost no kernels of their own: every block first
  * sums each input row's statistics (the rows are a few KB, read from L2;
  * each block sums them alike, so every block normalizes alike) and
@@ -150,7 +150,7 @@ __device__ __forceinline__ void row_stats(const bf16 *inp, int IC, float eps, fl
     float acc[N];
 #pragma unroll
     for (int j = 0; j < N; j++) mean[j] = 0.0f;
-    if (NORM == GEMV_LAYERNORM) {
+    if (NORM == NORM_LAYER) {
         row_sums<N, 1>(acc, inp, IC, mean);
 #pragma unroll
         for (int j = 0; j < N; j++) mean[j] = acc[j] / IC;
@@ -161,7 +161,7 @@ __device__ __forceinline__ void row_stats(const bf16 *inp, int IC, float eps, fl
 }
 
 /* A 16-byte slice of an input row normalized by the norm's slices w and b
- * and rounded to bf16, by decode_layernorm's / decode_rmsnorm's formula. */
+ * (kernels.cuh's norm_value) and rounded to bf16. */
 template <int NORM>
 __device__ __forceinline__ uint4 normalized(const uint4 &x, const uint4 &w, const uint4 &b,
                                             float mean, float rstd) {
@@ -170,12 +170,9 @@ __device__ __forceinline__ uint4 normalized(const uint4 &x, const uint4 &w, cons
     uint4 out;
     bf16 *o = reinterpret_cast<bf16 *>(&out);
 #pragma unroll
-    for (int e = 0; e < 8; e++) {
-        const float v = __bfloat162float(xv[e]), we = __bfloat162float(wv[e]);
-        o[e] = NORM == GEMV_LAYERNORM
-                   ? __float2bfloat16((v - mean) * rstd * we + __bfloat162float(bv[e]))
-                   : __float2bfloat16(we * (v * rstd));
-    }
+    for (int e = 0; e < 8; e++)
+        o[e] = __float2bfloat16(norm_value<NORM>(__bfloat162float(xv[e]), mean, rstd,
+                                                 __bfloat162float(wv[e]), __bfloat162float(bv[e])));
     return out;
 }
 
@@ -185,7 +182,7 @@ __device__ __forceinline__ uint4 normalized(const uint4 &x, const uint4 &w, cons
 template <int N, int NORM>
 __global__ void __launch_bounds__(GEMV_MAX_WARPS * 32)
     gemv_kernel(void *out, bool fp32_out, const bf16 *inp, const bf16 *w, const bf16 *bias,
-                bool gelu, bool residual, gemv_norm norm, int IC, int OC) {
+                bool gelu, bool residual, row_norm norm, int IC, int OC) {
     constexpr int M = pow2_ceil(GEMV_OUT_ROWS * N);  // values per lane, padded for the tree
     pdl_launch_dependents();  // the next kernel may start (a GEMV: loading its weights)
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
@@ -203,19 +200,19 @@ __global__ void __launch_bounds__(GEMV_MAX_WARPS * 32)
     load_slices(ws, wrow, k0, stride, IC);  // the weights do not depend on the previous kernel
     pdl_wait();                             // inp (and out's readers) do
     float mean[N], rstd[N];
-    if constexpr (NORM != GEMV_NO_NORM) row_stats<N, NORM>(inp, IC, norm.eps, mean, rstd);
+    if constexpr (NORM != NORM_NONE) row_stats<N, NORM>(inp, IC, norm.eps, mean, rstd);
     while (true) {  // each lane's sums in IC order, however many rounds
 #pragma unroll
         for (int u = 0; u < GEMV_UNROLL; u++) {
             const int k = k0 + u * stride;
             if (k >= IC) break;
             uint4 nw = make_uint4(0, 0, 0, 0), nb = nw;
-            if (NORM != GEMV_NO_NORM) nw = *reinterpret_cast<const uint4 *>(norm.w + k);
-            if (NORM == GEMV_LAYERNORM) nb = *reinterpret_cast<const uint4 *>(norm.b + k);
+            if (NORM != NORM_NONE) nw = *reinterpret_cast<const uint4 *>(norm.w + k);
+            if (NORM == NORM_LAYER) nb = *reinterpret_cast<const uint4 *>(norm.b + k);
 #pragma unroll
             for (int j = 0; j < N; j++) {
                 uint4 x = *reinterpret_cast<const uint4 *>(inp + (size_t)j * IC + k);
-                if (NORM != GEMV_NO_NORM) x = normalized<NORM>(x, nw, nb, mean[j], rstd[j]);
+                if (NORM != NORM_NONE) x = normalized<NORM>(x, nw, nb, mean[j], rstd[j]);
 #pragma unroll
                 for (int r = 0; r < GEMV_OUT_ROWS; r++)
                     acc[r * N + j] = dot8(ws[u][r], x, acc[r * N + j]);
@@ -252,7 +249,7 @@ bool gemv_fits(int n, int IC, const void *inp, const void *w) {
 }
 
 static void gemv_launch(void *out, bool fp32_out, const bf16 *inp, const bf16 *w,
-                        const bf16 *bias, bool gelu, bool residual, const gemv_norm &norm, int n,
+                        const bf16 *bias, bool gelu, bool residual, const row_norm &norm, int n,
                         int IC, int OC, cudaStream_t s) {
     /* as many warps as IC has room for, GEMV_UNROLL slices each: one round up to
      * GEMV_MAX_WARPS warps; chosen from IC alone, so that a row's sums are too */
@@ -264,7 +261,7 @@ static void gemv_launch(void *out, bool fp32_out, const bf16 *inp, const bf16 *w
         launch_pdl(gemv_kernel<N, NORM>, grid, block, s, out, fp32_out, inp, w, bias, gelu,  \
                    residual, norm, IC, OC);                                                 \
         break;
-#define GEMV_CASES(N) GEMV_CASE(N, GEMV_NO_NORM) GEMV_CASE(N, GEMV_LAYERNORM) GEMV_CASE(N, GEMV_RMSNORM)
+#define GEMV_CASES(N) GEMV_CASE(N, NORM_NONE) GEMV_CASE(N, NORM_LAYER) GEMV_CASE(N, NORM_RMS)
         GEMV_CASES(1) GEMV_CASES(2) GEMV_CASES(3) GEMV_CASES(4)
         GEMV_CASES(5) GEMV_CASES(6) GEMV_CASES(7) GEMV_CASES(8)
 #undef GEMV_CASES
@@ -273,11 +270,11 @@ static void gemv_launch(void *out, bool fp32_out, const bf16 *inp, const bf16 *w
 }
 
 void gemv_forward(bf16 *out, const bf16 *inp, const bf16 *w, const bf16 *bias, int n, int IC,
-                  int OC, bool gelu, cudaStream_t s, const gemv_norm &norm, bool residual) {
+                  int OC, bool gelu, cudaStream_t s, const row_norm &norm, bool residual) {
     gemv_launch(out, false, inp, w, bias, gelu, residual, norm, n, IC, OC, s);
 }
 
 void gemv_forward_fp32(float *out, const bf16 *inp, const bf16 *w, int n, int IC, int OC,
-                       cudaStream_t s, const gemv_norm &norm) {
+                       cudaStream_t s, const row_norm &norm) {
     gemv_launch(out, true, inp, w, nullptr, false, false, norm, n, IC, OC, s);
 }

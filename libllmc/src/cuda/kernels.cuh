@@ -65,20 +65,33 @@ void residual_rmsnorm_forward(bf16 *res_out, bf16 *out, float *rstd, const bf16 
 void rmsnorm_backward(bf16 *dinp, float *dw, float *partial, const bf16 *dout, const bf16 *inp,
                       const bf16 *w, const float *rstd, int N, int C, cudaStream_t s);
 
+/* A decode row's norm: the family's kind, weights (b: LayerNorm's bias) and
+ * epsilon; kind NORM_NONE: none (gemv.cu's plain products). */
+#define LN_EPS 1e-5f  // GPT-2's LayerNorm
+enum { NORM_NONE, NORM_LAYER, NORM_RMS };
+struct row_norm {
+    int kind = NORM_NONE;
+    const bf16 *w = nullptr, *b = nullptr;
+    float eps = 0.0f;
+};
+/* One normalized element, as the training kernels compute it: LayerNorm
+ * (x - mean) * rstd * w + b, RMSNorm (mean unused) w * (x * rstd). */
+template <int NORM>
+__device__ __forceinline__ float norm_value(float x, float mean, float rstd, float w, float b) {
+    return NORM == NORM_LAYER ? (x - mean) * rstd * w + b : w * (x * rstd);
+}
+
 /* The norms of decode rows (no mean/rstd saved: nothing runs backward):
  * out = norm(x) of each of n rows, x = res_in, or with a branch (not NULL)
  * res_out = res_in + branch, rounded to bf16, and x = res_out. A block per
  * row (decode_norm_threads(C) threads, two 16-byte slices each at most):
  * C <= DECODE_NORM_MAX_CHANNELS. Not the training kernels' bits. */
 #define DECODE_NORM_MAX_CHANNELS (1024 * 8 * 2)
-#define LN_EPS 1e-5f  // GPT-2's LayerNorm
 static inline int decode_norm_threads(int C) {
     return C / 8 < 1024 ? 32 * ceil_div(C / 8, 32) : 1024;
 }
-void decode_layernorm(bf16 *res_out, bf16 *out, const bf16 *res_in, const bf16 *branch,
-                      const bf16 *w, const bf16 *b, int n, int C, cudaStream_t s);
-void decode_rmsnorm(bf16 *res_out, bf16 *out, const bf16 *res_in, const bf16 *branch,
-                    const bf16 *w, int n, int C, float eps, cudaStream_t s);
+void decode_norm(bf16 *res_out, bf16 *out, const bf16 *res_in, const bf16 *branch,
+                 const row_norm &norm, int n, int C, cudaStream_t s);
 
 /* rope.cu (Llama): rotates the NH query and NKV key heads (hs channels) at
  * the start of each of the B*T qkv rows ((NH + 2 NKV) hs wide) by the
@@ -112,25 +125,19 @@ void bias_backward(float *dbias, float *partial, const bf16 *dout, int N, int OC
  * weights). A row's result is bit for bit the same whatever the other rows
  * (n = 1..8). Only where gemv_fits: IC a multiple of 8, inp and w 16-byte
  * aligned (otherwise cuBLASLt, matmul.cuh).
- * norm (kind not GEMV_NO_NORM): the product takes norm(inp) instead of inp,
- * each row normalized over its IC values and rounded to bf16 as
- * decode_layernorm / decode_rmsnorm round it (their statistics summed in
- * another order); residual: out += the result (out is the residual stream,
- * the sum rounded to bf16 before it is added, as a branch would be). */
+ * norm (kind not NORM_NONE): the product takes norm(inp) instead of inp,
+ * each row normalized over its IC values and rounded to bf16 as decode_norm
+ * rounds it (its statistics summed in another order); residual: out += the
+ * result (out is the residual stream, the sum rounded to bf16 before it is
+ * added, as a branch would be). */
 #define GEMV_MAX_ROWS 8
-enum { GEMV_NO_NORM, GEMV_LAYERNORM, GEMV_RMSNORM };
-struct gemv_norm {
-    int kind = GEMV_NO_NORM;
-    const bf16 *w = nullptr, *b = nullptr;  // b: LayerNorm's bias
-    float eps = 0.0f;
-};
 bool gemv_fits(int n, int IC, const void *inp, const void *w);
 void gemv_forward(bf16 *out, const bf16 *inp, const bf16 *w, const bf16 *bias, int n, int IC,
-                  int OC, bool gelu, cudaStream_t s, const gemv_norm &norm = gemv_norm(),
+                  int OC, bool gelu, cudaStream_t s, const row_norm &norm = row_norm(),
                   bool residual = false);
 /* The same, fp32 out, no bias (the LM head's logits). */
 void gemv_forward_fp32(float *out, const bf16 *inp, const bf16 *w, int n, int IC, int OC,
-                       cudaStream_t s, const gemv_norm &norm = gemv_norm());
+                       cudaStream_t s, const row_norm &norm = row_norm());
 
 /* gelu.cu: GELU (tanh form), for recomputing the MLP activation in backward. */
 void gelu_forward(bf16 *out, const bf16 *inp, size_t n, cudaStream_t s);

@@ -112,55 +112,67 @@ void residual_layernorm_forward(bf16 *res_out, bf16 *out, float *mean, float *rs
         res_out, out, mean, rstd, res_in, branch, w, b, N, C, fp8);
 }
 
-/* Decode rows (decode_layernorm): a block per row, each thread holding K
+/* Decode rows (decode_norm), both families' norms (RMSNorm: LayerNorm
+ * without the mean or a bias): a block per row, each thread holding K
  * 16-byte slices (threadIdx.x + k blockDim.x) in registers, so that a row
- * costs one round of loads and two block sums, not a warp's serial passes
- * over memory (~7 us for one row of 1600 in the training kernel). */
-template <int K>
+ * costs one round of loads and one block sum per statistic, not a warp's
+ * serial passes over memory (~7 us for one row of 1600 in the training
+ * kernel). */
+template <int K, int NORM>
 __global__ void __launch_bounds__(1024)
-    decode_layernorm_kernel(bf16 *res_out, bf16 *out, const bf16 *res_in, const bf16 *branch,
-                            const bf16 *w, const bf16 *b, int C) {
+    decode_norm_kernel(bf16 *res_out, bf16 *out, const bf16 *res_in, const bf16 *branch,
+                       row_norm norm, int C) {
     pdl_launch_dependents();  // the GEMV that follows (gemv.cu) may start loading its weights
     pdl_wait();               // the residual branch is the kernel before's
     __shared__ float shared32[32];
     const size_t off = (size_t)blockIdx.x * C;
     float x[K][8];
     Vec16<bf16> wv[K], bv[K];
-    float sum = 0.0f;
+    float sum = 0.0f;  // LayerNorm: of x; RMSNorm: of x^2
 #pragma unroll
     for (int k = 0; k < K; k++) {
         const int c = (threadIdx.x + k * blockDim.x) * 8;
         if (c >= C) continue;
-        wv[k] = load16(w + c);
-        bv[k] = load16(b + c);
+        wv[k] = load16(norm.w + c);
+        for (int e = 0; e < 8; e++) bv[k].v[e] = __float2bfloat16(0.0f);
+        if (NORM == NORM_LAYER) bv[k] = load16(norm.b + c);
         residual_slice(x[k], res_out + off, res_in + off, branch ? branch + off : nullptr, c);
-        for (int e = 0; e < 8; e++) sum += x[k][e];
+        for (int e = 0; e < 8; e++) sum += NORM == NORM_LAYER ? x[k][e] : x[k][e] * x[k][e];
     }
-    const float mean = block_sum(sum, shared32) / C;
-    float var = 0.0f;
+    float mean = 0.0f, squares = block_sum(sum, shared32);
+    if (NORM == NORM_LAYER) {
+        mean = squares / C;
+        float var = 0.0f;
 #pragma unroll
-    for (int k = 0; k < K; k++) {
-        if ((threadIdx.x + k * blockDim.x) * 8 >= C) continue;
-        for (int e = 0; e < 8; e++) var += (x[k][e] - mean) * (x[k][e] - mean);
+        for (int k = 0; k < K; k++) {
+            if ((threadIdx.x + k * blockDim.x) * 8 >= C) continue;
+            for (int e = 0; e < 8; e++) var += (x[k][e] - mean) * (x[k][e] - mean);
+        }
+        squares = block_sum(var, shared32);
     }
-    const float rstd = rsqrtf(block_sum(var, shared32) / C + LN_EPS);
+    const float rstd = rsqrtf(squares / C + norm.eps);
 #pragma unroll
     for (int k = 0; k < K; k++) {
         const int c = (threadIdx.x + k * blockDim.x) * 8;
         if (c >= C) continue;
         Vec16<bf16> o;
         for (int e = 0; e < 8; e++)
-            o.v[e] = __float2bfloat16((x[k][e] - mean) * rstd * __bfloat162float(wv[k].v[e]) +
-                                      __bfloat162float(bv[k].v[e]));
+            o.v[e] = __float2bfloat16(norm_value<NORM>(x[k][e], mean, rstd,
+                                                       __bfloat162float(wv[k].v[e]),
+                                                       __bfloat162float(bv[k].v[e])));
         store16(out + off + c, o);
     }
 }
 
-void decode_layernorm(bf16 *res_out, bf16 *out, const bf16 *res_in, const bf16 *branch,
-                      const bf16 *w, const bf16 *b, int n, int C, cudaStream_t s) {
+void decode_norm(bf16 *res_out, bf16 *out, const bf16 *res_in, const bf16 *branch,
+                 const row_norm &norm, int n, int C, cudaStream_t s) {
     const int threads = decode_norm_threads(C);
-    launch_pdl(ceil_div(C / 8, threads) == 1 ? decode_layernorm_kernel<1> : decode_layernorm_kernel<2>,
-               dim3(n), dim3(threads), s, res_out, out, res_in, branch, w, b, C);
+    const bool one = ceil_div(C / 8, threads) == 1;
+    auto kernel = norm.kind == NORM_RMS ? (one ? decode_norm_kernel<1, NORM_RMS>
+                                               : decode_norm_kernel<2, NORM_RMS>)
+                                        : (one ? decode_norm_kernel<1, NORM_LAYER>
+                                               : decode_norm_kernel<2, NORM_LAYER>);
+    launch_pdl(kernel, dim3(n), dim3(threads), s, res_out, out, res_in, branch, norm, C);
 }
 
 /* Each warp takes rows in a fixed stride. A lane owns channels

@@ -61,46 +61,6 @@ void residual_rmsnorm_forward(bf16 *res_out, bf16 *out, float *rstd, const bf16 
                                       s>>>(res_out, out, rstd, res_in, branch, w, N, C, eps);
 }
 
-/* Decode rows: a block per row, the row in registers, as layernorm.cu's
- * decode_layernorm_kernel. */
-template <int K>
-__global__ void __launch_bounds__(1024)
-    decode_rmsnorm_kernel(bf16 *res_out, bf16 *out, const bf16 *res_in, const bf16 *branch,
-                          const bf16 *w, int C, float eps) {
-    pdl_launch_dependents();  // the GEMV that follows (gemv.cu) may start loading its weights
-    pdl_wait();               // the residual branch is the kernel before's
-    __shared__ float shared32[32];
-    const size_t off = (size_t)blockIdx.x * C;
-    float x[K][8];
-    Vec16<bf16> wv[K];
-    float sq = 0.0f;
-#pragma unroll
-    for (int k = 0; k < K; k++) {
-        const int c = (threadIdx.x + k * blockDim.x) * 8;
-        if (c >= C) continue;
-        wv[k] = load16(w + c);
-        residual_slice(x[k], res_out + off, res_in + off, branch ? branch + off : nullptr, c);
-        for (int e = 0; e < 8; e++) sq += x[k][e] * x[k][e];
-    }
-    const float rstd = rsqrtf(block_sum(sq, shared32) / C + eps);
-#pragma unroll
-    for (int k = 0; k < K; k++) {
-        const int c = (threadIdx.x + k * blockDim.x) * 8;
-        if (c >= C) continue;
-        Vec16<bf16> o;
-        for (int e = 0; e < 8; e++)
-            o.v[e] = __float2bfloat16(__bfloat162float(wv[k].v[e]) * (x[k][e] * rstd));
-        store16(out + off + c, o);
-    }
-}
-
-void decode_rmsnorm(bf16 *res_out, bf16 *out, const bf16 *res_in, const bf16 *branch,
-                    const bf16 *w, int n, int C, float eps, cudaStream_t s) {
-    const int threads = decode_norm_threads(C);
-    launch_pdl(ceil_div(C / 8, threads) == 1 ? decode_rmsnorm_kernel<1> : decode_rmsnorm_kernel<2>,
-               dim3(n), dim3(threads), s, res_out, out, res_in, branch, w, C, eps);
-}
-
 /* dinp += rstd * (g - xhat * mean(g * xhat)), g = dout * w, xhat = x * rstd. */
 __global__ void rmsnorm_backward_input_kernel(bf16 *dinp, const bf16 *dout, const bf16 *inp,
                                               const bf16 *w, const float *rstd, int N, int C) {
