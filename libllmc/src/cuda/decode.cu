@@ -6,13 +6,6 @@
  * decode norms (layernorm.cu's decode_norm, both families': the residual
  * add fused, a block per row) and the cache kernels of kvcache.cu.
  *
- * Where a step's products run through gemv.cu, the layer's norms are
- * computed inside the products that read them (row_norm) and the
- * projections add into the residual stream themselves, so a GPT-2 layer is
- * 6 kernels (its 4 products, kv_store, attention); through cuBLASLt
- * the norm kernels run as before, each adding the branch the projection
- * before it left (cuda_cache::pending).
- *
  * A decode step (every live sequence's newest token, logits for each) of n
  * rows runs as a CUDA graph, captured the second time n is seen (the first
  * run picks and times the products' algorithms, which cannot happen inside
@@ -71,7 +64,6 @@ struct cuda_cache {
     greedy_pick *picks_host;         // (S)
     float *logits_host;              // (S, V): the generator's logits (host_logits)
     bool in_flight = false;          // a forward's work left for greedy to wait for
-    bool pending = false;            // while queueing a forward: branch not yet added to x
     std::vector<cudaGraphExec_t> graphs;  // per step size n (1..S): captured graph
     std::vector<char> seen;               // per n: ran once eagerly
 };
@@ -247,64 +239,26 @@ llmc_status linear(cuda_cache *c, const cuda_weights &w, bf16 *out, const bf16 *
     return matmul_forward(w.mm, out, inp, IC, weight, bias, n, IC, OC, gelu ? c->fch : nullptr);
 }
 
-/* A layer's norm of the family (b: LayerNorm's bias, NULL for RMSNorm). */
-row_norm norm_of(const cuda_cache *c, const bf16 *weight, const bf16 *bias) {
-    row_norm nm;
-    nm.kind = c->norm;
-    nm.w = weight;
-    nm.b = bias;
-    nm.eps = c->eps;
-    return nm;
+/* c->ln = the family's norm (weight, bias: LayerNorm's, NULL for RMSNorm) of
+ * n rows of x, after x += branch when branch is not NULL. */
+void norm_rows(cuda_cache *c, const bf16 *branch, const bf16 *weight, const bf16 *bias, int n,
+               cudaStream_t s) {
+    const row_norm nm = {c->norm, weight, bias, c->eps};
+    decode_norm(c->x, c->ln, c->x, branch, nm, n, c->C, s);
 }
 
-/* c->ln = norm(x) of n rows by the norm kernel, after adding the branch a
- * projection through cuBLASLt left pending. */
-void norm_rows(cuda_cache *c, const row_norm &nm, int n, cudaStream_t s) {
-    decode_norm(c->x, c->ln, c->x, c->pending ? c->branch : nullptr, nm, n, c->C, s);
-    c->pending = false;
-}
-
-/* out = norm(x) @ weight^T + bias (GELU of it with gelu): the norm inside the
- * GEMV where it fits, else the norm kernel, then linear. */
-llmc_status normed_linear(cuda_cache *c, const cuda_weights &w, bf16 *out, const row_norm &nm,
-                          const bf16 *weight, const bf16 *bias, int n, int OC, bool gelu) {
-    if (!c->pending && gemv_fits(n, c->C, c->x, weight)) {
-        gemv_forward(out, c->x, weight, bias, n, c->C, OC, gelu, w.stream, nm);
-        return LLMC_OK;
+/* fp32 logits of rows r.out[0..n_out) of the final norm's output (c->ln),
+ * gathered into c->atty (free by then) unless in_order, through the LM head. */
+llmc_status head_logits(cuda_cache *c, const cuda_weights &w, const Rows &r, int n_out,
+                        bool in_order) {
+    if (n_out > 0) {
+        const bf16 *inp = in_order ? c->ln : c->atty, *head = W(w, c->head);
+        if (!in_order) gather_rows(c->atty, c->ln, r.out, n_out, c->C, w.stream);
+        if (gemv_fits(n_out, c->C, inp, head))
+            gemv_forward_fp32(c->logits, inp, head, n_out, c->C, c->Vp, w.stream);
+        else
+            TRY(matmul_forward_fp32(w.mm, c->logits, inp, c->C, head, n_out, c->C, c->Vp));
     }
-    norm_rows(c, nm, n, w.stream);
-    return linear(c, w, out, c->ln, weight, bias, n, c->C, OC, gelu);
-}
-
-/* x += inp @ weight^T + bias: added by the GEMV where it fits, else cuBLASLt
- * into c->branch, which the next norm adds. */
-llmc_status residual_linear(cuda_cache *c, const cuda_weights &w, const bf16 *inp,
-                            const bf16 *weight, const bf16 *bias, int n, int IC) {
-    if (gemv_fits(n, IC, inp, weight)) {
-        gemv_forward(c->x, inp, weight, bias, n, IC, c->C, false, w.stream, row_norm(), true);
-        return LLMC_OK;
-    }
-    TRY(matmul_forward(w.mm, c->branch, inp, IC, weight, bias, n, IC, c->C, nullptr));
-    c->pending = true;
-    return LLMC_OK;
-}
-
-/* fp32 logits of rows r.out[0..n_out) of final_norm(x) through the LM head,
- * gathered into c->atty (free by then) unless in_order. */
-llmc_status head_logits(cuda_cache *c, const cuda_weights &w, const Rows &r, int n, int n_out,
-                        bool in_order, const row_norm &final_norm) {
-    if (n_out == 0) return LLMC_OK;
-    const bf16 *head = W(w, c->head);
-    const bool fused = !c->pending && gemv_fits(n_out, c->C, c->x, head);
-    if (!fused) norm_rows(c, final_norm, n, w.stream);
-    const bf16 *rows = fused ? c->x : c->ln, *inp = in_order ? rows : c->atty;
-    if (!in_order) gather_rows(c->atty, rows, r.out, n_out, c->C, w.stream);
-    if (fused)
-        gemv_forward_fp32(c->logits, inp, head, n_out, c->C, c->Vp, w.stream, final_norm);
-    else if (gemv_fits(n_out, c->C, inp, head))
-        gemv_forward_fp32(c->logits, inp, head, n_out, c->C, c->Vp, w.stream);
-    else
-        TRY(matmul_forward_fp32(w.mm, c->logits, inp, c->C, head, n_out, c->C, c->Vp));
     CUDA_CHECK_LAUNCH();
     return LLMC_OK;
 }
@@ -312,20 +266,25 @@ llmc_status head_logits(cuda_cache *c, const cuda_weights &w, const Rows &r, int
 /* GPT-2: learned positions, pre-LayerNorm blocks, tied LM head. */
 llmc_status gpt2_decode_forward(cuda_cache *c, const cuda_weights &w, int n, int n_out,
                                 bool in_order) {
-    const int C = c->C;
+    const int C = c->C, L = c->L;
+    cudaStream_t s = w.stream;
     const Rows r = rows_of(c);
-    c->pending = false;
-    decode_embed(c->x, r.tok, r.pos, W(w, P_WTE), W(w, P_WPE), n, C, w.stream);
-    for (int l = 0; l < c->L; l++) {
-        TRY(normed_linear(c, w, c->qkv, norm_of(c, W(w, P_LN1W, l), W(w, P_LN1B, l)),
-                          W(w, P_QKVW, l), W(w, P_QKVB, l), n, 3 * C, false));
-        cached_attention(c, r, l, n, w.stream);
-        TRY(residual_linear(c, w, c->atty, W(w, P_ATTPROJW, l), W(w, P_ATTPROJB, l), n, C));
-        TRY(normed_linear(c, w, c->fch_act, norm_of(c, W(w, P_LN2W, l), W(w, P_LN2B, l)),
-                          W(w, P_FCW, l), W(w, P_FCB, l), n, 4 * C, true));
-        TRY(residual_linear(c, w, c->fch_act, W(w, P_FCPROJW, l), W(w, P_FCPROJB, l), n, 4 * C));
+    decode_embed(c->x, r.tok, r.pos, W(w, P_WTE), W(w, P_WPE), n, C, s);
+    norm_rows(c, nullptr, W(w, P_LN1W), W(w, P_LN1B), n, s);
+    for (int l = 0; l < L; l++) {
+        TRY(linear(c, w, c->qkv, c->ln, W(w, P_QKVW, l), W(w, P_QKVB, l), n, C, 3 * C, false));
+        cached_attention(c, r, l, n, s);
+        TRY(linear(c, w, c->branch, c->atty, W(w, P_ATTPROJW, l), W(w, P_ATTPROJB, l), n, C, C,
+                   false));
+        norm_rows(c, c->branch, W(w, P_LN2W, l), W(w, P_LN2B, l), n, s);
+        TRY(linear(c, w, c->fch_act, c->ln, W(w, P_FCW, l), W(w, P_FCB, l), n, C, 4 * C, true));
+        TRY(linear(c, w, c->branch, c->fch_act, W(w, P_FCPROJW, l), W(w, P_FCPROJB, l), n, 4 * C,
+                   C, false));
+        const bool last = l + 1 == L;
+        norm_rows(c, c->branch, last ? W(w, P_LNFW) : W(w, P_LN1W, l + 1),
+                  last ? W(w, P_LNFB) : W(w, P_LN1B, l + 1), n, s);
     }
-    return head_logits(c, w, r, n, n_out, in_order, norm_of(c, W(w, P_LNFW), W(w, P_LNFB)));
+    return head_logits(c, w, r, n_out, in_order);
 }
 
 /* Llama, as backend.cu's llama_forward: RMSNorm, no biases, RoPE on the new
@@ -333,23 +292,24 @@ llmc_status gpt2_decode_forward(cuda_cache *c, const cuda_weights &w, int n, int
  * grouped-query attention, SwiGLU, the output layer or (tied) wte as head. */
 llmc_status llama_decode_forward(cuda_cache *c, const cuda_weights &w, int n, int n_out,
                                  bool in_order) {
-    const int C = c->C, F = c->F, QKV = (c->NH + 2 * c->NKV) * c->hs;
+    const int C = c->C, L = c->L, F = c->F, QKV = (c->NH + 2 * c->NKV) * c->hs;
     cudaStream_t s = w.stream;
     const Rows r = rows_of(c);
-    c->pending = false;
     gather_rows(c->x, W(w, P_WTE), r.tok, n, C, s);
-    for (int l = 0; l < c->L; l++) {
-        TRY(normed_linear(c, w, c->qkv, norm_of(c, W(w, P_LN1W, l), nullptr), W(w, P_QKVW, l),
-                          nullptr, n, QKV, false));
+    norm_rows(c, nullptr, W(w, P_LN1W), nullptr, n, s);
+    for (int l = 0; l < L; l++) {
+        TRY(linear(c, w, c->qkv, c->ln, W(w, P_QKVW, l), nullptr, n, C, QKV, false));
         rope_rotate_at(c->qkv, c->rope_cos, c->rope_sin, r.pos, n, c->NH, c->NKV, c->hs, s);
         cached_attention(c, r, l, n, s);
-        TRY(residual_linear(c, w, c->atty, W(w, P_ATTPROJW, l), nullptr, n, C));
-        TRY(normed_linear(c, w, c->fch, norm_of(c, W(w, P_LN2W, l), nullptr), W(w, P_FCW, l),
-                          nullptr, n, 2 * F, false));
+        TRY(linear(c, w, c->branch, c->atty, W(w, P_ATTPROJW, l), nullptr, n, C, C, false));
+        norm_rows(c, c->branch, W(w, P_LN2W, l), nullptr, n, s);
+        TRY(linear(c, w, c->fch, c->ln, W(w, P_FCW, l), nullptr, n, C, 2 * F, false));
         swiglu_forward(c->fch_act, c->fch, n, F, s);
-        TRY(residual_linear(c, w, c->fch_act, W(w, P_FCPROJW, l), nullptr, n, F));
+        TRY(linear(c, w, c->branch, c->fch_act, W(w, P_FCPROJW, l), nullptr, n, F, C, false));
+        const bool last = l + 1 == L;
+        norm_rows(c, c->branch, last ? W(w, P_LNFW) : W(w, P_LN1W, l + 1), nullptr, n, s);
     }
-    return head_logits(c, w, r, n, n_out, in_order, norm_of(c, W(w, P_LNFW), nullptr));
+    return head_logits(c, w, r, n_out, in_order);
 }
 
 /* A step of n rows through its graph: captured on the second sight of n. */

@@ -22,13 +22,6 @@
  * and the warps, whatever n is: a row's result does not depend on the other
  * rows of the step (a sequence decodes the same alone or in a batch of up
  * to 8), and a graph replays the eager step bit for bit.
- *
- * Around the product (kernels.cuh's row_norm, residual), so that a layer's
- * norms and residual adds cost no kernels of their own: every block first
- * sums each input row's statistics (the rows are a few KB, read from L2;
- * each block sums them alike, so every block normalizes alike) and
- * normalizes each 16-byte slice as it uses it; the projections add their
- * result into the residual stream in place.
  */
 #include <algorithm>
 
@@ -102,89 +95,14 @@ __device__ __forceinline__ void load_slices(uint4 (&ws)[GEMV_UNROLL][GEMV_OUT_RO
     }
 }
 
-/* Each of the N values summed over the block (blockDim.x / 32 warps, each
- * warp's sum then the warps' in order), the totals in v of every thread. */
-template <int N>
-__device__ __forceinline__ void block_sums(float (&v)[N], float (*part)[N]) {
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
-#pragma unroll
-    for (int j = 0; j < N; j++) v[j] = warp_sum(v[j]);
-    __syncthreads();  // the previous call's reads of part are done
-    if (lane == 0)
-#pragma unroll
-        for (int j = 0; j < N; j++) part[warp][j] = v[j];
-    __syncthreads();
-#pragma unroll
-    for (int j = 0; j < N; j++) {
-        float t = 0.0f;
-        for (int q = 0; q < warps; q++) t += part[q][j];
-        v[j] = t;
-    }
-}
-
-/* Each input row's sum of (x - center[j])^P (P = 1 or 2) over its IC values,
- * summed over the block: every thread gets the totals. */
-template <int N, int P>
-__device__ __forceinline__ void row_sums(float (&acc)[N], const bf16 *inp, int IC,
-                                         const float (&center)[N]) {
-    __shared__ float part[GEMV_MAX_WARPS][N];
-#pragma unroll
-    for (int j = 0; j < N; j++) acc[j] = 0.0f;
-    for (int k = threadIdx.x * 8; k < IC; k += blockDim.x * 8)
-#pragma unroll
-        for (int j = 0; j < N; j++) {
-            const Vec16<bf16> x = load16(inp + (size_t)j * IC + k);
-            for (int e = 0; e < 8; e++) {
-                const float d = __bfloat162float(x.v[e]) - center[j];
-                acc[j] += P == 1 ? d : d * d;
-            }
-        }
-    block_sums<N>(acc, part);
-}
-
-/* Each input row's mean (LayerNorm; 0 for RMSNorm) and reciprocal standard
- * deviation (RMSNorm: root mean square) over its IC values. */
-template <int N, int NORM>
-__device__ __forceinline__ void row_stats(const bf16 *inp, int IC, float eps, float (&mean)[N],
-                                          float (&rstd)[N]) {
-    float acc[N];
-#pragma unroll
-    for (int j = 0; j < N; j++) mean[j] = 0.0f;
-    if (NORM == NORM_LAYER) {
-        row_sums<N, 1>(acc, inp, IC, mean);
-#pragma unroll
-        for (int j = 0; j < N; j++) mean[j] = acc[j] / IC;
-    }
-    row_sums<N, 2>(acc, inp, IC, mean);
-#pragma unroll
-    for (int j = 0; j < N; j++) rstd[j] = rsqrtf(acc[j] / IC + eps);
-}
-
-/* A 16-byte slice of an input row normalized by the norm's slices w and b
- * (kernels.cuh's norm_value) and rounded to bf16. */
-template <int NORM>
-__device__ __forceinline__ uint4 normalized(const uint4 &x, const uint4 &w, const uint4 &b,
-                                            float mean, float rstd) {
-    const bf16 *xv = reinterpret_cast<const bf16 *>(&x), *wv = reinterpret_cast<const bf16 *>(&w);
-    const bf16 *bv = reinterpret_cast<const bf16 *>(&b);
-    uint4 out;
-    bf16 *o = reinterpret_cast<bf16 *>(&out);
-#pragma unroll
-    for (int e = 0; e < 8; e++)
-        o[e] = __float2bfloat16(norm_value<NORM>(__bfloat162float(xv[e]), mean, rstd,
-                                                 __bfloat162float(wv[e]), __bfloat162float(bv[e])));
-    return out;
-}
-
 /* Block: GEMV_OUT_ROWS rows of w from blockIdx.x * GEMV_OUT_ROWS; blockDim.x
- * / 32 warps over IC. out is bf16, or fp32 with fp32_out; NORM: the input
- * rows' norm (kernels.cuh's GEMV_*) with norm.w and norm.b; residual: out +=. */
-template <int N, int NORM>
+ * / 32 warps over IC. out is bf16, or fp32 with fp32_out. */
+template <int N>
 __global__ void __launch_bounds__(GEMV_MAX_WARPS * 32)
     gemv_kernel(void *out, bool fp32_out, const bf16 *inp, const bf16 *w, const bf16 *bias,
-                bool gelu, bool residual, row_norm norm, int IC, int OC) {
+                bool gelu, int IC, int OC) {
     constexpr int M = pow2_ceil(GEMV_OUT_ROWS * N);  // values per lane, padded for the tree
-    pdl_launch_dependents();  // the next kernel may start (a GEMV: loading its weights)
+    pdl_launch_dependents();  // the next GEMV may start loading its weights now
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
     const int row0 = blockIdx.x * GEMV_OUT_ROWS;
     const bf16 *wrow[GEMV_OUT_ROWS];
@@ -199,20 +117,14 @@ __global__ void __launch_bounds__(GEMV_MAX_WARPS * 32)
     uint4 ws[GEMV_UNROLL][GEMV_OUT_ROWS];
     load_slices(ws, wrow, k0, stride, IC);  // the weights do not depend on the previous kernel
     pdl_wait();                             // inp (and out's readers) do
-    float mean[N], rstd[N];
-    if constexpr (NORM != NORM_NONE) row_stats<N, NORM>(inp, IC, norm.eps, mean, rstd);
     while (true) {  // each lane's sums in IC order, however many rounds
 #pragma unroll
         for (int u = 0; u < GEMV_UNROLL; u++) {
             const int k = k0 + u * stride;
             if (k >= IC) break;
-            uint4 nw = make_uint4(0, 0, 0, 0), nb = nw;
-            if (NORM != NORM_NONE) nw = *reinterpret_cast<const uint4 *>(norm.w + k);
-            if (NORM == NORM_LAYER) nb = *reinterpret_cast<const uint4 *>(norm.b + k);
 #pragma unroll
             for (int j = 0; j < N; j++) {
-                uint4 x = *reinterpret_cast<const uint4 *>(inp + (size_t)j * IC + k);
-                if (NORM != NORM_NONE) x = normalized<NORM>(x, nw, nb, mean[j], rstd[j]);
+                const uint4 x = *reinterpret_cast<const uint4 *>(inp + (size_t)j * IC + k);
 #pragma unroll
                 for (int r = 0; r < GEMV_OUT_ROWS; r++)
                     acc[r * N + j] = dot8(ws[u][r], x, acc[r * N + j]);
@@ -233,13 +145,8 @@ __global__ void __launch_bounds__(GEMV_MAX_WARPS * 32)
         for (int q = 0; q < warps; q++) sum += partial[q][t];
         if (bias) sum += __bfloat162float(bias[row]);
         if (gelu) sum = gelu_tanh(sum);
-        if (fp32_out) {
-            ((float *)out)[(size_t)j * OC + row] = sum;
-            continue;
-        }
-        bf16 *o = (bf16 *)out + (size_t)j * OC + row;
-        const bf16 result = __float2bfloat16(sum);
-        *o = residual ? __float2bfloat16(__bfloat162float(*o) + __bfloat162float(result)) : result;
+        if (fp32_out) ((float *)out)[(size_t)j * OC + row] = sum;
+        else ((bf16 *)out)[(size_t)j * OC + row] = __float2bfloat16(sum);
     }
 }
 
@@ -249,32 +156,28 @@ bool gemv_fits(int n, int IC, const void *inp, const void *w) {
 }
 
 static void gemv_launch(void *out, bool fp32_out, const bf16 *inp, const bf16 *w,
-                        const bf16 *bias, bool gelu, bool residual, const row_norm &norm, int n,
-                        int IC, int OC, cudaStream_t s) {
+                        const bf16 *bias, bool gelu, int n, int IC, int OC, cudaStream_t s) {
     /* as many warps as IC has room for, GEMV_UNROLL slices each: one round up to
      * GEMV_MAX_WARPS warps; chosen from IC alone, so that a row's sums are too */
     const int warps = std::min(GEMV_MAX_WARPS, std::max(1, ceil_div(IC, GEMV_UNROLL * GEMV_SLICE)));
     const dim3 grid(ceil_div(OC, GEMV_OUT_ROWS)), block(32 * warps);
-    switch (n * 3 + norm.kind) {
-#define GEMV_CASE(N, NORM)                                                                   \
-    case N * 3 + NORM:                                                                      \
-        launch_pdl(gemv_kernel<N, NORM>, grid, block, s, out, fp32_out, inp, w, bias, gelu,  \
-                   residual, norm, IC, OC);                                                 \
+    switch (n) {
+#define GEMV_CASE(N)                                                                     \
+    case N:                                                                             \
+        launch_pdl(gemv_kernel<N>, grid, block, s, out, fp32_out, inp, w, bias, gelu, IC, OC); \
         break;
-#define GEMV_CASES(N) GEMV_CASE(N, NORM_NONE) GEMV_CASE(N, NORM_LAYER) GEMV_CASE(N, NORM_RMS)
-        GEMV_CASES(1) GEMV_CASES(2) GEMV_CASES(3) GEMV_CASES(4)
-        GEMV_CASES(5) GEMV_CASES(6) GEMV_CASES(7) GEMV_CASES(8)
-#undef GEMV_CASES
+        GEMV_CASE(1) GEMV_CASE(2) GEMV_CASE(3) GEMV_CASE(4)
+        GEMV_CASE(5) GEMV_CASE(6) GEMV_CASE(7) GEMV_CASE(8)
 #undef GEMV_CASE
     }
 }
 
 void gemv_forward(bf16 *out, const bf16 *inp, const bf16 *w, const bf16 *bias, int n, int IC,
-                  int OC, bool gelu, cudaStream_t s, const row_norm &norm, bool residual) {
-    gemv_launch(out, false, inp, w, bias, gelu, residual, norm, n, IC, OC, s);
+                  int OC, bool gelu, cudaStream_t s) {
+    gemv_launch(out, false, inp, w, bias, gelu, n, IC, OC, s);
 }
 
 void gemv_forward_fp32(float *out, const bf16 *inp, const bf16 *w, int n, int IC, int OC,
-                       cudaStream_t s, const row_norm &norm) {
-    gemv_launch(out, true, inp, w, nullptr, false, false, norm, n, IC, OC, s);
+                       cudaStream_t s) {
+    gemv_launch(out, true, inp, w, nullptr, false, n, IC, OC, s);
 }

@@ -65,21 +65,15 @@ void residual_rmsnorm_forward(bf16 *res_out, bf16 *out, float *rstd, const bf16 
 void rmsnorm_backward(bf16 *dinp, float *dw, float *partial, const bf16 *dout, const bf16 *inp,
                       const bf16 *w, const float *rstd, int N, int C, cudaStream_t s);
 
-/* A decode row's norm: the family's kind, weights (b: LayerNorm's bias) and
- * epsilon; kind NORM_NONE: none (gemv.cu's plain products). */
+/* A decode row's norm: the family's kind, weights (b: LayerNorm's bias, NULL
+ * for RMSNorm) and epsilon. */
 #define LN_EPS 1e-5f  // GPT-2's LayerNorm
-enum { NORM_NONE, NORM_LAYER, NORM_RMS };
+enum { NORM_LAYER, NORM_RMS };
 struct row_norm {
-    int kind = NORM_NONE;
-    const bf16 *w = nullptr, *b = nullptr;
-    float eps = 0.0f;
+    int kind;
+    const bf16 *w, *b;
+    float eps;
 };
-/* One normalized element, as the training kernels compute it: LayerNorm
- * (x - mean) * rstd * w + b, RMSNorm (mean unused) w * (x * rstd). */
-template <int NORM>
-__device__ __forceinline__ float norm_value(float x, float mean, float rstd, float w, float b) {
-    return NORM == NORM_LAYER ? (x - mean) * rstd * w + b : w * (x * rstd);
-}
 
 /* The norms of decode rows (no mean/rstd saved: nothing runs backward):
  * out = norm(x) of each of n rows, x = res_in, or with a branch (not NULL)
@@ -124,20 +118,14 @@ void bias_backward(float *dbias, float *partial, const bf16 *dout, int N, int OC
  * streamed once for all n rows (a step of few tokens is bound by reading the
  * weights). A row's result is bit for bit the same whatever the other rows
  * (n = 1..8). Only where gemv_fits: IC a multiple of 8, inp and w 16-byte
- * aligned (otherwise cuBLASLt, matmul.cuh).
- * norm (kind not NORM_NONE): the product takes norm(inp) instead of inp,
- * each row normalized over its IC values and rounded to bf16 as decode_norm
- * rounds it (its statistics summed in another order); residual: out += the
- * result (out is the residual stream, the sum rounded to bf16 before it is
- * added, as a branch would be). */
+ * aligned (otherwise cuBLASLt, matmul.cuh). */
 #define GEMV_MAX_ROWS 8
 bool gemv_fits(int n, int IC, const void *inp, const void *w);
 void gemv_forward(bf16 *out, const bf16 *inp, const bf16 *w, const bf16 *bias, int n, int IC,
-                  int OC, bool gelu, cudaStream_t s, const row_norm &norm = row_norm(),
-                  bool residual = false);
+                  int OC, bool gelu, cudaStream_t s);
 /* The same, fp32 out, no bias (the LM head's logits). */
 void gemv_forward_fp32(float *out, const bf16 *inp, const bf16 *w, int n, int IC, int OC,
-                       cudaStream_t s, const row_norm &norm = row_norm());
+                       cudaStream_t s);
 
 /* gelu.cu: GELU (tanh form), for recomputing the MLP activation in backward. */
 void gelu_forward(bf16 *out, const bf16 *inp, size_t n, cudaStream_t s);

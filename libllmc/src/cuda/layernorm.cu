@@ -112,6 +112,13 @@ void residual_layernorm_forward(bf16 *res_out, bf16 *out, float *mean, float *rs
         res_out, out, mean, rstd, res_in, branch, w, b, N, C, fp8);
 }
 
+/* One normalized element, as the training kernels compute it: LayerNorm
+ * (x - mean) * rstd * w + b, RMSNorm (mean unused) w * (x * rstd). */
+template <int NORM>
+__device__ __forceinline__ float norm_value(float x, float mean, float rstd, float w, float b) {
+    return NORM == NORM_LAYER ? (x - mean) * rstd * w + b : w * (x * rstd);
+}
+
 /* Decode rows (decode_norm), both families' norms (RMSNorm: LayerNorm
  * without the mean or a bias): a block per row, each thread holding K
  * 16-byte slices (threadIdx.x + k blockDim.x) in registers, so that a row
