@@ -701,6 +701,59 @@ def test_gemv_steps_are_batch_invariant_and_the_device_argmax_is_the_hosts(train
         np.testing.assert_allclose(batch11[1][i][:same], lp[0][:same], atol=0.05)
 
 
+def test_queued_greedy_steps_are_the_steps_they_stand_for(trained_pair):
+    """A greedy step queues the next one before its picks come back (decode.cu), and the
+    forward that follows uses it only when it asks for those rows with the same weights.
+    So one run of 30 steps, 30 runs of one step, and 30 runs of one with the weights set
+    (to the same values: no queued step is used) give the same tokens and log-probabilities
+    bit for bit; a sequence that ends on its stop token leaves the others' as they were
+    (steps of up to 8 rows are batch-invariant); and after the weights change between runs,
+    the next tokens are the new weights' (a sampled neighbour keeps a run off the greedy
+    path, whose argmax is the device's, log-probabilities within float rounding)."""
+    from pyllmc.generate import Generator
+    _, gpu = trained_pair
+    firsts = [[3], [17], [1], [250], [99], [7]]
+    params = gpu.parameters()
+
+    def generate(steps_per_run, before_run=lambda i: None, stop=None, sampled=False, steps=30):
+        with Generator(gpu, 7, steps + 2) as gen:
+            settings = [gen.sampling(steps, temperature=0, stop_token=stop) for _ in firsts]
+            prompts = firsts + [[5]] * sampled
+            settings += [gen.sampling(steps, temperature=0.8, seed=1, stop_token=None)] * sampled
+            ids = gen.start(prompts, settings)
+            events, runs = [], 0
+            while gen.live():
+                before_run(runs)
+                events += gen.run(steps_per_run)
+                runs += 1
+        return [[(tok, lp) for seq, tok, lp, _ in events if seq == i] for i in ids[:len(firsts)]]
+
+    whole = generate(30)
+    assert generate(1) == whole
+    assert generate(1, lambda i: gpu.set_parameters(params)) == whole
+    stop = whole[2][9][0]  # sequence 2's tenth token ends it
+    stopped = generate(30, stop=stop)
+    for i, (got, want) in enumerate(zip(stopped, whole)):
+        end = next((j + 1 for j, (tok, _) in enumerate(want) if tok == stop), len(want))
+        assert got == want[:end], i
+    changed = params.copy()
+    changed[: len(changed) // 2] *= 0.9
+
+    def change_at_10(i):
+        gpu.set_parameters(changed if i >= 10 else params)
+
+    try:
+        queued = generate(1, change_at_10)
+        host = generate(1, change_at_10, sampled=True)
+    finally:
+        gpu.set_parameters(params)
+    assert [[t for t, _ in s] for s in queued] == [[t for t, _ in s] for s in host]
+    np.testing.assert_allclose([[lp for _, lp in s] for s in queued],
+                               [[lp for _, lp in s] for s in host], atol=1e-4)
+    moved = [abs(a - b) for q, w in zip(queued, whole) for (_, a), (_, b) in zip(q[10:], w[10:])]
+    assert max(moved) > 1e-3  # the change reached the tokens after it
+
+
 @pytest.mark.parametrize("kw", [dict(temperature=0.7), dict(temperature=1.0, top_k=5),
                                 dict(temperature=0.9, top_p=0.8),
                                 dict(temperature=1.2, top_k=20, top_p=0.9)],

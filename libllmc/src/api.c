@@ -417,6 +417,7 @@ static llmc_status backward_locked(llmc_model *m, const int32_t *inputs, const i
 }
 
 static llmc_status update_locked(llmc_model *m, const llmc_adamw *hp, float *grad_norm_out) {
+    m->weights_version++;  /* even a failed call may have changed some */
     llmc_status st = check_adamw(hp);
     if (st != LLMC_OK) return st;
     if (!m->has_grads)
@@ -500,6 +501,7 @@ static llmc_status get_parameters_locked(llmc_model *m, float *out) {
 }
 
 static llmc_status set_parameters_locked(llmc_model *m, const float *params) {
+    m->weights_version++;  /* even a failed call may have changed some */
     if (params == NULL) return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "llmc_set_parameters: params is NULL");
     m->has_grads = 0;
     for (int t = 0; t < LLMC_NUM_PARAM_TENSORS; t++) {
@@ -582,6 +584,7 @@ static llmc_status save_optimizer_locked(llmc_model *m, const char *path) {
 }
 
 static llmc_status load_optimizer_locked(llmc_model *m, const char *path) {
+    m->weights_version++;  /* even a failed call may have changed some */
     if (path == NULL) return llmc_error(LLMC_ERR_INVALID_ARGUMENT, "llmc_load_optimizer: path is NULL");
     float *mom1, *mom2, *scaling = NULL;
     /* rank 0 reads the file; the others learn its step count and whether it

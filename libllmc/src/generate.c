@@ -462,10 +462,13 @@ static void finish_step(llmc_generator *g, int k, llmc_token_event *events) {
 /* One step over the k live slots: a forward of their pending tokens, then
  * one sampled token (and event) each. When every row is greedy and the
  * backend picks greedy tokens itself (CUDA: on the device), only the tokens
- * and their log-probabilities come back, not the logits. */
+ * and their log-probabilities come back, not the logits; and when no row
+ * can end by its budget or length with this step, the backend may queue
+ * the next step of the same rows at once (in this run or the caller's
+ * next), so that the device need not wait for the host between steps. */
 static llmc_status step(llmc_generator *g, int k, llmc_token_event *events) {
     const llmc_decode_ops *ops = g->model->backend->decode;
-    int r = 0, greedy = ops->greedy != NULL;
+    int r = 0, greedy = ops->greedy != NULL, more = 1;
     for (int s = 0; s < g->S; s++) {
         if (!g->live[s]) continue;
         g->row_slot[r] = s;
@@ -473,11 +476,12 @@ static llmc_status step(llmc_generator *g, int k, llmc_token_event *events) {
         g->row_token[r] = g->pending[s];
         g->out_rows[r] = r;
         greedy &= g->sampling[s].temperature == 0.0f;
+        more &= g->generated[s] + 1 < g->sampling[s].max_new_tokens && g->len[s] + 2 < g->T;
         r++;
     }
     llmc_status st = ops->forward(g->model, g->cache, k, g->row_slot, g->row_pos, g->row_token, k,
                                   g->out_rows, greedy ? NULL : g->logits);
-    if (st == LLMC_OK && greedy) st = ops->greedy(g->model, g->cache, k, events);
+    if (st == LLMC_OK && greedy) st = ops->greedy(g->model, g->cache, k, more, events);
     if (st != LLMC_OK) return st;
     if (greedy)
         for (int i = 0; i < k; i++) events[i].sequence = g->row_slot[i];

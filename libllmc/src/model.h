@@ -72,8 +72,13 @@ typedef struct llmc_decode_ops {
      * n_out logit rows given logits NULL: events[i].token = row i's argmax
      * (the lowest id on a tie, as generate.c's sample() for finite logits)
      * and events[i].logprob its log-probability (sample()'s formula, float
-     * rounding apart), i < n_out. */
-    llmc_status (*greedy)(llmc_model *m, void *cache, int n_out, llmc_token_event *events);
+     * rounding apart), i < n_out. With `more`, the next forward is likely
+     * one of the same rows, each one position on, its token the pick: the
+     * backend may start that step before it returns, and use it if that
+     * forward asks for exactly those rows, with the same weights
+     * (m->weights_version); any other forward gives its own results. */
+    llmc_status (*greedy)(llmc_model *m, void *cache, int n_out, int more,
+                          llmc_token_event *events);
 } llmc_decode_ops;
 
 struct llmc_model {
@@ -86,6 +91,7 @@ struct llmc_model {
     size_t num_params;
     int64_t step;                 /* optimizer steps taken */
     int has_grads;                /* gradients of a finished backward are held */
+    uint64_t weights_version;     /* changes with every call that may change the weights */
     /* Taken by every API entry that reads or changes the model, so calls
      * from several threads run one at a time. */
     pthread_mutex_t lock;

@@ -13,6 +13,16 @@
  * before it, and the logits copied back after (into page-locked memory, the
  * generator's logits buffer: host_logits), or for a greedy step only each
  * row's argmax and log-probability (greedy.cu). Prefill chunks run eagerly.
+ * When the generator expects another greedy step of the same rows (model.h's
+ * greedy, `more`), the greedy kernel also writes that step's rows on the
+ * device and its graph is launched before the picks are waited for: the
+ * host's turn between steps (the graph launch alone is ~0.2 ms of host time
+ * for d48's ~400 kernels) then overlaps the step it queued, and a forward
+ * that asks for exactly those rows, the weights unchanged, finds them
+ * already running. A step queued for rows that then differ (a sequence
+ * stopped on its stop token, was cancelled or a new one started) is wasted
+ * work, not wrong results: it writes only the cache's rows of its own
+ * positions, which a later step writes again before any reads them.
  * Products of steps of up to GEMV_MAX_ROWS rows run through gemv.cu, which
  * streams each weight once for all rows; larger ones through cuBLASLt.
  *
@@ -64,6 +74,10 @@ struct cuda_cache {
     greedy_pick *picks_host;         // (S)
     float *logits_host;              // (S, V): the generator's logits (host_logits)
     bool in_flight = false;          // a forward's work left for greedy to wait for
+    int stepped = 0;                 // rows of the last forward when it was a step, else 0
+    int ahead = 0;                   // rows of the step greedy queued (rows_host's), else 0
+    uint64_t ahead_weights = 0;      // the model's weights_version when it was queued
+    cudaEvent_t picks_ready = nullptr;  // greedy's picks are in picks_host
     std::vector<cudaGraphExec_t> graphs;  // per step size n (1..S): captured graph
     std::vector<char> seen;               // per n: ran once eagerly
 };
@@ -108,6 +122,7 @@ llmc_status cuda_cache_plan_bytes(const llmc_model *m, int S, int T, int R, size
 void release(cuda_cache *c) {
     for (cudaGraphExec_t g : c->graphs)
         if (g) cudaGraphExecDestroy(g);
+    if (c->picks_ready) cudaEventDestroy(c->picks_ready);
     if (c->host) cudaFreeHost(c->host);
     cudaFree(c->mem);
     delete c;
@@ -164,6 +179,10 @@ llmc_status cuda_cache_create(llmc_model *m, int S, int T, int R, void **out) {
     if ((e = cudaMallocHost(&c->host, host_words * 4)) != cudaSuccess) {
         release(c);
         return cuda_status(e, "page-locked host memory for the logits", __FILE__, __LINE__);
+    }
+    if ((e = cudaEventCreateWithFlags(&c->picks_ready, cudaEventDisableTiming)) != cudaSuccess) {
+        release(c);
+        return cuda_status(e, "an event for the greedy picks", __FILE__, __LINE__);
     }
     void *bufs[NUM_BUFFERS] = {};
     char *p = (char *)c->mem;
@@ -340,6 +359,20 @@ llmc_status run_step(cuda_cache *c, const cuda_weights &w, int n) {
     return LLMC_OK;
 }
 
+/* After a forward's work is queued: greedy() follows and waits (logits
+ * NULL), or the logits are copied into logits and waited for. */
+llmc_status finish_forward(cuda_cache *c, const cuda_weights &w, int n_out, float *logits) {
+    if (n_out > 0 && logits == nullptr) {
+        c->in_flight = true;
+        return LLMC_OK;
+    }
+    if (n_out > 0)
+        CUDA_TRY(cudaMemcpy2DAsync(logits, c->V * sizeof(float), c->logits, c->Vp * sizeof(float),
+                                   c->V * sizeof(float), n_out, cudaMemcpyDeviceToHost, w.stream));
+    CUDA_TRY(cudaStreamSynchronize(w.stream));
+    return LLMC_OK;
+}
+
 llmc_status cuda_cache_forward(llmc_model *m, void *cache, int n, const int32_t *slot,
                                const int32_t *pos, const int32_t *tokens, int n_out,
                                const int32_t *out_rows, float *logits) {
@@ -351,42 +384,60 @@ llmc_status cuda_cache_forward(llmc_model *m, void *cache, int n, const int32_t 
         CUDA_TRY(cudaStreamSynchronize(w.stream));
     }
     int *h = c->rows_host;
+    bool step = n_out == n;
+    for (int i = 0; i < n_out && step; i++) step = out_rows[i] == i;
+    const int ahead = c->ahead;  // the step greedy queued: these rows?
+    c->ahead = 0;
+    bool queued = step && ahead == n && c->ahead_weights == m->weights_version;
+    for (int i = 0; i < n && queued; i++)
+        queued = slot[i] == h[i] && pos[i] == h[c->R + i] && tokens[i] == h[2 * c->R + i];
+    if (queued) {
+        c->stepped = n;
+        return finish_forward(c, w, n_out, logits);
+    }
     memcpy(h, slot, n * sizeof(int));
     memcpy(h + c->R, pos, n * sizeof(int));
     memcpy(h + 2 * c->R, tokens, n * sizeof(int));
     if (n_out > 0) memcpy(h + 3 * c->R, out_rows, n_out * sizeof(int));
     CUDA_TRY(cudaMemcpyAsync(c->rows, h, (3 * (size_t)c->R + n_out) * sizeof(int),
                              cudaMemcpyHostToDevice, w.stream));
-    bool step = n_out == n;
-    for (int i = 0; i < n_out && step; i++) step = out_rows[i] == i;
+    c->stepped = 0;
     TRY(step ? run_step(c, w, n) : c->forward(c, w, n, n_out, false));
-    if (n_out > 0 && logits == nullptr) {  // greedy() follows and waits
-        c->in_flight = true;
-        return LLMC_OK;
-    }
-    if (n_out > 0)
-        CUDA_TRY(cudaMemcpy2DAsync(logits, c->V * sizeof(float), c->logits, c->Vp * sizeof(float),
-                                   c->V * sizeof(float), n_out, cudaMemcpyDeviceToHost, w.stream));
-    CUDA_TRY(cudaStreamSynchronize(w.stream));
-    return LLMC_OK;
+    c->stepped = step ? n : 0;
+    return finish_forward(c, w, n_out, logits);
 }
 
 float *cuda_cache_host_logits(void *cache) { return ((cuda_cache *)cache)->logits_host; }
 
-llmc_status cuda_cache_greedy(llmc_model *m, void *cache, int n_out, llmc_token_event *events) {
+llmc_status cuda_cache_greedy(llmc_model *m, void *cache, int n_out, int more,
+                              llmc_token_event *events) {
     cuda_cache *c = (cuda_cache *)cache;
     cuda_weights w;
     TRY(cuda_decode_weights(m, &w));
     c->in_flight = false;
-    greedy_rows(c->picks, c->logits, n_out, c->V, c->Vp, w.stream);
+    /* the next step of these rows queued now (the file's comment), once its
+     * graph exists */
+    const bool ahead = more && c->stepped == n_out && c->graphs[n_out];
+    c->stepped = 0;
+    int *next_pos = ahead ? c->rows + c->R : nullptr, *next_tok = ahead ? c->rows + 2 * c->R : nullptr;
+    greedy_rows(c->picks, c->logits, n_out, c->V, c->Vp, next_pos, next_tok, w.stream);
     CUDA_CHECK_LAUNCH();
     CUDA_TRY(cudaMemcpyAsync(c->picks_host, c->picks, n_out * sizeof(greedy_pick),
                              cudaMemcpyDeviceToHost, w.stream));
-    CUDA_TRY(cudaStreamSynchronize(w.stream));
+    CUDA_TRY(cudaEventRecord(c->picks_ready, w.stream));
+    if (ahead) CUDA_TRY(cudaGraphLaunch(c->graphs[n_out], w.stream));
+    CUDA_TRY(cudaEventSynchronize(c->picks_ready));
+    int *h = c->rows_host;  // the step's rows, then with ahead the queued step's
     for (int i = 0; i < n_out; i++) {
         events[i].token = c->picks_host[i].token;
         events[i].logprob = c->picks_host[i].logprob;
+        if (ahead) {
+            h[c->R + i]++;
+            h[2 * c->R + i] = events[i].token;
+        }
     }
+    c->ahead = ahead ? n_out : 0;
+    c->ahead_weights = m->weights_version;
     return LLMC_OK;
 }
 

@@ -44,11 +44,14 @@ void attention_cached(bf16 *out, float *partial, int *done, const bf16 *qkv, con
                       int hs, int T, cudaStream_t s);
 
 /* greedy.cu: for each of n rows of logits (Vp apart, the first V counted):
- * the argmax (the lowest id on a tie) and its log-probability. */
+ * the argmax (the lowest id on a tie) and its log-probability; with next_pos
+ * and next_tok (not NULL), row i's position next_pos[i] is advanced by one
+ * and its token next_tok[i] becomes the argmax: the next step's rows. */
 struct greedy_pick {
     int token;
     float logprob;
 };
-void greedy_rows(greedy_pick *out, const float *logits, int n, int V, int Vp, cudaStream_t s);
+void greedy_rows(greedy_pick *out, const float *logits, int n, int V, int Vp, int *next_pos,
+                 int *next_tok, cudaStream_t s);
 
 #endif

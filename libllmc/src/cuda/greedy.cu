@@ -38,7 +38,8 @@ __device__ __forceinline__ Pick warp_merge(Pick p) {
 }
 
 __global__ void __launch_bounds__(GREEDY_THREADS)
-    greedy_kernel(greedy_pick *out, const float *logits, int V, int Vp) {
+    greedy_kernel(greedy_pick *out, const float *logits, int V, int Vp, int *next_pos,
+                  int *next_tok) {
     const float *x = logits + (size_t)blockIdx.x * Vp;
     Pick p = {-INFINITY, 0.0f, 0};
     for (int i = threadIdx.x; i < V; i += blockDim.x) {  // ids rising: a tie keeps the first
@@ -60,9 +61,14 @@ __global__ void __launch_bounds__(GREEDY_THREADS)
         Pick all = warps[0];
         for (int w = 1; w < (int)blockDim.x / 32; w++) all = merge(all, warps[w]);
         out[blockIdx.x] = {all.id, x[all.id] - all.max - logf(all.sum)};
+        if (next_pos) {
+            next_pos[blockIdx.x]++;
+            next_tok[blockIdx.x] = all.id;
+        }
     }
 }
 
-void greedy_rows(greedy_pick *out, const float *logits, int n, int V, int Vp, cudaStream_t s) {
-    greedy_kernel<<<n, GREEDY_THREADS, 0, s>>>(out, logits, V, Vp);
+void greedy_rows(greedy_pick *out, const float *logits, int n, int V, int Vp, int *next_pos,
+                 int *next_tok, cudaStream_t s) {
+    greedy_kernel<<<n, GREEDY_THREADS, 0, s>>>(out, logits, V, Vp, next_pos, next_tok);
 }
