@@ -47,10 +47,10 @@ namespace {
 
 struct cuda_cache;
 /* A family's forward of n rows (metadata already on the device), with the
- * logits of n_out rows; in_order: those are rows 0..n_out-1 (a step), read
- * in place. */
+ * logits of n_out rows; step: the rows are of distinct slots and their
+ * logits are all wanted, in row order (a generator's step). */
 typedef llmc_status (*decode_forward_fn)(cuda_cache *c, const cuda_weights &w, int n, int n_out,
-                                         bool in_order);
+                                         bool step);
 
 struct cuda_cache {
     int S, T, R, L, C, NH, NKV, hs, V, Vp;
@@ -129,9 +129,9 @@ void release(cuda_cache *c) {
 }
 
 llmc_status gpt2_decode_forward(cuda_cache *c, const cuda_weights &w, int n, int n_out,
-                                bool in_order);
+                                bool step);
 llmc_status llama_decode_forward(cuda_cache *c, const cuda_weights &w, int n, int n_out,
-                                 bool in_order);
+                                 bool step);
 
 llmc_status cuda_cache_create(llmc_model *m, int S, int T, int R, void **out) {
     TRY(cuda_decode_round_weights(m));
@@ -237,13 +237,14 @@ Rows rows_of(const cuda_cache *c) {
 }
 
 /* The new rows' keys and values (in c->qkv) into layer l's cache, then
- * their attention over it into c->atty. */
-void cached_attention(cuda_cache *c, const Rows &r, int l, int n, cudaStream_t s) {
+ * their attention over it into c->atty; in a step (rows of distinct slots)
+ * the attention kernel stores them itself. */
+void cached_attention(cuda_cache *c, const Rows &r, int l, int n, bool step, cudaStream_t s) {
     const size_t layer_kv = (size_t)c->S * c->T * c->NKV * c->hs;
     bf16 *keys = c->keys + l * layer_kv, *values = c->values + l * layer_kv;
-    kv_store(keys, values, c->qkv, r.slot, r.pos, n, c->NH, c->NKV, c->hs, c->T, s);
+    if (!step) kv_store(keys, values, c->qkv, r.slot, r.pos, n, c->NH, c->NKV, c->hs, c->T, s);
     attention_cached(c->atty, c->attn_partial, c->attn_done, c->qkv, keys, values, r.slot, r.pos, n,
-                     c->NH, c->NKV, c->hs, c->T, s);
+                     c->NH, c->NKV, c->hs, c->T, step, s);
 }
 
 /* out (n, OC) = inp @ weight^T + bias (NULL: none), GELU of it with gelu:
@@ -267,12 +268,12 @@ void norm_rows(cuda_cache *c, const bf16 *branch, const bf16 *weight, const bf16
 }
 
 /* fp32 logits of rows r.out[0..n_out) of the final norm's output (c->ln),
- * gathered into c->atty (free by then) unless in_order, through the LM head. */
+ * gathered into c->atty (free by then) unless a step's, through the LM head. */
 llmc_status head_logits(cuda_cache *c, const cuda_weights &w, const Rows &r, int n_out,
-                        bool in_order) {
+                        bool step) {
     if (n_out > 0) {
-        const bf16 *inp = in_order ? c->ln : c->atty, *head = W(w, c->head);
-        if (!in_order) gather_rows(c->atty, c->ln, r.out, n_out, c->C, w.stream);
+        const bf16 *inp = step ? c->ln : c->atty, *head = W(w, c->head);
+        if (!step) gather_rows(c->atty, c->ln, r.out, n_out, c->C, w.stream);
         if (gemv_fits(n_out, c->C, inp, head))
             gemv_forward_fp32(c->logits, inp, head, n_out, c->C, c->Vp, w.stream);
         else
@@ -284,7 +285,7 @@ llmc_status head_logits(cuda_cache *c, const cuda_weights &w, const Rows &r, int
 
 /* GPT-2: learned positions, pre-LayerNorm blocks, tied LM head. */
 llmc_status gpt2_decode_forward(cuda_cache *c, const cuda_weights &w, int n, int n_out,
-                                bool in_order) {
+                                bool step) {
     const int C = c->C, L = c->L;
     cudaStream_t s = w.stream;
     const Rows r = rows_of(c);
@@ -292,7 +293,7 @@ llmc_status gpt2_decode_forward(cuda_cache *c, const cuda_weights &w, int n, int
     norm_rows(c, nullptr, W(w, P_LN1W), W(w, P_LN1B), n, s);
     for (int l = 0; l < L; l++) {
         TRY(linear(c, w, c->qkv, c->ln, W(w, P_QKVW, l), W(w, P_QKVB, l), n, C, 3 * C, false));
-        cached_attention(c, r, l, n, s);
+        cached_attention(c, r, l, n, step, s);
         TRY(linear(c, w, c->branch, c->atty, W(w, P_ATTPROJW, l), W(w, P_ATTPROJB, l), n, C, C,
                    false));
         norm_rows(c, c->branch, W(w, P_LN2W, l), W(w, P_LN2B, l), n, s);
@@ -303,14 +304,14 @@ llmc_status gpt2_decode_forward(cuda_cache *c, const cuda_weights &w, int n, int
         norm_rows(c, c->branch, last ? W(w, P_LNFW) : W(w, P_LN1W, l + 1),
                   last ? W(w, P_LNFB) : W(w, P_LN1B, l + 1), n, s);
     }
-    return head_logits(c, w, r, n_out, in_order);
+    return head_logits(c, w, r, n_out, step);
 }
 
 /* Llama, as backend.cu's llama_forward: RMSNorm, no biases, RoPE on the new
  * rows' q and k at their own positions before the keys enter the cache,
  * grouped-query attention, SwiGLU, the output layer or (tied) wte as head. */
 llmc_status llama_decode_forward(cuda_cache *c, const cuda_weights &w, int n, int n_out,
-                                 bool in_order) {
+                                 bool step) {
     const int C = c->C, L = c->L, F = c->F, QKV = (c->NH + 2 * c->NKV) * c->hs;
     cudaStream_t s = w.stream;
     const Rows r = rows_of(c);
@@ -319,7 +320,7 @@ llmc_status llama_decode_forward(cuda_cache *c, const cuda_weights &w, int n, in
     for (int l = 0; l < L; l++) {
         TRY(linear(c, w, c->qkv, c->ln, W(w, P_QKVW, l), nullptr, n, C, QKV, false));
         rope_rotate_at(c->qkv, c->rope_cos, c->rope_sin, r.pos, n, c->NH, c->NKV, c->hs, s);
-        cached_attention(c, r, l, n, s);
+        cached_attention(c, r, l, n, step, s);
         TRY(linear(c, w, c->branch, c->atty, W(w, P_ATTPROJW, l), nullptr, n, C, C, false));
         norm_rows(c, c->branch, W(w, P_LN2W, l), nullptr, n, s);
         TRY(linear(c, w, c->fch, c->ln, W(w, P_FCW, l), nullptr, n, C, 2 * F, false));
@@ -328,7 +329,7 @@ llmc_status llama_decode_forward(cuda_cache *c, const cuda_weights &w, int n, in
         const bool last = l + 1 == L;
         norm_rows(c, c->branch, last ? W(w, P_LNFW) : W(w, P_LN1W, l + 1), nullptr, n, s);
     }
-    return head_logits(c, w, r, n_out, in_order);
+    return head_logits(c, w, r, n_out, step);
 }
 
 /* A step of n rows through its graph: captured on the second sight of n. */
@@ -384,8 +385,10 @@ llmc_status cuda_cache_forward(llmc_model *m, void *cache, int n, const int32_t 
         CUDA_TRY(cudaStreamSynchronize(w.stream));
     }
     int *h = c->rows_host;
-    bool step = n_out == n;
+    bool step = n_out == n;  // rows of distinct slots, each with its logits in row order
     for (int i = 0; i < n_out && step; i++) step = out_rows[i] == i;
+    for (int i = 0; i < n && step; i++)
+        for (int j = 0; j < i && step; j++) step = slot[i] != slot[j];
     const int ahead = c->ahead;  // the step greedy queued: these rows?
     c->ahead = 0;
     bool queued = step && ahead == n && c->ahead_weights == m->weights_version;

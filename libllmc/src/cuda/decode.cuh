@@ -37,11 +37,13 @@ void kv_store(bf16 *keys, bf16 *values, const bf16 *qkv, const int *slot, const 
  * its slot, query head h over key/value head h / (NH / NKV); fp32 softmax
  * and sums. hs <= 128, a multiple of 8. Scratch: partial, n NH
  * ATTN_MAX_SPLITS (hs + 2) floats; done, n NH ints, zero before the first
- * call (each call leaves them zero). */
+ * call (each call leaves them zero). With store (rows of distinct slots
+ * only), each row's key and value also go into the cache, as kv_store;
+ * without, they must be there already. */
 #define ATTN_MAX_SPLITS 16  // position ranges per (row, head) at most
-void attention_cached(bf16 *out, float *partial, int *done, const bf16 *qkv, const bf16 *keys,
-                      const bf16 *values, const int *slot, const int *pos, int n, int NH, int NKV,
-                      int hs, int T, cudaStream_t s);
+void attention_cached(bf16 *out, float *partial, int *done, const bf16 *qkv, bf16 *keys,
+                      bf16 *values, const int *slot, const int *pos, int n, int NH, int NKV,
+                      int hs, int T, bool store, cudaStream_t s);
 
 /* greedy.cu: for each of n rows of logits (Vp apart, the first V counted):
  * the argmax (the lowest id on a tie) and its log-probability; with next_pos

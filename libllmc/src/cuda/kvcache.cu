@@ -18,6 +18,13 @@
  * blocks to finish (a counter) merges the partials in range order. The
  * ranges depend on len alone and every merge has a fixed order, so a row's
  * result depends neither on its batch nor on which block finishes last.
+ *
+ * With store (a step: each row the newest position of its own slot), the
+ * attention also does kv_store's work: each row's new key and value are
+ * read from qkv where the cache would give them, and the last range's block
+ * of each key/value head writes them into the cache, so a step's layer has
+ * one kernel fewer. Rows of one slot in one call (prefill) need kv_store
+ * first: a row reads the keys of the rows before it.
  */
 #include "decode.cuh"
 
@@ -78,14 +85,14 @@ struct Softmax {
 
 /* Block (r, h, range): LP lanes per position. partial: one record of hs + 2
  * floats (max, sum, hs sums) per (row, head, range); done: a counter per
- * (row, head), 0 between launches. */
+ * (row, head), 0 between launches. store: the file's comment. */
 template <int LP>
 __global__ void __launch_bounds__(ATTN_THREADS)
     attention_cached_kernel(bf16 *out, float *partial, int *done, const bf16 *qkv,
-                            const bf16 *keys, const bf16 *values, const int *slot, const int *pos,
-                            int NH, int NKV, int hs, int T) {
+                            bf16 *keys, bf16 *values, const int *slot, const int *pos,
+                            int NH, int NKV, int hs, int T, bool store) {
     pdl_launch_dependents();  // the GEMV that follows (gemv.cu) may start loading its weights
-    pdl_wait();               // the keys and values kv_store wrote
+    pdl_wait();               // qkv, and the keys and values kv_store wrote
     constexpr int GROUPS = ATTN_THREADS / LP;
     const int r = blockIdx.x, h = blockIdx.y, range = blockIdx.z;
     const int len = pos[r] + 1, chunk = attn_chunk(len), ranges = (len + chunk - 1) / chunk;
@@ -98,7 +105,15 @@ __global__ void __launch_bounds__(ATTN_THREADS)
         const Vec16<bf16> qv = load16(qkv + (size_t)r * (NH + 2 * NKV) * hs + h * hs + d);
         for (int k = 0; k < 8; k++) q[k] = __bfloat162float(qv.v[k]) * scale;
     }
-    const size_t base = ((size_t)slot[r] * NKV + h / (NH / NKV)) * T * hs + d;
+    const int kvh = h / (NH / NKV);
+    const size_t head = ((size_t)slot[r] * NKV + kvh) * T * hs, base = head + d;
+    const bf16 *new_key = qkv + ((size_t)r * (NH + 2 * NKV) + NH + kvh) * hs;
+    const bf16 *new_value = new_key + NKV * hs;
+    if (store && range == ranges - 1 && h % (NH / NKV) == 0)
+        for (int i = threadIdx.x * 8; i < hs; i += ATTN_THREADS * 8) {
+            store16(keys + head + (size_t)(len - 1) * hs + i, load16(new_key + i));
+            store16(values + head + (size_t)(len - 1) * hs + i, load16(new_value + i));
+        }
     Softmax m = {-INFINITY, 0.0f, {}};
     const int begin = range * chunk, end = min(len, begin + chunk);
     /* block-uniform trip count: every lane reaches the group's shuffles */
@@ -107,7 +122,10 @@ __global__ void __launch_bounds__(ATTN_THREADS)
 #pragma unroll
         for (int u = 0; u < 2; u++) {
             const int t = t0 + u * GROUPS + group;
-            if (owns && t < end) {
+            if (owns && t < end && store && t == len - 1) {  // not in the cache yet
+                kv[u] = load16(new_key + d);
+                vv[u] = load16(new_value + d);
+            } else if (owns && t < end) {
                 kv[u] = load16(keys + base + (size_t)t * hs);
                 vv[u] = load16(values + base + (size_t)t * hs);
             } else {
@@ -185,15 +203,15 @@ __global__ void __launch_bounds__(ATTN_THREADS)
     o[i] = __float2bfloat16(num / den);
 }
 
-void attention_cached(bf16 *out, float *partial, int *done, const bf16 *qkv, const bf16 *keys,
-                      const bf16 *values, const int *slot, const int *pos, int n, int NH, int NKV,
-                      int hs, int T, cudaStream_t s) {
+void attention_cached(bf16 *out, float *partial, int *done, const bf16 *qkv, bf16 *keys,
+                      bf16 *values, const int *slot, const int *pos, int n, int NH, int NKV,
+                      int hs, int T, bool store, cudaStream_t s) {
     const dim3 grid(n, NH, ATTN_MAX_SPLITS);
     switch (pow2_ceil(hs / 8)) {  // lanes per position
 #define ATTN_CASE(LP)                                                                   \
     case LP:                                                                            \
         launch_pdl(attention_cached_kernel<LP>, grid, dim3(ATTN_THREADS), s, out, partial, \
-                   done, qkv, keys, values, slot, pos, NH, NKV, hs, T);                 \
+                   done, qkv, keys, values, slot, pos, NH, NKV, hs, T, store);          \
         break;
         ATTN_CASE(1) ATTN_CASE(2) ATTN_CASE(4) ATTN_CASE(8) ATTN_CASE(16)
 #undef ATTN_CASE
