@@ -722,7 +722,7 @@ def test_queued_greedy_steps_are_the_steps_they_stand_for(trained_pair):
             settings += [gen.sampling(steps, temperature=0.8, seed=1, stop_token=None)] * sampled
             ids = gen.start(prompts, settings)
             events, runs = [], 0
-            while gen.live():
+            while gen.live:
                 before_run(runs)
                 events += gen.run(steps_per_run)
                 runs += 1
