@@ -83,9 +83,30 @@ struct Softmax {
     float max, sum, acc[8];
 };
 
+/* Adds one position (key k, value v; zeros in the lanes past hs) to a lane
+ * group's running softmax when valid; every lane of the warp must call it
+ * (the score's shuffles). */
+template <int LP>
+__device__ __forceinline__ void absorb(Softmax &m, const float (&q)[8], const Vec16<bf16> &k,
+                                       const Vec16<bf16> &v, bool valid) {
+    float score = 0.0f;
+    for (int e = 0; e < 8; e++) score += q[e] * __bfloat162float(k.v[e]);
+#pragma unroll
+    for (int o = LP / 2; o > 0; o >>= 1) score += __shfl_xor_sync(0xFFFFFFFFu, score, o);
+    if (!valid) return;
+    const float new_max = fmaxf(m.max, score);
+    const float correction = __expf(m.max - new_max), p = __expf(score - new_max);
+    m.sum = m.sum * correction + p;
+    for (int e = 0; e < 8; e++) m.acc[e] = m.acc[e] * correction + p * __bfloat162float(v.v[e]);
+    m.max = new_max;
+}
+
 /* Block (r, h, range): LP lanes per position. partial: one record of hs + 2
  * floats (max, sum, hs sums) per (row, head, range); done: a counter per
- * (row, head), 0 between launches. store: the file's comment. */
+ * (row, head), 0 between launches. store: the file's comment; the row's new
+ * position, the last, is then taken from qkv after the cached ones, by the
+ * block's first group (a loop over cached positions only keeps the
+ * registers, and so the blocks an SM holds, of the kernel without store). */
 template <int LP>
 __global__ void __launch_bounds__(ATTN_THREADS)
     attention_cached_kernel(bf16 *out, float *partial, int *done, const bf16 *qkv,
@@ -100,32 +121,24 @@ __global__ void __launch_bounds__(ATTN_THREADS)
     const int group = threadIdx.x / LP, d = threadIdx.x % LP * 8;
     const bool owns = d < hs;  // the lanes past hs (hs/8 not a power of two) add zeros
     const float scale = rsqrtf((float)hs);
+    const size_t qkv_row = (size_t)r * (NH + 2 * NKV) * hs;
     float q[8] = {};
     if (owns) {
-        const Vec16<bf16> qv = load16(qkv + (size_t)r * (NH + 2 * NKV) * hs + h * hs + d);
+        const Vec16<bf16> qv = load16(qkv + qkv_row + h * hs + d);
         for (int k = 0; k < 8; k++) q[k] = __bfloat162float(qv.v[k]) * scale;
     }
     const int kvh = h / (NH / NKV);
     const size_t head = ((size_t)slot[r] * NKV + kvh) * T * hs, base = head + d;
-    const bf16 *new_key = qkv + ((size_t)r * (NH + 2 * NKV) + NH + kvh) * hs;
-    const bf16 *new_value = new_key + NKV * hs;
-    if (store && range == ranges - 1 && h % (NH / NKV) == 0)
-        for (int i = threadIdx.x * 8; i < hs; i += ATTN_THREADS * 8) {
-            store16(keys + head + (size_t)(len - 1) * hs + i, load16(new_key + i));
-            store16(values + head + (size_t)(len - 1) * hs + i, load16(new_value + i));
-        }
     Softmax m = {-INFINITY, 0.0f, {}};
     const int begin = range * chunk, end = min(len, begin + chunk);
+    const int cached_end = store ? min(end, len - 1) : end;
     /* block-uniform trip count: every lane reaches the group's shuffles */
-    for (int t0 = begin; t0 < end; t0 += 2 * GROUPS) {
+    for (int t0 = begin; t0 < cached_end; t0 += 2 * GROUPS) {
         Vec16<bf16> kv[2], vv[2];
 #pragma unroll
         for (int u = 0; u < 2; u++) {
             const int t = t0 + u * GROUPS + group;
-            if (owns && t < end && store && t == len - 1) {  // not in the cache yet
-                kv[u] = load16(new_key + d);
-                vv[u] = load16(new_value + d);
-            } else if (owns && t < end) {
+            if (owns && t < cached_end) {
                 kv[u] = load16(keys + base + (size_t)t * hs);
                 vv[u] = load16(values + base + (size_t)t * hs);
             } else {
@@ -133,19 +146,22 @@ __global__ void __launch_bounds__(ATTN_THREADS)
             }
         }
 #pragma unroll
-        for (int u = 0; u < 2; u++) {
-            float score = 0.0f;
-            for (int k = 0; k < 8; k++) score += q[k] * __bfloat162float(kv[u].v[k]);
-#pragma unroll
-            for (int o = LP / 2; o > 0; o >>= 1) score += __shfl_xor_sync(0xFFFFFFFFu, score, o);
-            if (t0 + u * GROUPS + group >= end) continue;
-            const float new_max = fmaxf(m.max, score);
-            const float correction = __expf(m.max - new_max), p = __expf(score - new_max);
-            m.sum = m.sum * correction + p;
-            for (int k = 0; k < 8; k++)
-                m.acc[k] = m.acc[k] * correction + p * __bfloat162float(vv[u].v[k]);
-            m.max = new_max;
+        for (int u = 0; u < 2; u++) absorb<LP>(m, q, kv[u], vv[u], t0 + u * GROUPS + group < cached_end);
+    }
+    if (cached_end < end) {  // store, the last range: the new position, from qkv
+        const bf16 *new_key = qkv + qkv_row + (size_t)(NH + kvh) * hs;
+        const bf16 *new_value = new_key + NKV * hs;
+        Vec16<bf16> k = {}, v = {};
+        if (owns && group == 0) {
+            k = load16(new_key + d);
+            v = load16(new_value + d);
         }
+        absorb<LP>(m, q, k, v, group == 0);
+        if (h % (NH / NKV) == 0)  // one block per key/value head writes them into the cache
+            for (int i = threadIdx.x * 8; i < hs; i += ATTN_THREADS * 8) {
+                store16(keys + head + (size_t)(len - 1) * hs + i, load16(new_key + i));
+                store16(values + head + (size_t)(len - 1) * hs + i, load16(new_value + i));
+            }
     }
     /* the block's groups, merged in group order by thread i < hs for dim i */
     __shared__ float group_max[GROUPS], group_sum[GROUPS];
