@@ -3,14 +3,6 @@
  * logits' gradient in place (bf16) or into an E4M3 copy (FP8's LM head). The
  * classifier runs it over chunks of rows, so the full (B*T, Vp) logits never
  * exist at once, in any precision.
- *
- * A block per row, two passes: the log-sum-exp, then the gradient. Where a
- * row of logits fits in shared memory two blocks to an SM (GPT-2's 50,257:
- * 100.5 KB), the first pass keeps what it reads there and the second reads
- * it back from there, so the logits cross HBM once, not twice (the first
- * pass's reads of a d12 micro-step's 6.6 GB were ~45% of the kernel's
- * bytes); wider vocabularies (Llama's 128,256) read the row again. Same
- * values, same arithmetic either way.
  */
 #include <math_constants.h>
 
@@ -19,7 +11,6 @@
 
 #define CE_THREADS 512
 #define CE_LOADS 4
-#define CE_CACHE_BYTES (112 * 1024)  // a row kept in shared memory at most (two blocks an SM)
 
 /* Running softmax normalizer: sum of exp(x - max). */
 struct MaxSum {
@@ -33,14 +24,10 @@ __device__ __forceinline__ MaxSum combine(MaxSum a, MaxSum b) {
     return {m, a.sum * __expf(a.max - m) + b.sum * __expf(b.max - m)};
 }
 
-/* CACHED: the row's first V logits (rounded up to 16 bytes) in dynamic shared
- * memory between the passes. */
-template <bool CACHED>
 __global__ void __launch_bounds__(CE_THREADS)
     crossentropy_kernel(bf16 *logits, float *losses, const int *targets, int V, int Vp,
                         float dloss, int write_grad, uint8_t *grad8, float grad8_scale) {
     __shared__ MaxSum shared[CE_THREADS / 32];
-    extern __shared__ uint4 cached_row[];  // CACHED: the row's 16-byte slices below V
     const int row = blockIdx.x;
     const int target = targets[row];
     bf16 *x = logits + (size_t)row * Vp;
@@ -64,7 +51,6 @@ __global__ void __launch_bounds__(CE_THREADS)
         for (int u = 0; u < CE_LOADS; u++) {
             const int c = c0 + u * CE_THREADS * 8;
             v[u] = c < V ? load16(x + c) : Vec16<bf16>{};
-            if (CACHED && c < V) cached_row[c / 8] = *reinterpret_cast<const uint4 *>(&v[u]);
         }
         float vals[CE_LOADS][8], m = -CUDART_INF_F;
         for (int u = 0; u < CE_LOADS; u++)
@@ -93,11 +79,7 @@ __global__ void __launch_bounds__(CE_THREADS)
     if (!write_grad) return;
     __syncthreads();  // everyone has read x[target] before it is overwritten
     for (int c = threadIdx.x * 8; c < Vp; c += CE_THREADS * 8) {
-        Vec16<bf16> v;  // (CACHED: the vectors past V are padding, never read)
-        if (!CACHED)
-            v = load16(x + c);
-        else if (c < V)
-            *reinterpret_cast<uint4 *>(&v) = cached_row[c / 8];
+        const Vec16<bf16> v = load16(x + c);
         float d[8];
         for (int k = 0; k < 8; k++) {
             const int j = c + k;
@@ -120,14 +102,6 @@ __global__ void __launch_bounds__(CE_THREADS)
 void crossentropy_forward_backward(bf16 *logits, float *losses, const int *targets, int rows,
                                    int V, int Vp, float dloss, int write_grad, cudaStream_t s,
                                    uint8_t *grad8, float grad8_scale) {
-    const size_t cache = (size_t)ceil_div(V, 8) * 16;
-    if (cache <= CE_CACHE_BYTES) {
-        cudaFuncSetAttribute(crossentropy_kernel<true>,
-                             cudaFuncAttributeMaxDynamicSharedMemorySize, (int)cache);
-        crossentropy_kernel<true><<<rows, CE_THREADS, cache, s>>>(
-            logits, losses, targets, V, Vp, dloss, write_grad, grad8, grad8_scale);
-    } else {
-        crossentropy_kernel<false><<<rows, CE_THREADS, 0, s>>>(
-            logits, losses, targets, V, Vp, dloss, write_grad, grad8, grad8_scale);
-    }
+    crossentropy_kernel<<<rows, CE_THREADS, 0, s>>>(logits, losses, targets, V, Vp, dloss,
+                                                    write_grad, grad8, grad8_scale);
 }
