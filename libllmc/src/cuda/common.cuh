@@ -146,13 +146,13 @@ __device__ __forceinline__ void pdl_wait() {
 #ifndef LLMC_PDL
 #define LLMC_PDL 1  // CUDA_DEFS=-DLLMC_PDL=0: plain launches (to measure what PDL gains)
 #endif
-/* Launches kernel<<<grid, block, smem, s>>> as a programmatic dependent of
- * the kernel before it where the device has PDL (sm_90 on), else plainly;
- * kernel must pdl_wait as above. Generation's step kernels launch this way, so that each one's blocks
+/* Launches kernel on s as a programmatic dependent of the kernel before it
+ * where the device has PDL (sm_90 on), else plainly; kernel must pdl_wait as
+ * above. Generation's step kernels launch this way, so that each one's blocks
  * are resident, and a GEMV's weight loads in flight, while the one before
  * finishes: at batch 1 a step is hundreds of kernels of a few microseconds. */
 template <typename... Params, typename... Args>
-void launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t s,
+void launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t s,
                 Args... args) {
     int device = 0, major = 0;
     cudaGetDevice(&device);
@@ -163,7 +163,6 @@ void launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, c
     cudaLaunchConfig_t config = {};
     config.gridDim = grid;
     config.blockDim = block;
-    config.dynamicSmemBytes = smem;
     config.stream = s;
     config.attrs = pdl;
     config.numAttrs = 1;

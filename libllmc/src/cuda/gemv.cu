@@ -5,22 +5,18 @@
  * A step of a few tokens reads every weight once and does almost no
  * arithmetic with it, so its products are bound by the weights' bandwidth;
  * cuBLASLt's GEMM tiles waste most of their work and launch latency there.
- * Here each block owns GEMV_OUT_ROWS rows of w, which it copies whole into
- * shared memory at its start (Hopper's bulk copy: one instruction a row,
- * no registers held while the bytes travel; before sm_90 the threads' own
- * 16-byte loads), then its warps split IC between them, each lane taking
- * 16-byte slices of those rows against all n input rows, which the L1 cache
- * serves to every block; so w is read once per step for all n rows. The
- * copies hold the bytes in flight that registers could not: at d48 the
- * blocks of every product fit on the GPU at once (the register version's
- * 96 registers a thread left the fc projection's 400 blocks one SM's worth
- * short of one wave, and the fc's 1600 of 64 threads 148 short).
+ * Here each block owns GEMV_OUT_ROWS rows of w, its warps split IC between
+ * them, each lane streaming 16-byte slices of those rows (GEMV_UNROLL
+ * slices per row in flight: the whole of the block's rows at once up to IC =
+ * GEMV_MAX_WARPS x GEMV_UNROLL x 256, so even the long rows of 6400/8192 take
+ * one round trip) against all n input rows, which the L1 cache serves to
+ * every block; so w is read once per step for all n rows.
  *
  * Launched as a programmatic dependent (Hopper's PDL, common.cuh's
- * launch_pdl): a block starts its copy before waiting for the previous
- * kernel, whose output is its input, and lets the next kernel start the
- * same way; so a product's weights stream in while the kernels before it
- * finish.
+ * launch_pdl): a block issues its weight loads before waiting for the
+ * previous kernel, whose output is its input, and lets the next kernel start
+ * the same way; so a product's first round trip overlaps the tail of the
+ * kernels before it.
  *
  * Sums: fp32, each lane's in IC order, then a fixed tree across the lanes
  * and the warps, whatever n is: a row's result does not depend on the other
@@ -28,7 +24,6 @@
  * to 8), and a graph replays the eager step bit for bit.
  */
 #include <algorithm>
-#include <atomic>
 
 #include "kernels.cuh"
 
@@ -42,10 +37,9 @@
 #define GEMV_MAX_WARPS 8  // warps splitting IC
 #endif
 #ifndef GEMV_UNROLL
-#define GEMV_UNROLL 4     // 16-byte slices of each row a lane takes before IC gets more warps
+#define GEMV_UNROLL 4     // 16-byte slices of each row a lane loads before using them
 #endif
 #define GEMV_SLICE 256    // elements of IC a warp covers per slice (32 lanes x 8)
-#define GEMV_MAX_SMEM (200 * 1024)  // the block's rows in shared memory at most
 
 /* Sums each of the M values (M a power of two <= 32) over the warp's lanes;
  * afterwards v[0] of lane l holds the total of value l / (32 / M). The pairs
@@ -86,80 +80,59 @@ __device__ __forceinline__ float dot8(const uint4 &w, const uint4 &x, float acc)
     return acc;
 }
 
-/* The block's rows of w (bytes of them, contiguous) into shared memory,
- * loaded: an mbarrier that wait_rows waits on (sm_90 on). The copy does not
- * depend on the previous kernel: it may start before pdl_wait. */
-__device__ __forceinline__ void copy_rows(bf16 *rows, const bf16 *src, unsigned bytes,
-                                          uint64_t *loaded) {
-#if __CUDA_ARCH__ >= 900
-    const unsigned bar = (unsigned)__cvta_generic_to_shared(loaded);
-    if (threadIdx.x == 0) {
-        asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(bar));
-        asm volatile("fence.proxy.async.shared::cta;" ::: "memory");  // the copy sees the init
-        asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar),
-                     "r"(bytes) : "memory");
-        asm volatile(
-            "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
-            ::"r"((unsigned)__cvta_generic_to_shared(rows)), "l"(src), "r"(bytes), "r"(bar)
-            : "memory");
+/* Loads the GEMV_UNROLL slices of each row that a lane uses from k0 on
+ * (stride apart); zeros past IC. Streamed: w is read once per step. */
+__device__ __forceinline__ void load_slices(uint4 (&ws)[GEMV_UNROLL][GEMV_OUT_ROWS],
+                                            const bf16 *const (&wrow)[GEMV_OUT_ROWS], int k0,
+                                            int stride, int IC) {
+#pragma unroll
+    for (int u = 0; u < GEMV_UNROLL; u++) {
+        const int k = k0 + u * stride;
+#pragma unroll
+        for (int r = 0; r < GEMV_OUT_ROWS; r++)
+            ws[u][r] = k < IC ? __ldcs(reinterpret_cast<const uint4 *>(wrow[r] + k))
+                              : make_uint4(0, 0, 0, 0);
     }
-#else
-    for (unsigned i = threadIdx.x * 16; i < bytes; i += blockDim.x * 16)
-        *reinterpret_cast<uint4 *>((char *)rows + i) =
-            *reinterpret_cast<const uint4 *>((const char *)src + i);
-#endif
 }
 
-/* Returns once copy_rows's bytes are in shared memory, for every thread. */
-__device__ __forceinline__ void wait_rows(uint64_t *loaded) {
-#if __CUDA_ARCH__ >= 900
-    __syncthreads();  // thread 0 has initialized the barrier
-    const unsigned bar = (unsigned)__cvta_generic_to_shared(loaded);
-    unsigned done = 0;
-    while (!done)
-        asm volatile(
-            "{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], 0; "
-            "selp.u32 %0, 1, 0, p; }"
-            : "=r"(done) : "r"(bar) : "memory");
-#else
-    __syncthreads();
-#endif
-}
-
-/* Block: GEMV_OUT_ROWS rows of w from blockIdx.x * GEMV_OUT_ROWS, copied into
- * dynamic shared memory (GEMV_OUT_ROWS x IC); blockDim.x / 32 warps over IC.
- * out is bf16, or fp32 with fp32_out. */
+/* Block: GEMV_OUT_ROWS rows of w from blockIdx.x * GEMV_OUT_ROWS; blockDim.x
+ * / 32 warps over IC. out is bf16, or fp32 with fp32_out. */
 template <int N>
 __global__ void __launch_bounds__(GEMV_MAX_WARPS * 32)
     gemv_kernel(void *out, bool fp32_out, const bf16 *inp, const bf16 *w, const bf16 *bias,
                 bool gelu, int IC, int OC) {
     constexpr int M = pow2_ceil(GEMV_OUT_ROWS * N);  // values per lane, padded for the tree
-    extern __shared__ uint4 smem[];
-    __shared__ uint64_t loaded;
-    bf16 *rows = reinterpret_cast<bf16 *>(smem);
-    pdl_launch_dependents();  // the next kernel may start (a GEMV: copying its weights)
+    pdl_launch_dependents();  // the next GEMV may start loading its weights now
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
-    const int row0 = blockIdx.x * GEMV_OUT_ROWS, nrows = min(GEMV_OUT_ROWS, OC - row0);
-    copy_rows(rows, w + (size_t)row0 * IC, (unsigned)(nrows * IC * sizeof(bf16)), &loaded);
-    pdl_wait();  // inp (and out's readers) are the kernels' before
-    wait_rows(&loaded);
+    const int row0 = blockIdx.x * GEMV_OUT_ROWS;
+    const bf16 *wrow[GEMV_OUT_ROWS];
+#pragma unroll
+    for (int r = 0; r < GEMV_OUT_ROWS; r++)  // rows past OC read the last row, never stored
+        wrow[r] = w + (size_t)min(row0 + r, OC - 1) * IC;
     float acc[M];
 #pragma unroll
     for (int i = 0; i < M; i++) acc[i] = 0.0f;
-    /* each lane's slices in IC order; rows past OC add what shared memory
-     * holds there, never stored */
     const int stride = warps * GEMV_SLICE;
-    for (int k = warp * GEMV_SLICE + lane * 8; k < IC; k += stride) {
-        uint4 ws[GEMV_OUT_ROWS];
+    int k0 = warp * GEMV_SLICE + lane * 8;
+    uint4 ws[GEMV_UNROLL][GEMV_OUT_ROWS];
+    load_slices(ws, wrow, k0, stride, IC);  // the weights do not depend on the previous kernel
+    pdl_wait();                             // inp (and out's readers) do
+    while (true) {  // each lane's sums in IC order, however many rounds
 #pragma unroll
-        for (int r = 0; r < GEMV_OUT_ROWS; r++)
-            ws[r] = *reinterpret_cast<const uint4 *>(rows + (size_t)r * IC + k);
+        for (int u = 0; u < GEMV_UNROLL; u++) {
+            const int k = k0 + u * stride;
+            if (k >= IC) break;
 #pragma unroll
-        for (int j = 0; j < N; j++) {
-            const uint4 x = *reinterpret_cast<const uint4 *>(inp + (size_t)j * IC + k);
+            for (int j = 0; j < N; j++) {
+                const uint4 x = *reinterpret_cast<const uint4 *>(inp + (size_t)j * IC + k);
 #pragma unroll
-            for (int r = 0; r < GEMV_OUT_ROWS; r++) acc[r * N + j] = dot8(ws[r], x, acc[r * N + j]);
+                for (int r = 0; r < GEMV_OUT_ROWS; r++)
+                    acc[r * N + j] = dot8(ws[u][r], x, acc[r * N + j]);
+            }
         }
+        k0 += GEMV_UNROLL * stride;
+        if (k0 >= IC) break;
+        load_slices(ws, wrow, k0, stride, IC);
     }
     warp_sum_scatter<M>(acc, lane);
     __shared__ float partial[GEMV_MAX_WARPS][M];
@@ -179,23 +152,7 @@ __global__ void __launch_bounds__(GEMV_MAX_WARPS * 32)
 
 bool gemv_fits(int n, int IC, const void *inp, const void *w) {
     return n >= 1 && n <= GEMV_MAX_ROWS && IC % 8 == 0 && (uintptr_t)inp % 16 == 0 &&
-           (uintptr_t)w % 16 == 0 && (size_t)GEMV_OUT_ROWS * IC * sizeof(bf16) <= GEMV_MAX_SMEM;
-}
-
-/* Lets every gemv_kernel take up to GEMV_MAX_SMEM of dynamic shared memory on
- * the current device, once per device (before any graph capture: a step's
- * first run is eager). */
-static void allow_smem() {
-    static std::atomic<unsigned long long> done{0};  // a bit per device
-    int device = 0;
-    cudaGetDevice(&device);
-    if (device < 64 && (done.load() >> device & 1)) return;
-    auto allow = [](auto kernel) {
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, GEMV_MAX_SMEM);
-    };
-    allow(gemv_kernel<1>), allow(gemv_kernel<2>), allow(gemv_kernel<3>), allow(gemv_kernel<4>);
-    allow(gemv_kernel<5>), allow(gemv_kernel<6>), allow(gemv_kernel<7>), allow(gemv_kernel<8>);
-    if (device < 64) done.fetch_or(1ull << device);
+           (uintptr_t)w % 16 == 0;
 }
 
 static void gemv_launch(void *out, bool fp32_out, const bf16 *inp, const bf16 *w,
@@ -204,13 +161,10 @@ static void gemv_launch(void *out, bool fp32_out, const bf16 *inp, const bf16 *w
      * GEMV_MAX_WARPS warps; chosen from IC alone, so that a row's sums are too */
     const int warps = std::min(GEMV_MAX_WARPS, std::max(1, ceil_div(IC, GEMV_UNROLL * GEMV_SLICE)));
     const dim3 grid(ceil_div(OC, GEMV_OUT_ROWS)), block(32 * warps);
-    const size_t smem = (size_t)GEMV_OUT_ROWS * IC * sizeof(bf16);
-    allow_smem();
     switch (n) {
-#define GEMV_CASE(N)                                                                        \
-    case N:                                                                                \
-        launch_pdl(gemv_kernel<N>, grid, block, smem, s, out, fp32_out, inp, w, bias, gelu, IC, \
-                   OC);                                                                    \
+#define GEMV_CASE(N)                                                                     \
+    case N:                                                                             \
+        launch_pdl(gemv_kernel<N>, grid, block, s, out, fp32_out, inp, w, bias, gelu, IC, OC); \
         break;
         GEMV_CASE(1) GEMV_CASE(2) GEMV_CASE(3) GEMV_CASE(4)
         GEMV_CASE(5) GEMV_CASE(6) GEMV_CASE(7) GEMV_CASE(8)

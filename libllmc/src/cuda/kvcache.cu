@@ -67,7 +67,7 @@ __global__ void kv_store_kernel(bf16 *keys, bf16 *values, const bf16 *qkv, const
 void kv_store(bf16 *keys, bf16 *values, const bf16 *qkv, const int *slot, const int *pos, int n,
               int NH, int NKV, int hs, int T, cudaStream_t s) {
     const long work = (long)n * (2 * NKV * hs / 8);
-    launch_pdl(kv_store_kernel, dim3(ceil_div(work, 256)), dim3(256), 0, s, keys, values, qkv, slot,
+    launch_pdl(kv_store_kernel, dim3(ceil_div(work, 256)), dim3(256), s, keys, values, qkv, slot,
                pos, n, NH, NKV, hs, T);
 }
 
@@ -226,7 +226,7 @@ void attention_cached(bf16 *out, float *partial, int *done, const bf16 *qkv, bf1
     switch (pow2_ceil(hs / 8)) {  // lanes per position
 #define ATTN_CASE(LP)                                                                   \
     case LP:                                                                            \
-        launch_pdl(attention_cached_kernel<LP>, grid, dim3(ATTN_THREADS), 0, s, out, partial, \
+        launch_pdl(attention_cached_kernel<LP>, grid, dim3(ATTN_THREADS), s, out, partial, \
                    done, qkv, keys, values, slot, pos, NH, NKV, hs, T, store);          \
         break;
         ATTN_CASE(1) ATTN_CASE(2) ATTN_CASE(4) ATTN_CASE(8) ATTN_CASE(16)

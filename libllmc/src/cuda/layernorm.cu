@@ -179,7 +179,7 @@ void decode_norm(bf16 *res_out, bf16 *out, const bf16 *res_in, const bf16 *branc
                                                : decode_norm_kernel<2, NORM_RMS>)
                                         : (one ? decode_norm_kernel<1, NORM_LAYER>
                                                : decode_norm_kernel<2, NORM_LAYER>);
-    launch_pdl(kernel, dim3(n), dim3(threads), 0, s, res_out, out, res_in, branch, norm, C);
+    launch_pdl(kernel, dim3(n), dim3(threads), s, res_out, out, res_in, branch, norm, C);
 }
 
 /* Each warp takes rows in a fixed stride. A lane owns channels

@@ -36,7 +36,7 @@ static void rope_launch(bf16 *qkv, const float *cos_t, const float *sin_t, const
                         int T, int NH, int NKV, int hs, float sign, cudaStream_t s) {
     const int heads = NH + NKV, half = hs / 2;
     const long n = (long)N * heads * half;
-    launch_pdl(rope_kernel, dim3(ceil_div(n, 256)), dim3(256), 0, s, qkv, cos_t, sin_t, pos, N, T,
+    launch_pdl(rope_kernel, dim3(ceil_div(n, 256)), dim3(256), s, qkv, cos_t, sin_t, pos, N, T,
                heads, (NH + 2 * NKV) * hs, half, sign);
 }
 

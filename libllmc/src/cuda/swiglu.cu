@@ -41,7 +41,7 @@ __global__ void swiglu_backward_kernel(bf16 *dinp, const bf16 *dout, const bf16 
 
 void swiglu_forward(bf16 *out, const bf16 *inp, int N, int F, cudaStream_t s) {
     const long n = (long)N * (F / 8);
-    launch_pdl(swiglu_forward_kernel, dim3(ceil_div(n, 256)), dim3(256), 0, s, out, inp, N, F);
+    launch_pdl(swiglu_forward_kernel, dim3(ceil_div(n, 256)), dim3(256), s, out, inp, N, F);
 }
 
 void swiglu_backward(bf16 *dinp, const bf16 *dout, const bf16 *inp, int N, int F, cudaStream_t s) {
