@@ -422,7 +422,8 @@ llmc_status cuda_cache_greedy(llmc_model *m, void *cache, int n_out, int more,
      * graph exists */
     const bool ahead = more && c->stepped == n_out && c->graphs[n_out];
     c->stepped = 0;
-    int *next_pos = ahead ? c->rows + c->R : nullptr, *next_tok = ahead ? c->rows + 2 * c->R : nullptr;
+    int *next_pos = ahead ? c->rows + c->R : nullptr;
+    int *next_tok = ahead ? c->rows + 2 * c->R : nullptr;
     greedy_rows(c->picks, c->logits, n_out, c->V, c->Vp, next_pos, next_tok, w.stream);
     CUDA_CHECK_LAUNCH();
     CUDA_TRY(cudaMemcpyAsync(c->picks_host, c->picks, n_out * sizeof(greedy_pick),

@@ -146,7 +146,8 @@ __global__ void __launch_bounds__(ATTN_THREADS)
             }
         }
 #pragma unroll
-        for (int u = 0; u < 2; u++) absorb<LP>(m, q, kv[u], vv[u], t0 + u * GROUPS + group < cached_end);
+        for (int u = 0; u < 2; u++)
+            absorb<LP>(m, q, kv[u], vv[u], t0 + u * GROUPS + group < cached_end);
     }
     if (cached_end < end) {  // store, the last range: the new position, from qkv
         const bf16 *new_key = qkv + qkv_row + (size_t)(NH + kvh) * hs;
