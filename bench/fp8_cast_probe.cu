@@ -17,15 +17,7 @@
 #include <vector>
 
 #include "cuda/fp8.cu"
-
-#define CK(x)                                                                                  \
-    do {                                                                                       \
-        cudaError_t e_ = (x);                                                                  \
-        if (e_ != cudaSuccess) {                                                               \
-            fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
-            exit(1);                                                                           \
-        }                                                                                      \
-    } while (0)
+#include "probe.cuh"
 
 struct Case {
     const char *name;
@@ -46,16 +38,6 @@ static const Case CASES[] = {
     {"odd-1048x72-gelu", 1048, 72, FP8_GELU, false},
 };
 static const int RUNS = 20, WARMUP = 3;
-
-// standard normal bf16 from a hash of the index (Box-Muller)
-__global__ void fill_normal(bf16 *p, size_t n, uint32_t seed) {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
-         i += (size_t)gridDim.x * blockDim.x) {
-        const uint32_t a = hash2(seed, (uint32_t)i), b = hash2(a, (uint32_t)(i >> 32) + 1u);
-        const float u = (a + 1.0f) * 2.3283064e-10f, v = b * 2.3283064e-10f;  // (0, 1], [0, 1)
-        p[i] = __float2bfloat16(sqrtf(-2.0f * logf(u)) * cospif(2.0f * v));
-    }
-}
 
 // order-free fingerprint of n bytes: the sum of a 64-bit mix of (index, byte)
 __device__ __forceinline__ unsigned long long mix64(unsigned long long x) {
@@ -97,11 +79,6 @@ static unsigned long long print_of(unsigned long long *d_sum, const uint8_t *p, 
     unsigned long long h = 0;
     CK(cudaMemcpy(&h, d_sum, 8, cudaMemcpyDeviceToHost));
     return h;
-}
-
-static float median(std::vector<float> t) {
-    std::sort(t.begin(), t.end());
-    return 0.5f * (t[(t.size() - 1) / 2] + t[t.size() / 2]);
 }
 
 // median time (us) of RUNS launches of f, each after the L2 is flushed

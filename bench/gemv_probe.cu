@@ -10,37 +10,8 @@
 // it to overlap, as with PDL off); "in a row", 30 launches back to back as programmatic
 // dependents (a step's way), per launch; the weights' TB/s at that rate; and the copy's time
 // for the same bytes (it also writes them: its TB/s counts the bytes once, as the GEMV's does).
-#include <algorithm>
-#include <cstdio>
-#include <cstdlib>
-#include <vector>
-
 #include "cuda/gemv.cu"
-
-#define CK(x)                                                                                \
-    do {                                                                                     \
-        cudaError_t e_ = (x);                                                                \
-        if (e_ != cudaSuccess) {                                                             \
-            fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
-            exit(1);                                                                         \
-        }                                                                                    \
-    } while (0)
-
-__global__ void fill(bf16 *p, size_t n, unsigned seed) {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
-         i += (size_t)gridDim.x * blockDim.x) {
-        unsigned h = (unsigned)i * 2654435761u ^ seed;
-        h ^= h >> 13;
-        h *= 0x5bd1e995u;
-        h ^= h >> 15;
-        p[i] = __float2bfloat16(((int)(h & 0xFFF) - 2048) / 65536.0f);
-    }
-}
-
-static float median(std::vector<float> v) {
-    std::sort(v.begin(), v.end());
-    return v[v.size() / 2];
-}
+#include "probe.cuh"
 
 int main(int argc, char **argv) {
     const int C = argc > 1 ? atoi(argv[1]) : 1600;
@@ -69,8 +40,8 @@ int main(int argc, char **argv) {
         CK(cudaMalloc(&dst, bytes));
         CK(cudaMalloc(&inp, (size_t)8 * sh.IC * sizeof(bf16)));
         CK(cudaMalloc(&out, (size_t)8 * sh.OC * sizeof(bf16)));
-        fill<<<1024, 256, 0, s>>>(w, elems * copies, 1);
-        fill<<<64, 256, 0, s>>>(inp, (size_t)8 * sh.IC, 2);
+        fill_normal<<<1024, 256, 0, s>>>(w, elems * copies, 1);
+        fill_normal<<<64, 256, 0, s>>>(inp, (size_t)8 * sh.IC, 2);
         CK(cudaStreamSynchronize(s));
         int at = 0;
         auto next = [&] { return w + (size_t)(at++ % copies) * elems; };

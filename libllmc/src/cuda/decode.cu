@@ -80,6 +80,7 @@ struct cuda_cache {
     cudaEvent_t picks_ready = nullptr;  // greedy's picks are in picks_host
     std::vector<cudaGraphExec_t> graphs;  // per step size n (1..S): captured graph
     std::vector<char> seen;               // per n: ran once eagerly
+    std::vector<char> slot_taken;         // per slot: scratch of cuda_cache_forward's step test
 };
 
 /* Buffers in allocation order (the order of cuda_cache's pointers), bytes
@@ -164,6 +165,7 @@ llmc_status cuda_cache_create(llmc_model *m, int S, int T, int R, void **out) {
     try {
         c->graphs.assign(S + 1, nullptr);
         c->seen.assign(S + 1, 0);
+        c->slot_taken.assign(S, 0);
     } catch (const std::bad_alloc &) {  // no C++ exception may reach api.c
         delete c;
         return llmc_error(LLMC_ERR_OUT_OF_MEMORY, "out of host memory");
@@ -387,8 +389,12 @@ llmc_status cuda_cache_forward(llmc_model *m, void *cache, int n, const int32_t 
     int *h = c->rows_host;
     bool step = n_out == n;  // rows of distinct slots, each with its logits in row order
     for (int i = 0; i < n_out && step; i++) step = out_rows[i] == i;
-    for (int i = 0; i < n && step; i++)
-        for (int j = 0; j < i && step; j++) step = slot[i] != slot[j];
+    int marked = 0;
+    for (; marked < n && step; marked++) {
+        step = !c->slot_taken[slot[marked]];
+        c->slot_taken[slot[marked]] = 1;
+    }
+    for (int i = 0; i < marked; i++) c->slot_taken[slot[i]] = 0;
     const int ahead = c->ahead;  // the step greedy queued: these rows?
     c->ahead = 0;
     bool queued = step && ahead == n && c->ahead_weights == m->weights_version;

@@ -131,10 +131,11 @@ void gemv_forward_fp32(float *out, const bf16 *inp, const bf16 *w, int n, int IC
 void gelu_forward(bf16 *out, const bf16 *inp, size_t n, cudaStream_t s);
 
 /* crossentropy.cu: softmax + cross-entropy (and optionally its gradient)
- * over the first V of Vp columns of bf16 logits rows. losses[r] gets each row's loss (0 where target < 0). With
- * write_grad, dloss * (softmax - onehot), zero in padded columns and in
- * ignored rows, overwrites the logits, or with grad8 goes there instead
- * (rows x Vp E4M3 at grad8_scale, a power of two). */
+ * over the first V of Vp columns of bf16 logits rows. losses[r] gets each
+ * row's loss (0 where target < 0). With write_grad, dloss * (softmax -
+ * onehot), zero in padded columns and in ignored rows, overwrites the
+ * logits, or with grad8 goes there instead (rows x Vp E4M3 at grad8_scale, a
+ * power of two). */
 void crossentropy_forward_backward(bf16 *logits, float *losses, const int *targets, int rows,
                                    int V, int Vp, float dloss, int write_grad, cudaStream_t s,
                                    uint8_t *grad8 = nullptr, float grad8_scale = 1.0f);

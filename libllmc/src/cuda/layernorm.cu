@@ -112,13 +112,6 @@ void residual_layernorm_forward(bf16 *res_out, bf16 *out, float *mean, float *rs
         res_out, out, mean, rstd, res_in, branch, w, b, N, C, fp8);
 }
 
-/* One normalized element, as the training kernels compute it: LayerNorm
- * (x - mean) * rstd * w + b, RMSNorm (mean unused) w * (x * rstd). */
-template <int NORM>
-__device__ __forceinline__ float norm_value(float x, float mean, float rstd, float w, float b) {
-    return NORM == NORM_LAYER ? (x - mean) * rstd * w + b : w * (x * rstd);
-}
-
 /* Decode rows (decode_norm), both families' norms (RMSNorm: LayerNorm
  * without the mean or a bias): a block per row, each thread holding K
  * 16-byte slices (threadIdx.x + k blockDim.x) in registers, so that a row
@@ -163,10 +156,11 @@ __global__ void __launch_bounds__(1024)
         const int c = (threadIdx.x + k * blockDim.x) * 8;
         if (c >= C) continue;
         Vec16<bf16> o;
-        for (int e = 0; e < 8; e++)
-            o.v[e] = __float2bfloat16(norm_value<NORM>(x[k][e], mean, rstd,
-                                                       __bfloat162float(wv[k].v[e]),
-                                                       __bfloat162float(bv[k].v[e])));
+        for (int e = 0; e < 8; e++) {  // as the training kernels compute each element
+            const float w = __bfloat162float(wv[k].v[e]), b = __bfloat162float(bv[k].v[e]);
+            o.v[e] = __float2bfloat16(NORM == NORM_LAYER ? (x[k][e] - mean) * rstd * w + b
+                                                         : w * (x[k][e] * rstd));
+        }
         store16(out + off + c, o);
     }
 }
