@@ -108,33 +108,26 @@ __device__ __forceinline__ void absorb(Softmax &m, const float (&q)[8], const Ve
  * block's first group (a loop over cached positions only keeps the
  * registers, and so the blocks an SM holds, of the kernel without store). */
 template <int LP>
-__global__ void __launch_bounds__(ATTN_THREADS)
+__global__ void __launch_bounds__(ATTN_THREADS, 9)
     attention_cached_kernel(bf16 *out, float *partial, int *done, const bf16 *qkv,
                             bf16 *keys, bf16 *values, const int *slot, const int *pos,
                             int NH, int NKV, int hs, int T, bool store) {
     pdl_launch_dependents();  // the GEMV that follows (gemv.cu) may start loading its weights
-    pdl_wait();               // qkv, and the keys and values kv_store wrote
     constexpr int GROUPS = ATTN_THREADS / LP;
+    /* the rows' slots and positions were uploaded (or queued by greedy.cu) before the
+     * forward's first kernel, a plain launch: complete before any of this step starts */
     const int r = blockIdx.x, h = blockIdx.y, range = blockIdx.z;
     const int len = pos[r] + 1, chunk = attn_chunk(len), ranges = (len + chunk - 1) / chunk;
     if (range >= ranges) return;  // the whole block: a shorter row than the grid's longest
     const int group = threadIdx.x / LP, d = threadIdx.x % LP * 8;
     const bool owns = d < hs;  // the lanes past hs (hs/8 not a power of two) add zeros
-    const float scale = rsqrtf((float)hs);
-    const size_t qkv_row = (size_t)r * (NH + 2 * NKV) * hs;
-    float q[8] = {};
-    if (owns) {
-        const Vec16<bf16> qv = load16(qkv + qkv_row + h * hs + d);
-        for (int k = 0; k < 8; k++) q[k] = __bfloat162float(qv.v[k]) * scale;
-    }
     const int kvh = h / (NH / NKV);
     const size_t head = ((size_t)slot[r] * NKV + kvh) * T * hs, base = head + d;
-    Softmax m = {-INFINITY, 0.0f, {}};
     const int begin = range * chunk, end = min(len, begin + chunk);
     const int cached_end = store ? min(end, len - 1) : end;
-    /* block-uniform trip count: every lane reaches the group's shuffles */
-    for (int t0 = begin; t0 < cached_end; t0 += 2 * GROUPS) {
-        Vec16<bf16> kv[2], vv[2];
+    /* a round: two positions per group in flight */
+    Vec16<bf16> kv[2], vv[2];
+    auto load_round = [&](int t0) {
 #pragma unroll
         for (int u = 0; u < 2; u++) {
             const int t = t0 + u * GROUPS + group;
@@ -145,6 +138,23 @@ __global__ void __launch_bounds__(ATTN_THREADS)
                 for (int k = 0; k < 8; k++) kv[u].v[k] = vv[u].v[k] = __float2bfloat16(0.0f);
             }
         }
+    };
+    /* In a step the cached positions are earlier steps' (complete, as above), so the
+     * first round's keys and values load while the qkv GEMV before still runs; in a
+     * prefill kv_store, the kernel before, writes some of them. */
+    if (store) load_round(begin);
+    pdl_wait();  // qkv, and the keys and values kv_store wrote
+    const float scale = rsqrtf((float)hs);
+    const size_t qkv_row = (size_t)r * (NH + 2 * NKV) * hs;
+    float q[8] = {};
+    if (owns) {
+        const Vec16<bf16> qv = load16(qkv + qkv_row + h * hs + d);
+        for (int k = 0; k < 8; k++) q[k] = __bfloat162float(qv.v[k]) * scale;
+    }
+    Softmax m = {-INFINITY, 0.0f, {}};
+    /* block-uniform trip count: every lane reaches the group's shuffles */
+    for (int t0 = begin; t0 < cached_end; t0 += 2 * GROUPS) {
+        if (t0 > begin || !store) load_round(t0);
 #pragma unroll
         for (int u = 0; u < 2; u++)
             absorb<LP>(m, q, kv[u], vv[u], t0 + u * GROUPS + group < cached_end);
@@ -166,7 +176,10 @@ __global__ void __launch_bounds__(ATTN_THREADS)
     }
     /* the block's groups, merged in group order by thread i < hs for dim i */
     __shared__ float group_max[GROUPS], group_sum[GROUPS];
-    __shared__ float group_acc[ATTN_THREADS * 8];  // group g's dim i at g * LP * 8 + i
+    /* group g's dim i at g * LP * 8 + i; then, in a (row, head)'s last block, its records */
+    __shared__ float group_acc[ATTN_THREADS * 8 > ATTN_MAX_SPLITS * (ATTN_THREADS + 2)
+                                   ? ATTN_THREADS * 8
+                                   : ATTN_MAX_SPLITS * (ATTN_THREADS + 2)];
     if (threadIdx.x % LP == 0) {
         group_max[group] = m.max;
         group_sum[group] = m.sum;
@@ -206,16 +219,22 @@ __global__ void __launch_bounds__(ATTN_THREADS)
         if (last) *counter = 0;  // every range has counted: ready for the next launch
     }
     __syncthreads();
-    if (!last || i >= hs) return;
+    if (!last) return;
     __threadfence();
-    const float *rec = partial + first * record;  // other blocks' records: read from L2
+    /* the other blocks' records from L2, all loads in one round, into the shared
+     * memory the group merge is done with (every thread passed the barrier above) */
+    const float *rec = partial + first * record;
+    float *recs = group_acc;
+    for (int k = threadIdx.x; k < ranges * (int)record; k += ATTN_THREADS) recs[k] = __ldcg(rec + k);
+    __syncthreads();
+    if (i >= hs) return;
     float row_max = -INFINITY;
-    for (int j = 0; j < ranges; j++) row_max = fmaxf(row_max, __ldcg(rec + j * record));
+    for (int j = 0; j < ranges; j++) row_max = fmaxf(row_max, recs[j * record]);
     num = den = 0.0f;
     for (int j = 0; j < ranges; j++) {
-        const float f = __expf(__ldcg(rec + j * record) - row_max);
-        num += __ldcg(rec + j * record + 2 + i) * f;
-        den += __ldcg(rec + j * record + 1) * f;
+        const float f = __expf(recs[j * record] - row_max);
+        num += recs[j * record + 2 + i] * f;
+        den += recs[j * record + 1] * f;
     }
     o[i] = __float2bfloat16(num / den);
 }

@@ -123,19 +123,24 @@ __global__ void __launch_bounds__(1024)
     decode_norm_kernel(bf16 *res_out, bf16 *out, const bf16 *res_in, const bf16 *branch,
                        row_norm norm, int C) {
     pdl_launch_dependents();  // the GEMV that follows (gemv.cu) may start loading its weights
-    pdl_wait();               // the residual branch is the kernel before's
     __shared__ float shared32[32];
     const size_t off = (size_t)blockIdx.x * C;
     float x[K][8];
     Vec16<bf16> wv[K], bv[K];
-    float sum = 0.0f;  // LayerNorm: of x; RMSNorm: of x^2
 #pragma unroll
-    for (int k = 0; k < K; k++) {
+    for (int k = 0; k < K; k++) {  // the weights do not depend on the kernel before
         const int c = (threadIdx.x + k * blockDim.x) * 8;
         if (c >= C) continue;
         wv[k] = load16(norm.w + c);
         for (int e = 0; e < 8; e++) bv[k].v[e] = __float2bfloat16(0.0f);
         if (NORM == NORM_LAYER) bv[k] = load16(norm.b + c);
+    }
+    pdl_wait();  // the residual branch does
+    float sum = 0.0f;  // LayerNorm: of x; RMSNorm: of x^2
+#pragma unroll
+    for (int k = 0; k < K; k++) {
+        const int c = (threadIdx.x + k * blockDim.x) * 8;
+        if (c >= C) continue;
         residual_slice(x[k], res_out + off, res_in + off, branch ? branch + off : nullptr, c);
         for (int e = 0; e < 8; e++) sum += NORM == NORM_LAYER ? x[k][e] : x[k][e] * x[k][e];
     }
