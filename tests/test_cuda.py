@@ -472,6 +472,46 @@ def test_fp8_matches_cpu(cfg, B, T):
     assert abs(mg - mc) < 5e-2
 
 
+# a vocabulary of 2,333 (padded 2,432): the FP8 cross-entropy's column tiles of 1,024, the last
+# one partial, with a slice across V
+FP8_VOCAB = pyllmc.Config(max_seq_len=48, vocab_size=2333, num_layers=2, num_heads=5, channels=80)
+
+
+@fp8_only
+@pytest.mark.parametrize("cfg,B,T", [(FP8_VOCAB, 3, 48), (SMALL, 80, 64)],
+                         ids=["tiles", "two-chunks"])
+def test_fp8_warm_gradients_match_cpu_at_every_recompute(cfg, B, T):
+    """With the scales warm, the LayerNorms write the qkv and fc inputs in E4M3 with their
+    transposes (kept per layer, or at recompute 2 written again by the backward's
+    LayerNorms), and the cross-entropy writes the logits' E4M3 gradient both ways (here
+    9 blocks of 16 rows; or chunks of 4,096 and 1,024 rows): every tensor's gradient within
+    the FP8 bound of the CPU's, a wrong transposed copy would be far off, and the same bits
+    at every recompute level (the operands are the same bytes whichever kernel writes
+    them)."""
+    x, y = batch(cfg, B, T, seed=5)
+    y[0, :3] = -1  # ignored rows: zeros in both copies of the logits' gradient
+    y[1, 20:37] = -1
+    grads = []
+    for recompute in (0, 1, 2):
+        cpu, gpu = pair(cfg, B, T, recompute=recompute, precision="fp8")
+        if recompute == 0:
+            loss_c, gc = cpu.backward(x, y), cpu.gradients()
+        gpu.backward(x, y)  # scaled from the tensors themselves; the next one from its history
+        loss_g = gpu.backward(x, y)
+        assert abs(loss_g - loss_c) < 5e-2, (recompute, loss_g, loss_c)
+        gg = gpu.gradients()
+        errors = {name: rel(gg[sl], gc[sl]) for name, sl in slices_of(gpu.config).items()
+                  if np.linalg.norm(gc[sl]) > 0}
+        print(f"recompute {recompute}: warm fp8 gradient relative errors:",
+              {k: f"{v:.2e}" for k, v in errors.items()})
+        bad = {k: v for k, v in errors.items() if not v < 0.2}
+        assert not bad, (recompute, bad)
+        grads.append(gg)
+        cpu.close()
+        gpu.close()
+    assert all(np.array_equal(grads[0], g) for g in grads[1:])
+
+
 @fp8_only
 @pytest.mark.parametrize("model", list(FP8_MODELS))
 def test_fp8_training_tracks_bf16(model):
