@@ -472,8 +472,8 @@ def test_fp8_matches_cpu(cfg, B, T):
     assert abs(mg - mc) < 5e-2
 
 
-# a vocabulary of 2,333 (padded 2,432): the FP8 cross-entropy's column tiles of 1,024, the last
-# one partial, with a slice across V
+# a vocabulary of 2,333 (padded 2,432): a padded classifier whose E4M3 logits' gradient and its
+# transpose are no multiple of the usual shapes
 FP8_VOCAB = pyllmc.Config(max_seq_len=48, vocab_size=2333, num_layers=2, num_heads=5, channels=80)
 
 
@@ -481,12 +481,11 @@ FP8_VOCAB = pyllmc.Config(max_seq_len=48, vocab_size=2333, num_layers=2, num_hea
 @pytest.mark.parametrize("cfg,B,T", [(FP8_VOCAB, 3, 48), (SMALL, 80, 64)],
                          ids=["tiles", "two-chunks"])
 def test_fp8_warm_gradients_match_cpu_at_every_recompute(cfg, B, T):
-    """With the scales warm, the LayerNorms write the qkv and fc inputs in E4M3 with their
-    transposes (kept per layer, or at recompute 2 written again by the backward's
-    LayerNorms), and the cross-entropy writes the logits' E4M3 gradient both ways (here
-    9 blocks of 16 rows; or chunks of 4,096 and 1,024 rows): every tensor's gradient within
-    the FP8 bound of the CPU's, a wrong transposed copy would be far off, and the same bits
-    at every recompute level (the operands are the same bytes whichever kernel writes
+    """With the scales warm, the qkv and fc inputs go to E4M3 with their transposes (kept per
+    layer, or at recompute 2 made again in the backward), and the logits' E4M3 gradient is
+    transposed (here 144 rows; or chunks of 4,096 and 1,024 rows): every tensor's gradient
+    within the FP8 bound of the CPU's, a wrong transposed copy would be far off, and the same
+    bits at every recompute level (the operands are the same bytes whichever kernel writes
     them)."""
     x, y = batch(cfg, B, T, seed=5)
     y[0, :3] = -1  # ignored rows: zeros in both copies of the logits' gradient

@@ -133,7 +133,7 @@ struct cuda_state {
     bool xT_saved[FP8_PRODUCTS] = {};
     /* The LM head's three products when training: the head weight in E4M3
      * both ways; per chunk of rows, the final norm's output and the logits'
-     * gradients (E4M3, which the cross-entropy writes) both ways;
+     * gradients (E4M3, which the cross-entropy writes row-major) both ways;
      * their scales (slots of product 0), all set afresh, so nothing is saved:
      * the norm's output scaled from its own amax, the weight from its own,
      * the gradients from their bound |softmax - onehot| * dloss <= dloss. */
@@ -706,41 +706,32 @@ llmc_status update_activation_scales(cuda_state *g) {
 }
 
 /* Where a LayerNorm writes the input of block product p of layer l: in FP8
- * once the scales have a history, straight into the product's E4M3 operands
- * at its delayed scale, so that the bf16 output is neither written nor cast;
- * else (empty) its bf16 buffer. GPT-2 only (Llama's RMSNorm writes bf16).
- * LN_EVAL: x8 alone. LN_TRAINING: x8, the transpose the weight gradient
- * reads where it is kept per layer (xT_saved), and the amax. LN_RECOMPUTE
- * (backward, recompute 2): only the transpose, into the one-layer scratch
- * where it is not kept (nothing reads x8 there). */
-enum ln_pass { LN_EVAL, LN_TRAINING, LN_RECOMPUTE };
-ln_fp8_out ln_into_x8(cuda_state *g, int p, int l, ln_pass pass) {
+ * once the scales have a history, straight into the product's E4M3 operand
+ * x8 at its delayed scale (recording its amax when training), so that the
+ * bf16 output is neither written nor cast; else (empty) its bf16 buffer.
+ * GPT-2 only (Llama's RMSNorm writes bf16). */
+ln_fp8_out ln_into_x8(cuda_state *g, int p, int l, bool record) {
     if (!g->fp8 || !g->fp8_warm || g->llama) return {};
     const int slot = g->f8.slot(FP8_X, l, p);
-    const bool kept = g->xT_saved[p];
-    ln_fp8_out o;
-    o.out = pass == LN_RECOMPUTE ? nullptr : g->x8;
-    if ((pass == LN_TRAINING && kept) || (pass == LN_RECOMPUTE && !kept)) o.outT = XT8(g, p, l);
-    o.scale = g->f8.scale + slot;
-    if (pass == LN_TRAINING) o.amax = g->f8.amax + slot;
-    return o;
+    return {g->x8, g->f8.scale + slot, record ? g->f8.amax + slot : nullptr};
 }
 
 /* Block product p of layer l: out (N, OC) = inp @ w^T + bias (Llama: no
  * bias), with GELU and its input into gelu_pre for GPT-2's fc. In FP8 inp is
- * cast first (quantize_input; in x8 already if x8_ready, and its kept
- * transpose too: ln_into_x8), and when training its transpose is kept for
- * the weight gradient; GPT-2's fc then writes only its pre-activation,
- * gelu_pre, which fcproj's cast reads. */
+ * cast first (quantize_input; in x8 already if x8_ready: ln_into_x8), and
+ * when training its transpose is kept for the weight gradient; GPT-2's fc
+ * then writes only its pre-activation, gelu_pre, which fcproj's cast reads. */
 llmc_status block_forward(cuda_state *g, int p, int l, bf16 *out, const bf16 *inp, int N,
                           bf16 *gelu_pre, bool training, bool x8_ready = false) {
     const int IC = product_in(g, p), OC = product_out(g, p);
     const bf16 *w = P(g, PRODUCT_WEIGHT[p], l);
     const bf16 *bias = g->size[PRODUCT_BIAS[p]] ? P(g, PRODUCT_BIAS[p], l) : nullptr;
     if (!g->fp8) return matmul_forward(g->mm, out, inp, IC, w, bias, N, IC, OC, gelu_pre);
+    uint8_t *xT = training && g->xT_saved[p] ? XT8(g, p, l) : nullptr;
     if (!x8_ready)
-        quantize_input(g, p, l, inp, N, g->x8, training && g->xT_saved[p] ? XT8(g, p, l) : nullptr,
-                       training);
+        quantize_input(g, p, l, inp, N, g->x8, xT, training);
+    else if (xT)
+        fp8_transpose(xT, g->x8, N, IC, g->stream);
     return matmul_forward_fp8(g->mm, gelu_pre ? gelu_pre : out, g->x8, W8(g, p, l),
                               descale(g, FP8_X, l, p), descale(g, FP8_W, l, p), bias, N, IC, OC);
 }
@@ -752,8 +743,7 @@ llmc_status block_forward(cuda_state *g, int p, int l, bf16 *out, const bf16 *in
  *   epilogue of the product before, input_grad's gelu_pre);
  * bias_grad (qkv and fc; the projections' bias gradients come from the
  *   LayerNorm backward): in FP8 grad_operand's cast has summed it already;
- * input_operand: FP8 casts a recomputed bf16 input, inp, into its transpose
- *   (unless xT_ready: the recomputed LayerNorm wrote it, ln_into_x8);
+ * input_operand: FP8 casts a recomputed bf16 input, inp, into its transpose;
  * weight_grad and input_grad: dw += dout^T inp and dinp = dout @ w. */
 bool cast_sums_bias(const cuda_state *g, int p) {
     return g->size[PRODUCT_BIAS[p]] && (p == FP8_QKV || p == FP8_FC);
@@ -769,9 +759,12 @@ void bias_grad(cuda_state *g, int p, int l, const bf16 *dout, int N) {
     if (!g->fp8)
         bias_backward(G(g, PRODUCT_BIAS[p], l), g->partial, dout, N, product_out(g, p), g->stream);
 }
-void input_operand(cuda_state *g, int p, int l, const bf16 *inp, int N, bool xT_ready = false) {
-    if (!g->fp8 || g->xT_saved[p] || xT_ready) return;
-    quantize_input(g, p, l, inp, N, nullptr, XT8(g, p, l), false);
+void input_operand(cuda_state *g, int p, int l, const bf16 *inp, int N, bool x8_ready = false) {
+    if (!g->fp8 || g->xT_saved[p]) return;
+    if (x8_ready)
+        fp8_transpose(XT8(g, p, l), g->x8, N, product_in(g, p), g->stream);
+    else
+        quantize_input(g, p, l, inp, N, nullptr, XT8(g, p, l), false);
 }
 llmc_status weight_grad(cuda_state *g, int p, int l, const bf16 *dout, const bf16 *inp, int N) {
     const int IC = product_in(g, p), OC = product_out(g, p);
@@ -799,8 +792,7 @@ llmc_status forward(cuda_state *g, const int *tokens, int B, int T, bool trainin
     char err[512] = "";
     encoder_forward(g->encoded, tokens, P(g, P_WTE), P(g, P_WPE), B, T, C, s);
     Layer first = layer(g, 0);
-    const ln_pass pass = training ? LN_TRAINING : LN_EVAL;
-    ln_fp8_out ln1_x8 = ln_into_x8(g, FP8_QKV, 0, pass);
+    ln_fp8_out ln1_x8 = ln_into_x8(g, FP8_QKV, 0, training);
     layernorm_forward(first.ln1, first.ln1_mean, first.ln1_rstd, g->encoded, P(g, P_LN1W),
                       P(g, P_LN1B), N, C, s, ln1_x8);
     for (int l = 0; l < L; l++) {
@@ -810,14 +802,14 @@ llmc_status forward(cuda_state *g, const int *tokens, int B, int T, bool trainin
         TRY(attn_status(attn_forward(g->attn, a.atty, training ? a.lse : nullptr, a.qkv, B, T, err,
                                      sizeof err), err));
         TRY(block_forward(g, FP8_ATTPROJ, l, g->dC, a.atty, N, nullptr, training));
-        const ln_fp8_out ln2_x8 = ln_into_x8(g, FP8_FC, l, pass);
+        const ln_fp8_out ln2_x8 = ln_into_x8(g, FP8_FC, l, training);
         residual_layernorm_forward(a.res2, a.ln2, a.ln2_mean, a.ln2_rstd, res_in, g->dC,
                                    P(g, P_LN2W, l), P(g, P_LN2B, l), N, C, s, ln2_x8);
         TRY(block_forward(g, FP8_FC, l, a.fch_gelu, a.ln2, N, a.fch, training, ln2_x8.out));
         TRY(block_forward(g, FP8_FCPROJ, l, g->dC, a.fch_gelu, N, nullptr, training));
         if (l + 1 < L) {
             Layer b = layer(g, l + 1);
-            ln1_x8 = ln_into_x8(g, FP8_QKV, l + 1, pass);
+            ln1_x8 = ln_into_x8(g, FP8_QKV, l + 1, training);
             residual_layernorm_forward(a.res3, b.ln1, b.ln1_mean, b.ln1_rstd, a.res2, g->dC,
                                        P(g, P_LN1W, l + 1), P(g, P_LN1B, l + 1), N, C, s, ln1_x8);
         } else {
@@ -835,9 +827,10 @@ llmc_status forward(cuda_state *g, const int *tokens, int B, int T, bool trainin
  * runs the matmul algorithm of a full one, so a row's loss does not depend on
  * the rows beside it (an eval scores a gather of rows).
  * FP8 training runs the three products in FP8 (see head_scaling): the
- * cross-entropy kernel leaves the logits and writes their gradients in E4M3,
- * both ways, with no bf16 gradient written. Evals stay bf16: their rows must
- * not depend on the rows beside them through a scale. */
+ * cross-entropy kernel leaves the logits and gives each row's log-sum-exp,
+ * from which the cast of the logits writes their gradients, both ways, with
+ * no bf16 gradient written. Evals stay bf16: their rows must not depend on
+ * the rows beside them through a scale. */
 llmc_status classifier(cuda_state *g, const bf16 *lnf, const int *targets, float *losses, int N,
                        float dloss, bool backward) {
     const int C = g->C, chunk = (int)classifier_chunk(g);
@@ -864,9 +857,10 @@ llmc_status classifier(cuda_state *g, const bf16 *lnf, const int *targets, float
         }
         crossentropy_forward_backward(g->logits, losses + r0, targets + r0, rows, g->V, g->Vp,
                                       dloss, backward, s, fp8 ? g->dlogits8 : nullptr,
-                                      fp8 ? g->dlogitsT8 : nullptr, dlogits_scale);
+                                      dlogits_scale);
         if (!backward) continue;
         if (fp8) {
+            fp8_transpose(g->dlogitsT8, g->dlogits8, rows, g->Vp, s);
             TRY(matmul_backward_input_fp8(g->mm, g->dC + (size_t)r0 * C, g->dlogits8, g->headT8,
                                           h.descale_of(gs), h.descale_of(ws), rows, C, g->Vp,
                                           true));
@@ -909,11 +903,11 @@ llmc_status backward_layers(cuda_state *g, const int *staged, int num_buckets, i
         TRY(weight_grad(g, FP8_FCPROJ, l, g->dres, a.fch_gelu, N));
         TRY(input_grad(g, FP8_FCPROJ, l, g->d4C, g->dres, a.fch, N));
         grad_operand(g, FP8_FC, l, g->d4C, a.fch, N);
-        const ln_fp8_out ln2_x8 = ln_into_x8(g, FP8_FC, l, LN_RECOMPUTE);
+        const ln_fp8_out ln2_x8 = ln_into_x8(g, FP8_FC, l, false);
         if (g->recompute >= 2)
             layernorm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, a.res2, P(g, P_LN2W, l),
                               P(g, P_LN2B, l), N, C, s, ln2_x8);
-        input_operand(g, FP8_FC, l, a.ln2, N, ln2_x8.outT != nullptr);
+        input_operand(g, FP8_FC, l, a.ln2, N, ln2_x8.out);
         TRY(weight_grad(g, FP8_FC, l, g->d4C, a.ln2, N));
         bias_grad(g, FP8_FC, l, g->d4C, N);
         TRY(input_grad(g, FP8_FC, l, g->dC, g->d4C, nullptr, N));
@@ -929,11 +923,11 @@ llmc_status backward_layers(cuda_state *g, const int *staged, int num_buckets, i
         TRY(attn_status(attn_backward(g->attn, dqkv, g->dC, a.qkv, a.atty, a.lse, B, T, err,
                                       sizeof err), err));
         grad_operand(g, FP8_QKV, l, dqkv, nullptr, N);
-        const ln_fp8_out ln1_x8 = ln_into_x8(g, FP8_QKV, l, LN_RECOMPUTE);
+        const ln_fp8_out ln1_x8 = ln_into_x8(g, FP8_QKV, l, false);
         if (g->recompute >= 2)
             layernorm_forward(a.ln1, a.ln1_mean, a.ln1_rstd, res_in, P(g, P_LN1W, l),
                               P(g, P_LN1B, l), N, C, s, ln1_x8);
-        input_operand(g, FP8_QKV, l, a.ln1, N, ln1_x8.outT != nullptr);
+        input_operand(g, FP8_QKV, l, a.ln1, N, ln1_x8.out);
         TRY(weight_grad(g, FP8_QKV, l, dqkv, a.ln1, N));
         bias_grad(g, FP8_QKV, l, dqkv, N);
         TRY(input_grad(g, FP8_QKV, l, g->dC, dqkv, nullptr, N));

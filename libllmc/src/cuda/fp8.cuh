@@ -12,9 +12,7 @@
  * steps before it, recording its own largest magnitudes as a side effect
  * of the cast; fp8_update_scales then moves them into the history. Weights
  * are scaled from their own current largest magnitude (they are small, and
- * cast once per step). Kernels that write FP8 operands themselves (the
- * LayerNorm forward, the cross-entropy) share the byte-transpose helpers
- * below to write the transposed copy too.
+ * cast once per step).
  */
 #ifndef LLMC_CUDA_FP8_CUH
 #define LLMC_CUDA_FP8_CUH
@@ -46,33 +44,6 @@ __device__ __forceinline__ void to_fp8x8(uint32_t q[2], const float x[8], float 
             make_float2(x[j] * s, x[j + 1] * s), __NV_SATFINITE, e5m2 ? __NV_E5M2 : __NV_E4M3);
         q[j / 4] |= pair << (j % 4 * 8);  // x[j] in the low byte
     }
-}
-/* The 4 x 4 bytes of in[0..3] transposed: byte k of out[i] is byte i of
- * in[k] (4 rows of 4 columns in, 4 columns of 4 rows out), in 8 byte
- * permutes, for kernels that write an FP8 copy both ways. */
-__device__ __forceinline__ void transpose4x4(uint32_t out[4], const uint32_t in[4]) {
-    const uint32_t lo01 = __byte_perm(in[0], in[1], 0x5140);  // in0.b0 in1.b0 in0.b1 in1.b1
-    const uint32_t hi01 = __byte_perm(in[0], in[1], 0x7362);  // in0.b2 in1.b2 in0.b3 in1.b3
-    const uint32_t lo23 = __byte_perm(in[2], in[3], 0x5140);
-    const uint32_t hi23 = __byte_perm(in[2], in[3], 0x7362);
-    out[0] = __byte_perm(lo01, lo23, 0x5410);
-    out[1] = __byte_perm(lo01, lo23, 0x7632);
-    out[2] = __byte_perm(hi01, hi23, 0x5410);
-    out[3] = __byte_perm(hi01, hi23, 0x7632);
-}
-/* The first n (<= 16) bytes of v (byte k in word k / 4) to dst, one column's
- * bytes of 16 consecutive rows of a transposed copy: one 16-byte store when
- * all 16 are wanted and dst is 16-byte aligned (the copy's row count, its
- * leading dimension, a multiple of 16: every FP8 training shape), else byte
- * by byte (the last, partial group of rows, or a row count that is no
- * multiple of 16). */
-__device__ __forceinline__ void store_column16(uint8_t *dst, uint4 v, int n, bool aligned) {
-    if (n == 16 && aligned) {
-        *(uint4 *)dst = v;
-        return;
-    }
-    const uint32_t w[4] = {v.x, v.y, v.z, v.w};
-    for (int k = 0; k < n; k++) dst[k] = (uint8_t)(w[k / 4] >> (k % 4 * 8));
 }
 enum { FP8_X = 0, FP8_W = 1, FP8_G = 2, FP8_ROLES = 3 };
 enum { FP8_QKV = 0, FP8_ATTPROJ = 1, FP8_FC = 2, FP8_FCPROJ = 3, FP8_PRODUCTS = 4 };
@@ -133,8 +104,7 @@ void fp8_amax(const bf16 *in, const fp8_transform &t, int rows, int cols, int la
 void fp8_current_scale(const bf16 *in, int rows, int cols, const fp8_scaling &s, int slot,
                        cudaStream_t st);
 /* outT (cols x rows) = the transpose of the E4M3 matrix in (rows x cols);
- * rows and cols multiples of 16, both pointers 16-byte aligned (w8_only's
- * weights, per layer in backward). */
+ * rows and cols multiples of 16, both pointers 16-byte aligned. */
 void fp8_transpose(uint8_t *outT, const uint8_t *in, int rows, int cols, cudaStream_t st);
 /* One slot's scale, a power of two, and its descale. */
 void fp8_set_scale(const fp8_scaling &s, int slot, float scale, cudaStream_t st);

@@ -31,13 +31,11 @@ void encoder_backward(float *dwte, float *dwpe, float *partial, const bf16 *dout
                       int num_buckets, int B, int T, int C, cudaStream_t s);
 
 /* layernorm.cu. mean/rstd are saved per row for the backward pass. */
-/* With fp8.scale set, the output goes in E4M3 at *fp8.scale instead of into
- * out, each value rounded to bf16 first (the bits a cast of the bf16 output
- * gives): into fp8.out (N x C) and/or fp8.outT (its transpose, C x N, 16-byte
- * aligned), either may be NULL; fp8.amax (may be NULL) takes their largest
- * magnitude. */
+/* With fp8.out set, the output goes there instead of out: E4M3 at *fp8.scale,
+ * each value rounded to bf16 first (the bits a cast of the bf16 output
+ * gives), and fp8.amax (may be NULL) takes their largest magnitude. */
 struct ln_fp8_out {
-    uint8_t *out = nullptr, *outT = nullptr;
+    uint8_t *out = nullptr;
     const float *scale = nullptr;
     float *amax = nullptr;
 };
@@ -136,14 +134,11 @@ void gelu_forward(bf16 *out, const bf16 *inp, size_t n, cudaStream_t s);
  * over the first V of Vp columns of bf16 logits rows. losses[r] gets each
  * row's loss (0 where target < 0). With write_grad, dloss * (softmax -
  * onehot), zero in padded columns and in ignored rows, overwrites the
- * logits, or with grad8 goes instead into E4M3 copies at grad8_scale (a
- * power of two): grad8 (rows x Vp) and grad8T, its transpose (Vp x rows,
- * 16-byte aligned), both required. Each row's loss and gradient depend on
- * that row alone. */
+ * logits, or with grad8 goes there instead (rows x Vp E4M3 at grad8_scale, a
+ * power of two). */
 void crossentropy_forward_backward(bf16 *logits, float *losses, const int *targets, int rows,
                                    int V, int Vp, float dloss, int write_grad, cudaStream_t s,
-                                   uint8_t *grad8 = nullptr, uint8_t *grad8T = nullptr,
-                                   float grad8_scale = 1.0f);
+                                   uint8_t *grad8 = nullptr, float grad8_scale = 1.0f);
 
 /* gather.cu: out[i] = in[rows[i]] for n rows of C bf16; and out[rows[i]] = in[i]. */
 void gather_rows(bf16 *out, const bf16 *in, const int *rows, int n, int C, cudaStream_t s);

@@ -2,10 +2,6 @@
  * layernorm.cu: LayerNorm forward (optionally fused with the residual add
  * before it) and backward. One warp per row; each lane owns 8 consecutive
  * channels per 256-channel slice, so that every access is 16 bytes wide.
- * In FP8 the forward kernels can write the next product's E4M3 input
- * instead of the bf16 output, row-major and/or transposed (the weight
- * gradient's operand, channels x rows): the block stages its rows' bytes in
- * shared memory and writes each channel's bytes of its rows in one store.
  */
 #include <algorithm>
 
@@ -13,25 +9,14 @@
 #include "kernels.cuh"
 
 #define ROWS_PER_BLOCK 8  // warps per block
-/* Rows (warps) of a forward block that writes the transposed copy: 16, so
- * that each channel's bytes of the block's rows leave as one 16-byte store
- * (half a sector; the next block writes the other half), where 8 rows would
- * give 8-byte stores, a quarter sector each. Its rows' bytes, 16 x C, fit
- * the default 48 KB of dynamic shared memory at every C the LayerNorm
- * takes, so there is no case left for a separate transpose. */
-#define LN_ROWS_T 16
-static_assert(LN_ROWS_T * LN_MAX_CHANNELS <= 48 * 1024,
-              "a forward block's staged rows fit 48 KB of shared memory");
 
-/* Normalizes row `row` of x (already in memory) into out, or in FP8 (with
- * fp8.scale: kernels.cuh) into fp8.out and/or staged (the row's C bytes in
- * shared memory, for the transposed copy), returning the lane's largest
- * magnitude written there. Shared by both forward kernels so that a
- * recomputed LayerNorm is bit-identical to the original. */
+/* Normalizes row `row` of x (already in memory) into out, or into fp8.out
+ * (kernels.cuh), returning the lane's largest magnitude written there.
+ * Shared by both forward kernels so that a recomputed LayerNorm is
+ * bit-identical to the original. */
 __device__ __forceinline__ float normalize_row(bf16 *out, float *mean_out, float *rstd_out,
                                                const bf16 *x, const bf16 *w, const bf16 *b,
-                                               int row, int C, int lane, const ln_fp8_out &fp8,
-                                               uint8_t *staged) {
+                                               int row, int C, int lane, const ln_fp8_out &fp8) {
     x += (size_t)row * C;
     float sum = 0.0f;
     for (int c = lane * 8; c < C; c += 256) {
@@ -48,7 +33,7 @@ __device__ __forceinline__ float normalize_row(bf16 *out, float *mean_out, float
         }
     }
     const float rstd = rsqrtf(warp_sum(var) / C + LN_EPS);
-    const float scale = fp8.scale ? *fp8.scale : 0.0f;
+    const float scale = fp8.out ? *fp8.scale : 0.0f;
     float amax = 0.0f;
     for (int c = lane * 8; c < C; c += 256) {
         Vec16<bf16> v = load16(x + c), wv = load16(w + c), bv = load16(b + c), o;
@@ -56,7 +41,7 @@ __device__ __forceinline__ float normalize_row(bf16 *out, float *mean_out, float
             o.v[k] = __float2bfloat16((__bfloat162float(v.v[k]) - mean) * rstd *
                                           __bfloat162float(wv.v[k]) +
                                       __bfloat162float(bv.v[k]));
-        if (!fp8.scale) {
+        if (!fp8.out) {
             store16(out + (size_t)row * C + c, o);
             continue;
         }
@@ -67,8 +52,7 @@ __device__ __forceinline__ float normalize_row(bf16 *out, float *mean_out, float
         }
         uint32_t q[2];
         to_fp8x8(q, y, scale, false);
-        if (fp8.out) *(uint2 *)(fp8.out + (size_t)row * C + c) = make_uint2(q[0], q[1]);
-        if (staged) *(uint2 *)(staged + c) = make_uint2(q[0], q[1]);
+        *(uint2 *)(fp8.out + (size_t)row * C + c) = make_uint2(q[0], q[1]);
     }
     if (lane == 0) {
         *mean_out = mean;
@@ -79,117 +63,53 @@ __device__ __forceinline__ float normalize_row(bf16 *out, float *mean_out, float
 
 /* The block's largest magnitude into *amax (atomicMax on the float's bits,
  * order-free for non-negative floats, so deterministic). */
-template <int ROWS>
 __device__ __forceinline__ void record_amax(float *amax, float lane_amax) {
-    __shared__ float warp_amax[ROWS];
+    __shared__ float warp_amax[ROWS_PER_BLOCK];
     const float m = warp_max(lane_amax);
     if (threadIdx.x % 32 == 0) warp_amax[threadIdx.x / 32] = m;
     __syncthreads();
     if (threadIdx.x == 0) {
         float block = warp_amax[0];
-        for (int w = 1; w < ROWS; w++) block = fmaxf(block, warp_amax[w]);
+        for (int w = 1; w < ROWS_PER_BLOCK; w++) block = fmaxf(block, warp_amax[w]);
         atomicMax(reinterpret_cast<unsigned int *>(amax), __float_as_uint(block));
     }
 }
 
-/* The transposed copy of the block's LN_ROWS_T rows from r0 on (staged:
- * LN_ROWS_T x C bytes, row-major): each thread takes 4 channels at a time,
- * reads their word of each row (a warp's reads: 32 consecutive words),
- * transposes 4 x 4 bytes in registers and stores each channel's bytes of
- * the block's rows at outT[c * N + r0]. */
-__device__ __forceinline__ void store_transposed(uint8_t *outT, const uint8_t *staged, int r0,
-                                                 int N, int C) {
-    const int n = min(LN_ROWS_T, N - r0);
-    for (int c = threadIdx.x * 4; c < C; c += blockDim.x * 4) {
-        uint32_t col[4][LN_ROWS_T / 4];  // channel c + k, rows 4i..4i+3
-#pragma unroll
-        for (int i = 0; i < LN_ROWS_T / 4; i++) {
-            uint32_t in[4], t[4];
-#pragma unroll
-            for (int h = 0; h < 4; h++)
-                in[h] = *(const uint32_t *)(staged + (4 * i + h) * C + c);
-            transpose4x4(t, in);
-#pragma unroll
-            for (int k = 0; k < 4; k++) col[k][i] = t[k];
-        }
-#pragma unroll
-        for (int k = 0; k < 4; k++)
-            store_column16(outT + (size_t)(c + k) * N + r0,
-                           make_uint4(col[k][0], col[k][1], col[k][2], col[k][3]), n, N % 16 == 0);
-    }
-}
-
-/* The staged rows (dynamic shared memory: LN_ROWS_T x C bytes in the blocks
- * that write the transposed copy, else none) and a warp's row there. */
-extern __shared__ __align__(16) uint8_t ln_staged[];
-template <int ROWS>
-__device__ __forceinline__ uint8_t *staged_row(const ln_fp8_out &fp8, int warp, int C) {
-    return ROWS == LN_ROWS_T && fp8.outT ? ln_staged + warp * C : nullptr;
-}
-
-/* What both forward kernels do once their rows are normalized: the
- * transposed copy (LN_ROWS_T blocks only) and the block's amax. */
-template <int ROWS>
-__device__ __forceinline__ void finish_fp8(const ln_fp8_out &fp8, float amax, int N, int C) {
-    if (ROWS == LN_ROWS_T && fp8.outT) {
-        __syncthreads();  // every row staged
-        store_transposed(fp8.outT, ln_staged, blockIdx.x * ROWS, N, C);
-    }
-    if (fp8.amax) record_amax<ROWS>(fp8.amax, amax);
-}
-
-template <int ROWS>
 __global__ void layernorm_forward_kernel(bf16 *out, float *mean, float *rstd, const bf16 *inp,
                                          const bf16 *w, const bf16 *b, int N, int C,
                                          const ln_fp8_out fp8) {
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, row = blockIdx.x * ROWS + warp;
+    const int row = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32, lane = threadIdx.x % 32;
     float amax = 0.0f;
-    if (row < N)
-        amax = normalize_row(out, mean + row, rstd + row, inp, w, b, row, C, lane, fp8,
-                             staged_row<ROWS>(fp8, warp, C));
-    finish_fp8<ROWS>(fp8, amax, N, C);
+    if (row < N) amax = normalize_row(out, mean + row, rstd + row, inp, w, b, row, C, lane, fp8);
+    if (fp8.amax) record_amax(fp8.amax, amax);
 }
 
-template <int ROWS>
 __global__ void residual_layernorm_forward_kernel(bf16 *res_out, bf16 *out, float *mean,
                                                   float *rstd, const bf16 *res_in,
                                                   const bf16 *branch, const bf16 *w, const bf16 *b,
                                                   int N, int C, const ln_fp8_out fp8) {
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, row = blockIdx.x * ROWS + warp;
+    const int row = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32, lane = threadIdx.x % 32;
     float amax = 0.0f;
     if (row < N) {
         const size_t off = (size_t)row * C;
         residual_add_row(res_out + off, res_in + off, branch + off, C, lane);
-        amax = normalize_row(out, mean + row, rstd + row, res_out, w, b, row, C, lane, fp8,
-                             staged_row<ROWS>(fp8, warp, C));
+        amax = normalize_row(out, mean + row, rstd + row, res_out, w, b, row, C, lane, fp8);
     }
-    finish_fp8<ROWS>(fp8, amax, N, C);
-}
-
-/* A forward kernel's launch: blocks of LN_ROWS_T rows with their staging
- * where the transposed copy is written, else of ROWS_PER_BLOCK rows. */
-template <typename... Params, typename... Args>
-void launch_forward(void (*kernel)(Params...), void (*kernel_t)(Params...),
-                    const ln_fp8_out &fp8, int N, int C, cudaStream_t s, Args... args) {
-    if (fp8.outT)
-        kernel_t<<<ceil_div(N, LN_ROWS_T), 32 * LN_ROWS_T, (size_t)LN_ROWS_T * C, s>>>(args...);
-    else
-        kernel<<<ceil_div(N, ROWS_PER_BLOCK), 32 * ROWS_PER_BLOCK, 0, s>>>(args...);
+    if (fp8.amax) record_amax(fp8.amax, amax);
 }
 
 void layernorm_forward(bf16 *out, float *mean, float *rstd, const bf16 *inp, const bf16 *w,
                        const bf16 *b, int N, int C, cudaStream_t s, const ln_fp8_out &fp8) {
-    launch_forward(layernorm_forward_kernel<ROWS_PER_BLOCK>, layernorm_forward_kernel<LN_ROWS_T>,
-                   fp8, N, C, s, out, mean, rstd, inp, w, b, N, C, fp8);
+    layernorm_forward_kernel<<<ceil_div(N, ROWS_PER_BLOCK), 32 * ROWS_PER_BLOCK, 0, s>>>(
+        out, mean, rstd, inp, w, b, N, C, fp8);
 }
 
 void residual_layernorm_forward(bf16 *res_out, bf16 *out, float *mean, float *rstd,
                                 const bf16 *res_in, const bf16 *branch, const bf16 *w,
                                 const bf16 *b, int N, int C, cudaStream_t s,
                                 const ln_fp8_out &fp8) {
-    launch_forward(residual_layernorm_forward_kernel<ROWS_PER_BLOCK>,
-                   residual_layernorm_forward_kernel<LN_ROWS_T>, fp8, N, C, s, res_out, out, mean,
-                   rstd, res_in, branch, w, b, N, C, fp8);
+    residual_layernorm_forward_kernel<<<ceil_div(N, ROWS_PER_BLOCK), 32 * ROWS_PER_BLOCK, 0, s>>>(
+        res_out, out, mean, rstd, res_in, branch, w, b, N, C, fp8);
 }
 
 /* Decode rows (decode_norm), both families' norms (RMSNorm: LayerNorm
