@@ -59,8 +59,12 @@ def main():
     p.add_argument("--new-tokens", type=int, default=64)
     a = p.parse_args()
     torch.cuda.init()
-    m = pyllmc.Model.from_config(a.preset, device="cuda", max_batch_size=a.batch,
-                                 max_seq_len=a.seq, recompute=a.recompute, precision=a.precision)
+    # generation plans its own cache: the training plan is then the smallest (d48 at 64 x 1024
+    # would not fit)
+    m = pyllmc.Model.from_config(a.preset, device="cuda",
+                                 max_batch_size=1 if a.generate else a.batch,
+                                 max_seq_len=1 if a.generate else a.seq, recompute=a.recompute,
+                                 precision=a.precision)
     if a.generate:
         loader = DataLoader(a.data, a.generate, 128, shuffle=False, seed=0)
         prompts = loader.next_batch()[0].tolist()

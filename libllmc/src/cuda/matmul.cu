@@ -384,14 +384,22 @@ llmc_status matmul_backward_weight(mm_ctx *ctx, float *dw, const bf16 *dout, con
                      CUBLASLT_EPILOGUE_DEFAULT, nullptr, nullptr, 0);
 }
 
+/* Whether an FP8 forward or input-gradient product summing over k terms
+ * accumulates fast. Hopper's fast accumulation adds each partial product into
+ * the running sum at reduced precision, so its error grows with k: the
+ * products over a layer's width (k <= 8192) accumulate fast, as Transformer
+ * Engine's forward products do; the LM head's input gradient (k = the
+ * vocabulary) and every weight gradient (k = the tokens, whatever the batch)
+ * with cuBLASLt's periodic promotion to fp32. Input gradients fast: d12 FP8
+ * -0.5%, d24 -1.2% a step on an H200 (bench/CUDA_NOTES.md). */
+static bool fast_accum(int k) { return k <= 8192; }
+
 /* The FP8 products, all in cuBLASLt's TN form (Hopper takes no other):
- * out^T (OC, N) = w8 (OC, IC) rows . inp8 (N, IC) rows. Forward products
- * accumulate fast (as Transformer Engine does); the gradients' products with
- * cuBLASLt's periodic fp32 promotion. */
+ * out^T (OC, N) = w8 (OC, IC) rows . inp8 (N, IC) rows. */
 llmc_status matmul_forward_fp8(mm_ctx *ctx, bf16 *out, const void *inp8, const void *w8,
                                const float *inp_descale, const float *w_descale, const bf16 *bias,
                                int N, int IC, int OC, int plan_rows) {
-    const Fp8Operands f8{CUDA_R_8F_E4M3, CUDA_R_8F_E4M3, w_descale, inp_descale, true};
+    const Fp8Operands f8{CUDA_R_8F_E4M3, CUDA_R_8F_E4M3, w_descale, inp_descale, fast_accum(IC)};
     return lt_matmul(ctx, out, CUDA_R_16BF, w8, inp8, OC, N, plan_rows, IC, true, false, IC, IC, OC,
                      false,
                      bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT, bias, nullptr, 0, &f8);
@@ -402,7 +410,7 @@ llmc_status matmul_backward_input_fp8(mm_ctx *ctx, bf16 *dinp, const void *dout8
                                       const float *dout_descale, const float *w_descale, int N,
                                       int IC, int OC, bool dout_e4m3) {
     const Fp8Operands f8{CUDA_R_8F_E4M3, dout_e4m3 ? CUDA_R_8F_E4M3 : CUDA_R_8F_E5M2, w_descale,
-                         dout_descale, false};
+                         dout_descale, fast_accum(OC)};
     return lt_matmul(ctx, dinp, CUDA_R_16BF, wT8, dout8, IC, N, N, OC, true, false, OC, OC, IC,
                      false, CUBLASLT_EPILOGUE_DEFAULT, nullptr, nullptr, 0, &f8);
 }
