@@ -841,7 +841,9 @@ LONG_MODELS = {
                               channels=512, ffn_hidden=512),
 }
 LONG_PROMPTS = {1: [540], 2: [1, 300], 6: [1, 2, 17, 300, 540, 33],
-                9: [1, 2, 17, 300, 540, 33, 64, 5, 129]}
+                9: [1, 2, 17, 300, 540, 33, 64, 5, 129],
+                # enough (row, head) pairs that a step's attention blocks loop over ranges
+                64: np.random.default_rng(8).integers(100, 541, size=64).tolist()}
 
 
 @pytest.fixture(scope="module", params=list(LONG_MODELS))

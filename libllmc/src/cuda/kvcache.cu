@@ -8,9 +8,9 @@
  * the CPU backend's cpu/kvcache.c.
  *
  * Attention (flash-decoding): the len = pos + 1 positions a row sees are cut
- * into ranges of attn_chunk(len) positions, one block per (row, head,
- * range), so that a batch-1 step of a long cache still fills the GPU. In a
- * block, groups of hs/8 lanes (rounded up to a power of two) take one
+ * into ranges of attn_chunk(len) positions, a block per (row, head, range)
+ * at batch 1, so that a step of a long cache still fills the GPU, and fewer
+ * blocks, each looping over several ranges, at larger batches. For a range, groups of hs/8 lanes (rounded up to a power of two) take one
  * position each, a 16-byte slice of its key and value per lane, two
  * positions in flight per group, each group keeping a running max, sum and
  * weighted sum of values (online softmax); the block merges its groups in
@@ -26,10 +26,18 @@
  * one kernel fewer. Rows of one slot in one call (prefill) need kv_store
  * first: a row reads the keys of the rows before it.
  */
+#include <algorithm>
+
 #include "decode.cuh"
 
 #define ATTN_THREADS 128   // >= the largest head size, 128
 #define ATTN_MIN_CHUNK 32  // positions per range at least
+#ifndef ATTN_MIN_BLOCKS
+#define ATTN_MIN_BLOCKS 6  // blocks an SM holds at once (registers: 80, no spills)
+#endif
+#ifndef ATTN_WAVES
+#define ATTN_WAVES 4       // the blocks of a launch, in rounds of what the SMs hold at once
+#endif
 
 __global__ void decode_embed_kernel(bf16 *x, const int *tokens, const int *pos, const bf16 *wte,
                                     const bf16 *wpe, int n, int C) {
@@ -101,14 +109,19 @@ __device__ __forceinline__ void absorb(Softmax &m, const float (&q)[8], const Ve
     m.max = new_max;
 }
 
-/* Block (r, h, range): LP lanes per position. partial: one record of hs + 2
- * floats (max, sum, hs sums) per (row, head, range); done: a counter per
- * (row, head), 0 between launches. store: the file's comment; the row's new
- * position, the last, is then taken from qkv after the cached ones, by the
- * block's first group (a loop over cached positions only keeps the
- * registers, and so the blocks an SM holds, of the kernel without store). */
+/* Block (r, h, z): LP lanes per position; its ranges are z, z + gridDim.z, ...
+ * (gridDim.z <= ATTN_MAX_SPLITS, chosen from the batch: attention_cached), each
+ * computed alone as if it had a block of its own, so that a range's record
+ * does not depend on the grid; the next range's first round of keys and
+ * values loads while the block merges the current one. partial: one record
+ * of hs + 2 floats (max, sum, hs sums) per (row, head, range); done: a
+ * counter of ranges per (row, head), 0 between launches. store: the file's
+ * comment; the row's new position, the last, is then taken from qkv after
+ * the cached ones, by the block's first group (a loop over cached positions
+ * only keeps the registers, and so the blocks an SM holds, of the kernel
+ * without store). */
 template <int LP>
-__global__ void __launch_bounds__(ATTN_THREADS, 9)
+__global__ void __launch_bounds__(ATTN_THREADS, ATTN_MIN_BLOCKS)
     attention_cached_kernel(bf16 *out, float *partial, int *done, const bf16 *qkv,
                             bf16 *keys, bf16 *values, const int *slot, const int *pos,
                             int NH, int NKV, int hs, int T, bool store) {
@@ -116,18 +129,22 @@ __global__ void __launch_bounds__(ATTN_THREADS, 9)
     constexpr int GROUPS = ATTN_THREADS / LP;
     /* the rows' slots and positions were uploaded (or queued by greedy.cu) before the
      * forward's first kernel, a plain launch: complete before any of this step starts */
-    const int r = blockIdx.x, h = blockIdx.y, range = blockIdx.z;
+    const int r = blockIdx.x, h = blockIdx.y;
     const int len = pos[r] + 1, chunk = attn_chunk(len), ranges = (len + chunk - 1) / chunk;
+    int range = blockIdx.z;
     if (range >= ranges) return;  // the whole block: a shorter row than the grid's longest
     const int group = threadIdx.x / LP, d = threadIdx.x % LP * 8;
     const bool owns = d < hs;  // the lanes past hs (hs/8 not a power of two) add zeros
     const int kvh = h / (NH / NKV);
     const size_t head = ((size_t)slot[r] * NKV + kvh) * T * hs, base = head + d;
-    const int begin = range * chunk, end = min(len, begin + chunk);
-    const int cached_end = store ? min(end, len - 1) : end;
+    /* the cached positions of a range end before the new one, which comes from qkv */
+    auto cached_end_of = [&](int rg) {
+        const int e = min(len, (rg + 1) * chunk);
+        return store ? min(e, len - 1) : e;
+    };
     /* a round: two positions per group in flight */
     Vec16<bf16> kv[2], vv[2];
-    auto load_round = [&](int t0) {
+    auto load_round = [&](int t0, int cached_end) {
 #pragma unroll
         for (int u = 0; u < 2; u++) {
             const int t = t0 + u * GROUPS + group;
@@ -139,10 +156,11 @@ __global__ void __launch_bounds__(ATTN_THREADS, 9)
             }
         }
     };
-    /* In a step the cached positions are earlier steps' (complete, as above), so the
+    /* In a step the cached positions are earlier steps', (complete, as above), so the
      * first round's keys and values load while the qkv GEMV before still runs; in a
      * prefill kv_store, the kernel before, writes some of them. */
-    if (store) load_round(begin);
+    bool loaded = store;  // kv and vv hold the range's first round
+    if (store) load_round(range * chunk, cached_end_of(range));
     pdl_wait();  // qkv, and the keys and values kv_store wrote
     const float scale = rsqrtf((float)hs);
     const size_t qkv_row = (size_t)r * (NH + 2 * NKV) * hs;
@@ -151,71 +169,83 @@ __global__ void __launch_bounds__(ATTN_THREADS, 9)
         const Vec16<bf16> qv = load16(qkv + qkv_row + h * hs + d);
         for (int k = 0; k < 8; k++) q[k] = __bfloat162float(qv.v[k]) * scale;
     }
-    Softmax m = {-INFINITY, 0.0f, {}};
-    /* block-uniform trip count: every lane reaches the group's shuffles */
-    for (int t0 = begin; t0 < cached_end; t0 += 2 * GROUPS) {
-        if (t0 > begin || !store) load_round(t0);
-#pragma unroll
-        for (int u = 0; u < 2; u++)
-            absorb<LP>(m, q, kv[u], vv[u], t0 + u * GROUPS + group < cached_end);
-    }
-    if (cached_end < end) {  // store, the last range: the new position, from qkv
-        const bf16 *new_key = qkv + qkv_row + (size_t)(NH + kvh) * hs;
-        const bf16 *new_value = new_key + NKV * hs;
-        Vec16<bf16> k = {}, v = {};
-        if (owns && group == 0) {
-            k = load16(new_key + d);
-            v = load16(new_value + d);
-        }
-        absorb<LP>(m, q, k, v, group == 0);
-        if (h % (NH / NKV) == 0)  // one block per key/value head writes them into the cache
-            for (int i = threadIdx.x * 8; i < hs; i += ATTN_THREADS * 8) {
-                store16(keys + head + (size_t)(len - 1) * hs + i, load16(new_key + i));
-                store16(values + head + (size_t)(len - 1) * hs + i, load16(new_value + i));
-            }
-    }
     /* the block's groups, merged in group order by thread i < hs for dim i */
     __shared__ float group_max[GROUPS], group_sum[GROUPS];
     /* group g's dim i at g * LP * 8 + i; then, in a (row, head)'s last block, its records */
     __shared__ float group_acc[ATTN_THREADS * 8 > ATTN_MAX_SPLITS * (ATTN_THREADS + 2)
                                    ? ATTN_THREADS * 8
                                    : ATTN_MAX_SPLITS * (ATTN_THREADS + 2)];
-    if (threadIdx.x % LP == 0) {
-        group_max[group] = m.max;
-        group_sum[group] = m.sum;
-    }
-    for (int k = 0; k < 8; k++) group_acc[threadIdx.x * 8 + k] = m.acc[k];
-    __syncthreads();
     const int i = threadIdx.x;
-    float block_max = -INFINITY, num = 0.0f, den = 0.0f;
-    if (i < hs) {
-        for (int g = 0; g < GROUPS; g++) block_max = fmaxf(block_max, group_max[g]);
-        for (int g = 0; g < GROUPS; g++) {
-            if (group_sum[g] == 0.0f) continue;  // a group that saw no position
-            const float f = __expf(group_max[g] - block_max);
-            num += group_acc[g * LP * 8 + i] * f;
-            den += group_sum[g] * f;
-        }
-    }
-    bf16 *o = out + ((size_t)r * NH + h) * hs;
-    if (ranges == 1) {  // the row's only range: no partial to merge
-        if (i < hs) o[i] = __float2bfloat16(num / den);
-        return;
-    }
     const size_t record = hs + 2, first = ((size_t)r * NH + h) * ATTN_MAX_SPLITS;
-    float *mine = partial + (first + range) * record;
-    if (i < hs) mine[2 + i] = num;
-    if (i == 0) {
-        mine[0] = block_max;
-        mine[1] = den;
+    bf16 *o = out + ((size_t)r * NH + h) * hs;
+    int counted = 0;  // ranges this block has recorded
+    while (true) {
+        const int begin = range * chunk, end = min(len, begin + chunk);
+        const int cached_end = cached_end_of(range);
+        Softmax m = {-INFINITY, 0.0f, {}};
+        /* block-uniform trip count: every lane reaches the group's shuffles */
+        for (int t0 = begin; t0 < cached_end; t0 += 2 * GROUPS) {
+            if (t0 > begin || !loaded) load_round(t0, cached_end);
+#pragma unroll
+            for (int u = 0; u < 2; u++)
+                absorb<LP>(m, q, kv[u], vv[u], t0 + u * GROUPS + group < cached_end);
+        }
+        const int next = range + gridDim.z;
+        loaded = next < ranges;
+        if (loaded) load_round(next * chunk, cached_end_of(next));  // while this one merges
+        if (cached_end < end) {  // store, the last range: the new position, from qkv
+            const bf16 *new_key = qkv + qkv_row + (size_t)(NH + kvh) * hs;
+            const bf16 *new_value = new_key + NKV * hs;
+            Vec16<bf16> k = {}, v = {};
+            if (owns && group == 0) {
+                k = load16(new_key + d);
+                v = load16(new_value + d);
+            }
+            absorb<LP>(m, q, k, v, group == 0);
+            if (h % (NH / NKV) == 0)  // one block per key/value head writes them into the cache
+                for (int j = threadIdx.x * 8; j < hs; j += ATTN_THREADS * 8) {
+                    store16(keys + head + (size_t)(len - 1) * hs + j, load16(new_key + j));
+                    store16(values + head + (size_t)(len - 1) * hs + j, load16(new_value + j));
+                }
+        }
+        if (threadIdx.x % LP == 0) {
+            group_max[group] = m.max;
+            group_sum[group] = m.sum;
+        }
+        for (int k = 0; k < 8; k++) group_acc[threadIdx.x * 8 + k] = m.acc[k];
+        __syncthreads();
+        float block_max = -INFINITY, num = 0.0f, den = 0.0f;
+        if (i < hs) {
+            for (int g = 0; g < GROUPS; g++) block_max = fmaxf(block_max, group_max[g]);
+            for (int g = 0; g < GROUPS; g++) {
+                if (group_sum[g] == 0.0f) continue;  // a group that saw no position
+                const float f = __expf(group_max[g] - block_max);
+                num += group_acc[g * LP * 8 + i] * f;
+                den += group_sum[g] * f;
+            }
+        }
+        if (ranges == 1) {  // the row's only range: no partial to merge
+            if (i < hs) o[i] = __float2bfloat16(num / den);
+            return;
+        }
+        float *mine = partial + (first + range) * record;
+        if (i < hs) mine[2 + i] = num;
+        if (i == 0) {
+            mine[0] = block_max;
+            mine[1] = den;
+        }
+        counted++;
+        range = next;
+        if (range >= ranges) break;
+        __syncthreads();  // the shared merge arrays serve the next range
     }
-    /* publish the record before counting it (the CUDA threadFenceReduction pattern) */
+    /* publish the records before counting them (the CUDA threadFenceReduction pattern) */
     __threadfence();
     __syncthreads();
     __shared__ bool last;
     if (i == 0) {
         int *counter = done + (size_t)r * NH + h;
-        last = atomicAdd(counter, 1) == ranges - 1;
+        last = atomicAdd(counter, counted) == ranges - counted;
         if (last) *counter = 0;  // every range has counted: ready for the next launch
     }
     __syncthreads();
@@ -230,7 +260,7 @@ __global__ void __launch_bounds__(ATTN_THREADS, 9)
     if (i >= hs) return;
     float row_max = -INFINITY;
     for (int j = 0; j < ranges; j++) row_max = fmaxf(row_max, recs[j * record]);
-    num = den = 0.0f;
+    float num = 0.0f, den = 0.0f;
     for (int j = 0; j < ranges; j++) {
         const float f = __expf(recs[j * record] - row_max);
         num += recs[j * record + 2 + i] * f;
@@ -242,7 +272,17 @@ __global__ void __launch_bounds__(ATTN_THREADS, 9)
 void attention_cached(bf16 *out, float *partial, int *done, const bf16 *qkv, bf16 *keys,
                       bf16 *values, const int *slot, const int *pos, int n, int NH, int NKV,
                       int hs, int T, bool store, cudaStream_t s) {
-    const dim3 grid(n, NH, ATTN_MAX_SPLITS);
+    /* Blocks a (row, head), at most one a range, enough for ATTN_WAVES rounds of what
+     * the SMs hold: a batch-1 step of d48 takes a block a range (25 heads x 16), batch
+     * 64 two blocks a (row, head), each looping over its ranges, where a block a range
+     * (25,600 blocks of a few KB of keys and values each) ran 5% slower (H200). */
+    int device = 0, sms = 132;
+    cudaGetDevice(&device);
+    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    const int resident = ATTN_MIN_BLOCKS * sms;
+    const int blocks_per_pair =
+        std::min(ATTN_MAX_SPLITS, std::max(1, ceil_div(ATTN_WAVES * resident, n * NH)));
+    const dim3 grid(n, NH, blocks_per_pair);
     switch (pow2_ceil(hs / 8)) {  // lanes per position
 #define ATTN_CASE(LP)                                                                   \
     case LP:                                                                            \
