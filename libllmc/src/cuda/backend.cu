@@ -127,6 +127,9 @@ struct cuda_state {
     bf16 *w16 = nullptr;
     bf16 *decode_w16 = nullptr;  // w8_only: the block weights as generation reads them
     uint8_t *w8 = nullptr, *wT8 = nullptr, *x8 = nullptr, *g8 = nullptr, *gT8 = nullptr;
+    /* GPT-2: fcproj's transposed output gradient, kept past fc's gradient
+     * cast, which writes fcproj's transposed input where it was not saved */
+    uint8_t *fcproj_gT8 = nullptr;
     size_t w8_off[FP8_PRODUCTS] = {};
     uint8_t *xT8[FP8_PRODUCTS] = {};
     size_t xT_stride[FP8_PRODUCTS] = {};
@@ -255,6 +258,8 @@ llmc_status plan_fp8(cuda_state *g) {
     if (g->w8_only) TRY(alloc_n(g, &g->w16, w_largest, "bf16 weight scratch"));
     for (uint8_t **scratch : {&g->x8, &g->g8, &g->gT8})
         TRY(alloc_n(g, scratch, N * widest_operand(g), "FP8 operands"));
+    if (!g->llama)
+        TRY(alloc_n(g, &g->fcproj_gT8, N * product_out(g, FP8_FCPROJ), "FP8 operands"));
     for (int p = 0; p < FP8_PRODUCTS; p++) {
         /* kept per layer unless the bf16 input is recomputed in backward anyway; the
          * attention output (kept in bf16 for attention's backward) is cast again from
@@ -636,6 +641,10 @@ const uint8_t *WT8(cuda_state *g, int p, int l) {
     return g->wT8;
 }
 uint8_t *XT8(cuda_state *g, int p, int l) { return g->xT8[p] + l * g->xT_stride[p]; }
+/* Where product p's transposed output gradient goes (grad_operand). */
+uint8_t *GT8(cuda_state *g, int p) {
+    return p == FP8_FCPROJ && g->fcproj_gT8 ? g->fcproj_gT8 : g->gT8;
+}
 const float *descale(cuda_state *g, int role, int l, int p) {
     return g->f8.descale_of(g->f8.slot(role, l, p));
 }
@@ -747,7 +756,9 @@ llmc_status block_forward(cuda_state *g, int p, int l, bf16 *out, const bf16 *in
  * around the caller's recomputations:
  * grad_operand: FP8 casts dout (N, OC), both ways; with gelu_pre, dout is
  *   taken through GELU' on the way (the bf16 path does that in the
- *   epilogue of the product before, input_grad's gelu_pre);
+ *   epilogue of the product before, input_grad's gelu_pre), and where
+ *   fcproj's transposed input was not saved, the cast writes it too,
+ *   GELU(gelu_pre), from the gelu_pre it reads anyway;
  * bias_grad (qkv and fc; the projections' bias gradients come from the
  *   LayerNorm backward): in FP8 grad_operand's cast has summed it already;
  * input_operand: FP8 casts a recomputed bf16 input, inp, into its transpose;
@@ -756,11 +767,14 @@ bool cast_sums_bias(const cuda_state *g, int p) {
     return g->size[PRODUCT_BIAS[p]] && (p == FP8_QKV || p == FP8_FC);
 }
 void grad_operand(cuda_state *g, int p, int l, const bf16 *dout, const bf16 *gelu_pre, int N) {
-    if (g->fp8)
-        quantize_operand(g, g->f8.slot(FP8_G, l, p), dout,
-                         {gelu_pre ? FP8_GELU_GRAD : FP8_AS_IS, gelu_pre}, N, product_out(g, p),
-                         g->g8, g->gT8, true,
-                         cast_sums_bias(g, p) ? G(g, PRODUCT_BIAS[p], l) : nullptr);
+    if (!g->fp8) return;
+    fp8_transform t{gelu_pre ? FP8_GELU_GRAD : FP8_AS_IS, gelu_pre};
+    if (gelu_pre && !g->xT_saved[FP8_FCPROJ]) {
+        t.geluT = XT8(g, FP8_FCPROJ, l);
+        t.gelu_scale = g->f8.scale + g->f8.slot(FP8_X, l, FP8_FCPROJ);
+    }
+    quantize_operand(g, g->f8.slot(FP8_G, l, p), dout, t, N, product_out(g, p), g->g8, GT8(g, p),
+                     true, cast_sums_bias(g, p) ? G(g, PRODUCT_BIAS[p], l) : nullptr);
 }
 void bias_grad(cuda_state *g, int p, int l, const bf16 *dout, int N) {
     if (!g->fp8)
@@ -777,7 +791,7 @@ llmc_status weight_grad(cuda_state *g, int p, int l, const bf16 *dout, const bf1
     const int IC = product_in(g, p), OC = product_out(g, p);
     float *dw = G(g, PRODUCT_WEIGHT[p], l);
     if (!g->fp8) return matmul_backward_weight(g->mm, dw, dout, inp, N, IC, OC);
-    return matmul_backward_weight_fp8(g->mm, dw, g->gT8, XT8(g, p, l), descale(g, FP8_G, l, p),
+    return matmul_backward_weight_fp8(g->mm, dw, GT8(g, p), XT8(g, p, l), descale(g, FP8_G, l, p),
                                       descale(g, FP8_X, l, p), N, IC, OC);
 }
 llmc_status input_grad(cuda_state *g, int p, int l, bf16 *dinp, const bf16 *dout,
@@ -903,13 +917,17 @@ llmc_status backward_layers(cuda_state *g, const int *staged, int num_buckets, i
     for (int l = L - 1; l >= 0; l--) {
         Layer a = layer(g, l);
         const bf16 *res_in = l == 0 ? g->encoded : layer(g, l - 1).res3;
-        /* MLP */
+        /* MLP. fcproj's weight gradient: in bf16 before d4C, where the
+         * recomputed GELU output lives, is written; in FP8 after fc's
+         * gradient cast, which writes fcproj's input where it was not saved */
         grad_operand(g, FP8_FCPROJ, l, g->dres, nullptr, N);
-        if (g->recompute >= 1 && !g->fp8) gelu_forward(a.fch_gelu, a.fch, (size_t)N * 4 * C, s);
-        input_operand(g, FP8_FCPROJ, l, a.fch_gelu, N);
-        TRY(weight_grad(g, FP8_FCPROJ, l, g->dres, a.fch_gelu, N));
+        if (!g->fp8) {
+            if (g->recompute >= 1) gelu_forward(a.fch_gelu, a.fch, (size_t)N * 4 * C, s);
+            TRY(weight_grad(g, FP8_FCPROJ, l, g->dres, a.fch_gelu, N));
+        }
         TRY(input_grad(g, FP8_FCPROJ, l, g->d4C, g->dres, a.fch, N));
         grad_operand(g, FP8_FC, l, g->d4C, a.fch, N);
+        if (g->fp8) TRY(weight_grad(g, FP8_FCPROJ, l, g->dres, a.fch_gelu, N));
         const ln_fp8_out ln2_x8 = ln_into_x8(g, FP8_FC, l, false);
         if (g->recompute >= 2)
             layernorm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, a.res2, P(g, P_LN2W, l),

@@ -58,11 +58,32 @@ __device__ __forceinline__ float gelu_grad(float x) {
 /* A tile's row for thread row tr's h-th row. */
 __device__ __forceinline__ int tile_row(int tr, int h) { return tr + h * THREAD_ROWS; }
 
-/* Shared memory of a block: the staged transposed tile, then the column sums. */
+/* Shared memory of a block: the staged transposed tiles (the cast's, and
+ * GELU's where fp8_transform.geluT asks for it), then the column sums. */
 union alignas(16) CastShared {
-    uint8_t bytes[TILE_ROWS][TILE + 1];  // +1: the transposed reads hit distinct banks
+    uint8_t bytes[2][TILE_ROWS][TILE + 1];  // +1: the transposed reads hit distinct banks
     float col_sums[THREAD_ROWS][TILE];
 };
+
+/* A staged tile's bytes (rows r0.., columns c0..) into outT, 8 bytes a store. */
+__device__ __forceinline__ void store_transposed(uint8_t *outT, const uint8_t (*tile)[TILE + 1],
+                                                 int r0, int c0, int rows, int cols) {
+    for (int k = threadIdx.x; k < TILE * TILE_ROWS / 8; k += CAST_THREADS) {
+        const int c = k / (TILE_ROWS / 8), rr = k % (TILE_ROWS / 8) * 8;
+        const int tcol = c0 + c, trow = r0 + rr;
+        if (tcol >= cols || trow >= rows) continue;
+        uint8_t b[8];
+        for (int j = 0; j < 8; j++) b[j] = tile[rr + j][c];
+        *reinterpret_cast<uint2 *>(outT + (size_t)tcol * rows + trow) =
+            *reinterpret_cast<uint2 *>(b);
+    }
+}
+
+/* Stages a row's 8 bytes, q, at row r, columns tc.. of a tile. */
+__device__ __forceinline__ void stage(uint8_t (*tile)[TILE + 1], int r, int tc,
+                                      const uint32_t q[2]) {
+    for (int j = 0; j < 8; j++) tile[r][tc + j] = (uint8_t)(q[j / 4] >> (j % 4 * 8));
+}
 
 /* One thread's share of a tile: CAST_ROWS rows (tile_row), 8 columns. */
 struct Chunk {
@@ -96,12 +117,13 @@ __device__ __forceinline__ void transformed(float x[8], const Vec16<bf16> &v,
 }
 
 /* amax_only: read (and transform) without writing anything but amax.
+ * gelu_t: GELU_GRAD's cast also writing t.geluT (fp8.cuh).
  * partial (may be NULL): row split blockIdx.y's sums of this block's
  * columns, of the values as cast. GELU_GRAD's casts keep twice the loads in
  * flight: held to CAST_MIN_BLOCKS they spilled and ran 5% slower than with
  * one block fewer (bench/fp8_cast_probe on an H200; the others ran 13-23%
  * faster at 4 blocks than at 3). */
-template <bool amax_only, int transform>
+template <bool amax_only, int transform, bool gelu_t = false>
 __global__ void __launch_bounds__(CAST_THREADS, transform == FP8_GELU_GRAD ? CAST_MIN_BLOCKS - 1
                                                                           : CAST_MIN_BLOCKS)
 quantize_kernel(uint8_t *out, uint8_t *outT, const bf16 *in, const fp8_transform t, int rows,
@@ -117,6 +139,8 @@ quantize_kernel(uint8_t *out, uint8_t *outT, const bf16 *in, const fp8_transform
     const int c0 = blockIdx.x * TILE, tr = threadIdx.x / 8, tc = threadIdx.x % 8 * 8;
     const int col = c0 + tc, stride = gridDim.y * TILE_ROWS;
     const float s = amax_only ? 1.0f : scale[slot];
+    const float s_gelu = gelu_t ? *t.gelu_scale : 1.0f;
+    uint8_t *geluT = gelu_t ? t.geluT + z * out_stride : nullptr;
     float m = 0.0f, sums[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     Chunk cur, next;
     int r0 = blockIdx.y * TILE_ROWS;
@@ -133,6 +157,7 @@ quantize_kernel(uint8_t *out, uint8_t *outT, const bf16 *in, const fp8_transform
             const int r = tile_row(tr, h), row = r0 + r;
             const Vec16<bf16> v = cur.v[h], pre = cur.pre[h];
             q[h][0] = q[h][1] = 0;
+            uint32_t q_gelu[2] = {0, 0};
             if (row < rows && col < cols) {
                 float x[8];
                 transformed<transform>(x, v, pre);
@@ -146,23 +171,19 @@ quantize_kernel(uint8_t *out, uint8_t *outT, const bf16 *in, const fp8_transform
                         *reinterpret_cast<uint2 *>(out + (size_t)row * cols + col) =
                             make_uint2(q[h][0], q[h][1]);
                 }
+                if (gelu_t) {
+                    transformed<FP8_GELU>(x, pre, pre);
+                    to_fp8x8(q_gelu, x, s_gelu, false);
+                }
             }
-            if (outT)
-                for (int j = 0; j < 8; j++)
-                    sh.bytes[r][tc + j] = (uint8_t)(q[h][j / 4] >> (j % 4 * 8));
+            if (outT) stage(sh.bytes[0], r, tc, q[h]);
+            if (gelu_t) stage(sh.bytes[1], r, tc, q_gelu);
         }
-        if (outT) {
+        if (outT || gelu_t) {
             __syncthreads();
-            for (int k = threadIdx.x; k < TILE * TILE_ROWS / 8; k += CAST_THREADS) {
-                const int c = k / (TILE_ROWS / 8), rr = k % (TILE_ROWS / 8) * 8;
-                const int tcol = c0 + c, trow = r0 + rr;
-                if (tcol >= cols || trow >= rows) continue;
-                uint8_t b[8];
-                for (int j = 0; j < 8; j++) b[j] = sh.bytes[rr + j][c];
-                *reinterpret_cast<uint2 *>(outT + (size_t)tcol * rows + trow) =
-                    *reinterpret_cast<uint2 *>(b);
-            }
-            __syncthreads();  // the next tile reuses the shared tile
+            if (outT) store_transposed(outT, sh.bytes[0], r0, c0, rows, cols);
+            if (gelu_t) store_transposed(geluT, sh.bytes[1], r0, c0, rows, cols);
+            __syncthreads();  // the next tile reuses the shared tiles
         }
         if (CAST_PREFETCH == 1) cur = next;
     }
@@ -259,19 +280,21 @@ void fp8_reset(const fp8_scaling &s, cudaStream_t st) {
 }
 
 template <bool amax_only>
-void (*cast_kernel(int transform))(uint8_t *, uint8_t *, const bf16 *, const fp8_transform, int,
-                                   int, size_t, size_t, const float *, float *, float *, int, bool,
-                                   bool) {
-    return transform == FP8_GELU        ? quantize_kernel<amax_only, FP8_GELU>
-           : transform == FP8_GELU_GRAD ? quantize_kernel<amax_only, FP8_GELU_GRAD>
-                                        : quantize_kernel<amax_only, FP8_AS_IS>;
+void (*cast_kernel(const fp8_transform &t))(uint8_t *, uint8_t *, const bf16 *,
+                                            const fp8_transform, int, int, size_t, size_t,
+                                            const float *, float *, float *, int, bool, bool) {
+    if (t.kind == FP8_GELU_GRAD)
+        return !amax_only && t.geluT ? quantize_kernel<amax_only, FP8_GELU_GRAD, true>
+                                     : quantize_kernel<amax_only, FP8_GELU_GRAD>;
+    return t.kind == FP8_GELU ? quantize_kernel<amax_only, FP8_GELU>
+                              : quantize_kernel<amax_only, FP8_AS_IS>;
 }
 
 void fp8_quantize(void *out, void *outT, const bf16 *in, const fp8_transform &t, int rows,
                   int cols, int layers, size_t in_stride, size_t out_stride, const fp8_scaling &s,
                   int first_slot, bool record, float *dbias, float *partial, cudaStream_t st) {
     const bool e5m2 = first_slot >= s.slot(FP8_G, 0, 0);
-    const auto kernel = cast_kernel<false>(t.kind);
+    const auto kernel = cast_kernel<false>(t);
     const dim3 grid = cast_grid(rows, cols, layers);
     kernel<<<grid, CAST_THREADS, 0, st>>>(
         (uint8_t *)out, (uint8_t *)outT, in, t, rows, cols, in_stride, out_stride, s.scale, s.amax,
@@ -281,7 +304,7 @@ void fp8_quantize(void *out, void *outT, const bf16 *in, const fp8_transform &t,
 
 void fp8_amax(const bf16 *in, const fp8_transform &t, int rows, int cols, int layers,
               size_t in_stride, const fp8_scaling &s, int first_slot, cudaStream_t st) {
-    const auto kernel = cast_kernel<true>(t.kind);
+    const auto kernel = cast_kernel<true>(t);
     kernel<<<cast_grid(rows, cols, layers), CAST_THREADS, 0, st>>>(
         nullptr, nullptr, in, t, rows, cols, in_stride, 0, s.scale, s.amax, nullptr, first_slot,
         true, false);

@@ -79,6 +79,12 @@ enum { FP8_AS_IS = 0, FP8_GELU = 1, FP8_GELU_GRAD = 2 };
 struct fp8_transform {
     int kind = FP8_AS_IS;
     const bf16 *gelu_pre = nullptr;  // GELU_GRAD: GELU's input, laid out as the cast's input
+    /* GELU_GRAD, may be NULL: also GELU(gelu_pre), transposed (cols x rows) in
+     * E4M3 at *gelu_scale, the bytes an FP8_GELU cast of gelu_pre writes there
+     * (amax not recorded). fcproj's input where recompute dropped it: fc's
+     * gradient cast reads gelu_pre anyway, a cast of its own would read it again. */
+    uint8_t *geluT = nullptr;
+    const float *gelu_scale = nullptr;
 };
 
 /* Quantizes `layers` matrices of rows x cols bf16 (layer z at in + z *
