@@ -18,7 +18,7 @@
  * the backward parts after it), with each family's product widths. Forward
  * casts each product's input (keeping, when training, its transpose for the
  * weight gradient, per layer unless recomputed like the bf16 activation it
- * replaces, or from recompute 1 on, cast again from the attention output
+ * replaces, or from recompute 2 on, cast again from the attention output
  * attention's backward keeps anyway); backward casts each output gradient,
  * both ways, summing GPT-2's qkv and fc bias gradients on the way; the
  * weights are cast, both ways, after every update. The bf16 norm outputs
@@ -261,10 +261,10 @@ llmc_status plan_fp8(cuda_state *g) {
     if (!g->llama)
         TRY(alloc_n(g, &g->fcproj_gT8, N * product_out(g, FP8_FCPROJ), "FP8 operands"));
     for (int p = 0; p < FP8_PRODUCTS; p++) {
-        /* kept per layer unless the bf16 input is recomputed in backward anyway; the
-         * attention output (kept in bf16 for attention's backward) is cast again from
-         * recompute 1 on, like the GELU output */
-        g->xT_saved[p] = p == FP8_QKV || p == FP8_FC ? g->recompute < 2 : g->recompute < 1;
+        /* kept per layer unless the bf16 input is recomputed in backward anyway (the
+         * GELU output from recompute 1 on, the norms' from 2); the attention output
+         * (kept in bf16 for attention's backward) is cast again from recompute 2 on */
+        g->xT_saved[p] = p == FP8_FCPROJ ? g->recompute < 1 : g->recompute < 2;
         g->xT_stride[p] = g->xT_saved[p] ? N * product_in(g, p) : 0;
         TRY(alloc_n(g, &g->xT8[p], (g->xT_saved[p] ? L : 1) * N * product_in(g, p),
                     "FP8 activations (transposed)"));
@@ -285,8 +285,16 @@ llmc_status plan_fp8(cuda_state *g) {
     TRY(alloc_n(g, &g->headT8, (size_t)g->Vp * g->C, "FP8 LM head"));
     const size_t chunk = classifier_chunk(g);
     TRY(alloc_n(g, &g->lnfT8, chunk * g->C, "FP8 LM head"));
-    TRY(alloc_n(g, &g->dlogits8, chunk * g->Vp, "FP8 logit gradients"));
-    TRY(alloc_n(g, &g->dlogitsT8, chunk * g->Vp, "FP8 logit gradients"));
+    /* The logits' gradients exist only inside the classifier, between the
+     * layers' forward and backward passes: row-major in d4C, the backward's
+     * scratch, where it holds them; transposed in the logits chunk, whose
+     * bf16 logits are dead once the cross-entropy has written the gradients. */
+    const size_t dlogits_bytes = chunk * g->Vp;
+    if (dlogits_bytes <= N * std::max(g->FC, g->QKV) * sizeof(bf16))
+        g->dlogits8 = (uint8_t *)g->d4C;
+    else
+        TRY(alloc_n(g, &g->dlogits8, dlogits_bytes, "FP8 logit gradients"));
+    g->dlogitsT8 = (uint8_t *)g->logits;
     return LLMC_OK;
 }
 
@@ -429,10 +437,10 @@ llmc_status plan(llmc_model *m, cuda_state *g) {
         g->fch_gelu = g->d4C;
     else
         TRY(alloc_n(g, &g->fch_gelu, gelu_layers * N * ACT, "activations (GELU)"));
-    if (g->fp8) TRY(plan_fp8(g));
     /* at least two rows: logits() reuses it for one row of fp32 */
     TRY(alloc_n(g, &g->logits, std::max<size_t>(2, classifier_chunk(g)) * g->Vp,
                 "logits chunk"));
+    if (g->fp8) TRY(plan_fp8(g));
     TRY(alloc_n(g, &g->partial, PARTIAL_FLOATS(C), "reduction scratch"));
     TRY(alloc_n(g, &g->norm, 1, "scalars"));
     TRY(alloc_n(g, &g->loss, 1, "scalars"));
