@@ -110,8 +110,9 @@ def test_fp8_llama_plan_counts_the_fp8_buffers():
     matrix's transpose and bf16 rounding scratch, three scratch operands as wide as the widest product operand
     (here fc's 2F), one layer of each product input's transpose, 3 x 4 x L
     scaling slots of 22 floats each, and the LM head's: its weight both ways,
-    per chunk of rows (all N here) the final norm's output transposed and the
-    logit gradients both ways, and 3 x 4 slots."""
+    per chunk of rows (all N here) the final norm's output transposed, and 3 x 4
+    slots (the logits' gradients take no memory of their own: d4C and the
+    logits chunk hold them, both free inside the classifier)."""
     c = Config(family=_lib.FAMILIES["llama"], max_seq_len=32, vocab_size=97, num_layers=2,
                num_heads=4, channels=64, num_kv_heads=2, ffn_hidden=176)
     L, C, F, N = 2, 64, 176, 2 * 32
@@ -123,9 +124,15 @@ def test_fp8_llama_plan_counts_the_fp8_buffers():
     inputs_T = N * (C + C + C + F)
     slots = 3 * 4 * L + 3 * 4
     Vp = 128  # the vocabulary, 97, padded to a multiple of 128
-    head = 2 * Vp * C + N * C + 2 * N * Vp  # chunks of N rows: lnfT8, dlogits8 both ways
+    head = 2 * Vp * C + N * C  # the weight both ways; chunks of N rows: lnfT8
     assert fp8 - bf16 == (weights + 3 * largest - 2 * weights + 3 * N * 2 * F + inputs_T + head
                           + slots * (1 + 4 + 1 + 16) * 4)
+    # a vocabulary too wide for d4C (N x 2F bf16): the logits' gradients get their own N x Vp
+    wide = Config(family=_lib.FAMILIES["llama"], max_seq_len=32, vocab_size=1000, num_layers=2,
+                  num_heads=4, channels=64, num_kv_heads=2, ffn_hidden=176)
+    Vp_wide = 1024
+    assert (cuda_plan(wide, recompute=2, precision="fp8") - cuda_plan(wide, recompute=2)
+            == fp8 - bf16 + 2 * (Vp_wide - Vp) * C + N * Vp_wide)
     # with less recomputed, FP8 keeps transposes of inputs where bf16 keeps bf16 norms and SwiGLU
     assert cuda_plan(c, precision="fp8") > cuda_plan(c, recompute=1, precision="fp8") > fp8
 
