@@ -7,12 +7,14 @@ as the tracer here, never by the library. Prints kernels by total GPU time.
     python bench/gpu_profile.py [--preset d12 --batch 64 --seq 1024 --micro 2 --recompute 0]
                                 [--precision fp8] [--data SHARD]
     python bench/gpu_profile.py --generate 64 [--preset d12 --new-tokens 64]
+    python bench/gpu_profile.py --followers Memset   # which kernels come right after memsets
 
 --generate B profiles greedy generation instead: B prompts of 128 real tokens, then
 --new-tokens decode steps (prefill included; decode steps run as CUDA graphs).
 """
 import argparse
 import time
+from collections import Counter
 
 import numpy as np
 import torch
@@ -44,6 +46,17 @@ def idle_report(prof, wall_ms):
           f"({len(big)} over 20 us, {sum(big) / 1e3:.1f} ms; largest {max(gaps, default=0):.0f} us)")
 
 
+def followers_report(prof, pattern, rows=12):
+    """The kernels that start right after each GPU event whose name holds
+    pattern (e.g. which library calls carry the step's memsets), by count."""
+    events = sorted((e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA),
+                    key=lambda e: e.time_range.start)
+    after = Counter(b.name[:100] for a, b in zip(events, events[1:]) if pattern in a.name)
+    print(f"what follows the {sum(after.values())} events named *{pattern}*:")
+    for name, count in after.most_common(rows):
+        print(f"{count:6d}x  {name}")
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--preset", default="d12")
@@ -57,6 +70,8 @@ def main():
     p.add_argument("--generate", type=int, default=0, metavar="B",
                    help="profile generation instead")
     p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--followers", metavar="NAME",
+                   help="also count the kernels that start right after events named *NAME*")
     a = p.parse_args()
     torch.cuda.init()
     # generation plans its own cache: the training plan is then the smallest (d48 at 64 x 1024
@@ -87,6 +102,8 @@ def main():
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         work()
     idle_report(prof, wall_ms)
+    if a.followers:
+        followers_report(prof, a.followers)
     events = [e for e in prof.key_averages() if e.device_time_total > 0]
     events.sort(key=lambda e: -e.device_time_total)
     total = sum(e.device_time_total for e in events)
