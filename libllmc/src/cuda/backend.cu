@@ -165,6 +165,9 @@ int product_out(const cuda_state *g, int p) {
 }
 /* The widest input or output of any block product (GPT-2 4C; Llama the
  * largest of QKV and 2F): the width of the FP8 scratch operands. */
+/* Elements of d4C: the MLP's input gradient (GPT-2 4C, Llama 2F) or attention's dqkv. */
+size_t d4C_elems(const cuda_state *g) { return g->Nmax * std::max(g->FC, g->QKV); }
+
 size_t widest_operand(const cuda_state *g) {
     int w = 0;
     for (int p = 0; p < FP8_PRODUCTS; p++) w = std::max({w, product_in(g, p), product_out(g, p)});
@@ -290,7 +293,7 @@ llmc_status plan_fp8(cuda_state *g) {
      * scratch, where it holds them; transposed in the logits chunk, whose
      * bf16 logits are dead once the cross-entropy has written the gradients. */
     const size_t dlogits_bytes = chunk * g->Vp;
-    if (dlogits_bytes <= N * std::max(g->FC, g->QKV) * sizeof(bf16))
+    if (dlogits_bytes <= d4C_elems(g) * sizeof(bf16))
         g->dlogits8 = (uint8_t *)g->d4C;
     else
         TRY(alloc_n(g, &g->dlogits8, dlogits_bytes, "FP8 logit gradients"));
@@ -422,8 +425,7 @@ llmc_status plan(llmc_model *m, cuda_state *g) {
     TRY(alloc_n(g, &g->lse, L * N * g->NH, "attention statistics"));
     TRY(alloc_n(g, &g->dres, N * C, "gradient scratch"));
     TRY(alloc_n(g, &g->dC, N * C, "gradient scratch"));
-    /* the MLP's input gradient (4C; Llama 2F) and the attention's dqkv */
-    TRY(alloc_n(g, &g->d4C, N * std::max(FC, QKV), "gradient scratch"));
+    TRY(alloc_n(g, &g->d4C, d4C_elems(g), "gradient scratch"));
     if (g->llama) {
         TRY(alloc_n(g, &g->dact, N * ACT, "gradient scratch"));
         TRY(alloc_n(g, &g->rope_cos, (size_t)g->Tmax * (HS / 2), "RoPE table"));
