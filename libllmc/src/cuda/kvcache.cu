@@ -10,11 +10,13 @@
  * Attention (flash-decoding): the len = pos + 1 positions a row sees are cut
  * into ranges of attn_chunk(len) positions, a block per (row, head, range)
  * at batch 1, so that a step of a long cache still fills the GPU, and fewer
- * blocks, each looping over several ranges, at larger batches. For a range, groups of hs/8 lanes (rounded up to a power of two) take one
- * position each, a 16-byte slice of its key and value per lane, two
+ * blocks, each looping over several ranges, at larger batches. For a range,
+ * groups of hs/8 lanes (rounded up to a power of two) take one position
+ * each, a 16-byte slice of its key and value per lane, ATTN_INFLIGHT
  * positions in flight per group, each group keeping a running max, sum and
- * weighted sum of values (online softmax); the block merges its groups in
- * group order into a partial (max, sum, hs sums). The last of a (row, head)'s
+ * weighted sum of values (online softmax); a warp merges its groups by
+ * shuffles in a fixed tree order, the block its warps in warp order, into a
+ * partial (max, sum, hs sums). The last of a (row, head)'s
  * blocks to finish (a counter) merges the partials in range order. The
  * ranges depend on len alone and every merge has a fixed order, so a row's
  * result depends neither on its batch nor on which block finishes last.
@@ -31,9 +33,10 @@
 #include "decode.cuh"
 
 #define ATTN_THREADS 128   // >= the largest head size, 128
-#define ATTN_MIN_CHUNK 32  // positions per range at least
+#define ATTN_INFLIGHT 3    // positions a lane group loads per round
+#define ATTN_MIN_CHUNK 48  // positions per range at least: one round at hs = 64 (16 groups)
 #ifndef ATTN_MIN_BLOCKS
-#define ATTN_MIN_BLOCKS 6  // blocks an SM holds at once (registers: 80, no spills)
+#define ATTN_MIN_BLOCKS 5  // blocks an SM holds at once (registers: 96, no spills)
 #endif
 #ifndef ATTN_WAVES
 #define ATTN_WAVES 4       // the blocks of a launch, in rounds of what the SMs hold at once
@@ -80,7 +83,7 @@ void kv_store(bf16 *keys, bf16 *values, const bf16 *qkv, const int *slot, const 
 }
 
 /* Positions per range of a row that sees len positions: at least
- * ATTN_MIN_CHUNK (a block's groups' two rounds at hs = 64), at most
+ * ATTN_MIN_CHUNK (one round of a block's groups at hs = 64), at most
  * ATTN_MAX_SPLITS ranges. */
 __device__ __forceinline__ int attn_chunk(int len) {
     return max(ATTN_MIN_CHUNK, (len + ATTN_MAX_SPLITS - 1) / ATTN_MAX_SPLITS);
@@ -107,6 +110,26 @@ __device__ __forceinline__ void absorb(Softmax &m, const float (&q)[8], const Ve
     m.sum = m.sum * correction + p;
     for (int e = 0; e < 8; e++) m.acc[e] = m.acc[e] * correction + p * __bfloat162float(v.v[e]);
     m.max = new_max;
+}
+
+/* Merges the running softmaxes of a warp's lane groups, pairing lanes LP,
+ * 2 LP, ... apart in that order, so that group 0's lanes end with the
+ * warp's merge, summed in the same order in every launch. */
+template <int LP>
+__device__ __forceinline__ void merge_warp(Softmax &m) {
+#pragma unroll
+    for (int o = LP; o < 32; o <<= 1) {
+        const float other_max = __shfl_xor_sync(0xFFFFFFFFu, m.max, o);
+        const float other_sum = __shfl_xor_sync(0xFFFFFFFFu, m.sum, o);
+        float other_acc[8];
+        for (int e = 0; e < 8; e++) other_acc[e] = __shfl_xor_sync(0xFFFFFFFFu, m.acc[e], o);
+        const float new_max = fmaxf(m.max, other_max);
+        if (new_max == -INFINITY) continue;  // neither saw a position
+        const float mine = __expf(m.max - new_max), theirs = __expf(other_max - new_max);
+        m.sum = m.sum * mine + other_sum * theirs;
+        for (int e = 0; e < 8; e++) m.acc[e] = m.acc[e] * mine + other_acc[e] * theirs;
+        m.max = new_max;
+    }
 }
 
 /* Block (r, h, z): LP lanes per position; its ranges are z, z + gridDim.z, ...
@@ -142,11 +165,11 @@ __global__ void __launch_bounds__(ATTN_THREADS, ATTN_MIN_BLOCKS)
         const int e = min(len, (rg + 1) * chunk);
         return store ? min(e, len - 1) : e;
     };
-    /* a round: two positions per group in flight */
-    Vec16<bf16> kv[2], vv[2];
+    /* a round: ATTN_INFLIGHT positions per group in flight */
+    Vec16<bf16> kv[ATTN_INFLIGHT], vv[ATTN_INFLIGHT];
     auto load_round = [&](int t0, int cached_end) {
 #pragma unroll
-        for (int u = 0; u < 2; u++) {
+        for (int u = 0; u < ATTN_INFLIGHT; u++) {
             const int t = t0 + u * GROUPS + group;
             if (owns && t < cached_end) {
                 kv[u] = load16(keys + base + (size_t)t * hs);
@@ -169,12 +192,13 @@ __global__ void __launch_bounds__(ATTN_THREADS, ATTN_MIN_BLOCKS)
         const Vec16<bf16> qv = load16(qkv + qkv_row + h * hs + d);
         for (int k = 0; k < 8; k++) q[k] = __bfloat162float(qv.v[k]) * scale;
     }
-    /* the block's groups, merged in group order by thread i < hs for dim i */
-    __shared__ float group_max[GROUPS], group_sum[GROUPS];
-    /* group g's dim i at g * LP * 8 + i; then, in a (row, head)'s last block, its records */
-    __shared__ float group_acc[ATTN_THREADS * 8 > ATTN_MAX_SPLITS * (ATTN_THREADS + 2)
-                                   ? ATTN_THREADS * 8
-                                   : ATTN_MAX_SPLITS * (ATTN_THREADS + 2)];
+    /* the block's warps, merged in warp order by thread i < hs for dim i */
+    constexpr int WARPS = ATTN_THREADS / 32;
+    __shared__ float warp_max[WARPS], warp_sum[WARPS];
+    /* warp w's dim i at w * LP * 8 + i; then, in a (row, head)'s last block, its records */
+    constexpr int MERGE_FLOATS = ATTN_MAX_SPLITS * (ATTN_THREADS + 2);
+    static_assert(WARPS * LP * 8 <= MERGE_FLOATS, "a warp's dims fit the records' space");
+    __shared__ float merge_acc[MERGE_FLOATS];
     const int i = threadIdx.x;
     const size_t record = hs + 2, first = ((size_t)r * NH + h) * ATTN_MAX_SPLITS;
     bf16 *o = out + ((size_t)r * NH + h) * hs;
@@ -184,10 +208,10 @@ __global__ void __launch_bounds__(ATTN_THREADS, ATTN_MIN_BLOCKS)
         const int cached_end = cached_end_of(range);
         Softmax m = {-INFINITY, 0.0f, {}};
         /* block-uniform trip count: every lane reaches the group's shuffles */
-        for (int t0 = begin; t0 < cached_end; t0 += 2 * GROUPS) {
+        for (int t0 = begin; t0 < cached_end; t0 += ATTN_INFLIGHT * GROUPS) {
             if (t0 > begin || !loaded) load_round(t0, cached_end);
 #pragma unroll
-            for (int u = 0; u < 2; u++)
+            for (int u = 0; u < ATTN_INFLIGHT; u++)
                 absorb<LP>(m, q, kv[u], vv[u], t0 + u * GROUPS + group < cached_end);
         }
         const int next = range + gridDim.z;
@@ -208,20 +232,27 @@ __global__ void __launch_bounds__(ATTN_THREADS, ATTN_MIN_BLOCKS)
                     store16(values + head + (size_t)(len - 1) * hs + j, load16(new_value + j));
                 }
         }
-        if (threadIdx.x % LP == 0) {
-            group_max[group] = m.max;
-            group_sum[group] = m.sum;
+        /* the warp's groups merge by shuffles, then its group 0 lanes hand the
+         * warp's record to the block's merge */
+        merge_warp<LP>(m);
+        const bool writes = threadIdx.x % 32 < LP;
+        const int warp = threadIdx.x / 32;
+        if (writes) {
+            if (threadIdx.x % LP == 0) {
+                warp_max[warp] = m.max;
+                warp_sum[warp] = m.sum;
+            }
+            for (int k = 0; k < 8; k++) merge_acc[warp * LP * 8 + d + k] = m.acc[k];
         }
-        for (int k = 0; k < 8; k++) group_acc[threadIdx.x * 8 + k] = m.acc[k];
         __syncthreads();
         float block_max = -INFINITY, num = 0.0f, den = 0.0f;
         if (i < hs) {
-            for (int g = 0; g < GROUPS; g++) block_max = fmaxf(block_max, group_max[g]);
-            for (int g = 0; g < GROUPS; g++) {
-                if (group_sum[g] == 0.0f) continue;  // a group that saw no position
-                const float f = __expf(group_max[g] - block_max);
-                num += group_acc[g * LP * 8 + i] * f;
-                den += group_sum[g] * f;
+            for (int w = 0; w < WARPS; w++) block_max = fmaxf(block_max, warp_max[w]);
+            for (int w = 0; w < WARPS; w++) {
+                if (warp_sum[w] == 0.0f) continue;  // a warp that saw no position
+                const float f = __expf(warp_max[w] - block_max);
+                num += merge_acc[w * LP * 8 + i] * f;
+                den += warp_sum[w] * f;
             }
         }
         if (ranges == 1) {  // the row's only range: no partial to merge
@@ -254,7 +285,7 @@ __global__ void __launch_bounds__(ATTN_THREADS, ATTN_MIN_BLOCKS)
     /* the other blocks' records from L2, all loads in one round, into the shared
      * memory the group merge is done with (every thread passed the barrier above) */
     const float *rec = partial + first * record;
-    float *recs = group_acc;
+    float *recs = merge_acc;
     for (int k = threadIdx.x; k < ranges * (int)record; k += ATTN_THREADS) recs[k] = __ldcg(rec + k);
     __syncthreads();
     if (i >= hs) return;
