@@ -163,11 +163,11 @@ int product_in(const cuda_state *g, int p) { return p == FP8_FCPROJ ? g->ACT : g
 int product_out(const cuda_state *g, int p) {
     return p == FP8_QKV ? g->QKV : p == FP8_FC ? g->FC : g->C;
 }
-/* The widest input or output of any block product (GPT-2 4C; Llama the
- * largest of QKV and 2F): the width of the FP8 scratch operands. */
 /* Elements of d4C: the MLP's input gradient (GPT-2 4C, Llama 2F) or attention's dqkv. */
 size_t d4C_elems(const cuda_state *g) { return g->Nmax * std::max(g->FC, g->QKV); }
 
+/* The widest input or output of any block product (GPT-2 4C; Llama the
+ * largest of QKV and 2F): the width of the FP8 scratch operands. */
 size_t widest_operand(const cuda_state *g) {
     int w = 0;
     for (int p = 0; p < FP8_PRODUCTS; p++) w = std::max({w, product_in(g, p), product_out(g, p)});

@@ -34,7 +34,8 @@
 
 #define ATTN_THREADS 128   // >= the largest head size, 128
 #define ATTN_INFLIGHT 3    // positions a lane group loads per round
-#define ATTN_MIN_CHUNK 48  // positions per range at least: one round at hs = 64 (16 groups)
+/* positions per range at least: one round of a block's groups at hs = 64 (8 lanes a group) */
+#define ATTN_MIN_CHUNK (ATTN_INFLIGHT * ATTN_THREADS / 8)
 #ifndef ATTN_MIN_BLOCKS
 #define ATTN_MIN_BLOCKS 5  // blocks an SM holds at once (registers: 96, no spills)
 #endif
