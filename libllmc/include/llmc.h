@@ -320,7 +320,10 @@ LLMC_API llmc_status llmc_step(llmc_model *model, const int32_t *inputs, const i
 /* Forward and backward without an update: leaves the gradients of the mean
  * loss in the model (read them with llmc_get_gradients). loss_out may be
  * NULL. Bad arguments change nothing; a failure in the pass itself leaves
- * no gradients (llmc_update then refuses). */
+ * no gradients (llmc_update then refuses). The CUDA backend launches each
+ * micro-step after a shape's first as one CUDA graph (the same kernels, the
+ * same results); the environment variable LLMC_CUDA_GRAPHS=0, read when a
+ * model is made, launches them one by one. */
 LLMC_API llmc_status llmc_backward(llmc_model *model, const int32_t *inputs,
                                    const int32_t *targets, int micro_steps, int B, int T,
                                    float *loss_out);

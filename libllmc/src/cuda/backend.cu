@@ -36,6 +36,7 @@
  */
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <iterator>
@@ -144,6 +145,13 @@ struct cuda_state {
     uint8_t *head8 = nullptr, *headT8 = nullptr, *lnfT8 = nullptr, *dlogits8 = nullptr,
             *dlogitsT8 = nullptr;
 
+    /* Training micro-steps as a CUDA graph (micro_step_graphed): the executable
+     * graph, the B and T of the last micro-step (a shape runs eagerly once before
+     * it is captured), and graphs_off: LLMC_CUDA_GRAPHS=0, or a capture failed. */
+    cudaGraphExec_t step_graph = nullptr;
+    int step_B = 0, step_T = 0;
+    bool graphs_off = false;
+
     std::vector<void *> allocations;
     size_t bytes = 0;
 };
@@ -234,6 +242,7 @@ void free_all(cuda_state *g) {
     if (g->mm) mm_destroy(g->mm);
     for (void *p : g->allocations) cudaFree(p);
     if (g->tokens_host) cudaFreeHost(g->tokens_host);
+    if (g->step_graph) cudaGraphExecDestroy(g->step_graph);
     if (g->stream) cudaStreamDestroy(g->stream);
     delete g;
 }
@@ -358,6 +367,8 @@ llmc_status plan(llmc_model *m, cuda_state *g) {
     const llmc_options &o = m->options;
     if (!g->dry_run) {
         CUDA_TRY(cudaStreamCreateWithFlags(&g->stream, cudaStreamNonBlocking));
+        const char *graphs = getenv("LLMC_CUDA_GRAPHS");
+        g->graphs_off = graphs && strcmp(graphs, "0") == 0;
         /* first, so that every rank meets the others before the long part */
         if (o.world_size >= 1)
             TRY(nccl_create(&g->comm, o.nccl_id, o.rank, o.world_size, o.comm_timeout_s, g->stream));
@@ -1075,6 +1086,58 @@ llmc_status llama_backward_layers(cuda_state *g, const int *staged, int num_buck
 
 /* ---- entry points ----------------------------------------------------- */
 
+/* A training micro-step once its tokens are staged: forward, loss, backward. */
+llmc_status micro_step(cuda_state *g, const int *staged, float *losses, int buckets, int B, int T,
+                       float loss_scale, bool reduce) {
+    TRY(forward(g, staged, B, T, true));
+    TRY(classifier(g, g->lnf, staged + (size_t)B * T, losses, B * T, loss_scale, true));
+    return backward_layers(g, staged, buckets, B, T, reduce);
+}
+
+/* micro_step launched as one CUDA graph: a d24 FP8 micro-step is ~1,700
+ * kernels and memsets, and their launch gaps left an H200 idle 2.7% of it
+ * (bench/CUDA_NOTES.md). The work is captured afresh every time (the host's
+ * calls cost it a few ms against ~100 ms of GPU work) and moved into the one
+ * executable graph by an update, so whatever differs between micro-steps
+ * (token slots, bucket counts, loss scale, FP8 path) is taken as captured;
+ * an update the graph's shape refuses instantiates it anew. Run eagerly
+ * instead: a shape's first micro-step (its products time cuBLASLt's
+ * candidates and cuDNN builds its graphs, both synchronising), distributed
+ * mode (NCCL's own stream), and everything after a failed capture. The
+ * kernels and their arguments are the same either way, so are the results. */
+llmc_status micro_step_graphed(cuda_state *g, const int *staged, float *losses, int buckets,
+                               int B, int T, float loss_scale, bool reduce) {
+    if (g->graphs_off || g->comm || B != g->step_B || T != g->step_T) {
+        TRY(micro_step(g, staged, losses, buckets, B, T, loss_scale, reduce));
+        g->step_B = B;
+        g->step_T = T;
+        return LLMC_OK;
+    }
+    CUDA_TRY(cudaStreamBeginCapture(g->stream, cudaStreamCaptureModeThreadLocal));
+    const llmc_status st = micro_step(g, staged, losses, buckets, B, T, loss_scale, reduce);
+    cudaGraph_t graph = nullptr;
+    cudaError_t e = cudaStreamEndCapture(g->stream, &graph);
+    if (st != LLMC_OK || e != cudaSuccess) {  // nothing ran: run it eagerly, from now on
+        if (graph) cudaGraphDestroy(graph);
+        cudaGetLastError();
+        g->graphs_off = true;
+        return micro_step(g, staged, losses, buckets, B, T, loss_scale, reduce);
+    }
+    if (g->step_graph) {
+        cudaGraphExecUpdateResultInfo info;
+        if (cudaGraphExecUpdate(g->step_graph, graph, &info) != cudaSuccess) {
+            cudaGetLastError();
+            cudaGraphExecDestroy(g->step_graph);  // freed once its launches are done
+            g->step_graph = nullptr;
+        }
+    }
+    if (!g->step_graph) e = cudaGraphInstantiate(&g->step_graph, graph, 0);
+    cudaGraphDestroy(graph);
+    CUDA_TRY(e);
+    CUDA_TRY(cudaGraphLaunch(g->step_graph, g->stream));
+    return LLMC_OK;
+}
+
 llmc_status cuda_backward(llmc_model *m, const int32_t *inputs, const int32_t *targets,
                           int micro_steps, int B, int T, float loss_scale, double *loss_sum) {
     TRY(set_device(m));
@@ -1095,9 +1158,8 @@ llmc_status cuda_backward(llmc_model *m, const int32_t *inputs, const int32_t *t
         const int buckets = sort_tokens(g, inputs + k * N, (int)N, h + 2 * N, h + 3 * N, h + 4 * N + 1);
         CUDA_TRY(cudaMemcpyAsync((void *)staged, h, per * sizeof(int), cudaMemcpyHostToDevice,
                                  g->stream));
-        TRY(forward(g, staged, B, T, true));
-        TRY(classifier(g, g->lnf, staged + N, g->losses + k * N, (int)N, loss_scale, true));
-        TRY(backward_layers(g, staged, buckets, B, T, g->comm && k == micro_steps - 1));
+        TRY(micro_step_graphed(g, staged, g->losses + k * N, buckets, B, T, loss_scale,
+                               g->comm && k == micro_steps - 1));
     }
     if (g->fp8) TRY(update_activation_scales(g));
     sum_losses(g->loss, g->losses, N * micro_steps, g->stream);
