@@ -13,8 +13,14 @@
  * blocks, each looping over several ranges, at larger batches. For a range,
  * groups of hs/8 lanes (rounded up to a power of two) take one position
  * each, a 16-byte slice of its key and value per lane, ATTN_INFLIGHT
- * positions in flight per group, each group keeping a running max, sum and
- * weighted sum of values (online softmax); a warp merges its groups by
+ * positions per group a round, each group keeping a running max, sum and
+ * weighted sum of values (online softmax). The slices are copied
+ * asynchronously (cp.async) into shared memory, each lane's into slots of
+ * its own in a ring of ATTN_STAGES rounds, running that many rounds ahead
+ * of the arithmetic through the block's ranges, so that keys and values
+ * stay in flight while a round is scored and a range merged (loaded into
+ * registers, a block had at most one round in flight, and none while it
+ * scored: 2.2 TB/s at d48 batch 64, H200). A warp merges its groups by
  * shuffles in a fixed tree order, the block its warps in warp order, into a
  * partial (max, sum, hs sums). The last of a (row, head)'s
  * blocks to finish (a counter) merges the partials in range order. The
@@ -33,11 +39,14 @@
 #include "decode.cuh"
 
 #define ATTN_THREADS 128   // >= the largest head size, 128
-#define ATTN_INFLIGHT 3    // positions a lane group loads per round
+#define ATTN_INFLIGHT 3    // positions a lane group takes per round
 /* positions per range at least: one round of a block's groups at hs = 64 (8 lanes a group) */
 #define ATTN_MIN_CHUNK (ATTN_INFLIGHT * ATTN_THREADS / 8)
+#ifndef ATTN_STAGES
+#define ATTN_STAGES 3      // rounds in flight a block, 12 KB each (4: past 48 KB a block)
+#endif
 #ifndef ATTN_MIN_BLOCKS
-#define ATTN_MIN_BLOCKS 5  // blocks an SM holds at once (registers: 96, no spills)
+#define ATTN_MIN_BLOCKS 5  // blocks an SM holds at once (45 KB shared memory, <= 96 registers)
 #endif
 #ifndef ATTN_WAVES
 #define ATTN_WAVES 4       // the blocks of a launch, in rounds of what the SMs hold at once
@@ -88,6 +97,27 @@ void kv_store(bf16 *keys, bf16 *values, const bf16 *qkv, const int *slot, const 
  * ATTN_MAX_SPLITS ranges. */
 __device__ __forceinline__ int attn_chunk(int len) {
     return max(ATTN_MIN_CHUNK, (len + ATTN_MAX_SPLITS - 1) / ATTN_MAX_SPLITS);
+}
+
+/* 16 bytes from global to shared memory, asynchronously and through L2 only
+ * (the cache is read once a step), or 16 zeros without reading src where
+ * !valid; the copies a thread issued are waited for by copy_wait, in groups
+ * (copy_commit closes one), and are then visible to that thread. The
+ * "memory" clobbers keep the compiler's shared memory accesses on their side
+ * of each. */
+__device__ __forceinline__ void copy16_async(void *dst, const void *src, bool valid) {
+    const unsigned shared = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(shared), "l"(src),
+                 "r"(valid ? 16 : 0)
+                 : "memory");
+}
+__device__ __forceinline__ void copy_commit() {
+    asm volatile("cp.async.commit_group;" ::: "memory");
+}
+/* waits until at most pending of the thread's groups, the newest, are in flight */
+template <int pending>
+__device__ __forceinline__ void copy_wait() {
+    asm volatile("cp.async.wait_group %0;" ::"n"(pending) : "memory");
 }
 
 /* A lane group's running softmax over its positions (8 dims per lane). */
@@ -155,8 +185,8 @@ __device__ __forceinline__ void merge_warp(Softmax &m) {
 /* Block (r, h, z): LP lanes per position; its ranges are z, z + gridDim.z, ...
  * (gridDim.z <= ATTN_MAX_SPLITS, chosen from the batch: attention_cached), each
  * computed alone as if it had a block of its own, so that a range's record
- * does not depend on the grid; the next range's first round of keys and
- * values loads while the block merges the current one. partial: one record
+ * does not depend on the grid; only the copies of keys and values run on
+ * from one range into the next (the file's comment). partial: one record
  * of hs + 2 floats (max, sum, hs sums) per (row, head, range); done: a
  * counter of ranges per (row, head), 0 between launches. store: the file's
  * comment; the row's new position, the last, is then taken from qkv after
@@ -185,26 +215,44 @@ __global__ void __launch_bounds__(ATTN_THREADS, ATTN_MIN_BLOCKS)
         const int e = min(len, (rg + 1) * chunk);
         return store ? min(e, len - 1) : e;
     };
-    /* a round: ATTN_INFLIGHT positions per group in flight */
-    Vec16<bf16> kv[ATTN_INFLIGHT], vv[ATTN_INFLIGHT];
-    auto load_round = [&](int t0, int cached_end) {
-#pragma unroll
-        for (int u = 0; u < ATTN_INFLIGHT; u++) {
-            const int t = t0 + u * GROUPS + group;
-            if (owns && t < cached_end) {
-                kv[u] = load16(keys + base + (size_t)t * hs);
-                vv[u] = load16(values + base + (size_t)t * hs);
-            } else {
-                for (int k = 0; k < 8; k++) kv[u].v[k] = vv[u].v[k] = __float2bfloat16(0.0f);
-            }
+    /* The ring: a thread's slices of a round's keys and values in slots of its own, a
+     * warp's 32 threads in 32 consecutive ones (no bank conflicts). A thread reads only
+     * what it copied itself, so waiting for its own copies is all the ring needs, and a
+     * stage it has read into registers takes its next copy at once (its reads come
+     * first in program order): ATTN_STAGES rounds in flight while one is scored. */
+    constexpr int ROUND = ATTN_INFLIGHT * GROUPS;  // positions a round
+    __shared__ Vec16<bf16> ring[ATTN_STAGES][ATTN_INFLIGHT][2][ATTN_THREADS];  // 2: keys, values
+    /* The rounds are copied in the order the loop below takes them: a range's from its
+     * first position to its cached end, then the block's next range's (one whose
+     * positions are all new, store's len - 1 first in it, has none). Past the block's
+     * last round a copy is an empty group, so that copy_wait's count holds throughout. */
+    int copy_range = range, copy_t0 = range * chunk, copy_end = cached_end_of(range);
+    auto copy_round = [&](int stage) {
+        while (copy_range < ranges && copy_t0 >= copy_end) {
+            copy_range += gridDim.z;
+            copy_t0 = copy_range * chunk;
+            copy_end = cached_end_of(copy_range);
         }
+        if (copy_range < ranges) {
+#pragma unroll
+            for (int u = 0; u < ATTN_INFLIGHT; u++) {
+                const int t = copy_t0 + u * GROUPS + group;
+                const bool valid = owns && t < copy_end;  // else zeros, as the lanes past hs add
+                const size_t at = valid ? base + (size_t)t * hs : 0;
+                copy16_async(&ring[stage][u][0][threadIdx.x], keys + at, valid);
+                copy16_async(&ring[stage][u][1][threadIdx.x], values + at, valid);
+            }
+            copy_t0 += ROUND;
+        }
+        copy_commit();
     };
-    /* In a step the cached positions are earlier steps', (complete, as above), so the
-     * first round's keys and values load while the qkv GEMV before still runs; in a
-     * prefill kv_store, the kernel before, writes some of them. */
-    bool loaded = store;  // kv and vv hold the range's first round
-    if (store) load_round(range * chunk, cached_end_of(range));
-    pdl_wait();  // qkv, and the keys and values kv_store wrote
+    /* In a step the cached positions are earlier steps' (complete, as above), so the
+     * first rounds copy while the qkv GEMV before still runs; in a prefill kv_store, the
+     * kernel before, writes some of them: they wait for it (the second wait then returns
+     * at once). */
+    if (!store) pdl_wait();
+    for (int stage = 0; stage < ATTN_STAGES; stage++) copy_round(stage);
+    pdl_wait();  // qkv
     const float scale = rsqrtf((float)hs);
     const size_t qkv_row = (size_t)r * (NH + 2 * NKV) * hs;
     float q[8] = {};
@@ -219,24 +267,38 @@ __global__ void __launch_bounds__(ATTN_THREADS, ATTN_MIN_BLOCKS)
     constexpr int MERGE_FLOATS = ATTN_MAX_SPLITS * (ATTN_THREADS + 2);
     static_assert(WARPS * LP * 8 <= MERGE_FLOATS, "a warp's dims fit the records' space");
     __shared__ float merge_acc[MERGE_FLOATS];
+    __shared__ bool last;  // this block merges the (row, head)'s records
+    /* Static shared memory: at most 48 KB a block (more would need dynamic shared memory,
+     * which launch_pdl does not pass), and ATTN_MIN_BLOCKS blocks' of it in an SM (an
+     * H200's: 228 KB, 1 KB of it reserved a block), as attention_cached's grid assumes. */
+    constexpr size_t SHARED =
+        sizeof(ring) + sizeof(warp_max) + sizeof(warp_sum) + sizeof(merge_acc) + sizeof(last);
+    static_assert(SHARED <= 48 * 1024, "fewer ATTN_STAGES");
+    static_assert(ATTN_MIN_BLOCKS * (SHARED + 1024) <= 228 * 1024, "fewer ATTN_MIN_BLOCKS");
     const int i = threadIdx.x;
     const size_t record = hs + 2, first = ((size_t)r * NH + h) * ATTN_MAX_SPLITS;
     bf16 *o = out + ((size_t)r * NH + h) * hs;
     int counted = 0;  // ranges this block has recorded
+    int stage = 0;    // the ring's stage of the next round
     while (true) {
         const int begin = range * chunk, end = min(len, begin + chunk);
         const int cached_end = cached_end_of(range);
         Softmax m = {-INFINITY, 0.0f, {}};
         /* block-uniform trip count: every lane reaches the group's shuffles */
-        for (int t0 = begin; t0 < cached_end; t0 += ATTN_INFLIGHT * GROUPS) {
-            if (t0 > begin || !loaded) load_round(t0, cached_end);
+        for (int t0 = begin; t0 < cached_end; t0 += ROUND) {
+            copy_wait<ATTN_STAGES - 1>();  // the round's group, the oldest in flight, is in
+            Vec16<bf16> kv[ATTN_INFLIGHT], vv[ATTN_INFLIGHT];
+#pragma unroll
+            for (int u = 0; u < ATTN_INFLIGHT; u++) {
+                kv[u] = ring[stage][u][0][threadIdx.x];
+                vv[u] = ring[stage][u][1][threadIdx.x];
+            }
+            copy_round(stage);  // the round ATTN_STAGES on, into the stage just read
+            stage = stage + 1 < ATTN_STAGES ? stage + 1 : 0;
             const int left = cached_end - t0 - group;  // positions from this group's first on
             absorb_round<LP, ATTN_INFLIGHT>(
                 m, q, kv, vv, left <= 0 ? 0 : min(ATTN_INFLIGHT, (left + GROUPS - 1) / GROUPS));
         }
-        const int next = range + gridDim.z;
-        loaded = next < ranges;
-        if (loaded) load_round(next * chunk, cached_end_of(next));  // while this one merges
         if (cached_end < end) {  // store, the last range: the new position, from qkv
             const bf16 *new_key = qkv + qkv_row + (size_t)(NH + kvh) * hs;
             const bf16 *new_value = new_key + NKV * hs;
@@ -286,14 +348,13 @@ __global__ void __launch_bounds__(ATTN_THREADS, ATTN_MIN_BLOCKS)
             mine[1] = den;
         }
         counted++;
-        range = next;
+        range += gridDim.z;
         if (range >= ranges) break;
         __syncthreads();  // the shared merge arrays serve the next range
     }
     /* publish the records before counting them (the CUDA threadFenceReduction pattern) */
     __threadfence();
     __syncthreads();
-    __shared__ bool last;
     if (i == 0) {
         int *counter = done + (size_t)r * NH + h;
         last = atomicAdd(counter, counted) == ranges - counted;
