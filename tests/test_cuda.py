@@ -164,10 +164,22 @@ def train(model, batches, **hp):
     return out
 
 
+def two_micro_step_batches(cfg, n, B, T, seeds):
+    """n steps of 2 micro-steps of (B, T), from patterned_batches of two seeds."""
+    first, second = (patterned_batches(cfg, n, B, T, seed=s) for s in seeds)
+    return [(np.stack([x, x2]), np.stack([y, y2])) for (x, y), (x2, y2) in zip(first, second)]
+
+
+def assert_same_run(a, b):
+    """Two runs' (losses, parameters, gradients) bit for bit."""
+    assert a[0] == b[0]
+    assert np.array_equal(a[1], b[1])
+    assert np.array_equal(a[2], b[2])
+
+
 def test_deterministic():
     B, T = 2, 32
-    batches = [(np.stack([x, x2]), np.stack([y, y2])) for (x, y), (x2, y2) in
-               zip(patterned_batches(SMALL, 5, B, T, seed=1), patterned_batches(SMALL, 5, B, T, seed=2))]
+    batches = two_micro_step_batches(SMALL, 5, B, T, seeds=(1, 2))
     runs = []
     for _ in range(2):
         m = pyllmc.Model.from_config(SMALL, device="cuda", max_batch_size=B, max_seq_len=T, seed=7)
@@ -175,9 +187,7 @@ def test_deterministic():
         m.backward(*batches[0])
         runs.append((losses, m.parameters(), m.gradients()))
         m.close()
-    assert runs[0][0] == runs[1][0]
-    assert np.array_equal(runs[0][1], runs[1][1])
-    assert np.array_equal(runs[0][2], runs[1][2])
+    assert_same_run(*runs)
 
 
 @pytest.mark.parametrize("family,precision", [("gpt2", "default"), ("gpt2", "fp8"),
@@ -190,8 +200,7 @@ def test_graphed_micro_steps_are_the_eager_ones(monkeypatch, family, precision):
         pytest.skip("FP8 needs a GPU of compute capability 9.0 or newer")
     cfg = SMALL if family == "gpt2" else LLAMA_FP8
     T = 32
-    batches = [(np.stack([x, x2]), np.stack([y, y2])) for (x, y), (x2, y2) in
-               zip(patterned_batches(cfg, 4, 2, T, seed=5), patterned_batches(cfg, 4, 2, T, seed=6))]
+    batches = two_micro_step_batches(cfg, 4, 2, T, seeds=(5, 6))
     runs = []
     for graphs in ("0", "1"):
         monkeypatch.setenv("LLMC_CUDA_GRAPHS", graphs)
@@ -203,9 +212,7 @@ def test_graphed_micro_steps_are_the_eager_ones(monkeypatch, family, precision):
         m.backward(*batches[0])
         runs.append((losses, m.parameters(), m.gradients()))
         m.close()
-    assert runs[0][0] == runs[1][0]
-    assert np.array_equal(runs[0][1], runs[1][1])
-    assert np.array_equal(runs[0][2], runs[1][2])
+    assert_same_run(*runs)
 
 
 def test_resume_is_bit_identical(tmp_path):
