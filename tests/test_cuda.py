@@ -951,3 +951,25 @@ def test_gemv_long_rows_match_cpu_and_are_batch_invariant(wide_pair):
         tokens, lp = gpu.generate([prompt], **greedy)
         assert batch5[0][i] == tokens[0]
         assert np.array_equal(np.float32(batch5[1][i]), np.float32(lp[0])), i
+
+
+# ---- decode_step.cu: GPT-2 steps of up to 8 rows as one persistent kernel -------------------
+# (every GPT-2 generation test above runs it; LLMC_FUSED_DECODE=0 runs a kernel per layer part)
+def test_fused_decode_steps_agree_with_the_kernel_per_layer_steps(long_pair, monkeypatch):
+    """The same greedy run of long prompts (one to 17 attention items a head) through both
+    forms of a step: the same tokens but for near-ties, log-probabilities within bf16
+    rounding of each other. A Llama has no fused step: the variable changes nothing."""
+    cpu, gpu = long_pair
+    rng = np.random.default_rng(10)
+    prompts = [rng.integers(0, cpu.config.vocab_size, size=n).tolist() for n in LONG_PROMPTS[6]]
+    greedy = dict(max_new_tokens=24, temperature=0, stop_token=None, logprobs=True)
+    fused = gpu.generate(prompts, **greedy)
+    monkeypatch.setenv("LLMC_FUSED_DECODE", "0")
+    per_layer = gpu.generate(prompts, **greedy)
+    if cpu.config.is_llama:
+        assert fused == per_layer
+        return
+    for a, b, la, lb in zip(fused[0], per_layer[0], fused[1], per_layer[1]):
+        same = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), len(a))
+        assert same >= 10, same
+        np.testing.assert_allclose(la[:same], lb[:same], atol=0.05)

@@ -23,8 +23,10 @@
  * stopped on its stop token, was cancelled or a new one started) is wasted
  * work, not wrong results: it writes only the cache's rows of its own
  * positions, which a later step writes again before any reads them.
- * Products of steps of up to GEMV_MAX_ROWS rows run through gemv.cu, which
- * streams each weight once for all rows; larger ones through cuBLASLt.
+ * A GPT-2 step of up to GEMV_MAX_ROWS rows is one persistent kernel
+ * (decode_step.cu) where the device allows it. Otherwise products of steps of
+ * up to GEMV_MAX_ROWS rows run through gemv.cu, which streams each weight
+ * once for all rows; larger ones through cuBLASLt.
  *
  * Memory, planned and checked against the free device memory at creation:
  * every layer's keys and values for S slots of T positions (NKV heads),
@@ -33,6 +35,8 @@
  * positions; page-locked host memory for the rows' metadata, the greedy
  * picks and the logits of S rows.
  */
+#include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <new>
 #include <vector>
@@ -67,6 +71,9 @@ struct cuda_cache {
     int *rows;                       // slot, pos, token (R each), out_rows (S)
     float *attn_partial;             // (R, NH, ATTN_MAX_SPLITS, hs + 2)
     int *attn_done;                  // (R, NH), zero between steps
+    int max_ranges;                  // attn_partial's records per (row, head)
+    unsigned *step_sync;             // decode_step's barrier counter
+    bool fused_steps;                // steps of up to GEMV_MAX_ROWS rows through decode_step
     float *rope_cos, *rope_sin;      // Llama: (T, hs/2)
     greedy_pick *picks;              // (S)
     void *host = nullptr;            // page-locked: rows_host, picks_host, logits_host
@@ -86,10 +93,13 @@ struct cuda_cache {
 /* Buffers in allocation order (the order of cuda_cache's pointers), bytes
  * each (256-byte aligned); a family's unused buffers take 0 bytes. */
 enum { B_KEYS, B_VALUES, B_X, B_LN, B_QKV, B_ATTY, B_BRANCH, B_FCH, B_FCH_ACT, B_LOGITS, B_ROWS,
-       B_ATTN_PARTIAL, B_ATTN_DONE, B_ROPE_COS, B_ROPE_SIN, B_PICKS, NUM_BUFFERS };
+       B_ATTN_PARTIAL, B_ATTN_DONE, B_ROPE_COS, B_ROPE_SIN, B_PICKS, B_STEP_SYNC, NUM_BUFFERS };
 struct Layout {
     size_t bytes[NUM_BUFFERS];
 };
+
+/* Partial records per (row, head): attention_cached's ranges or decode_step's items. */
+int max_ranges(int T) { return std::max(ATTN_MAX_SPLITS, (T + STEP_RANGE - 1) / STEP_RANGE); }
 
 Layout layout(const llmc_model *m, int S, int T, int R) {
     const llmc_config *c = &m->config;
@@ -103,8 +113,8 @@ Layout layout(const llmc_model *m, int S, int T, int R) {
     const size_t heads = (size_t)R * c->num_heads;
     return {{kv, kv, row * C, row * C, row * QKV, row * C, row * C, row * FC, row * ACT,
              (size_t)S * Vp * sizeof(float),
-             (3 * (size_t)R + S) * sizeof(int), heads * ATTN_MAX_SPLITS * (hs + 2) * sizeof(float),
-             heads * sizeof(int), rope, rope, (size_t)S * sizeof(greedy_pick)}};
+             (3 * (size_t)R + S) * sizeof(int), heads * max_ranges(T) * (hs + 2) * sizeof(float),
+             heads * sizeof(int), rope, rope, (size_t)S * sizeof(greedy_pick), sizeof(unsigned)}};
 }
 
 size_t aligned(size_t b) { return (b + 255) & ~(size_t)255; }
@@ -133,6 +143,8 @@ llmc_status gpt2_decode_forward(cuda_cache *c, const cuda_weights &w, int n, int
                                 bool step);
 llmc_status llama_decode_forward(cuda_cache *c, const cuda_weights &w, int n, int n_out,
                                  bool step);
+
+step_args step_of(const cuda_cache *c, const cuda_weights &w, int n);
 
 llmc_status cuda_cache_create(llmc_model *m, int S, int T, int R, void **out) {
     TRY(cuda_decode_round_weights(m));
@@ -200,6 +212,8 @@ llmc_status cuda_cache_create(llmc_model *m, int S, int T, int R, void **out) {
     c->attn_partial = (float *)bufs[B_ATTN_PARTIAL], c->attn_done = (int *)bufs[B_ATTN_DONE];
     c->rope_cos = (float *)bufs[B_ROPE_COS], c->rope_sin = (float *)bufs[B_ROPE_SIN];
     c->picks = (greedy_pick *)bufs[B_PICKS];
+    c->step_sync = (unsigned *)bufs[B_STEP_SYNC];
+    c->max_ranges = max_ranges(T);
     c->rows_host = (int *)c->host;
     c->picks_host = (greedy_pick *)(c->rows_host + rows_words);
     c->logits_host = (float *)(c->rows_host + rows_words + picks_words);
@@ -207,6 +221,9 @@ llmc_status cuda_cache_create(llmc_model *m, int S, int T, int R, void **out) {
         release(c);
         return cuda_status(e, "zeroing the attention's counters", __FILE__, __LINE__);
     }
+    const char *fused = getenv("LLMC_FUSED_DECODE");  // "0": a kernel per layer part
+    c->fused_steps = !llmc_is_llama(cf) && !(fused && strcmp(fused, "0") == 0) &&
+                     decode_step_fits(step_of(c, w, 0), std::min(R, GEMV_MAX_ROWS));
     if (llmc_is_llama(cf)) {
         const llmc_status st = rope_upload_table(c->rope_cos, c->rope_sin, cf, T, w.stream);
         if (st != LLMC_OK) {
@@ -236,6 +253,20 @@ struct Rows {
 };
 Rows rows_of(const cuda_cache *c) {
     return {c->rows, c->rows + c->R, c->rows + 2 * c->R, c->rows + 3 * c->R};
+}
+
+/* decode_step's arguments for a step of n rows (metadata on the device). */
+step_args step_of(const cuda_cache *c, const cuda_weights &w, int n) {
+    const Rows r = rows_of(c);
+    step_args a = {n, c->C, c->NH, c->hs, c->T, c->L, c->Vp, c->max_ranges, c->eps,
+                   r.slot, r.pos, r.tok, c->x, c->qkv, c->atty, c->fch_act, c->keys, c->values,
+                   (size_t)c->S * c->T * c->NKV * c->hs, c->attn_partial, c->logits,
+                   c->attn_done, c->step_sync, {}, {}};
+    for (int t = 0; t < LLMC_NUM_PARAM_TENSORS; t++) {
+        a.tensor[t] = w.tensor[t];
+        a.layer_stride[t] = w.layer_stride[t];
+    }
+    return a;
 }
 
 /* The new rows' keys and values (in c->qkv) into layer l's cache, then
@@ -288,6 +319,7 @@ llmc_status head_logits(cuda_cache *c, const cuda_weights &w, const Rows &r, int
 /* GPT-2: learned positions, pre-LayerNorm blocks, tied LM head. */
 llmc_status gpt2_decode_forward(cuda_cache *c, const cuda_weights &w, int n, int n_out,
                                 bool step) {
+    if (step && c->fused_steps && n <= GEMV_MAX_ROWS) return decode_step(step_of(c, w, n), w.stream);
     const int C = c->C, L = c->L;
     cudaStream_t s = w.stream;
     const Rows r = rows_of(c);

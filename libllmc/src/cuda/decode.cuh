@@ -45,6 +45,32 @@ void attention_cached(bf16 *out, float *partial, int *done, const bf16 *qkv, bf1
                       bf16 *values, const int *slot, const int *pos, int n, int NH, int NKV,
                       int hs, int T, bool store, cudaStream_t s);
 
+/* decode_step.cu: a GPT-2 step of n <= GEMV_MAX_ROWS rows (distinct slots,
+ * the logits of every row) as one persistent kernel: embedding, every layer
+ * (keys and values into the cache as attention_cached with store) and the
+ * LM head's fp32 logits (n, Vp). The rows' results do not depend on n.
+ * Scratch: partial, n NH max_ranges (hs + 2) floats with max_ranges >=
+ * ceil(T / 32); done as attention_cached's; sync, one word, zeroed by
+ * decode_step before its launch. */
+struct step_args {
+    int n, C, NH, hs, T, L, Vp, max_ranges;
+    float eps;
+    const int *slot, *pos, *tok;
+    bf16 *x, *qkv, *atty, *fch, *keys, *values;  // x (n, C), qkv (n, 3C), atty (n, C), fch (n, 4C)
+    size_t layer_kv;                             // elements of a layer's keys (or values)
+    float *partial, *logits;
+    int *done;
+    unsigned *sync;
+    const bf16 *tensor[LLMC_NUM_PARAM_TENSORS];   // layer 0's slice of each
+    size_t layer_stride[LLMC_NUM_PARAM_TENSORS];  // elements between layers
+};
+/* Whether this device and model can run decode_step for up to max_n rows:
+ * sm_90 or newer with cooperative launches, C and hs multiples of 8, hs <= 64,
+ * max_n rows of 4C in shared memory, every weight row 16-byte aligned. */
+bool decode_step_fits(const step_args &a, int max_n);
+#define STEP_RANGE 32  // positions of an attention item of decode_step
+llmc_status decode_step(const step_args &a, cudaStream_t s);
+
 /* greedy.cu: for each of n rows of logits (Vp apart, the first V counted):
  * the argmax (the lowest id on a tie) and its log-probability; with next_pos
  * and next_tok (not NULL), row i's position next_pos[i] is advanced by one

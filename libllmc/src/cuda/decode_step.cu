@@ -1,0 +1,441 @@
+/*
+ * decode_step.cu: a GPT-2 decode step of up to GEMV_MAX_ROWS rows as one
+ * persistent kernel (decode.cuh, decode_step).
+ *
+ * A step of few rows reads every weight once and does little else, but as
+ * kernels of its own each layer paid its products' block launches, ramps and
+ * tails and the attention's and norms' dependent round trips between them
+ * (d48 batch 1: ~340 kernels, 1.72 ms a token where its weights take 0.65 ms
+ * at the H200's bandwidth). Here one cooperative launch, a block an SM,
+ * walks the whole step in phases with a grid-wide barrier between each and
+ * the next: the embedding; per layer the qkv product (its LayerNorm
+ * recomputed by every block into shared memory), the cache attention, the
+ * attention projection (+ residual), the fc product (LayerNorm again, then
+ * GELU), the fc projection (+ residual); then the final norm and the LM head
+ * (fp32 logits). Each warp issues its first weight loads of a phase before
+ * it waits at the phase's barrier, so that the barrier's latency hides
+ * behind theirs, and from then on keeps a unit of loads in flight behind
+ * the unit it multiplies.
+ *
+ * Products: a warp owns whole output rows (rows gw, gw + warps, ..., warps
+ * numbered across the SMs first), its lanes 16-byte slices of a row,
+ * STEP_SLICES slices a unit; each lane sums in IC order, the lanes in
+ * warp_sum's tree, for every row whatever n is: a row's result is the same
+ * alone or in a batch, as gemv.cu's (whose sums it does not repeat bit for
+ * bit: steps of more rows or prefill chunks round differently).
+ * Attention: an item is (row, head, STEP_RANGE positions), a lane a
+ * position, softmax over the item; the last of a (row, head)'s items to
+ * finish (a counter) merges them in item order, as kvcache.cu's kernel
+ * merges its ranges. Data written inside the launch is read through L2 only
+ * (ld.cg), since an SM's L1 is not kept coherent with the others'.
+ */
+#include "decode.cuh"
+#include "kernels.cuh"
+
+#ifndef STEP_THREADS
+#define STEP_THREADS 512               // 16 warps, one block an SM
+#endif
+#define STEP_WARPS (STEP_THREADS / 32)
+#ifndef STEP_SLICES
+#define STEP_SLICES 8                  // 16-byte slices of a weight row a lane loads a unit
+#endif
+#define STEP_UNIT (STEP_SLICES * 256)  // elements of a row a warp covers a unit
+#ifndef STEP_MAX_HS
+#define STEP_MAX_HS 64                 // head size at most: a lane's key and value in registers
+#endif
+
+namespace {
+
+__device__ __forceinline__ const bf16 *dweight(const step_args &a, int tensor, int l) {
+    return a.tensor[tensor] + (size_t)l * a.layer_stride[tensor];
+}
+
+/* ---- the grid-wide barrier: a counter every block adds one to a phase ---- */
+
+__device__ __forceinline__ void grid_arrive(unsigned *sync) {
+    __syncthreads();  // the block's writes of the phase are done
+    if (threadIdx.x == 0) {
+        __threadfence();
+        atomicAdd(sync, 1u);
+    }
+}
+
+/* Until every block has arrived `phases` times. */
+__device__ __forceinline__ void grid_wait(const unsigned *sync, unsigned phases) {
+    if (threadIdx.x == 0) {
+        const unsigned target = phases * gridDim.x;
+        unsigned seen;
+        do {
+            asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(seen) : "l"(sync) : "memory");
+        } while (seen < target);
+        __threadfence();
+    }
+    __syncthreads();
+}
+
+__device__ __forceinline__ uint4 ldcg16(const bf16 *p) {
+    return __ldcg(reinterpret_cast<const uint4 *>(p));
+}
+
+/* n rows of width W written in this launch (contiguous) into shared xs. */
+__device__ void stage_rows(bf16 *xs, const bf16 *src, int n, int W) {
+    const int vecs = n * W / 8;
+    for (int i = threadIdx.x; i < vecs; i += STEP_THREADS)
+        reinterpret_cast<uint4 *>(xs)[i] = ldcg16(src + (size_t)i * 8);
+    __syncthreads();
+}
+
+/* LayerNorm of the n rows staged in xs (C wide), in place, each element as
+ * decode_norm computes it; warp j takes row j (a lane touches only its own
+ * slices, so the passes need no barrier). */
+__device__ void layernorm_staged(bf16 *xs, const bf16 *w, const bf16 *b, int n, int C, float eps) {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    for (int j = warp; j < n; j += STEP_WARPS) {
+        bf16 *row = xs + (size_t)j * C;
+        float sum = 0.0f;
+        for (int c = lane * 8; c < C; c += 256) {
+            const Vec16<bf16> v = load16(row + c);
+            for (int e = 0; e < 8; e++) sum += __bfloat162float(v.v[e]);
+        }
+        const float mean = warp_sum(sum) / C;
+        float var = 0.0f;
+        for (int c = lane * 8; c < C; c += 256) {
+            const Vec16<bf16> v = load16(row + c);
+            for (int e = 0; e < 8; e++) {
+                const float d = __bfloat162float(v.v[e]) - mean;
+                var += d * d;
+            }
+        }
+        const float rstd = rsqrtf(warp_sum(var) / C + eps);
+        for (int c = lane * 8; c < C; c += 256) {
+            const Vec16<bf16> v = load16(row + c), wv = load16(w + c), bv = load16(b + c);
+            Vec16<bf16> o;
+            for (int e = 0; e < 8; e++)
+                o.v[e] = __float2bfloat16((__bfloat162float(v.v[e]) - mean) * rstd *
+                                              __bfloat162float(wv.v[e]) +
+                                          __bfloat162float(bv.v[e]));
+            store16(row + c, o);
+        }
+    }
+    __syncthreads();
+}
+
+/* ---- products: out (n, OC) = xs (n, IC) @ w^T, with the kind's epilogue ---- */
+
+enum { OUT_BF16, OUT_GELU, OUT_RESIDUAL, OUT_FP32 };
+
+struct product {
+    const bf16 *w, *bias;  // (OC, IC); (OC) or NULL
+    int IC, OC, kind;
+    void *out;  // (n, OC): bf16 (OUT_RESIDUAL: the residual stream, added to), or fp32
+};
+
+/* Unit `unit` of row `row`: the lane's STEP_SLICES slices, zeros past IC. */
+__device__ __forceinline__ void load_unit(uint4 (&w)[STEP_SLICES], const product &p, int row,
+                                          int unit, int lane) {
+    const bf16 *r = p.w + (size_t)row * p.IC;
+#pragma unroll
+    for (int i = 0; i < STEP_SLICES; i++) {
+        const int k = unit * STEP_UNIT + (i * 32 + lane) * 8;
+        w[i] = k < p.IC ? __ldcs(reinterpret_cast<const uint4 *>(r + k)) : make_uint4(0, 0, 0, 0);
+    }
+}
+
+__device__ __forceinline__ void store_output(const product &p, int j, int row, float sum) {
+    const size_t at = (size_t)j * p.OC + row;
+    if (p.kind == OUT_FP32) {
+        ((float *)p.out)[at] = sum;
+        return;
+    }
+    if (p.bias) sum += __bfloat162float(p.bias[row]);
+    bf16 *out = (bf16 *)p.out;
+    if (p.kind == OUT_GELU) {
+        out[at] = __float2bfloat16(gelu_tanh(sum));
+    } else if (p.kind == OUT_RESIDUAL) {  // the branch rounded to bf16 first, as decode_norm sees it
+        const float branch = __bfloat162float(__float2bfloat16(sum));
+        const float res = __bfloat162float(
+            __ushort_as_bfloat16(__ldcg(reinterpret_cast<const unsigned short *>(out + at))));
+        out[at] = __float2bfloat16(res + branch);
+    } else {
+        out[at] = __float2bfloat16(sum);
+    }
+}
+
+/* The warp's share of p: units t = 0, 1, ... are unit t % units of row
+ * gw + GW (t / units); cur holds unit 0's slices (product_prefetch). */
+__device__ __forceinline__ void product_prefetch(uint4 (&cur)[STEP_SLICES], const product &p,
+                                                 int gw, int lane) {
+    if (gw < p.OC) load_unit(cur, p, gw, 0, lane);
+}
+
+__device__ void product_run(const product &p, uint4 (&cur)[STEP_SLICES], const bf16 *xs, int n,
+                            int gw, int GW, int lane) {
+    const int units = (p.IC + STEP_UNIT - 1) / STEP_UNIT;
+    float acc[GEMV_MAX_ROWS];
+#pragma unroll
+    for (int j = 0; j < GEMV_MAX_ROWS; j++) acc[j] = 0.0f;
+    for (int t = 0;; t++) {
+        const int row = gw + GW * (t / units), unit = t % units;
+        if (row >= p.OC) break;
+        const int next_row = gw + GW * ((t + 1) / units);
+        uint4 next[STEP_SLICES];
+        if (next_row < p.OC) load_unit(next, p, next_row, (t + 1) % units, lane);
+#pragma unroll
+        for (int i = 0; i < STEP_SLICES; i++) {
+            const int k = unit * STEP_UNIT + (i * 32 + lane) * 8;
+            if (k >= p.IC) break;
+#pragma unroll
+            for (int j = 0; j < GEMV_MAX_ROWS; j++)
+                if (j < n)
+                    acc[j] = dot8(cur[i], *reinterpret_cast<const uint4 *>(xs + (size_t)j * p.IC + k),
+                                  acc[j]);
+        }
+        if (unit == units - 1) {  // the row's sums: lane l holds row l / 4's
+            warp_sum_scatter<GEMV_MAX_ROWS>(acc, lane);
+            const int j = lane / (32 / GEMV_MAX_ROWS);
+            if (lane % (32 / GEMV_MAX_ROWS) == 0 && j < n) store_output(p, j, row, acc[0]);
+#pragma unroll
+            for (int q = 0; q < GEMV_MAX_ROWS; q++) acc[q] = 0.0f;
+        }
+        if (next_row < p.OC) {
+#pragma unroll
+            for (int i = 0; i < STEP_SLICES; i++) cur[i] = next[i];
+        }
+    }
+}
+
+/* ---- the cache attention: items of (row, head, STEP_RANGE positions) ---- */
+
+struct att_item {
+    int j, h, r, ranges;
+};
+
+/* Item t: rows in order, each row's heads, each head's ranges; false past the last. */
+__device__ __forceinline__ bool item_at(const step_args &a, int t, att_item &it) {
+    for (int j = 0; j < a.n; j++) {
+        const int ranges = (a.pos[j] + STEP_RANGE) / STEP_RANGE;  // ceil((pos + 1) / RANGE)
+        if (t < a.NH * ranges) {
+            it = {j, t / ranges, t % ranges, ranges};
+            return true;
+        }
+        t -= a.NH * ranges;
+    }
+    return false;
+}
+
+__device__ __forceinline__ size_t cache_at(const step_args &a, const att_item &it, int l, int p) {
+    return (size_t)l * a.layer_kv + (((size_t)a.slot[it.j] * a.NH + it.h) * a.T + p) * a.hs;
+}
+
+/* The lane's position's cached key and value (zeros where the position is
+ * the new one, whose come from qkv once its product is done, or past it). */
+__device__ __forceinline__ void item_load(const step_args &a, const att_item &it, int l,
+                                          uint4 (&k)[STEP_MAX_HS / 8], uint4 (&v)[STEP_MAX_HS / 8],
+                                          int lane) {
+    const int p = it.r * STEP_RANGE + lane;
+    const bool cached = p < a.pos[it.j];
+    const size_t at = cached ? cache_at(a, it, l, p) : 0;
+#pragma unroll
+    for (int s = 0; s < STEP_MAX_HS / 8; s++) {
+        const bool load = cached && s * 8 < a.hs;
+        k[s] = load ? ldcg16(a.keys + at + s * 8) : make_uint4(0, 0, 0, 0);
+        v[s] = load ? ldcg16(a.values + at + s * 8) : make_uint4(0, 0, 0, 0);
+    }
+}
+
+__device__ __forceinline__ float bf16_at(const uint4 (&v)[STEP_MAX_HS / 8], int d) {
+    return __bfloat162float(reinterpret_cast<const bf16 *>(&v[d / 8])[d % 8]);
+}
+
+__device__ void item_run(const step_args &a, const att_item &it, int l,
+                         uint4 (&k)[STEP_MAX_HS / 8], uint4 (&v)[STEP_MAX_HS / 8], int lane) {
+    const int hs = a.hs, C = a.C, pos = a.pos[it.j], p = it.r * STEP_RANGE + lane;
+    const bf16 *qkv = a.qkv + (size_t)it.j * 3 * C;
+    if (p == pos) {  // the new position: its key and value from qkv, and into the cache
+        const size_t at = cache_at(a, it, l, p);
+#pragma unroll
+        for (int s = 0; s < STEP_MAX_HS / 8; s++) {
+            if (s * 8 >= hs) break;
+            k[s] = ldcg16(qkv + C + it.h * hs + s * 8);
+            v[s] = ldcg16(qkv + 2 * C + it.h * hs + s * 8);
+            *reinterpret_cast<uint4 *>(a.keys + at + s * 8) = k[s];
+            *reinterpret_cast<uint4 *>(a.values + at + s * 8) = v[s];
+        }
+    }
+    const float scale = rsqrtf((float)hs);
+    float score = 0.0f;
+#pragma unroll
+    for (int s = 0; s < STEP_MAX_HS / 8; s++) {
+        if (s * 8 >= hs) break;
+        const uint4 q = ldcg16(qkv + it.h * hs + s * 8);
+        const bf16 *qe = reinterpret_cast<const bf16 *>(&q), *ke = reinterpret_cast<const bf16 *>(&k[s]);
+        for (int e = 0; e < 8; e++)
+            score += __bfloat162float(qe[e]) * scale * __bfloat162float(ke[e]);
+    }
+    const bool valid = p <= pos;
+    const float m = warp_max(valid ? score : -INFINITY);  // lane 0's position is always valid
+    const float e = valid ? __expf(score - m) : 0.0f;
+    const float sum = warp_sum(e);
+    float *rec = a.partial + (((size_t)it.j * a.NH + it.h) * a.max_ranges + it.r) * (hs + 2);
+#pragma unroll
+    for (int d0 = 0; d0 < STEP_MAX_HS; d0 += 16) {  // 16 dims at a time: fewer registers
+        if (d0 >= hs) break;
+        float part[16];  // this lane's weighted value; summed over lanes, lane l holds dim l / 2's
+#pragma unroll
+        for (int d = 0; d < 16; d++) part[d] = d0 + d < hs ? e * bf16_at(v, d0 + d) : 0.0f;
+        warp_sum_scatter<16>(part, lane);
+        if (lane % 2 == 0 && d0 + lane / 2 < hs) rec[2 + d0 + lane / 2] = part[0];
+    }
+    if (lane == 0) rec[0] = m, rec[1] = sum;
+    __syncwarp();
+    __threadfence();  // the record before the count
+    int *done = a.done + it.j * a.NH + it.h;
+    int prior = 0;
+    if (lane == 0) prior = atomicAdd(done, 1);
+    if (__shfl_sync(0xFFFFFFFFu, prior, 0) != it.ranges - 1) return;
+    __threadfence();  // the last: every record is visible
+    const float *recs = rec - (size_t)it.r * (hs + 2);
+    float top = -INFINITY;
+    for (int r = 0; r < it.ranges; r++) top = fmaxf(top, __ldcg(recs + (size_t)r * (hs + 2)));
+    float total = 0.0f, o[STEP_MAX_HS / 32] = {};
+    for (int r = 0; r < it.ranges; r++) {
+        const float *q = recs + (size_t)r * (hs + 2);
+        const float f = __expf(__ldcg(q) - top);
+        total += __ldcg(q + 1) * f;
+#pragma unroll
+        for (int h = 0; h < STEP_MAX_HS / 32; h++)
+            if (h * 32 + lane < hs) o[h] += __ldcg(q + 2 + h * 32 + lane) * f;
+    }
+    bf16 *out = a.atty + (size_t)it.j * C + it.h * hs;
+#pragma unroll
+    for (int h = 0; h < STEP_MAX_HS / 32; h++)
+        if (h * 32 + lane < hs) out[h * 32 + lane] = __float2bfloat16(o[h] / total);
+    if (lane == 0) *done = 0;  // for the next layer
+}
+
+/* ---- the step ---- */
+
+__global__ void __launch_bounds__(STEP_THREADS, 1) decode_step_kernel(const step_args a) {
+    extern __shared__ uint4 shared_words[];
+    bf16 *xs = reinterpret_cast<bf16 *>(shared_words);  // a phase's input rows
+    const int lane = threadIdx.x % 32, n = a.n, C = a.C;
+    const int GW = gridDim.x * STEP_WARPS, gw = threadIdx.x / 32 * gridDim.x + blockIdx.x;
+    unsigned phases = 0;
+
+    for (int i = blockIdx.x * STEP_THREADS + threadIdx.x; i < n * C / 8; i += GW * 32) {
+        const int j = i / (C / 8), c = i % (C / 8) * 8;  // x = wte[token] + wpe[pos]
+        const Vec16<bf16> t = load16(a.tensor[P_WTE] + (size_t)a.tok[j] * C + c);
+        const Vec16<bf16> q = load16(a.tensor[P_WPE] + (size_t)a.pos[j] * C + c);
+        Vec16<bf16> o;
+        for (int e = 0; e < 8; e++)
+            o.v[e] = __float2bfloat16(__bfloat162float(t.v[e]) + __bfloat162float(q.v[e]));
+        store16(a.x + (size_t)j * C + c, o);
+    }
+    grid_arrive(a.sync), phases++;
+
+    uint4 w[STEP_SLICES];
+    for (int l = 0; l < a.L; l++) {
+        const product qkv = {dweight(a, P_QKVW, l), dweight(a, P_QKVB, l), C, 3 * C, OUT_BF16, a.qkv};
+        product_prefetch(w, qkv, gw, lane);
+        grid_wait(a.sync, phases);
+        stage_rows(xs, a.x, n, C);
+        layernorm_staged(xs, dweight(a, P_LN1W, l), dweight(a, P_LN1B, l), n, C, a.eps);
+        product_run(qkv, w, xs, n, gw, GW, lane);
+        grid_arrive(a.sync), phases++;
+
+        {
+            att_item it;
+            uint4 k[STEP_MAX_HS / 8], v[STEP_MAX_HS / 8];
+            int t = gw;
+            bool have = item_at(a, t, it);
+            if (have) item_load(a, it, l, k, v, lane);
+            grid_wait(a.sync, phases);
+            while (have) {
+                item_run(a, it, l, k, v, lane);
+                t += GW;
+                if ((have = item_at(a, t, it))) item_load(a, it, l, k, v, lane);
+            }
+            grid_arrive(a.sync), phases++;
+        }
+
+        const product proj = {dweight(a, P_ATTPROJW, l), dweight(a, P_ATTPROJB, l), C, C,
+                              OUT_RESIDUAL, a.x};
+        product_prefetch(w, proj, gw, lane);
+        grid_wait(a.sync, phases);
+        stage_rows(xs, a.atty, n, C);
+        product_run(proj, w, xs, n, gw, GW, lane);
+        grid_arrive(a.sync), phases++;
+
+        const product fc = {dweight(a, P_FCW, l), dweight(a, P_FCB, l), C, 4 * C, OUT_GELU, a.fch};
+        product_prefetch(w, fc, gw, lane);
+        grid_wait(a.sync, phases);
+        stage_rows(xs, a.x, n, C);
+        layernorm_staged(xs, dweight(a, P_LN2W, l), dweight(a, P_LN2B, l), n, C, a.eps);
+        product_run(fc, w, xs, n, gw, GW, lane);
+        grid_arrive(a.sync), phases++;
+
+        const product fcproj = {dweight(a, P_FCPROJW, l), dweight(a, P_FCPROJB, l), 4 * C, C,
+                                OUT_RESIDUAL, a.x};
+        product_prefetch(w, fcproj, gw, lane);
+        grid_wait(a.sync, phases);
+        stage_rows(xs, a.fch, n, 4 * C);
+        product_run(fcproj, w, xs, n, gw, GW, lane);
+        grid_arrive(a.sync), phases++;
+    }
+    const product head = {a.tensor[P_WTE], nullptr, C, a.Vp, OUT_FP32, a.logits};
+    product_prefetch(w, head, gw, lane);
+    grid_wait(a.sync, phases);
+    stage_rows(xs, a.x, n, C);
+    layernorm_staged(xs, a.tensor[P_LNFW], a.tensor[P_LNFB], n, C, a.eps);
+    product_run(head, w, xs, n, gw, GW, lane);
+}
+
+size_t shared_bytes(int n, int C) { return (size_t)n * 4 * C * sizeof(bf16); }
+
+}  // namespace
+
+bool decode_step_fits(const step_args &a, int max_n) {
+    int device = 0, major = 0, cooperative = 0, optin = 0;
+    if (cudaGetDevice(&device) != cudaSuccess) return false;
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+    cudaDeviceGetAttribute(&cooperative, cudaDevAttrCooperativeLaunch, device);
+    cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+    if (major < 9 || !cooperative || a.C % 8 || a.hs % 8 || a.hs > STEP_MAX_HS ||
+        shared_bytes(max_n, a.C) > (size_t)optin)
+        return false;
+    static const int used[] = {P_WTE, P_WPE, P_LN1W, P_LN1B, P_QKVW, P_QKVB, P_ATTPROJW,
+                               P_ATTPROJB, P_LN2W, P_LN2B, P_FCW, P_FCB, P_FCPROJW, P_FCPROJB,
+                               P_LNFW, P_LNFB};
+    for (int t : used)  // 16-byte slices of every row of every layer
+        if ((uintptr_t)a.tensor[t] % 16 || a.layer_stride[t] % 8) return false;
+    return true;
+}
+
+llmc_status decode_step(const step_args &a, cudaStream_t s) {
+    const size_t smem = shared_bytes(a.n, a.C);
+    CUDA_TRY(cudaFuncSetAttribute(decode_step_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  (int)smem));
+    int device = 0, sms = 0, per_sm = 0;
+    CUDA_TRY(cudaGetDevice(&device));
+    CUDA_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, decode_step_kernel,
+                                                           STEP_THREADS, smem));
+    if (per_sm < 1)
+        return llmc_error(LLMC_ERR_DEVICE, "the fused decode step does not fit on an SM "
+                                         "(%zu bytes of shared memory)", smem);
+    CUDA_TRY(cudaMemsetAsync(a.sync, 0, sizeof(unsigned), s));
+    cudaLaunchAttribute attrs[2];
+    attrs[0].id = cudaLaunchAttributeCooperative;  // all blocks resident, or an error: no hang
+    attrs[0].val.cooperative = 1;
+    attrs[1].id = cudaLaunchAttributePreferredSharedMemoryCarveout;
+    attrs[1].val.sharedMemCarveout = cudaSharedmemCarveoutMaxShared;
+    cudaLaunchConfig_t config = {};
+    config.gridDim = dim3(sms * per_sm);
+    config.blockDim = dim3(STEP_THREADS);
+    config.dynamicSmemBytes = smem;
+    config.stream = s;
+    config.attrs = attrs;
+    config.numAttrs = 2;
+    CUDA_TRY(cudaLaunchKernelEx(&config, decode_step_kernel, a));
+    return LLMC_OK;
+}
