@@ -168,39 +168,49 @@ __device__ __forceinline__ void product_prefetch(uint4 (&cur)[STEP_SLICES], cons
     if (gw < p.OC) load_unit(cur, p, gw, 0, lane);
 }
 
-__device__ void product_run(const product &p, uint4 (&cur)[STEP_SLICES], const bf16 *xs, int n,
+/* Unit `unit` of row `row` with the lane's slices w; a row's last unit ends
+ * its sums: reduced over the lanes, stored by lane 4j for row j. */
+__device__ __forceinline__ void product_unit(const product &p, const uint4 (&w)[STEP_SLICES],
+                                             const bf16 *xs, int n, int row, int unit, int units,
+                                             float (&acc)[GEMV_MAX_ROWS], int lane) {
+#pragma unroll
+    for (int i = 0; i < STEP_SLICES; i++) {
+        const int k = unit * STEP_UNIT + (i * 32 + lane) * 8;
+        if (k >= p.IC) break;
+#pragma unroll
+        for (int j = 0; j < GEMV_MAX_ROWS; j++)
+            if (j < n)
+                acc[j] = dot8(w[i], *reinterpret_cast<const uint4 *>(xs + (size_t)j * p.IC + k),
+                              acc[j]);
+    }
+    if (unit == units - 1) {  // lane l holds row l / 4's sum
+        warp_sum_scatter<GEMV_MAX_ROWS>(acc, lane);
+        const int j = lane / (32 / GEMV_MAX_ROWS);
+        if (lane % (32 / GEMV_MAX_ROWS) == 0 && j < n) store_output(p, j, row, acc[0]);
+#pragma unroll
+        for (int q = 0; q < GEMV_MAX_ROWS; q++) acc[q] = 0.0f;
+    }
+}
+
+/* The warp's units through two register buffers by turns (a holds unit 0,
+ * from product_prefetch): the next unit's loads go out before this unit's
+ * products, and no buffer is copied (a copy would wait for its loads). */
+__device__ void product_run(const product &p, uint4 (&a)[STEP_SLICES], const bf16 *xs, int n,
                             int gw, int GW, int lane) {
     const int units = (p.IC + STEP_UNIT - 1) / STEP_UNIT;
     float acc[GEMV_MAX_ROWS];
 #pragma unroll
     for (int j = 0; j < GEMV_MAX_ROWS; j++) acc[j] = 0.0f;
-    for (int t = 0;; t++) {
-        const int row = gw + GW * (t / units), unit = t % units;
+    uint4 b[STEP_SLICES];
+    for (int t = 0;; t += 2) {
+        const int row = gw + GW * (t / units), row1 = gw + GW * ((t + 1) / units);
+        const int row2 = gw + GW * ((t + 2) / units);
         if (row >= p.OC) break;
-        const int next_row = gw + GW * ((t + 1) / units);
-        uint4 next[STEP_SLICES];
-        if (next_row < p.OC) load_unit(next, p, next_row, (t + 1) % units, lane);
-#pragma unroll
-        for (int i = 0; i < STEP_SLICES; i++) {
-            const int k = unit * STEP_UNIT + (i * 32 + lane) * 8;
-            if (k >= p.IC) break;
-#pragma unroll
-            for (int j = 0; j < GEMV_MAX_ROWS; j++)
-                if (j < n)
-                    acc[j] = dot8(cur[i], *reinterpret_cast<const uint4 *>(xs + (size_t)j * p.IC + k),
-                                  acc[j]);
-        }
-        if (unit == units - 1) {  // the row's sums: lane l holds row l / 4's
-            warp_sum_scatter<GEMV_MAX_ROWS>(acc, lane);
-            const int j = lane / (32 / GEMV_MAX_ROWS);
-            if (lane % (32 / GEMV_MAX_ROWS) == 0 && j < n) store_output(p, j, row, acc[0]);
-#pragma unroll
-            for (int q = 0; q < GEMV_MAX_ROWS; q++) acc[q] = 0.0f;
-        }
-        if (next_row < p.OC) {
-#pragma unroll
-            for (int i = 0; i < STEP_SLICES; i++) cur[i] = next[i];
-        }
+        if (row1 < p.OC) load_unit(b, p, row1, (t + 1) % units, lane);
+        product_unit(p, a, xs, n, row, t % units, units, acc, lane);
+        if (row1 >= p.OC) break;
+        if (row2 < p.OC) load_unit(a, p, row2, (t + 2) % units, lane);
+        product_unit(p, b, xs, n, row1, (t + 1) % units, units, acc, lane);
     }
 }
 
@@ -294,18 +304,29 @@ __device__ void item_run(const step_args &a, const att_item &it, int l,
     if (lane == 0) prior = atomicAdd(done, 1);
     if (__shfl_sync(0xFFFFFFFFu, prior, 0) != it.ranges - 1) return;
     __threadfence();  // the last: every record is visible
+    /* the records' maxima and sums a lane a record, then the weighted sums in
+     * record order, 16 records' loads in flight at a time */
     const float *recs = rec - (size_t)it.r * (hs + 2);
     float top = -INFINITY;
-    for (int r = 0; r < it.ranges; r++) top = fmaxf(top, __ldcg(recs + (size_t)r * (hs + 2)));
+    for (int r = lane; r < it.ranges; r += 32) top = fmaxf(top, __ldcg(recs + (size_t)r * (hs + 2)));
+    top = warp_max(top);
     float total = 0.0f, o[STEP_MAX_HS / 32] = {};
-    for (int r = 0; r < it.ranges; r++) {
+    for (int r0 = 0; r0 < it.ranges; r0 += 32) {
+        const int r = r0 + lane;
         const float *q = recs + (size_t)r * (hs + 2);
-        const float f = __expf(__ldcg(q) - top);
-        total += __ldcg(q + 1) * f;
+        const float f = r < it.ranges ? __expf(__ldcg(q) - top) : 0.0f;
+        if (r < it.ranges) total += __ldcg(q + 1) * f;
+        const int count = min(32, it.ranges - r0);
+#pragma unroll 16
+        for (int i = 0; i < count; i++) {
+            const float fi = __shfl_sync(0xFFFFFFFFu, f, i);
+            const float *qi = recs + (size_t)(r0 + i) * (hs + 2) + 2;
 #pragma unroll
-        for (int h = 0; h < STEP_MAX_HS / 32; h++)
-            if (h * 32 + lane < hs) o[h] += __ldcg(q + 2 + h * 32 + lane) * f;
+            for (int h = 0; h < STEP_MAX_HS / 32; h++)
+                if (h * 32 + lane < hs) o[h] += __ldcg(qi + h * 32 + lane) * fi;
+        }
     }
+    total = warp_sum(total);
     bf16 *out = a.atty + (size_t)it.j * C + it.h * hs;
 #pragma unroll
     for (int h = 0; h < STEP_MAX_HS / 32; h++)
