@@ -130,86 +130,106 @@ struct product {
     void *out;  // (n, OC): bf16 (OUT_RESIDUAL: the residual stream, added to), or fp32
 };
 
-/* Unit `unit` of row `row`: the lane's STEP_SLICES slices, zeros past IC. */
-__device__ __forceinline__ void load_unit(uint4 (&w)[STEP_SLICES], const product &p, int row,
-                                          int unit, int lane) {
+/* A unit of a warp's loads: the lane's STEP_SLICES slices of a weight row
+ * (zeros past IC), and what the row's epilogue reads (its bias; with
+ * OUT_RESIDUAL the residual the lane adds to), loaded with them so that the
+ * epilogue waits for no round trip of its own. The residual stream is last
+ * written two barriers or more before a phase, so it may be read before
+ * the phase's barrier as the weights are. */
+struct unit_loads {
+    uint4 w[STEP_SLICES];
+    float bias, res;
+};
+
+/* Unit `unit` of row `row`; lane j (32 / N) stores row j's output (j < n <= N). */
+template <int N>
+__device__ __forceinline__ void load_unit(unit_loads &u, const product &p, int row, int unit,
+                                          int n, int lane) {
     const bf16 *r = p.w + (size_t)row * p.IC;
 #pragma unroll
     for (int i = 0; i < STEP_SLICES; i++) {
         const int k = unit * STEP_UNIT + (i * 32 + lane) * 8;
-        w[i] = k < p.IC ? __ldcs(reinterpret_cast<const uint4 *>(r + k)) : make_uint4(0, 0, 0, 0);
+        u.w[i] = k < p.IC ? __ldcs(reinterpret_cast<const uint4 *>(r + k)) : make_uint4(0, 0, 0, 0);
     }
+    const int j = lane / (32 / N);
+    u.bias = p.bias ? __bfloat162float(p.bias[row]) : 0.0f;
+    u.res = p.kind == OUT_RESIDUAL && lane % (32 / N) == 0 && j < n
+                ? __bfloat162float(__ushort_as_bfloat16(__ldcg(
+                      reinterpret_cast<const unsigned short *>((bf16 *)p.out + (size_t)j * p.OC + row))))
+                : 0.0f;
 }
 
-__device__ __forceinline__ void store_output(const product &p, int j, int row, float sum) {
+__device__ __forceinline__ void store_output(const product &p, int j, int row, float sum,
+                                             const unit_loads &u) {
     const size_t at = (size_t)j * p.OC + row;
     if (p.kind == OUT_FP32) {
         ((float *)p.out)[at] = sum;
         return;
     }
-    if (p.bias) sum += __bfloat162float(p.bias[row]);
+    sum += u.bias;
     bf16 *out = (bf16 *)p.out;
     if (p.kind == OUT_GELU) {
         out[at] = __float2bfloat16(gelu_tanh(sum));
     } else if (p.kind == OUT_RESIDUAL) {  // the branch rounded to bf16 first, as decode_norm sees it
-        const float branch = __bfloat162float(__float2bfloat16(sum));
-        const float res = __bfloat162float(
-            __ushort_as_bfloat16(__ldcg(reinterpret_cast<const unsigned short *>(out + at))));
-        out[at] = __float2bfloat16(res + branch);
+        out[at] = __float2bfloat16(u.res + __bfloat162float(__float2bfloat16(sum)));
     } else {
         out[at] = __float2bfloat16(sum);
     }
 }
 
 /* The warp's share of p: units t = 0, 1, ... are unit t % units of row
- * gw + GW (t / units); cur holds unit 0's slices (product_prefetch). */
-__device__ __forceinline__ void product_prefetch(uint4 (&cur)[STEP_SLICES], const product &p,
-                                                 int gw, int lane) {
-    if (gw < p.OC) load_unit(cur, p, gw, 0, lane);
+ * gw + GW (t / units); u gets unit 0 (before the phase's barrier). */
+template <int N>
+__device__ __forceinline__ void product_prefetch(unit_loads &u, const product &p, int n, int gw,
+                                                 int lane) {
+    if (gw < p.OC) load_unit<N>(u, p, gw, 0, n, lane);
 }
 
-/* Unit `unit` of row `row` with the lane's slices w; a row's last unit ends
- * its sums: reduced over the lanes, stored by lane 4j for row j. */
-__device__ __forceinline__ void product_unit(const product &p, const uint4 (&w)[STEP_SLICES],
+/* Unit `unit` of row `row` for rows j < n of the N the sums are kept for; a
+ * row's last unit ends its sums: reduced over the lanes in warp_sum's tree
+ * whatever N is, stored by lane j (32 / N) for row j. */
+template <int N>
+__device__ __forceinline__ void product_unit(const product &p, const unit_loads &u,
                                              const bf16 *xs, int n, int row, int unit, int units,
-                                             float (&acc)[GEMV_MAX_ROWS], int lane) {
+                                             float (&acc)[N], int lane) {
 #pragma unroll
     for (int i = 0; i < STEP_SLICES; i++) {
         const int k = unit * STEP_UNIT + (i * 32 + lane) * 8;
         if (k >= p.IC) break;
 #pragma unroll
-        for (int j = 0; j < GEMV_MAX_ROWS; j++)
+        for (int j = 0; j < N; j++)
             if (j < n)
-                acc[j] = dot8(w[i], *reinterpret_cast<const uint4 *>(xs + (size_t)j * p.IC + k),
+                acc[j] = dot8(u.w[i], *reinterpret_cast<const uint4 *>(xs + (size_t)j * p.IC + k),
                               acc[j]);
     }
-    if (unit == units - 1) {  // lane l holds row l / 4's sum
-        warp_sum_scatter<GEMV_MAX_ROWS>(acc, lane);
-        const int j = lane / (32 / GEMV_MAX_ROWS);
-        if (lane % (32 / GEMV_MAX_ROWS) == 0 && j < n) store_output(p, j, row, acc[0]);
+    if (unit == units - 1) {  // lane l holds row l / (32 / N)'s sum
+        warp_sum_scatter<N>(acc, lane);
+        const int j = lane / (32 / N);
+        if (lane % (32 / N) == 0 && j < n) store_output(p, j, row, acc[0], u);
 #pragma unroll
-        for (int q = 0; q < GEMV_MAX_ROWS; q++) acc[q] = 0.0f;
+        for (int q = 0; q < N; q++) acc[q] = 0.0f;
     }
 }
 
-/* The warp's units through two register buffers by turns (a holds unit 0,
+/* The warp's units through two sets of registers by turns (a holds unit 0,
  * from product_prefetch): the next unit's loads go out before this unit's
- * products, and no buffer is copied (a copy would wait for its loads). */
-__device__ void product_run(const product &p, uint4 (&a)[STEP_SLICES], const bf16 *xs, int n,
-                            int gw, int GW, int lane) {
+ * products, and no set is copied (a copy would wait for its loads). */
+template <int N>
+__device__ __forceinline__ void product_run(const product &p, unit_loads &a, const bf16 *xs,
+                                            int n, int gw, int GW, int lane) {
     const int units = (p.IC + STEP_UNIT - 1) / STEP_UNIT;
-    float acc[GEMV_MAX_ROWS];
+    float acc[N];
 #pragma unroll
-    for (int j = 0; j < GEMV_MAX_ROWS; j++) acc[j] = 0.0f;
-    uint4 b[STEP_SLICES];
+    for (int j = 0; j < N; j++) acc[j] = 0.0f;
+    unit_loads b;
     for (int t = 0;; t += 2) {
         const int row = gw + GW * (t / units), row1 = gw + GW * ((t + 1) / units);
         const int row2 = gw + GW * ((t + 2) / units);
         if (row >= p.OC) break;
-        if (row1 < p.OC) load_unit(b, p, row1, (t + 1) % units, lane);
+        if (row1 < p.OC) load_unit<N>(b, p, row1, (t + 1) % units, n, lane);
         product_unit(p, a, xs, n, row, t % units, units, acc, lane);
         if (row1 >= p.OC) break;
-        if (row2 < p.OC) load_unit(a, p, row2, (t + 2) % units, lane);
+        if (row2 < p.OC) load_unit<N>(a, p, row2, (t + 2) % units, n, lane);
         product_unit(p, b, xs, n, row1, (t + 1) % units, units, acc, lane);
     }
 }
@@ -257,7 +277,7 @@ __device__ __forceinline__ float bf16_at(const uint4 (&v)[STEP_MAX_HS / 8], int 
     return __bfloat162float(reinterpret_cast<const bf16 *>(&v[d / 8])[d % 8]);
 }
 
-__device__ void item_run(const step_args &a, const att_item &it, int l,
+__device__ __forceinline__ void item_run(const step_args &a, const att_item &it, int l,
                          uint4 (&k)[STEP_MAX_HS / 8], uint4 (&v)[STEP_MAX_HS / 8], int lane) {
     const int hs = a.hs, C = a.C, pos = a.pos[it.j], p = it.r * STEP_RANGE + lane;
     const bf16 *qkv = a.qkv + (size_t)it.j * 3 * C;
@@ -336,6 +356,8 @@ __device__ void item_run(const step_args &a, const att_item &it, int l,
 
 /* ---- the step ---- */
 
+/* N: the rows the products' sums are kept for (1, 2, 4 or 8 >= a.n). */
+template <int N>
 __global__ void __launch_bounds__(STEP_THREADS, 1) decode_step_kernel(const step_args a) {
     extern __shared__ uint4 shared_words[];
     bf16 *xs = reinterpret_cast<bf16 *>(shared_words);  // a phase's input rows
@@ -354,14 +376,14 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) decode_step_kernel(const step
     }
     grid_arrive(a.sync), phases++;
 
-    uint4 w[STEP_SLICES];
+    unit_loads w;
     for (int l = 0; l < a.L; l++) {
         const product qkv = {dweight(a, P_QKVW, l), dweight(a, P_QKVB, l), C, 3 * C, OUT_BF16, a.qkv};
-        product_prefetch(w, qkv, gw, lane);
+        product_prefetch<N>(w, qkv, n, gw, lane);
         grid_wait(a.sync, phases);
         stage_rows(xs, a.x, n, C);
         layernorm_staged(xs, dweight(a, P_LN1W, l), dweight(a, P_LN1B, l), n, C, a.eps);
-        product_run(qkv, w, xs, n, gw, GW, lane);
+        product_run<N>(qkv, w, xs, n, gw, GW, lane);
         grid_arrive(a.sync), phases++;
 
         {
@@ -381,34 +403,34 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) decode_step_kernel(const step
 
         const product proj = {dweight(a, P_ATTPROJW, l), dweight(a, P_ATTPROJB, l), C, C,
                               OUT_RESIDUAL, a.x};
-        product_prefetch(w, proj, gw, lane);
+        product_prefetch<N>(w, proj, n, gw, lane);
         grid_wait(a.sync, phases);
         stage_rows(xs, a.atty, n, C);
-        product_run(proj, w, xs, n, gw, GW, lane);
+        product_run<N>(proj, w, xs, n, gw, GW, lane);
         grid_arrive(a.sync), phases++;
 
         const product fc = {dweight(a, P_FCW, l), dweight(a, P_FCB, l), C, 4 * C, OUT_GELU, a.fch};
-        product_prefetch(w, fc, gw, lane);
+        product_prefetch<N>(w, fc, n, gw, lane);
         grid_wait(a.sync, phases);
         stage_rows(xs, a.x, n, C);
         layernorm_staged(xs, dweight(a, P_LN2W, l), dweight(a, P_LN2B, l), n, C, a.eps);
-        product_run(fc, w, xs, n, gw, GW, lane);
+        product_run<N>(fc, w, xs, n, gw, GW, lane);
         grid_arrive(a.sync), phases++;
 
         const product fcproj = {dweight(a, P_FCPROJW, l), dweight(a, P_FCPROJB, l), 4 * C, C,
                                 OUT_RESIDUAL, a.x};
-        product_prefetch(w, fcproj, gw, lane);
+        product_prefetch<N>(w, fcproj, n, gw, lane);
         grid_wait(a.sync, phases);
         stage_rows(xs, a.fch, n, 4 * C);
-        product_run(fcproj, w, xs, n, gw, GW, lane);
+        product_run<N>(fcproj, w, xs, n, gw, GW, lane);
         grid_arrive(a.sync), phases++;
     }
     const product head = {a.tensor[P_WTE], nullptr, C, a.Vp, OUT_FP32, a.logits};
-    product_prefetch(w, head, gw, lane);
+    product_prefetch<N>(w, head, n, gw, lane);
     grid_wait(a.sync, phases);
     stage_rows(xs, a.x, n, C);
     layernorm_staged(xs, a.tensor[P_LNFW], a.tensor[P_LNFB], n, C, a.eps);
-    product_run(head, w, xs, n, gw, GW, lane);
+    product_run<N>(head, w, xs, n, gw, GW, lane);
 }
 
 size_t shared_bytes(int n, int C) { return (size_t)n * 4 * C * sizeof(bf16); }
@@ -433,17 +455,19 @@ bool decode_step_fits(const step_args &a, int max_n) {
 }
 
 llmc_status decode_step(const step_args &a, cudaStream_t s) {
+    void (*kernel)(const step_args) = a.n == 1   ? decode_step_kernel<1>
+                                      : a.n == 2 ? decode_step_kernel<2>
+                                      : a.n <= 4 ? decode_step_kernel<4>
+                                                 : decode_step_kernel<8>;
     const size_t smem = shared_bytes(a.n, a.C);
-    CUDA_TRY(cudaFuncSetAttribute(decode_step_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  (int)smem));
+    CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     int device = 0, sms = 0, per_sm = 0;
     CUDA_TRY(cudaGetDevice(&device));
     CUDA_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-    CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, decode_step_kernel,
-                                                           STEP_THREADS, smem));
+    CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, STEP_THREADS, smem));
     if (per_sm < 1)
         return llmc_error(LLMC_ERR_DEVICE, "the fused decode step does not fit on an SM "
-                                         "(%zu bytes of shared memory)", smem);
+                                           "(%zu bytes of shared memory)", smem);
     CUDA_TRY(cudaMemsetAsync(a.sync, 0, sizeof(unsigned), s));
     cudaLaunchAttribute attrs[2];
     attrs[0].id = cudaLaunchAttributeCooperative;  // all blocks resident, or an error: no hang
@@ -457,6 +481,6 @@ llmc_status decode_step(const step_args &a, cudaStream_t s) {
     config.stream = s;
     config.attrs = attrs;
     config.numAttrs = 2;
-    CUDA_TRY(cudaLaunchKernelEx(&config, decode_step_kernel, a));
+    CUDA_TRY(cudaLaunchKernelEx(&config, kernel, a));
     return LLMC_OK;
 }
