@@ -29,6 +29,10 @@
  * merges its ranges. Data written inside the launch is read through L2 only
  * (ld.cg), since an SM's L1 is not kept coherent with the others'.
  */
+#ifdef STEP_CLOCKS
+#include <cstdio>
+#endif
+
 #include "decode.cuh"
 #include "kernels.cuh"
 
@@ -356,6 +360,35 @@ __device__ __forceinline__ void item_run(const step_args &a, const att_item &it,
 
 /* ---- the step ---- */
 
+/* A measurement build (CUDA_DEFS=-DSTEP_CLOCKS) sums block 0's time from
+ * each phase's start to the next's by kind of phase over launches and
+ * prints the means every 256 launches; otherwise mark() does nothing. */
+enum { PH_EMBED, PH_QKV, PH_ATTENTION, PH_ATTPROJ, PH_FC, PH_FCPROJ, PH_HEAD, PH_KINDS };
+#ifdef STEP_CLOCKS
+__device__ unsigned long long clock_sums[PH_KINDS];
+__device__ unsigned clock_launches;
+#endif
+struct phase_clock {
+    unsigned long long last = 0;
+    int kind = -1;
+    __device__ __forceinline__ void mark(int next) {
+#ifdef STEP_CLOCKS
+        if (blockIdx.x || threadIdx.x) return;
+        unsigned long long now;
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+        if (kind >= 0) clock_sums[kind] += now - last;
+        last = now, kind = next;
+        if (next >= 0 || ++clock_launches % 256) return;
+        printf("decode_step, us a launch by phase (embed qkv attention attproj fc fcproj head):");
+        for (int k = 0; k < PH_KINDS; k++) {
+            printf(" %.2f", clock_sums[k] / 256.0 / 1000.0);
+            clock_sums[k] = 0;
+        }
+        printf("\n");
+#endif
+    }
+};
+
 /* N: the rows the products' sums are kept for (1, 2, 4 or 8 >= a.n). */
 template <int N>
 __global__ void __launch_bounds__(STEP_THREADS, 1) decode_step_kernel(const step_args a) {
@@ -364,6 +397,8 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) decode_step_kernel(const step
     const int lane = threadIdx.x % 32, n = a.n, C = a.C;
     const int GW = gridDim.x * STEP_WARPS, gw = threadIdx.x / 32 * gridDim.x + blockIdx.x;
     unsigned phases = 0;
+    phase_clock clock;
+    clock.mark(PH_EMBED);
 
     for (int i = blockIdx.x * STEP_THREADS + threadIdx.x; i < n * C / 8; i += GW * 32) {
         const int j = i / (C / 8), c = i % (C / 8) * 8;  // x = wte[token] + wpe[pos]
@@ -381,6 +416,7 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) decode_step_kernel(const step
         const product qkv = {dweight(a, P_QKVW, l), dweight(a, P_QKVB, l), C, 3 * C, OUT_BF16, a.qkv};
         product_prefetch<N>(w, qkv, n, gw, lane);
         grid_wait(a.sync, phases);
+        clock.mark(PH_QKV);
         stage_rows(xs, a.x, n, C);
         layernorm_staged(xs, dweight(a, P_LN1W, l), dweight(a, P_LN1B, l), n, C, a.eps);
         product_run<N>(qkv, w, xs, n, gw, GW, lane);
@@ -393,6 +429,7 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) decode_step_kernel(const step
             bool have = item_at(a, t, it);
             if (have) item_load(a, it, l, k, v, lane);
             grid_wait(a.sync, phases);
+            clock.mark(PH_ATTENTION);
             while (have) {
                 item_run(a, it, l, k, v, lane);
                 t += GW;
@@ -405,6 +442,7 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) decode_step_kernel(const step
                               OUT_RESIDUAL, a.x};
         product_prefetch<N>(w, proj, n, gw, lane);
         grid_wait(a.sync, phases);
+        clock.mark(PH_ATTPROJ);
         stage_rows(xs, a.atty, n, C);
         product_run<N>(proj, w, xs, n, gw, GW, lane);
         grid_arrive(a.sync), phases++;
@@ -412,6 +450,7 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) decode_step_kernel(const step
         const product fc = {dweight(a, P_FCW, l), dweight(a, P_FCB, l), C, 4 * C, OUT_GELU, a.fch};
         product_prefetch<N>(w, fc, n, gw, lane);
         grid_wait(a.sync, phases);
+        clock.mark(PH_FC);
         stage_rows(xs, a.x, n, C);
         layernorm_staged(xs, dweight(a, P_LN2W, l), dweight(a, P_LN2B, l), n, C, a.eps);
         product_run<N>(fc, w, xs, n, gw, GW, lane);
@@ -421,6 +460,7 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) decode_step_kernel(const step
                                 OUT_RESIDUAL, a.x};
         product_prefetch<N>(w, fcproj, n, gw, lane);
         grid_wait(a.sync, phases);
+        clock.mark(PH_FCPROJ);
         stage_rows(xs, a.fch, n, 4 * C);
         product_run<N>(fcproj, w, xs, n, gw, GW, lane);
         grid_arrive(a.sync), phases++;
@@ -428,9 +468,11 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) decode_step_kernel(const step
     const product head = {a.tensor[P_WTE], nullptr, C, a.Vp, OUT_FP32, a.logits};
     product_prefetch<N>(w, head, n, gw, lane);
     grid_wait(a.sync, phases);
+    clock.mark(PH_HEAD);
     stage_rows(xs, a.x, n, C);
     layernorm_staged(xs, a.tensor[P_LNFW], a.tensor[P_LNFB], n, C, a.eps);
     product_run<N>(head, w, xs, n, gw, GW, lane);
+    clock.mark(-1);
 }
 
 size_t shared_bytes(int n, int C) { return (size_t)n * 4 * C * sizeof(bf16); }
