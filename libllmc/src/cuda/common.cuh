@@ -137,6 +137,27 @@ __device__ __forceinline__ float dot8(const uint4 &w, const uint4 &x, float acc)
     return acc;
 }
 
+/* 16 bytes from global to shared memory, asynchronously and through L2 only
+ * (what a kernel reads once), or 16 zeros without reading src where
+ * !valid; the copies a thread issued are waited for by copy_wait, in groups
+ * (copy_commit closes one), and are then visible to that thread. The
+ * "memory" clobbers keep the compiler's shared memory accesses on their side
+ * of each. */
+__device__ __forceinline__ void copy16_async(void *dst, const void *src, bool valid) {
+    const unsigned shared = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(shared), "l"(src),
+                 "r"(valid ? 16 : 0)
+                 : "memory");
+}
+__device__ __forceinline__ void copy_commit() {
+    asm volatile("cp.async.commit_group;" ::: "memory");
+}
+/* waits until at most pending of the thread's groups, the newest, are in flight */
+template <int pending>
+__device__ __forceinline__ void copy_wait() {
+    asm volatile("cp.async.wait_group %0;" ::"n"(pending) : "memory");
+}
+
 /* The sum of v over the block (blockDim.x a multiple of 32), in every
  * thread: each warp's sum, then the warps' sums added by every warp in the
  * same tree, so that all threads hold the same bits. shared32: 32 floats of

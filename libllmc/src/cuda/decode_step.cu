@@ -41,7 +41,10 @@
 #endif
 #define STEP_WARPS (STEP_THREADS / 32)
 #ifndef STEP_SLICES
-#define STEP_SLICES 8                  // 16-byte slices of a weight row a lane loads a unit
+#define STEP_SLICES 4                  // 16-byte slices of a weight row a lane copies a unit
+#endif
+#ifndef STEP_RING
+#define STEP_RING 3                    // units of a warp's ring in shared memory
 #endif
 #define STEP_UNIT (STEP_SLICES * 256)  // elements of a row a warp covers a unit
 #ifndef STEP_MAX_HS
@@ -134,108 +137,117 @@ struct product {
     void *out;  // (n, OC): bf16 (OUT_RESIDUAL: the residual stream, added to), or fp32
 };
 
-/* A unit of a warp's loads: the lane's STEP_SLICES slices of a weight row
- * (zeros past IC), and what the row's epilogue reads (its bias; with
- * OUT_RESIDUAL the residual the lane adds to), loaded with them so that the
- * epilogue waits for no round trip of its own. The residual stream is last
- * written two barriers or more before a phase, so it may be read before
- * the phase's barrier as the weights are. */
-struct unit_loads {
-    uint4 w[STEP_SLICES];
-    float bias, res;
+/* A warp's walk over p: unit t is part t % units of row gw + GW (t / units),
+ * a part being STEP_SLICES 16-byte slices a lane. The weights go through a
+ * ring of STEP_RING units of the warp's own in shared memory, each lane
+ * copying (cp.async) and later reading its own slots, so that STEP_RING - 1
+ * units are in flight while one is multiplied, without registers holding
+ * them. What a row's epilogue reads (bias; with OUT_RESIDUAL the residual)
+ * is loaded once for the warp's first 32 / N rows, before the phase's
+ * barrier, lane i N + j holding row slot i's for row j (the residual stream
+ * is last written two barriers or more before a phase). */
+struct product_walk {
+    int units, gw, GW;
+    __device__ __forceinline__ int row(int t) const { return gw + GW * (t / units); }
 };
 
-/* Unit `unit` of row `row`; lane j (32 / N) stores row j's output (j < n <= N). */
 template <int N>
-__device__ __forceinline__ void load_unit(unit_loads &u, const product &p, int row, int unit,
-                                          int n, int lane) {
-    const bf16 *r = p.w + (size_t)row * p.IC;
-#pragma unroll
-    for (int i = 0; i < STEP_SLICES; i++) {
-        const int k = unit * STEP_UNIT + (i * 32 + lane) * 8;
-        u.w[i] = k < p.IC ? __ldcs(reinterpret_cast<const uint4 *>(r + k)) : make_uint4(0, 0, 0, 0);
+struct row_extras {
+    float bias, res;  // for row slot lane / N and row lane % N
+    __device__ __forceinline__ void load(const product &p, const product_walk &w, int n, int lane) {
+        const int row = w.gw + w.GW * (lane / N), j = lane % N;
+        bias = p.bias && row < p.OC ? __bfloat162float(p.bias[row]) : 0.0f;
+        res = p.kind == OUT_RESIDUAL && row < p.OC && j < n ? residual_at(p, j, row) : 0.0f;
     }
-    const int j = lane / (32 / N);
-    u.bias = p.bias ? __bfloat162float(p.bias[row]) : 0.0f;
-    u.res = p.kind == OUT_RESIDUAL && lane % (32 / N) == 0 && j < n
-                ? __bfloat162float(__ushort_as_bfloat16(__ldcg(
-                      reinterpret_cast<const unsigned short *>((bf16 *)p.out + (size_t)j * p.OC + row))))
-                : 0.0f;
+    __device__ __forceinline__ static float residual_at(const product &p, int j, int row) {
+        return __bfloat162float(__ushort_as_bfloat16(__ldcg(
+            reinterpret_cast<const unsigned short *>((bf16 *)p.out + (size_t)j * p.OC + row))));
+    }
+};
+
+__device__ __forceinline__ void issue_unit(uint4 *ring, const product &p, const product_walk &w,
+                                           int t, int lane) {
+    const int row = w.row(t), part = t % w.units;
+    if (row < p.OC) {
+        const bf16 *r = p.w + (size_t)row * p.IC;
+        uint4 *stage = ring + t % STEP_RING * STEP_SLICES * 32 + lane;
+#pragma unroll
+        for (int i = 0; i < STEP_SLICES; i++) {
+            const int k = part * STEP_UNIT + (i * 32 + lane) * 8;
+            copy16_async(stage + i * 32, k < p.IC ? r + k : r, k < p.IC);
+        }
+    }
+    copy_commit();  // a group for every unit, empty past the warp's last
+}
+
+template <int N>
+__device__ __forceinline__ void product_prefetch(uint4 *ring, row_extras<N> &extras,
+                                                 const product &p, const product_walk &w, int n,
+                                                 int lane) {
+    for (int t = 0; t < STEP_RING - 1; t++) issue_unit(ring, p, w, t, lane);
+    extras.load(p, w, n, lane);
 }
 
 __device__ __forceinline__ void store_output(const product &p, int j, int row, float sum,
-                                             const unit_loads &u) {
+                                             float bias, float res) {
     const size_t at = (size_t)j * p.OC + row;
     if (p.kind == OUT_FP32) {
         ((float *)p.out)[at] = sum;
         return;
     }
-    sum += u.bias;
+    sum += bias;
     bf16 *out = (bf16 *)p.out;
-    if (p.kind == OUT_GELU) {
+    if (p.kind == OUT_GELU)
         out[at] = __float2bfloat16(gelu_tanh(sum));
-    } else if (p.kind == OUT_RESIDUAL) {  // the branch rounded to bf16 first, as decode_norm sees it
-        out[at] = __float2bfloat16(u.res + __bfloat162float(__float2bfloat16(sum)));
-    } else {
+    else if (p.kind == OUT_RESIDUAL)  // the branch rounded to bf16 first, as decode_norm sees it
+        out[at] = __float2bfloat16(res + __bfloat162float(__float2bfloat16(sum)));
+    else
         out[at] = __float2bfloat16(sum);
-    }
 }
 
-/* The warp's share of p: units t = 0, 1, ... are unit t % units of row
- * gw + GW (t / units); u gets unit 0 (before the phase's barrier). */
+/* The warp's units of p for rows j < n of the N its sums are kept for: each
+ * lane sums in IC order, a row's last part reduces them over the lanes in
+ * warp_sum's tree whatever N is, and lane j (32 / N) stores row j's. */
 template <int N>
-__device__ __forceinline__ void product_prefetch(unit_loads &u, const product &p, int n, int gw,
-                                                 int lane) {
-    if (gw < p.OC) load_unit<N>(u, p, gw, 0, n, lane);
-}
-
-/* Unit `unit` of row `row` for rows j < n of the N the sums are kept for; a
- * row's last unit ends its sums: reduced over the lanes in warp_sum's tree
- * whatever N is, stored by lane j (32 / N) for row j. */
-template <int N>
-__device__ __forceinline__ void product_unit(const product &p, const unit_loads &u,
-                                             const bf16 *xs, int n, int row, int unit, int units,
-                                             float (&acc)[N], int lane) {
-#pragma unroll
-    for (int i = 0; i < STEP_SLICES; i++) {
-        const int k = unit * STEP_UNIT + (i * 32 + lane) * 8;
-        if (k >= p.IC) break;
-#pragma unroll
-        for (int j = 0; j < N; j++)
-            if (j < n)
-                acc[j] = dot8(u.w[i], *reinterpret_cast<const uint4 *>(xs + (size_t)j * p.IC + k),
-                              acc[j]);
-    }
-    if (unit == units - 1) {  // lane l holds row l / (32 / N)'s sum
-        warp_sum_scatter<N>(acc, lane);
-        const int j = lane / (32 / N);
-        if (lane % (32 / N) == 0 && j < n) store_output(p, j, row, acc[0], u);
-#pragma unroll
-        for (int q = 0; q < N; q++) acc[q] = 0.0f;
-    }
-}
-
-/* The warp's units through two sets of registers by turns (a holds unit 0,
- * from product_prefetch): the next unit's loads go out before this unit's
- * products, and no set is copied (a copy would wait for its loads). */
-template <int N>
-__device__ __forceinline__ void product_run(const product &p, unit_loads &a, const bf16 *xs,
-                                            int n, int gw, int GW, int lane) {
-    const int units = (p.IC + STEP_UNIT - 1) / STEP_UNIT;
+__device__ __forceinline__ void product_run(uint4 *ring, const row_extras<N> &extras,
+                                            const product &p, const product_walk &w,
+                                            const bf16 *xs, int n, int lane) {
     float acc[N];
 #pragma unroll
     for (int j = 0; j < N; j++) acc[j] = 0.0f;
-    unit_loads b;
-    for (int t = 0;; t += 2) {
-        const int row = gw + GW * (t / units), row1 = gw + GW * ((t + 1) / units);
-        const int row2 = gw + GW * ((t + 2) / units);
+    for (int t = 0;; t++) {
+        const int row = w.row(t), part = t % w.units;
         if (row >= p.OC) break;
-        if (row1 < p.OC) load_unit<N>(b, p, row1, (t + 1) % units, n, lane);
-        product_unit(p, a, xs, n, row, t % units, units, acc, lane);
-        if (row1 >= p.OC) break;
-        if (row2 < p.OC) load_unit<N>(a, p, row2, (t + 2) % units, n, lane);
-        product_unit(p, b, xs, n, row1, (t + 1) % units, units, acc, lane);
+        issue_unit(ring, p, w, t + STEP_RING - 1, lane);
+        copy_wait<STEP_RING - 1>();  // unit t's group is done
+        const uint4 *stage = ring + t % STEP_RING * STEP_SLICES * 32 + lane;
+#pragma unroll
+        for (int i = 0; i < STEP_SLICES; i++) {
+            const int k = part * STEP_UNIT + (i * 32 + lane) * 8;
+            if (k >= p.IC) break;
+            const uint4 wv = stage[i * 32];
+#pragma unroll
+            for (int j = 0; j < N; j++)
+                if (j < n)
+                    acc[j] = dot8(wv, *reinterpret_cast<const uint4 *>(xs + (size_t)j * p.IC + k),
+                                  acc[j]);
+        }
+        if (part < w.units - 1) continue;
+        warp_sum_scatter<N>(acc, lane);  // lane l holds row l / (32 / N)'s sum
+        const int slot = t / w.units, j = lane / (32 / N), from = slot * N + j;
+        float bias = __shfl_sync(0xFFFFFFFFu, extras.bias, from % 32);
+        float res = __shfl_sync(0xFFFFFFFFu, extras.res, from % 32);
+        if (lane % (32 / N) == 0 && j < n) {
+            if (from >= 32) {  // past the rows loaded before the barrier
+                bias = p.bias ? __bfloat162float(p.bias[row]) : 0.0f;
+                res = p.kind == OUT_RESIDUAL ? row_extras<N>::residual_at(p, j, row) : 0.0f;
+            }
+            store_output(p, j, row, acc[0], bias, res);
+        }
+#pragma unroll
+        for (int q = 0; q < N; q++) acc[q] = 0.0f;
     }
+    copy_wait<0>();  // the empty groups past the last unit
 }
 
 /* ---- the cache attention: items of (row, head, STEP_RANGE positions) ---- */
@@ -360,6 +372,12 @@ __device__ __forceinline__ void item_run(const step_args &a, const att_item &it,
 
 /* ---- the step ---- */
 
+#define RING_WORDS (STEP_RING * STEP_SLICES * 32)  // uint4 words of a warp's ring
+
+__device__ __forceinline__ product_walk walk_of(const product &p, int gw, int GW) {
+    return {(p.IC + STEP_UNIT - 1) / STEP_UNIT, gw, GW};
+}
+
 /* A measurement build (CUDA_DEFS=-DSTEP_CLOCKS) sums block 0's time from
  * each phase's start to the next's by kind of phase over launches and
  * prints the means every 256 launches; otherwise mark() does nothing. */
@@ -393,9 +411,10 @@ struct phase_clock {
 template <int N>
 __global__ void __launch_bounds__(STEP_THREADS, 1) decode_step_kernel(const step_args a) {
     extern __shared__ uint4 shared_words[];
-    bf16 *xs = reinterpret_cast<bf16 *>(shared_words);  // a phase's input rows
     const int lane = threadIdx.x % 32, n = a.n, C = a.C;
     const int GW = gridDim.x * STEP_WARPS, gw = threadIdx.x / 32 * gridDim.x + blockIdx.x;
+    uint4 *ring = shared_words + threadIdx.x / 32 * RING_WORDS;  // the warp's weight ring
+    bf16 *xs = reinterpret_cast<bf16 *>(shared_words + STEP_WARPS * RING_WORDS);  // input rows
     unsigned phases = 0;
     phase_clock clock;
     clock.mark(PH_EMBED);
@@ -411,15 +430,16 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) decode_step_kernel(const step
     }
     grid_arrive(a.sync), phases++;
 
-    unit_loads w;
+    row_extras<N> extras;
     for (int l = 0; l < a.L; l++) {
         const product qkv = {dweight(a, P_QKVW, l), dweight(a, P_QKVB, l), C, 3 * C, OUT_BF16, a.qkv};
-        product_prefetch<N>(w, qkv, n, gw, lane);
+        const product_walk qkv_walk = walk_of(qkv, gw, GW);
+        product_prefetch<N>(ring, extras, qkv, qkv_walk, n, lane);
         grid_wait(a.sync, phases);
         clock.mark(PH_QKV);
         stage_rows(xs, a.x, n, C);
         layernorm_staged(xs, dweight(a, P_LN1W, l), dweight(a, P_LN1B, l), n, C, a.eps);
-        product_run<N>(qkv, w, xs, n, gw, GW, lane);
+        product_run<N>(ring, extras, qkv, qkv_walk, xs, n, lane);
         grid_arrive(a.sync), phases++;
 
         {
@@ -440,42 +460,49 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) decode_step_kernel(const step
 
         const product proj = {dweight(a, P_ATTPROJW, l), dweight(a, P_ATTPROJB, l), C, C,
                               OUT_RESIDUAL, a.x};
-        product_prefetch<N>(w, proj, n, gw, lane);
+        const product_walk proj_walk = walk_of(proj, gw, GW);
+        product_prefetch<N>(ring, extras, proj, proj_walk, n, lane);
         grid_wait(a.sync, phases);
         clock.mark(PH_ATTPROJ);
         stage_rows(xs, a.atty, n, C);
-        product_run<N>(proj, w, xs, n, gw, GW, lane);
+        product_run<N>(ring, extras, proj, proj_walk, xs, n, lane);
         grid_arrive(a.sync), phases++;
 
         const product fc = {dweight(a, P_FCW, l), dweight(a, P_FCB, l), C, 4 * C, OUT_GELU, a.fch};
-        product_prefetch<N>(w, fc, n, gw, lane);
+        const product_walk fc_walk = walk_of(fc, gw, GW);
+        product_prefetch<N>(ring, extras, fc, fc_walk, n, lane);
         grid_wait(a.sync, phases);
         clock.mark(PH_FC);
         stage_rows(xs, a.x, n, C);
         layernorm_staged(xs, dweight(a, P_LN2W, l), dweight(a, P_LN2B, l), n, C, a.eps);
-        product_run<N>(fc, w, xs, n, gw, GW, lane);
+        product_run<N>(ring, extras, fc, fc_walk, xs, n, lane);
         grid_arrive(a.sync), phases++;
 
         const product fcproj = {dweight(a, P_FCPROJW, l), dweight(a, P_FCPROJB, l), 4 * C, C,
                                 OUT_RESIDUAL, a.x};
-        product_prefetch<N>(w, fcproj, n, gw, lane);
+        const product_walk fcproj_walk = walk_of(fcproj, gw, GW);
+        product_prefetch<N>(ring, extras, fcproj, fcproj_walk, n, lane);
         grid_wait(a.sync, phases);
         clock.mark(PH_FCPROJ);
         stage_rows(xs, a.fch, n, 4 * C);
-        product_run<N>(fcproj, w, xs, n, gw, GW, lane);
+        product_run<N>(ring, extras, fcproj, fcproj_walk, xs, n, lane);
         grid_arrive(a.sync), phases++;
     }
     const product head = {a.tensor[P_WTE], nullptr, C, a.Vp, OUT_FP32, a.logits};
-    product_prefetch<N>(w, head, n, gw, lane);
+    const product_walk head_walk = walk_of(head, gw, GW);
+    product_prefetch<N>(ring, extras, head, head_walk, n, lane);
     grid_wait(a.sync, phases);
     clock.mark(PH_HEAD);
     stage_rows(xs, a.x, n, C);
     layernorm_staged(xs, a.tensor[P_LNFW], a.tensor[P_LNFB], n, C, a.eps);
-    product_run<N>(head, w, xs, n, gw, GW, lane);
+    product_run<N>(ring, extras, head, head_walk, xs, n, lane);
     clock.mark(-1);
 }
 
-size_t shared_bytes(int n, int C) { return (size_t)n * 4 * C * sizeof(bf16); }
+/* The warps' rings, then n rows of 4C (the widest input a phase stages). */
+size_t shared_bytes(int n, int C) {
+    return STEP_WARPS * RING_WORDS * sizeof(uint4) + (size_t)n * 4 * C * sizeof(bf16);
+}
 
 }  // namespace
 
