@@ -953,23 +953,44 @@ def test_gemv_long_rows_match_cpu_and_are_batch_invariant(wide_pair):
         assert np.array_equal(np.float32(batch5[1][i]), np.float32(lp[0])), i
 
 
-# ---- decode_step.cu: GPT-2 steps of up to 8 rows as one persistent kernel -------------------
-# (every GPT-2 generation test above runs it; LLMC_FUSED_DECODE=0 runs a kernel per layer part)
-def test_fused_decode_steps_agree_with_the_kernel_per_layer_steps(long_pair, monkeypatch):
-    """The same greedy run of long prompts (one to 17 attention items a head) through both
-    forms of a step: the same tokens but for near-ties, log-probabilities within bf16
-    rounding of each other. A Llama has no fused step: the variable changes nothing."""
-    cpu, gpu = long_pair
-    rng = np.random.default_rng(10)
-    prompts = [rng.integers(0, cpu.config.vocab_size, size=n).tolist() for n in LONG_PROMPTS[6]]
-    greedy = dict(max_new_tokens=24, temperature=0, stop_token=None, logprobs=True)
-    fused = gpu.generate(prompts, **greedy)
-    monkeypatch.setenv("LLMC_FUSED_DECODE", "0")
+# ---- decode_step.cu: GPT-2 steps of up to 8 rows as one persistent kernel (LLMC_FUSED_DECODE=1)
+def check_fused_decode_steps(cpu, gpu, prompts, monkeypatch, steps=24):
+    """A greedy run through both forms of a step: the fused one against the CPU's forward
+    (assert_greedy_steps_match_cpu) and the kernel per layer part (the same tokens but for
+    near-ties, log-probabilities within bf16 rounding); one-token prompts (every step fused)
+    give each sequence the same bits alone as in a batch of 6. A Llama has no fused step:
+    the variable changes nothing."""
+    greedy = dict(max_new_tokens=steps, temperature=0, stop_token=None, logprobs=True)
     per_layer = gpu.generate(prompts, **greedy)
+    monkeypatch.setenv("LLMC_FUSED_DECODE", "1")
+    fused = gpu.generate(prompts, **greedy)
     if cpu.config.is_llama:
         assert fused == per_layer
         return
+    assert_greedy_steps_match_cpu(cpu, prompts, *fused, steps)
     for a, b, la, lb in zip(fused[0], per_layer[0], fused[1], per_layer[1]):
         same = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), len(a))
         assert same >= 10, same
         np.testing.assert_allclose(la[:same], lb[:same], atol=0.05)
+    firsts = [[t] for t in (3, 17, 1, 250, 99, 7)]
+    batch = gpu.generate(firsts, **greedy)
+    for i in (0, 5):
+        alone = gpu.generate([firsts[i]], **greedy)
+        assert batch[0][i] == alone[0][0], i
+        assert np.array_equal(np.float32(batch[1][i]), np.float32(alone[1][0])), i
+
+
+def test_fused_decode_steps_over_long_caches(long_pair, monkeypatch):
+    """Prompts of 1 to 540 positions: one to 17 attention items of 32 positions a head."""
+    cpu, gpu = long_pair
+    rng = np.random.default_rng(10)
+    prompts = [rng.integers(0, cpu.config.vocab_size, size=n).tolist() for n in LONG_PROMPTS[6]]
+    check_fused_decode_steps(cpu, gpu, prompts, monkeypatch)
+
+
+def test_fused_decode_steps_over_long_rows(wide_pair, monkeypatch):
+    """d48's width: weight rows of 1600 and 6400, two and seven parts of a warp's unit."""
+    cpu, gpu = wide_pair
+    rng = np.random.default_rng(11)
+    prompts = [rng.integers(0, cpu.config.vocab_size, size=n).tolist() for n in (1, 5, 2, 1, 7)]
+    check_fused_decode_steps(cpu, gpu, prompts, monkeypatch, steps=20)

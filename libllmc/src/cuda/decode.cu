@@ -23,8 +23,10 @@
  * stopped on its stop token, was cancelled or a new one started) is wasted
  * work, not wrong results: it writes only the cache's rows of its own
  * positions, which a later step writes again before any reads them.
- * A GPT-2 step of up to GEMV_MAX_ROWS rows is one persistent kernel
- * (decode_step.cu) where the device allows it. Otherwise products of steps of
+ * With LLMC_FUSED_DECODE=1, a GPT-2 step of up to GEMV_MAX_ROWS rows is one
+ * persistent kernel (decode_step.cu) where the device allows it; its first
+ * forms measured slower than the kernels below (bench/CUDA_NOTES.md), so it
+ * is not the default. Otherwise products of steps of
  * up to GEMV_MAX_ROWS rows run through gemv.cu, which streams each weight
  * once for all rows; larger ones through cuBLASLt.
  *
@@ -221,8 +223,8 @@ llmc_status cuda_cache_create(llmc_model *m, int S, int T, int R, void **out) {
         release(c);
         return cuda_status(e, "zeroing the attention's counters", __FILE__, __LINE__);
     }
-    const char *fused = getenv("LLMC_FUSED_DECODE");  // "0": a kernel per layer part
-    c->fused_steps = !llmc_is_llama(cf) && !(fused && strcmp(fused, "0") == 0) &&
+    const char *fused = getenv("LLMC_FUSED_DECODE");  // "1": decode_step.cu (not yet faster)
+    c->fused_steps = !llmc_is_llama(cf) && fused && strcmp(fused, "1") == 0 &&
                      decode_step_fits(step_of(c, w, 0), std::min(R, GEMV_MAX_ROWS));
     if (llmc_is_llama(cf)) {
         const llmc_status st = rope_upload_table(c->rope_cos, c->rope_sin, cf, T, w.stream);

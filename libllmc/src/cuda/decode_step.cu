@@ -12,10 +12,15 @@
  * recomputed by every block into shared memory), the cache attention, the
  * attention projection (+ residual), the fc product (LayerNorm again, then
  * GELU), the fc projection (+ residual); then the final norm and the LM head
- * (fp32 logits). Each warp issues its first weight loads of a phase before
+ * (fp32 logits). Each warp issues its first weight copies of a phase before
  * it waits at the phase's barrier, so that the barrier's latency hides
- * behind theirs, and from then on keeps a unit of loads in flight behind
- * the unit it multiplies.
+ * behind theirs, and from then on keeps STEP_RING - 1 units in flight
+ * through a ring in shared memory while it multiplies one.
+ *
+ * Opt-in (LLMC_FUSED_DECODE=1, decode.cu): its first two forms ran 2.4-2.6x
+ * slower than the kernels on the H200 (bench/CUDA_NOTES.md: products
+ * spilling registers to L2 inside their loops); this one, whose in-flight
+ * weights take no registers, has not yet run on a GPU.
  *
  * Products: a warp owns whole output rows (rows gw, gw + warps, ..., warps
  * numbered across the SMs first), its lanes 16-byte slices of a row,
