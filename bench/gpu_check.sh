@@ -14,6 +14,9 @@
 #            (bench/multi_gpu.py; MULTI_ARGS adds its flags, e.g. "--sizes d48 --no-check")
 #     generate: tests, then tokens/s of generation against transformers at d12 and d48
 #               (bench/generate_bench.py; GEN_ARGS adds its flags, e.g. "--sizes d12")
+#     fused: tests, then generation at d48 (batches 1 and 8) with the kernels and with the fused
+#            step (LLMC_FUSED_DECODE=1, libllmc/src/cuda/decode_step.cu), then a -DSTEP_CLOCKS build's
+#            time a token by phase of the fused step (FUSED_ARGS replaces the generate_bench flags)
 #     ab: tests, then this tree against another one carried as .ab-main (e.g. main: `git archive
 #         main | tar -x -C .ab-main`), built beside it, alternating the two libraries (LLMC_LIB)
 #         through this tree's bench scripts: bench/gpu_bench.py runs AB_RUNS (default d12 and d48
@@ -115,6 +118,16 @@ if [ "$MODE" = ab ]; then
                 grep -v "Loading weights" | tail -12
         done 2>&1 | tee -a "$OUT/ab.log"
     fi
+fi
+if [ "$MODE" = fused ]; then
+    args=${FUSED_ARGS:---sizes d48 --batches 1,8 --no-peer --repeats 1}
+    echo "kernels:"; python3 -m bench.generate_bench $args 2>&1 | grep -E "^ *d[0-9]"
+    echo "fused step:"; LLMC_FUSED_DECODE=1 python3 -m bench.generate_bench $args 2>&1 | grep -E "^ *d[0-9]"
+    rm -rf .v-clocks && mkdir .v-clocks && cp -r Makefile libllmc build .v-clocks/ &&
+        ln -s ../.carry .v-clocks/.carry && touch .v-clocks/libllmc/src/cuda/decode_step.cu &&
+        make -C .v-clocks -j"$(nproc)" lib "${DEPS_ARG[@]}" CUDA_DEFS=-DSTEP_CLOCKS > "$OUT/build-clocks.log" 2>&1 &&
+        LLMC_FUSED_DECODE=1 LLMC_LIB=$PWD/.v-clocks/build/libllmc.so python3 -m bench.generate_bench \
+            $args 2>&1 | grep -E "decode_step" | tail -2
 fi
 if [ "$MODE" = multi ]; then
     python3 -m bench.multi_gpu --json "$OUT/multi.json" $MULTI_ARGS 2>&1 | tee "$OUT/multi.log"
