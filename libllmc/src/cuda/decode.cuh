@@ -10,13 +10,20 @@
 
 extern const llmc_decode_ops cuda_decode_ops;
 
+/* The model's bf16 weights: at(tensor, l) is layer l's slice of a tensor. */
+struct weight_table {
+    const bf16 *tensor[LLMC_NUM_PARAM_TENSORS]; /* layer 0's slice of each */
+    size_t layer_stride[LLMC_NUM_PARAM_TENSORS]; /* elements between layers (0: whole tensor) */
+    __host__ __device__ const bf16 *at(int t, int l = 0) const {
+        return tensor[t] + (size_t)l * layer_stride[t];
+    }
+};
 /* The model's bf16 weights and the stream and cuBLASLt context its work
  * runs on; the model's device is made current. */
 struct cuda_weights {
     cudaStream_t stream;
     mm_ctx *mm;
-    const bf16 *tensor[LLMC_NUM_PARAM_TENSORS]; /* layer 0's slice of each */
-    size_t layer_stride[LLMC_NUM_PARAM_TENSORS]; /* elements between layers (0: whole tensor) */
+    weight_table table;
 };
 /* The weights every generator call reads (and the CUDA device made current);
  * cuda_decode_round_weights, called when a generator is made, first rounds
@@ -28,6 +35,15 @@ llmc_status cuda_decode_round_weights(llmc_model *m);
  * slot slot[i]; a qkv row is (NH + 2 NKV) hs wide: queries, keys, values.
  * One layer's cache: keys and values (S, NKV, T, hs) bf16. */
 /* x[i] = wte[tokens[i]] + wpe[pos[i]] (GPT-2). */
+__device__ __forceinline__ void embed_slice(bf16 *x, const int *tokens, const int *pos,
+                                            const bf16 *wte, const bf16 *wpe, int i, int c, int C) {
+    const Vec16<bf16> a = load16(wte + (size_t)tokens[i] * C + c);
+    const Vec16<bf16> p = load16(wpe + (size_t)pos[i] * C + c);
+    Vec16<bf16> o;
+    for (int k = 0; k < 8; k++)
+        o.v[k] = __float2bfloat16(__bfloat162float(a.v[k]) + __bfloat162float(p.v[k]));
+    store16(x + (size_t)i * C + c, o);
+}
 void decode_embed(bf16 *x, const int *tokens, const int *pos, const bf16 *wte, const bf16 *wpe,
                   int n, int C, cudaStream_t s);
 /* The keys and values of qkv's n rows into the cache. */
@@ -61,8 +77,7 @@ struct step_args {
     float *partial, *logits;
     int *done;
     unsigned *sync;
-    const bf16 *tensor[LLMC_NUM_PARAM_TENSORS];   // layer 0's slice of each
-    size_t layer_stride[LLMC_NUM_PARAM_TENSORS];  // elements between layers
+    weight_table weights;
 };
 /* Whether this device and model can run decode_step for up to max_n rows:
  * sm_90 or newer with cooperative launches, C and hs multiples of 8, hs <= 64,

@@ -58,10 +58,6 @@
 
 namespace {
 
-__device__ __forceinline__ const bf16 *dweight(const step_args &a, int tensor, int l) {
-    return a.tensor[tensor] + (size_t)l * a.layer_stride[tensor];
-}
-
 /* ---- the grid-wide barrier: a counter every block adds one to a phase ---- */
 
 __device__ __forceinline__ void grid_arrive(unsigned *sync) {
@@ -412,96 +408,82 @@ struct phase_clock {
     }
 };
 
+/* A thread's view of the step: its warp's ring and place, the barrier's count. */
+template <int N>
+struct step_thread {
+    const step_args &a;
+    uint4 *ring;  // the warp's weight ring
+    bf16 *xs;     // the block's staged input rows
+    int gw, GW, lane;
+    unsigned phases = 0;
+    phase_clock clock;
+    row_extras<N> extras;
+
+    __device__ __forceinline__ void wait(int kind) {
+        grid_wait(a.sync, phases);
+        clock.mark(kind);
+    }
+    __device__ __forceinline__ void arrive() { grid_arrive(a.sync), phases++; }
+    /* p's first units in flight, the barrier, p's input rows (IC wide) from
+     * src staged and, with a norm's weight nw (and bias nb), LayerNorm'd, then p. */
+    __device__ __forceinline__ void product_phase(const product &p, int kind, const bf16 *src,
+                                                  const bf16 *nw, const bf16 *nb) {
+        const product_walk w = walk_of(p, gw, GW);
+        product_prefetch<N>(ring, extras, p, w, a.n, lane);
+        wait(kind);
+        stage_rows(xs, src, a.n, p.IC);
+        if (nw) layernorm_staged(xs, nw, nb, a.n, p.IC, a.eps);
+        product_run<N>(ring, extras, p, w, xs, a.n, lane);
+    }
+};
+
 /* N: the rows the products' sums are kept for (1, 2, 4 or 8 >= a.n). */
 template <int N>
 __global__ void __launch_bounds__(STEP_THREADS, 1) decode_step_kernel(const step_args a) {
     extern __shared__ uint4 shared_words[];
     const int lane = threadIdx.x % 32, n = a.n, C = a.C;
     const int GW = gridDim.x * STEP_WARPS, gw = threadIdx.x / 32 * gridDim.x + blockIdx.x;
-    uint4 *ring = shared_words + threadIdx.x / 32 * RING_WORDS;  // the warp's weight ring
-    bf16 *xs = reinterpret_cast<bf16 *>(shared_words + STEP_WARPS * RING_WORDS);  // input rows
-    unsigned phases = 0;
-    phase_clock clock;
-    clock.mark(PH_EMBED);
+    step_thread<N> st = {a, shared_words + threadIdx.x / 32 * RING_WORDS,
+                         reinterpret_cast<bf16 *>(shared_words + STEP_WARPS * RING_WORDS), gw, GW,
+                         lane};
+    const weight_table &wt = a.weights;
 
-    for (int i = blockIdx.x * STEP_THREADS + threadIdx.x; i < n * C / 8; i += GW * 32) {
-        const int j = i / (C / 8), c = i % (C / 8) * 8;  // x = wte[token] + wpe[pos]
-        const Vec16<bf16> t = load16(a.tensor[P_WTE] + (size_t)a.tok[j] * C + c);
-        const Vec16<bf16> q = load16(a.tensor[P_WPE] + (size_t)a.pos[j] * C + c);
-        Vec16<bf16> o;
-        for (int e = 0; e < 8; e++)
-            o.v[e] = __float2bfloat16(__bfloat162float(t.v[e]) + __bfloat162float(q.v[e]));
-        store16(a.x + (size_t)j * C + c, o);
-    }
-    grid_arrive(a.sync), phases++;
+    st.clock.mark(PH_EMBED);
+    for (int i = blockIdx.x * STEP_THREADS + threadIdx.x; i < n * C / 8; i += GW * 32)
+        embed_slice(a.x, a.tok, a.pos, wt.at(P_WTE), wt.at(P_WPE), i / (C / 8), i % (C / 8) * 8, C);
+    st.arrive();
 
-    row_extras<N> extras;
     for (int l = 0; l < a.L; l++) {
-        const product qkv = {dweight(a, P_QKVW, l), dweight(a, P_QKVB, l), C, 3 * C, OUT_BF16, a.qkv};
-        const product_walk qkv_walk = walk_of(qkv, gw, GW);
-        product_prefetch<N>(ring, extras, qkv, qkv_walk, n, lane);
-        grid_wait(a.sync, phases);
-        clock.mark(PH_QKV);
-        stage_rows(xs, a.x, n, C);
-        layernorm_staged(xs, dweight(a, P_LN1W, l), dweight(a, P_LN1B, l), n, C, a.eps);
-        product_run<N>(ring, extras, qkv, qkv_walk, xs, n, lane);
-        grid_arrive(a.sync), phases++;
+        st.product_phase({wt.at(P_QKVW, l), wt.at(P_QKVB, l), C, 3 * C, OUT_BF16, a.qkv}, PH_QKV,
+                         a.x, wt.at(P_LN1W, l), wt.at(P_LN1B, l));
+        st.arrive();
 
-        {
-            att_item it;
-            uint4 k[STEP_MAX_HS / 8], v[STEP_MAX_HS / 8];
-            int t = gw;
-            bool have = item_at(a, t, it);
-            if (have) item_load(a, it, l, k, v, lane);
-            grid_wait(a.sync, phases);
-            clock.mark(PH_ATTENTION);
-            while (have) {
-                item_run(a, it, l, k, v, lane);
-                t += GW;
-                if ((have = item_at(a, t, it))) item_load(a, it, l, k, v, lane);
-            }
-            grid_arrive(a.sync), phases++;
+        att_item it;
+        uint4 k[STEP_MAX_HS / 8], v[STEP_MAX_HS / 8];
+        int t = gw;
+        bool have = item_at(a, t, it);
+        if (have) item_load(a, it, l, k, v, lane);
+        st.wait(PH_ATTENTION);
+        while (have) {
+            item_run(a, it, l, k, v, lane);
+            t += GW;
+            if ((have = item_at(a, t, it))) item_load(a, it, l, k, v, lane);
         }
+        st.arrive();
 
-        const product proj = {dweight(a, P_ATTPROJW, l), dweight(a, P_ATTPROJB, l), C, C,
-                              OUT_RESIDUAL, a.x};
-        const product_walk proj_walk = walk_of(proj, gw, GW);
-        product_prefetch<N>(ring, extras, proj, proj_walk, n, lane);
-        grid_wait(a.sync, phases);
-        clock.mark(PH_ATTPROJ);
-        stage_rows(xs, a.atty, n, C);
-        product_run<N>(ring, extras, proj, proj_walk, xs, n, lane);
-        grid_arrive(a.sync), phases++;
-
-        const product fc = {dweight(a, P_FCW, l), dweight(a, P_FCB, l), C, 4 * C, OUT_GELU, a.fch};
-        const product_walk fc_walk = walk_of(fc, gw, GW);
-        product_prefetch<N>(ring, extras, fc, fc_walk, n, lane);
-        grid_wait(a.sync, phases);
-        clock.mark(PH_FC);
-        stage_rows(xs, a.x, n, C);
-        layernorm_staged(xs, dweight(a, P_LN2W, l), dweight(a, P_LN2B, l), n, C, a.eps);
-        product_run<N>(ring, extras, fc, fc_walk, xs, n, lane);
-        grid_arrive(a.sync), phases++;
-
-        const product fcproj = {dweight(a, P_FCPROJW, l), dweight(a, P_FCPROJB, l), 4 * C, C,
-                                OUT_RESIDUAL, a.x};
-        const product_walk fcproj_walk = walk_of(fcproj, gw, GW);
-        product_prefetch<N>(ring, extras, fcproj, fcproj_walk, n, lane);
-        grid_wait(a.sync, phases);
-        clock.mark(PH_FCPROJ);
-        stage_rows(xs, a.fch, n, 4 * C);
-        product_run<N>(ring, extras, fcproj, fcproj_walk, xs, n, lane);
-        grid_arrive(a.sync), phases++;
+        st.product_phase({wt.at(P_ATTPROJW, l), wt.at(P_ATTPROJB, l), C, C, OUT_RESIDUAL, a.x},
+                         PH_ATTPROJ, a.atty, nullptr, nullptr);
+        st.arrive();
+        st.product_phase({wt.at(P_FCW, l), wt.at(P_FCB, l), C, 4 * C, OUT_GELU, a.fch}, PH_FC,
+                         a.x, wt.at(P_LN2W, l), wt.at(P_LN2B, l));
+        st.arrive();
+        st.product_phase({wt.at(P_FCPROJW, l), wt.at(P_FCPROJB, l), 4 * C, C, OUT_RESIDUAL, a.x},
+                         PH_FCPROJ, a.fch, nullptr, nullptr);
+        st.arrive();
     }
-    const product head = {a.tensor[P_WTE], nullptr, C, a.Vp, OUT_FP32, a.logits};
-    const product_walk head_walk = walk_of(head, gw, GW);
-    product_prefetch<N>(ring, extras, head, head_walk, n, lane);
-    grid_wait(a.sync, phases);
-    clock.mark(PH_HEAD);
-    stage_rows(xs, a.x, n, C);
-    layernorm_staged(xs, a.tensor[P_LNFW], a.tensor[P_LNFB], n, C, a.eps);
-    product_run<N>(ring, extras, head, head_walk, xs, n, lane);
-    clock.mark(-1);
+    st.product_phase({wt.at(P_WTE), nullptr, C, a.Vp, OUT_FP32, a.logits}, PH_HEAD, a.x,
+                     wt.at(P_LNFW), wt.at(P_LNFB));
+    st.clock.mark(-1);
 }
 
 /* The warps' rings, then n rows of 4C (the widest input a phase stages). */
@@ -524,7 +506,7 @@ bool decode_step_fits(const step_args &a, int max_n) {
                                P_ATTPROJB, P_LN2W, P_LN2B, P_FCW, P_FCB, P_FCPROJW, P_FCPROJB,
                                P_LNFW, P_LNFB};
     for (int t : used)  // 16-byte slices of every row of every layer
-        if ((uintptr_t)a.tensor[t] % 16 || a.layer_stride[t] % 8) return false;
+        if ((uintptr_t)a.weights.tensor[t] % 16 || a.weights.layer_stride[t] % 8) return false;
     return true;
 }
 
