@@ -14,9 +14,10 @@
 #            (bench/multi_gpu.py; MULTI_ARGS adds its flags, e.g. "--sizes d48 --no-check")
 #     generate: tests, then tokens/s of generation against transformers at d12 and d48
 #               (bench/generate_bench.py; GEN_ARGS adds its flags, e.g. "--sizes d12")
-#     fused: tests, then generation at d48 (batches 1 and 8) with the kernels and with the fused
-#            step (LLMC_FUSED_DECODE=1, libllmc/src/cuda/decode_step.cu), then a -DSTEP_CLOCKS build's
-#            time a token by phase of the fused step (FUSED_ARGS replaces the generate_bench flags)
+#     variants: tests, then generation (GEN_ARGS; default d48, batches 1 and 8, no peer) with
+#               this build and with one build for each of VARIANTS, its -D's comma-separated
+#               (e.g. "GEMV_OUT_ROWS=8,GEMV_UNROLL=2 GEMV_OUT_ROWS=2"),
+#               VARIANT_FILES (default libllmc/src/cuda/decode.cu) recompiled in a copy of the tree
 #     ab: tests, then this tree against another one carried as .ab-main (e.g. main: `git archive
 #         main | tar -x -C .ab-main`), built beside it, alternating the two libraries (LLMC_LIB)
 #         through this tree's bench scripts: bench/gpu_bench.py runs AB_RUNS (default d12 and d48
@@ -119,15 +120,20 @@ if [ "$MODE" = ab ]; then
         done 2>&1 | tee -a "$OUT/ab.log"
     fi
 fi
-if [ "$MODE" = fused ]; then
-    args=${FUSED_ARGS:---sizes d48 --batches 1,8 --no-peer --repeats 1}
-    echo "kernels:"; python3 -m bench.generate_bench $args 2>&1 | grep -E "^ *d[0-9]"
-    echo "fused step:"; LLMC_FUSED_DECODE=1 python3 -m bench.generate_bench $args 2>&1 | grep -E "^ *d[0-9]"
-    rm -rf .v-clocks && mkdir .v-clocks && cp -r Makefile libllmc build .v-clocks/ &&
-        ln -s ../.carry .v-clocks/.carry && touch .v-clocks/libllmc/src/cuda/decode_step.cu &&
-        make -C .v-clocks -j"$(nproc)" lib "${DEPS_ARG[@]}" CUDA_DEFS=-DSTEP_CLOCKS > "$OUT/build-clocks.log" 2>&1 &&
-        LLMC_FUSED_DECODE=1 LLMC_LIB=$PWD/.v-clocks/build/libllmc.so python3 -m bench.generate_bench \
-            $args 2>&1 | grep -E "decode_step" | tail -2
+if [ "$MODE" = variants ]; then
+    # each variant: a copy of the tree with VARIANT_FILES recompiled under its -D
+    for v in $VARIANTS; do
+        d=".v-${v//[=,]/_}"
+        rm -rf "$d" && mkdir "$d" && cp -r Makefile libllmc build "$d/" && ln -s ../.carry "$d/.carry" &&
+            (cd "$d" && touch ${VARIANT_FILES:-libllmc/src/cuda/decode.cu}) &&
+            make -C "$d" -j4 lib "${DEPS_ARG[@]}" CUDA_DEFS="-D${v//,/ -D}" > "$OUT/build$d.log" 2>&1 &
+    done
+    wait
+    for lib in build $(for v in $VARIANTS; do echo ".v-${v//[=,]/_}/build"; done); do
+        echo "== $lib"
+        LLMC_LIB=$PWD/$lib/libllmc.so python3 -m bench.generate_bench \
+            ${GEN_ARGS:---sizes d48 --batches 1,8 --no-peer --repeats 1} 2>&1 | grep -E "^ *d[0-9]" | sort -u
+    done 2>&1 | tee "$OUT/variants.log"
 fi
 if [ "$MODE" = multi ]; then
     python3 -m bench.multi_gpu --json "$OUT/multi.json" $MULTI_ARGS 2>&1 | tee "$OUT/multi.log"

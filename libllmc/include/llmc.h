@@ -420,12 +420,6 @@ LLMC_API size_t llmc_memory_bytes(const llmc_model *model); /* 0 for NULL */
  * tokens can go either way between batch shapes; on CUDA, steps of up to 8
  * sequences round alike whatever the batch).
  *
- * On CUDA (sm_90 and newer) the environment variable LLMC_FUSED_DECODE=1,
- * read when a generator is made, runs a GPT-2 step of up to 8 sequences as
- * one persistent kernel (a block an SM, grid-wide barriers between its
- * phases) instead of several kernels a layer: the same tokens up to bf16
- * rounding; experimental, not yet faster.
- *
  * On CUDA, a step whose sequences are all greedy picks its tokens on the
  * device (only tokens and log-probabilities come back): the same argmax
  * (the lowest id on a tie) as the host's for finite logits, the

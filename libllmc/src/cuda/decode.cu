@@ -23,12 +23,8 @@
  * stopped on its stop token, was cancelled or a new one started) is wasted
  * work, not wrong results: it writes only the cache's rows of its own
  * positions, which a later step writes again before any reads them.
- * With LLMC_FUSED_DECODE=1, a GPT-2 step of up to GEMV_MAX_ROWS rows is one
- * persistent kernel (decode_step.cu) where the device allows it; its first
- * forms measured slower than the kernels below (bench/CUDA_NOTES.md), so it
- * is not the default. Otherwise products of steps of
- * up to GEMV_MAX_ROWS rows run through gemv.cu, which streams each weight
- * once for all rows; larger ones through cuBLASLt.
+ * Products of steps of up to GEMV_MAX_ROWS rows run through gemv.cu, which
+ * streams each weight once for all rows; larger ones through cuBLASLt.
  *
  * Memory, planned and checked against the free device memory at creation:
  * every layer's keys and values for S slots of T positions (NKV heads),
@@ -73,9 +69,6 @@ struct cuda_cache {
     int *rows;                       // slot, pos, token (R each), out_rows (S)
     float *attn_partial;             // (R, NH, ATTN_MAX_SPLITS, hs + 2)
     int *attn_done;                  // (R, NH), zero between steps
-    int max_ranges;                  // attn_partial's records per (row, head)
-    unsigned *step_sync;             // decode_step's barrier counter
-    bool fused_steps;                // steps of up to GEMV_MAX_ROWS rows through decode_step
     float *rope_cos, *rope_sin;      // Llama: (T, hs/2)
     greedy_pick *picks;              // (S)
     void *host = nullptr;            // page-locked: rows_host, picks_host, logits_host
@@ -95,13 +88,10 @@ struct cuda_cache {
 /* Buffers in allocation order (the order of cuda_cache's pointers), bytes
  * each (256-byte aligned); a family's unused buffers take 0 bytes. */
 enum { B_KEYS, B_VALUES, B_X, B_LN, B_QKV, B_ATTY, B_BRANCH, B_FCH, B_FCH_ACT, B_LOGITS, B_ROWS,
-       B_ATTN_PARTIAL, B_ATTN_DONE, B_ROPE_COS, B_ROPE_SIN, B_PICKS, B_STEP_SYNC, NUM_BUFFERS };
+       B_ATTN_PARTIAL, B_ATTN_DONE, B_ROPE_COS, B_ROPE_SIN, B_PICKS, NUM_BUFFERS };
 struct Layout {
     size_t bytes[NUM_BUFFERS];
 };
-
-/* Partial records per (row, head): attention_cached's ranges or decode_step's items. */
-int max_ranges(int T) { return std::max(ATTN_MAX_SPLITS, (T + STEP_RANGE - 1) / STEP_RANGE); }
 
 Layout layout(const llmc_model *m, int S, int T, int R) {
     const llmc_config *c = &m->config;
@@ -115,8 +105,8 @@ Layout layout(const llmc_model *m, int S, int T, int R) {
     const size_t heads = (size_t)R * c->num_heads;
     return {{kv, kv, row * C, row * C, row * QKV, row * C, row * C, row * FC, row * ACT,
              (size_t)S * Vp * sizeof(float),
-             (3 * (size_t)R + S) * sizeof(int), heads * max_ranges(T) * (hs + 2) * sizeof(float),
-             heads * sizeof(int), rope, rope, (size_t)S * sizeof(greedy_pick), sizeof(unsigned)}};
+             (3 * (size_t)R + S) * sizeof(int), heads * ATTN_MAX_SPLITS * (hs + 2) * sizeof(float),
+             heads * sizeof(int), rope, rope, (size_t)S * sizeof(greedy_pick)}};
 }
 
 size_t aligned(size_t b) { return (b + 255) & ~(size_t)255; }
@@ -145,8 +135,6 @@ llmc_status gpt2_decode_forward(cuda_cache *c, const cuda_weights &w, int n, int
                                 bool step);
 llmc_status llama_decode_forward(cuda_cache *c, const cuda_weights &w, int n, int n_out,
                                  bool step);
-
-step_args step_of(const cuda_cache *c, const cuda_weights &w, int n);
 
 llmc_status cuda_cache_create(llmc_model *m, int S, int T, int R, void **out) {
     TRY(cuda_decode_round_weights(m));
@@ -214,8 +202,6 @@ llmc_status cuda_cache_create(llmc_model *m, int S, int T, int R, void **out) {
     c->attn_partial = (float *)bufs[B_ATTN_PARTIAL], c->attn_done = (int *)bufs[B_ATTN_DONE];
     c->rope_cos = (float *)bufs[B_ROPE_COS], c->rope_sin = (float *)bufs[B_ROPE_SIN];
     c->picks = (greedy_pick *)bufs[B_PICKS];
-    c->step_sync = (unsigned *)bufs[B_STEP_SYNC];
-    c->max_ranges = max_ranges(T);
     c->rows_host = (int *)c->host;
     c->picks_host = (greedy_pick *)(c->rows_host + rows_words);
     c->logits_host = (float *)(c->rows_host + rows_words + picks_words);
@@ -223,9 +209,6 @@ llmc_status cuda_cache_create(llmc_model *m, int S, int T, int R, void **out) {
         release(c);
         return cuda_status(e, "zeroing the attention's counters", __FILE__, __LINE__);
     }
-    const char *fused = getenv("LLMC_FUSED_DECODE");  // "1": decode_step.cu (not yet faster)
-    c->fused_steps = !llmc_is_llama(cf) && fused && strcmp(fused, "1") == 0 &&
-                     decode_step_fits(step_of(c, w, 0), std::min(R, GEMV_MAX_ROWS));
     if (llmc_is_llama(cf)) {
         const llmc_status st = rope_upload_table(c->rope_cos, c->rope_sin, cf, T, w.stream);
         if (st != LLMC_OK) {
@@ -251,15 +234,6 @@ struct Rows {
 };
 Rows rows_of(const cuda_cache *c) {
     return {c->rows, c->rows + c->R, c->rows + 2 * c->R, c->rows + 3 * c->R};
-}
-
-/* decode_step's arguments for a step of n rows (metadata on the device). */
-step_args step_of(const cuda_cache *c, const cuda_weights &w, int n) {
-    const Rows r = rows_of(c);
-    return {n, c->C, c->NH, c->hs, c->T, c->L, c->Vp, c->max_ranges, c->eps,
-            r.slot, r.pos, r.tok, c->x, c->qkv, c->atty, c->fch_act, c->keys, c->values,
-            (size_t)c->S * c->T * c->NKV * c->hs, c->attn_partial, c->logits,
-            c->attn_done, c->step_sync, w.table};
 }
 
 /* The new rows' keys and values (in c->qkv) into layer l's cache, then
@@ -312,7 +286,6 @@ llmc_status head_logits(cuda_cache *c, const cuda_weights &w, const Rows &r, int
 /* GPT-2: learned positions, pre-LayerNorm blocks, tied LM head. */
 llmc_status gpt2_decode_forward(cuda_cache *c, const cuda_weights &w, int n, int n_out,
                                 bool step) {
-    if (step && c->fused_steps && n <= GEMV_MAX_ROWS) return decode_step(step_of(c, w, n), w.stream);
     const int C = c->C, L = c->L;
     cudaStream_t s = w.stream;
     const Rows r = rows_of(c);

@@ -35,15 +35,6 @@ llmc_status cuda_decode_round_weights(llmc_model *m);
  * slot slot[i]; a qkv row is (NH + 2 NKV) hs wide: queries, keys, values.
  * One layer's cache: keys and values (S, NKV, T, hs) bf16. */
 /* x[i] = wte[tokens[i]] + wpe[pos[i]] (GPT-2). */
-__device__ __forceinline__ void embed_slice(bf16 *x, const int *tokens, const int *pos,
-                                            const bf16 *wte, const bf16 *wpe, int i, int c, int C) {
-    const Vec16<bf16> a = load16(wte + (size_t)tokens[i] * C + c);
-    const Vec16<bf16> p = load16(wpe + (size_t)pos[i] * C + c);
-    Vec16<bf16> o;
-    for (int k = 0; k < 8; k++)
-        o.v[k] = __float2bfloat16(__bfloat162float(a.v[k]) + __bfloat162float(p.v[k]));
-    store16(x + (size_t)i * C + c, o);
-}
 void decode_embed(bf16 *x, const int *tokens, const int *pos, const bf16 *wte, const bf16 *wpe,
                   int n, int C, cudaStream_t s);
 /* The keys and values of qkv's n rows into the cache. */
@@ -60,31 +51,6 @@ void kv_store(bf16 *keys, bf16 *values, const bf16 *qkv, const int *slot, const 
 void attention_cached(bf16 *out, float *partial, int *done, const bf16 *qkv, bf16 *keys,
                       bf16 *values, const int *slot, const int *pos, int n, int NH, int NKV,
                       int hs, int T, bool store, cudaStream_t s);
-
-/* decode_step.cu: a GPT-2 step of n <= GEMV_MAX_ROWS rows (distinct slots,
- * the logits of every row) as one persistent kernel: embedding, every layer
- * (keys and values into the cache as attention_cached with store) and the
- * LM head's fp32 logits (n, Vp). The rows' results do not depend on n.
- * Scratch: partial, n NH max_ranges (hs + 2) floats with max_ranges >=
- * ceil(T / 32); done as attention_cached's; sync, one word, zeroed by
- * decode_step before its launch. */
-struct step_args {
-    int n, C, NH, hs, T, L, Vp, max_ranges;
-    float eps;
-    const int *slot, *pos, *tok;
-    bf16 *x, *qkv, *atty, *fch, *keys, *values;  // x (n, C), qkv (n, 3C), atty (n, C), fch (n, 4C)
-    size_t layer_kv;                             // elements of a layer's keys (or values)
-    float *partial, *logits;
-    int *done;
-    unsigned *sync;
-    weight_table weights;
-};
-/* Whether this device and model can run decode_step for up to max_n rows:
- * sm_90 or newer with cooperative launches, C and hs multiples of 8, hs <= 64,
- * max_n rows of 4C in shared memory, every weight row 16-byte aligned. */
-bool decode_step_fits(const step_args &a, int max_n);
-#define STEP_RANGE 32  // positions of an attention item of decode_step
-llmc_status decode_step(const step_args &a, cudaStream_t s);
 
 /* greedy.cu: for each of n rows of logits (Vp apart, the first V counted):
  * the argmax (the lowest id on a tie) and its log-probability; with next_pos

@@ -58,7 +58,12 @@ __global__ void decode_embed_kernel(bf16 *x, const int *tokens, const int *pos, 
     const int vecs = C / 8;
     const long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long)n * vecs) return;
-    embed_slice(x, tokens, pos, wte, wpe, (int)(i / vecs), (int)(i % vecs) * 8, C);
+    const int r = (int)(i / vecs), c = (int)(i % vecs) * 8;
+    Vec16<bf16> a = load16(wte + (size_t)tokens[r] * C + c), p = load16(wpe + (size_t)pos[r] * C + c);
+    Vec16<bf16> o;
+    for (int k = 0; k < 8; k++)
+        o.v[k] = __float2bfloat16(__bfloat162float(a.v[k]) + __bfloat162float(p.v[k]));
+    store16(x + (size_t)r * C + c, o);
 }
 
 void decode_embed(bf16 *x, const int *tokens, const int *pos, const bf16 *wte, const bf16 *wpe,
