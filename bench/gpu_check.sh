@@ -122,14 +122,16 @@ if [ "$MODE" = ab ]; then
 fi
 if [ "$MODE" = variants ]; then
     # each variant: a copy of the tree with VARIANT_FILES recompiled under its -D
+    libs=(build)
     for v in $VARIANTS; do
         d=".v-${v//[=,]/_}"
+        libs+=("$d/build")
         rm -rf "$d" && mkdir "$d" && cp -r Makefile libllmc build "$d/" && ln -s ../.carry "$d/.carry" &&
             (cd "$d" && touch ${VARIANT_FILES:-libllmc/src/cuda/decode.cu}) &&
             make -C "$d" -j4 lib "${DEPS_ARG[@]}" CUDA_DEFS="-D${v//,/ -D}" > "$OUT/build$d.log" 2>&1 &
     done
     wait
-    for lib in build $(for v in $VARIANTS; do echo ".v-${v//[=,]/_}/build"; done); do
+    for lib in "${libs[@]}"; do
         echo "== $lib"
         LLMC_LIB=$PWD/$lib/libllmc.so python3 -m bench.generate_bench \
             ${GEN_ARGS:---sizes d48 --batches 1,8 --no-peer --repeats 1} 2>&1 | grep -E "^ *d[0-9]" | sort -u

@@ -951,5 +951,3 @@ def test_gemv_long_rows_match_cpu_and_are_batch_invariant(wide_pair):
         tokens, lp = gpu.generate([prompt], **greedy)
         assert batch5[0][i] == tokens[0]
         assert np.array_equal(np.float32(batch5[1][i]), np.float32(lp[0])), i
-
-

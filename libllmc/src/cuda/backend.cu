@@ -1521,10 +1521,10 @@ llmc_status cuda_decode_weights(llmc_model *m, cuda_weights *out) {
     out->mm = g->mm;
     size_t at = 0;  // w8_only: where each block weight lies in decode_w16
     for (int i = 0; i < LLMC_NUM_PARAM_TENSORS; i++) {
-        out->table.tensor[i] = P(g, i);
-        out->table.layer_stride[i] = llmc_param_is_per_layer(i) ? g->size[i] / g->L : 0;
-        if (!out->table.tensor[i]) {
-            out->table.tensor[i] = g->decode_w16 + at;
+        out->tensor[i] = P(g, i);
+        out->layer_stride[i] = llmc_param_is_per_layer(i) ? g->size[i] / g->L : 0;
+        if (!out->tensor[i]) {
+            out->tensor[i] = g->decode_w16 + at;
             at += g->size[i];
         }
     }

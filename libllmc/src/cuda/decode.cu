@@ -33,8 +33,6 @@
  * positions; page-locked host memory for the rows' metadata, the greedy
  * picks and the logits of S rows.
  */
-#include <algorithm>
-#include <cstdlib>
 #include <cstring>
 #include <new>
 #include <vector>
@@ -227,6 +225,10 @@ void cuda_cache_destroy(llmc_model *m, void *cache) {
     release((cuda_cache *)cache);
 }
 
+const bf16 *W(const cuda_weights &w, int tensor, int l = 0) {
+    return w.tensor[tensor] + (size_t)l * w.layer_stride[tensor];
+}
+
 /* What both families share around their blocks: the rows' metadata (on the
  * device), a layer's attention through the cache, the LM head. */
 struct Rows {
@@ -272,7 +274,7 @@ void norm_rows(cuda_cache *c, const bf16 *branch, const bf16 *weight, const bf16
 llmc_status head_logits(cuda_cache *c, const cuda_weights &w, const Rows &r, int n_out,
                         bool step) {
     if (n_out > 0) {
-        const bf16 *inp = step ? c->ln : c->atty, *head = w.table.at(c->head);
+        const bf16 *inp = step ? c->ln : c->atty, *head = W(w, c->head);
         if (!step) gather_rows(c->atty, c->ln, r.out, n_out, c->C, w.stream);
         if (gemv_fits(n_out, c->C, inp, head))
             gemv_forward_fp32(c->logits, inp, head, n_out, c->C, c->Vp, w.stream);
@@ -289,20 +291,20 @@ llmc_status gpt2_decode_forward(cuda_cache *c, const cuda_weights &w, int n, int
     const int C = c->C, L = c->L;
     cudaStream_t s = w.stream;
     const Rows r = rows_of(c);
-    decode_embed(c->x, r.tok, r.pos, w.table.at(P_WTE), w.table.at(P_WPE), n, C, s);
-    norm_rows(c, nullptr, w.table.at(P_LN1W), w.table.at(P_LN1B), n, s);
+    decode_embed(c->x, r.tok, r.pos, W(w, P_WTE), W(w, P_WPE), n, C, s);
+    norm_rows(c, nullptr, W(w, P_LN1W), W(w, P_LN1B), n, s);
     for (int l = 0; l < L; l++) {
-        TRY(linear(c, w, c->qkv, c->ln, w.table.at(P_QKVW, l), w.table.at(P_QKVB, l), n, C, 3 * C, false));
+        TRY(linear(c, w, c->qkv, c->ln, W(w, P_QKVW, l), W(w, P_QKVB, l), n, C, 3 * C, false));
         cached_attention(c, r, l, n, step, s);
-        TRY(linear(c, w, c->branch, c->atty, w.table.at(P_ATTPROJW, l), w.table.at(P_ATTPROJB, l), n, C, C,
+        TRY(linear(c, w, c->branch, c->atty, W(w, P_ATTPROJW, l), W(w, P_ATTPROJB, l), n, C, C,
                    false));
-        norm_rows(c, c->branch, w.table.at(P_LN2W, l), w.table.at(P_LN2B, l), n, s);
-        TRY(linear(c, w, c->fch_act, c->ln, w.table.at(P_FCW, l), w.table.at(P_FCB, l), n, C, 4 * C, true));
-        TRY(linear(c, w, c->branch, c->fch_act, w.table.at(P_FCPROJW, l), w.table.at(P_FCPROJB, l), n, 4 * C,
+        norm_rows(c, c->branch, W(w, P_LN2W, l), W(w, P_LN2B, l), n, s);
+        TRY(linear(c, w, c->fch_act, c->ln, W(w, P_FCW, l), W(w, P_FCB, l), n, C, 4 * C, true));
+        TRY(linear(c, w, c->branch, c->fch_act, W(w, P_FCPROJW, l), W(w, P_FCPROJB, l), n, 4 * C,
                    C, false));
         const bool last = l + 1 == L;
-        norm_rows(c, c->branch, last ? w.table.at(P_LNFW) : w.table.at(P_LN1W, l + 1),
-                  last ? w.table.at(P_LNFB) : w.table.at(P_LN1B, l + 1), n, s);
+        norm_rows(c, c->branch, last ? W(w, P_LNFW) : W(w, P_LN1W, l + 1),
+                  last ? W(w, P_LNFB) : W(w, P_LN1B, l + 1), n, s);
     }
     return head_logits(c, w, r, n_out, step);
 }
@@ -315,19 +317,19 @@ llmc_status llama_decode_forward(cuda_cache *c, const cuda_weights &w, int n, in
     const int C = c->C, L = c->L, F = c->F, QKV = (c->NH + 2 * c->NKV) * c->hs;
     cudaStream_t s = w.stream;
     const Rows r = rows_of(c);
-    gather_rows(c->x, w.table.at(P_WTE), r.tok, n, C, s);
-    norm_rows(c, nullptr, w.table.at(P_LN1W), nullptr, n, s);
+    gather_rows(c->x, W(w, P_WTE), r.tok, n, C, s);
+    norm_rows(c, nullptr, W(w, P_LN1W), nullptr, n, s);
     for (int l = 0; l < L; l++) {
-        TRY(linear(c, w, c->qkv, c->ln, w.table.at(P_QKVW, l), nullptr, n, C, QKV, false));
+        TRY(linear(c, w, c->qkv, c->ln, W(w, P_QKVW, l), nullptr, n, C, QKV, false));
         rope_rotate_at(c->qkv, c->rope_cos, c->rope_sin, r.pos, n, c->NH, c->NKV, c->hs, s);
         cached_attention(c, r, l, n, step, s);
-        TRY(linear(c, w, c->branch, c->atty, w.table.at(P_ATTPROJW, l), nullptr, n, C, C, false));
-        norm_rows(c, c->branch, w.table.at(P_LN2W, l), nullptr, n, s);
-        TRY(linear(c, w, c->fch, c->ln, w.table.at(P_FCW, l), nullptr, n, C, 2 * F, false));
+        TRY(linear(c, w, c->branch, c->atty, W(w, P_ATTPROJW, l), nullptr, n, C, C, false));
+        norm_rows(c, c->branch, W(w, P_LN2W, l), nullptr, n, s);
+        TRY(linear(c, w, c->fch, c->ln, W(w, P_FCW, l), nullptr, n, C, 2 * F, false));
         swiglu_forward(c->fch_act, c->fch, n, F, s);
-        TRY(linear(c, w, c->branch, c->fch_act, w.table.at(P_FCPROJW, l), nullptr, n, F, C, false));
+        TRY(linear(c, w, c->branch, c->fch_act, W(w, P_FCPROJW, l), nullptr, n, F, C, false));
         const bool last = l + 1 == L;
-        norm_rows(c, c->branch, last ? w.table.at(P_LNFW) : w.table.at(P_LN1W, l + 1), nullptr, n, s);
+        norm_rows(c, c->branch, last ? W(w, P_LNFW) : W(w, P_LN1W, l + 1), nullptr, n, s);
     }
     return head_logits(c, w, r, n_out, step);
 }

@@ -10,20 +10,13 @@
 
 extern const llmc_decode_ops cuda_decode_ops;
 
-/* The model's bf16 weights: at(tensor, l) is layer l's slice of a tensor. */
-struct weight_table {
-    const bf16 *tensor[LLMC_NUM_PARAM_TENSORS]; /* layer 0's slice of each */
-    size_t layer_stride[LLMC_NUM_PARAM_TENSORS]; /* elements between layers (0: whole tensor) */
-    __host__ __device__ const bf16 *at(int t, int l = 0) const {
-        return tensor[t] + (size_t)l * layer_stride[t];
-    }
-};
 /* The model's bf16 weights and the stream and cuBLASLt context its work
  * runs on; the model's device is made current. */
 struct cuda_weights {
     cudaStream_t stream;
     mm_ctx *mm;
-    weight_table table;
+    const bf16 *tensor[LLMC_NUM_PARAM_TENSORS]; /* layer 0's slice of each */
+    size_t layer_stride[LLMC_NUM_PARAM_TENSORS]; /* elements between layers (0: whole tensor) */
 };
 /* The weights every generator call reads (and the CUDA device made current);
  * cuda_decode_round_weights, called when a generator is made, first rounds

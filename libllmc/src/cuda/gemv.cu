@@ -41,6 +41,45 @@
 #endif
 #define GEMV_SLICE 256    // elements of IC a warp covers per slice (32 lanes x 8)
 
+/* Sums each of the M values (M a power of two <= 32) over the warp's lanes;
+ * afterwards v[0] of lane l holds the total of value l / (32 / M). The pairs
+ * added are those of warp_sum (offsets 16, 8, ..., 1) for every value,
+ * whatever M is, so a value's total does not depend on M; 31 shuffles for
+ * M = 32 instead of warp_sum's 160. */
+template <int M>
+__device__ __forceinline__ void warp_sum_scatter(float (&v)[M], int lane) {
+#pragma unroll
+    for (int step = 0; step < 5; step++) {
+        const int o = 16 >> step, half = (M >> step) / 2;  // half: values each side keeps
+        if (half == 0) {  // one value left: summed as warp_sum does
+            v[0] += __shfl_xor_sync(0xFFFFFFFFu, v[0], o);
+            continue;
+        }
+        const bool upper = lane & o;  // keeps the upper half, sends the lower
+#pragma unroll
+        for (int i = 0; i < M / 2; i++) {
+            if (i < half) {
+                const float send = upper ? v[i] : v[i + half];
+                const float keep = upper ? v[i + half] : v[i];
+                v[i] = keep + __shfl_xor_sync(0xFFFFFFFFu, send, o);
+            }
+        }
+    }
+}
+
+/* Adds the 8 products of a 16-byte slice of w and one of x to acc, in order. */
+__device__ __forceinline__ float dot8(const uint4 &w, const uint4 &x, float acc) {
+    const __nv_bfloat162 *w2 = reinterpret_cast<const __nv_bfloat162 *>(&w);
+    const __nv_bfloat162 *x2 = reinterpret_cast<const __nv_bfloat162 *>(&x);
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+        const float2 a = __bfloat1622float2(w2[e]), b = __bfloat1622float2(x2[e]);
+        acc = fmaf(a.x, b.x, acc);
+        acc = fmaf(a.y, b.y, acc);
+    }
+    return acc;
+}
+
 /* Loads the GEMV_UNROLL slices of each row that a lane uses from k0 on
  * (stride apart); zeros past IC. Streamed: w is read once per step. */
 __device__ __forceinline__ void load_slices(uint4 (&ws)[GEMV_UNROLL][GEMV_OUT_ROWS],

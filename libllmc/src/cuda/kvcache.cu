@@ -99,6 +99,27 @@ __device__ __forceinline__ int attn_chunk(int len) {
     return max(ATTN_MIN_CHUNK, (len + ATTN_MAX_SPLITS - 1) / ATTN_MAX_SPLITS);
 }
 
+/* 16 bytes from global to shared memory, asynchronously and through L2 only
+ * (the cache is read once a step), or 16 zeros without reading src where
+ * !valid; the copies a thread issued are waited for by copy_wait, in groups
+ * (copy_commit closes one), and are then visible to that thread. The
+ * "memory" clobbers keep the compiler's shared memory accesses on their side
+ * of each. */
+__device__ __forceinline__ void copy16_async(void *dst, const void *src, bool valid) {
+    const unsigned shared = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(shared), "l"(src),
+                 "r"(valid ? 16 : 0)
+                 : "memory");
+}
+__device__ __forceinline__ void copy_commit() {
+    asm volatile("cp.async.commit_group;" ::: "memory");
+}
+/* waits until at most pending of the thread's groups, the newest, are in flight */
+template <int pending>
+__device__ __forceinline__ void copy_wait() {
+    asm volatile("cp.async.wait_group %0;" ::"n"(pending) : "memory");
+}
+
 /* A lane group's running softmax over its positions (8 dims per lane). */
 struct Softmax {
     float max, sum, acc[8];
