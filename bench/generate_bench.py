@@ -1,8 +1,9 @@
 """
 Text generation speed, llmc against Hugging Face transformers' `generate`, in
 one process on the same weights: tokens/s at several batch sizes, each
-sequence a random prompt of --prompt-len tokens followed by exactly
---new-tokens greedy tokens (no stop token), prefill included in the time.
+sequence a prompt of --prompt-len real tokens (a window of a FineWeb shard,
+--data) followed by exactly --new-tokens greedy tokens (no stop token),
+prefill included in the time.
 
     python -m bench.generate_bench                      # GPU: d12 and d48, batch 1, 8, 64
     python -m bench.generate_bench --sizes llama-124m   # a Llama, against LlamaForCausalLM
@@ -30,7 +31,9 @@ import torch
 import transformers
 
 import pyllmc
+from bench.gpu_bench import DEFAULT_DATA
 from pyllmc import hf
+from pyllmc.shards import read_shard
 
 
 def best_time(run, repeats):
@@ -106,6 +109,7 @@ def main(argv=None):
                     "cpu: d12)")
     ap.add_argument("--batches", default=None, help="comma-separated (cuda: 1,8,64; cpu: 1,8)")
     ap.add_argument("--prompt-len", type=int, default=128)
+    ap.add_argument("--data", default=str(DEFAULT_DATA), help="token shard the prompts come from")
     ap.add_argument("--new-tokens", type=int, default=512)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--bandwidth", type=float, default=4.8e12, help="bytes/s of device memory")
@@ -118,6 +122,7 @@ def main(argv=None):
     if not cuda:
         torch.set_num_threads(os.cpu_count())
     rng = np.random.default_rng(0)
+    text = read_shard(args.data)
     rows = []
     for size in sizes:
         config = pyllmc.Config.preset(size)
@@ -128,7 +133,8 @@ def main(argv=None):
             ours = pyllmc.Model.load(os.path.join(tmp, "model.bin"), device=args.device,
                                      max_batch_size=1, max_seq_len=64)  # training plan unused
         for batch in batches:
-            prompts = rng.integers(0, config.vocab_size, (batch, args.prompt_len)).tolist()
+            starts = rng.integers(0, len(text) - args.prompt_len, batch)
+            prompts = [text[i:i + args.prompt_len].tolist() for i in starts]
             tokens = batch * args.new_tokens
             row = {"size": size, "batch": batch}
             row["llmc"] = tokens / best_time(llmc_runner(ours, prompts, args.new_tokens),
