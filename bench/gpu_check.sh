@@ -59,6 +59,7 @@ if [ "$MODE" = peers ] || [ "$MODE" = multi ]; then  # llm.c builds beside llmc
 fi
 make -j"$(nproc)" lib "${DEPS_ARG[@]}" > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
 if [ "$MODE" = ab ]; then  # the other tree, sharing the cuDNN unit when attention is the same in both
+    [ -e .ab-main/.carry ] || ln -s ../.carry .ab-main/.carry  # its build finds the carried headers
     if cmp -s libllmc/src/cuda/attention_cudnn.cpp .ab-main/libllmc/src/cuda/attention_cudnn.cpp &&
        cmp -s libllmc/src/cuda/attention.h .ab-main/libllmc/src/cuda/attention.h; then
         mkdir -p .ab-main/build/libllmc/src/cuda
