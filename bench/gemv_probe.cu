@@ -10,7 +10,8 @@
 // it to overlap, as with PDL off); "in a row", 30 launches back to back as programmatic
 // dependents captured in a graph (a step's way: host launch costs out of it), per launch; the
 // weights' TB/s at that rate; and the copy's time for the same bytes (it also writes them: its
-// TB/s counts the bytes once, as the GEMV's does). Then the floor of a kernel boundary (empty
+// TB/s counts the bytes once, as the GEMV's does), and the largest error of its first launch
+// against an fp32 reference, relative to the largest output. Then the floor of a kernel boundary (empty
 // kernels in a PDL chain) and whole layers of GEMVs in a graph, with and without stand-ins
 // for the norms and the attention.
 #include "cuda/gemv.cu"
@@ -21,6 +22,41 @@
 __global__ void empty_kernel() {
     pdl_launch_dependents();
     pdl_wait();
+}
+
+/* out (n, OC) = inp (n, IC) @ w^T in fp32, a thread an output: the reference
+ * each product's first launch is checked against. */
+__global__ void gemv_reference(float *out, const bf16 *inp, const bf16 *w, int n, int IC, int OC) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n * OC) return;
+    const int j = i / OC, row = i % OC;
+    float sum = 0.0f;
+    for (int k = 0; k < IC; k++)
+        sum += __bfloat162float(inp[(size_t)j * IC + k]) * __bfloat162float(w[(size_t)row * IC + k]);
+    out[i] = sum;
+}
+
+/* The largest |gemv - reference| over the n x OC outputs, relative to the largest |reference|. */
+static float gemv_error(const bf16 *inp, const bf16 *w, int n, int IC, int OC, cudaStream_t s) {
+    bf16 *out;
+    float *ref;
+    CK(cudaMalloc(&out, (size_t)n * OC * sizeof(bf16)));
+    CK(cudaMalloc(&ref, (size_t)n * OC * sizeof(float)));
+    gemv_forward(out, inp, w, nullptr, n, IC, OC, false, s);
+    gemv_reference<<<ceil_div((long)n * OC, 256), 256, 0, s>>>(ref, inp, w, n, IC, OC);
+    std::vector<bf16> got((size_t)n * OC);
+    std::vector<float> want((size_t)n * OC);
+    CK(cudaMemcpyAsync(got.data(), out, got.size() * sizeof(bf16), cudaMemcpyDeviceToHost, s));
+    CK(cudaMemcpyAsync(want.data(), ref, want.size() * sizeof(float), cudaMemcpyDeviceToHost, s));
+    CK(cudaStreamSynchronize(s));
+    float worst = 0.0f, scale = 0.0f;
+    for (size_t i = 0; i < want.size(); i++) {
+        worst = std::max(worst, std::fabs(__bfloat162float(got[i]) - want[i]));
+        scale = std::max(scale, std::fabs(want[i]));
+    }
+    CK(cudaFree(out));
+    CK(cudaFree(ref));
+    return worst / scale;
 }
 
 /* Median microseconds of one replay of graph, divided by per. */
@@ -72,8 +108,8 @@ int main(int argc, char **argv) {
     CK(cudaEventCreate(&e1));
     printf("C = %d; microseconds a launch (median of %d), weights' TB/s; \"in a row\": %d PDL\n"
            "launches captured in one graph, a replay's time / %d\n", C, reps, reps, reps);
-    printf("%-8s %2s %9s | %8s %8s %6s | %8s %6s\n", "product", "n", "MB", "alone", "in a row",
-           "TB/s", "copy", "TB/s");
+    printf("%-8s %2s %9s | %8s %8s %6s | %8s %6s | %s\n", "product", "n", "MB", "alone", "in a row",
+           "TB/s", "copy", "TB/s", "error");
     bf16 *inp, *out;
     CK(cudaMalloc(&inp, (size_t)8 * 4 * C * sizeof(bf16)));
     CK(cudaMalloc(&out, (size_t)8 * 50304 * sizeof(bf16)));
@@ -89,6 +125,7 @@ int main(int argc, char **argv) {
         int at = 0;
         auto next = [&] { return w + (size_t)(at++ % copies) * elems; };
         for (int n : ns) {
+            const float error = gemv_error(inp, w, n, sh.IC, sh.OC, s);
             for (int i = 0; i < 3; i++)  // warm-up
                 gemv_forward(out, inp, next(), nullptr, n, sh.IC, sh.OC, false, s);
             std::vector<float> alone;
@@ -120,9 +157,9 @@ int main(int argc, char **argv) {
                 copy.push_back(1000 * ms);
             }
             CK(cudaGetLastError());
-            printf("%-8s %2d %9.1f | %8.2f %8.2f %6.2f | %8.2f %6.2f\n", sh.name, n, bytes / 1e6,
-                   median(alone), row, bytes / row / 1e6, median(copy),
-                   bytes / median(copy) / 1e6);
+            printf("%-8s %2d %9.1f | %8.2f %8.2f %6.2f | %8.2f %6.2f | %.1e%s\n", sh.name, n,
+                   bytes / 1e6, median(alone), row, bytes / row / 1e6, median(copy),
+                   bytes / median(copy) / 1e6, error, error < 1e-2 ? "" : " WRONG");
         }
         CK(cudaFree(w));
         CK(cudaFree(dst));

@@ -17,7 +17,8 @@
 #     variants: tests, then generation (GEN_ARGS; default d48, batches 1 and 8, no peer) with
 #               this build and with one build for each of VARIANTS, its -D's comma-separated
 #               (e.g. "GEMV_OUT_ROWS=8,GEMV_UNROLL=2 GEMV_OUT_ROWS=2"),
-#               VARIANT_FILES (default libllmc/src/cuda/decode.cu) recompiled in a copy of the tree
+#               VARIANT_FILES (default libllmc/src/cuda/decode.cu) recompiled in a copy of the tree;
+#               VARIANT_TESTS (a pytest -k expression) runs those CUDA tests on each library first
 #     ab: tests, then this tree against another one carried as .ab-main (e.g. main: `git archive
 #         main | tar -x -C .ab-main`), built beside it, alternating the two libraries (LLMC_LIB)
 #         through this tree's bench scripts: bench/gpu_bench.py runs AB_RUNS (default d12 and d48
@@ -134,6 +135,10 @@ if [ "$MODE" = variants ]; then
     wait
     for lib in "${libs[@]}"; do
         echo "== $lib"
+        if [ -n "$VARIANT_TESTS" ]; then  # the CUDA tests it selects, on this library
+            LLMC_LIB=$PWD/$lib/libllmc.so python3 -m pytest -q -rfE tests/test_cuda.py \
+                -k "$VARIANT_TESTS" 2>&1 | grep -E "^(FAILED|ERROR)|[0-9]+ (passed|failed)" | cut -c1-200
+        fi
         LLMC_LIB=$PWD/$lib/libllmc.so python3 -m bench.generate_bench \
             ${GEN_ARGS:---sizes d48 --batches 1,8 --no-peer --repeats 1} 2>&1 | grep -E "^ *d[0-9]" | sort -u
     done 2>&1 | tee "$OUT/variants.log"

@@ -152,8 +152,8 @@ __device__ __forceinline__ void pdl_wait() {
  * are resident, and a GEMV's weight loads in flight, while the one before
  * finishes: at batch 1 a step is hundreds of kernels of a few microseconds. */
 template <typename... Params, typename... Args>
-void launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t s,
-                Args... args) {
+void launch_pdl_shared(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_bytes,
+                       cudaStream_t s, Args... args) {
     int device = 0, major = 0;
     cudaGetDevice(&device);
     cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
@@ -170,10 +170,17 @@ void launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t s
     cudaLaunchConfig_t config = {};
     config.gridDim = grid;
     config.blockDim = block;
+    config.dynamicSmemBytes = shared_bytes;
     config.stream = s;
     config.attrs = attrs;
     config.numAttrs = 2;
     cudaLaunchKernelEx(&config, kernel, args...);
+}
+/* The same without dynamic shared memory. */
+template <typename... Params, typename... Args>
+void launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t s,
+                Args... args) {
+    launch_pdl_shared(kernel, grid, block, 0, s, args...);
 }
 
 static inline int ceil_div(long a, long b) { return (int)((a + b - 1) / b); }

@@ -12,6 +12,14 @@
  * one round trip) against all n input rows, which the L1 cache serves to
  * every block; so w is read once per step for all n rows.
  *
+ * Staged (GEMV_STAGED, sm_90): a block's rows of w are contiguous, so one
+ * thread copies them into shared memory with a single bulk asynchronous copy
+ * (Hopper's TMA, completing on an mbarrier) instead of every lane holding its
+ * slices in registers: no register budget bounds the bytes in flight, a block
+ * needs few registers, and the next kernel's blocks fit beside it. The lanes
+ * then read the same slices from shared memory in the same order, so a row's
+ * sums are the same bits either way.
+ *
  * Launched as a programmatic dependent (Hopper's PDL, common.cuh's
  * launch_pdl): a block issues its weight loads before waiting for the
  * previous kernel, whose output is its input, and lets the next kernel start
@@ -39,7 +47,42 @@
 #ifndef GEMV_UNROLL
 #define GEMV_UNROLL 4     // 16-byte slices of each row a lane loads before using them
 #endif
+#ifndef GEMV_STAGED
+#define GEMV_STAGED 0     // 1: w through shared memory by a bulk copy (sm_90), where it fits
+#endif
 #define GEMV_SLICE 256    // elements of IC a warp covers per slice (32 lanes x 8)
+#define GEMV_STAGE_MAX_BYTES (128 << 10)  // a block's rows of w staged up to this size
+
+/* The bulk copy (sm_90's TMA) of a staged block: bytes (a multiple of 16) from
+ * global src to shared dst, completing on the mbarrier ready, which the lanes
+ * wait on in phase 0. One thread starts it. */
+__device__ __forceinline__ void stage_rows(void *dst, const void *src, unsigned bytes,
+                                           uint64_t *ready) {
+#if __CUDA_ARCH__ >= 900
+    const unsigned bar = (unsigned)__cvta_generic_to_shared(ready);
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(bar) : "memory");
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes)
+                 : "memory");
+    asm volatile(
+        "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::
+            "r"((unsigned)__cvta_generic_to_shared(dst)),
+        "l"(src), "r"(bytes), "r"(bar)
+        : "memory");
+#endif
+}
+__device__ __forceinline__ void wait_staged(uint64_t *ready) {
+#if __CUDA_ARCH__ >= 900
+    const unsigned bar = (unsigned)__cvta_generic_to_shared(ready);
+    unsigned done = 0;
+    while (!done)
+        asm volatile(
+            "{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], 0; selp.u32 %0, 1, 0, p; }"
+            : "=r"(done)
+            : "r"(bar)
+            : "memory");
+#endif
+}
 
 /* Sums each of the M values (M a power of two <= 32) over the warp's lanes;
  * afterwards v[0] of lane l holds the total of value l / (32 / M). The pairs
@@ -96,43 +139,61 @@ __device__ __forceinline__ void load_slices(uint4 (&ws)[GEMV_UNROLL][GEMV_OUT_RO
 }
 
 /* Block: GEMV_OUT_ROWS rows of w from blockIdx.x * GEMV_OUT_ROWS; blockDim.x
- * / 32 warps over IC. out is bf16, or fp32 with fp32_out. */
-template <int N>
+ * / 32 warps over IC. out is bf16, or fp32 with fp32_out. STAGED: w's rows
+ * come through shared memory (dynamic, GEMV_OUT_ROWS x IC), else registers. */
+template <int N, bool STAGED>
 __global__ void __launch_bounds__(GEMV_MAX_WARPS * 32)
     gemv_kernel(void *out, bool fp32_out, const bf16 *inp, const bf16 *w, const bf16 *bias,
                 bool gelu, int IC, int OC) {
     constexpr int M = pow2_ceil(GEMV_OUT_ROWS * N);  // values per lane, padded for the tree
+    extern __shared__ uint4 staged[];  // STAGED: the block's rows of w
+    __shared__ uint64_t staged_ready;
     pdl_launch_dependents();  // the next GEMV may start loading its weights now
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
-    const int row0 = blockIdx.x * GEMV_OUT_ROWS;
+    const int row0 = blockIdx.x * GEMV_OUT_ROWS, rows = min(GEMV_OUT_ROWS, OC - row0);
     const bf16 *wrow[GEMV_OUT_ROWS];
 #pragma unroll
     for (int r = 0; r < GEMV_OUT_ROWS; r++)  // rows past OC read the last row, never stored
-        wrow[r] = w + (size_t)min(row0 + r, OC - 1) * IC;
+        wrow[r] = STAGED ? reinterpret_cast<const bf16 *>(staged) + (size_t)min(r, rows - 1) * IC
+                         : w + (size_t)min(row0 + r, OC - 1) * IC;
     float acc[M];
 #pragma unroll
     for (int i = 0; i < M; i++) acc[i] = 0.0f;
     const int stride = warps * GEMV_SLICE;
     int k0 = warp * GEMV_SLICE + lane * 8;
-    uint4 ws[GEMV_UNROLL][GEMV_OUT_ROWS];
-    load_slices(ws, wrow, k0, stride, IC);  // the weights do not depend on the previous kernel
-    pdl_wait();                             // inp (and out's readers) do
+    uint4 ws[STAGED ? 1 : GEMV_UNROLL][GEMV_OUT_ROWS];  // STAGED: a slice at a time
+    if constexpr (STAGED) {  // the weights do not depend on the previous kernel
+        if (threadIdx.x == 0)
+            stage_rows(staged, w + (size_t)row0 * IC, (unsigned)(rows * IC * sizeof(bf16)),
+                       &staged_ready);
+        __syncthreads();  // the barrier is initialised before any lane waits on it
+    } else {
+        load_slices(ws, wrow, k0, stride, IC);
+    }
+    pdl_wait();  // inp (and out's readers) depend on it
+    if constexpr (STAGED) wait_staged(&staged_ready);
     while (true) {  // each lane's sums in IC order, however many rounds
 #pragma unroll
         for (int u = 0; u < GEMV_UNROLL; u++) {
             const int k = k0 + u * stride;
             if (k >= IC) break;
+            const int slot = STAGED ? 0 : u;
+            if constexpr (STAGED) {
+#pragma unroll
+                for (int r = 0; r < GEMV_OUT_ROWS; r++)
+                    ws[0][r] = *reinterpret_cast<const uint4 *>(wrow[r] + k);
+            }
 #pragma unroll
             for (int j = 0; j < N; j++) {
                 const uint4 x = *reinterpret_cast<const uint4 *>(inp + (size_t)j * IC + k);
 #pragma unroll
                 for (int r = 0; r < GEMV_OUT_ROWS; r++)
-                    acc[r * N + j] = dot8(ws[u][r], x, acc[r * N + j]);
+                    acc[r * N + j] = dot8(ws[slot][r], x, acc[r * N + j]);
             }
         }
         k0 += GEMV_UNROLL * stride;
         if (k0 >= IC) break;
-        load_slices(ws, wrow, k0, stride, IC);
+        if constexpr (!STAGED) load_slices(ws, wrow, k0, stride, IC);
     }
     warp_sum_scatter<M>(acc, lane);
     __shared__ float partial[GEMV_MAX_WARPS][M];
@@ -155,21 +216,45 @@ bool gemv_fits(int n, int IC, const void *inp, const void *w) {
            (uintptr_t)w % 16 == 0;
 }
 
+/* Launches gemv_kernel<N, STAGED> for the n rows, its rows of w staged in
+ * shared_bytes of shared memory (0: through registers). */
+template <bool STAGED>
+static void gemv_launch_n(dim3 grid, dim3 block, size_t shared_bytes, void *out, bool fp32_out,
+                          const bf16 *inp, const bf16 *w, const bf16 *bias, bool gelu, int n,
+                          int IC, int OC, cudaStream_t s) {
+    switch (n) {
+#define GEMV_CASE(N)                                                                        \
+    case N:                                                                                \
+        if (STAGED) { /* beyond the default 48 KB, once (before any graph captures it) */  \
+            static const cudaError_t raised = cudaFuncSetAttribute(                        \
+                gemv_kernel<N, STAGED>, cudaFuncAttributeMaxDynamicSharedMemorySize,       \
+                GEMV_STAGE_MAX_BYTES);                                                     \
+            (void)raised;                                                                  \
+        }                                                                                  \
+        launch_pdl_shared(gemv_kernel<N, STAGED>, grid, block, shared_bytes, s, out,       \
+                          fp32_out, inp, w, bias, gelu, IC, OC);                           \
+        break;
+        GEMV_CASE(1) GEMV_CASE(2) GEMV_CASE(3) GEMV_CASE(4)
+        GEMV_CASE(5) GEMV_CASE(6) GEMV_CASE(7) GEMV_CASE(8)
+#undef GEMV_CASE
+    }
+}
+
 static void gemv_launch(void *out, bool fp32_out, const bf16 *inp, const bf16 *w,
                         const bf16 *bias, bool gelu, int n, int IC, int OC, cudaStream_t s) {
     /* as many warps as IC has room for, GEMV_UNROLL slices each: one round up to
      * GEMV_MAX_WARPS warps; chosen from IC alone, so that a row's sums are too */
     const int warps = std::min(GEMV_MAX_WARPS, std::max(1, ceil_div(IC, GEMV_UNROLL * GEMV_SLICE)));
     const dim3 grid(ceil_div(OC, GEMV_OUT_ROWS)), block(32 * warps);
-    switch (n) {
-#define GEMV_CASE(N)                                                                     \
-    case N:                                                                             \
-        launch_pdl(gemv_kernel<N>, grid, block, s, out, fp32_out, inp, w, bias, gelu, IC, OC); \
-        break;
-        GEMV_CASE(1) GEMV_CASE(2) GEMV_CASE(3) GEMV_CASE(4)
-        GEMV_CASE(5) GEMV_CASE(6) GEMV_CASE(7) GEMV_CASE(8)
-#undef GEMV_CASE
-    }
+    const size_t staged_bytes = (size_t)GEMV_OUT_ROWS * IC * sizeof(bf16);
+    int device = 0, major = 0;
+    cudaGetDevice(&device);
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+    if (GEMV_STAGED && major >= 9 && staged_bytes <= GEMV_STAGE_MAX_BYTES)
+        gemv_launch_n<true>(grid, block, staged_bytes, out, fp32_out, inp, w, bias, gelu, n, IC,
+                            OC, s);
+    else
+        gemv_launch_n<false>(grid, block, 0, out, fp32_out, inp, w, bias, gelu, n, IC, OC, s);
 }
 
 void gemv_forward(bf16 *out, const bf16 *inp, const bf16 *w, const bf16 *bias, int n, int IC,
