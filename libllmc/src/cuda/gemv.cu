@@ -32,6 +32,8 @@
  * to 8), and a graph replays the eager step bit for bit.
  */
 #include <algorithm>
+#include <map>
+#include <tuple>
 
 #include "kernels.cuh"
 
@@ -48,7 +50,8 @@
 #define GEMV_UNROLL 4     // 16-byte slices of each row a lane loads before using them
 #endif
 #ifndef GEMV_STAGED
-#define GEMV_STAGED 0     // 1: w through shared memory by a bulk copy (sm_90), where it fits
+#define GEMV_STAGED 1     // w through shared memory by a bulk copy (sm_90): 0 never, 1 where
+                          // it saves a wave (gemv_launch), 2 wherever it fits
 #endif
 #define GEMV_SLICE 256    // elements of IC a warp covers per slice (32 lanes x 8)
 #define GEMV_STAGE_MAX_BYTES (128 << 10)  // a block's rows of w staged up to this size
@@ -216,28 +219,45 @@ bool gemv_fits(int n, int IC, const void *inp, const void *w) {
            (uintptr_t)w % 16 == 0;
 }
 
-/* Launches gemv_kernel<N, STAGED> for the n rows, its rows of w staged in
- * shared_bytes of shared memory (0: through registers). */
+typedef void (*gemv_kernel_fn)(void *, bool, const bf16 *, const bf16 *, const bf16 *, bool, int,
+                               int);
+
+/* gemv_kernel<n, STAGED>; staged ones may take GEMV_STAGE_MAX_BYTES of shared memory. */
 template <bool STAGED>
-static void gemv_launch_n(dim3 grid, dim3 block, size_t shared_bytes, void *out, bool fp32_out,
-                          const bf16 *inp, const bf16 *w, const bf16 *bias, bool gelu, int n,
-                          int IC, int OC, cudaStream_t s) {
-    switch (n) {
-#define GEMV_CASE(N)                                                                        \
-    case N:                                                                                \
-        if (STAGED) { /* beyond the default 48 KB, once (before any graph captures it) */  \
-            static const cudaError_t raised = cudaFuncSetAttribute(                        \
-                gemv_kernel<N, STAGED>, cudaFuncAttributeMaxDynamicSharedMemorySize,       \
-                GEMV_STAGE_MAX_BYTES);                                                     \
-            (void)raised;                                                                  \
-        }                                                                                  \
-        launch_pdl_shared(gemv_kernel<N, STAGED>, grid, block, shared_bytes, s, out,       \
-                          fp32_out, inp, w, bias, gelu, IC, OC);                           \
-        break;
-        GEMV_CASE(1) GEMV_CASE(2) GEMV_CASE(3) GEMV_CASE(4)
-        GEMV_CASE(5) GEMV_CASE(6) GEMV_CASE(7) GEMV_CASE(8)
-#undef GEMV_CASE
+static gemv_kernel_fn gemv_kernel_for(int n) {
+    static const gemv_kernel_fn kernels[GEMV_MAX_ROWS] = {
+        gemv_kernel<1, STAGED>, gemv_kernel<2, STAGED>, gemv_kernel<3, STAGED>,
+        gemv_kernel<4, STAGED>, gemv_kernel<5, STAGED>, gemv_kernel<6, STAGED>,
+        gemv_kernel<7, STAGED>, gemv_kernel<8, STAGED>};
+    static const bool raised = [] {  // beyond the default 48 KB, once, before any capture
+        if (STAGED)
+            for (gemv_kernel_fn k : kernels) {
+                cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                     GEMV_STAGE_MAX_BYTES);
+                cudaFuncSetAttribute(k, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                     cudaSharedmemCarveoutMaxShared);  // as launch_pdl's
+            }
+        return true;
+    }();
+    (void)raised;
+    return kernels[n - 1];
+}
+
+/* Whether grid blocks of kernel fit the GPU at once (one wave); the
+ * occupancy of each (device, kernel, block, shared memory) asked once. */
+static bool one_wave(gemv_kernel_fn kernel, int grid, int threads, size_t shared_bytes) {
+    thread_local std::map<std::tuple<int, gemv_kernel_fn, int, size_t>, int> resident;
+    int device = 0;
+    cudaGetDevice(&device);
+    const auto key = std::make_tuple(device, kernel, threads, shared_bytes);
+    auto it = resident.find(key);
+    if (it == resident.end()) {
+        int sms = 0, per_sm = 0;
+        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, shared_bytes);
+        it = resident.emplace(key, sms * per_sm).first;
     }
+    return grid <= it->second;
 }
 
 static void gemv_launch(void *out, bool fp32_out, const bf16 *inp, const bf16 *w,
@@ -250,11 +270,23 @@ static void gemv_launch(void *out, bool fp32_out, const bf16 *inp, const bf16 *w
     int device = 0, major = 0;
     cudaGetDevice(&device);
     cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
-    if (GEMV_STAGED && major >= 9 && staged_bytes <= GEMV_STAGE_MAX_BYTES)
-        gemv_launch_n<true>(grid, block, staged_bytes, out, fp32_out, inp, w, bias, gelu, n, IC,
-                            OC, s);
+    /* Staged where the registers' kernel needs a second wave and the staged one
+     * does not (GEMV_STAGED 1): the H100 probe timed the staged kernel slower in
+     * a single wave (the bulk copy's added latency) and faster where it removes
+     * the second wave's round trip (d48 n = 1: fc, 1600 blocks, and the fc
+     * projection, 400 blocks of 224 threads, 396 resident with registers). */
+    bool staged = false;
+    if (GEMV_STAGED && major >= 9 && staged_bytes <= GEMV_STAGE_MAX_BYTES) {
+        staged = GEMV_STAGED == 2 ||
+                 (!one_wave(gemv_kernel_for<false>(n), grid.x, block.x, 0) &&
+                  one_wave(gemv_kernel_for<true>(n), grid.x, block.x, staged_bytes));
+    }
+    if (staged)
+        launch_pdl_shared(gemv_kernel_for<true>(n), grid, block, staged_bytes, s, out, fp32_out,
+                          inp, w, bias, gelu, IC, OC);
     else
-        gemv_launch_n<false>(grid, block, 0, out, fp32_out, inp, w, bias, gelu, n, IC, OC, s);
+        launch_pdl(gemv_kernel_for<false>(n), grid, block, s, out, fp32_out, inp, w, bias, gelu,
+                   IC, OC);
 }
 
 void gemv_forward(bf16 *out, const bf16 *inp, const bf16 *w, const bf16 *bias, int n, int IC,
