@@ -18,7 +18,8 @@
  * slices in registers: no register budget bounds the bytes in flight, a block
  * needs few registers, and the next kernel's blocks fit beside it. The lanes
  * then read the same slices from shared memory in the same order, so a row's
- * sums are the same bits either way.
+ * sums are the same bits either way. The copy adds latency, so a product is
+ * staged only where that saves it a second wave of blocks (gemv_launch).
  *
  * Launched as a programmatic dependent (Hopper's PDL, common.cuh's
  * launch_pdl): a block issues its weight loads before waiting for the
